@@ -1,0 +1,25 @@
+"""gunicorn settings for the web app (read by `make run` and the Procfile).
+
+Threaded workers: a request mostly waits on Temporal, so threads are cheap
+concurrency. Each worker process creates its own Temporal client on its first
+request, after the fork (see temporal_bridge.py).
+"""
+
+import os
+
+from config import Settings
+
+settings = Settings.from_env()
+bind = f"{settings.web_host}:{settings.web_port}"
+workers = int(os.environ.get("WEB_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "32"))
+timeout = 30
+graceful_timeout = 10
+accesslog = "-" if os.environ.get("WEB_ACCESS_LOG", "0") == "1" else None
+
+
+def when_ready(server):
+    ui = settings.temporal_ui_url
+    server.log.info("Loan application form: http://%s:%s/", settings.web_host, settings.web_port)
+    server.log.info("Temporal Web UI:       %s/namespaces/default/workflows", ui)

@@ -1,0 +1,110 @@
+"""The worker process: runs LoanApplicationWorkflow and its activities.
+
+Start as many as you like (`python worker.py` in several terminals, or on
+several machines sharing the data folder): they poll the same task queue and
+share the work. Each prints its identity, which the load test reports per
+application. Ctrl+C or SIGTERM finishes in-flight activities, then exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
+
+from activities import LoanActivities
+from config import Settings, connect_temporal, load_messages, load_rules
+from store import JsonStore
+from workflows import LoanApplicationWorkflow
+
+log = logging.getLogger("worker")
+
+
+def worker_identity() -> str:
+    return os.environ.get("WORKER_IDENTITY") or f"worker-{os.getpid()}@{socket.gethostname()}"
+
+
+def build_worker(
+    client: Client,
+    settings: Settings,
+    executor: ThreadPoolExecutor,
+    identity: str,
+    concurrency: int = 32,
+    pollers: int = 8,
+) -> Worker:
+    """A worker with the loan workflow and activities, tuned for a burst of applications.
+
+    `concurrency` must not exceed the executor's threads: activities are sync.
+    """
+    activities = LoanActivities(
+        store=JsonStore(settings.data_dir),
+        rules=load_rules(settings.rules_file),
+        messages=load_messages(settings.messages_file),
+        identity=identity,
+    )
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[LoanApplicationWorkflow],
+        activities=[
+            activities.validate_application,
+            activities.check_compliance,
+            activities.decide,
+            activities.deny_for_compliance,
+            activities.persist_application,
+            activities.notify_agent,
+            activities.record_contact_preference,
+        ],
+        activity_executor=executor,
+        identity=identity,
+        max_concurrent_activities=concurrency,
+        max_concurrent_local_activities=concurrency,
+        # The default 5 pollers leave tasks waiting in the queue under a burst;
+        # more open polls let the worker pick up new work as soon as it exists.
+        workflow_task_poller_behavior=PollerBehaviorSimpleMaximum(pollers),
+        activity_task_poller_behavior=PollerBehaviorSimpleMaximum(pollers),
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+async def connect_with_retry(deadline_seconds: float) -> Client:
+    """Wait for the server: under `make run` the worker may start before it is up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_seconds
+    while True:
+        try:
+            return await connect_temporal()
+        except Exception as err:  # noqa: BLE001 - any connection failure is retried until the deadline
+            if loop.time() > deadline:
+                raise SystemExit(f"Temporal server not reachable: {err}") from err
+            log.info("Waiting for the Temporal server (%s)", err)
+            await asyncio.sleep(1)
+
+
+async def main() -> None:
+    settings = Settings.from_env()
+    client = await connect_with_retry(float(os.environ.get("WORKER_CONNECT_TIMEOUT", "60")))
+    identity = worker_identity()
+    threads = int(os.environ.get("WORKER_ACTIVITY_THREADS", "32"))
+    pollers = int(os.environ.get("WORKER_POLLERS", "8"))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="activity") as executor:
+        worker = build_worker(client, settings, executor, identity, concurrency=threads, pollers=pollers)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        async with worker:
+            log.info("Worker %s polling task queue %r (data in %s)", identity, settings.task_queue, settings.data_dir)
+            await stop.wait()
+            log.info("Shutting down: finishing in-flight tasks")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(main())

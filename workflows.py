@@ -1,0 +1,221 @@
+"""LoanApplicationWorkflow: validate -> decide -> persist -> notify, then hold the email's slot.
+
+One workflow per applicant email (the ID comes from `shared.loan_workflow_id`).
+The application is the workflow's start input, so it is durable the moment the
+server accepts the start; the web layer attaches a `wait_for_decision` update
+to that start (update-with-start) to answer the applicant as soon as the
+decision exists, while persisting and notifying carry on durably afterwards.
+
+After the decision the workflow stays open for the duplicate window (7 days by
+default): while it runs, the server itself refuses a second start with the
+same ID, which is how duplicates are refused without a look-up. During the
+window the applicant's "contact me" answer arrives as a signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities import LoanActivities
+    from shared import (
+        COMPLIANCE_DENIED,
+        INVALID_APPLICATION,
+        LOAN_DECISION,
+        AgentNotificationRequest,
+        ApplicationStatus,
+        ContactPreferenceRequest,
+        CreditDecision,
+        LoanApplication,
+        LoanOutcome,
+        LoanRequest,
+        PersistRequest,
+    )
+
+# Pure, fast steps run as local activities: recorded in history (visible in the
+# UI as markers) without a round trip through the task queue.
+PURE_STEP_TIMEOUT = timedelta(seconds=5)
+PURE_STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    maximum_attempts=3,
+    non_retryable_error_types=[INVALID_APPLICATION, COMPLIANCE_DENIED],
+)
+# Steps with I/O retry until they succeed: an application once decided must be
+# recorded, however long the disk or a worker is away. Backoff is capped so a
+# recovered store is used within 30 seconds.
+IO_STEP_TIMEOUT = timedelta(seconds=10)
+IO_STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=0,
+)
+CONTACT_ANSWERS = ("yes", "not_yet")
+
+
+@workflow.defn
+class LoanApplicationWorkflow:
+    @workflow.init
+    def __init__(self, request: LoanRequest) -> None:
+        self._stage = "received"
+        self._outcome: LoanOutcome | None = None
+        self._error: str | None = None
+        self._error_fields: dict[str, str] = {}
+        self._contact_preference: str | None = None
+        self._pending_contact: str | None = None
+        self._window_ends_at = workflow.info().workflow_start_time + timedelta(days=request.duplicate_window_days)
+
+    @workflow.run
+    async def run(self, request: LoanRequest) -> LoanOutcome:
+        try:
+            application = await self._validate(request.application)
+        except ActivityError as err:
+            if not (isinstance(err.cause, ApplicationError) and err.cause.type == INVALID_APPLICATION):
+                raise
+            self._stage = "failed"
+            self._error = err.cause.message
+            self._error_fields = err.cause.details[0] if err.cause.details else {}
+            # Let a waiting update see the failure before the workflow closes.
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            raise ApplicationError(self._error, self._error_fields, type=INVALID_APPLICATION) from err
+        decision = await self._decide(application)
+        outcome = self._announce(application, decision, request)
+        await self._persist(outcome)
+        if outcome.decision == "conditional":
+            await self._notify_agent(outcome, "conditional_review")
+        await self._hold_duplicate_window(outcome)
+        return outcome
+
+    # --- steps -------------------------------------------------------------
+
+    async def _validate(self, application: LoanApplication) -> LoanApplication:
+        validated = await workflow.execute_local_activity_method(
+            LoanActivities.validate_application,
+            application,
+            start_to_close_timeout=PURE_STEP_TIMEOUT,
+            retry_policy=PURE_STEP_RETRY,
+            summary="Validate the application",
+        )
+        self._stage = "validated"
+        return validated
+
+    async def _decide(self, application: LoanApplication) -> CreditDecision:
+        try:
+            await workflow.execute_local_activity_method(
+                LoanActivities.check_compliance,
+                application,
+                start_to_close_timeout=PURE_STEP_TIMEOUT,
+                retry_policy=PURE_STEP_RETRY,
+                summary="Check compliance limits",
+            )
+        except ActivityError as err:
+            if not (isinstance(err.cause, ApplicationError) and err.cause.type == COMPLIANCE_DENIED):
+                raise
+            return await workflow.execute_local_activity_method(
+                LoanActivities.deny_for_compliance,
+                args=[application, err.cause.message],
+                start_to_close_timeout=PURE_STEP_TIMEOUT,
+                retry_policy=PURE_STEP_RETRY,
+                summary="Record compliance denial",
+            )
+        return await workflow.execute_local_activity_method(
+            LoanActivities.decide,
+            application,
+            start_to_close_timeout=PURE_STEP_TIMEOUT,
+            retry_policy=PURE_STEP_RETRY,
+            summary="Decide on credit",
+        )
+
+    def _announce(self, application: LoanApplication, decision: CreditDecision, request: LoanRequest) -> LoanOutcome:
+        """Make the decision visible: to the waiting update, the query and the UI."""
+        info = workflow.info()
+        self._outcome = LoanOutcome(
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+            submitted_at=info.workflow_start_time.isoformat(timespec="microseconds"),
+            application=application,
+            decision=decision.decision,
+            reason=decision.reason,
+            loan_to_income_ratio=decision.loan_to_income_ratio,
+            message=decision.message,
+            decided_by=decision.decided_by,
+        )
+        self._stage = "decided"
+        workflow.upsert_search_attributes([LOAN_DECISION.value_set(decision.decision)])
+        workflow.set_current_details(
+            f"Decision: **{decision.decision}** ({decision.reason}); amount band {request.amount_band}."
+        )
+        return self._outcome
+
+    async def _persist(self, outcome: LoanOutcome) -> None:
+        await workflow.execute_activity_method(
+            LoanActivities.persist_application,
+            PersistRequest(outcome),
+            start_to_close_timeout=IO_STEP_TIMEOUT,
+            retry_policy=IO_STEP_RETRY,
+            summary="Persist the application record",
+        )
+        self._stage = "persisted"
+
+    async def _notify_agent(self, outcome: LoanOutcome, kind: str) -> None:
+        await workflow.execute_activity_method(
+            LoanActivities.notify_agent,
+            AgentNotificationRequest(outcome, kind),
+            start_to_close_timeout=IO_STEP_TIMEOUT,
+            retry_policy=IO_STEP_RETRY,
+            summary=f"Notify a loan agent ({kind})",
+        )
+
+    async def _hold_duplicate_window(self, outcome: LoanOutcome) -> None:
+        """Stay open until the window ends, recording contact answers as they come."""
+        while True:
+            remaining = self._window_ends_at - workflow.now()
+            if remaining <= timedelta(0):
+                break
+            try:
+                await workflow.wait_condition(lambda: self._pending_contact is not None, timeout=remaining)
+            except asyncio.TimeoutError:
+                break
+            answer, self._pending_contact = self._pending_contact, None
+            await workflow.execute_activity_method(
+                LoanActivities.record_contact_preference,
+                ContactPreferenceRequest(outcome.workflow_id, outcome.run_id, answer, workflow.now().isoformat()),
+                start_to_close_timeout=IO_STEP_TIMEOUT,
+                retry_policy=IO_STEP_RETRY,
+                summary=f"Record contact preference: {answer}",
+            )
+            if answer == "yes" and self._contact_preference != "yes":
+                await self._notify_agent(outcome, "contact_requested")
+            self._contact_preference = answer
+
+    # --- messages ------------------------------------------------------------
+
+    @workflow.update
+    async def wait_for_decision(self) -> LoanOutcome:
+        """Returns as soon as the decision exists (before persisting finishes)."""
+        await workflow.wait_condition(lambda: self._outcome is not None or self._error is not None)
+        if self._outcome is None:
+            raise ApplicationError(self._error or "invalid application", self._error_fields, type=INVALID_APPLICATION)
+        return self._outcome
+
+    @workflow.signal
+    def contact_preference(self, answer: str) -> None:
+        if answer not in CONTACT_ANSWERS:
+            workflow.logger.warning("Ignoring unknown contact answer %r", answer)
+            return
+        self._pending_contact = answer
+
+    @workflow.query
+    def status(self) -> ApplicationStatus:
+        return ApplicationStatus(
+            stage=self._stage,
+            outcome=self._outcome,
+            contact_preference=self._pending_contact or self._contact_preference,
+            error=self._error,
+            window_ends_at=self._window_ends_at.isoformat(),
+        )
