@@ -38,13 +38,14 @@ def build_worker(
     identity: str,
     concurrency: int = 32,
     pollers: int = 8,
+    store: JsonStore | None = None,
 ) -> Worker:
     """A worker with the loan workflow and activities, tuned for a burst of applications.
 
     `concurrency` must not exceed the executor's threads: activities are sync.
     """
     activities = LoanActivities(
-        store=JsonStore(settings.data_dir),
+        store=store or JsonStore(settings.data_dir),
         rules=load_rules(settings.rules_file),
         messages=load_messages(settings.messages_file),
         identity=identity,

@@ -58,6 +58,16 @@ IO_STEP_RETRY = RetryPolicy(
 CONTACT_ANSWERS = ("yes", "not_yet")
 
 
+def business_error(err: Exception, error_type: str) -> ApplicationError | None:
+    """The activity's ApplicationError of `error_type`, if that is what `err` is.
+
+    A failed activity arrives as ActivityError(cause=ApplicationError); a failed
+    local activity arrives as the ApplicationError itself.
+    """
+    cause = err.cause if isinstance(err, ActivityError) else err
+    return cause if isinstance(cause, ApplicationError) and cause.type == error_type else None
+
+
 @workflow.defn
 class LoanApplicationWorkflow:
     @workflow.init
@@ -74,12 +84,13 @@ class LoanApplicationWorkflow:
     async def run(self, request: LoanRequest) -> LoanOutcome:
         try:
             application = await self._validate(request.application)
-        except ActivityError as err:
-            if not (isinstance(err.cause, ApplicationError) and err.cause.type == INVALID_APPLICATION):
+        except (ActivityError, ApplicationError) as err:
+            invalid = business_error(err, INVALID_APPLICATION)
+            if invalid is None:
                 raise
             self._stage = "failed"
-            self._error = err.cause.message
-            self._error_fields = err.cause.details[0] if err.cause.details else {}
+            self._error = invalid.message
+            self._error_fields = invalid.details[0] if invalid.details else {}
             # Let a waiting update see the failure before the workflow closes.
             await workflow.wait_condition(workflow.all_handlers_finished)
             raise ApplicationError(self._error, self._error_fields, type=INVALID_APPLICATION) from err
@@ -113,12 +124,13 @@ class LoanApplicationWorkflow:
                 retry_policy=PURE_STEP_RETRY,
                 summary="Check compliance limits",
             )
-        except ActivityError as err:
-            if not (isinstance(err.cause, ApplicationError) and err.cause.type == COMPLIANCE_DENIED):
+        except (ActivityError, ApplicationError) as err:
+            denial = business_error(err, COMPLIANCE_DENIED)
+            if denial is None:
                 raise
             return await workflow.execute_local_activity_method(
                 LoanActivities.deny_for_compliance,
-                args=[application, err.cause.message],
+                args=[application, denial.message],
                 start_to_close_timeout=PURE_STEP_TIMEOUT,
                 retry_policy=PURE_STEP_RETRY,
                 summary="Record compliance denial",

@@ -1,0 +1,37 @@
+# Two commands: `make run` starts the whole product, `make test` runs every test.
+# Both create the virtualenv and install the pinned requirements first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= data
+export DATA_DIR
+
+.PHONY: run test bench install clean
+
+run: install
+	@mkdir -p "$(DATA_DIR)"
+	@echo "Starting the loan app. Form: http://$${WEB_HOST:-127.0.0.1}:$${WEB_PORT:-5001}/  Temporal UI: $${TEMPORAL_UI_URL:-http://localhost:8233}  (Ctrl+C stops everything)"
+	@if [ -n "$$TEMPORAL_ADDRESS" ]; then \
+		echo "TEMPORAL_ADDRESS=$$TEMPORAL_ADDRESS: using that server, not starting a dev server"; \
+		exec $(BIN)/honcho start worker web; \
+	else \
+		exec $(BIN)/honcho start; \
+	fi
+
+test: install
+	$(BIN)/python -m pytest
+
+# Needs `make run` (or another running app and server) in a second terminal.
+bench: install
+	$(BIN)/python load_test.py --benchmark
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
+	@touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache

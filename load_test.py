@@ -1,0 +1,584 @@
+"""Load test and benchmark of the loan app's JSON API.
+
+Load test (the default): sends --count applications to POST /api/evaluate with
+--concurrency requests in flight, waits for each decision and prints successes,
+errors, decisions, latency percentiles, throughput and which worker decided
+each application (`processed_by`), so adding a worker shows in the table.
+
+Benchmark (--benchmark): for each --levels concurrency, first measures the
+floor, a bare workflow with one no-op activity started and awaited with
+`client.execute_workflow` on an in-process worker with default settings, on
+the same Temporal server; then the app at the same concurrency. It prints both
+and their ratios next to the targets (printed, never asserted).
+
+Latency is the time from sending the POST to having the decision: when the app
+answers 202 (decision not ready yet), the status URL is polled every 0.2 s and
+the request counts as "completed after pending". Percentiles use the nearest
+rank: p95 is the smallest latency that at least 95% of requests do not exceed.
+Throughput is decisions per second of wall time.
+
+The app refuses a second application from the same email for 7 days, so every
+run sends new applicants (load-<run id>-<n>@example.com, the run id random);
+--seed fixes the mix of profiles and names, which covers all four decisions.
+
+    python load_test.py --count 500 --concurrency 32
+    python load_test.py --benchmark --levels 1,32 --repeat 3 --json
+
+Exit status 1 when any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import math
+import operator
+import os
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import timedelta
+from typing import Any, NamedTuple
+
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+# The worker's sandbox imports this module again for every floor workflow run;
+# these pass through (config even touches the file system, which it forbids).
+with workflow.unsafe.imports_passed_through():
+    import httpx
+
+    from config import connect_temporal
+
+DEFAULT_URL = "http://127.0.0.1:5001"
+POLL_INTERVAL = 0.2
+PERCENTILES = (50, 95, 99)
+# Unmeasured requests before each benchmark level; at least one per lane, so
+# every connection and poller is open before the clock starts.
+WARMUP = 10
+# Enough samples for a stable p99 at high concurrency; at concurrency 1 each
+# request waits for the previous one, so fewer keep the run short.
+BENCH_COUNT = 200
+BENCH_COUNT_SEQUENTIAL = 50
+PROGRESS_RATE_WINDOW = 2.0
+
+# One profile per decision under rules.json (credit score and loan-to-income decide).
+PROFILES = {
+    "pre_approved": {"loan_amount": 50000, "credit_score": 750, "annual_income": 150000},
+    "conditional": {"loan_amount": 45000, "credit_score": 700, "annual_income": 100000},
+    "denied": {"loan_amount": 30000, "credit_score": 650, "annual_income": 80000},
+    "denied_compliance": {"loan_amount": 30000, "credit_score": 550, "annual_income": 80000},
+}
+FIRST_NAMES = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim")
+LAST_NAMES = ("Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Perlman", "Lee")
+
+# (level, figure, comparison, limit, description): what the app is tuned for.
+TARGETS = (
+    (32, "app_over_floor_throughput", operator.ge, 1.0, "app throughput >= 1.0x floor"),
+    (32, "app_p99_over_p50", operator.le, 3.0, "app p99 <= 3x app p50"),
+    (1, "app_over_floor_p50", operator.le, 1.0, "app p50 <= 1.0x floor p50"),
+)
+
+
+# --- statistics: pure functions ------------------------------------------------
+
+
+def percentile(values: Sequence[float], pct: float) -> float | None:
+    """Nearest-rank percentile (an actual sample, no interpolation); None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct * len(ordered) / 100))
+    return ordered[rank - 1]
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float | None]:
+    """p50/p95/p99/max in milliseconds; None when there is no sample."""
+    stats = {f"p{pct}": percentile(seconds, pct) for pct in PERCENTILES}
+    stats["max"] = max(seconds, default=None)
+    return {name: None if value is None else value * 1000 for name, value in stats.items()}
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def median_or_none(values: Iterable[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
+
+
+# NamedTuples, not dataclasses: the sandbox runs this module again for every
+# floor workflow, and two dataclasses would add ~2.5 ms of CPU to each (measured),
+# lowering the floor the app is compared with.
+class Result(NamedTuple):
+    """One request: the decision it got, or the error that prevented one."""
+
+    latency: float  # seconds
+    decision: str | None = None
+    worker: str | None = None
+    was_pending: bool = False
+    error: str | None = None  # "HTTP 409", or an exception class such as "ConnectError"
+
+
+class Summary(NamedTuple):
+    requests: int
+    succeeded: int
+    completed_after_pending: int
+    failed: int
+    errors: dict[str, int]
+    decisions: dict[str, int]
+    workers: dict[str, int]
+    wall_seconds: float
+    throughput: float  # successes per second
+    latency_ms: dict[str, float | None]  # of successes only
+
+
+def summarize(results: Sequence[Result], wall_seconds: float) -> Summary:
+    succeeded = [r for r in results if r.error is None]
+    errors = Counter(r.error for r in results if r.error is not None)
+    return Summary(
+        requests=len(results),
+        succeeded=len(succeeded),
+        completed_after_pending=sum(r.was_pending for r in succeeded),
+        failed=len(results) - len(succeeded),
+        errors=dict(errors.most_common()),
+        decisions=dict(Counter(r.decision for r in succeeded if r.decision).most_common()),
+        workers=dict(Counter(r.worker for r in succeeded if r.worker).most_common()),
+        wall_seconds=wall_seconds,
+        throughput=len(succeeded) / wall_seconds if wall_seconds > 0 else 0.0,
+        latency_ms=latency_stats([r.latency for r in succeeded]),
+    )
+
+
+def make_applicants(count: int, seed: int, run_id: str, first: int = 0) -> list[dict[str, Any]]:
+    """Application payloads: the seed fixes profiles and names, the run id makes emails unique.
+
+    Profiles are dealt in turn and then shuffled, so any four or more
+    applicants cover every decision. Emails are numbered from `first`.
+    """
+    rng = random.Random(seed)
+    profiles = [list(PROFILES.values())[n % len(PROFILES)] for n in range(count)]
+    rng.shuffle(profiles)
+    return [
+        {
+            "name": f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}",
+            "email": f"load-{run_id}-{first + n}@example.com",
+            **profile,
+            "has_bankruptcy": False,
+        }
+        for n, profile in enumerate(profiles)
+    ]
+
+
+class Applicants:
+    """Batches of new applicants for one run: each has the seed's mix, no email repeats."""
+
+    def __init__(self, seed: int, run_id: str):
+        self.seed = seed
+        self.run_id = run_id
+        self.issued = 0
+
+    def batch(self, count: int) -> list[dict[str, Any]]:
+        applicants = make_applicants(count, self.seed, self.run_id, first=self.issued)
+        self.issued += count
+        return applicants
+
+
+# --- driving requests ----------------------------------------------------------
+
+
+class Progress:
+    """One status line on stderr, redrawn in place; silent unless stderr is a terminal."""
+
+    def __init__(self, label: str, total: int, enabled: bool | None = None):
+        self.label = label
+        self.total = total
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.done = 0
+        self.errors = 0
+        self.started = time.monotonic()
+        self.recent: deque[float] = deque()  # completion times within the rate window
+        self.last_drawn = 0.0
+
+    def record(self, result: Result) -> None:
+        self.done += 1
+        self.errors += result.error is not None
+        now = time.monotonic()
+        self.recent.append(now)
+        while self.recent[0] < now - PROGRESS_RATE_WINDOW:
+            self.recent.popleft()
+        # Redraw at most 10 times a second: the terminal must not slow the run.
+        if self.enabled and (now - self.last_drawn >= 0.1 or self.done == self.total):
+            self.last_drawn = now
+            rate = len(self.recent) / min(PROGRESS_RATE_WINDOW, max(now - self.started, 1e-3))
+            sys.stderr.write(f"\r{self.label}: {self.done}/{self.total}  errors {self.errors}  {rate:.1f}/s\033[K")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+async def run_concurrently(
+    items: Iterable[Any], concurrency: int, call: Callable[[Any], Awaitable[Result]], progress: Progress
+) -> tuple[list[Result], float]:
+    """`call` on every item, at most `concurrency` at a time; the results and the wall seconds."""
+    remaining = iter(items)
+    results: list[Result] = []
+
+    async def lane() -> None:
+        # The lanes share one iterator: each takes the next item as soon as it is free.
+        for item in remaining:
+            result = await call(item)
+            results.append(result)
+            progress.record(result)
+
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(lane() for _ in range(concurrency)))
+    finally:
+        progress.close()
+    return results, time.perf_counter() - started
+
+
+def http_client(url: str, concurrency: int, timeout: float) -> httpx.AsyncClient:
+    """A client whose pool holds one connection per lane, so none waits for a connection."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout)
+
+
+async def apply(
+    client: httpx.AsyncClient, payload: dict[str, Any], timeout: float, poll_interval: float = POLL_INTERVAL
+) -> Result:
+    """Submit one application and wait for its decision, polling while the app answers 202."""
+    started = time.perf_counter()
+    was_pending = False
+    try:
+        async with asyncio.timeout(timeout):
+            response = await client.post("/api/evaluate", json=payload)
+            if response.status_code == 202:
+                was_pending = True
+                status_url = response.json()["status_url"]
+                while response.status_code == 202:
+                    await asyncio.sleep(poll_interval)
+                    response = await client.get(status_url)
+            latency = time.perf_counter() - started
+            if response.status_code != 200:
+                return Result(latency, was_pending=was_pending, error=f"HTTP {response.status_code}")
+            body = response.json()
+            return Result(latency, body["decision"], body.get("processed_by"), was_pending)
+    except TimeoutError:
+        error = "TimeoutError while pending" if was_pending else "TimeoutError"
+        return Result(time.perf_counter() - started, was_pending=was_pending, error=error)
+    except Exception as err:
+        # One refused connection or malformed answer must not end the run: count it by class.
+        return Result(time.perf_counter() - started, was_pending=was_pending, error=type(err).__name__)
+
+
+async def run_app(
+    client: httpx.AsyncClient,
+    applicants: Sequence[dict[str, Any]],
+    concurrency: int,
+    timeout: float,
+    progress: Progress,
+) -> Summary:
+    results, wall_seconds = await run_concurrently(
+        applicants, concurrency, lambda payload: apply(client, payload, timeout), progress
+    )
+    return summarize(results, wall_seconds)
+
+
+# --- the floor: a bare workflow with one activity ------------------------------
+
+
+@activity.defn
+async def floor_activity(n: int) -> int:
+    """Does nothing: the floor measures Temporal's own round trips."""
+    return n
+
+
+@workflow.defn
+class FloorWorkflow:
+    @workflow.run
+    async def run(self, n: int) -> int:
+        return await workflow.execute_activity(floor_activity, n, start_to_close_timeout=timedelta(seconds=30))
+
+
+def floor_worker(client: Client, task_queue: str) -> Worker:
+    """A worker with every setting at its default, as a first Temporal app would have."""
+    return Worker(client, task_queue=task_queue, workflows=[FloorWorkflow], activities=[floor_activity])
+
+
+async def run_floor(client: Client, task_queue: str, count: int, concurrency: int, progress: Progress) -> Summary:
+    async def execute(n: int) -> Result:
+        started = time.perf_counter()
+        try:
+            await client.execute_workflow(
+                FloorWorkflow.run, n, id=f"{task_queue}-{uuid.uuid4().hex[:12]}", task_queue=task_queue
+            )
+        except Exception as err:
+            return Result(time.perf_counter() - started, error=type(err).__name__)
+        return Result(time.perf_counter() - started)
+
+    results, wall_seconds = await run_concurrently(range(count), concurrency, execute, progress)
+    return summarize(results, wall_seconds)
+
+
+# --- benchmark -----------------------------------------------------------------
+
+
+def bench_count_for(level: int, requested: int | None) -> int:
+    if requested is not None:
+        return requested
+    return BENCH_COUNT_SEQUENTIAL if level == 1 else BENCH_COUNT
+
+
+def headline(runs: Sequence[Summary]) -> dict[str, float | None]:
+    """Throughput, p50 and p99 of repeated runs, each the median over the runs."""
+    return {
+        "throughput": median_or_none(run.throughput for run in runs),
+        "p50_ms": median_or_none(run.latency_ms["p50"] for run in runs),
+        "p99_ms": median_or_none(run.latency_ms["p99"] for run in runs),
+    }
+
+
+def compare(floor: dict[str, float | None], app: dict[str, float | None]) -> dict[str, float | None]:
+    return {
+        "app_over_floor_throughput": ratio(app["throughput"], floor["throughput"]),
+        "app_over_floor_p50": ratio(app["p50_ms"], floor["p50_ms"]),
+        "app_p99_over_p50": ratio(app["p99_ms"], app["p50_ms"]),
+    }
+
+
+def check_targets(level: int, ratios: dict[str, float | None]) -> list[dict[str, Any]]:
+    checks = []
+    for target_level, figure, holds, limit, description in TARGETS:
+        if target_level != level:
+            continue
+        value = ratios[figure]
+        checks.append({"target": description, "value": value, "met": value is not None and holds(value, limit)})
+    return checks
+
+
+async def benchmark(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    client = await connect_temporal()
+    task_queue = f"bench-floor-{uuid.uuid4()}"
+    applicants = Applicants(args.seed, run_id)
+    levels = []
+    async with floor_worker(client, task_queue):
+        # Creating the worker imported this module in the sandbox, which caches its bytecode if it may.
+        if not os.path.exists(importlib.util.cache_from_source(__file__)):
+            print(
+                "warning: no bytecode cache for load_test.py (PYTHONDONTWRITEBYTECODE?): the sandbox"
+                " compiles it for every floor workflow, so the floor comes out lower than it is",
+                file=sys.stderr,
+            )
+        for level in args.levels:
+            count = bench_count_for(level, args.bench_count)
+            warmup = max(WARMUP, level)
+            floor_runs: list[Summary] = []
+            app_runs: list[Summary] = []
+            async with http_client(args.url, level, args.timeout) as http:
+                await run_floor(client, task_queue, warmup, level, Progress(f"c={level} floor warm-up", warmup))
+                await run_app(
+                    http, applicants.batch(warmup), level, args.timeout, Progress(f"c={level} app warm-up", warmup)
+                )
+                # Floor and app alternate, so a slow spell of the machine hits both.
+                for run in range(1, args.repeat + 1):
+                    label = f"c={level} run {run}/{args.repeat}"
+                    floor_runs.append(
+                        await run_floor(client, task_queue, count, level, Progress(f"{label} floor", count))
+                    )
+                    app_runs.append(
+                        await run_app(
+                            http, applicants.batch(count), level, args.timeout, Progress(f"{label} app", count)
+                        )
+                    )
+            floor, app = headline(floor_runs), headline(app_runs)
+            ratios = compare(floor, app)
+            levels.append(
+                {
+                    "concurrency": level,
+                    "requests": count,
+                    "floor": floor,
+                    "app": app,
+                    "ratios": ratios,
+                    "targets": check_targets(level, ratios),
+                    "floor_runs": [run._asdict() for run in floor_runs],
+                    "app_runs": [run._asdict() for run in app_runs],
+                }
+            )
+    return {
+        "run_id": run_id,
+        "url": args.url,
+        "seed": args.seed,
+        "repeat": args.repeat,
+        "floor_task_queue": task_queue,
+        "levels": levels,
+        "failed": sum(run["failed"] for level in levels for run in level["floor_runs"] + level["app_runs"]),
+    }
+
+
+# --- output --------------------------------------------------------------------
+
+
+def number(value: float | None, digits: int = 1, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def count_table(heading: str, counts: dict[str, int]) -> list[str]:
+    if not counts:
+        return []
+    width = max(len(heading), *(len(name) for name in counts))
+    return ["", f"  {heading:<{width}}  count", *(f"  {name:<{width}}  {n:>5}" for name, n in counts.items())]
+
+
+def format_summary(summary: Summary, title: str) -> str:
+    latency = summary.latency_ms
+    lines = [
+        title,
+        "",
+        f"  succeeded     {summary.succeeded:>7}  ({summary.completed_after_pending} completed after pending)",
+        f"  failed        {summary.failed:>7}",
+        f"  wall time     {summary.wall_seconds:>7.2f} s",
+        f"  throughput    {summary.throughput:>7.1f} decisions/s",
+        "  latency ms    " + "  ".join(f"{name} {number(value)}" for name, value in latency.items()),
+        *count_table("decision", summary.decisions),
+        *count_table("worker (processed_by)", summary.workers),
+        *count_table("error", summary.errors),
+    ]
+    return "\n".join(lines)
+
+
+def format_benchmark(report: dict[str, Any]) -> str:
+    header = (
+        f"{'level':>5}  {'requests':>8}  {'floor/s':>8}  {'app/s':>8}  {'app/floor':>9}  "
+        f"{'floor p50':>9}  {'floor p99':>9}  {'app p50':>8}  {'app p99':>8}  {'p50 vs floor':>12}  {'app p99/p50':>11}"
+    )
+    lines = [
+        f"Benchmark: floor (bare workflow + 1 activity, default worker) vs app at {report['url']}",
+        f"run {report['run_id']}, seed {report['seed']}, median of {report['repeat']} run(s); latencies in ms",
+        "",
+        header,
+    ]
+    for level in report["levels"]:
+        floor, app, ratios = level["floor"], level["app"], level["ratios"]
+        lines.append(
+            f"{level['concurrency']:>5}  {level['requests']:>8}  {number(floor['throughput']):>8}  "
+            f"{number(app['throughput']):>8}  {number(ratios['app_over_floor_throughput'], 2, 'x'):>9}  "
+            f"{number(floor['p50_ms']):>9}  {number(floor['p99_ms']):>9}  {number(app['p50_ms']):>8}  "
+            f"{number(app['p99_ms']):>8}  {number(ratios['app_over_floor_p50'], 2, 'x'):>12}  "
+            f"{number(ratios['app_p99_over_p50'], 2, 'x'):>11}"
+        )
+    checks = [(level["concurrency"], check) for level in report["levels"] for check in level["targets"]]
+    if checks:
+        lines += ["", "Targets (reported, not asserted):"]
+        for level, check in checks:
+            verdict = "met" if check["met"] else "MISSED"
+            lines.append(f"  c={level:<3} {check['target']:<30} {number(check['value'], 2, 'x'):>7}  {verdict}")
+    for level in report["levels"]:
+        for name in ("floor", "app"):
+            errors = Counter()
+            for run in level[f"{name}_runs"]:
+                errors.update(run["errors"])
+            if errors:
+                lines.append(f"  c={level['concurrency']} {name} errors: {dict(errors.most_common())}")
+    return "\n".join(lines)
+
+
+# --- command line --------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def level_list(text: str) -> list[int]:
+    try:
+        levels = [positive_int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        levels = []
+    if not levels:
+        raise argparse.ArgumentTypeError(f"expected concurrency levels like 1,32, got {text!r}")
+    return levels
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=positive_int, default=100, help="applications to send (default 100)")
+    parser.add_argument("--concurrency", type=positive_int, default=16, help="requests in flight (default 16)")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("LOAD_TEST_URL", DEFAULT_URL),
+        help=f"the app's base URL (default $LOAD_TEST_URL or {DEFAULT_URL})",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="fixes the mix of applicant profiles (default 1)")
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per application, polling included (default 30)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument(
+        "--benchmark", action="store_true", help="compare the app with a bare Temporal workflow on the same server"
+    )
+    parser.add_argument(
+        "--levels", type=level_list, default="1,32", help="benchmark concurrency levels (default 1,32)"
+    )
+    parser.add_argument(
+        "--bench-count",
+        type=positive_int,
+        help=f"benchmark requests per level and run ({BENCH_COUNT_SEQUENTIAL} at concurrency 1, else {BENCH_COUNT})",
+    )
+    parser.add_argument(
+        "--repeat", type=positive_int, default=1, help="benchmark runs per level; figures are their median (default 1)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    run_id = uuid.uuid4().hex[:8]
+    if args.benchmark:
+        report = asyncio.run(benchmark(args, run_id))
+        print(json.dumps(report, indent=2) if args.json else format_benchmark(report))
+        return 1 if report["failed"] else 0
+
+    async def load_test() -> Summary:
+        applicants = Applicants(args.seed, run_id).batch(args.count)
+        async with http_client(args.url, args.concurrency, args.timeout) as http:
+            progress = Progress("applications", args.count)
+            return await run_app(http, applicants, args.concurrency, args.timeout, progress)
+
+    summary = asyncio.run(load_test())
+    if args.json:
+        settings = {"url": args.url, "run_id": run_id, "seed": args.seed, "concurrency": args.concurrency}
+        print(json.dumps({**settings, **summary._asdict()}, indent=2))
+    else:
+        title = (
+            f"Load test: {args.count} applications, concurrency {args.concurrency}, {args.url}"
+            f" (run {run_id}, seed {args.seed})"
+        )
+        print(format_summary(summary, title))
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    status = main()
+    # Skip the interpreter's teardown: the Temporal client's Rust threads can
+    # crash it now and then (segfault or abort), which would replace the status.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

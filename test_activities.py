@@ -1,0 +1,189 @@
+"""Unit tests of the loan activities: every decision rule and boundary, texts and persistence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities import AGENT_NOTIFICATIONS, APPLICATIONS, LoanActivities
+from config import load_messages, load_rules
+from shared import (
+    COMPLIANCE_DENIED,
+    INVALID_APPLICATION,
+    AgentNotificationRequest,
+    ContactPreferenceRequest,
+    DecisionMessage,
+    LoanApplication,
+    LoanOutcome,
+    PersistRequest,
+    record_key,
+)
+from store import JsonStore
+
+HERE = Path(__file__).resolve().parent
+
+
+def make_activities(tmp_path: Path, rules_file: Path = HERE / "rules.json") -> LoanActivities:
+    return LoanActivities(
+        store=JsonStore(tmp_path),
+        rules=load_rules(rules_file),
+        messages=load_messages(HERE / "messages.json"),
+        identity="worker-test",
+    )
+
+
+def applicant(credit_score=750, loan_amount=40_000.0, annual_income=100_000.0, has_bankruptcy=False, **extra):
+    return LoanApplication(
+        name=extra.get("name", "Ada Lovelace"),
+        email=extra.get("email", "ada@example.com"),
+        loan_amount=loan_amount,
+        credit_score=credit_score,
+        annual_income=annual_income,
+        has_bankruptcy=has_bankruptcy,
+    )
+
+
+@pytest.fixture
+def activities(tmp_path: Path) -> LoanActivities:
+    return make_activities(tmp_path)
+
+
+def decision_for(activities: LoanActivities, application: LoanApplication) -> str:
+    """The decision the workflow would reach: compliance first, then credit."""
+    try:
+        activities.check_compliance(application)
+    except ApplicationError as err:
+        assert err.type == COMPLIANCE_DENIED and err.non_retryable
+        return activities.deny_for_compliance(application, err.message).decision
+    return activities.decide(application).decision
+
+
+@pytest.mark.parametrize(
+    ("credit_score", "loan_amount", "annual_income", "has_bankruptcy", "expected"),
+    [
+        # Compliance: credit score 600, loan 500,000.
+        (599, 10_000, 100_000, False, "denied_compliance"),
+        (600, 10_000, 100_000, False, "denied"),
+        (750, 500_000, 2_000_000, False, "pre_approved"),
+        (750, 500_001, 2_000_000, False, "denied_compliance"),
+        # Bankruptcy needs 680.
+        (679, 10_000, 100_000, True, "denied"),
+        (680, 10_000, 100_000, True, "conditional"),
+        # Near prime 680-719: loan-to-income at most 0.50.
+        (679, 10_000, 100_000, False, "denied"),
+        (680, 50_000, 100_000, False, "conditional"),
+        (680, 51_000, 100_000, False, "denied"),
+        (719, 50_000, 100_000, False, "conditional"),
+        # Prime from 720: loan-to-income at most 0.40 is pre-approved.
+        (720, 40_000, 100_000, False, "pre_approved"),
+        (719, 40_000, 100_000, False, "conditional"),
+        (720, 41_000, 100_000, False, "conditional"),
+        (720, 40_000, 100_000, True, "conditional"),
+        (850, 41_000, 100_000, False, "conditional"),
+        # No income: infinite loan-to-income.
+        (750, 10_000, 0, False, "conditional"),
+        (700, 10_000, 0, False, "denied"),
+    ],
+)
+def test_decision_rules_and_boundaries(activities, credit_score, loan_amount, annual_income, has_bankruptcy, expected):
+    application = applicant(credit_score, float(loan_amount), float(annual_income), has_bankruptcy)
+    assert decision_for(activities, application) == expected
+
+
+def test_loan_to_income_is_reported_and_none_for_no_income(activities):
+    assert activities.decide(applicant(750, 50_000.0, 150_000.0)).loan_to_income_ratio == pytest.approx(0.3333)
+    assert activities.decide(applicant(750, 10_000.0, 0.0)).loan_to_income_ratio is None
+
+
+def test_messages_fill_in_amount_and_email(activities):
+    decision = activities.decide(applicant(750, 50_000.0, 150_000.0, email="john@example.com"))
+    assert decision.message.title == "You're pre-approved!"
+    assert "$50,000" in decision.message.message
+    assert any("john@example.com" in step for step in decision.message.next_steps)
+    assert decision.decided_by == "worker-test"
+
+
+def test_compliance_denial_explains_the_limits(activities):
+    decision = activities.deny_for_compliance(applicant(550), "credit score below 600")
+    assert decision.decision == "denied_compliance"
+    assert any("600" in step and "$500,000" in step for step in decision.message.next_steps)
+
+
+def test_changing_rules_json_changes_decisions(tmp_path):
+    rules = json.loads((HERE / "rules.json").read_text())
+    rules["prime"]["min_credit_score"] = 760
+    rules_file = tmp_path / "rules.json"
+    rules_file.write_text(json.dumps(rules))
+    application = applicant(750, 40_000.0, 100_000.0)
+    assert decision_for(make_activities(tmp_path / "a"), application) == "pre_approved"
+    assert decision_for(make_activities(tmp_path / "b", rules_file), application) == "conditional"
+
+
+def test_rules_file_with_a_typo_is_refused(tmp_path):
+    rules = json.loads((HERE / "rules.json").read_text())
+    rules["prime"]["max_loan_to_incme"] = rules["prime"].pop("max_loan_to_income")
+    rules_file = tmp_path / "rules.json"
+    rules_file.write_text(json.dumps(rules))
+    with pytest.raises(ValueError, match="max_loan_to_incme"):
+        load_rules(rules_file)
+
+
+def test_validate_activity_rejects_invalid_input_non_retryably(activities):
+    bad = applicant(credit_score=900, email="not-an-email")
+    with pytest.raises(ApplicationError) as raised:
+        activities.validate_application(bad)
+    assert raised.value.type == INVALID_APPLICATION
+    assert raised.value.non_retryable
+    assert set(raised.value.details[0]) == {"credit_score", "email"}
+
+
+def test_validate_activity_normalizes_email(activities):
+    validated = activities.validate_application(applicant(email="  Ada@Example.COM "))
+    assert validated.email == "ada@example.com"
+
+
+def outcome_for(application: LoanApplication, decision: str = "conditional") -> LoanOutcome:
+    return LoanOutcome(
+        workflow_id="loan-abc",
+        run_id="run-1",
+        submitted_at="2026-11-23T09:00:00.000000+00:00",
+        application=application,
+        decision=decision,
+        reason="test",
+        loan_to_income_ratio=0.4,
+        message=DecisionMessage("t", "m", []),
+        decided_by="worker-test",
+    )
+
+
+def test_persist_is_idempotent_and_keeps_a_recorded_contact_answer(activities):
+    outcome = outcome_for(applicant())
+    activities.persist_application(PersistRequest(outcome))
+    activities.record_contact_preference(ContactPreferenceRequest("loan-abc", "run-1", "yes", "2026-11-23T10:00:00"))
+    activities.persist_application(PersistRequest(outcome))  # a retry after the answer
+
+    records, total = activities.store.list_recent(APPLICATIONS)
+    assert total == 1
+    assert records[0]["contact_preference"] == "yes"
+    assert records[0]["decision"] == "conditional"
+
+
+def test_contact_answer_before_persist_is_retried(activities):
+    with pytest.raises(ApplicationError, match="not persisted yet") as raised:
+        activities.record_contact_preference(ContactPreferenceRequest("loan-abc", "run-1", "yes", "t"))
+    assert not raised.value.non_retryable
+
+
+def test_agent_notification_is_written_once(activities):
+    request = AgentNotificationRequest(outcome_for(applicant()), "conditional_review")
+    env = ActivityEnvironment()
+    env.run(activities.notify_agent, request)
+    env.run(activities.notify_agent, request)  # retried
+    notifications, total = activities.store.list_recent(AGENT_NOTIFICATIONS)
+    assert total == 1
+    assert notifications[0]["kind"] == "conditional_review"
+    assert activities.store.get(AGENT_NOTIFICATIONS, f"{record_key('loan-abc', 'run-1')}.conditional_review")

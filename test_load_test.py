@@ -1,0 +1,251 @@
+"""Unit tests of load_test.py: statistics, applicant generation, aggregation and the HTTP client.
+
+No server needed: the HTTP client runs against `httpx.MockTransport`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+import load_test
+from load_test import (
+    PROFILES,
+    Applicants,
+    Progress,
+    Result,
+    apply,
+    check_targets,
+    compare,
+    headline,
+    latency_stats,
+    make_applicants,
+    percentile,
+    run_app,
+    summarize,
+)
+
+BASE_URL = "http://app.test"
+
+
+# --- statistics ----------------------------------------------------------------
+
+
+def test_percentile_of_empty_is_none():
+    assert percentile([], 50) is None
+
+
+def test_percentile_of_one_value_is_that_value():
+    assert [percentile([7.0], pct) for pct in (1, 50, 99, 100)] == [7.0] * 4
+
+
+def test_percentile_uses_nearest_rank():
+    values = list(range(20, 0, -1))  # 1..20, unsorted on purpose
+    assert percentile(values, 50) == 10
+    assert percentile(values, 95) == 19  # rank ceil(0.95 * 20) = 19, exactly
+    assert percentile(values, 99) == 20
+    assert percentile(values, 100) == 20
+    assert percentile([1, 2, 3, 4], 50) == 2
+    assert percentile([15, 20, 35, 40, 50], 30) == 20
+
+
+def test_latency_stats_in_milliseconds():
+    stats = latency_stats([0.001 * n for n in range(1, 101)])
+    assert stats == pytest.approx({"p50": 50.0, "p95": 95.0, "p99": 99.0, "max": 100.0})
+    assert latency_stats([]) == {"p50": None, "p95": None, "p99": None, "max": None}
+
+
+# --- applicants ----------------------------------------------------------------
+
+
+def test_applicants_are_reproducible_for_a_seed():
+    first = make_applicants(40, seed=1, run_id="aaaa1111")
+    again = make_applicants(40, seed=1, run_id="bbbb2222")
+    without_email = lambda applicants: [{k: v for k, v in a.items() if k != "email"} for a in applicants]  # noqa: E731
+    assert without_email(first) == without_email(again)
+    assert without_email(make_applicants(40, seed=2, run_id="aaaa1111")) != without_email(first)
+
+
+def test_applicant_emails_are_unique_within_and_across_runs():
+    run_a = make_applicants(50, seed=1, run_id="aaaa1111")
+    run_b = make_applicants(50, seed=1, run_id="bbbb2222")
+    emails = [a["email"] for a in run_a + run_b]
+    assert len(set(emails)) == 100
+    assert run_a[0]["email"] == "load-aaaa1111-0@example.com"
+
+
+def test_batches_of_one_run_share_the_mix_but_not_emails():
+    applicants = Applicants(seed=1, run_id="aaaa1111")
+    first, second = applicants.batch(8), applicants.batch(8)
+    assert [a["credit_score"] for a in first] == [a["credit_score"] for a in second]
+    assert not {a["email"] for a in first} & {a["email"] for a in second}
+    assert second[0]["email"] == "load-aaaa1111-8@example.com"
+
+
+def test_any_four_applicants_cover_every_decision():
+    scores = {profile["credit_score"] for profile in PROFILES.values()}
+    for count in (4, 5, 100):
+        assert {a["credit_score"] for a in make_applicants(count, seed=3, run_id="x")} == scores
+    assert set(PROFILES) == {"pre_approved", "conditional", "denied", "denied_compliance"}
+
+
+def test_applicants_are_valid_api_payloads():
+    for applicant in make_applicants(8, seed=1, run_id="abcd1234"):
+        assert set(applicant) == {"name", "email", "loan_amount", "credit_score", "annual_income", "has_bankruptcy"}
+        assert applicant["name"] and applicant["has_bankruptcy"] is False
+        json.dumps(applicant)
+
+
+# --- aggregation ---------------------------------------------------------------
+
+
+def test_summary_counts_statuses_decisions_and_workers():
+    results = [
+        Result(0.010, "pre_approved", "worker-1"),
+        Result(0.020, "pre_approved", "worker-2"),
+        Result(0.030, "denied", "worker-1"),
+        Result(1.500, "conditional", "worker-1", was_pending=True),
+        Result(0.005, error="HTTP 409"),
+        Result(0.006, error="HTTP 409"),
+        Result(0.001, error="ConnectError"),
+    ]
+    summary = summarize(results, wall_seconds=2.0)
+    assert summary.requests == 7
+    assert summary.succeeded == 4
+    assert summary.completed_after_pending == 1
+    assert summary.failed == 3
+    assert summary.errors == {"HTTP 409": 2, "ConnectError": 1}
+    assert summary.decisions == {"pre_approved": 2, "denied": 1, "conditional": 1}
+    assert summary.workers == {"worker-1": 3, "worker-2": 1}
+    assert summary.throughput == 2.0
+    # Failed requests do not count in the latency: their time says nothing about decisions.
+    assert summary.latency_ms["max"] == pytest.approx(1500.0)
+    assert summary.latency_ms["p50"] == pytest.approx(20.0)
+
+
+def test_summary_of_nothing():
+    summary = summarize([], wall_seconds=0.0)
+    assert (summary.requests, summary.failed, summary.throughput) == (0, 0, 0.0)
+    assert summary.latency_ms["p50"] is None
+
+
+def test_benchmark_figures_are_medians_and_ratios():
+    floor_runs = [summarize([Result(s)] * 10, wall) for s, wall in ((0.10, 1.0), (0.30, 2.0), (0.20, 4.0))]
+    app_runs = [summarize([Result(0.05)] * 10, 0.5)]
+    floor, app = headline(floor_runs), headline(app_runs)
+    assert floor == pytest.approx({"throughput": 5.0, "p50_ms": 200.0, "p99_ms": 200.0})
+    ratios = compare(floor, app)
+    assert ratios == pytest.approx(
+        {"app_over_floor_throughput": 4.0, "app_over_floor_p50": 0.25, "app_p99_over_p50": 1.0}
+    )
+    assert [check["met"] for check in check_targets(32, ratios)] == [True, True]
+    assert [check["met"] for check in check_targets(1, ratios)] == [True]
+    assert check_targets(8, ratios) == []
+
+
+def test_bench_count_defaults_depend_on_concurrency():
+    assert load_test.bench_count_for(1, None) == load_test.BENCH_COUNT_SEQUENTIAL
+    assert load_test.bench_count_for(32, None) == load_test.BENCH_COUNT
+    assert load_test.bench_count_for(1, 7) == 7
+
+
+def test_levels_argument():
+    assert load_test.parse_args(["--levels", "1, 8,32"]).levels == [1, 8, 32]
+    assert load_test.parse_args([]).levels == [1, 32]
+    with pytest.raises(SystemExit):
+        load_test.parse_args(["--levels", "0"])
+
+
+# --- the HTTP client against a mock app ----------------------------------------
+
+
+def decided_body(request: httpx.Request, workflow_id: str, worker: str) -> dict:
+    application = json.loads(request.content) if request.method == "POST" else {}
+    return {
+        "status": "decided",
+        "workflow_id": workflow_id,
+        "decision": "pre_approved",
+        "message": {"title": "t", "message": "m", "next_steps": []},
+        "application": application,
+        "loan_to_income_ratio": 0.33,
+        "processed_by": worker,
+    }
+
+
+def mock_client(handler) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url=BASE_URL)
+
+
+async def test_decision_in_the_first_answer():
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert (request.method, request.url.path) == ("POST", "/api/evaluate")
+        return httpx.Response(200, json=decided_body(request, "loan-1", "worker-a"))
+
+    async with mock_client(handler) as client:
+        result = await apply(client, make_applicants(1, 1, "t")[0], timeout=5)
+    assert result.error is None
+    assert (result.decision, result.worker, result.was_pending) == ("pre_approved", "worker-a", False)
+    assert result.latency > 0
+
+
+async def test_pending_answer_is_polled_until_decided():
+    polls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(202, json={"workflow_id": "loan-2", "status_url": "/api/applications/loan-2"})
+        assert request.url.path == "/api/applications/loan-2"
+        polls.append(request)
+        if len(polls) < 3:
+            return httpx.Response(202, json={"status": "pending"})
+        return httpx.Response(200, json=decided_body(request, "loan-2", "worker-b"))
+
+    async with mock_client(handler) as client:
+        result = await apply(client, make_applicants(1, 1, "t")[0], timeout=5, poll_interval=0.01)
+    assert len(polls) == 3
+    assert result.error is None
+    assert (result.decision, result.worker, result.was_pending) == ("pre_approved", "worker-b", True)
+
+
+async def test_pending_past_the_timeout_is_an_error():
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(202, json={"workflow_id": "loan-3", "status_url": "/api/applications/loan-3"})
+        return httpx.Response(202, json={"status": "pending"})
+
+    async with mock_client(handler) as client:
+        result = await apply(client, make_applicants(1, 1, "t")[0], timeout=0.1, poll_interval=0.01)
+    assert result.error == "TimeoutError while pending"
+    assert result.was_pending
+
+
+async def test_connection_error_is_counted_by_class():
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async with mock_client(handler) as client:
+        result = await apply(client, make_applicants(1, 1, "t")[0], timeout=5)
+    assert result.error == "ConnectError"
+
+
+async def test_run_counts_duplicates_as_errors():
+    seen_emails = set()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        email = json.loads(request.content)["email"]
+        if email in seen_emails:
+            return httpx.Response(409, json={"error": "already applied"})
+        seen_emails.add(email)
+        worker = "worker-a" if len(seen_emails) % 2 else "worker-b"
+        return httpx.Response(200, json=decided_body(request, f"loan-{email}", worker))
+
+    applicants = make_applicants(6, 1, "dup")
+    # The first two applicants apply twice: those second attempts are refused.
+    async with mock_client(handler) as client:
+        summary = await run_app(client, applicants + applicants[:2], 3, 5, Progress("test", 8, enabled=False))
+    assert (summary.requests, summary.succeeded, summary.failed) == (8, 6, 2)
+    assert summary.errors == {"HTTP 409": 2}
+    assert summary.workers == {"worker-a": 3, "worker-b": 3}
+    assert summary.decisions == {"pre_approved": 6}
