@@ -11,6 +11,7 @@ runs Flask's development server for quick experiments.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from temporalio.client import (
     WithStartWorkflowOperation,
     WorkflowExecutionStatus,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
@@ -32,7 +34,7 @@ from werkzeug.exceptions import BadRequest, HTTPException
 
 from activities import APPLICATIONS
 from config import LoanRules, Messages, Settings, load_messages, load_rules, temporal_connect_config
-from shared import LOAN_AMOUNT_BAND, LOAN_DECISION, LoanApplication, LoanRequest, amount_band, loan_workflow_id, record_key
+from shared import LOAN_AMOUNT_BAND, LOAN_DECISION, LoanApplication, LoanOutcome, LoanRequest, amount_band, loan_workflow_id, record_key
 from store import JsonStore
 from temporal_bridge import TemporalBridge, TemporalUnavailable, bridge
 from validation import InvalidApplication, parse_form_application, parse_json_application
@@ -106,25 +108,42 @@ class LoanService:
                 static_summary=f"Loan application, amount {band}",
             )
             try:
-                return await client.execute_update_with_start_workflow(
-                    LoanApplicationWorkflow.wait_for_decision, start_workflow_operation=start
-                )
+                return await self._execute(client, start)
             except WorkflowAlreadyStartedError:
                 return await self._duplicate(client, workflow_id)
+            except WorkflowUpdateRPCTimeoutOrCancelledError:
+                return None  # no decision in time (no worker?); checked below
 
         try:
-            result = self.temporal.run(start_and_wait, timeout=self.settings.decision_wait_seconds)
+            # The margin covers connecting and the duplicate look-up.
+            result = self.temporal.run(start_and_wait, timeout=self.settings.decision_wait_seconds + 5)
         except TimeoutError:
-            return self._pending_if_started(workflow_id)
+            result = None
         except WorkflowUpdateFailedError as err:
             cause = err.cause.cause if isinstance(err.cause.cause, ApplicationError) else err.cause
             fields = cause.details[0] if isinstance(cause, ApplicationError) and cause.details else {}
             raise InvalidApplication(fields or {"application": str(cause)}) from err
         except RPCError as err:
             raise TemporalUnavailable(str(err)) from err
+        if result is None:
+            return self._pending_if_started(workflow_id)
         if isinstance(result, Duplicate):
             return result
         return Decided(dataclasses.asdict(result), persisted=False)
+
+    async def _execute(self, client: Client, start: WithStartWorkflowOperation) -> LoanOutcome:
+        try:
+            return await client.execute_update_with_start_workflow(
+                LoanApplicationWorkflow.wait_for_decision,
+                start_workflow_operation=start,
+                rpc_timeout=timedelta(seconds=self.settings.decision_wait_seconds),
+            )
+        except BaseException:
+            # The operation's own future holds the same error: retrieve it, or
+            # asyncio logs it as "never retrieved" from the bridge thread.
+            with contextlib.suppress(BaseException):
+                await start.workflow_handle()
+            raise
 
     def _pending_if_started(self, workflow_id: str) -> Pending:
         """After a timeout: the application is safe only if its workflow exists."""

@@ -61,6 +61,14 @@ class TemporalBridge:
                 raise TemporalUnavailable(str(err)) from err
         return self._client
 
+    def close(self) -> None:
+        """Stop the loop thread (tests create many apps in one process)."""
+        with self._lock:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._loop = None
+                self._client = None
+
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None or self._pid != os.getpid():

@@ -1,0 +1,314 @@
+"""The web app end to end: Flask app -> real Temporal dev server -> real worker process.
+
+Covers the original loan app's scenarios, duplicate refusal under a 20-way
+race, the worker-down path (202, then completed once a worker starts), input
+errors, the pages, and gunicorn serving the app as `make run` does.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from activities import APPLICATIONS
+from conftest import HERE, WorkerProcess, wait_until
+from config import Settings, load_messages
+from starter import create_app
+from store import JsonStore
+
+MESSAGES = load_messages(HERE / "messages.json")
+JOHN = {
+    "name": "John Doe",
+    "email": "john.doe@example.com",
+    "loan_amount": 50000,
+    "credit_score": 750,
+    "annual_income": 150000,
+    "has_bankruptcy": False,
+}
+SARAH = {**JOHN, "name": "Sarah Test", "email": "sarah@example.com", "loan_amount": 100000, "annual_income": 80000}
+
+
+@pytest.fixture(scope="module")
+def shared_stack(dev_server, tmp_path_factory):
+    """One worker process and task queue for the module; each test gets its own ID secret."""
+    root = tmp_path_factory.mktemp("api")
+    settings = replace(
+        Settings.from_env(),
+        data_dir=root / "data",
+        task_queue=f"api-{uuid.uuid4().hex[:12]}",
+        rules_file=HERE / "rules.json",
+        messages_file=HERE / "messages.json",
+        decision_wait_seconds=10.0,
+    )
+    address = dev_server.client.service_client.config.target_host
+    worker = WorkerProcess(settings, address, root / "worker.log")
+    yield settings, address
+    worker.kill()
+
+
+def make_app(settings: Settings, address: str, monkeypatch):
+    monkeypatch.setenv("TEMPORAL_ADDRESS", address)
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", "default")
+    return create_app({"SETTINGS": settings, "TESTING": True})
+
+
+@pytest.fixture
+def app(shared_stack, monkeypatch):
+    settings, address = shared_stack
+    app = make_app(replace(settings, secret_key=uuid.uuid4().hex), address, monkeypatch)
+    yield app
+    app.extensions["temporal"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def store_of(app) -> JsonStore:
+    return app.extensions["loan_service"].store
+
+
+def records_for(app, workflow_id: str) -> list[dict]:
+    records, _ = store_of(app).list_recent(APPLICATIONS, limit=10_000)
+    return [r for r in records if r["workflow_id"] == workflow_id]
+
+
+def test_john_doe_is_pre_approved(client, app):
+    response = client.post("/api/evaluate", json=JOHN)
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert body["decision"] == "pre_approved"
+    assert body["message"]["title"] == "You're pre-approved!"
+    assert "$50,000" in body["message"]["message"]
+    assert body["application"]["email"] == "john.doe@example.com"
+    assert body["loan_to_income_ratio"] == pytest.approx(0.3333)
+    assert body["processed_by"].startswith("worker-")
+    assert body["workflow_id"].startswith("loan-") and "john" not in body["workflow_id"]
+
+    status = wait_until(
+        lambda: (r := client.get(f"/api/applications/{body['workflow_id']}")).json.get("persisted") and r,
+        what="the record to be persisted",
+    )
+    assert status.status_code == 200
+    assert status.json["decision"] == "pre_approved"
+    assert len(records_for(app, body["workflow_id"])) == 1
+
+
+def test_sarah_test_is_conditional(client):
+    response = client.post("/api/evaluate", json=SARAH)
+    assert response.status_code == 200, response.json
+    assert response.json["decision"] == "conditional"
+    assert response.json["loan_to_income_ratio"] == pytest.approx(1.25)
+
+
+def test_same_email_twice_is_refused_with_days_remaining(client):
+    first = client.post("/api/evaluate", json=JOHN)
+    assert first.status_code == 200
+    # Case and spaces do not make it a different applicant.
+    second = client.post("/api/evaluate", json={**JOHN, "email": "  JOHN.DOE@example.com", "loan_amount": 1000})
+    assert second.status_code == 409
+    assert second.json == {
+        "error": MESSAGES.errors["duplicate"].format(days=7),
+        "days_remaining": 7,
+        "submitted_at": second.json["submitted_at"],
+        "decision": "pre_approved",
+    }
+    assert second.json["submitted_at"] == first.json["application"]["submitted_at"]
+
+
+def test_twenty_simultaneous_submissions_give_one_application(app):
+    barrier = threading.Barrier(20)
+
+    def submit(_):
+        client = app.test_client()
+        barrier.wait()
+        return client.post("/api/evaluate", json=SARAH)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(submit, range(20)))
+
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] + [409] * 19
+    workflow_id = next(r.json["workflow_id"] for r in responses if r.status_code == 200)
+    wait_until(lambda: records_for(app, workflow_id), what="the record")
+    assert len(records_for(app, workflow_id)) == 1
+    assert all(r.json["days_remaining"] == 7 for r in responses if r.status_code == 409)
+
+
+def test_no_worker_gives_202_then_completes_once_a_worker_starts(shared_stack, monkeypatch, tmp_path):
+    settings, address = shared_stack
+    settings = replace(
+        settings,
+        task_queue=f"no-worker-{uuid.uuid4().hex[:8]}",
+        data_dir=tmp_path / "data",
+        secret_key=uuid.uuid4().hex,
+        decision_wait_seconds=1.0,
+    )
+    app = make_app(settings, address, monkeypatch)
+    client = app.test_client()
+
+    response = client.post("/api/evaluate", json=JOHN)
+    assert response.status_code == 202, response.json
+    status_url = response.json["status_url"]
+    assert client.get(status_url).status_code == 202
+    assert client.post("/api/evaluate", json=JOHN).status_code == 409  # still one application
+
+    worker = WorkerProcess(settings, address, tmp_path / "late-worker.log")
+    try:
+        done = wait_until(lambda: (r := client.get(status_url)).status_code == 200 and r, timeout=30)
+        assert done.json["decision"] == "pre_approved"
+        wait_until(lambda: records_for(app, response.json["workflow_id"]), what="the record")
+        assert len(records_for(app, response.json["workflow_id"])) == 1
+    finally:
+        worker.kill()
+        app.extensions["temporal"].close()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"has_bankruptcy": "no"}, "has_bankruptcy"),
+        ({"credit_score": "750"}, "credit_score"),
+        ({"email": "nobody"}, "email"),
+        ({"loan_amount": 0}, "loan_amount"),
+    ],
+)
+def test_invalid_fields_are_400_naming_the_field(client, change, field):
+    response = client.post("/api/evaluate", json={**JOHN, **change})
+    assert response.status_code == 400
+    assert response.json["fields"] == {field: MESSAGES.validation[field]}
+
+
+def test_bodies_that_are_not_a_json_object_get_clear_4xx(client):
+    form = client.post("/api/evaluate", data={"name": "x"})
+    assert form.status_code == 415 and form.json["error"] == MESSAGES.errors["not_json"]
+    broken = client.post("/api/evaluate", data="{not json", content_type="application/json")
+    assert broken.status_code == 400 and broken.json["error"] == MESSAGES.errors["invalid_json"]
+    array = client.post("/api/evaluate", json=[JOHN])
+    assert array.status_code == 400 and array.json["fields"] == {"application": MESSAGES.errors["not_object"]}
+    huge = client.post("/api/evaluate", json={**JOHN, "name": "x" * 20_000})
+    assert huge.status_code == 413 and huge.json["error"] == MESSAGES.errors["too_large"]
+    assert client.get("/api/evaluate").status_code == 405
+    assert client.get("/api/applications/loan-unknown").status_code == 404
+
+
+def test_form_submission_shows_the_decision_and_records_the_contact_answer(client, app):
+    form = {**{k: str(v) for k, v in SARAH.items()}, "has_bankruptcy": "no"}
+    response = client.post("/apply", data=form)
+    assert response.status_code == 303
+    page_url = response.headers["Location"]
+    workflow_id = page_url.rsplit("/", 1)[1]
+
+    page = wait_until(lambda: (r := client.get(page_url)).status_code == 200 and b'id="decision"' in r.data and r)
+    html = page.get_data(as_text=True)
+    assert "Conditionally approved" in html
+    assert f"/workflows/{workflow_id}/" in html  # link to the Temporal UI
+    assert "Would you like an agent to contact you?" in html
+
+    answered = client.post(f"{page_url}/contact", data={"answer": "yes"})
+    assert answered.status_code == 303
+    wait_until(lambda: (records_for(app, workflow_id) or [{}])[0].get("contact_preference") == "yes",
+               what="the contact answer to be recorded")
+    assert client.post(f"{page_url}/contact", data={"answer": "maybe"}).status_code == 400
+
+
+def test_form_errors_rerender_with_the_values_kept(client):
+    form = {**{k: str(v) for k, v in JOHN.items()}, "has_bankruptcy": "no", "credit_score": "9000"}
+    response = client.post("/apply", data=form)
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert MESSAGES.validation["credit_score"] in html
+    assert 'value="John Doe"' in html and 'value="9000"' in html
+
+
+def test_duplicate_form_submission_explains_when_to_apply_again(client):
+    form = {**{k: str(v) for k, v in JOHN.items()}, "has_bankruptcy": "no"}
+    assert client.post("/apply", data=form).status_code == 303
+    again = client.post("/apply", data=form)
+    assert again.status_code == 409
+    assert MESSAGES.errors["duplicate"].format(days=7) in again.get_data(as_text=True)
+
+
+def test_list_page_and_api_show_recent_applications(client, app):
+    response = client.post("/api/evaluate", json={**JOHN, "name": "Listed Person"})
+    workflow_id = response.json["workflow_id"]
+    wait_until(lambda: records_for(app, workflow_id), what="the record")
+    assert "Listed Person" in client.get("/applications").get_data(as_text=True)
+    listing = client.get("/api/applications").json
+    assert any(a["workflow_id"] == workflow_id for a in listing["applications"])
+    assert listing["page"] == 1 and listing["total"] >= 1
+    assert client.get("/applications?page=0").status_code == 400
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/readyz").json == {"status": "ready"}
+
+
+def test_temporal_down_is_503_and_keeps_the_form_values(shared_stack, monkeypatch):
+    settings, _ = shared_stack
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    app = make_app(replace(settings, decision_wait_seconds=2.0), f"127.0.0.1:{closed_port}", monkeypatch)
+    client = app.test_client()
+    try:
+        assert client.get("/readyz").status_code == 503
+        api = client.post("/api/evaluate", json=JOHN)
+        assert api.status_code == 503 and api.json["error"] == MESSAGES.errors["unavailable"]
+        form = client.post("/apply", data={**{k: str(v) for k, v in JOHN.items()}, "has_bankruptcy": "no"})
+        assert form.status_code == 503
+        assert 'value="john.doe@example.com"' in form.get_data(as_text=True)
+    finally:
+        app.extensions["temporal"].close()
+
+
+def test_gunicorn_serves_the_app_with_a_client_per_process(shared_stack, tmp_path):
+    settings, address = shared_stack
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": address,
+        "LOAN_TASK_QUEUE": settings.task_queue,
+        "DATA_DIR": str(settings.data_dir),
+        "APP_SECRET_KEY": uuid.uuid4().hex,
+        "WEB_PORT": str(port),
+        "WEB_WORKERS": "2",
+    }
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "--config", "gunicorn.conf.py", "starter:create_app()"],
+            cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def ready():
+            try:
+                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, timeout=30, what="gunicorn to be ready")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            bodies = [{**JOHN, "email": f"gunicorn-{n}@example.com"} for n in range(8)]
+            responses = list(pool.map(lambda b: httpx.post(f"{base}/api/evaluate", json=b, timeout=30), bodies))
+        assert [r.status_code for r in responses] == [200] * 8, log.read_text()
+        assert b"Loan application form" in log.read_bytes()
+    finally:
+        server.terminate()
+        server.wait(15)
