@@ -16,6 +16,9 @@ worker_class = "gthread"
 threads = int(os.environ.get("WEB_THREADS", "32"))
 timeout = 30
 graceful_timeout = 10
+# gunicorn's control socket is one path per user: two instances (tests beside
+# `make run`) would fight over it, and nothing here uses it.
+control_socket_disable = True
 accesslog = "-" if os.environ.get("WEB_ACCESS_LOG", "0") == "1" else None
 
 

@@ -96,9 +96,11 @@ class LoanApplicationWorkflow:
             raise ApplicationError(self._error, self._error_fields, type=INVALID_APPLICATION) from err
         decision = await self._decide(application)
         outcome = self._announce(application, decision, request)
-        await self._persist(outcome)
+        follow_ups = [self._persist(outcome)]
         if outcome.decision == "conditional":
-            await self._notify_agent(outcome, "conditional_review")
+            follow_ups.append(self._notify_agent(outcome, "conditional_review"))
+        # Independent steps, scheduled together: one workflow task instead of two.
+        await asyncio.gather(*follow_ups)
         await self._hold_duplicate_window(outcome)
         return outcome
 
