@@ -4,8 +4,8 @@ The decision rules read their thresholds from rules.json and their texts from
 messages.json (loaded when the worker starts). Activities are plain `def`
 functions: the worker runs them on a thread pool, so blocking file I/O never
 stalls its event loop. Business failures (invalid input, compliance) raise
-non-retryable `ApplicationError`s; anything else is retried by the policy the
-workflow sets next to each call.
+non-retryable `ApplicationError`s; a compliance denial is a decision, not an
+error. Anything else is retried by the policy the workflow sets next to each call.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from temporalio.exceptions import ApplicationError
 
 from config import LoanRules, Messages
 from shared import (
-    COMPLIANCE_DENIED,
     INVALID_APPLICATION,
     AgentNotificationRequest,
     ContactPreferenceRequest,
@@ -72,26 +71,19 @@ class LoanActivities:
             ) from None
 
     @activity.defn
-    def check_compliance(self, application: LoanApplication) -> None:
-        """Hard lending limits; a failure is final and becomes `denied_compliance`."""
-        limits = self.rules.compliance
-        if application.credit_score < limits.min_credit_score:
-            reason = f"credit score below {limits.min_credit_score}"
-        elif application.loan_amount > limits.max_loan_amount:
-            reason = f"loan amount above {format_amount(limits.max_loan_amount)}"
-        else:
-            return
-        raise ApplicationError(reason, type=COMPLIANCE_DENIED, non_retryable=True)
-
-    @activity.defn
     def decide(self, application: LoanApplication) -> CreditDecision:
-        """The credit decision for an application that passed compliance."""
-        decision, reason = self._credit_decision(application)
+        """Compliance limits first, then the credit rules. Every outcome is a decision:
+        a compliance denial is final by nature, so nothing about it is retried."""
+        decision, reason = self._compliance_denial(application) or self._credit_decision(application)
         return self._decision(application, decision, reason)
 
-    @activity.defn
-    def deny_for_compliance(self, application: LoanApplication, reason: str) -> CreditDecision:
-        return self._decision(application, "denied_compliance", reason)
+    def _compliance_denial(self, application: LoanApplication) -> tuple[str, str] | None:
+        limits = self.rules.compliance
+        if application.credit_score < limits.min_credit_score:
+            return "denied_compliance", f"credit score below {limits.min_credit_score}"
+        if application.loan_amount > limits.max_loan_amount:
+            return "denied_compliance", f"loan amount above {format_amount(limits.max_loan_amount)}"
+        return None
 
     def _credit_decision(self, application: LoanApplication) -> tuple[str, str]:
         rules = self.rules

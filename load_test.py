@@ -43,19 +43,16 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import timedelta
 from typing import Any, NamedTuple
 
-from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-# The worker's sandbox imports this module again for every floor workflow run;
-# these pass through (config even touches the file system, which it forbids).
-with workflow.unsafe.imports_passed_through():
-    import httpx
+import httpx
 
-    from config import connect_temporal
+import floor_workflow
+from config import connect_temporal
+from floor_workflow import FloorWorkflow, floor_activity
 
 DEFAULT_URL = "http://127.0.0.1:5001"
 POLL_INTERVAL = 0.2
@@ -117,9 +114,6 @@ def median_or_none(values: Iterable[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
-# NamedTuples, not dataclasses: the sandbox runs this module again for every
-# floor workflow, and two dataclasses would add ~2.5 ms of CPU to each (measured),
-# lowering the floor the app is compared with.
 class Result(NamedTuple):
     """One request: the decision it got, or the error that prevented one."""
 
@@ -302,19 +296,6 @@ async def run_app(
 # --- the floor: a bare workflow with one activity ------------------------------
 
 
-@activity.defn
-async def floor_activity(n: int) -> int:
-    """Does nothing: the floor measures Temporal's own round trips."""
-    return n
-
-
-@workflow.defn
-class FloorWorkflow:
-    @workflow.run
-    async def run(self, n: int) -> int:
-        return await workflow.execute_activity(floor_activity, n, start_to_close_timeout=timedelta(seconds=30))
-
-
 def floor_worker(client: Client, task_queue: str) -> Worker:
     """A worker with every setting at its default, as a first Temporal app would have."""
     return Worker(client, task_queue=task_queue, workflows=[FloorWorkflow], activities=[floor_activity])
@@ -377,10 +358,10 @@ async def benchmark(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
     applicants = Applicants(args.seed, run_id)
     levels = []
     async with floor_worker(client, task_queue):
-        # Creating the worker imported this module in the sandbox, which caches its bytecode if it may.
-        if not os.path.exists(importlib.util.cache_from_source(__file__)):
+        # Creating the worker imported the floor's module in the sandbox, which caches its bytecode if it may.
+        if not os.path.exists(importlib.util.cache_from_source(floor_workflow.__file__)):
             print(
-                "warning: no bytecode cache for load_test.py (PYTHONDONTWRITEBYTECODE?): the sandbox"
+                "warning: no bytecode cache for floor_workflow.py (PYTHONDONTWRITEBYTECODE?): the sandbox"
                 " compiles it for every floor workflow, so the floor comes out lower than it is",
                 file=sys.stderr,
             )

@@ -1,12 +1,13 @@
 """Types and names shared by the web app, the workflows and the activities.
 
 Everything passed to or returned from a workflow or activity is one typed
-dataclass defined here, so fields can be added without breaking running
+dataclass defined here (with real annotations, not `from __future__ import
+annotations`: the data converter resolves them for every payload, and strings
+would be evaluated each time), so fields can be added without breaking running
 workflows. Workflow IDs and search attribute keys also live here: one place
 decides how a business ID becomes a workflow ID.
 """
 
-from __future__ import annotations
 
 import hashlib
 import hmac
@@ -22,9 +23,8 @@ LOAN_DECISION = SearchAttributeKey.for_keyword("LoanDecision")
 LOAN_AMOUNT_BAND = SearchAttributeKey.for_keyword("LoanAmountBand")
 SEARCH_ATTRIBUTES = (LOAN_DECISION, LOAN_AMOUNT_BAND)
 
-# Error types raised by activities; the workflow and retry policies name them.
+# Error type raised by the validate step; the workflow and retry policies name it.
 INVALID_APPLICATION = "InvalidApplication"
-COMPLIANCE_DENIED = "ComplianceDenied"
 
 
 def loan_workflow_id(normalized_email: str, secret: bytes) -> str:

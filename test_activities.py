@@ -12,7 +12,6 @@ from temporalio.testing import ActivityEnvironment
 from activities import AGENT_NOTIFICATIONS, APPLICATIONS, LoanActivities
 from config import load_messages, load_rules
 from shared import (
-    COMPLIANCE_DENIED,
     INVALID_APPLICATION,
     AgentNotificationRequest,
     ContactPreferenceRequest,
@@ -53,12 +52,6 @@ def activities(tmp_path: Path) -> LoanActivities:
 
 
 def decision_for(activities: LoanActivities, application: LoanApplication) -> str:
-    """The decision the workflow would reach: compliance first, then credit."""
-    try:
-        activities.check_compliance(application)
-    except ApplicationError as err:
-        assert err.type == COMPLIANCE_DENIED and err.non_retryable
-        return activities.deny_for_compliance(application, err.message).decision
     return activities.decide(application).decision
 
 
@@ -108,8 +101,10 @@ def test_messages_fill_in_amount_and_email(activities):
 
 
 def test_compliance_denial_explains_the_limits(activities):
-    decision = activities.deny_for_compliance(applicant(550), "credit score below 600")
+    decision = activities.decide(applicant(550))
     assert decision.decision == "denied_compliance"
+    assert decision.reason == "credit score below 600"
+    assert activities.decide(applicant(750, 500_001.0, 2_000_000.0)).reason == "loan amount above $500,000"
     assert any("600" in step and "$500,000" in step for step in decision.message.next_steps)
 
 

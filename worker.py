@@ -56,9 +56,7 @@ def build_worker(
         workflows=[LoanApplicationWorkflow],
         activities=[
             activities.validate_application,
-            activities.check_compliance,
             activities.decide,
-            activities.deny_for_compliance,
             activities.persist_application,
             activities.notify_agent,
             activities.record_contact_preference,

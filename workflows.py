@@ -24,7 +24,6 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities import LoanActivities
     from shared import (
-        COMPLIANCE_DENIED,
         INVALID_APPLICATION,
         LOAN_DECISION,
         AgentNotificationRequest,
@@ -43,7 +42,7 @@ PURE_STEP_TIMEOUT = timedelta(seconds=5)
 PURE_STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     maximum_attempts=3,
-    non_retryable_error_types=[INVALID_APPLICATION, COMPLIANCE_DENIED],
+    non_retryable_error_types=[INVALID_APPLICATION],
 )
 # Steps with I/O retry until they succeed: an application once decided must be
 # recorded, however long the disk or a worker is away. Backoff is capped so a
@@ -68,7 +67,7 @@ def business_error(err: Exception, error_type: str) -> ApplicationError | None:
     return cause if isinstance(cause, ApplicationError) and cause.type == error_type else None
 
 
-@workflow.defn
+@workflow.defn(sandboxed=False)
 class LoanApplicationWorkflow:
     @workflow.init
     def __init__(self, request: LoanRequest) -> None:
@@ -118,31 +117,12 @@ class LoanApplicationWorkflow:
         return validated
 
     async def _decide(self, application: LoanApplication) -> CreditDecision:
-        try:
-            await workflow.execute_local_activity_method(
-                LoanActivities.check_compliance,
-                application,
-                start_to_close_timeout=PURE_STEP_TIMEOUT,
-                retry_policy=PURE_STEP_RETRY,
-                summary="Check compliance limits",
-            )
-        except (ActivityError, ApplicationError) as err:
-            denial = business_error(err, COMPLIANCE_DENIED)
-            if denial is None:
-                raise
-            return await workflow.execute_local_activity_method(
-                LoanActivities.deny_for_compliance,
-                args=[application, denial.message],
-                start_to_close_timeout=PURE_STEP_TIMEOUT,
-                retry_policy=PURE_STEP_RETRY,
-                summary="Record compliance denial",
-            )
         return await workflow.execute_local_activity_method(
             LoanActivities.decide,
             application,
             start_to_close_timeout=PURE_STEP_TIMEOUT,
             retry_policy=PURE_STEP_RETRY,
-            summary="Decide on credit",
+            summary="Decide: compliance limits, then credit rules",
         )
 
     def _announce(self, application: LoanApplication, decision: CreditDecision, request: LoanRequest) -> LoanOutcome:
@@ -167,7 +147,7 @@ class LoanApplicationWorkflow:
         return self._outcome
 
     async def _persist(self, outcome: LoanOutcome) -> None:
-        await workflow.execute_activity_method(
+        await workflow.execute_local_activity_method(
             LoanActivities.persist_application,
             PersistRequest(outcome),
             start_to_close_timeout=IO_STEP_TIMEOUT,
@@ -177,7 +157,7 @@ class LoanApplicationWorkflow:
         self._stage = "persisted"
 
     async def _notify_agent(self, outcome: LoanOutcome, kind: str) -> None:
-        await workflow.execute_activity_method(
+        await workflow.execute_local_activity_method(
             LoanActivities.notify_agent,
             AgentNotificationRequest(outcome, kind),
             start_to_close_timeout=IO_STEP_TIMEOUT,
