@@ -6,8 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= data
 export DATA_DIR
-# The workflow sandbox imports workflows.py again for every workflow run; without
-# a bytecode cache it would compile it every time (about 3 ms of CPU each).
+# The workflow sandbox (used by the benchmark's floor workflow) imports its module
+# again for every run; without a bytecode cache that is a compile each time.
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test bench install clean
