@@ -15,7 +15,7 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 
 from activities import AGENT_NOTIFICATIONS, APPLICATIONS
 from shared import INVALID_APPLICATION, LoanApplication, LoanOutcome, LoanRequest, record_key
@@ -134,6 +134,23 @@ async def test_contact_answer_is_recorded_and_yes_notifies_an_agent(time_skippin
     assert record["contact_preference"] == "yes"
     notifications, _ = store.list_recent(AGENT_NOTIFICATIONS)
     assert [n["kind"] for n in notifications] == ["contact_requested"]
+
+
+async def test_recorded_histories_replay_deterministically(time_skipping_env, settings, worker):
+    """The workflow runs unsandboxed for speed, so replay is what proves it deterministic."""
+    decided = await start(time_skipping_env.client, settings, application(loan_amount=100_000.0, annual_income=80_000.0))
+    await wait_for_stage(decided, "persisted")
+    await decided.signal(LoanApplicationWorkflow.contact_preference, "yes")
+    await decided.result()
+    invalid = await start(time_skipping_env.client, settings, application(credit_score=200))
+    with pytest.raises(WorkflowFailureError):
+        await invalid.result()
+
+    replayer = Replayer(workflows=[LoanApplicationWorkflow])
+    for handle in (decided, invalid):
+        history = await handle.fetch_history()
+        assert len(history.events) > 5
+        await replayer.replay_workflow(history)  # raises on any nondeterminism
 
 
 class FlakyStore(JsonStore):
