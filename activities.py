@@ -15,7 +15,7 @@ import dataclasses
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from config import LoanRules, Messages
+from config import Rules, Messages
 from shared import (
     INVALID_APPLICATION,
     AgentNotificationRequest,
@@ -52,7 +52,7 @@ def sort_key_for(timestamp: str) -> str:
 class LoanActivities:
     """The loan steps, bound to their store, rules and texts."""
 
-    def __init__(self, store: JsonStore, rules: LoanRules, messages: Messages, identity: str):
+    def __init__(self, store: JsonStore, rules: Rules, messages: Messages, identity: str):
         self.store = store
         self.rules = rules
         self.messages = messages

@@ -42,7 +42,7 @@ def _env_float(name: str, default: float) -> float:
 
 @dataclass(frozen=True)
 class Settings:
-    task_queue: str
+    task_queue: str  # the loan workflow's
     data_dir: Path
     rules_file: Path
     messages_file: Path
@@ -51,6 +51,8 @@ class Settings:
     temporal_ui_url: str
     secret_key: str
     decision_wait_seconds: float
+    order_task_queue: str = "orders"
+    shipping_task_queue: str = "shipping"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -64,6 +66,8 @@ class Settings:
             temporal_ui_url=os.environ.get("TEMPORAL_UI_URL", "http://localhost:8233").rstrip("/"),
             secret_key=os.environ.get("APP_SECRET_KEY", DEFAULT_SECRET),
             decision_wait_seconds=_env_float("DECISION_WAIT_SECONDS", 5.0),
+            order_task_queue=os.environ.get("ORDER_TASK_QUEUE", "orders"),
+            shipping_task_queue=os.environ.get("SHIPPING_TASK_QUEUE", "shipping"),
         )
 
 
@@ -108,8 +112,53 @@ class TierRules(_Strict):
     max_loan_to_income: float = Field(gt=0)
 
 
-class LoanRules(_Strict):
-    """Every threshold of the loan decision; read from rules.json."""
+class CatalogItem(_Strict):
+    sku: str = Field(pattern=r"^[A-Z0-9-]{1,32}$")
+    name: str = Field(min_length=1)
+    price: float = Field(gt=0)
+    stock: int = Field(ge=0)  # starting stock, used when the inventory is first touched
+
+
+class RewardTier(_Strict):
+    name: str
+    min_points: int = Field(ge=0)
+
+
+class RewardRules(_Strict):
+    points_per_dollar: float = Field(ge=0)
+    tiers: list[RewardTier] = Field(min_length=1)
+    # The rewards workflow continues as new past this many history events.
+    max_history_events: int = Field(ge=10)
+
+
+class ShippingRules(_Strict):
+    prepare_seconds: float = Field(ge=0)
+    transit_seconds: float = Field(ge=0)
+    expedited_transit_seconds: float = Field(ge=0)
+
+
+class FailureRules(_Strict):
+    """Random transient failures of order steps, for demos and load tests."""
+
+    random_failure_rate: float = Field(ge=0, lt=1)
+    seed: int
+
+
+class OrderRules(_Strict):
+    max_order_total: float = Field(gt=0)
+    auto_approve_limit: float = Field(ge=0)
+    review_sla_seconds: float = Field(gt=0)
+    catalog: list[CatalogItem] = Field(min_length=1)
+    rewards: RewardRules
+    shipping: ShippingRules
+    failures: FailureRules
+
+    def item(self, sku: str) -> CatalogItem | None:
+        return next((item for item in self.catalog if item.sku == sku), None)
+
+
+class Rules(_Strict):
+    """Every threshold of the loan decision and the order process; read from rules.json."""
 
     compliance: ComplianceRules
     bankruptcy: BankruptcyRules
@@ -117,6 +166,7 @@ class LoanRules(_Strict):
     near_prime: TierRules
     duplicate_window_days: int = Field(ge=1, le=365)
     amount_bands: list[int]
+    orders: OrderRules
 
 
 class DecisionText(_Strict):
@@ -131,10 +181,11 @@ class Messages(_Strict):
     decisions: dict[str, DecisionText]
     validation: dict[str, str]
     errors: dict[str, str]
+    orders: dict[str, str]  # order texts: statuses, refusals, notifications, validation
 
 
-def load_rules(path: Path) -> LoanRules:
-    return LoanRules.model_validate(json.loads(Path(path).read_text()))
+def load_rules(path: Path) -> Rules:
+    return Rules.model_validate(json.loads(Path(path).read_text()))
 
 
 def load_messages(path: Path) -> Messages:

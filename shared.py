@@ -141,3 +141,335 @@ class ApplicationStatus:
 def record_key(workflow_id: str, run_id: str) -> str:
     """Store key of one application: one workflow run is one application."""
     return f"{workflow_id}.{run_id}"
+
+
+# --- orders ------------------------------------------------------------------
+
+# Non-retryable business failures of the order steps.
+INVALID_ORDER = "InvalidOrder"
+OUT_OF_STOCK = "OutOfStock"
+PAYMENT_DECLINED = "PaymentDeclined"
+SHIPPING_FAILED = "ShippingFailed"
+# A simulated transient failure: retried like any other error.
+INJECTED_FAILURE = "InjectedFailure"
+# An operator action (update) refused by its validator, e.g. approving an order
+# that is not awaiting review; the message says why.
+ACTION_REFUSED = "OrderActionRefused"
+
+# Store collections of the order process.
+ORDERS = "orders"  # OrderStatus projection per order, for the dashboard
+PAYMENTS = "payments"  # the simulated payment provider, one record per payment key
+REWARDS = "rewards"  # RewardsState projection per customer
+NOTIFICATIONS = "notifications"  # customer notifications
+
+# Steps a failure can be injected into (see FailureInjection).
+FAILURE_STEPS = ("inventory", "payment", "shipping")
+# The tracker's milestones, in order.
+ORDER_MILESTONES = ("received", "validated", "approved", "charged", "shipped", "delivered")
+# Order statuses; the last four are final.
+ORDER_STATUSES = ("processing", "awaiting_review", "shipping", "completed", "cancelled", "rejected", "failed")
+FINAL_ORDER_STATUSES = ("completed", "cancelled", "rejected", "failed")
+# Shipment stages, in order; from "dispatched" on, an order can no longer change.
+SHIPMENT_STAGES = ("not_started", "preparing", "prepared", "dispatched", "delivered")
+
+
+def order_workflow_id(order_id: str) -> str:
+    return f"order-{order_id}"
+
+
+def shipping_workflow_id(order_id: str) -> str:
+    return f"order-{order_id}-shipping"
+
+
+def rewards_workflow_id(customer_id: str) -> str:
+    return f"rewards-{customer_id}"
+
+
+def order_events_collection(order_id: str) -> str:
+    """One folder of audit events per order: listing them never reads other orders'."""
+    return f"events-{order_id}"
+
+
+def payment_key(order_id: str) -> str:
+    """The one idempotency key of an order's payment: every retry charges this key."""
+    return f"pay-{order_id}"
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class Address:
+    name: str
+    street: str
+    city: str
+    postal_code: str
+    country: str
+
+    def missing_fields(self) -> list[str]:
+        return [name for name, value in vars(self).items() if not str(value).strip()]
+
+
+@dataclass(frozen=True)
+class FailureInjection:
+    """A simulated failure: `step` fails `times` attempts, then works; or for ever if permanent.
+
+    A permanent payment failure is a declined card; a permanent shipping failure
+    is a carrier that cannot deliver.
+    """
+
+    step: str
+    times: int = 1
+    permanent: bool = False
+
+
+@dataclass(frozen=True)
+class OrderPolicy:
+    """Thresholds fixed when the order is placed, so a rules change never alters a running order."""
+
+    max_order_total: float
+    auto_approve_limit: float
+    review_sla_seconds: float
+    random_failure_rate: float = 0.0
+    random_failure_seed: int = 0
+
+
+@dataclass(frozen=True)
+class ShippingTiming:
+    prepare_seconds: float
+    transit_seconds: float
+    expedited_transit_seconds: float
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """Input of OrderWorkflow."""
+
+    order_id: str
+    customer_id: str
+    lines: list[OrderLine]
+    address: Address
+    expedited: bool
+    policy: OrderPolicy
+    shipping: ShippingTiming
+    placed_at: str
+    failures: list[FailureInjection] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PricedLine:
+    sku: str
+    name: str
+    quantity: int
+    unit_price: float
+    line_total: float
+
+
+@dataclass(frozen=True)
+class ValidatedOrder:
+    lines: list[PricedLine]
+    total: float
+
+
+@dataclass(frozen=True)
+class Payment:
+    payment_key: str
+    amount: float
+    status: str  # charged or refunded
+    charged_at: str
+    refunded_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Shipment:
+    stage: str = "not_started"  # one of SHIPMENT_STAGES
+    carrier: str | None = None
+    tracking_number: str | None = None
+    expedited: bool = False
+    updated_at: str | None = None
+
+
+@dataclass(frozen=True)
+class OrderEvent:
+    """One entry of an order's audit trail. `key` makes writing it idempotent."""
+
+    order_id: str
+    key: str
+    kind: str  # step, retry, operator, compensation, status, failure
+    message: str
+    at: str
+    attempt: int | None = None
+
+
+@dataclass
+class OrderStatus:
+    """Live state of one order: the status query's answer and the stored projection."""
+
+    order_id: str
+    customer_id: str
+    status: str  # one of ORDER_STATUSES
+    step: str  # the step running or last run
+    address: Address
+    expedited: bool
+    lines: list[PricedLine] = field(default_factory=list)
+    total: float | None = None
+    needs_review: bool = False
+    review_deadline: str | None = None
+    approved: bool = False
+    approved_by: str | None = None
+    cancelled: bool = False
+    cancel_reason: str | None = None
+    reason: str | None = None  # why an order was rejected or failed
+    payment: Payment | None = None
+    shipment: Shipment = field(default_factory=Shipment)
+    milestones: dict[str, str] = field(default_factory=dict)  # milestone -> when reached
+    attempts: dict[str, int] = field(default_factory=dict)  # step -> attempts it took
+    compensations: list[str] = field(default_factory=list)
+    points_awarded: int | None = None
+    placed_at: str | None = None
+    updated_at: str | None = None
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """Input of most order activities: the order and the failures injected so far."""
+
+    order_id: str
+    workflow_id: str
+    failures: list[FailureInjection]
+    policy: OrderPolicy
+
+
+@dataclass(frozen=True)
+class StepResult:
+    attempt: int
+
+
+@dataclass(frozen=True)
+class ValidateOrderRequest:
+    step: StepRequest
+    lines: list[OrderLine]
+    address: Address
+
+
+@dataclass(frozen=True)
+class InventoryRequest:
+    step: StepRequest
+    lines: list[OrderLine]
+
+
+@dataclass(frozen=True)
+class ChargeRequest:
+    step: StepRequest
+    amount: float
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    payment: Payment
+    attempt: int
+
+
+@dataclass(frozen=True)
+class ProgressRecord:
+    """Written after every change: the order's projection and new audit events."""
+
+    status: OrderStatus
+    events: list[OrderEvent]
+
+
+@dataclass(frozen=True)
+class NotificationRequest:
+    order_id: str
+    customer_id: str
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class AwardRequest:
+    customer_id: str
+    order_id: str
+    points: int
+
+
+@dataclass(frozen=True)
+class ApproveRequest:
+    operator: str = "operator"
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    reason: str
+    operator: str = "operator"
+
+
+@dataclass(frozen=True)
+class AddressChange:
+    address: Address
+    operator: str = "operator"
+
+
+# --- shipping (child workflow on its own task queue) -------------------------
+
+
+@dataclass(frozen=True)
+class ShippingRequest:
+    order_id: str
+    parent_workflow_id: str
+    address: Address
+    expedited: bool
+    timing: ShippingTiming
+    failures: list[FailureInjection]
+    policy: OrderPolicy
+
+
+@dataclass(frozen=True)
+class ShipmentStepRequest:
+    step: StepRequest
+    address: Address
+    expedited: bool
+
+
+@dataclass(frozen=True)
+class DispatchResult:
+    carrier: str
+    tracking_number: str
+    attempt: int
+
+
+# --- rewards (one long-running workflow per customer) ------------------------
+
+
+@dataclass(frozen=True)
+class RewardTierRule:
+    name: str
+    min_points: int
+
+
+@dataclass
+class RewardsState:
+    customer_id: str
+    points: int = 0
+    tier: str = "basic"
+    orders: int = 0
+    # Recent awarded order IDs, so a repeated award signal counts once (bounded).
+    recent_order_ids: list[str] = field(default_factory=list)
+    closed: bool = False
+    updated_at: str | None = None
+
+
+@dataclass(frozen=True)
+class RewardsInput:
+    state: RewardsState
+    tiers: list[RewardTierRule]
+    max_history_events: int
+
+
+@dataclass(frozen=True)
+class AwardPoints:
+    order_id: str
+    points: int

@@ -33,7 +33,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from activities import APPLICATIONS
-from config import LoanRules, Messages, Settings, load_messages, load_rules, temporal_connect_config
+from config import Rules, Messages, Settings, load_messages, load_rules, temporal_connect_config
 from shared import LOAN_AMOUNT_BAND, LOAN_DECISION, LoanApplication, LoanOutcome, LoanRequest, amount_band, loan_workflow_id, record_key
 from store import JsonStore
 from temporal_bridge import TemporalBridge, TemporalUnavailable, bridge
@@ -74,7 +74,7 @@ class WindowClosed(Exception):
 
 
 class LoanService:
-    def __init__(self, settings: Settings, rules: LoanRules, temporal: TemporalBridge, store: JsonStore):
+    def __init__(self, settings: Settings, rules: Rules, temporal: TemporalBridge, store: JsonStore):
         self.settings = settings
         self.rules = rules
         self.temporal = temporal

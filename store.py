@@ -65,6 +65,16 @@ class JsonStore:
                 page.append(record)
         return page, len(markers)
 
+    def list_all(self, collection: str) -> list[dict[str, Any]]:
+        """Every document of a small collection (for example one order's events), by key."""
+        folder = self._folder(collection)
+        try:
+            names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
+        except FileNotFoundError:
+            return []
+        documents = (self.get(collection, name[: -len(".json")]) for name in names)
+        return [d for d in documents if d is not None]
+
     # --- writes ------------------------------------------------------------
 
     def put(self, collection: str, key: str, document: dict[str, Any], sort_key: str | None = None) -> None:
@@ -88,14 +98,24 @@ class JsonStore:
             raise ValueError(f"invalid sort key {sort_key!r}")
         with self._lock(collection, key):
             document = change(self.get(collection, key))
-            self._write(collection, key, document)
-            if sort_key is not None:
-                # Touched on every write, not only the first, so a crash between
-                # the document and its marker is repaired by the retry.
-                index = self._folder(collection) / "_index"
-                index.mkdir(exist_ok=True)
-                (index / f"{sort_key}_{key}").touch()
+            self.write_locked(collection, key, document, sort_key)
             return document
+
+    def locked(self, collection: str, key: str) -> FileLock:
+        """The inter-process lock of one document, for changes that span several
+        documents (take it, then use `write_locked`); hold one at a time, or take
+        them in a fixed order, to avoid deadlocks."""
+        return self._lock(collection, key)
+
+    def write_locked(self, collection: str, key: str, document: dict[str, Any], sort_key: str | None = None) -> None:
+        """Write a document whose lock the caller holds (see `locked`)."""
+        self._write(collection, key, document)
+        if sort_key is not None:
+            # Touched on every write, not only the first, so a crash between
+            # the document and its marker is repaired by the retry.
+            index = self._folder(collection) / "_index"
+            index.mkdir(exist_ok=True)
+            (index / f"{sort_key}_{key}").touch()
 
     def _write(self, collection: str, key: str, document: dict[str, Any]) -> None:
         _atomic_write(self._path(collection, key), json.dumps(document, indent=2, sort_keys=True).encode())
