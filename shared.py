@@ -161,6 +161,7 @@ ORDERS = "orders"  # OrderStatus projection per order, for the dashboard
 PAYMENTS = "payments"  # the simulated payment provider, one record per payment key
 REWARDS = "rewards"  # RewardsState projection per customer
 NOTIFICATIONS = "notifications"  # customer notifications
+SHIPMENTS = "shipments"  # the carrier's label per order: where it was shipped
 
 # Steps a failure can be injected into (see FailureInjection).
 FAILURE_STEPS = ("inventory", "payment", "shipping")
@@ -235,6 +236,7 @@ class OrderPolicy:
     review_sla_seconds: float
     random_failure_rate: float = 0.0
     random_failure_seed: int = 0
+    reward_points_per_dollar: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,10 @@ class OrderRequest:
     shipping: ShippingTiming
     placed_at: str
     failures: list[FailureInjection] = field(default_factory=list)
+    shipping_task_queue: str = "shipping"
+    # The user-facing texts the workflow itself says (refusals, the review
+    # timeout), from messages.json; fixed at placement like the policy.
+    texts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -272,6 +278,7 @@ class PricedLine:
 class ValidatedOrder:
     lines: list[PricedLine]
     total: float
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -432,6 +439,17 @@ class ShipmentStepRequest:
     step: StepRequest
     address: Address
     expedited: bool
+
+
+@dataclass(frozen=True)
+class ShipmentProgress:
+    """Sent by the shipping workflow to its order after each step."""
+
+    stage: str
+    attempt: int
+    at: str
+    carrier: str | None = None
+    tracking_number: str | None = None
 
 
 @dataclass(frozen=True)

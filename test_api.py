@@ -46,6 +46,8 @@ def shared_stack(dev_server, tmp_path_factory):
         Settings.from_env(),
         data_dir=root / "data",
         task_queue=f"api-{uuid.uuid4().hex[:12]}",
+        order_task_queue=f"api-orders-{uuid.uuid4().hex[:12]}",
+        shipping_task_queue=f"api-shipping-{uuid.uuid4().hex[:12]}",
         rules_file=HERE / "rules.json",
         messages_file=HERE / "messages.json",
         decision_wait_seconds=10.0,

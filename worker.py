@@ -1,4 +1,7 @@
-"""The worker process: runs LoanApplicationWorkflow and its activities.
+"""The worker process: runs the loan and order workflows and their activities.
+
+One process polls three task queues: loans, orders (with the customers'
+rewards) and shipping — each a `Worker` sharing one client and one thread pool.
 
 Start as many as you like (`python worker.py` in several terminals, or on
 several machines sharing the data folder): they poll the same task queue and
@@ -9,6 +12,7 @@ application. Ctrl+C or SIGTERM finishes in-flight activities, then exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -19,10 +23,10 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 
-from activities import LoanActivities
+from activities import LoanActivities, OrderActivities, RewardsActivities, ShippingActivities
 from config import Settings, connect_temporal, load_messages, load_rules
 from store import JsonStore
-from workflows import LoanApplicationWorkflow
+from workflows import LoanApplicationWorkflow, OrderWorkflow, RewardsWorkflow, ShippingWorkflow
 
 log = logging.getLogger("worker")
 
@@ -73,6 +77,56 @@ def build_worker(
     )
 
 
+def build_order_workers(
+    client: Client,
+    settings: Settings,
+    executor: ThreadPoolExecutor,
+    identity: str,
+    concurrency: int = 32,
+    store: JsonStore | None = None,
+) -> list[Worker]:
+    """Workers for the order process: orders and rewards on one queue, shipping on its own."""
+    store = store or JsonStore(settings.data_dir)
+    rules = load_rules(settings.rules_file)
+    texts = load_messages(settings.messages_file).orders
+    orders = OrderActivities(store, rules, texts, client=client, rewards_task_queue=settings.order_task_queue)
+    shipping = ShippingActivities(store, rules, texts)
+    rewards = RewardsActivities(store)
+    common = dict(
+        activity_executor=executor,
+        identity=identity,
+        max_concurrent_activities=concurrency,
+        max_concurrent_local_activities=concurrency,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+    return [
+        Worker(
+            client,
+            task_queue=settings.order_task_queue,
+            workflows=[OrderWorkflow, RewardsWorkflow],
+            activities=[
+                orders.record_progress,
+                orders.validate_order,
+                orders.reserve_inventory,
+                orders.release_inventory,
+                orders.charge_payment,
+                orders.refund_payment,
+                orders.notify_customer,
+                orders.award_rewards,
+                rewards.save_rewards,
+            ],
+            **common,
+        ),
+        Worker(
+            client,
+            task_queue=settings.shipping_task_queue,
+            workflows=[ShippingWorkflow],
+            activities=[shipping.prepare_package, shipping.dispatch_carrier, shipping.deliver],
+            **common,
+        ),
+    ]
+
+
 async def connect_with_retry(deadline_seconds: float) -> Client:
     """Wait for the server: under `make run` the worker may start before it is up."""
     loop = asyncio.get_running_loop()
@@ -94,12 +148,18 @@ async def main() -> None:
     threads = int(os.environ.get("WORKER_ACTIVITY_THREADS", "32"))
     pollers = int(os.environ.get("WORKER_POLLERS", "8"))
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="activity") as executor:
-        worker = build_worker(client, settings, executor, identity, concurrency=threads, pollers=pollers)
+        workers = [
+            build_worker(client, settings, executor, identity, concurrency=threads, pollers=pollers),
+            *build_order_workers(client, settings, executor, identity, concurrency=threads),
+        ]
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        async with worker:
-            log.info("Worker %s polling task queue %r (data in %s)", identity, settings.task_queue, settings.data_dir)
+        async with contextlib.AsyncExitStack() as running:
+            for worker in workers:
+                await running.enter_async_context(worker)
+            queues = ", ".join(repr(w.task_queue) for w in workers)
+            log.info("Worker %s polling task queue %s (data in %s)", identity, queues, settings.data_dir)
             await stop.wait()
             log.info("Shutting down: finishing in-flight tasks")
 

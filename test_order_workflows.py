@@ -1,0 +1,381 @@
+"""OrderWorkflow, ShippingWorkflow and RewardsWorkflow on the time-skipping test server.
+
+Real activities on a temporary data folder; the review SLA, packing and transit
+times pass in milliseconds. Each test has its own task queues, data and orders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+
+from activities import INVENTORY, RESERVATIONS, STOCK, order_events
+from config import load_messages, load_rules
+from shared import (
+    ACTION_REFUSED,
+    NOTIFICATIONS,
+    ORDER_MILESTONES,
+    ORDERS,
+    PAYMENTS,
+    SHIPMENTS,
+    Address,
+    AddressChange,
+    ApproveRequest,
+    CancelRequest,
+    FailureInjection,
+    OrderLine,
+    OrderPolicy,
+    OrderRequest,
+    OrderStatus,
+    RewardsInput,
+    RewardsState,
+    RewardTierRule,
+    AwardPoints,
+    ShippingTiming,
+    order_workflow_id,
+    rewards_workflow_id,
+)
+from store import JsonStore
+from worker import build_order_workers
+from workflows import OrderWorkflow, RewardsWorkflow
+
+HERE = Path(__file__).resolve().parent
+ADDRESS = Address("Ada Lovelace", "12 Analytical Way", "London", "N1 9GU", "UK")
+NEW_ADDRESS = Address("Ada Lovelace", "1 Engine Street", "Manchester", "M1 1AA", "UK")
+
+
+@pytest.fixture
+def order_settings(settings, tmp_path):
+    """Settings with a rules copy: one scarce product, and a long carrier pickup so
+    tests can act between the charge and the dispatch."""
+    rules = json.loads((HERE / "rules.json").read_text())
+    rules["orders"]["catalog"].append({"sku": "RARE-1", "name": "Rare item", "price": 10.0, "stock": 5})
+    rules["orders"]["shipping"] = {"prepare_seconds": 600, "transit_seconds": 3600, "expedited_transit_seconds": 60}
+    rules_file = tmp_path / "rules.json"
+    rules_file.write_text(json.dumps(rules))
+    return dataclasses.replace(settings, rules_file=rules_file)
+
+
+@contextlib.asynccontextmanager
+async def running_order_workers(client: Client, settings):
+    with ThreadPoolExecutor(max_workers=16) as executor:
+        async with contextlib.AsyncExitStack() as running:
+            for worker in build_order_workers(client, settings, executor, "worker-test", concurrency=16):
+                await running.enter_async_context(worker)
+            yield
+
+
+@pytest.fixture
+async def order_workers(time_skipping_env, order_settings):
+    async with running_order_workers(time_skipping_env.client, order_settings):
+        yield
+
+
+def store(settings) -> JsonStore:
+    return JsonStore(settings.data_dir)
+
+
+def order_request(settings, lines: list[OrderLine], failures: list[FailureInjection] | None = None,
+                  expedited: bool = False) -> OrderRequest:
+    rules = load_rules(settings.rules_file).orders
+    return OrderRequest(
+        order_id=uuid.uuid4().hex[:12],
+        customer_id=f"cust-{uuid.uuid4().hex[:8]}",
+        lines=lines,
+        address=ADDRESS,
+        expedited=expedited,
+        policy=OrderPolicy(rules.max_order_total, rules.auto_approve_limit, rules.review_sla_seconds,
+                           reward_points_per_dollar=rules.rewards.points_per_dollar),
+        shipping=ShippingTiming(**rules.shipping.model_dump()),
+        placed_at=datetime.now(timezone.utc).isoformat(),
+        failures=failures or [],
+        shipping_task_queue=settings.shipping_task_queue,
+        texts=load_messages(settings.messages_file).orders,
+    )
+
+
+SMALL = [OrderLine("KB-100", 2), OrderLine("CB-010", 3)]  # 214.00: approved automatically
+LARGE = [OrderLine("LP-140", 2)]  # 2,498.00: needs review
+
+
+async def start(client: Client, settings, request: OrderRequest) -> WorkflowHandle:
+    return await client.start_workflow(
+        OrderWorkflow.run, request, id=order_workflow_id(request.order_id), task_queue=settings.order_task_queue
+    )
+
+
+async def wait_for(handle: WorkflowHandle, predicate, what: str, timeout: float = 15.0) -> OrderStatus:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        status = await handle.query(OrderWorkflow.status)
+        if predicate(status):
+            return status
+        assert loop.time() < deadline, f"timed out waiting for {what}; status {status.status}, step {status.step}"
+        await asyncio.sleep(0.05)
+
+
+def stock_of(settings, sku: str) -> int:
+    return store(settings).get(INVENTORY, STOCK)["levels"][sku]
+
+
+def starting_stock(settings, sku: str) -> int:
+    return load_rules(settings.rules_file).orders.item(sku).stock
+
+
+async def test_small_order_runs_every_step_and_awards_points(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, SMALL)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    status: OrderStatus = await handle.result()
+
+    assert status.status == "completed"
+    assert set(status.milestones) == set(ORDER_MILESTONES)
+    assert status.total == 214.0 and status.approved_by == "auto" and not status.needs_review
+    assert status.payment.status == "charged" and status.payment.amount == 214.0
+    assert status.shipment.stage == "delivered" and status.shipment.carrier == "Ground Freight"
+    assert status.points_awarded == 214
+    assert stock_of(order_settings, "KB-100") == starting_stock(order_settings, "KB-100") - 2
+    projection = store(order_settings).get(ORDERS, request.order_id)
+    assert projection["status"] == "completed"
+    notification = store(order_settings).get(NOTIFICATIONS, f"{request.order_id}-completed")
+    assert "214 reward points" in notification["message"]
+    rewards = time_skipping_env.client.get_workflow_handle(rewards_workflow_id(request.customer_id))
+    summary = await rewards.query(RewardsWorkflow.summary)
+    assert (summary.points, summary.tier, summary.orders) == (214, "silver", 1)
+    messages = [e["message"] for e in order_events(store(order_settings), request.order_id)]
+    assert messages[0].startswith("Order received") and "Order completed; 214 reward points awarded" in messages
+
+
+async def test_large_order_waits_for_approval_then_completes(time_skipping_env, order_settings, order_workers):
+    handle = await start(time_skipping_env.client, order_settings, order_request(order_settings, LARGE))
+    waiting = await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+    assert waiting.needs_review and waiting.review_deadline and not waiting.approved
+
+    approved = await handle.execute_update(OrderWorkflow.approve, ApproveRequest("alice"))
+    assert approved.approved and approved.approved_by == "alice"
+    status = await handle.result()
+    assert status.status == "completed" and status.points_awarded == 2498
+
+
+async def test_review_timeout_cancels_and_releases_stock(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, LARGE)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+    assert stock_of(order_settings, "LP-140") == starting_stock(order_settings, "LP-140") - 2
+
+    status = await handle.result()  # time skips past the 3-minute SLA
+
+    assert status.status == "cancelled" and status.cancelled
+    assert "cancelled automatically" in status.reason
+    assert status.compensations == ["release inventory"]
+    assert status.payment is None
+    assert stock_of(order_settings, "LP-140") == starting_stock(order_settings, "LP-140")
+
+
+async def test_cancel_before_charge_releases_stock_only(time_skipping_env, order_settings, order_workers):
+    handle = await start(time_skipping_env.client, order_settings, order_request(order_settings, LARGE))
+    await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+
+    status = await handle.execute_update(OrderWorkflow.cancel, CancelRequest("customer changed their mind", "bob"))
+
+    assert status.status == "cancelled" and status.cancel_reason == "customer changed their mind"
+    assert status.compensations == ["release inventory"]
+    assert store(order_settings).list_recent(PAYMENTS) == ([], 0)
+
+
+async def test_cancel_after_charge_refunds_and_releases(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, SMALL)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    await wait_for(handle, lambda s: s.shipment.stage == "prepared", "the package to be prepared")
+
+    status = await handle.execute_update(OrderWorkflow.cancel, CancelRequest("duplicate order"))
+
+    assert status.status == "cancelled"
+    assert status.compensations == ["refund payment", "release inventory"]  # newest first
+    assert status.payment.status == "refunded"
+    payment = store(order_settings).get(PAYMENTS, f"pay-{request.order_id}")
+    assert payment["status"] == "refunded" and payment["refunded_at"]
+    assert stock_of(order_settings, "KB-100") == starting_stock(order_settings, "KB-100")
+    assert store(order_settings).get(SHIPMENTS, request.order_id) is None  # never dispatched
+
+
+async def test_address_change_is_persisted_and_used_by_shipping(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, LARGE)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+
+    changed = await handle.execute_update(OrderWorkflow.update_address, AddressChange(NEW_ADDRESS, "carol"))
+    assert changed.address == NEW_ADDRESS
+    assert store(order_settings).get(ORDERS, request.order_id)["address"]["city"] == "Manchester"
+
+    await handle.execute_update(OrderWorkflow.approve, ApproveRequest())
+    assert (await handle.result()).status == "completed"
+    label = store(order_settings).get(SHIPMENTS, request.order_id)
+    assert label["address"]["city"] == "Manchester"
+
+
+async def test_address_change_while_packing_reaches_the_shipment(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, SMALL)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    await wait_for(handle, lambda s: s.shipment.stage == "prepared", "the package to be prepared")
+    await handle.execute_update(OrderWorkflow.update_address, AddressChange(NEW_ADDRESS))
+    assert (await handle.result()).status == "completed"
+    assert store(order_settings).get(SHIPMENTS, request.order_id)["address"]["street"] == "1 Engine Street"
+
+
+async def refusal(handle: WorkflowHandle, update, argument) -> str:
+    with pytest.raises(WorkflowUpdateFailedError) as failed:
+        await handle.execute_update(update, argument)
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == ACTION_REFUSED
+    return cause.message
+
+
+async def test_changes_are_refused_once_dispatched(time_skipping_env, order_settings, order_workers):
+    handle = await start(time_skipping_env.client, order_settings, order_request(order_settings, SMALL))
+    await wait_for(handle, lambda s: s.shipment.stage == "prepared", "the package to be prepared")
+    await time_skipping_env.sleep(timedelta(seconds=601))  # the carrier picks the parcel up
+    await wait_for(handle, lambda s: s.shipment.stage == "dispatched", "dispatch")
+
+    assert "no longer be changed" in await refusal(handle, OrderWorkflow.cancel, CancelRequest("too late"))
+    assert "no longer be changed" in await refusal(handle, OrderWorkflow.update_address, AddressChange(NEW_ADDRESS))
+    assert "not awaiting review" in await refusal(handle, OrderWorkflow.approve, ApproveRequest())
+    status = await handle.result()
+    assert status.status == "completed" and not status.cancelled
+
+
+async def test_approving_an_order_that_needs_no_review_is_refused(time_skipping_env, order_settings, order_workers):
+    handle = await start(time_skipping_env.client, order_settings, order_request(order_settings, SMALL))
+    await wait_for(handle, lambda s: s.approved, "automatic approval")
+    assert "not awaiting review" in await refusal(handle, OrderWorkflow.approve, ApproveRequest())
+    assert (await handle.result()).status == "completed"
+
+
+async def test_payment_failing_twice_charges_exactly_once(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, SMALL, failures=[FailureInjection("payment", times=2)])
+    handle = await start(time_skipping_env.client, order_settings, request)
+    status = await handle.result()
+
+    assert status.status == "completed"
+    assert status.attempts["charge_payment"] == 3
+    payments, total = store(order_settings).list_recent(PAYMENTS)
+    assert total == 1 and payments[0]["amount"] == 214.0 and payments[0]["status"] == "charged"
+    retries = [e for e in order_events(store(order_settings), request.order_id) if e["kind"] == "retry"]
+    assert [e["attempt"] for e in retries] == [1, 2]
+    assert "simulated payment failure" in retries[0]["message"]
+
+
+async def test_declined_card_fails_the_order_and_releases_stock(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, SMALL, failures=[FailureInjection("payment", permanent=True)])
+    status = await (await start(time_skipping_env.client, order_settings, request)).result()
+    assert status.status == "failed" and status.reason == "The card was declined."
+    assert status.compensations == ["release inventory"]
+    assert stock_of(order_settings, "KB-100") == starting_stock(order_settings, "KB-100")
+
+
+async def test_shipping_failing_permanently_refunds_and_releases(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, SMALL, failures=[FailureInjection("shipping", permanent=True)])
+    status = await (await start(time_skipping_env.client, order_settings, request)).result()
+
+    assert status.status == "failed" and status.reason == "The carrier could not deliver the order."
+    assert status.compensations == ["refund payment", "release inventory"]
+    assert store(order_settings).get(PAYMENTS, f"pay-{request.order_id}")["status"] == "refunded"
+    assert stock_of(order_settings, "KB-100") == starting_stock(order_settings, "KB-100")
+    kinds = [e["kind"] for e in order_events(store(order_settings), request.order_id)]
+    assert kinds.count("compensation") == 2 and "failure" in kinds
+
+
+async def test_failure_injected_into_a_running_order_is_retried(time_skipping_env, order_settings, order_workers):
+    handle = await start(time_skipping_env.client, order_settings, order_request(order_settings, LARGE))
+    await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+    await handle.signal(OrderWorkflow.inject_failure, FailureInjection("shipping", times=2))
+    await handle.execute_update(OrderWorkflow.approve, ApproveRequest())
+    status = await handle.result()
+    assert status.status == "completed" and status.attempts["prepared"] == 3
+
+
+async def test_expedite_ships_by_express(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, SMALL)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    await wait_for(handle, lambda s: s.approved, "approval")
+    await handle.signal(OrderWorkflow.expedite)
+    status = await handle.result()
+    assert status.expedited and status.shipment.carrier == "Express Air"
+
+
+async def test_order_over_the_maximum_is_rejected_without_side_effects(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, [OrderLine("LP-140", 9)])  # 11,241.00
+    status = await (await start(time_skipping_env.client, order_settings, request)).result()
+    assert status.status == "rejected" and "above the maximum of $10,000" in status.reason
+    assert status.compensations == [] and store(order_settings).get(INVENTORY, STOCK) is None
+
+
+async def test_concurrent_orders_never_oversell(time_skipping_env, order_settings, order_workers):
+    requests = [order_request(order_settings, [OrderLine("RARE-1", 1)]) for _ in range(8)]
+    handles = await asyncio.gather(*(start(time_skipping_env.client, order_settings, r) for r in requests))
+    # Past the reservation: approved, or rejected for want of stock.
+    statuses = await asyncio.gather(
+        *(wait_for(h, lambda s: s.approved or s.status == "rejected", "the reservation") for h in handles)
+    )
+
+    outcomes = sorted("reserved" if s.approved else s.status for s in statuses)
+    assert outcomes == ["rejected"] * 3 + ["reserved"] * 5
+    assert all("Not enough stock of RARE-1" in s.reason for s in statuses if s.status == "rejected")
+    assert stock_of(order_settings, "RARE-1") == 0
+    reservations = [store(order_settings).get(RESERVATIONS, r.order_id) for r in requests]
+    assert sum(1 for r in reservations if r is not None) == 5
+
+
+@pytest.fixture
+async def dev_server_order_workers(dev_server, order_settings):
+    """Order workers on the real dev server, for what needs no time skipping."""
+    async with running_order_workers(dev_server.client, order_settings):
+        yield
+
+
+async def test_rewards_tiers_and_continue_as_new(dev_server, order_settings, dev_server_order_workers):
+    """On the dev server: the time-skipping test server loses signals that race a continue-as-new."""
+    customer = f"cust-{uuid.uuid4().hex[:8]}"
+    tiers = [RewardTierRule(t.name, t.min_points) for t in load_rules(order_settings.rules_file).orders.rewards.tiers]
+    started = await dev_server.client.start_workflow(
+        RewardsWorkflow.run,
+        RewardsInput(RewardsState(customer), tiers, max_history_events=20),
+        id=rewards_workflow_id(customer),
+        task_queue=order_settings.order_task_queue,
+    )
+    first_run = started.first_execution_run_id
+    # Not bound to the first run: it continues as new, and signals go to the current one.
+    handle = dev_server.client.get_workflow_handle(rewards_workflow_id(customer))
+    expected_tiers = {60: "basic", 120: "silver", 540: "gold", 1020: "platinum"}
+    for number in range(1, 18):
+        await handle.signal(RewardsWorkflow.award, AwardPoints(f"order-{number}", 60))
+        await handle.signal(RewardsWorkflow.award, AwardPoints(f"order-{number}", 60))  # a repeat counts once
+        points = number * 60
+        if points in expected_tiers:
+            await wait_until_points(handle, points)
+            assert (await handle.query(RewardsWorkflow.summary)).tier == expected_tiers[points]
+    await wait_until_points(handle, 17 * 60)
+
+    described = await handle.describe()
+    assert described.run_id != first_run  # continued as new, points carried over
+    closed = await handle.execute_update(RewardsWorkflow.close)
+    assert (closed.points, closed.orders, closed.tier, closed.closed) == (1020, 17, "platinum", True)
+    assert store(order_settings).get("rewards", customer)["closed"] is True
+
+
+async def wait_until_points(handle: WorkflowHandle, points: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while (await handle.query(RewardsWorkflow.summary)).points != points:
+        assert loop.time() < deadline, f"points never reached {points}"
+        await asyncio.sleep(0.05)
