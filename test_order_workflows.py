@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowHistory
 from temporalio.exceptions import ApplicationError
+from temporalio.worker import Replayer
 
 from activities import INVENTORY, RESERVATIONS, STOCK, order_events
 from config import load_messages, load_rules
@@ -47,7 +49,7 @@ from shared import (
 )
 from store import JsonStore
 from worker import build_order_workers
-from workflows import OrderWorkflow, RewardsWorkflow
+from workflows import OrderWorkflow, RewardsWorkflow, ShippingWorkflow
 
 HERE = Path(__file__).resolve().parent
 ADDRESS = Address("Ada Lovelace", "12 Analytical Way", "London", "N1 9GU", "UK")
@@ -379,3 +381,19 @@ async def wait_until_points(handle: WorkflowHandle, points: int) -> None:
     while (await handle.query(RewardsWorkflow.summary)).points != points:
         assert loop.time() < deadline, f"points never reached {points}"
         await asyncio.sleep(0.05)
+
+
+async def test_order_histories_before_and_after_the_patch_replay(time_skipping_env, order_settings, order_workers):
+    """histories/order_workflow_v1.json was recorded before CONFIRM_RECEIPT_PATCH existed
+    (a small order, run to completion); a new order takes the patched path."""
+    request = order_request(order_settings, SMALL)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    assert (await handle.result()).status == "completed"
+    assert store(order_settings).get(NOTIFICATIONS, f"{request.order_id}-received") is not None
+    old = WorkflowHistory.from_json("order-v1history01", (HERE / "histories" / "order_workflow_v1.json").read_text())
+    assert not any(e.HasField("marker_recorded_event_attributes") and e.marker_recorded_event_attributes.marker_name == "core_patch"
+                   for e in old.events)
+
+    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow])
+    for history in (old, await handle.fetch_history()):
+        await replayer.replay_workflow(history)  # raises on nondeterminism

@@ -275,6 +275,7 @@ MUST_FINISH_RETRY = RetryPolicy(
     maximum_attempts=0,
 )
 BOOKKEEPING_TIMEOUT = timedelta(seconds=10)
+CONFIRM_RECEIPT_PATCH = "confirm-receipt-to-customer"
 # Shipment stages from which an order can no longer be changed or cancelled.
 HANDED_TO_CARRIER = ("dispatched", "delivered")
 
@@ -345,6 +346,10 @@ class OrderWorkflow:
     async def _receive(self) -> None:
         self._reach("received", f"Order received: {len(self._order.lines)} line(s) for customer {self._order.customer_id}")
         await self._record()
+        # Version 2 confirms the order to the customer. Orders started before this
+        # change (histories/order_workflow_v1.json) replay without the step.
+        if workflow.patched(CONFIRM_RECEIPT_PATCH):
+            await self._notify("received", self._text("notify_received", order_id=self._order.order_id, lines=len(self._order.lines)))
 
     async def _validate(self) -> ValidatedOrder:
         self._status.step = "validate"
