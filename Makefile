@@ -6,15 +6,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= data
 export DATA_DIR
-# The workflow sandbox (used by the benchmark's floor workflow) imports its module
-# again for every run; without a bytecode cache that is a compile each time.
+# The workflow sandbox (the order workflows and the benchmark's floor) imports
+# modules again for every run; without a bytecode cache that is a compile each time.
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test bench install clean
 
 run: install
 	@mkdir -p "$(DATA_DIR)"
-	@echo "Starting the loan app. Form: http://$${WEB_HOST:-127.0.0.1}:$${WEB_PORT:-5001}/  Temporal UI: $${TEMPORAL_UI_URL:-http://localhost:8233}  (Ctrl+C stops everything)"
+	@echo "Starting the app. Loan form: http://$${WEB_HOST:-127.0.0.1}:$${WEB_PORT:-5001}/  Orders: http://$${WEB_HOST:-127.0.0.1}:$${WEB_PORT:-5001}/orders  Temporal UI: $${TEMPORAL_UI_URL:-http://localhost:8233}  (Ctrl+C stops everything)"
 	@if [ -n "$$TEMPORAL_ADDRESS" ]; then \
 		echo "TEMPORAL_ADDRESS=$$TEMPORAL_ADDRESS: using that server, not starting a dev server"; \
 		exec $(BIN)/honcho start worker web; \

@@ -25,4 +25,5 @@ accesslog = "-" if os.environ.get("WEB_ACCESS_LOG", "0") == "1" else None
 def when_ready(server):
     ui = settings.temporal_ui_url
     server.log.info("Loan application form: http://%s:%s/", settings.web_host, settings.web_port)
+    server.log.info("Orders dashboard:      http://%s:%s/orders", settings.web_host, settings.web_port)
     server.log.info("Temporal Web UI:       %s/namespaces/default/workflows", ui)
