@@ -3,7 +3,9 @@
 `create_app()` builds the Flask app (tests pass a config mapping). Three
 blueprints: `api` (JSON under /api), `pages` (browser form, result and list
 pages) and `health`. Views stay thin: they validate input, then call the
-`LoanService` below, which is the only code that talks to Temporal.
+`LoanService` below, which is the only code that talks to Temporal. The order
+half (its service, API, pages and the `flask orders` CLI) lives in
+`orders_web.py` and is registered here too.
 
 Serve it with gunicorn (see the Makefile / Procfile); `python starter.py`
 runs Flask's development server for quick experiments.
@@ -32,6 +34,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from werkzeug.exceptions import BadRequest, HTTPException
 
+import orders_web
 from activities import APPLICATIONS
 from config import Rules, Messages, Settings, load_messages, load_rules, temporal_connect_config
 from shared import LOAN_AMOUNT_BAND, LOAN_DECISION, LoanApplication, LoanOutcome, LoanRequest, amount_band, loan_workflow_id, record_key
@@ -460,7 +463,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["messages"] = load_messages(settings.messages_file)
     temporal = TemporalBridge()
     temporal.init_app(app)
-    app.extensions["loan_service"] = LoanService(settings, rules, temporal, JsonStore(settings.data_dir))
+    store = JsonStore(settings.data_dir)
+    app.extensions["loan_service"] = LoanService(settings, rules, temporal, store)
+    orders_web.init_app(app, settings, rules, temporal, store)
 
     app.register_blueprint(api)
     app.register_blueprint(pages)

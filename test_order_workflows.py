@@ -322,9 +322,10 @@ async def test_order_over_the_maximum_is_rejected_without_side_effects(time_skip
     assert status.compensations == [] and store(order_settings).get(INVENTORY, STOCK) is None
 
 
-async def test_concurrent_orders_never_oversell(time_skipping_env, order_settings, order_workers):
+async def test_concurrent_orders_never_oversell(dev_server, order_settings, dev_server_order_workers):
+    """On the dev server: orders left mid-flight would hold the time-skipping server's clock."""
     requests = [order_request(order_settings, [OrderLine("RARE-1", 1)]) for _ in range(8)]
-    handles = await asyncio.gather(*(start(time_skipping_env.client, order_settings, r) for r in requests))
+    handles = await asyncio.gather(*(start(dev_server.client, order_settings, r) for r in requests))
     # Past the reservation: approved, or rejected for want of stock.
     statuses = await asyncio.gather(
         *(wait_for(h, lambda s: s.approved or s.status == "rejected", "the reservation") for h in handles)
@@ -336,6 +337,9 @@ async def test_concurrent_orders_never_oversell(time_skipping_env, order_setting
     assert stock_of(order_settings, "RARE-1") == 0
     reservations = [store(order_settings).get(RESERVATIONS, r.order_id) for r in requests]
     assert sum(1 for r in reservations if r is not None) == 5
+    for handle, status in zip(handles, statuses):
+        if status.approved:
+            await handle.terminate("test finished")
 
 
 @pytest.fixture

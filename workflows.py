@@ -325,8 +325,11 @@ class OrderWorkflow:
 
     @workflow.run
     async def run(self, order: OrderRequest) -> OrderStatus:
+        # Asked first, before any command: asked after a local activity, the
+        # marker's place in history can differ on replay (a nondeterminism error).
+        confirm_receipt = workflow.patched(CONFIRM_RECEIPT_PATCH)
         try:
-            await self._receive()
+            await self._receive(confirm_receipt)
             validated = await self._validate()
             await self._reserve_inventory(validated)
             await self._review(validated)
@@ -343,12 +346,12 @@ class OrderWorkflow:
 
     # --- steps, in order -----------------------------------------------------
 
-    async def _receive(self) -> None:
+    async def _receive(self, confirm_receipt: bool) -> None:
         self._reach("received", f"Order received: {len(self._order.lines)} line(s) for customer {self._order.customer_id}")
         await self._record()
         # Version 2 confirms the order to the customer. Orders started before this
         # change (histories/order_workflow_v1.json) replay without the step.
-        if workflow.patched(CONFIRM_RECEIPT_PATCH):
+        if confirm_receipt:
             await self._notify("received", self._text("notify_received", order_id=self._order.order_id, lines=len(self._order.lines)))
 
     async def _validate(self) -> ValidatedOrder:

@@ -1,0 +1,199 @@
+/* Live refresh of the order tracker page (templates/orders/tracker.html).
+ *
+ * Every 2 seconds, while the order is not final, it reads the order and its
+ * timeline from the JSON API and updates the page in place: the status, the
+ * milestones, the details, the timeline and which actions are offered. The
+ * action forms are never re-rendered, so nothing an operator is typing is lost.
+ * Without JavaScript the page is complete as served; a Refresh link updates it.
+ */
+(function () {
+  "use strict";
+
+  var POLL_MS = 2000;
+  var root = document.getElementById("order-tracker");
+  if (!root || !window.fetch) {
+    return;
+  }
+  var labels = JSON.parse(document.getElementById("order-labels").textContent);
+  var money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
+
+  function when(iso) {
+    if (!iso) {
+      return "–";
+    }
+    var utc = /(\+00:00|Z)$/.test(iso) ? " UTC" : "";
+    return iso.slice(0, 16).replace("T", " ") + utc;
+  }
+
+  function words(text) {
+    return String(text).replace(/_/g, " ");
+  }
+
+  function attemptsText(count) {
+    return count ? count + (count === 1 ? " attempt" : " attempts") : "";
+  }
+
+  var FORMATS = {
+    money: function (value) { return money.format(value); },
+    when: when,
+    yesno: function (value) { return value ? "Yes" : "No"; },
+    words: words,
+  };
+
+  function lookup(order, path) {
+    return path.split(".").reduce(function (value, key) {
+      return value === null || value === undefined ? undefined : value[key];
+    }, order);
+  }
+
+  function element(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) {
+      node.className = className;
+    }
+    if (text !== undefined) {
+      node.textContent = text;
+    }
+    return node;
+  }
+
+  function replaceItems(list, items, render, emptyText) {
+    list.textContent = "";
+    if (!items.length) {
+      list.appendChild(element("li", "muted", emptyText));
+    }
+    items.forEach(function (item) {
+      list.appendChild(render(item));
+    });
+  }
+
+  function showStatus(order) {
+    var badge = document.getElementById("order-status");
+    badge.className = "badge badge-order-" + order.status;
+    badge.textContent = labels[order.status] || words(order.status);
+    var reason = document.getElementById("order-reason");
+    reason.textContent = order.reason || "";
+    reason.hidden = !order.reason;
+    document.getElementById("order-waiting").hidden = order.source !== "start";
+  }
+
+  function showFields(order) {
+    root.querySelectorAll("[data-field]").forEach(function (node) {
+      var value = lookup(order, node.dataset.field);
+      var format = FORMATS[node.dataset.format];
+      node.textContent = value === null || value === undefined || value === "" ? "–" : format ? format(value) : value;
+    });
+  }
+
+  function showMilestones(order) {
+    var open = true;
+    document.querySelectorAll("#order-milestones [data-milestone]").forEach(function (item) {
+      var name = item.dataset.milestone;
+      var reachedAt = order.milestones[name];
+      var state = "ahead";
+      if (reachedAt) {
+        state = "reached";
+      } else if (open) {
+        state = !order.final ? "current" : order.status !== "completed" ? "stopped" : "ahead";
+        open = false;
+      }
+      item.className = "milestone milestone-" + state;
+      if (state === "current") {
+        item.setAttribute("aria-current", "step");
+      } else {
+        item.removeAttribute("aria-current");
+      }
+      item.querySelector(".milestone-time").textContent = reachedAt ? when(reachedAt) : "";
+      item.querySelector(".milestone-attempts").textContent = attemptsText(order.attempts[item.dataset.attemptsStep]);
+    });
+  }
+
+  function showLines(order) {
+    var body = document.getElementById("order-lines");
+    body.textContent = "";
+    if (!order.lines.length) {
+      var row = element("tr");
+      var cell = element("td", "muted", "Priced once the order is validated.");
+      cell.colSpan = 2;
+      row.appendChild(cell);
+      body.appendChild(row);
+    }
+    order.lines.forEach(function (line) {
+      var row = element("tr");
+      var name = element("th", null, line.quantity + " × " + line.name + " ");
+      name.scope = "row";
+      name.appendChild(element("span", "muted", line.sku));
+      row.appendChild(name);
+      row.appendChild(element("td", "num", money.format(line.line_total)));
+      body.appendChild(row);
+    });
+  }
+
+  function showLists(order) {
+    var attempts = Object.keys(order.attempts).map(function (step) {
+      return words(step) + ": " + attemptsText(order.attempts[step]);
+    });
+    replaceItems(document.getElementById("order-attempts"), attempts, function (text) {
+      return element("li", null, text);
+    }, "No step has finished yet.");
+    replaceItems(document.getElementById("order-compensations"), order.compensations, function (text) {
+      return element("li", null, text);
+    }, "Nothing was undone.");
+  }
+
+  function showActions(order) {
+    root.querySelectorAll("[data-action]").forEach(function (node) {
+      node.hidden = order.actions.indexOf(node.dataset.action) === -1;
+    });
+    document.getElementById("no-actions").hidden = order.actions.length > 0;
+  }
+
+  function showEvents(events) {
+    replaceItems(document.getElementById("order-timeline"), events, function (event) {
+      var item = element("li", "event event-" + event.kind);
+      var time = element("time", null, when(event.at));
+      time.dateTime = event.at;
+      item.appendChild(time);
+      item.appendChild(document.createTextNode(" "));
+      item.appendChild(element("span", "event-kind", event.kind));
+      item.appendChild(document.createTextNode(" "));
+      var attempt = event.attempt ? " (attempt " + event.attempt + ")" : "";
+      item.appendChild(element("span", "event-message", event.message + attempt));
+      return item;
+    }, "No events yet.");
+  }
+
+  function getJson(url) {
+    return fetch(url, { headers: { Accept: "application/json" } }).then(function (response) {
+      if (!response.ok) {
+        throw new Error(url + ": " + response.status);
+      }
+      return response.json();
+    });
+  }
+
+  function refresh() {
+    Promise.all([getJson(root.dataset.orderUrl), getJson(root.dataset.eventsUrl)])
+      .then(function (results) {
+        var order = results[0];
+        showStatus(order);
+        showFields(order);
+        showMilestones(order);
+        showLines(order);
+        showLists(order);
+        showActions(order);
+        showEvents(results[1].events);
+        if (!order.final) {
+          window.setTimeout(refresh, POLL_MS);
+        }
+      })
+      .catch(function () {
+        // The server or Temporal is briefly away: the page keeps what it shows; try again.
+        window.setTimeout(refresh, POLL_MS);
+      });
+  }
+
+  if (root.dataset.final !== "true") {
+    window.setTimeout(refresh, POLL_MS);
+  }
+})();

@@ -1,0 +1,633 @@
+"""The order web layer: validation, then the JSON API, pages and CLI end to end.
+
+The end-to-end tests run the Flask app against a real Temporal dev server and a
+real worker process (`worker.py`), both reading a copy of rules.json whose
+shipping is quick for expedited orders (0.3 s in transit) and slow for the
+others (60 s): an expedited order runs to delivery within a test, while a
+standard one waits in transit, handed to the carrier, for as long as a test
+needs to try the actions that are refused from then on. Every test polls with
+a deadline and uses its own customer id.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import uuid
+from dataclasses import replace
+
+import pytest
+
+import orders_web
+from conftest import HERE, WorkerProcess, wait_until
+from config import Settings, load_messages, load_rules
+from shared import ORDER_MILESTONES, FailureInjection, OrderStatus
+from starter import create_app
+from validation import (
+    InvalidOrder,
+    parse_form_address_change,
+    parse_form_failure,
+    parse_form_order,
+    parse_json_address_change,
+    parse_json_approve,
+    parse_json_cancel,
+    parse_json_failure,
+    parse_json_order,
+)
+from workflows import OrderWorkflow
+
+MESSAGES = load_messages(HERE / "messages.json")
+TEXTS = MESSAGES.orders
+CATALOG = [item.sku for item in load_rules(HERE / "rules.json").orders.catalog]
+ADDRESS = {"name": "Ada Lovelace", "street": "12 Analytical Way", "city": "London", "postal_code": "N1 9GU", "country": "UK"}
+ORDER = {"customer_id": "ada-1", "items": [{"sku": "KB-100", "quantity": 2}], "address": ADDRESS}
+
+
+# --- validation ----------------------------------------------------------------
+
+
+def order_errors(data) -> dict[str, str]:
+    with pytest.raises(InvalidOrder) as raised:
+        parse_json_order(data, CATALOG, MESSAGES)
+    return raised.value.fields
+
+
+def test_a_valid_order_is_trimmed_and_typed():
+    order = parse_json_order(
+        {**ORDER, "customer_id": " ada-1 ", "address": {**ADDRESS, "city": "  London "}, "expedited": True,
+         "failures": [{"step": "payment"}, {"step": "shipping", "times": 3, "permanent": True}]},
+        CATALOG, MESSAGES,
+    )
+    assert order.customer_id == "ada-1"
+    assert order.address.city == "London"
+    assert [(line.sku, line.quantity) for line in order.lines] == [("KB-100", 2)]
+    assert order.expedited is True
+    assert order.failures == [FailureInjection("payment", 1, False), FailureInjection("shipping", 3, True)]
+    assert parse_json_order(ORDER, CATALOG, MESSAGES).expedited is False
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "text"),
+    [
+        ({"customer_id": ""}, "customer_id", TEXTS["customer_id"]),
+        ({"customer_id": "ada lovelace"}, "customer_id", TEXTS["customer_id"]),
+        ({"customer_id": "x" * 65}, "customer_id", TEXTS["customer_id"]),
+        ({"customer_id": 7}, "customer_id", TEXTS["customer_id"]),
+        ({"customer_id": ...}, "customer_id", TEXTS["customer_id"]),
+        ({"items": []}, "items", TEXTS["items"]),
+        ({"items": "KB-100"}, "items", TEXTS["items"]),
+        ({"items": ...}, "items", TEXTS["items"]),
+        ({"items": ["KB-100"]}, "items.0", TEXTS["item"]),
+        ({"items": [{"sku": "NOPE-1", "quantity": 1}]}, "items.0.sku", TEXTS["unknown_sku"]),
+        ({"items": [{"sku": "kb-100", "quantity": 1}]}, "items.0.sku", TEXTS["unknown_sku"]),
+        ({"items": [{"quantity": 1}]}, "items.0.sku", TEXTS["unknown_sku"]),
+        ({"items": [{"sku": "KB-100", "quantity": 0}]}, "items.0.quantity", TEXTS["quantity"]),
+        ({"items": [{"sku": "KB-100", "quantity": -1}]}, "items.0.quantity", TEXTS["quantity"]),
+        ({"items": [{"sku": "KB-100", "quantity": 1.5}]}, "items.0.quantity", TEXTS["quantity"]),
+        ({"items": [{"sku": "KB-100", "quantity": "2"}]}, "items.0.quantity", TEXTS["quantity"]),
+        ({"items": [{"sku": "KB-100", "quantity": True}]}, "items.0.quantity", TEXTS["quantity"]),
+        ({"items": [{"sku": "KB-100"}]}, "items.0.quantity", TEXTS["quantity"]),
+        ({"items": [{"sku": "KB-100", "quantity": 10_001}]}, "items.0.quantity", TEXTS["quantity_max"].format(maximum=10_000)),
+        ({"items": [{"sku": "KB-100", "quantity": 1, "colour": "red"}]}, "items.0.colour", MESSAGES.validation["unknown_field"]),
+        ({"address": "12 Analytical Way, London"}, "address", TEXTS["address"]),
+        ({"address": ...}, "address", TEXTS["address"]),
+        ({"address": {**ADDRESS, "name": "   "}}, "address.name", TEXTS["address_field"]),
+        ({"address": {**ADDRESS, "street": ""}}, "address.street", TEXTS["address_field"]),
+        ({"address": {**ADDRESS, "city": "x" * 201}}, "address.city", TEXTS["address_field"]),
+        ({"address": {**ADDRESS, "postal_code": 75001}}, "address.postal_code", TEXTS["address_field"]),
+        ({"address": {k: v for k, v in ADDRESS.items() if k != "country"}}, "address.country", TEXTS["address_field"]),
+        ({"address": {**ADDRESS, "floor": "2"}}, "address.floor", MESSAGES.validation["unknown_field"]),
+        ({"expedited": "true"}, "expedited", TEXTS["expedited"]),
+        ({"expedited": 1}, "expedited", TEXTS["expedited"]),
+        ({"failures": {"step": "payment"}}, "failures", TEXTS["failures"]),
+        ({"failures": ["payment"]}, "failures.0", TEXTS["failure"]),
+        ({"failures": [{"step": "delivery"}]}, "failures.0.step", TEXTS["failure_step"]),
+        ({"failures": [{"times": 2}]}, "failures.0.step", TEXTS["failure_step"]),
+        ({"failures": [{"step": "payment", "times": 0}]}, "failures.0.times", TEXTS["failure_times"]),
+        ({"failures": [{"step": "payment", "times": 11}]}, "failures.0.times", TEXTS["failure_times"]),
+        ({"failures": [{"step": "payment", "times": "2"}]}, "failures.0.times", TEXTS["failure_times"]),
+        ({"failures": [{"step": "payment", "permanent": "yes"}]}, "failures.0.permanent", TEXTS["failure_permanent"]),
+        ({"failures": [{"step": "payment", "why": "demo"}]}, "failures.0.why", MESSAGES.validation["unknown_field"]),
+        ({"coupon": "FREE"}, "coupon", MESSAGES.validation["unknown_field"]),
+    ],
+)
+def test_each_invalid_order_value_names_its_field(change, field, text):
+    data = {k: v for k, v in {**ORDER, **change}.items() if v is not ...}
+    assert order_errors(data) == {field: text}
+
+
+def test_a_product_may_appear_once():
+    items = [{"sku": "KB-100", "quantity": 1}, {"sku": "MS-200", "quantity": 1}, {"sku": "KB-100", "quantity": 2}]
+    assert order_errors({**ORDER, "items": items}) == {"items.2.sku": TEXTS["duplicate_sku"]}
+
+
+def test_every_problem_is_reported_at_once():
+    errors = order_errors({"customer_id": "", "items": [{"sku": "X", "quantity": 0}], "address": {}})
+    assert set(errors) == {"customer_id", "items.0.sku", "items.0.quantity", *(f"address.{k}" for k in ADDRESS)}
+
+
+@pytest.mark.parametrize("body", [[], "order", 3, None])
+def test_an_order_must_be_a_json_object(body):
+    assert order_errors(body) == {"order": MESSAGES.errors["not_object"]}
+
+
+def test_the_total_is_not_checked_here():
+    # Over the maximum total is a business rule: the workflow rejects it and says why.
+    order = parse_json_order({**ORDER, "items": [{"sku": "LP-140", "quantity": 100}]}, CATALOG, MESSAGES)
+    assert order.lines[0].quantity == 100
+
+
+FORM = {
+    "customer_id": "ada-1",
+    "sku_KB-100": "2",
+    "sku_MS-200": "",
+    "sku_CB-010": "0",
+    **{f"address.{k}": v for k, v in ADDRESS.items()},
+}
+
+
+def test_the_order_form_is_parsed():
+    order = parse_form_order(
+        {**FORM, "expedited": "yes", "failure_step": "payment", "failure_times": "2", "failure_permanent": "yes"},
+        CATALOG, MESSAGES,
+    )
+    assert [(line.sku, line.quantity) for line in order.lines] == [("KB-100", 2)]
+    assert order.expedited is True
+    assert order.failures == [FailureInjection("payment", 2, True)]
+    assert parse_form_order(FORM, CATALOG, MESSAGES).failures == []
+
+
+@pytest.mark.parametrize(
+    ("change", "errors"),
+    [
+        ({"sku_KB-100": ""}, {"items": TEXTS["items"]}),
+        ({"sku_KB-100": "two"}, {"sku_KB-100": TEXTS["quantity"]}),
+        ({"sku_KB-100": "-1"}, {"sku_KB-100": TEXTS["quantity"]}),
+        ({"sku_KB-100": "20000"}, {"sku_KB-100": TEXTS["quantity_max"].format(maximum=10_000)}),
+        ({"customer_id": "ada 1"}, {"customer_id": TEXTS["customer_id"]}),
+        ({"address.city": " "}, {"address.city": TEXTS["address_field"]}),
+        ({"failure_step": "payment", "failure_times": "lots"}, {"failure_times": TEXTS["failure_times"]}),
+        ({"failure_step": "payment", "failure_times": "11"}, {"failure_times": TEXTS["failure_times"]}),
+        ({"failure_step": "delivery"}, {"failure_step": TEXTS["failure_step"]}),
+    ],
+)
+def test_order_form_errors_are_keyed_by_the_form_fields(change, errors):
+    with pytest.raises(InvalidOrder) as raised:
+        parse_form_order({**FORM, **change}, CATALOG, MESSAGES)
+    assert raised.value.fields == errors
+
+
+def test_operator_action_bodies():
+    assert parse_json_approve(None, MESSAGES).operator == "operator"
+    assert parse_json_approve({"operator": " grace "}, MESSAGES).operator == "grace"
+    cancel = parse_json_cancel({"reason": " changed my mind ", "operator": "grace"}, MESSAGES)
+    assert (cancel.reason, cancel.operator) == ("changed my mind", "grace")
+    change = parse_json_address_change({**ADDRESS, "city": "Paris"}, MESSAGES)
+    assert change.address.city == "Paris" and change.operator == "operator"
+    assert parse_json_failure({"step": "inventory"}, MESSAGES) == FailureInjection("inventory", 1, False)
+    assert parse_form_address_change({f"address.{k}": v for k, v in ADDRESS.items()}, MESSAGES).address.name == "Ada Lovelace"
+    assert parse_form_failure({"step": "shipping", "times": "3", "permanent": "yes"}, MESSAGES) == FailureInjection("shipping", 3, True)
+
+
+@pytest.mark.parametrize(
+    ("parse", "body", "errors"),
+    [
+        (parse_json_approve, {"operator": ""}, {"operator": TEXTS["operator"]}),
+        (parse_json_approve, {"operator": 5}, {"operator": TEXTS["operator"]}),
+        (parse_json_approve, {"by": "grace"}, {"by": MESSAGES.validation["unknown_field"]}),
+        (parse_json_approve, ["grace"], {"body": MESSAGES.errors["not_object"]}),
+        (parse_json_cancel, {}, {"reason": TEXTS["cancel_reason"]}),
+        (parse_json_cancel, {"reason": "  "}, {"reason": TEXTS["cancel_reason"]}),
+        (parse_json_cancel, {"reason": "x" * 501}, {"reason": TEXTS["cancel_reason"]}),
+        (parse_json_cancel, "changed my mind", {"body": MESSAGES.errors["not_object"]}),
+        (parse_json_address_change, {**ADDRESS, "city": ""}, {"address.city": TEXTS["address_field"]}),
+        (parse_json_address_change, {"address": ADDRESS}, {
+            "address": MESSAGES.validation["unknown_field"], **{f"address.{k}": TEXTS["address_field"] for k in ADDRESS}}),
+        (parse_json_failure, {"step": "delivery"}, {"step": TEXTS["failure_step"]}),
+        (parse_json_failure, {"step": "payment", "times": 0}, {"times": TEXTS["failure_times"]}),
+        (parse_json_failure, {"step": "payment", "permanent": 1}, {"permanent": TEXTS["failure_permanent"]}),
+        (parse_json_failure, None, {"body": MESSAGES.errors["not_object"]}),
+    ],
+)
+def test_invalid_action_bodies_name_their_fields(parse, body, errors):
+    with pytest.raises(InvalidOrder) as raised:
+        parse(body, MESSAGES)
+    assert raised.value.fields == errors
+
+
+def test_cli_item_and_failure_options_are_parsed():
+    assert orders_web.item_spec("KB-100:2") == {"sku": "KB-100", "quantity": 2}
+    assert orders_web.item_spec("KB-100") == {"sku": "KB-100", "quantity": 1}
+    assert orders_web.item_spec("KB-100:x") == {"sku": "KB-100", "quantity": "x"}  # refused by validation
+    assert orders_web.failure_spec("payment:2") == {"step": "payment", "times": 2}
+    assert orders_web.failure_spec("shipping:1:permanent") == {"step": "shipping", "times": 1, "permanent": True}
+    assert orders_web.failure_spec("inventory") == {"step": "inventory"}
+
+
+# --- end to end: app -> dev server -> worker process ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def order_stack(dev_server, tmp_path_factory):
+    """One worker process, task queues and data folder for the module."""
+    root = tmp_path_factory.mktemp("orders-web")
+    rules = json.loads((HERE / "rules.json").read_text())
+    rules["orders"]["shipping"] = {"prepare_seconds": 0, "transit_seconds": 60, "expedited_transit_seconds": 0.3}
+    rules_file = root / "rules.json"
+    rules_file.write_text(json.dumps(rules))
+    suffix = uuid.uuid4().hex[:8]
+    settings = replace(
+        Settings.from_env(),
+        data_dir=root / "data",
+        task_queue=f"web-loans-{suffix}",
+        order_task_queue=f"web-orders-{suffix}",
+        shipping_task_queue=f"web-shipping-{suffix}",
+        rules_file=rules_file,
+        messages_file=HERE / "messages.json",
+    )
+    address = dev_server.client.service_client.config.target_host
+    worker = WorkerProcess(settings, address, root / "worker.log")
+    yield settings, address
+    worker.kill()
+
+
+def make_app(settings: Settings, address: str, monkeypatch):
+    monkeypatch.setenv("TEMPORAL_ADDRESS", address)
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", "default")
+    return create_app({"SETTINGS": settings, "TESTING": True})
+
+
+@pytest.fixture
+def app(order_stack, monkeypatch):
+    app = make_app(*order_stack, monkeypatch)
+    yield app
+    app.extensions["temporal"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def customer() -> str:
+    return f"cust-{uuid.uuid4().hex[:10]}"
+
+
+def place(client, customer: str, items: list[tuple[str, int]], expedited: bool = True, **extra) -> str:
+    body = {
+        "customer_id": customer,
+        "items": [{"sku": sku, "quantity": quantity} for sku, quantity in items],
+        "address": ADDRESS,
+        "expedited": expedited,
+        **extra,
+    }
+    response = client.post("/api/orders", json=body)
+    assert response.status_code == 201, response.json
+    return response.json["order_id"]
+
+
+def wait_for(client, order_id: str, check, what: str, timeout: float = 30.0) -> dict:
+    """Poll the order's status until `check(order)` holds; return the order."""
+
+    def current():
+        order = client.get(f"/api/orders/{order_id}").json
+        return order if check(order) else None
+
+    return wait_until(current, timeout=timeout, interval=0.1, what=what)
+
+
+def status_is(*statuses: str):
+    return lambda order: order["status"] in statuses
+
+
+def in_transit(order: dict) -> bool:
+    return order["shipment"]["stage"] == "dispatched"
+
+
+def test_a_big_order_waits_for_review_then_is_approved_and_delivered(client, customer):
+    response = client.post("/api/orders", json={
+        "customer_id": customer, "items": [{"sku": "LP-140", "quantity": 2}], "address": ADDRESS, "expedited": True})
+    assert response.status_code == 201, response.json
+    order_id = response.json["order_id"]
+    assert response.json["workflow_id"] == f"order-{order_id}"
+    assert response.headers["Location"] == response.json["status_url"] == f"/api/orders/{order_id}"
+
+    waiting = wait_for(client, order_id, status_is("awaiting_review"), "the order to await review")
+    assert waiting["total"] == 2498.0
+    assert waiting["needs_review"] is True
+    assert waiting["actions"][0] == "approve"
+    assert waiting["status_label"] == TEXTS["status_awaiting_review"]
+
+    approved = client.post(f"/api/orders/{order_id}/approve", json={"operator": "grace"})
+    assert approved.status_code == 200, approved.json
+    assert approved.json["approved"] is True and approved.json["approved_by"] == "grace"
+
+    done = wait_for(client, order_id, status_is("completed"), "the order to be delivered")
+    assert set(done["milestones"]) == set(ORDER_MILESTONES)
+    assert done["final"] is True and done["actions"] == []
+    assert done["payment"]["status"] == "charged" and done["payment"]["amount"] == 2498.0
+    assert done["shipment"]["stage"] == "delivered"
+
+    events = client.get(f"/api/orders/{order_id}/events").json["events"]
+    assert [e["at"] for e in events] == sorted(e["at"] for e in events)
+    assert any(e["kind"] == "operator" and "grace" in e["message"] for e in events)
+
+    rewards = wait_until(lambda: (r := client.get(f"/api/customers/{customer}/rewards")).status_code == 200 and r.json,
+                         what="the rewards")
+    assert rewards["customer_id"] == customer and rewards["points"] == 2498
+
+
+def test_actions_an_order_refuses_are_409_with_the_reason(client, customer):
+    order_id = place(client, customer, [("MS-200", 1)], expedited=False)
+    wait_for(client, order_id, in_transit, "the parcel to be with the carrier")
+
+    approve = client.post(f"/api/orders/{order_id}/approve")
+    assert approve.status_code == 409
+    assert approve.json == {"error": TEXTS["not_awaiting_review"].format(status="shipping")}
+    cancel = client.post(f"/api/orders/{order_id}/cancel", json={"reason": "too late?"})
+    assert cancel.status_code == 409 and cancel.json["error"] == TEXTS["already_dispatched"]
+    address = client.post(f"/api/orders/{order_id}/address", json=ADDRESS)
+    assert address.status_code == 409 and address.json["error"] == TEXTS["already_dispatched"]
+
+    # Expediting still helps in transit: the express timing applies and the order completes.
+    expedite = client.post(f"/api/orders/{order_id}/expedite")
+    assert expedite.status_code == 202 and expedite.json["status_url"] == f"/api/orders/{order_id}"
+    wait_for(client, order_id, status_is("completed"), "the expedited order to be delivered")
+
+
+def workflow_result(app, order_id: str) -> OrderStatus:
+    """Wait for the order's workflow to close; its result is the final status."""
+
+    async def result(client):
+        return await client.get_workflow_handle_for(OrderWorkflow.run, f"order-{order_id}").result()
+
+    return app.extensions["temporal"].run(result, timeout=30)
+
+
+def test_a_closed_order_refuses_every_action(app, client, customer):
+    order_id = place(client, customer, [("LP-140", 9)])  # above the maximum total
+    rejected = workflow_result(app, order_id)
+    assert rejected.status == "rejected"
+    assert rejected.reason == TEXTS["over_maximum"].format(total="$11,241", maximum="$10,000")
+    assert client.get(f"/api/orders/{order_id}").json["status"] == "rejected"
+
+    already = TEXTS["already_final"].format(status="rejected")
+    for path, body in [("approve", None), ("cancel", {"reason": "x"}), ("address", ADDRESS),
+                       ("expedite", None), ("simulate-failure", {"step": "payment"})]:
+        response = client.post(f"/api/orders/{order_id}/{path}", json=body)
+        assert response.status_code == 409, path
+        assert response.json == {"error": already}, path
+
+
+def test_cancelling_during_review_undoes_the_reservation(client, customer):
+    order_id = place(client, customer, [("LP-140", 1)])
+    wait_for(client, order_id, status_is("awaiting_review"), "the order to await review")
+    changed = client.post(f"/api/orders/{order_id}/address", json={**ADDRESS, "city": "Paris", "operator": "grace"})
+    assert changed.status_code == 200, changed.json
+    assert changed.json["address"]["city"] == "Paris"
+
+    cancelled = client.post(f"/api/orders/{order_id}/cancel", json={"reason": "customer called"})
+    assert cancelled.status_code == 200, cancelled.json
+    assert cancelled.json["status"] == "cancelled"
+    assert cancelled.json["cancel_reason"] == "customer called"
+    assert cancelled.json["compensations"] == ["release inventory"]
+
+
+def test_simulated_failures_are_retried_or_stop_the_order(client, customer):
+    retried = place(client, customer, [("CB-010", 1)], failures=[{"step": "payment", "times": 1}])
+    declined = place(client, customer, [("LP-140", 1)])
+    wait_for(client, declined, status_is("awaiting_review"), "the order to await review")
+    injected = client.post(f"/api/orders/{declined}/simulate-failure", json={"step": "payment", "permanent": True})
+    assert injected.status_code == 202
+    assert injected.json["failure"] == {"step": "payment", "times": 1, "permanent": True}
+    wait_until(lambda: any("Failure injected" in e["message"]
+                           for e in client.get(f"/api/orders/{declined}/events").json["events"]),
+               what="the failure to be recorded")
+    assert client.post(f"/api/orders/{declined}/approve").status_code == 200
+
+    done = wait_for(client, retried, lambda o: o["final"], "the retried order to finish")
+    assert done["status"] == "completed"
+    assert done["attempts"]["charge_payment"] == 2
+    events = client.get(f"/api/orders/{retried}/events").json["events"]
+    assert any(e["kind"] == "retry" and e["attempt"] == 1 for e in events)
+
+    failed = wait_for(client, declined, lambda o: o["final"], "the declined order to stop")
+    assert failed["status"] == "failed"
+    assert failed["reason"] == TEXTS["declined"]
+    assert failed["compensations"] == ["release inventory"]
+
+
+def test_unknown_orders_and_customers_are_404(client):
+    unknown = uuid.uuid4().hex[:12]
+    for method, path, body in [
+        ("get", f"/api/orders/{unknown}", None),
+        ("get", f"/api/orders/{unknown}/events", None),
+        ("post", f"/api/orders/{unknown}/approve", None),
+        ("post", f"/api/orders/{unknown}/cancel", {"reason": "x"}),
+        ("post", f"/api/orders/{unknown}/address", ADDRESS),
+        ("post", f"/api/orders/{unknown}/expedite", None),
+        ("post", f"/api/orders/{unknown}/simulate-failure", {"step": "payment"}),
+        ("get", "/api/orders/..hidden", None),
+    ]:
+        response = getattr(client, method)(path, json=body)
+        assert response.status_code == 404, path
+        assert response.json["error"] == TEXTS["not_found"], path
+    for customer_id in (f"nobody-{unknown}", "not%20an%20id"):
+        response = client.get(f"/api/customers/{customer_id}/rewards")
+        assert response.status_code == 404 and response.json["error"] == TEXTS["no_rewards"]
+    assert client.get(f"/orders/{unknown}").status_code == 404
+
+
+def test_bad_requests_are_4xx_never_500(client, customer):
+    invalid = client.post("/api/orders", json={**ORDER, "customer_id": customer, "items": [{"sku": "NOPE", "quantity": 0}]})
+    assert invalid.status_code == 400
+    assert invalid.json == {"error": TEXTS["invalid_order"], "fields": {
+        "items.0.sku": TEXTS["unknown_sku"], "items.0.quantity": TEXTS["quantity"]}}
+    form = client.post("/api/orders", data={"customer_id": customer})
+    assert form.status_code == 415 and form.json["error"] == TEXTS["not_json"]
+    broken = client.post("/api/orders", data="{", content_type="application/json")
+    assert broken.status_code == 400 and broken.json["error"] == MESSAGES.errors["invalid_json"]
+    array = client.post("/api/orders", json=[ORDER])
+    assert array.status_code == 400 and array.json["fields"] == {"order": MESSAGES.errors["not_object"]}
+    huge = client.post("/api/orders", json={**ORDER, "customer_id": "x" * 20_000})
+    assert huge.status_code == 413
+    assert client.get("/api/orders?page=0").status_code == 400
+
+    order_id = place(client, customer, [("LP-140", 1)])  # waits for review: every action is possible
+    no_reason = client.post(f"/api/orders/{order_id}/cancel", json={})
+    assert no_reason.status_code == 400 and no_reason.json["fields"] == {"reason": TEXTS["cancel_reason"]}
+    bad_address = client.post(f"/api/orders/{order_id}/address", json={**ADDRESS, "country": ""})
+    assert bad_address.status_code == 400 and bad_address.json["fields"] == {"address.country": TEXTS["address_field"]}
+    bad_failure = client.post(f"/api/orders/{order_id}/simulate-failure", json={"step": "payment", "times": 99})
+    assert bad_failure.status_code == 400 and bad_failure.json["fields"] == {"times": TEXTS["failure_times"]}
+    not_json = client.post(f"/api/orders/{order_id}/approve", data="operator=grace",
+                           content_type="application/x-www-form-urlencoded")
+    assert not_json.status_code == 415
+    # None of that touched the order.
+    assert wait_for(client, order_id, status_is("awaiting_review"), "the order to await review")["cancelled"] is False
+
+
+def test_the_list_shows_stored_orders_newest_first(client, customer):
+    first = place(client, customer, [("CB-010", 1)])
+    second = place(client, customer, [("CB-010", 2)])
+
+    def listed():
+        orders = client.get("/api/orders").json["orders"]
+        ids = [o["order_id"] for o in orders]
+        return first in ids and second in ids and ids
+
+    ids = wait_until(listed, what="both orders in the list")
+    assert ids.index(second) < ids.index(first)
+    listing = client.get("/api/orders?page=1").json
+    assert listing["page"] == 1 and listing["pages"] >= 1 and listing["total"] >= 2
+
+
+def test_pages_place_track_and_act_on_an_order(client, customer):
+    form = {**FORM, "customer_id": customer, "sku_KB-100": "", "sku_LP-140": "1"}
+    placed = client.post("/orders", data=form)
+    assert placed.status_code == 303
+    page_url = placed.headers["Location"]
+    order_id = page_url.rsplit("/", 1)[1]
+
+    page = client.get(page_url)
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert order_id in html
+    for milestone in ORDER_MILESTONES:
+        assert f'data-milestone="{milestone}"' in html
+    assert f"/workflows/order-{order_id}" in html and "View in Temporal UI" in html
+    assert "order_tracker.js" in html
+
+    wait_for(client, order_id, status_is("awaiting_review"), "the order to await review")
+    html = client.get(page_url).get_data(as_text=True)
+    assert TEXTS["status_awaiting_review"] in html and "Approve the order" in html
+
+    no_reason = client.post(f"{page_url}/cancel", data={"reason": " "})
+    assert no_reason.status_code == 400 and TEXTS["cancel_reason"] in no_reason.get_data(as_text=True)
+    bad_address = client.post(f"{page_url}/address", data={**{f"address.{k}": v for k, v in ADDRESS.items()},
+                                                           "address.city": "", "address.street": "1 Typed Street"})
+    assert bad_address.status_code == 400
+    assert 'value="1 Typed Street"' in bad_address.get_data(as_text=True)  # what was typed is kept
+    bad_failure = client.post(f"{page_url}/simulate-failure", data={"step": "payment", "times": "zz"})
+    assert bad_failure.status_code == 400
+    assert TEXTS["failure_times"] in bad_failure.get_data(as_text=True)
+    assert 'value="zz"' in bad_failure.get_data(as_text=True)
+
+    approved = client.post(f"{page_url}/approve")
+    assert approved.status_code == 303 and approved.headers["Location"].endswith("done=approve")
+    assert TEXTS["done_approve"] in client.get(approved.headers["Location"]).get_data(as_text=True)
+    again = client.post(f"{page_url}/approve")  # processing or in transit now: not awaiting review
+    assert again.status_code == 409
+    assert TEXTS["not_awaiting_review"].split("(")[0] in again.get_data(as_text=True)
+    expedited = client.post(f"{page_url}/expedite")
+    assert expedited.status_code == 303 and expedited.headers["Location"].endswith("done=expedite")
+
+    dashboard = client.get("/orders")
+    assert dashboard.status_code == 200
+    assert wait_until(lambda: order_id in client.get("/orders").get_data(as_text=True), what="the order on the dashboard")
+    assert "Place an order" in dashboard.get_data(as_text=True)
+
+
+def test_the_order_form_keeps_what_was_typed_on_errors(client):
+    form = {**FORM, "customer_id": "ada lovelace", "sku_KB-100": "three", "address.city": "Londres"}
+    response = client.post("/orders", data=form)
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert TEXTS["invalid_order"] in html
+    assert TEXTS["customer_id"].replace("'", "&#39;") in html and TEXTS["quantity"] in html
+    assert 'value="ada lovelace"' in html and 'value="three"' in html and 'value="Londres"' in html
+
+
+def test_cli_places_shows_and_operates_orders(app, customer):
+    runner = app.test_cli_runner()
+    address = ["--name", "Ada", "--street", "1 Way", "--city", "London", "--postal-code", "N1", "--country", "UK"]
+    created = runner.invoke(args=["orders", "create", "--customer", customer, "--item", "LP-140:1", "--item", "CB-010",
+                                  *address, "--fail", "payment:1", "--json"])
+    assert created.exit_code == 0, created.output
+    order_id = json.loads(created.output)["order_id"]
+
+    def status() -> dict:
+        result = runner.invoke(args=["orders", "status", order_id, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    wait_until(lambda: status()["status"] == "awaiting_review", what="the order to await review")
+    shown = runner.invoke(args=["orders", "status", order_id])
+    assert f"Order {order_id}: {TEXTS['status_awaiting_review']}" in shown.output
+    assert "total: $1,261.00" in shown.output
+
+    moved = runner.invoke(args=["orders", "address", order_id, *address[:-2], "--country", "France"])
+    assert moved.exit_code == 0, moved.output
+    assert status()["address"]["country"] == "France"
+    approved = runner.invoke(args=["orders", "approve", order_id, "--operator", "cli-test"])
+    assert approved.exit_code == 0, approved.output
+    refused = runner.invoke(args=["orders", "approve", order_id])
+    assert refused.exit_code == 1
+    assert TEXTS["not_awaiting_review"].split("(")[0] in refused.output
+
+    events = runner.invoke(args=["orders", "events", order_id])
+    assert events.exit_code == 0 and "Approved by cli-test" in events.output
+
+    second = runner.invoke(args=["orders", "create", "--customer", customer, "--item", "LP-140:1", *address])
+    assert second.exit_code == 0, second.output
+    second_id = re.search(r"Order (\w+) placed", second.output).group(1)
+    wait_until(lambda: runner.invoke(args=["orders", "status", second_id]).output.count(TEXTS["status_awaiting_review"]),
+               what="the second order to await review")
+    cancelled = runner.invoke(args=["orders", "cancel", second_id, "--reason", "changed my mind", "--json"])
+    assert cancelled.exit_code == 0, cancelled.output
+    assert json.loads(cancelled.output)["status"] == "cancelled"
+
+
+def test_cli_input_errors_and_unknown_orders(app):
+    runner = app.test_cli_runner()
+    address = ["--name", "Ada", "--street", "1 Way", "--city", "London", "--postal-code", "N1", "--country", "UK"]
+    invalid = runner.invoke(args=["orders", "create", "--customer", "ada", "--item", "NOPE:x", *address,
+                                  "--fail", "payment:lots"])
+    assert invalid.exit_code == 2
+    assert f"items.0.sku: {TEXTS['unknown_sku']}" in invalid.output
+    assert f"items.0.quantity: {TEXTS['quantity']}" in invalid.output
+    assert f"failures.0.times: {TEXTS['failure_times']}" in invalid.output
+    unknown = runner.invoke(args=["orders", "status", uuid.uuid4().hex[:12], "--json"])
+    assert unknown.exit_code == 1 and json.loads(unknown.output) == {"error": TEXTS["not_found"]}
+
+
+def test_without_a_worker_the_order_is_accepted_and_read_from_its_start(order_stack, monkeypatch, tmp_path, customer):
+    settings, address = order_stack
+    settings = replace(settings, order_task_queue=f"no-worker-{uuid.uuid4().hex[:8]}", data_dir=tmp_path / "data")
+    monkeypatch.setattr(orders_web, "UPDATE_TIMEOUT", 1.0)
+    app = make_app(settings, address, monkeypatch)
+    client = app.test_client()
+    try:
+        order_id = place(client, customer, [("KB-100", 1)])
+        status = client.get(f"/api/orders/{order_id}")
+        assert status.status_code == 200
+        assert status.json["source"] == "start"
+        assert status.json["status"] == "processing" and status.json["customer_id"] == customer
+        assert TEXTS["waiting_for_worker"] in client.get(f"/orders/{order_id}").get_data(as_text=True)
+        assert client.get(f"/api/orders/{order_id}/events").json == {"events": []}
+        approve = client.post(f"/api/orders/{order_id}/approve")
+        assert approve.status_code == 504 and approve.json["error"] == TEXTS["action_unconfirmed"]
+        assert client.post(f"/api/orders/{order_id}/expedite").status_code == 202  # signals need no worker
+    finally:
+        app.extensions["temporal"].close()
+
+
+def test_temporal_down_is_503_and_the_form_keeps_its_values(order_stack, monkeypatch, customer):
+    settings, _ = order_stack
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    app = make_app(settings, f"127.0.0.1:{closed_port}", monkeypatch)
+    client = app.test_client()
+    try:
+        api = client.post("/api/orders", json={**ORDER, "customer_id": customer})
+        assert api.status_code == 503 and api.json["error"] == TEXTS["unavailable"]
+        assert client.post(f"/api/orders/{uuid.uuid4().hex[:12]}/approve").status_code == 503
+        form = client.post("/orders", data={**FORM, "customer_id": customer})
+        assert form.status_code == 503
+        assert f'value="{customer}"' in form.get_data(as_text=True)
+        assert client.get("/orders").status_code == 200  # the dashboard reads the store only
+    finally:
+        app.extensions["temporal"].close()
