@@ -666,7 +666,8 @@ class OrderWorkflow:
     def _approve(self, approved_by: str) -> None:
         self._status.approved = True
         self._status.approved_by = approved_by
-        self._reach("approved", f"Approved by {approved_by}" if approved_by != "auto" else "Approved")
+        # The caller records who approved and why, once, in the timeline.
+        self._status.milestones["approved"] = workflow.now().isoformat()
 
     def _check_cancelled(self) -> None:
         if self._cancel_request is not None:
