@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import random
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -401,3 +402,24 @@ async def test_order_histories_before_and_after_the_patch_replay(time_skipping_e
     replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow])
     for history in (old, await handle.fetch_history()):
         await replayer.replay_workflow(history)  # raises on nondeterminism
+
+
+async def test_random_failure_rate_is_retried_and_reproducible(time_skipping_env, order_settings, order_workers):
+    """rules.json's random failure rate, seeded per order, step and attempt: the same
+    order ID fails the same attempts every run, and retries carry it through."""
+    request = dataclasses.replace(
+        order_request(order_settings, SMALL),
+        order_id="random-rate-1",
+        policy=OrderPolicy(10_000, 1_000, 180, random_failure_rate=0.5, random_failure_seed=7),
+    )
+    status = await (await start(time_skipping_env.client, order_settings, request)).result()
+
+    assert status.status == "completed"
+    retries = [e for e in order_events(store(order_settings), request.order_id) if e["kind"] == "retry"]
+    assert retries and all("random" in e["message"] for e in retries)
+    expected = {
+        step: next(a for a in range(1, 9) if random.Random(f"7:order-random-rate-1:{step}:{a}").random() >= 0.5)
+        for step in ("inventory", "payment")
+    }
+    assert status.attempts["reserve_inventory"] == expected["inventory"]
+    assert status.attempts["charge_payment"] == expected["payment"]
