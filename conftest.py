@@ -25,6 +25,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from config import Settings
 from shared import SEARCH_ATTRIBUTES
+from starter import create_app
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
@@ -79,6 +80,13 @@ def settings(tmp_path: Path) -> Settings:
         rules_file=HERE / "rules.json",
         messages_file=HERE / "messages.json",
     )
+
+
+def make_app(settings: Settings, address: str, monkeypatch):
+    """The Flask app for one test, talking to the Temporal server at `address`."""
+    monkeypatch.setenv("TEMPORAL_ADDRESS", address)
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", "default")
+    return create_app({"SETTINGS": settings, "TESTING": True})
 
 
 class WorkerProcess:

@@ -256,16 +256,7 @@ class OrderService:
             raise TemporalUnavailable(str(err)) from err
         except TimeoutError as err:
             raise TemporalUnavailable(f"no answer reading {workflow_id}") from err
-        # The same first state the workflow sets up before its first step.
-        return OrderStatus(
-            order_id=request.order_id,
-            customer_id=request.customer_id,
-            status="processing",
-            step="receive",
-            address=request.address,
-            expedited=request.expedited,
-            placed_at=request.placed_at,
-        )
+        return OrderStatus.accepted(request)
 
     def events(self, order_id: str) -> list[dict]:
         """The order's audit trail, oldest first."""

@@ -339,6 +339,20 @@ class OrderStatus:
     placed_at: str | None = None
     updated_at: str | None = None
 
+    @classmethod
+    def accepted(cls, order: OrderRequest) -> "OrderStatus":
+        """An order's state before its first step: the workflow starts from it, and
+        the web layer shows it for an order no worker has picked up yet."""
+        return cls(
+            order_id=order.order_id,
+            customer_id=order.customer_id,
+            status="processing",
+            step="receive",
+            address=order.address,
+            expedited=order.expedited,
+            placed_at=order.placed_at,
+        )
+
 
 @dataclass(frozen=True)
 class StepRequest:

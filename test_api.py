@@ -21,9 +21,8 @@ import httpx
 import pytest
 
 from activities import APPLICATIONS
-from conftest import HERE, WorkerProcess, wait_until
+from conftest import HERE, WorkerProcess, make_app, wait_until
 from config import Settings, load_messages
-from starter import create_app
 from store import JsonStore
 
 MESSAGES = load_messages(HERE / "messages.json")
@@ -56,12 +55,6 @@ def shared_stack(dev_server, tmp_path_factory):
     worker = WorkerProcess(settings, address, root / "worker.log")
     yield settings, address
     worker.kill()
-
-
-def make_app(settings: Settings, address: str, monkeypatch):
-    monkeypatch.setenv("TEMPORAL_ADDRESS", address)
-    monkeypatch.setenv("TEMPORAL_NAMESPACE", "default")
-    return create_app({"SETTINGS": settings, "TESTING": True})
 
 
 @pytest.fixture

@@ -20,10 +20,9 @@ from dataclasses import replace
 import pytest
 
 import orders_web
-from conftest import HERE, WorkerProcess, wait_until
+from conftest import HERE, WorkerProcess, make_app, wait_until
 from config import Settings, load_messages, load_rules
 from shared import ORDER_MILESTONES, FailureInjection, OrderStatus
-from starter import create_app
 from validation import (
     InvalidOrder,
     parse_form_address_change,
@@ -250,12 +249,6 @@ def order_stack(dev_server, tmp_path_factory):
     worker = WorkerProcess(settings, address, root / "worker.log")
     yield settings, address
     worker.kill()
-
-
-def make_app(settings: Settings, address: str, monkeypatch):
-    monkeypatch.setenv("TEMPORAL_ADDRESS", address)
-    monkeypatch.setenv("TEMPORAL_NAMESPACE", "default")
-    return create_app({"SETTINGS": settings, "TESTING": True})
 
 
 @pytest.fixture

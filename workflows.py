@@ -97,14 +97,14 @@ IO_STEP_RETRY = RetryPolicy(
 CONTACT_ANSWERS = ("yes", "not_yet")
 
 
-def business_error(err: Exception, error_type: str) -> ApplicationError | None:
-    """The activity's ApplicationError of `error_type`, if that is what `err` is.
+def business_error(err: Exception, *error_types: str) -> ApplicationError | None:
+    """The activity's ApplicationError of one of `error_types`, if that is what `err` is.
 
     A failed activity arrives as ActivityError(cause=ApplicationError); a failed
     local activity arrives as the ApplicationError itself.
     """
     cause = err.cause if isinstance(err, ActivityError) else err
-    return cause if isinstance(cause, ApplicationError) and cause.type == error_type else None
+    return cause if isinstance(cause, ApplicationError) and cause.type in error_types else None
 
 
 @workflow.defn(sandboxed=False)
@@ -294,25 +294,12 @@ def refused(message: str) -> ApplicationError:
     return ApplicationError(message, type=ACTION_REFUSED, non_retryable=True)
 
 
-def step_failure(err: ActivityError, *business_types: str) -> ApplicationError | None:
-    cause = err.cause
-    return cause if isinstance(cause, ApplicationError) and cause.type in business_types else None
-
-
 @workflow.defn
 class OrderWorkflow:
     @workflow.init
     def __init__(self, order: OrderRequest) -> None:
         self._order = order
-        self._status = OrderStatus(
-            order_id=order.order_id,
-            customer_id=order.customer_id,
-            status="processing",
-            step="receive",
-            address=order.address,
-            expedited=order.expedited,
-            placed_at=order.placed_at,
-        )
+        self._status = OrderStatus.accepted(order)
         self._failures: list[FailureInjection] = list(order.failures)
         self._new_events: list[OrderEvent] = []
         self._event_count = 0
@@ -363,7 +350,7 @@ class OrderWorkflow:
                 summary="Validate: products, quantities, address, order total",
             )
         except ActivityError as err:
-            invalid = step_failure(err, INVALID_ORDER)
+            invalid = business_error(err, INVALID_ORDER)
             if invalid is None:
                 raise
             raise OrderStopped("rejected", invalid.message) from err
@@ -380,7 +367,7 @@ class OrderWorkflow:
         try:
             result, attempt = await self._attempted(OrderActivities.reserve_inventory, request, summary="Reserve inventory")
         except ActivityError as err:
-            out_of_stock = step_failure(err, OUT_OF_STOCK)
+            out_of_stock = business_error(err, OUT_OF_STOCK)
             if out_of_stock is None:
                 raise
             raise OrderStopped("rejected", out_of_stock.message) from err
@@ -426,7 +413,7 @@ class OrderWorkflow:
                 OrderActivities.charge_payment, request, summary=f"Charge payment {validated.total:,.2f}"
             )
         except ActivityError as err:
-            declined = step_failure(err, PAYMENT_DECLINED)
+            declined = business_error(err, PAYMENT_DECLINED)
             if declined is None:
                 raise
             raise OrderStopped("failed", declined.message) from err
