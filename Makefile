@@ -12,13 +12,20 @@ unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test bench install clean
 
+# With TEMPORAL_ADDRESS set, the worker and web app use that server and no dev
+# server starts. Otherwise the dev server starts on TEMPORAL_DEV_IP:TEMPORAL_DEV_PORT
+# and the worker and web app are pointed at it (and the UI links at TEMPORAL_UI_PORT).
 run: install
 	@mkdir -p "$(DATA_DIR)"
-	@echo "Starting the app. Loan form: http://$${WEB_HOST:-127.0.0.1}:$${WEB_PORT:-5001}/  Orders: http://$${WEB_HOST:-127.0.0.1}:$${WEB_PORT:-5001}/orders  Temporal UI: $${TEMPORAL_UI_URL:-http://localhost:8233}  (Ctrl+C stops everything)"
-	@if [ -n "$$TEMPORAL_ADDRESS" ]; then \
+	@web="http://$${WEB_HOST:-127.0.0.1}:$${WEB_PORT:-5001}"; \
+	if [ -n "$$TEMPORAL_ADDRESS" ]; then \
 		echo "TEMPORAL_ADDRESS=$$TEMPORAL_ADDRESS: using that server, not starting a dev server"; \
+		echo "Loan form: $$web/  Orders: $$web/orders  (Ctrl+C stops everything)"; \
 		exec $(BIN)/honcho start worker web; \
 	else \
+		export TEMPORAL_ADDRESS="$${TEMPORAL_DEV_IP:-127.0.0.1}:$${TEMPORAL_DEV_PORT:-7233}"; \
+		export TEMPORAL_UI_URL="$${TEMPORAL_UI_URL:-http://localhost:$${TEMPORAL_UI_PORT:-8233}}"; \
+		echo "Loan form: $$web/  Orders: $$web/orders  Temporal UI: $$TEMPORAL_UI_URL  (Ctrl+C stops everything)"; \
 		exec $(BIN)/honcho start; \
 	fi
 

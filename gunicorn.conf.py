@@ -1,10 +1,12 @@
 """gunicorn settings for the web app (read by `make run` and the Procfile).
 
 Threaded workers: a request mostly waits on Temporal, so threads are cheap
-concurrency. Each worker process creates its own Temporal client on its first
-request, after the fork (see temporal_bridge.py).
+concurrency; each async view runs in an event loop of its own (Flask[async]).
+Each worker process creates its own Temporal client on its first request,
+after the fork (temporal_client.py), and logs it once.
 """
 
+import logging
 import os
 
 from config import Settings
@@ -20,6 +22,12 @@ graceful_timeout = 10
 # `make run`) would fight over it, and nothing here uses it.
 control_socket_disable = True
 accesslog = "-" if os.environ.get("WEB_ACCESS_LOG", "0") == "1" else None
+
+
+def post_fork(server, worker):
+    # The app's own loggers (the Temporal client's connection line) go to
+    # stderr beside gunicorn's.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
 
 
 def when_ready(server):

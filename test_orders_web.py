@@ -11,6 +11,7 @@ a deadline and uses its own customer id.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -19,7 +20,8 @@ from dataclasses import replace
 
 import pytest
 
-import orders_web
+import order_service
+import orders_cli
 from conftest import HERE, WorkerProcess, make_app, wait_until
 from config import Settings, load_messages, load_rules
 from shared import ORDER_MILESTONES, FailureInjection, OrderStatus
@@ -216,12 +218,12 @@ def test_invalid_action_bodies_name_their_fields(parse, body, errors):
 
 
 def test_cli_item_and_failure_options_are_parsed():
-    assert orders_web.item_spec("KB-100:2") == {"sku": "KB-100", "quantity": 2}
-    assert orders_web.item_spec("KB-100") == {"sku": "KB-100", "quantity": 1}
-    assert orders_web.item_spec("KB-100:x") == {"sku": "KB-100", "quantity": "x"}  # refused by validation
-    assert orders_web.failure_spec("payment:2") == {"step": "payment", "times": 2}
-    assert orders_web.failure_spec("shipping:1:permanent") == {"step": "shipping", "times": 1, "permanent": True}
-    assert orders_web.failure_spec("inventory") == {"step": "inventory"}
+    assert orders_cli.item_spec("KB-100:2") == {"sku": "KB-100", "quantity": 2}
+    assert orders_cli.item_spec("KB-100") == {"sku": "KB-100", "quantity": 1}
+    assert orders_cli.item_spec("KB-100:x") == {"sku": "KB-100", "quantity": "x"}  # refused by validation
+    assert orders_cli.failure_spec("payment:2") == {"step": "payment", "times": 2}
+    assert orders_cli.failure_spec("shipping:1:permanent") == {"step": "shipping", "times": 1, "permanent": True}
+    assert orders_cli.failure_spec("inventory") == {"step": "inventory"}
 
 
 # --- end to end: app -> dev server -> worker process ---------------------------------
@@ -255,7 +257,7 @@ def order_stack(dev_server, tmp_path_factory):
 def app(order_stack, monkeypatch):
     app = make_app(*order_stack, monkeypatch)
     yield app
-    app.extensions["temporal"].close()
+    app.extensions["temporal"].reset()
 
 
 @pytest.fixture
@@ -353,10 +355,12 @@ def test_actions_an_order_refuses_are_409_with_the_reason(client, customer):
 def workflow_result(app, order_id: str) -> OrderStatus:
     """Wait for the order's workflow to close; its result is the final status."""
 
-    async def result(client):
-        return await client.get_workflow_handle_for(OrderWorkflow.run, f"order-{order_id}").result()
+    async def result():
+        client = await app.extensions["temporal"].get()
+        handle = client.get_workflow_handle_for(OrderWorkflow.run, f"order-{order_id}")
+        return await asyncio.wait_for(handle.result(), 30)
 
-    return app.extensions["temporal"].run(result, timeout=30)
+    return asyncio.run(result())
 
 
 def test_a_closed_order_refuses_every_action(app, client, customer):
@@ -589,7 +593,7 @@ def test_cli_input_errors_and_unknown_orders(app):
 def test_without_a_worker_the_order_is_accepted_and_read_from_its_start(order_stack, monkeypatch, tmp_path, customer):
     settings, address = order_stack
     settings = replace(settings, order_task_queue=f"no-worker-{uuid.uuid4().hex[:8]}", data_dir=tmp_path / "data")
-    monkeypatch.setattr(orders_web, "UPDATE_TIMEOUT", 1.0)
+    monkeypatch.setattr(order_service, "UPDATE_TIMEOUT", 1.0)
     app = make_app(settings, address, monkeypatch)
     client = app.test_client()
     try:
@@ -604,7 +608,7 @@ def test_without_a_worker_the_order_is_accepted_and_read_from_its_start(order_st
         assert approve.status_code == 504 and approve.json["error"] == TEXTS["action_unconfirmed"]
         assert client.post(f"/api/orders/{order_id}/expedite").status_code == 202  # signals need no worker
     finally:
-        app.extensions["temporal"].close()
+        app.extensions["temporal"].reset()
 
 
 def test_temporal_down_is_503_and_the_form_keeps_its_values(order_stack, monkeypatch, customer):
@@ -623,4 +627,4 @@ def test_temporal_down_is_503_and_the_form_keeps_its_values(order_stack, monkeyp
         assert f'value="{customer}"' in form.get_data(as_text=True)
         assert client.get("/orders").status_code == 200  # the dashboard reads the store only
     finally:
-        app.extensions["temporal"].close()
+        app.extensions["temporal"].reset()

@@ -1,0 +1,57 @@
+"""What the loan and order routes share: reading a JSON body or a page number, writing an error.
+
+Both halves answer bad input the same way: a JSON API error is
+`{"error": "...", ...}` with a 4xx status, a page error is `error.html`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, jsonify, render_template, request
+from werkzeug.exceptions import BadRequest
+
+from config import Messages
+
+
+class BadBody(Exception):
+    """The request body is not a JSON document (415) or not valid JSON (400)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def messages() -> Messages:
+    return current_app.extensions["messages"]
+
+
+def json_body(not_json: str, optional: bool = False) -> Any:
+    """The decoded JSON body; None for a missing body when it is `optional`.
+
+    `not_json` is the 415 message, which each half words for its own clients.
+    """
+    if optional and not request.get_data(cache=True):
+        return None
+    if not request.is_json:
+        raise BadBody(415, not_json)
+    try:
+        return request.get_json()
+    except BadRequest:
+        raise BadBody(400, messages().errors["invalid_json"]) from None
+
+
+def json_error(status: int, error: str, **extra: Any):
+    return jsonify({"error": error, **extra}), status
+
+
+def page_argument() -> int:
+    raw = request.args.get("page", "1")
+    if not raw.isdigit() or int(raw) < 1:
+        raise BadRequest("page must be a whole number of at least 1")
+    return int(raw)
+
+
+def error_page(status: int, title: str, message: str, **links: str):
+    return render_template("error.html", status=status, title=title, message=message, **links), status
