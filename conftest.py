@@ -10,6 +10,7 @@ Every test gets its own data folder, task queue and ID secret.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -134,3 +135,51 @@ def start_worker(dev_server: WorkflowEnvironment, tmp_path: Path) -> Iterator[Ca
     yield start
     for worker in workers:
         worker.kill()
+
+
+@pytest.fixture(scope="module")
+def loan_stack(dev_server, tmp_path_factory):
+    """One worker process and task queue per test module, for the loan routes; each app gets its own ID secret."""
+    root = tmp_path_factory.mktemp("loans")
+    settings = replace(
+        Settings.from_env(),
+        data_dir=root / "data",
+        task_queue=f"api-{uuid.uuid4().hex[:12]}",
+        order_task_queue=f"api-orders-{uuid.uuid4().hex[:12]}",
+        shipping_task_queue=f"api-shipping-{uuid.uuid4().hex[:12]}",
+        rules_file=HERE / "rules.json",
+        messages_file=HERE / "messages.json",
+        decision_wait_seconds=10.0,
+    )
+    address = dev_server.client.service_client.config.target_host
+    worker = WorkerProcess(settings, address, root / "worker.log")
+    yield settings, address
+    worker.kill()
+
+
+@pytest.fixture(scope="module")
+def order_stack(dev_server, tmp_path_factory):
+    """One worker process, task queues and data folder per test module, for the order routes and CLI.
+
+    Its rules ship quickly when expedited (0.3 s in transit) and slowly otherwise
+    (60 s), so a test can try the actions refused once a parcel is with the carrier.
+    """
+    root = tmp_path_factory.mktemp("orders-web")
+    rules = json.loads((HERE / "rules.json").read_text())
+    rules["orders"]["shipping"] = {"prepare_seconds": 0, "transit_seconds": 60, "expedited_transit_seconds": 0.3}
+    rules_file = root / "rules.json"
+    rules_file.write_text(json.dumps(rules))
+    suffix = uuid.uuid4().hex[:8]
+    settings = replace(
+        Settings.from_env(),
+        data_dir=root / "data",
+        task_queue=f"web-loans-{suffix}",
+        order_task_queue=f"web-orders-{suffix}",
+        shipping_task_queue=f"web-shipping-{suffix}",
+        rules_file=rules_file,
+        messages_file=HERE / "messages.json",
+    )
+    address = dev_server.client.service_client.config.target_host
+    worker = WorkerProcess(settings, address, root / "worker.log")
+    yield settings, address
+    worker.kill()

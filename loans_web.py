@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
-from loan_service import Decided, Duplicate, LoanService, NotFound, Pending, WindowClosed
+from loan_service import Duplicate, LoanService, NotFound, Pending, WindowClosed
 from temporal_client import TemporalUnavailable
 from validation import InvalidApplication, parse_form_application, parse_json_application
 from web_common import BadBody, error_page, json_body, json_error, messages, page_argument

@@ -1,29 +1,23 @@
-"""The web app end to end: Flask app -> real Temporal dev server -> real worker process.
+"""The loan routes and service end to end: Flask app -> real Temporal dev server -> real worker process.
 
 Covers the original loan app's scenarios, duplicate refusal under a 20-way
 race, the worker-down path (202, then completed once a worker starts), input
-errors, the pages, and gunicorn serving the app as `make run` does.
+errors, the pages, and Temporal being unreachable.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import socket
-import subprocess
-import sys
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 
-import httpx
 import pytest
 
 from activities import APPLICATIONS
 from conftest import HERE, WorkerProcess, make_app, wait_until
-from config import Settings, load_messages
+from config import load_messages
 from store import JsonStore
 
 MESSAGES = load_messages(HERE / "messages.json")
@@ -38,29 +32,9 @@ JOHN = {
 SARAH = {**JOHN, "name": "Sarah Test", "email": "sarah@example.com", "loan_amount": 100000, "annual_income": 80000}
 
 
-@pytest.fixture(scope="module")
-def shared_stack(dev_server, tmp_path_factory):
-    """One worker process and task queue for the module; each test gets its own ID secret."""
-    root = tmp_path_factory.mktemp("api")
-    settings = replace(
-        Settings.from_env(),
-        data_dir=root / "data",
-        task_queue=f"api-{uuid.uuid4().hex[:12]}",
-        order_task_queue=f"api-orders-{uuid.uuid4().hex[:12]}",
-        shipping_task_queue=f"api-shipping-{uuid.uuid4().hex[:12]}",
-        rules_file=HERE / "rules.json",
-        messages_file=HERE / "messages.json",
-        decision_wait_seconds=10.0,
-    )
-    address = dev_server.client.service_client.config.target_host
-    worker = WorkerProcess(settings, address, root / "worker.log")
-    yield settings, address
-    worker.kill()
-
-
 @pytest.fixture
-def app(shared_stack, monkeypatch):
-    settings, address = shared_stack
+def app(loan_stack, monkeypatch):
+    settings, address = loan_stack
     app = make_app(replace(settings, secret_key=uuid.uuid4().hex), address, monkeypatch)
     yield app
     app.extensions["temporal"].reset()
@@ -142,8 +116,8 @@ def test_twenty_simultaneous_submissions_give_one_application(app):
     assert all(r.json["days_remaining"] == 7 for r in responses if r.status_code == 409)
 
 
-def test_no_worker_gives_202_then_completes_once_a_worker_starts(shared_stack, monkeypatch, tmp_path):
-    settings, address = shared_stack
+def test_no_worker_gives_202_then_completes_once_a_worker_starts(loan_stack, monkeypatch, tmp_path):
+    settings, address = loan_stack
     settings = replace(
         settings,
         task_queue=f"no-worker-{uuid.uuid4().hex[:8]}",
@@ -247,20 +221,14 @@ def test_list_page_and_api_show_recent_applications(client, app):
     assert client.get("/applications?page=0").status_code == 400
 
 
-def test_health_and_readiness(client):
-    assert client.get("/healthz").json == {"status": "ok"}
-    assert client.get("/readyz").json == {"status": "ready"}
-
-
-def test_temporal_down_is_503_and_keeps_the_form_values(shared_stack, monkeypatch):
-    settings, _ = shared_stack
+def test_temporal_down_is_503_and_keeps_the_form_values(loan_stack, monkeypatch):
+    settings, _ = loan_stack
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
     app = make_app(replace(settings, decision_wait_seconds=2.0), f"127.0.0.1:{closed_port}", monkeypatch)
     client = app.test_client()
     try:
-        assert client.get("/readyz").status_code == 503
         api = client.post("/api/evaluate", json=JOHN)
         assert api.status_code == 503 and api.json["error"] == MESSAGES.errors["unavailable"]
         form = client.post("/apply", data={**{k: str(v) for k, v in JOHN.items()}, "has_bankruptcy": "no"})
@@ -270,47 +238,3 @@ def test_temporal_down_is_503_and_keeps_the_form_values(shared_stack, monkeypatc
         app.extensions["temporal"].reset()
 
 
-def test_gunicorn_serves_the_app_with_a_client_per_process(shared_stack, tmp_path):
-    settings, address = shared_stack
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        **os.environ,
-        "TEMPORAL_ADDRESS": address,
-        "LOAN_TASK_QUEUE": settings.task_queue,
-        "DATA_DIR": str(settings.data_dir),
-        "APP_SECRET_KEY": uuid.uuid4().hex,
-        "WEB_PORT": str(port),
-        "WEB_WORKERS": "2",
-    }
-    log = tmp_path / "gunicorn.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "--config", "gunicorn.conf.py", "starter:create_app()"],
-            cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    try:
-        base = f"http://127.0.0.1:{port}"
-
-        def ready():
-            try:
-                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, timeout=30, what="gunicorn to be ready")
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            bodies = [{**JOHN, "email": f"gunicorn-{n}@example.com"} for n in range(24)]
-            responses = list(pool.map(lambda b: httpx.post(f"{base}/api/evaluate", json=b, timeout=30), bodies))
-        assert [r.status_code for r in responses] == [200] * 24, log.read_text()
-        output = log.read_text()
-        assert "Loan application form" in output
-        # Each worker process connected once, after the fork (never the master),
-        # however many requests and event loops it served.
-        pids = [int(pid) for pid in re.findall(r"Temporal client connected in process (\d+)", output)]
-        assert pids and len(pids) == len(set(pids)) <= 2, output
-        assert server.pid not in pids
-    finally:
-        server.terminate()
-        server.wait(15)

@@ -1,4 +1,4 @@
-"""The order web layer: validation, then the JSON API, pages and CLI end to end.
+"""The order routes and service: validation, then the JSON API and pages end to end (the CLI: test_orders_cli.py).
 
 The end-to-end tests run the Flask app against a real Temporal dev server and a
 real worker process (`worker.py`), both reading a copy of rules.json whose
@@ -12,8 +12,6 @@ a deadline and uses its own customer id.
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import socket
 import uuid
 from dataclasses import replace
@@ -21,9 +19,8 @@ from dataclasses import replace
 import pytest
 
 import order_service
-import orders_cli
-from conftest import HERE, WorkerProcess, make_app, wait_until
-from config import Settings, load_messages, load_rules
+from conftest import HERE, make_app, wait_until
+from config import load_messages, load_rules
 from shared import ORDER_MILESTONES, FailureInjection, OrderStatus
 from validation import (
     InvalidOrder,
@@ -217,40 +214,7 @@ def test_invalid_action_bodies_name_their_fields(parse, body, errors):
     assert raised.value.fields == errors
 
 
-def test_cli_item_and_failure_options_are_parsed():
-    assert orders_cli.item_spec("KB-100:2") == {"sku": "KB-100", "quantity": 2}
-    assert orders_cli.item_spec("KB-100") == {"sku": "KB-100", "quantity": 1}
-    assert orders_cli.item_spec("KB-100:x") == {"sku": "KB-100", "quantity": "x"}  # refused by validation
-    assert orders_cli.failure_spec("payment:2") == {"step": "payment", "times": 2}
-    assert orders_cli.failure_spec("shipping:1:permanent") == {"step": "shipping", "times": 1, "permanent": True}
-    assert orders_cli.failure_spec("inventory") == {"step": "inventory"}
-
-
 # --- end to end: app -> dev server -> worker process ---------------------------------
-
-
-@pytest.fixture(scope="module")
-def order_stack(dev_server, tmp_path_factory):
-    """One worker process, task queues and data folder for the module."""
-    root = tmp_path_factory.mktemp("orders-web")
-    rules = json.loads((HERE / "rules.json").read_text())
-    rules["orders"]["shipping"] = {"prepare_seconds": 0, "transit_seconds": 60, "expedited_transit_seconds": 0.3}
-    rules_file = root / "rules.json"
-    rules_file.write_text(json.dumps(rules))
-    suffix = uuid.uuid4().hex[:8]
-    settings = replace(
-        Settings.from_env(),
-        data_dir=root / "data",
-        task_queue=f"web-loans-{suffix}",
-        order_task_queue=f"web-orders-{suffix}",
-        shipping_task_queue=f"web-shipping-{suffix}",
-        rules_file=rules_file,
-        messages_file=HERE / "messages.json",
-    )
-    address = dev_server.client.service_client.config.target_host
-    worker = WorkerProcess(settings, address, root / "worker.log")
-    yield settings, address
-    worker.kill()
 
 
 @pytest.fixture
@@ -535,59 +499,6 @@ def test_the_order_form_keeps_what_was_typed_on_errors(client):
     assert TEXTS["invalid_order"] in html
     assert TEXTS["customer_id"].replace("'", "&#39;") in html and TEXTS["quantity"] in html
     assert 'value="ada lovelace"' in html and 'value="three"' in html and 'value="Londres"' in html
-
-
-def test_cli_places_shows_and_operates_orders(app, customer):
-    runner = app.test_cli_runner()
-    address = ["--name", "Ada", "--street", "1 Way", "--city", "London", "--postal-code", "N1", "--country", "UK"]
-    created = runner.invoke(args=["orders", "create", "--customer", customer, "--item", "LP-140:1", "--item", "CB-010",
-                                  *address, "--fail", "payment:1", "--json"])
-    assert created.exit_code == 0, created.output
-    order_id = json.loads(created.output)["order_id"]
-
-    def status() -> dict:
-        result = runner.invoke(args=["orders", "status", order_id, "--json"])
-        assert result.exit_code == 0, result.output
-        return json.loads(result.output)
-
-    wait_until(lambda: status()["status"] == "awaiting_review", what="the order to await review")
-    shown = runner.invoke(args=["orders", "status", order_id])
-    assert f"Order {order_id}: {TEXTS['status_awaiting_review']}" in shown.output
-    assert "total: $1,261.00" in shown.output
-
-    moved = runner.invoke(args=["orders", "address", order_id, *address[:-2], "--country", "France"])
-    assert moved.exit_code == 0, moved.output
-    assert status()["address"]["country"] == "France"
-    approved = runner.invoke(args=["orders", "approve", order_id, "--operator", "cli-test"])
-    assert approved.exit_code == 0, approved.output
-    refused = runner.invoke(args=["orders", "approve", order_id])
-    assert refused.exit_code == 1
-    assert TEXTS["not_awaiting_review"].split("(")[0] in refused.output
-
-    events = runner.invoke(args=["orders", "events", order_id])
-    assert events.exit_code == 0 and "Approved by cli-test" in events.output
-
-    second = runner.invoke(args=["orders", "create", "--customer", customer, "--item", "LP-140:1", *address])
-    assert second.exit_code == 0, second.output
-    second_id = re.search(r"Order (\w+) placed", second.output).group(1)
-    wait_until(lambda: runner.invoke(args=["orders", "status", second_id]).output.count(TEXTS["status_awaiting_review"]),
-               what="the second order to await review")
-    cancelled = runner.invoke(args=["orders", "cancel", second_id, "--reason", "changed my mind", "--json"])
-    assert cancelled.exit_code == 0, cancelled.output
-    assert json.loads(cancelled.output)["status"] == "cancelled"
-
-
-def test_cli_input_errors_and_unknown_orders(app):
-    runner = app.test_cli_runner()
-    address = ["--name", "Ada", "--street", "1 Way", "--city", "London", "--postal-code", "N1", "--country", "UK"]
-    invalid = runner.invoke(args=["orders", "create", "--customer", "ada", "--item", "NOPE:x", *address,
-                                  "--fail", "payment:lots"])
-    assert invalid.exit_code == 2
-    assert f"items.0.sku: {TEXTS['unknown_sku']}" in invalid.output
-    assert f"items.0.quantity: {TEXTS['quantity']}" in invalid.output
-    assert f"failures.0.times: {TEXTS['failure_times']}" in invalid.output
-    unknown = runner.invoke(args=["orders", "status", uuid.uuid4().hex[:12], "--json"])
-    assert unknown.exit_code == 1 and json.loads(unknown.output) == {"error": TEXTS["not_found"]}
 
 
 def test_without_a_worker_the_order_is_accepted_and_read_from_its_start(order_stack, monkeypatch, tmp_path, customer):

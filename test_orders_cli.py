@@ -1,0 +1,91 @@
+"""The `flask --app starter orders` CLI: option parsing, and every command against a real dev server and worker."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+import pytest
+
+import orders_cli
+from conftest import HERE, make_app, wait_until
+from config import load_messages
+
+TEXTS = load_messages(HERE / "messages.json").orders
+
+
+@pytest.fixture
+def app(order_stack, monkeypatch):
+    app = make_app(*order_stack, monkeypatch)
+    yield app
+    app.extensions["temporal"].reset()
+
+
+@pytest.fixture
+def customer() -> str:
+    return f"cust-{uuid.uuid4().hex[:10]}"
+
+
+def test_cli_item_and_failure_options_are_parsed():
+    assert orders_cli.item_spec("KB-100:2") == {"sku": "KB-100", "quantity": 2}
+    assert orders_cli.item_spec("KB-100") == {"sku": "KB-100", "quantity": 1}
+    assert orders_cli.item_spec("KB-100:x") == {"sku": "KB-100", "quantity": "x"}  # refused by validation
+    assert orders_cli.failure_spec("payment:2") == {"step": "payment", "times": 2}
+    assert orders_cli.failure_spec("shipping:1:permanent") == {"step": "shipping", "times": 1, "permanent": True}
+    assert orders_cli.failure_spec("inventory") == {"step": "inventory"}
+
+
+
+
+def test_cli_places_shows_and_operates_orders(app, customer):
+    runner = app.test_cli_runner()
+    address = ["--name", "Ada", "--street", "1 Way", "--city", "London", "--postal-code", "N1", "--country", "UK"]
+    created = runner.invoke(args=["orders", "create", "--customer", customer, "--item", "LP-140:1", "--item", "CB-010",
+                                  *address, "--fail", "payment:1", "--json"])
+    assert created.exit_code == 0, created.output
+    order_id = json.loads(created.output)["order_id"]
+
+    def status() -> dict:
+        result = runner.invoke(args=["orders", "status", order_id, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    wait_until(lambda: status()["status"] == "awaiting_review", what="the order to await review")
+    shown = runner.invoke(args=["orders", "status", order_id])
+    assert f"Order {order_id}: {TEXTS['status_awaiting_review']}" in shown.output
+    assert "total: $1,261.00" in shown.output
+
+    moved = runner.invoke(args=["orders", "address", order_id, *address[:-2], "--country", "France"])
+    assert moved.exit_code == 0, moved.output
+    assert status()["address"]["country"] == "France"
+    approved = runner.invoke(args=["orders", "approve", order_id, "--operator", "cli-test"])
+    assert approved.exit_code == 0, approved.output
+    refused = runner.invoke(args=["orders", "approve", order_id])
+    assert refused.exit_code == 1
+    assert TEXTS["not_awaiting_review"].split("(")[0] in refused.output
+
+    events = runner.invoke(args=["orders", "events", order_id])
+    assert events.exit_code == 0 and "Approved by cli-test" in events.output
+
+    second = runner.invoke(args=["orders", "create", "--customer", customer, "--item", "LP-140:1", *address])
+    assert second.exit_code == 0, second.output
+    second_id = re.search(r"Order (\w+) placed", second.output).group(1)
+    wait_until(lambda: runner.invoke(args=["orders", "status", second_id]).output.count(TEXTS["status_awaiting_review"]),
+               what="the second order to await review")
+    cancelled = runner.invoke(args=["orders", "cancel", second_id, "--reason", "changed my mind", "--json"])
+    assert cancelled.exit_code == 0, cancelled.output
+    assert json.loads(cancelled.output)["status"] == "cancelled"
+
+
+def test_cli_input_errors_and_unknown_orders(app):
+    runner = app.test_cli_runner()
+    address = ["--name", "Ada", "--street", "1 Way", "--city", "London", "--postal-code", "N1", "--country", "UK"]
+    invalid = runner.invoke(args=["orders", "create", "--customer", "ada", "--item", "NOPE:x", *address,
+                                  "--fail", "payment:lots"])
+    assert invalid.exit_code == 2
+    assert f"items.0.sku: {TEXTS['unknown_sku']}" in invalid.output
+    assert f"items.0.quantity: {TEXTS['quantity']}" in invalid.output
+    assert f"failures.0.times: {TEXTS['failure_times']}" in invalid.output
+    unknown = runner.invoke(args=["orders", "status", uuid.uuid4().hex[:12], "--json"])
+    assert unknown.exit_code == 1 and json.loads(unknown.output) == {"error": TEXTS["not_found"]}

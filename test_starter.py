@@ -1,0 +1,98 @@
+"""The app factory's own parts: health and readiness, and gunicorn serving the app as `make run` does."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import HERE, make_app, wait_until
+
+JOHN = {
+    "name": "John Doe",
+    "email": "john.doe@example.com",
+    "loan_amount": 50000,
+    "credit_score": 750,
+    "annual_income": 150000,
+    "has_bankruptcy": False,
+}
+
+
+@pytest.fixture
+def client(loan_stack, monkeypatch):
+    settings, address = loan_stack
+    app = make_app(replace(settings, secret_key=uuid.uuid4().hex), address, monkeypatch)
+    yield app.test_client()
+    app.extensions["temporal"].reset()
+
+
+def test_readyz_is_503_while_temporal_is_unreachable(loan_stack, monkeypatch):
+    settings, _ = loan_stack
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    app = make_app(settings, f"127.0.0.1:{closed_port}", monkeypatch)
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503 and response.json["status"] == "unavailable"
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/readyz").json == {"status": "ready"}
+
+
+
+
+def test_gunicorn_serves_the_app_with_a_client_per_process(loan_stack, tmp_path):
+    settings, address = loan_stack
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": address,
+        "LOAN_TASK_QUEUE": settings.task_queue,
+        "DATA_DIR": str(settings.data_dir),
+        "APP_SECRET_KEY": uuid.uuid4().hex,
+        "WEB_PORT": str(port),
+        "WEB_WORKERS": "2",
+    }
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "--config", "gunicorn.conf.py", "starter:create_app()"],
+            cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def ready():
+            try:
+                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, timeout=30, what="gunicorn to be ready")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            bodies = [{**JOHN, "email": f"gunicorn-{n}@example.com"} for n in range(24)]
+            responses = list(pool.map(lambda b: httpx.post(f"{base}/api/evaluate", json=b, timeout=30), bodies))
+        assert [r.status_code for r in responses] == [200] * 24, log.read_text()
+        output = log.read_text()
+        assert "Loan application form" in output
+        # Each worker process connected once, after the fork (never the master),
+        # however many requests and event loops it served.
+        pids = [int(pid) for pid in re.findall(r"Temporal client connected in process (\d+)", output)]
+        assert pids and len(pids) == len(set(pids)) <= 2, output
+        assert server.pid not in pids
+    finally:
+        server.terminate()
+        server.wait(15)
