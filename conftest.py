@@ -68,19 +68,27 @@ async def dev_server() -> WorkflowEnvironment:
     await env.shutdown()
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """Settings for one test: its own data folder, task queue and ID secret."""
+def fresh_settings(data_dir: Path, **overrides) -> Settings:
+    """Settings with their own data folder, task queues and ID secret."""
     return replace(
         Settings.from_env(),
-        data_dir=tmp_path / "data",
-        task_queue=f"test-{uuid.uuid4().hex[:12]}",
-        order_task_queue=f"test-orders-{uuid.uuid4().hex[:12]}",
-        shipping_task_queue=f"test-shipping-{uuid.uuid4().hex[:12]}",
-        secret_key=uuid.uuid4().hex,
-        rules_file=HERE / "rules.json",
-        messages_file=HERE / "messages.json",
+        **{
+            "data_dir": data_dir,
+            "task_queue": f"test-{uuid.uuid4().hex[:12]}",
+            "order_task_queue": f"test-orders-{uuid.uuid4().hex[:12]}",
+            "shipping_task_queue": f"test-shipping-{uuid.uuid4().hex[:12]}",
+            "secret_key": uuid.uuid4().hex,
+            "rules_file": HERE / "rules.json",
+            "messages_file": HERE / "messages.json",
+            **overrides,
+        },
     )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings for one test."""
+    return fresh_settings(tmp_path / "data")
 
 
 def make_app(settings: Settings, address: str, monkeypatch):
@@ -137,24 +145,19 @@ def start_worker(dev_server: WorkflowEnvironment, tmp_path: Path) -> Iterator[Ca
         worker.kill()
 
 
-@pytest.fixture(scope="module")
-def loan_stack(dev_server, tmp_path_factory):
-    """One worker process and task queue per test module, for the loan routes; each app gets its own ID secret."""
-    root = tmp_path_factory.mktemp("loans")
-    settings = replace(
-        Settings.from_env(),
-        data_dir=root / "data",
-        task_queue=f"api-{uuid.uuid4().hex[:12]}",
-        order_task_queue=f"api-orders-{uuid.uuid4().hex[:12]}",
-        shipping_task_queue=f"api-shipping-{uuid.uuid4().hex[:12]}",
-        rules_file=HERE / "rules.json",
-        messages_file=HERE / "messages.json",
-        decision_wait_seconds=10.0,
-    )
+def worker_stack(dev_server: WorkflowEnvironment, root: Path, settings: Settings):
+    """A worker process for `settings` on the dev server; yields (settings, address) until the module ends."""
     address = dev_server.client.service_client.config.target_host
     worker = WorkerProcess(settings, address, root / "worker.log")
     yield settings, address
     worker.kill()
+
+
+@pytest.fixture(scope="module")
+def loan_stack(dev_server, tmp_path_factory):
+    """One worker process and task queue per test module, for the loan routes; each app gets its own ID secret."""
+    root = tmp_path_factory.mktemp("loans")
+    yield from worker_stack(dev_server, root, fresh_settings(root / "data", decision_wait_seconds=10.0))
 
 
 @pytest.fixture(scope="module")
@@ -169,17 +172,29 @@ def order_stack(dev_server, tmp_path_factory):
     rules["orders"]["shipping"] = {"prepare_seconds": 0, "transit_seconds": 60, "expedited_transit_seconds": 0.3}
     rules_file = root / "rules.json"
     rules_file.write_text(json.dumps(rules))
-    suffix = uuid.uuid4().hex[:8]
-    settings = replace(
-        Settings.from_env(),
-        data_dir=root / "data",
-        task_queue=f"web-loans-{suffix}",
-        order_task_queue=f"web-orders-{suffix}",
-        shipping_task_queue=f"web-shipping-{suffix}",
-        rules_file=rules_file,
-        messages_file=HERE / "messages.json",
-    )
-    address = dev_server.client.service_client.config.target_host
-    worker = WorkerProcess(settings, address, root / "worker.log")
-    yield settings, address
-    worker.kill()
+    yield from worker_stack(dev_server, root, fresh_settings(root / "data", rules_file=rules_file))
+
+
+@pytest.fixture
+def order_app(order_stack, monkeypatch):
+    """The Flask app for one order test, on the module's worker."""
+    app = make_app(*order_stack, monkeypatch)
+    yield app
+    app.extensions["temporal"].reset()
+
+
+@pytest.fixture
+def customer() -> str:
+    """A customer id no other test uses."""
+    return f"cust-{uuid.uuid4().hex[:10]}"
+
+
+# An applicant whose decision is "pre_approved" under rules.json.
+JOHN = {
+    "name": "John Doe",
+    "email": "john.doe@example.com",
+    "loan_amount": 50000,
+    "credit_score": 750,
+    "annual_income": 150000,
+    "has_bankruptcy": False,
+}

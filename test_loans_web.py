@@ -16,19 +16,11 @@ from dataclasses import replace
 import pytest
 
 from activities import APPLICATIONS
-from conftest import HERE, WorkerProcess, make_app, wait_until
+from conftest import HERE, JOHN, WorkerProcess, make_app, wait_until
 from config import load_messages
 from store import JsonStore
 
 MESSAGES = load_messages(HERE / "messages.json")
-JOHN = {
-    "name": "John Doe",
-    "email": "john.doe@example.com",
-    "loan_amount": 50000,
-    "credit_score": 750,
-    "annual_income": 150000,
-    "has_bankruptcy": False,
-}
 SARAH = {**JOHN, "name": "Sarah Test", "email": "sarah@example.com", "loan_amount": 100000, "annual_income": 80000}
 
 

@@ -9,22 +9,15 @@ import uuid
 import pytest
 
 import orders_cli
-from conftest import HERE, make_app, wait_until
+from conftest import HERE, wait_until
 from config import load_messages
 
 TEXTS = load_messages(HERE / "messages.json").orders
 
 
 @pytest.fixture
-def app(order_stack, monkeypatch):
-    app = make_app(*order_stack, monkeypatch)
-    yield app
-    app.extensions["temporal"].reset()
-
-
-@pytest.fixture
-def customer() -> str:
-    return f"cust-{uuid.uuid4().hex[:10]}"
+def app(order_app):
+    return order_app
 
 
 def test_cli_item_and_failure_options_are_parsed():

@@ -218,20 +218,13 @@ def test_invalid_action_bodies_name_their_fields(parse, body, errors):
 
 
 @pytest.fixture
-def app(order_stack, monkeypatch):
-    app = make_app(*order_stack, monkeypatch)
-    yield app
-    app.extensions["temporal"].reset()
+def app(order_app):
+    return order_app
 
 
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-@pytest.fixture
-def customer() -> str:
-    return f"cust-{uuid.uuid4().hex[:10]}"
 
 
 def place(client, customer: str, items: list[tuple[str, int]], expedited: bool = True, **extra) -> str:

@@ -15,16 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import HERE, make_app, wait_until
+from conftest import HERE, JOHN, make_app, wait_until
 
-JOHN = {
-    "name": "John Doe",
-    "email": "john.doe@example.com",
-    "loan_amount": 50000,
-    "credit_score": 750,
-    "annual_income": 150000,
-    "has_bankruptcy": False,
-}
 
 
 @pytest.fixture
