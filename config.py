@@ -53,6 +53,8 @@ class Settings:
     decision_wait_seconds: float
     order_task_queue: str = "orders"
     shipping_task_queue: str = "shipping"
+    # None: generated into the data folder on first start (operator_auth.py).
+    operator_token: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -68,6 +70,7 @@ class Settings:
             decision_wait_seconds=_env_float("DECISION_WAIT_SECONDS", 5.0),
             order_task_queue=os.environ.get("ORDER_TASK_QUEUE", "orders"),
             shipping_task_queue=os.environ.get("SHIPPING_TASK_QUEUE", "shipping"),
+            operator_token=os.environ.get("OPERATOR_TOKEN") or None,
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from flask.testing import FlaskClient
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
@@ -78,6 +80,7 @@ def fresh_settings(data_dir: Path, **overrides) -> Settings:
             "order_task_queue": f"test-orders-{uuid.uuid4().hex[:12]}",
             "shipping_task_queue": f"test-shipping-{uuid.uuid4().hex[:12]}",
             "secret_key": uuid.uuid4().hex,
+            "operator_token": f"operator-{uuid.uuid4().hex}",
             "rules_file": HERE / "rules.json",
             "messages_file": HERE / "messages.json",
             **overrides,
@@ -92,10 +95,51 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def make_app(settings: Settings, address: str, monkeypatch):
-    """The Flask app for one test, talking to the Temporal server at `address`."""
+    """The Flask app for one test, talking to the Temporal server at `address`.
+
+    Its test clients behave as a browser does (`BrowserClient`); `signed_in`
+    makes one an operator's.
+    """
     monkeypatch.setenv("TEMPORAL_ADDRESS", address)
     monkeypatch.setenv("TEMPORAL_NAMESPACE", "default")
-    return create_app({"SETTINGS": settings, "TESTING": True})
+    app = create_app({"SETTINGS": settings, "TESTING": True})
+    app.test_client_class = BrowserClient
+    return app
+
+
+CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+class BrowserClient(FlaskClient):
+    """A test client that posts forms as a browser would after loading the page.
+
+    A form POST outside /api carries the CSRF token the site rendered into its
+    forms; a POST under /api without a JSON body carries it in the X-CSRFToken
+    header, as a script on the site would. `raw=True` sends the request as
+    given, like a cross-site page or a script with no token.
+    """
+
+    def open(self, *args, raw: bool = False, **kwargs):
+        method = kwargs.get("method", "GET")
+        path = args[0] if args and isinstance(args[0], str) else kwargs.get("path", "")
+        if not raw and method == "POST" and kwargs.get("json") is None:
+            data = kwargs.get("data")
+            if path.startswith("/api/"):
+                kwargs["headers"] = {"X-CSRFToken": self.csrf_token(), **(kwargs.get("headers") or {})}
+            elif data is None or isinstance(data, dict):
+                kwargs["data"] = {"csrf_token": self.csrf_token(), **(data or {})}
+        return super().open(*args, **kwargs)
+
+    def csrf_token(self) -> str:
+        page = super().open("/signin", method="GET")
+        return CSRF_INPUT.search(page.get_data(as_text=True)).group(1)
+
+
+def signed_in(client: FlaskClient, settings: Settings) -> FlaskClient:
+    """`client` after an operator signed in on the sign-in page (a session cookie)."""
+    response = client.post("/signin", data={"token": settings.operator_token, "next": "/orders"})
+    assert response.status_code == 303, response.get_data(as_text=True)
+    return client
 
 
 class WorkerProcess:
@@ -184,6 +228,12 @@ def order_app(order_stack, monkeypatch):
 
 
 @pytest.fixture
+def operator(order_app, order_stack):
+    """A browser client of the order app, signed in as the operator."""
+    return signed_in(order_app.test_client(), order_stack[0])
+
+
+@pytest.fixture
 def customer() -> str:
     """A customer id no other test uses."""
     return f"cust-{uuid.uuid4().hex[:10]}"
@@ -198,3 +248,5 @@ JOHN = {
     "annual_income": 150000,
     "has_bankruptcy": False,
 }
+# A shipping address every order field accepts.
+ADDRESS = {"name": "Ada Lovelace", "street": "12 Analytical Way", "city": "London", "postal_code": "N1 9GU", "country": "UK"}

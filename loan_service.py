@@ -31,7 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities import APPLICATIONS
 from config import Rules, Settings, temporal_connect_config
-from shared import LOAN_AMOUNT_BAND, LOAN_DECISION, LoanApplication, LoanOutcome, LoanRequest, amount_band, loan_workflow_id, record_key
+from shared import LOAN_AMOUNT_BAND, LoanApplication, LoanOutcome, LoanRequest, amount_band, loan_workflow_id, record_key
 from store import JsonStore
 from temporal_client import ProcessClient, TemporalUnavailable
 from validation import InvalidApplication
@@ -56,9 +56,9 @@ class Pending:
 
 @dataclass(frozen=True)
 class Duplicate:
+    """An application from this email is still in its window; a new one is possible in `days_remaining`."""
+
     days_remaining: int
-    submitted_at: str
-    decision: str
 
 
 class NotFound(Exception):
@@ -153,11 +153,7 @@ class LoanService:
         window = timedelta(days=memo.get("duplicate_window_days", self.rules.duplicate_window_days))
         left = description.start_time + window - datetime.now(UTC)
         days = min(max(math.ceil(left / timedelta(days=1)), 1), window.days)
-        return Duplicate(
-            days_remaining=days,
-            submitted_at=description.start_time.isoformat(),
-            decision=description.typed_search_attributes.get(LOAN_DECISION) or "pending",
-        )
+        return Duplicate(days_remaining=days)
 
     async def _describe(self, workflow_id: str) -> WorkflowExecutionDescription:
         async with asyncio.timeout(STATUS_QUERY_TIMEOUT):

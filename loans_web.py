@@ -42,11 +42,11 @@ def public_record(record: dict[str, Any], persisted: bool) -> dict[str, Any]:
 
 
 def duplicate_body(duplicate: Duplicate) -> dict[str, Any]:
+    """That an application exists and when a new one is possible: nothing about it, since
+    anyone who knows an email can ask."""
     return {
         "error": messages().errors["duplicate"].format(days=duplicate.days_remaining),
         "days_remaining": duplicate.days_remaining,
-        "submitted_at": duplicate.submitted_at,
-        "decision": duplicate.decision,
     }
 
 
@@ -146,13 +146,7 @@ async def apply():
         notice = {"kind": "unavailable", "title": "Please try again", "text": messages().errors["unavailable"]}
         return render_template("loans/form.html", values=values, errors={}, notice=notice), 503
     if isinstance(outcome, Duplicate):
-        body = duplicate_body(outcome)
-        decision = outcome.decision.replace("_", " ")
-        notice = {
-            "kind": "duplicate",
-            "title": body["error"],
-            "text": f"Your earlier application was submitted on {outcome.submitted_at[:10]} (decision: {decision}).",
-        }
+        notice = {"kind": "duplicate", "title": duplicate_body(outcome)["error"], "text": ""}
         return render_template("loans/form.html", values=values, errors={}, notice=notice), 409
     workflow_id = outcome.workflow_id if isinstance(outcome, Pending) else outcome.record["workflow_id"]
     return redirect(url_for("pages.application", workflow_id=workflow_id), code=303)

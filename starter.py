@@ -8,6 +8,7 @@ Flask's tutorial does: nothing connects at import time. It wires
 - the loan half: `LoanService` (loan_service.py) and its routes (loans_web.py);
 - the order half: `OrderService` (order_service.py), its routes
   (orders_web.py) and the `flask --app starter orders` CLI (orders_cli.py);
+- who may do what: operator sign-in, CSRF and security headers (operator_auth.py);
 - `/healthz` and `/readyz`, and the error pages: JSON under /api, HTML elsewhere.
 
 Views that talk to Temporal are `async def` (Flask[async]). Serve the app with
@@ -24,6 +25,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import loans_web
+import operator_auth
 import orders_web
 from config import Settings, load_messages, load_rules
 from loan_service import LoanService
@@ -64,6 +66,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     temporal = app.extensions["temporal"] = ProcessClient()
     store = JsonStore(settings.data_dir)
 
+    operator_auth.init_app(app, settings)
     loans_web.init_app(app, LoanService(settings, rules, temporal, store))
     orders_web.init_app(app, OrderService(settings, rules, app_messages, temporal, store))
     app.cli.add_command(orders_cli)

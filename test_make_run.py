@@ -62,9 +62,17 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
         decided = httpx.post(f"{base}/api/evaluate", json=applicant, timeout=30)
         assert decided.status_code == 200, (decided.text, log.read_text())
         assert decided.json()["decision"] == "pre_approved"
-        page = httpx.get(f"{base}/applications/{decided.json()['workflow_id']}", timeout=10).text
-        assert f"http://localhost:{ui_port}/namespaces/default/workflows/" in page
         assert (tmp_path / "data" / "temporal.db").exists()
+
+        # No OPERATOR_TOKEN: one was generated into the data folder, private, and make run says where.
+        token_file = tmp_path / "data" / "secrets" / "operator-token"
+        assert f"Operator sign-in:      {base}/signin  (token: cat {token_file})" in log.read_text()
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        result_url = f"{base}/applications/{decided.json()['workflow_id']}"
+        ui_link = f"http://localhost:{ui_port}/namespaces/default/workflows/"
+        assert ui_link not in httpx.get(result_url, timeout=10).text
+        operator = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        assert ui_link in httpx.get(result_url, headers=operator, timeout=10).text
     finally:
         # Ctrl+C in a terminal signals the whole foreground process group.
         os.killpg(make.pid, signal.SIGINT)

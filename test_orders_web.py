@@ -19,7 +19,7 @@ from dataclasses import replace
 import pytest
 
 import order_service
-from conftest import HERE, make_app, wait_until
+from conftest import ADDRESS, HERE, make_app, signed_in, wait_until
 from config import load_messages, load_rules
 from shared import ORDER_MILESTONES, FailureInjection, OrderStatus
 from validation import (
@@ -38,7 +38,6 @@ from workflows import OrderWorkflow
 MESSAGES = load_messages(HERE / "messages.json")
 TEXTS = MESSAGES.orders
 CATALOG = [item.sku for item in load_rules(HERE / "rules.json").orders.catalog]
-ADDRESS = {"name": "Ada Lovelace", "street": "12 Analytical Way", "city": "London", "postal_code": "N1 9GU", "country": "UK"}
 ORDER = {"customer_id": "ada-1", "items": [{"sku": "KB-100", "quantity": 2}], "address": ADDRESS}
 
 
@@ -223,8 +222,9 @@ def app(order_app):
 
 
 @pytest.fixture
-def client(app):
-    return app.test_client()
+def client(operator):
+    """The operator's browser: every order route needs sign-in."""
+    return operator
 
 
 def place(client, customer: str, items: list[tuple[str, int]], expedited: bool = True, **extra) -> str:
@@ -499,7 +499,7 @@ def test_without_a_worker_the_order_is_accepted_and_read_from_its_start(order_st
     settings = replace(settings, order_task_queue=f"no-worker-{uuid.uuid4().hex[:8]}", data_dir=tmp_path / "data")
     monkeypatch.setattr(order_service, "UPDATE_TIMEOUT", 1.0)
     app = make_app(settings, address, monkeypatch)
-    client = app.test_client()
+    client = signed_in(app.test_client(), settings)
     try:
         order_id = place(client, customer, [("KB-100", 1)])
         status = client.get(f"/api/orders/{order_id}")
@@ -521,7 +521,7 @@ def test_temporal_down_is_503_and_the_form_keeps_its_values(order_stack, monkeyp
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
     app = make_app(settings, f"127.0.0.1:{closed_port}", monkeypatch)
-    client = app.test_client()
+    client = signed_in(app.test_client(), settings)
     try:
         api = client.post("/api/orders", json={**ORDER, "customer_id": customer})
         assert api.status_code == 503 and api.json["error"] == TEXTS["unavailable"]
