@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,6 +39,9 @@ from validation import InvalidApplication
 from workflows import LoanApplicationWorkflow
 
 PAGE_SIZE = 20
+# The shape `shared.loan_workflow_id` makes: anything else (an order's or a
+# customer's workflow, a path trick) is unknown without asking Temporal.
+LOAN_WORKFLOW_ID = re.compile(r"^loan-[0-9a-f]{32}$")
 # Seconds to wait for a describe, a query or a signal: each is one server call
 # (a query also needs a worker; without one the workflow waits and we say so).
 STATUS_QUERY_TIMEOUT = 2.0
@@ -162,6 +166,8 @@ class LoanService:
 
     async def status(self, workflow_id: str) -> Decided | Pending:
         """The latest application of this workflow ID: from the store, else live from the workflow."""
+        if not LOAN_WORKFLOW_ID.match(workflow_id):
+            raise NotFound(workflow_id)
         try:
             description = await self._describe(workflow_id)
         except RPCError as err:
@@ -170,6 +176,8 @@ class LoanService:
             raise TemporalUnavailable(str(err)) from err
         except TimeoutError as err:
             raise TemporalUnavailable("timed out describing the workflow") from err
+        if description.workflow_type != "LoanApplicationWorkflow":
+            raise NotFound(workflow_id)
         record = self.store.get(APPLICATIONS, record_key(workflow_id, description.run_id))
         if record is not None:
             return Decided(record, persisted=True)
@@ -191,6 +199,8 @@ class LoanService:
         return Decided(record, persisted=status.stage == "persisted")
 
     async def record_contact(self, workflow_id: str, answer: str) -> None:
+        if not LOAN_WORKFLOW_ID.match(workflow_id):
+            raise WindowClosed(workflow_id)
         try:
             async with asyncio.timeout(STATUS_QUERY_TIMEOUT):
                 client = await self.temporal.get()

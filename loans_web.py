@@ -98,7 +98,7 @@ async def application(workflow_id: str):
 
 @api.post("/applications/<workflow_id>/contact")
 async def contact_api(workflow_id: str):
-    data = request.get_json(silent=True) if request.is_json else None
+    data = json_body(messages().errors["not_json"])
     answer = data.get("answer") if isinstance(data, dict) else None
     if answer not in CONTACT_ANSWERS:
         return json_error(400, messages().errors["invalid_application"], fields={"answer": messages().validation["contact"]})

@@ -56,9 +56,10 @@ from validation import CUSTOMER_ID_PATTERN, NewOrder
 from workflows import HANDED_TO_CARRIER, OrderWorkflow, RewardsWorkflow
 
 PAGE_SIZE = 20
-# Order IDs are 12 hex characters; anything outside this shape is unknown
-# without asking Temporal (and never reaches the store as a file name).
-ORDER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# Order IDs are 12 hex characters (`create`); anything outside this shape (the
+# shipping child's ID, a loan's, a path trick) is unknown without asking
+# Temporal, and never reaches the store as a file name.
+ORDER_ID = re.compile(r"^[0-9a-f]{12}$")
 CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 # Seconds to wait for Temporal: a start or a signal is one server call; a query
 # needs a worker (without one it waits, then the store answers); an update
@@ -79,6 +80,14 @@ class NoRewards(Exception):
 
 class ActionRefused(Exception):
     """The order refused an operator action; the message (from the workflow) says why."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ActionFailed(Exception):
+    """The order's workflow failed the action for a reason that is not a refusal."""
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -274,7 +283,7 @@ class OrderService:
         except WorkflowUpdateFailedError as err:
             if isinstance(err.cause, ApplicationError) and err.cause.type == ACTION_REFUSED:
                 raise ActionRefused(err.cause.message) from err
-            raise
+            raise ActionFailed(str(err.cause or err)) from err
         except RPCError as err:
             raise await self._closed_or_unavailable(order_id, err) from err
         except (WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError) as err:

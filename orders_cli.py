@@ -17,7 +17,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from order_service import ActionRefused, ActionUnconfirmed, CreatedOrder, OrderNotFound, OrderService, OrderView
+from order_service import ActionFailed, ActionRefused, ActionUnconfirmed, CreatedOrder, OrderNotFound, OrderService, OrderView
 from shared import ORDER_MILESTONES, ApproveRequest, CancelRequest
 from temporal_client import TemporalUnavailable
 from validation import (
@@ -64,6 +64,8 @@ def cli_call(as_json: bool, call: Callable[[], Awaitable[T]]) -> T:
         fail(as_json, texts()["not_found"], 1)
     except ActionRefused as err:
         fail(as_json, err.message, 1)
+    except ActionFailed as err:
+        fail(as_json, texts()["action_failed"].format(reason=err.message), 1)
     except ActionUnconfirmed:
         fail(as_json, texts()["action_unconfirmed"], 1)
     except TemporalUnavailable:

@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
-from order_service import ActionRefused, ActionUnconfirmed, NoRewards, OrderNotFound, OrderService, OrderView
+from order_service import ActionFailed, ActionRefused, ActionUnconfirmed, NoRewards, OrderNotFound, OrderService, OrderView
 from shared import FAILURE_STEPS, ORDER_MILESTONES, ApproveRequest
 from temporal_client import TemporalUnavailable
 from validation import (
@@ -90,6 +90,11 @@ def _no_rewards(_err: NoRewards):
 @orders_api.errorhandler(ActionRefused)
 def _refused(err: ActionRefused):
     return json_error(409, err.message)
+
+
+@orders_api.errorhandler(ActionFailed)
+def _failed(err: ActionFailed):
+    return json_error(502, texts()["action_failed"].format(reason=err.message))
 
 
 @orders_api.errorhandler(ActionUnconfirmed)
@@ -268,6 +273,9 @@ async def page_action(order_id: str, action: str, run) -> Any:
     except ActionRefused as err:
         notice = {"kind": "invalid", "title": err.message, "text": ""}
         return await render_tracker(order_id, notice, {}, values, 409)
+    except ActionFailed as err:
+        notice = {"kind": "unavailable", "title": texts()["action_failed"].format(reason=err.message), "text": ""}
+        return await render_tracker(order_id, notice, {}, values, 502)
     except ActionUnconfirmed:
         notice = {"kind": "unavailable", "title": texts()["action_unconfirmed"], "text": ""}
         return await render_tracker(order_id, notice, {}, values, 504)

@@ -33,7 +33,7 @@ from order_service import OrderService
 from orders_cli import orders_cli
 from store import JsonStore
 from temporal_client import ProcessClient
-from web_common import error_page, json_error, messages
+from web_common import StrictJSONProvider, error_page, json_error, messages
 
 health = Blueprint("health", __name__)
 
@@ -57,7 +57,7 @@ async def readyz():
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(MAX_CONTENT_LENGTH=16 * 1024)
-    app.json.sort_keys = False
+    app.json = StrictJSONProvider(app)
     if test_config:
         app.config.from_mapping(test_config)
     settings: Settings = app.config.get("SETTINGS") or Settings.from_env()

@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 
 from activities import APPLICATIONS
-from conftest import HERE, JOHN, WorkerProcess, make_app, signed_in, wait_until
+from conftest import ADDRESS, HERE, JOHN, WorkerProcess, make_app, signed_in, wait_until
 from config import load_messages
 from store import JsonStore
 
@@ -229,3 +229,30 @@ def test_temporal_down_is_503_and_keeps_the_form_values(loan_stack, monkeypatch)
         app.extensions["temporal"].reset()
 
 
+
+
+def test_ids_of_other_kinds_are_unknown_applications(client, loan_stack):
+    order = signed_in(client.application.test_client(), loan_stack[0]).post("/api/orders", json={
+        "customer_id": "kind-check", "items": [{"sku": "CB-010", "quantity": 1}], "address": ADDRESS})
+    assert order.status_code == 201, order.json
+    for other in [order.json["workflow_id"], f"{order.json['workflow_id']}-shipping", "rewards-kind-check",
+                  "loan-" + "0" * 32, "loan-..", "x" * 300]:
+        assert client.get(f"/api/applications/{other}").status_code == 404, other
+        assert client.get(f"/applications/{other}").status_code == 404, other
+        contact = client.post(f"/api/applications/{other}/contact", json={"answer": "yes"})
+        assert contact.status_code == 404, other
+
+
+def test_deeply_nested_json_is_a_400(client):
+    nested = "[" * 5000 + "]" * 5000
+    response = client.post("/api/evaluate", data=nested, content_type="application/json")
+    assert response.status_code == 400 and response.json["error"] == MESSAGES.errors["invalid_json"]
+    contact = client.post("/api/applications/loan-" + "0" * 32 + "/contact", data=nested,
+                          content_type="application/json")
+    assert contact.status_code == 400
+
+
+def test_responses_are_strict_json(app):
+    with pytest.raises(ValueError):
+        app.json.dumps({"loan_to_income_ratio": float("inf")})
+    assert app.json.dumps({"b": 1, "a": 2}) == '{"b": 1, "a": 2}'

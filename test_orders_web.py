@@ -532,3 +532,18 @@ def test_temporal_down_is_503_and_the_form_keeps_its_values(order_stack, monkeyp
         assert client.get("/orders").status_code == 200  # the dashboard reads the store only
     finally:
         app.extensions["temporal"].reset()
+
+
+def test_ids_of_other_kinds_are_unknown_orders(client, customer):
+    order_id = place(client, customer, [("CB-010", 1)])
+    wait_for(client, order_id, status_is("completed"), "the order to be delivered")
+    loan = client.post("/api/evaluate", json={"name": "Kind Check", "email": f"{customer}@example.com",
+                                              "loan_amount": 5000, "credit_score": 750, "annual_income": 90000,
+                                              "has_bankruptcy": False}).json["workflow_id"]
+    for other in [f"{order_id}-shipping", loan, loan.removeprefix("loan-"), order_id.upper(), f"order-{order_id}"]:
+        assert client.get(f"/api/orders/{other}").status_code == 404, other
+        assert client.get(f"/api/orders/{other}/events").status_code == 404, other
+        assert client.get(f"/orders/{other}").status_code == 404, other
+        for action, body in [("approve", None), ("cancel", {"reason": "x"}), ("expedite", None),
+                             ("simulate-failure", {"step": "payment"})]:
+            assert client.post(f"/api/orders/{other}/{action}", json=body).status_code == 404, (other, action)

@@ -9,9 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app, jsonify, render_template, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest
 
 from config import Messages
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """JSON out as the standard defines it: a NaN or an infinity fails loudly instead of
+    going out as `NaN`, which no strict client can parse (validation keeps numbers finite)."""
+
+    sort_keys = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        kwargs.setdefault("allow_nan", False)
+        return super().dumps(obj, **kwargs)
 
 
 class BadBody(Exception):
@@ -39,7 +51,7 @@ def json_body(not_json: str, optional: bool = False) -> Any:
         raise BadBody(415, not_json)
     try:
         return request.get_json()
-    except BadRequest:
+    except (BadRequest, RecursionError):  # RecursionError: nesting deeper than the parser goes
         raise BadBody(400, messages().errors["invalid_json"]) from None
 
 
