@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import socket
@@ -42,10 +44,9 @@ def test_health_and_readiness(client):
     assert client.get("/readyz").json == {"status": "ready"}
 
 
-
-
-def test_gunicorn_serves_the_app_with_a_client_per_process(loan_stack, tmp_path):
-    settings, address = loan_stack
+@contextlib.contextmanager
+def gunicorn(settings, address: str, log: Path, workers: int = 2):
+    """The app under gunicorn as `make run` serves it, on a free port; yields its base URL and process."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -55,25 +56,35 @@ def test_gunicorn_serves_the_app_with_a_client_per_process(loan_stack, tmp_path)
         "LOAN_TASK_QUEUE": settings.task_queue,
         "DATA_DIR": str(settings.data_dir),
         "APP_SECRET_KEY": uuid.uuid4().hex,
+        "OPERATOR_TOKEN": settings.operator_token,
         "WEB_PORT": str(port),
-        "WEB_WORKERS": "2",
+        "WEB_WORKERS": str(workers),
     }
-    log = tmp_path / "gunicorn.log"
     with open(log, "wb") as out:
         server = subprocess.Popen(
             [str(Path(sys.executable).parent / "gunicorn"), "--config", "gunicorn.conf.py", "starter:create_app()"],
             cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
+    base = f"http://127.0.0.1:{port}"
+
+    def ready():
+        try:
+            return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return server.poll() is not None
+
     try:
-        base = f"http://127.0.0.1:{port}"
-
-        def ready():
-            try:
-                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
         wait_until(ready, timeout=30, what="gunicorn to be ready")
+        assert server.poll() is None, log.read_text()
+        yield base, server
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
+def test_gunicorn_serves_the_app_with_a_client_per_process(loan_stack, tmp_path):
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(*loan_stack, log) as (base, server):
         with ThreadPoolExecutor(max_workers=8) as pool:
             bodies = [{**JOHN, "email": f"gunicorn-{n}@example.com"} for n in range(24)]
             responses = list(pool.map(lambda b: httpx.post(f"{base}/api/evaluate", json=b, timeout=30), bodies))
@@ -85,6 +96,18 @@ def test_gunicorn_serves_the_app_with_a_client_per_process(loan_stack, tmp_path)
         pids = [int(pid) for pid in re.findall(r"Temporal client connected in process (\d+)", output)]
         assert pids and len(pids) == len(set(pids)) <= 2, output
         assert server.pid not in pids
-    finally:
-        server.terminate()
-        server.wait(15)
+
+
+def test_chunked_bodies_are_read_and_held_to_the_size_limit(loan_stack, tmp_path):
+    def chunks(*parts: bytes):
+        yield from parts
+
+    with gunicorn(*loan_stack, tmp_path / "gunicorn.log", workers=1) as (base, _):
+        json_type = {"Content-Type": "application/json"}
+        small = json.dumps({**JOHN, "email": f"chunked-{uuid.uuid4().hex[:8]}@example.com"}).encode()
+        decided = httpx.post(f"{base}/api/evaluate", content=chunks(small[:20], small[20:]), headers=json_type,
+                             timeout=30)
+        assert decided.status_code == 200, decided.text
+        huge = httpx.post(f"{base}/api/evaluate", content=chunks(*[b"x" * 1024] * 1024), headers=json_type,
+                          timeout=30)
+        assert huge.status_code == 413 and huge.json()["error"] == "The request body is too large."
