@@ -13,6 +13,9 @@ from store import JsonStore
 
 PROCESSES = 4
 WRITES_PER_PROCESS = 50
+READERS = 2
+HOT_RECORDS = 3
+HOT_PADDING = 200_000  # big enough that writing one takes several system calls
 
 
 def test_put_get_and_newest_first_listing(tmp_path):
@@ -71,26 +74,68 @@ def test_a_write_never_enumerates_other_records(tmp_path, monkeypatch):
     assert store.get("things", "k7") == {"n": 7, "seen": True}
 
 
-def _hammer(root: str, worker: int) -> None:
+def _hammer(root: str, worker: int, start) -> None:
     store = JsonStore(root)
+    start.wait(30)
     for n in range(WRITES_PER_PROCESS):
         store.update("counters", "shared", lambda doc: {"count": (doc or {"count": 0})["count"] + 1})
         store.put("records", f"w{worker}-{n}", {"worker": worker, "n": n, "pad": "x" * 2000}, sort_key=f"{worker}-{n:04d}")
+        # The same few records, rewritten by every process: the documents a reader is most likely to catch mid-write.
+        store.put("hot", f"h{n % HOT_RECORDS}", {"worker": worker, "n": n, "pad": "y" * HOT_PADDING})
 
 
-def test_several_processes_lose_no_update_and_leave_only_valid_json(tmp_path):
+def _read_while_writing(root: str, start, writers_done, results) -> None:
+    """Parse every document again and again until the writers are done; report what was seen."""
+    folder = Path(root)
+    start.wait(30)
+    reads = torn = 0
+    versions = set()
+    while not writers_done.is_set():
+        for path in folder.rglob("*.json"):
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                continue
+            reads += 1
+            try:
+                document = json.loads(text)
+            except json.JSONDecodeError:
+                torn += 1
+                continue
+            if path.parent.name == "hot":
+                versions.add((document["worker"], document["n"]))
+    results.put((reads, torn, len(versions)))
+
+
+def test_several_processes_lose_no_update_and_readers_never_see_a_torn_write(tmp_path):
+    """Writers in four processes, readers in two more parsing every file while they write."""
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_hammer, args=(str(tmp_path), w)) for w in range(PROCESSES)]
-    for process in processes:
+    start, writers_done, results = context.Event(), context.Event(), context.Queue()
+    writers = [context.Process(target=_hammer, args=(str(tmp_path), w, start)) for w in range(PROCESSES)]
+    readers = [
+        context.Process(target=_read_while_writing, args=(str(tmp_path), start, writers_done, results))
+        for _ in range(READERS)
+    ]
+    for process in writers + readers:
         process.start()
-    for process in processes:
+    start.set()
+    for process in writers:
         process.join(60)
         assert process.exitcode == 0
+    writers_done.set()
+    seen = [results.get(timeout=30) for _ in readers]
+    for process in readers:
+        process.join(30)
+        assert process.exitcode == 0
 
+    for reads, torn, versions in seen:
+        assert torn == 0, f"a reader parsed {torn} torn documents out of {reads} reads during the writes"
+        # Proof that reading overlapped writing: each reader saw several versions of the hot records.
+        assert reads > 0 and versions > HOT_RECORDS, f"{reads} reads saw {versions} versions: no overlap with the writes"
     store = JsonStore(tmp_path)
     assert store.get("counters", "shared") == {"count": PROCESSES * WRITES_PER_PROCESS}
     _, total = store.list_recent("records", limit=0)
     assert total == PROCESSES * WRITES_PER_PROCESS
     for path in Path(tmp_path).rglob("*.json"):
-        json.loads(path.read_text())  # every file parses: no torn writes
+        json.loads(path.read_text())
     assert list(Path(tmp_path).rglob("*.tmp")) == []
