@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import pytest
 
-from store import JsonStore
+from store import LOCK_STRIPES, JsonStore
 
 PROCESSES = 4
 WRITES_PER_PROCESS = 50
@@ -39,8 +42,16 @@ def test_repeated_put_is_one_record(tmp_path):
 
 @pytest.mark.parametrize("key", ["../escape", "a/b", "", ".hidden", "x" * 300])
 def test_keys_cannot_escape_the_folder(tmp_path, key):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape(f"invalid key {key!r}")):
         JsonStore(tmp_path).put("things", key, {}, sort_key="1")
+
+
+def test_bad_collection_names_and_sort_keys_are_refused_by_name(tmp_path):
+    store = JsonStore(tmp_path)
+    with pytest.raises(ValueError, match=re.escape("invalid collection name '../up'")):
+        store.put("../up", "k", {})
+    with pytest.raises(ValueError, match=re.escape("invalid sort key 'a/b'")):
+        store.put("things", "k", {}, sort_key="a/b")
 
 
 def test_a_failed_write_leaves_the_old_document_and_no_temp_file(tmp_path, monkeypatch):
@@ -139,3 +150,85 @@ def test_several_processes_lose_no_update_and_readers_never_see_a_torn_write(tmp
     for path in Path(tmp_path).rglob("*.json"):
         json.loads(path.read_text())
     assert list(Path(tmp_path).rglob("*.tmp")) == []
+
+
+def test_default_page_is_twenty_newest_records(tmp_path):
+    store = JsonStore(tmp_path)
+    for n in range(25):
+        store.put("things", f"k{n}", {"n": n}, sort_key=f"{n:05d}")
+    page, total = store.list_recent("things")
+    assert total == 25
+    assert [doc["n"] for doc in page] == list(range(24, 4, -1))
+
+
+def test_list_all_returns_every_document_by_key_and_skips_temporary_files(tmp_path):
+    store = JsonStore(tmp_path)
+    assert store.list_all("events") == []
+    for key in ("b", "a", "c"):
+        store.put("events", key, {"key": key}, sort_key="1")
+    (tmp_path / "events" / ".a.json.x1.tmp").write_text("{torn")  # a write in progress elsewhere
+    (tmp_path / "events" / ".hidden.json").write_text("{torn")
+    assert store.list_all("events") == [{"key": "a"}, {"key": "b"}, {"key": "c"}]
+
+
+def test_documents_are_stored_indented_with_sorted_keys(tmp_path):
+    """Readable files, and the same content gives the same bytes whatever the key order."""
+    store = JsonStore(tmp_path)
+    store.put("things", "one", {"b": 1, "a": {"d": 2, "c": 3}})
+    store.put("things", "two", {"a": {"c": 3, "d": 2}, "b": 1})
+    first, second = ((tmp_path / "things" / f"{key}.json").read_text() for key in ("one", "two"))
+    assert first == second == '{\n  "a": {\n    "c": 3,\n    "d": 2\n  },\n  "b": 1\n}'
+
+
+def test_the_temporary_file_is_hidden_next_to_the_record(tmp_path, monkeypatch):
+    """os.replace is atomic only within one file system, so the temporary file sits in the record's folder."""
+    store = JsonStore(tmp_path)
+    renames = []
+
+    def record_and_fail(source, target):
+        renames.append((Path(source), Path(target)))
+        raise OSError("stop before the rename")
+
+    monkeypatch.setattr(os, "replace", record_and_fail)
+    with pytest.raises(OSError):
+        store.put("things", "k", {"v": 1})
+    [(source, target)] = renames
+    assert target == tmp_path / "things" / "k.json"
+    assert source.parent == target.parent
+    assert source.name.startswith(".k.json.") and source.name.endswith(".tmp")
+
+
+def test_locks_are_a_fixed_set_of_numbered_files_under_locks(tmp_path):
+    store = JsonStore(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["_locks"]
+    for n in range(300):
+        store.put("things", f"k{n}", {"n": n})
+    names = sorted(p.name for p in (tmp_path / "_locks").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_locks", "things"]
+    assert all(re.fullmatch(r"\d+\.lock", name) and int(name.split(".")[0]) < LOCK_STRIPES for name in names), names
+    assert LOCK_STRIPES // 2 < len(names) <= LOCK_STRIPES  # striped by key: 300 keys spread over the stripes
+
+
+def test_update_waits_for_the_documents_lock(tmp_path):
+    """`update` and `locked` take the same lock for the same document, so a change
+    spanning several documents (inventory) never interleaves with an update."""
+    store = JsonStore(tmp_path)
+    store.put("things", "k", {"n": 0})
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        with store.locked("things", "k"):
+            pending = pool.submit(store.update, "things", "k", lambda doc: {"n": doc["n"] + 1})
+            with pytest.raises(FutureTimeout):
+                pending.result(timeout=0.5)  # still waiting: the lock is held
+            store.write_locked("things", "k", {"n": 10})
+        assert pending.result(timeout=10) == {"n": 11}
+
+
+def test_a_lock_taken_in_one_thread_can_be_released_in_another(tmp_path):
+    """The worker runs activities on a thread pool; a lock object may change threads."""
+    store = JsonStore(tmp_path)
+    lock = store.locked("things", "k")
+    with ThreadPoolExecutor(max_workers=1) as first, ThreadPoolExecutor(max_workers=1) as second:
+        first.submit(lock.acquire).result(timeout=10)
+        second.submit(lock.release).result(timeout=10)
+    assert not lock.is_locked
+    assert store.update("things", "k", lambda doc: {"free": True}) == {"free": True}
