@@ -12,6 +12,7 @@ replays in the process that recorded it. Prints one line per history and exits
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -38,4 +39,9 @@ async def replay(paths: list[Path]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit("usage: python replay_check.py HISTORY.json...")
-    sys.exit(asyncio.run(replay([Path(arg) for arg in sys.argv[1:]])))
+    code = asyncio.run(replay([Path(arg) for arg in sys.argv[1:]]))
+    sys.stdout.flush()
+    # The SDK's native runtime threads can still be running while the interpreter
+    # finalizes, which sometimes aborts the process after every replay succeeded;
+    # the answer is known by now, so leave without finalizing.
+    os._exit(code)
