@@ -100,6 +100,27 @@ def test_messages_fill_in_amount_and_email(activities):
     assert decision.decided_by == "worker-test"
 
 
+@pytest.mark.parametrize(
+    ("credit_score", "loan_amount", "has_bankruptcy", "decision", "reason"),
+    [
+        (650, 10_000, True, "denied", "bankruptcy with credit score below 680"),
+        (750, 10_000, True, "conditional", "prior bankruptcy needs an agent's review"),
+        (750, 40_000, False, "pre_approved", "strong credit and affordable loan"),
+        (750, 41_000, False, "conditional", "loan-to-income above 0.40"),
+        (700, 50_000, False, "conditional", "fair credit needs an agent's review"),
+        (700, 51_000, False, "denied", "credit score and loan-to-income do not qualify"),
+    ],
+)
+def test_each_credit_rule_gives_its_reason(activities, credit_score, loan_amount, has_bankruptcy, decision, reason):
+    decided = activities.decide(applicant(credit_score, float(loan_amount), 100_000.0, has_bankruptcy))
+    assert (decided.decision, decided.reason) == (decision, reason)
+
+
+def test_amounts_with_cents_keep_them_in_the_message(activities):
+    assert "$12,345.67" in activities.decide(applicant(750, 12_345.67, 100_000.0)).message.message
+    assert "a loan of $12,345. We" in activities.decide(applicant(750, 12_345.0, 100_000.0)).message.message
+
+
 def test_compliance_denial_explains_the_limits(activities):
     decision = activities.decide(applicant(550))
     assert decision.decision == "denied_compliance"

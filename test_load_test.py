@@ -178,16 +178,20 @@ def mock_client(handler) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url=BASE_URL)
 
 
-async def test_decision_in_the_first_answer():
+async def test_decision_in_the_first_answer(monkeypatch):
+    clock = [1000.0]  # a clock that moves only while the app "works" on the request
+    monkeypatch.setattr(load_test.time, "perf_counter", lambda: clock[0])
+
     def handler(request: httpx.Request) -> httpx.Response:
         assert (request.method, request.url.path) == ("POST", "/api/evaluate")
+        clock[0] += 0.25
         return httpx.Response(200, json=decided_body(request, "loan-1", "worker-a"))
 
     async with mock_client(handler) as client:
         result = await apply(client, make_applicants(1, 1, "t")[0], timeout=5)
     assert result.error is None
     assert (result.decision, result.worker, result.was_pending) == ("pre_approved", "worker-a", False)
-    assert result.latency > 0
+    assert result.latency == pytest.approx(0.25)  # the time from sending to the decision, no more, no less
 
 
 async def test_pending_answer_is_polled_until_decided():

@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import pytest
 
-from store import JsonStore
+from store import LOCK_STRIPES, JsonStore
 
 PROCESSES = 4
 WRITES_PER_PROCESS = 50
+READERS = 2
+HOT_RECORDS = 3
+HOT_PADDING = 200_000  # big enough that writing one takes several system calls
 
 
 def test_put_get_and_newest_first_listing(tmp_path):
@@ -36,8 +42,16 @@ def test_repeated_put_is_one_record(tmp_path):
 
 @pytest.mark.parametrize("key", ["../escape", "a/b", "", ".hidden", "x" * 300])
 def test_keys_cannot_escape_the_folder(tmp_path, key):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape(f"invalid key {key!r}")):
         JsonStore(tmp_path).put("things", key, {}, sort_key="1")
+
+
+def test_bad_collection_names_and_sort_keys_are_refused_by_name(tmp_path):
+    store = JsonStore(tmp_path)
+    with pytest.raises(ValueError, match=re.escape("invalid collection name '../up'")):
+        store.put("../up", "k", {})
+    with pytest.raises(ValueError, match=re.escape("invalid sort key 'a/b'")):
+        store.put("things", "k", {}, sort_key="a/b")
 
 
 def test_a_failed_write_leaves_the_old_document_and_no_temp_file(tmp_path, monkeypatch):
@@ -71,26 +85,150 @@ def test_a_write_never_enumerates_other_records(tmp_path, monkeypatch):
     assert store.get("things", "k7") == {"n": 7, "seen": True}
 
 
-def _hammer(root: str, worker: int) -> None:
+def _hammer(root: str, worker: int, start) -> None:
     store = JsonStore(root)
+    start.wait(30)
     for n in range(WRITES_PER_PROCESS):
         store.update("counters", "shared", lambda doc: {"count": (doc or {"count": 0})["count"] + 1})
         store.put("records", f"w{worker}-{n}", {"worker": worker, "n": n, "pad": "x" * 2000}, sort_key=f"{worker}-{n:04d}")
+        # The same few records, rewritten by every process: the documents a reader is most likely to catch mid-write.
+        store.put("hot", f"h{n % HOT_RECORDS}", {"worker": worker, "n": n, "pad": "y" * HOT_PADDING})
 
 
-def test_several_processes_lose_no_update_and_leave_only_valid_json(tmp_path):
+def _read_while_writing(root: str, start, writers_done, results) -> None:
+    """Parse every document again and again until the writers are done; report what was seen."""
+    folder = Path(root)
+    start.wait(30)
+    reads = torn = 0
+    versions = set()
+    while not writers_done.is_set():
+        for path in folder.rglob("*.json"):
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                continue
+            reads += 1
+            try:
+                document = json.loads(text)
+            except json.JSONDecodeError:
+                torn += 1
+                continue
+            if path.parent.name == "hot":
+                versions.add((document["worker"], document["n"]))
+    results.put((reads, torn, len(versions)))
+
+
+def test_several_processes_lose_no_update_and_readers_never_see_a_torn_write(tmp_path):
+    """Writers in four processes, readers in two more parsing every file while they write."""
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_hammer, args=(str(tmp_path), w)) for w in range(PROCESSES)]
-    for process in processes:
+    start, writers_done, results = context.Event(), context.Event(), context.Queue()
+    writers = [context.Process(target=_hammer, args=(str(tmp_path), w, start)) for w in range(PROCESSES)]
+    readers = [
+        context.Process(target=_read_while_writing, args=(str(tmp_path), start, writers_done, results))
+        for _ in range(READERS)
+    ]
+    for process in writers + readers:
         process.start()
-    for process in processes:
+    start.set()
+    for process in writers:
         process.join(60)
         assert process.exitcode == 0
+    writers_done.set()
+    seen = [results.get(timeout=30) for _ in readers]
+    for process in readers:
+        process.join(30)
+        assert process.exitcode == 0
 
+    for reads, torn, versions in seen:
+        assert torn == 0, f"a reader parsed {torn} torn documents out of {reads} reads during the writes"
+        # Proof that reading overlapped writing: each reader saw several versions of the hot records.
+        assert reads > 0 and versions > HOT_RECORDS, f"{reads} reads saw {versions} versions: no overlap with the writes"
     store = JsonStore(tmp_path)
     assert store.get("counters", "shared") == {"count": PROCESSES * WRITES_PER_PROCESS}
     _, total = store.list_recent("records", limit=0)
     assert total == PROCESSES * WRITES_PER_PROCESS
     for path in Path(tmp_path).rglob("*.json"):
-        json.loads(path.read_text())  # every file parses: no torn writes
+        json.loads(path.read_text())
     assert list(Path(tmp_path).rglob("*.tmp")) == []
+
+
+def test_default_page_is_twenty_newest_records(tmp_path):
+    store = JsonStore(tmp_path)
+    for n in range(25):
+        store.put("things", f"k{n}", {"n": n}, sort_key=f"{n:05d}")
+    page, total = store.list_recent("things")
+    assert total == 25
+    assert [doc["n"] for doc in page] == list(range(24, 4, -1))
+
+
+def test_list_all_returns_every_document_by_key_and_skips_temporary_files(tmp_path):
+    store = JsonStore(tmp_path)
+    assert store.list_all("events") == []
+    for key in ("b", "a", "c"):
+        store.put("events", key, {"key": key}, sort_key="1")
+    (tmp_path / "events" / ".a.json.x1.tmp").write_text("{torn")  # a write in progress elsewhere
+    (tmp_path / "events" / ".hidden.json").write_text("{torn")
+    assert store.list_all("events") == [{"key": "a"}, {"key": "b"}, {"key": "c"}]
+
+
+def test_documents_are_stored_indented_with_sorted_keys(tmp_path):
+    """Readable files, and the same content gives the same bytes whatever the key order."""
+    store = JsonStore(tmp_path)
+    store.put("things", "one", {"b": 1, "a": {"d": 2, "c": 3}})
+    store.put("things", "two", {"a": {"c": 3, "d": 2}, "b": 1})
+    first, second = ((tmp_path / "things" / f"{key}.json").read_text() for key in ("one", "two"))
+    assert first == second == '{\n  "a": {\n    "c": 3,\n    "d": 2\n  },\n  "b": 1\n}'
+
+
+def test_the_temporary_file_is_hidden_next_to_the_record(tmp_path, monkeypatch):
+    """os.replace is atomic only within one file system, so the temporary file sits in the record's folder."""
+    store = JsonStore(tmp_path)
+    renames = []
+
+    def record_and_fail(source, target):
+        renames.append((Path(source), Path(target)))
+        raise OSError("stop before the rename")
+
+    monkeypatch.setattr(os, "replace", record_and_fail)
+    with pytest.raises(OSError):
+        store.put("things", "k", {"v": 1})
+    [(source, target)] = renames
+    assert target == tmp_path / "things" / "k.json"
+    assert source.parent == target.parent
+    assert source.name.startswith(".k.json.") and source.name.endswith(".tmp")
+
+
+def test_locks_are_a_fixed_set_of_numbered_files_under_locks(tmp_path):
+    store = JsonStore(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["_locks"]
+    for n in range(300):
+        store.put("things", f"k{n}", {"n": n})
+    names = sorted(p.name for p in (tmp_path / "_locks").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_locks", "things"]
+    assert all(re.fullmatch(r"\d+\.lock", name) and int(name.split(".")[0]) < LOCK_STRIPES for name in names), names
+    assert LOCK_STRIPES // 2 < len(names) <= LOCK_STRIPES  # striped by key: 300 keys spread over the stripes
+
+
+def test_update_waits_for_the_documents_lock(tmp_path):
+    """`update` and `locked` take the same lock for the same document, so a change
+    spanning several documents (inventory) never interleaves with an update."""
+    store = JsonStore(tmp_path)
+    store.put("things", "k", {"n": 0})
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        with store.locked("things", "k"):
+            pending = pool.submit(store.update, "things", "k", lambda doc: {"n": doc["n"] + 1})
+            with pytest.raises(FutureTimeout):
+                pending.result(timeout=0.5)  # still waiting: the lock is held
+            store.write_locked("things", "k", {"n": 10})
+        assert pending.result(timeout=10) == {"n": 11}
+
+
+def test_a_lock_taken_in_one_thread_can_be_released_in_another(tmp_path):
+    """The worker runs activities on a thread pool; a lock object may change threads."""
+    store = JsonStore(tmp_path)
+    lock = store.locked("things", "k")
+    with ThreadPoolExecutor(max_workers=1) as first, ThreadPoolExecutor(max_workers=1) as second:
+        first.submit(lock.acquire).result(timeout=10)
+        second.submit(lock.release).result(timeout=10)
+    assert not lock.is_locked
+    assert store.update("things", "k", lambda doc: {"free": True}) == {"free": True}

@@ -7,21 +7,32 @@ temporary data folder; each test has its own task queue and workflow IDs.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
+from unittest import mock
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio import workflow
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.worker import Replayer, Worker
+from temporalio.workflow import NondeterminismError
 
-from activities import AGENT_NOTIFICATIONS, APPLICATIONS
-from shared import INVALID_APPLICATION, LoanApplication, LoanOutcome, LoanRequest, record_key
+from activities import AGENT_NOTIFICATIONS, APPLICATIONS, LoanActivities
+from shared import INVALID_APPLICATION, AgentNotificationRequest, LoanApplication, LoanOutcome, LoanRequest, record_key
 from store import JsonStore
 from worker import build_worker
 from workflows import LoanApplicationWorkflow
+
+HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture
@@ -89,11 +100,42 @@ async def test_conditional_decision_notifies_an_agent(time_skipping_env, setting
     assert notifications[0]["workflow_id"] == handle.id
 
 
+FAILURE_EVENTS = {
+    EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
+    EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED,
+    EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT,
+}
+
+
+def activity_attempts(history) -> list[tuple[str, int]]:
+    """(activity type, attempt) of every activity in a history, local ones included, in order."""
+    attempts = []
+    for event in history.events:
+        if event.HasField("marker_recorded_event_attributes"):
+            marker = event.marker_recorded_event_attributes
+            assert not marker.HasField("failure"), f"a local activity failed: {marker.failure.message}"
+            data = json.loads(marker.details["data"].payloads[0].data)
+            attempts.append((data["activity_type"], data["attempt"]))
+        elif event.HasField("activity_task_started_event_attributes"):
+            scheduled = next(e for e in history.events
+                             if e.event_id == event.activity_task_started_event_attributes.scheduled_event_id)
+            attempts.append((scheduled.activity_task_scheduled_event_attributes.activity_type.name,
+                             event.activity_task_started_event_attributes.attempt))
+    return attempts
+
+
 async def test_compliance_failure_becomes_a_denied_compliance_decision(time_skipping_env, settings, worker):
+    """A compliance denial is a decision: every step ran once, on its first attempt, and nothing failed."""
     handle = await start(time_skipping_env.client, settings, application(credit_score=550))
     outcome = await handle.result()
     assert outcome.decision == "denied_compliance"
     assert "600" in outcome.reason
+
+    history = await handle.fetch_history()
+    assert activity_attempts(history) == [("validate_application", 1), ("decide", 1), ("persist_application", 1)]
+    failures = [EventType.Name(e.event_type) for e in history.events if e.event_type in FAILURE_EVENTS]
+    assert failures == []
 
 
 async def test_invalid_input_fails_fast_and_does_not_block_the_email(time_skipping_env, settings, worker):
@@ -136,43 +178,127 @@ async def test_contact_answer_is_recorded_and_yes_notifies_an_agent(time_skippin
     assert [n["kind"] for n in notifications] == ["contact_requested"]
 
 
-async def test_recorded_histories_replay_deterministically(time_skipping_env, settings, worker):
-    """The workflow runs unsandboxed for speed, so replay is what proves it deterministic."""
-    decided = await start(time_skipping_env.client, settings, application(loan_amount=100_000.0, annual_income=80_000.0))
-    await wait_for_stage(decided, "persisted")
-    await decided.signal(LoanApplicationWorkflow.contact_preference, "yes")
-    await decided.result()
-    invalid = await start(time_skipping_env.client, settings, application(credit_score=200))
-    with pytest.raises(WorkflowFailureError):
-        await invalid.result()
+# One recorded history per way a loan application can end, committed under histories/.
+# RECORD_LOAN_HISTORIES=1 rewrites them from the current code (do it only for a
+# change that is meant to be incompatible with running workflows).
+LOAN_SCENARIOS = {
+    "pre_approved": dict(),
+    "conditional": dict(loan_amount=100_000.0, annual_income=80_000.0),
+    "denied": dict(credit_score=650),
+    "denied_compliance": dict(credit_score=550),
+    "invalid": dict(credit_score=200),
+}
+HISTORIES = HERE / "histories"
+# Seeds under which small sets of strings iterate in different orders ({"persist", "notify"}
+# comes out in both), so order that depends on the hash seed differs between the replays.
+HASH_SEEDS = ("0", "3", "5")
 
-    replayer = Replayer(workflows=[LoanApplicationWorkflow])
-    for handle in (decided, invalid):
-        history = await handle.fetch_history()
+
+async def record_scenario(client: Client, settings, kind: str) -> WorkflowHistory:
+    handle = await start(client, settings, application(email=f"{kind}@example.com", **LOAN_SCENARIOS[kind]))
+    if kind == "invalid":
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    else:
+        await wait_for_stage(handle, "persisted")
+        await handle.signal(LoanApplicationWorkflow.contact_preference, "yes")
+        await handle.result()
+    return await handle.fetch_history()
+
+
+def replay_in_fresh_processes(paths: list[Path]) -> None:
+    for seed in HASH_SEEDS:
+        replayed = subprocess.run(
+            [sys.executable, str(HERE / "replay_check.py"), *map(str, paths)],
+            env={**os.environ, "PYTHONHASHSEED": seed}, cwd=HERE, capture_output=True, text=True, timeout=60,
+        )
+        assert replayed.returncode == 0, f"PYTHONHASHSEED={seed}:\n{replayed.stdout}{replayed.stderr}"
+        assert replayed.stdout.count("ok ") == len(paths), replayed.stdout
+
+
+async def test_loan_histories_replay_in_fresh_processes_with_other_hash_seeds(
+    time_skipping_env, settings, worker, tmp_path
+):
+    """The workflow runs unsandboxed for speed, so replay is what shows it deterministic: the
+    committed histories and fresh ones replay in new processes under other hash seeds."""
+    fresh = []
+    for kind in LOAN_SCENARIOS:
+        history = await record_scenario(time_skipping_env.client, settings, kind)
         assert len(history.events) > 5
-        await replayer.replay_workflow(history)  # raises on any nondeterminism
+        fresh.append(tmp_path / f"loan_{kind}.json")
+        fresh[-1].write_text(history.to_json())
+        if os.environ.get("RECORD_LOAN_HISTORIES") == "1":
+            (HISTORIES / f"loan_{kind}.json").write_text(history.to_json())
+    committed = sorted(HISTORIES.glob("loan_*.json"))
+    assert [p.name for p in committed] == sorted(f"loan_{kind}.json" for kind in LOAN_SCENARIOS)
+    replay_in_fresh_processes(committed + fresh)
+
+
+@workflow.defn(name="LoanApplicationWorkflow", sandboxed=False)
+class LoanWorkflowThatAlsoNotifies(LoanApplicationWorkflow):
+    """A deliberately incompatible change: an activity call added after persisting."""
+
+    @workflow.run
+    async def run(self, request: LoanRequest) -> LoanOutcome:
+        application = await self._validate(request.application)
+        outcome = self._announce(application, await self._decide(application), request)
+        await self._persist(outcome)
+        await workflow.execute_activity_method(
+            LoanActivities.notify_agent,
+            AgentNotificationRequest(outcome, "every_decision"),
+            start_to_close_timeout=timedelta(seconds=10),
+        )
+        await self._hold_duplicate_window(outcome)
+        return outcome
+
+
+async def test_a_changed_workflow_fails_replay_with_a_nondeterminism_error():
+    history_file = HISTORIES / "loan_pre_approved.json"
+    history = WorkflowHistory.from_json("loan-pre-approved", history_file.read_text())
+    with pytest.raises(NondeterminismError):
+        await Replayer(workflows=[LoanWorkflowThatAlsoNotifies]).replay_workflow(history)
+    await Replayer(workflows=[LoanApplicationWorkflow]).replay_workflow(history)  # the real one replays
 
 
 class FlakyStore(JsonStore):
-    """Fails the first `failures` writes, like a disk that comes back."""
+    """A disk that fails the first three writes, each after part of the work is done:
+    1. the new document is in a temporary file when the rename fails;
+    2. the document is written but its index marker is not;
+    3. everything is written, then the call fails anyway (a reply lost on the way back)."""
 
-    def __init__(self, root, failures: int):
+    FAILURES = 3
+
+    def __init__(self, root):
         super().__init__(root)
-        self.failures = failures
         self.calls = 0
 
     def update(self, *args, **kwargs):
         self.calls += 1
-        if self.calls <= self.failures:
-            raise OSError("simulated I/O error")
-        return super().update(*args, **kwargs)
+        if self.calls == 1:
+            with mock.patch("store.os.replace", side_effect=OSError("simulated I/O error: rename")):
+                return super().update(*args, **kwargs)
+        if self.calls == 2:
+            with mock.patch("store.Path.touch", side_effect=OSError("simulated I/O error: index marker")):
+                return super().update(*args, **kwargs)
+        document = super().update(*args, **kwargs)
+        if self.calls == 3:
+            raise OSError("simulated I/O error after the write")
+        return document
 
 
 async def test_persist_retries_through_io_errors_and_writes_one_record(time_skipping_env, settings):
-    flaky = FlakyStore(settings.data_dir, failures=3)
+    flaky = FlakyStore(settings.data_dir)
     with ThreadPoolExecutor(max_workers=4) as executor:
         async with build_worker(time_skipping_env.client, settings, executor, "worker-test", concurrency=4, store=flaky):
             handle = await start(time_skipping_env.client, settings, application())
-            await handle.result()
-    assert flaky.calls == 4  # three failed attempts, one success
-    assert JsonStore(settings.data_dir).list_recent(APPLICATIONS)[1] == 1
+            outcome = await handle.result()
+    assert flaky.calls == FlakyStore.FAILURES + 1  # three failed attempts, one success
+
+    folder = settings.data_dir / APPLICATIONS
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    assert files == [f"{record_key(handle.id, outcome.run_id)}.json"], f"one record expected, found {files}"
+    assert len(list((folder / "_index").iterdir())) == 1, "one index marker expected"
+    records, total = JsonStore(settings.data_dir).list_recent(APPLICATIONS)
+    assert total == 1
+    assert records[0]["decision"] == outcome.decision == "pre_approved"
+    assert records[0]["workflow_id"] == handle.id
