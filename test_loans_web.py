@@ -104,6 +104,7 @@ def test_twenty_simultaneous_submissions_give_one_application(app):
     assert all(r.json["days_remaining"] == 7 for r in responses if r.status_code == 409)
 
 
+@pytest.mark.timeout(60)
 def test_no_worker_gives_202_then_completes_once_a_worker_starts(loan_stack, monkeypatch, tmp_path):
     settings, address = loan_stack
     settings = replace(

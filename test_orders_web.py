@@ -258,6 +258,7 @@ def in_transit(order: dict) -> bool:
     return order["shipment"]["stage"] == "dispatched"
 
 
+@pytest.mark.timeout(60)
 def test_a_big_order_waits_for_review_then_is_approved_and_delivered(client, customer):
     response = client.post("/api/orders", json={
         "customer_id": customer, "items": [{"sku": "LP-140", "quantity": 2}], "address": ADDRESS, "expedited": True})
@@ -320,6 +321,7 @@ def workflow_result(app, order_id: str) -> OrderStatus:
     return asyncio.run(result())
 
 
+@pytest.mark.timeout(60)
 def test_a_closed_order_refuses_every_action(app, client, customer):
     order_id = place(client, customer, [("LP-140", 9)])  # above the maximum total
     rejected = workflow_result(app, order_id)
@@ -494,6 +496,7 @@ def test_the_order_form_keeps_what_was_typed_on_errors(client):
     assert 'value="ada lovelace"' in html and 'value="three"' in html and 'value="Londres"' in html
 
 
+@pytest.mark.timeout(60)
 def test_without_a_worker_the_order_is_accepted_and_read_from_its_start(order_stack, monkeypatch, tmp_path, customer):
     settings, address = order_stack
     settings = replace(settings, order_task_queue=f"no-worker-{uuid.uuid4().hex[:8]}", data_dir=tmp_path / "data")

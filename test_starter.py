@@ -82,6 +82,7 @@ def gunicorn(settings, address: str, log: Path, workers: int = 2):
         server.wait(15)
 
 
+@pytest.mark.timeout(90)
 def test_gunicorn_serves_the_app_with_a_client_per_process(loan_stack, tmp_path):
     log = tmp_path / "gunicorn.log"
     with gunicorn(*loan_stack, log) as (base, server):
@@ -98,6 +99,7 @@ def test_gunicorn_serves_the_app_with_a_client_per_process(loan_stack, tmp_path)
         assert server.pid not in pids
 
 
+@pytest.mark.timeout(90)
 def test_chunked_bodies_are_read_and_held_to_the_size_limit(loan_stack, tmp_path):
     def chunks(*parts: bytes):
         yield from parts
