@@ -210,7 +210,7 @@ def test_empty_form_lists_every_field_in_order():
 
 @pytest.mark.parametrize("field", ["loan_amount", "annual_income"])
 def test_form_amounts_in_the_accepted_shapes(field):
-    for text, value in [("1000", 1000.0), ("$1,000", 1000.0), ("1,234,567.89", 1234567.89), (" 2500.5 ", 2500.5)]:
+    for text, value in [("1000", 1000.0), ("$1,000", 1000.0), ("$100,000.50", 100000.5), ("1,234,567.89", 1234567.89), (" 2500.5 ", 2500.5)]:
         assert getattr(parse_form_application({**FORM, field: text}, MESSAGES), field) == value
 
 
