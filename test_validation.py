@@ -210,7 +210,9 @@ def test_empty_form_lists_every_field_in_order():
 
 @pytest.mark.parametrize("field", ["loan_amount", "annual_income"])
 def test_form_amounts_in_the_accepted_shapes(field):
-    for text, value in [("1000", 1000.0), ("$1,000", 1000.0), ("$100,000.50", 100000.5), ("1,234,567.89", 1234567.89), (" 2500.5 ", 2500.5)]:
+    shapes = [("1000", 1000.0), ("$1,000", 1000.0), ("$100,000.50", 100000.5), ("1,234,567.89", 1234567.89),
+              (" 2500.5 ", 2500.5)]
+    for text, value in shapes:
         assert getattr(parse_form_application({**FORM, field: text}, MESSAGES), field) == value
 
 
@@ -242,7 +244,7 @@ SECRET = b"test-secret"
         ("jose\u0301@example.com", "jos\u00e9@example.com"),  # e + combining acute
         ("JOS\u00c9@Example.COM", "jos\u00e9@example.com"),
         ("  john@example.com ", "john@example.com"),
-        ("\uff4a\uff4f\uff48\uff4e\uff20\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45\uff0e\uff43\uff4f\uff4d", "john@example.com"),  # fullwidth
+        ("".join(chr(ord(char) + 0xFEE0) for char in "john@example.com"), "john@example.com"),  # fullwidth
         ("\ufb01n@example.com", "fin@example.com"),  # the "fi" ligature
         ("ann@B\u00dcCHER.de", "ann@b\u00fccher.de"),
         ("ann@xn--bcher-kva.de", "ann@b\u00fccher.de"),  # the same domain in punycode
