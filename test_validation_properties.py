@@ -324,7 +324,9 @@ def check_form_order(form) -> str:
         return "refused"
     assert_valid_order(order)
     # A checkbox is ticked by its value ("yes") or left empty; other text is an error, not False.
-    assert form.get("expedited", "") in ("", "yes") and form.get("failure_permanent", "") in ("", "yes")
+    # The failure fields count only with a step (the page sends "times" even when no failure is chosen).
+    assert form.get("expedited", "") in ("", "yes")
+    assert not form.get("failure_step", "").strip() or form.get("failure_permanent", "") in ("", "yes")
     assert order.expedited == (form.get("expedited") == "yes")
     as_json = dataclasses.asdict(order)
     as_json["items"] = as_json.pop("lines")

@@ -403,7 +403,8 @@ def parse_form_order(form: Mapping[str, str], catalog: Collection[str], messages
 
     Fields: customer_id; sku_<SKU> = quantity for each catalog product (empty or
     0: not ordered); address.<part>; expedited (a checkbox); failure_step,
-    failure_times and failure_permanent (one simulated failure, optional).
+    failure_times and failure_permanent (one simulated failure, optional: without
+    a step the other two are ignored, as the page always sends a times value).
     """
     fields: dict[str, str] = {}
     items: list[dict[str, Any]] = []
