@@ -8,7 +8,6 @@ Property-based tests of the same functions: test_validation_properties.py.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -126,6 +125,7 @@ def test_boundaries_are_accepted():
     )
     assert (highest.credit_score, highest.loan_amount, highest.annual_income) == (850, MAX_LOAN_AMOUNT, MAX_ANNUAL_INCOME)
     assert parse_json_application({**VALID, "annual_income": 1}, MESSAGES).annual_income == 1.0
+    assert str(parse_json_application({**VALID, "annual_income": -0.0}, MESSAGES).annual_income) == "0.0"
 
 
 def test_missing_fields_are_required():

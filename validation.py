@@ -80,7 +80,7 @@ def has_refused_characters(text: str) -> bool:
 
 
 def _clean_text(value: Any) -> Any:
-    """Runs before pydantic's own checks (and its whitespace strip), so "Ann\n" is refused, not trimmed."""
+    """Runs before pydantic's own checks and its whitespace strip: a trailing newline is refused, not trimmed."""
     if isinstance(value, str) and has_refused_characters(value):
         raise PydanticCustomError(TEXT_CHARACTERS_ERROR, "control, invisible or line-break character")
     return value
@@ -130,7 +130,7 @@ class _ApplicationModel(BaseModel):
     def _none_or_at_least_one(cls, value: float) -> float:
         if 0 < value < MIN_POSITIVE_INCOME:
             raise ValueError("a positive income below the minimum")
-        return value
+        return 0.0 if value == 0 else value  # -0.0 is stored and shown as 0
 
 
 def _errors_by_field(err: ValidationError, messages: Messages) -> dict[str, str]:
