@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import math
 import random
 from datetime import datetime, timezone
 
@@ -76,10 +77,15 @@ AGENT_NOTIFICATIONS = "agent_notifications"
 
 
 def loan_to_income(application: LoanApplication) -> float | None:
-    """Loan / annual income; None stands for infinite (no income)."""
+    """Loan / annual income; None stands for infinite (no income).
+
+    Validation bounds keep the ratio finite (an income is 0 or at least 1); the
+    isfinite check keeps Infinity out of records and JSON answers even so.
+    """
     if application.annual_income == 0:
         return None
-    return application.loan_amount / application.annual_income
+    ratio = application.loan_amount / application.annual_income
+    return ratio if math.isfinite(ratio) else None
 
 
 def format_amount(amount: float) -> str:

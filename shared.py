@@ -11,8 +11,10 @@ decides how a business ID becomes a workflow ID.
 
 import hashlib
 import hmac
+import unicodedata
 from dataclasses import dataclass, field
 
+from email_validator import validate_email
 from temporalio.common import SearchAttributeKey
 
 DECISIONS = ("pre_approved", "conditional", "denied", "denied_compliance")
@@ -27,14 +29,39 @@ SEARCH_ATTRIBUTES = (LOAN_DECISION, LOAN_AMOUNT_BAND)
 INVALID_APPLICATION = "InvalidApplication"
 
 
-def loan_workflow_id(normalized_email: str, secret: bytes) -> str:
+def normalize_email(raw: str) -> str:
+    """The one spelling of an email address: what is stored and what the workflow ID hashes.
+
+    Equivalent spellings of one mailbox must give one ID, or the duplicate rule
+    is walked around. The rule (README, "What the API accepts"):
+    1. strip surrounding whitespace;
+    2. Unicode NFKC: canonical equivalents (precomposed "é" and "e" + U+0301)
+       and compatibility variants (fullwidth "ｊｏｈｎ＠…", ligatures like "ﬁ")
+       become one string; no mail provider tells these apart, they only fool a
+       byte comparison;
+    3. lower-case the whole address, the part before the "@" too: the product
+       already treats John@x and john@x as one applicant;
+    4. email-validator checks the syntax (no DNS look-up: validation must not
+       depend on the network) and puts the domain through IDNA (UTS-46), so
+       "BÜCHER.de" and "xn--bcher-kva.de" both give "bücher.de".
+    Provider-specific aliases (plus tags, Gmail's dots) are not folded: they are
+    different mailboxes to the mail system. Idempotent, so normalising twice is safe.
+    Raises ValueError (email_validator.EmailNotValidError) for an invalid address.
+    """
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw.strip()).lower())
+    checked = validate_email(folded, check_deliverability=False)
+    return f"{checked.local_part}@{checked.domain}"
+
+
+def loan_workflow_id(email: str, secret: bytes) -> str:
     """The one workflow ID per applicant email.
 
     A keyed hash, so the email (PII) never appears in the Temporal UI while the
     same email always maps to the same ID: that is what makes the server refuse
-    a second application while the first one's window is open.
+    a second application while the first one's window is open. The address is
+    normalised here too (`normalize_email`), so no caller can hash another spelling.
     """
-    digest = hmac.new(secret, normalized_email.encode(), hashlib.sha256).hexdigest()
+    digest = hmac.new(secret, normalize_email(email).encode(), hashlib.sha256).hexdigest()
     return f"loan-{digest[:32]}"
 
 

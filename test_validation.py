@@ -1,4 +1,10 @@
-"""Validation of applications from JSON (strict) and from the form (parsed text)."""
+"""Validation of applications and orders from JSON (strict) and from forms (text converted strictly).
+
+Also the regression tests of issue 14: non-ASCII digits, numbers out of bounds
+or not finite, equivalent spellings of one email, control and invisible
+characters in text, unbounded lists, and the list routes' page parameter.
+Property-based tests of the same functions: test_validation_properties.py.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,39 @@ from pathlib import Path
 
 import pytest
 
-from config import load_messages
-from validation import InvalidApplication, parse_form_application, parse_json_application
+import validation
+from activities import loan_to_income
+from config import load_messages, load_rules
+from shared import FailureInjection, LoanApplication, loan_workflow_id, normalize_email
+from validation import (
+    MAX_ANNUAL_INCOME,
+    MAX_FAILURES,
+    MAX_LOAN_AMOUNT,
+    MAX_ORDER_LINES,
+    MAX_PAGE,
+    MIN_LOAN_AMOUNT,
+    InvalidApplication,
+    InvalidInput,
+    InvalidOrder,
+    parse_form_address_change,
+    parse_form_application,
+    parse_form_cancel,
+    parse_form_failure,
+    parse_form_order,
+    parse_json_address_change,
+    parse_json_application,
+    parse_json_approve,
+    parse_json_cancel,
+    parse_json_failure,
+    parse_json_order,
+    parse_page,
+)
 
-MESSAGES = load_messages(Path(__file__).resolve().parent / "messages.json")
+HERE = Path(__file__).resolve().parent
+MESSAGES = load_messages(HERE / "messages.json")
+TEXTS = MESSAGES.orders
+INVISIBLE = MESSAGES.validation["text_characters"]
+CATALOG = [item.sku for item in load_rules(HERE / "rules.json").orders.catalog]
 VALID = {
     "name": "John Doe",
     "email": "John.Doe@Example.com",
@@ -51,6 +86,11 @@ def test_valid_json_is_normalized():
         ("loan_amount", "50000"),
         ("loan_amount", float("nan")),
         ("loan_amount", float("inf")),
+        ("loan_amount", float("-inf")),
+        ("loan_amount", 5e-324),  # was pre-approved as "$0"
+        ("loan_amount", MIN_LOAN_AMOUNT - 0.01),
+        ("loan_amount", MAX_LOAN_AMOUNT + 1),
+        ("loan_amount", 10**400),  # a JSON integer no float holds
         ("credit_score", 299),
         ("credit_score", 851),
         ("credit_score", 700.5),
@@ -58,6 +98,11 @@ def test_valid_json_is_normalized():
         ("credit_score", True),
         ("annual_income", -1),
         ("annual_income", None),
+        ("annual_income", 5e-324),  # a denormal: the ratio overflowed to Infinity
+        ("annual_income", 0.5),
+        ("annual_income", MAX_ANNUAL_INCOME + 1),
+        ("annual_income", float("nan")),
+        ("annual_income", float("inf")),
         ("has_bankruptcy", "no"),
         ("has_bankruptcy", "false"),
         ("has_bankruptcy", 0),
@@ -72,10 +117,15 @@ def test_each_invalid_json_value_names_its_field(field, value):
 
 def test_boundaries_are_accepted():
     application = parse_json_application(
-        {**VALID, "name": "x" * 200, "credit_score": 300, "annual_income": 0, "loan_amount": 0.01}, MESSAGES
+        {**VALID, "name": "x" * 200, "credit_score": 300, "annual_income": 0, "loan_amount": MIN_LOAN_AMOUNT}, MESSAGES
     )
-    assert application.credit_score == 300
-    assert parse_json_application({**VALID, "credit_score": 850}, MESSAGES).credit_score == 850
+    assert application.credit_score == 300 and application.loan_amount == MIN_LOAN_AMOUNT
+    highest = parse_json_application(
+        {**VALID, "credit_score": 850, "loan_amount": MAX_LOAN_AMOUNT, "annual_income": MAX_ANNUAL_INCOME}, MESSAGES
+    )
+    assert (highest.credit_score, highest.loan_amount, highest.annual_income) == (850, MAX_LOAN_AMOUNT, MAX_ANNUAL_INCOME)
+    assert parse_json_application({**VALID, "annual_income": 1}, MESSAGES).annual_income == 1.0
+    assert str(parse_json_application({**VALID, "annual_income": -0.0}, MESSAGES).annual_income) == "0.0"
 
 
 def test_missing_fields_are_required():
@@ -123,6 +173,22 @@ def test_form_text_is_parsed():
         ("loan_amount", "lots"),
         ("loan_amount", "0"),
         ("loan_amount", "nan"),
+        ("loan_amount", "inf"),
+        ("loan_amount", "1e5"),
+        ("loan_amount", "1_000_000"),  # float() reads underscores
+        ("loan_amount", "１０００００"),  # fullwidth digits: float() reads them
+        ("loan_amount", "٥٠٠٠٠"),  # Arabic-Indic digits
+        ("loan_amount", "1,0,0,000"),
+        ("loan_amount", "5e-324"),
+        ("loan_amount", "999.99"),
+        ("loan_amount", "9" * 400),  # float() gives inf
+        ("credit_score", "²"),  # isdigit() is True, int() raised: a 500
+        ("credit_score", "７５０"),
+        ("credit_score", "٧٥٠"),
+        ("credit_score", "9" * 5000),  # int() refuses more than 4300 digits
+        ("credit_score", "+750"),
+        ("annual_income", "0.5"),
+        ("annual_income", "²"),
         ("credit_score", "750.5"),
         ("credit_score", "1000"),
         ("annual_income", "-3"),
@@ -140,3 +206,214 @@ def test_empty_form_lists_every_field_in_order():
     with pytest.raises(InvalidApplication) as raised:
         parse_form_application({}, MESSAGES)
     assert list(raised.value.fields) == list(FORM)
+
+
+@pytest.mark.parametrize("field", ["loan_amount", "annual_income"])
+def test_form_amounts_in_the_accepted_shapes(field):
+    shapes = [("1000", 1000.0), ("$1,000", 1000.0), ("$100,000.50", 100000.5), ("1,234,567.89", 1234567.89),
+              (" 2500.5 ", 2500.5)]
+    for text, value in shapes:
+        assert getattr(parse_form_application({**FORM, field: text}, MESSAGES), field) == value
+
+
+def test_bounds_in_the_texts_match_the_constants():
+    assert f"{MIN_LOAN_AMOUNT:,}" in MESSAGES.validation["loan_amount"]
+    assert f"{MAX_LOAN_AMOUNT:,}" in MESSAGES.validation["loan_amount"]
+    assert f"{MAX_ANNUAL_INCOME:,}" in MESSAGES.validation["annual_income"]
+    # Above the lending maximum: a big loan is a decision (denied_compliance), not a 400.
+    assert MAX_LOAN_AMOUNT > load_rules(HERE / "rules.json").compliance.max_loan_amount
+
+
+def test_the_loan_to_income_ratio_of_any_accepted_application_is_finite():
+    worst = parse_json_application({**VALID, "loan_amount": MAX_LOAN_AMOUNT, "annual_income": 1}, MESSAGES)
+    assert loan_to_income(worst) == MAX_LOAN_AMOUNT
+    # Even an application that skipped validation gets no Infinity.
+    unvalidated = LoanApplication("Eve", "eve@example.com", 1e300, 700, 5e-324, False)
+    assert loan_to_income(unvalidated) is None
+
+
+# --- emails: one spelling per mailbox ------------------------------------------
+
+SECRET = b"test-secret"
+
+
+@pytest.mark.parametrize(
+    ("spelling", "canonical"),
+    [
+        ("jos\u00e9@example.com", "jos\u00e9@example.com"),  # precomposed é
+        ("jose\u0301@example.com", "jos\u00e9@example.com"),  # e + combining acute
+        ("JOS\u00c9@Example.COM", "jos\u00e9@example.com"),
+        ("  john@example.com ", "john@example.com"),
+        ("".join(chr(ord(char) + 0xFEE0) for char in "john@example.com"), "john@example.com"),  # fullwidth
+        ("\ufb01n@example.com", "fin@example.com"),  # the "fi" ligature
+        ("ann@B\u00dcCHER.de", "ann@b\u00fccher.de"),
+        ("ann@xn--bcher-kva.de", "ann@b\u00fccher.de"),  # the same domain in punycode
+    ],
+)
+def test_equivalent_spellings_of_an_email_are_one_applicant(spelling, canonical):
+    assert normalize_email(spelling) == canonical
+    assert loan_workflow_id(spelling, SECRET) == loan_workflow_id(canonical, SECRET)
+    application = parse_json_application({**VALID, "email": spelling}, MESSAGES)
+    assert application.email == canonical
+    assert parse_form_application({**FORM, "email": spelling}, MESSAGES).email == canonical
+
+
+def test_different_mailboxes_keep_different_ids():
+    ids = {loan_workflow_id(email, SECRET) for email in
+           ("john@example.com", "john+loans@example.com", "jo.hn@example.com", "john@example.org", "jos@example.com")}
+    assert len(ids) == 5
+
+
+@pytest.mark.parametrize(
+    ("email", "message_key"),
+    [
+        ("john@example.com.", "email"),  # a trailing dot: refused by email-validator, not folded
+        ('"john"@example.com', "email"),  # a quoted local part
+        ("john@[127.0.0.1]", "email"),  # a domain literal
+        ("john@localhost", "email"),
+        ("jo\u200bhn@example.com", "text_characters"),
+        ("john@example.com\t", "text_characters"),
+        ("john\n@example.com", "text_characters"),
+        ("jo\ud800hn@example.com", "text_characters"),
+    ],
+)
+def test_emails_outside_the_rule_are_refused(email, message_key):
+    assert json_errors(email=email) == {"email": MESSAGES.validation[message_key]}
+
+
+def test_normalizing_twice_changes_nothing():
+    for email in ("Jose\u0301@B\u00dcCHER.de", "\u0130@example.com", "A@EXAMPLE.COM"):
+        once = normalize_email(email)
+        assert normalize_email(once) == once
+        assert parse_json_application({**VALID, "email": once}, MESSAGES).email == once
+
+
+# --- text: control, invisible and line-break characters are refused -------------
+
+REFUSED_CHARACTERS = [
+    "\x00", "\x1f", "\n", "\r", "\t", "\x7f", "\x85", "\x9b",  # C0, DEL, C1
+    "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u202e",  # zero-width, BOM, soft hyphen, bidi
+    "\u2028", "\u2029",  # line and paragraph separators
+    "\ud800",  # a lone surrogate: not encodable as UTF-8
+]
+
+
+@pytest.mark.parametrize("char", REFUSED_CHARACTERS)
+@pytest.mark.parametrize("where", ["inside", "end"])
+def test_names_with_invisible_characters_are_refused_not_trimmed(char, where):
+    name = f"Jo{char}hn" if where == "inside" else f"John{char}"
+    assert json_errors(name=name) == {"name": INVISIBLE}
+    with pytest.raises(InvalidApplication) as raised:
+        parse_form_application({**FORM, "name": name}, MESSAGES)
+    assert raised.value.fields == {"name": INVISIBLE}
+
+
+def test_ordinary_text_is_accepted():
+    for name in ("Zo\u00eb O'Brien-Sm\u00edth", "\u674e\u5c0f\u9f8d", "\u0645\u062d\u0645\u062f", "Ren\u00e9e\u00a0Dupont"):
+        assert parse_json_application({**VALID, "name": name}, MESSAGES).name == name
+
+
+ADDRESS = {"name": "Ada Lovelace", "street": "12 Analytical Way", "city": "London", "postal_code": "N1 9GU", "country": "UK"}
+ORDER = {"customer_id": "ada-1", "items": [{"sku": "KB-100", "quantity": 2}], "address": ADDRESS}
+ORDER_FORM = {"customer_id": "ada-1", "sku_KB-100": "2", **{f"address.{k}": v for k, v in ADDRESS.items()}}
+
+
+def order_errors(data) -> dict[str, str]:
+    with pytest.raises(InvalidOrder) as raised:
+        parse_json_order(data, CATALOG, MESSAGES)
+    return raised.value.fields
+
+
+@pytest.mark.parametrize("char", ["\x00", "\n", "\u200b", "\ufeff", "\u2028", "\x85"])
+def test_order_text_fields_refuse_invisible_characters(char):
+    assert order_errors({**ORDER, "customer_id": f"ada-1{char}"}) == {"customer_id": INVISIBLE}
+    assert order_errors({**ORDER, "items": [{"sku": f"KB-100{char}", "quantity": 1}]}) == {"items.0.sku": INVISIBLE}
+    for part in ADDRESS:
+        assert order_errors({**ORDER, "address": {**ADDRESS, part: f"x{char}y"}}) == {f"address.{part}": INVISIBLE}
+        with pytest.raises(InvalidOrder) as raised:
+            parse_form_order({**ORDER_FORM, f"address.{part}": f"x{char}"}, CATALOG, MESSAGES)
+        assert raised.value.fields == {f"address.{part}": INVISIBLE}
+    with pytest.raises(InvalidOrder) as raised:
+        parse_form_order({**ORDER_FORM, "customer_id": f"{char}ada-1"}, CATALOG, MESSAGES)
+    assert raised.value.fields == {"customer_id": INVISIBLE}
+
+
+@pytest.mark.parametrize("char", ["\x00", "\r\n", "\u200d", "\u2029", "\u202e"])
+def test_operator_actions_refuse_invisible_characters(char):
+    cases = [
+        (parse_json_cancel, {"reason": f"changed{char}mind"}, "reason"),
+        (parse_json_cancel, {"reason": "changed", "operator": f"grace{char}"}, "operator"),
+        (parse_json_approve, {"operator": f"grace{char}"}, "operator"),
+        (parse_json_address_change, {**ADDRESS, "street": f"1{char}Way"}, "address.street"),
+        (parse_json_address_change, {**ADDRESS, "operator": f"{char}grace"}, "operator"),
+        (parse_json_failure, {"step": f"payment{char}"}, "step"),
+        (parse_form_cancel, {"reason": f"changed my mind{char}"}, "reason"),
+        (parse_form_address_change, {**{f"address.{k}": v for k, v in ADDRESS.items()}, "address.city": f"Paris{char}"},
+         "address.city"),
+        (parse_form_failure, {"step": f"payment{char}"}, "step"),
+    ]
+    for parse, body, field in cases:
+        with pytest.raises(InvalidOrder) as raised:
+            parse(body, MESSAGES)
+        assert raised.value.fields == {field: INVISIBLE}, (parse.__name__, body)
+
+
+# --- lists are bounded ------------------------------------------------------------
+
+
+def test_failures_are_bounded():
+    failures = [{"step": "payment"}] * MAX_FAILURES
+    assert len(parse_json_order({**ORDER, "failures": failures}, CATALOG, MESSAGES).failures) == MAX_FAILURES
+    too_many = MESSAGES.validation["too_many"].format(maximum=MAX_FAILURES)
+    assert order_errors({**ORDER, "failures": failures + [{"step": "payment"}]}) == {"failures": too_many}
+    assert order_errors({**ORDER, "failures": [{"step": "payment"}] * 100}) == {"failures": too_many}
+
+
+def test_order_lines_are_bounded():
+    too_many = MESSAGES.validation["too_many"].format(maximum=MAX_ORDER_LINES)
+    lines = [{"sku": "KB-100", "quantity": 1}] * (MAX_ORDER_LINES + 1)
+    assert order_errors({**ORDER, "items": lines}) == {"items": too_many}
+    assert order_errors({**ORDER, "items": [5] * 10_000}) == {"items": too_many}
+
+
+# --- order forms: ASCII digits, strict checkboxes ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "errors"),
+    [
+        ({"sku_KB-100": "\u00b2"}, {"sku_KB-100": TEXTS["quantity"]}),  # was int("²"): a 500
+        ({"sku_KB-100": "\uff12"}, {"sku_KB-100": TEXTS["quantity"]}),  # fullwidth 2
+        ({"sku_KB-100": "\u0662"}, {"sku_KB-100": TEXTS["quantity"]}),  # Arabic-Indic 2
+        ({"sku_KB-100": "9" * 5000}, {"sku_KB-100": TEXTS["quantity"]}),
+        ({"failure_step": "payment", "failure_times": "\u00b2"}, {"failure_times": TEXTS["failure_times"]}),
+        ({"expedited": "no"}, {"expedited": MESSAGES.validation["checkbox"]}),  # bool("no") was True
+        ({"failure_step": "payment", "failure_permanent": "false"}, {"failure_permanent": MESSAGES.validation["checkbox"]}),
+    ],
+)
+def test_order_form_numbers_and_checkboxes_are_converted_strictly(change, errors):
+    with pytest.raises(InvalidOrder) as raised:
+        parse_form_order({**ORDER_FORM, **change}, CATALOG, MESSAGES)
+    assert raised.value.fields == errors
+
+
+def test_failure_form_refuses_non_ascii_times():
+    with pytest.raises(InvalidOrder) as raised:
+        parse_form_failure({"step": "payment", "times": "\u00b3"}, MESSAGES)
+    assert raised.value.fields == {"times": TEXTS["failure_times"]}
+    assert parse_form_failure({"step": "payment", "times": "3"}, MESSAGES) == FailureInjection("payment", 3, False)
+
+
+# --- the list routes' page parameter ---------------------------------------------------
+
+
+def test_page_parameter():
+    assert parse_page(None, MESSAGES) == 1
+    assert parse_page("1", MESSAGES) == 1
+    assert parse_page(str(MAX_PAGE), MESSAGES) == MAX_PAGE
+    text = MESSAGES.validation["page"].format(maximum=f"{MAX_PAGE:,}")
+    for raw in ["", "0", "-1", "\u00b2", "\uff11", "\u0661", "1.5", " 1", str(MAX_PAGE + 1), "9" * 5000, "1e3"]:
+        with pytest.raises(InvalidInput) as raised:
+            parse_page(raw, MESSAGES)
+        assert raised.value.fields == {"page": text}, raw
+

@@ -2,24 +2,30 @@
 
 Loans: shared by the web layer and the validate activity. Orders (second part
 of this module): new orders and the operator actions on them, checked in the
-web process before anything reaches Temporal.
+web process before anything reaches Temporal. Also the list pages' `page`
+parameter (`parse_page`).
 
+This module is the one place for what the app accepts (README, "What the API
+accepts"); the routes call its parse_* functions and turn its errors into 400s.
 JSON input is validated strictly: `"has_bankruptcy": "no"` or
 `"credit_score": "700"` are errors, never coerced. Form input arrives as text
-and is parsed (numbers from digits, has_bankruptcy from "yes"/"no") before the
-same rules apply. Errors name each field with a message from messages.json;
-nested order fields are named by their path, like "items.0.sku" or "address.city".
+and is converted strictly (ASCII digits only, a checkbox is "yes" or absent)
+into the same shape, then validated by the same pydantic model as JSON, so a
+form cannot accept what the API refuses. Errors name each field with a message
+from messages.json; nested order fields are named by their path, like
+"items.0.sku" or "address.city".
 """
 
 from __future__ import annotations
 
-import math
+import re
+import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from config import Messages
 from shared import (
@@ -31,12 +37,65 @@ from shared import (
     FailureInjection,
     LoanApplication,
     OrderLine,
+    normalize_email,
 )
 
 FIELDS = ("name", "email", "loan_amount", "credit_score", "annual_income", "has_bankruptcy")
 
+# Bounds on numbers (README, "What the API accepts"; the texts in messages.json
+# "validation" say the same, a test keeps them in step). They are input sanity
+# limits, not lending rules: rules.json decides (a loan above its compliance
+# maximum is a "denied_compliance" decision, not a 400). A loan below 1,000 is
+# not a loan this product makes ("5e-324" was pre-approved as "$0"). An income
+# is 0 (none) or at least 1: a tiny positive income (a denormal like 5e-324)
+# made the loan-to-income ratio overflow to Infinity. With these bounds the
+# ratio is at most 1e9: always finite.
+MIN_LOAN_AMOUNT = 1_000
+MAX_LOAN_AMOUNT = 1_000_000_000
+MIN_POSITIVE_INCOME = 1
+MAX_ANNUAL_INCOME = 1_000_000_000
+MAX_PAGE = 100_000
 
-class InvalidApplication(Exception):
+# Unicode categories refused in every text field: control characters (Cc: C0,
+# DEL, C1, so also newlines and tabs), format characters (Cf: zero-width space
+# and joiners, word joiner, BOM, soft hyphen, bidirectional overrides), lone
+# surrogates (Cs: not encodable as UTF-8) and line/paragraph separators (Zl, Zp).
+# Refused, not stripped: the client learns which field is wrong, and nothing is
+# stored that differs from what was sent. They reach pages, logs, CSV exports
+# and email headers, where they hide text or split lines.
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+TEXT_CHARACTERS_ERROR = "text_characters"
+
+# Form numbers: ASCII digits only (str.isdigit() also accepts "²" or "٣",
+# which int() refuses or reads as another number). Amounts may have a leading
+# "$", thousands commas in groups of three and decimals: "$100,000.50".
+_FORM_WHOLE_NUMBER = re.compile(r"[0-9]{1,10}")
+_FORM_AMOUNT = re.compile(r"\$?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?")
+FORM_CHECKBOX_VALUE = "yes"  # the value="..." of every checkbox in templates/
+
+
+def has_refused_characters(text: str) -> bool:
+    """True if the text holds a character of a refused category (REFUSED_CATEGORIES)."""
+    return any(unicodedata.category(char) in REFUSED_CATEGORIES for char in text)
+
+
+def _clean_text(value: Any) -> Any:
+    """Runs before pydantic's own checks and its whitespace strip: a trailing newline is refused, not trimmed."""
+    if isinstance(value, str) and has_refused_characters(value):
+        raise PydanticCustomError(TEXT_CHARACTERS_ERROR, "control, invisible or line-break character")
+    return value
+
+
+# Every free-text field of every model is `Text`.
+Text = Annotated[str, BeforeValidator(_clean_text)]
+
+
+def ascii_whole_number(raw: str) -> int | None:
+    """The int of 1 to 10 ASCII digits, else None (never a ValueError)."""
+    return int(raw) if _FORM_WHOLE_NUMBER.fullmatch(raw) else None
+
+
+class InvalidInput(Exception):
     """The input has invalid fields; `fields` maps each field to its message."""
 
     def __init__(self, fields: dict[str, str]):
@@ -44,25 +103,34 @@ class InvalidApplication(Exception):
         self.fields = fields
 
 
+class InvalidApplication(InvalidInput):
+    """A loan application has invalid fields."""
+
+
 class _ApplicationModel(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    name: str = Field(min_length=1, max_length=200)
-    email: str = Field(max_length=254)
-    loan_amount: float = Field(gt=0, allow_inf_nan=False)
+    name: Text = Field(min_length=1, max_length=200)
+    email: Text = Field(max_length=254)
+    loan_amount: float = Field(ge=MIN_LOAN_AMOUNT, le=MAX_LOAN_AMOUNT, allow_inf_nan=False)
     credit_score: int = Field(ge=300, le=850)
-    annual_income: float = Field(ge=0, allow_inf_nan=False)
+    annual_income: float = Field(ge=0, le=MAX_ANNUAL_INCOME, allow_inf_nan=False)
     has_bankruptcy: bool
 
     @field_validator("email")
     @classmethod
     def _normalize_email(cls, value: str) -> str:
         try:
-            # No DNS look-up: validation must not depend on the network.
-            validate_email(value, check_deliverability=False)
-        except EmailNotValidError as err:
+            return normalize_email(value)
+        except ValueError as err:
             raise ValueError(str(err)) from None
-        return value.strip().lower()
+
+    @field_validator("annual_income")
+    @classmethod
+    def _none_or_at_least_one(cls, value: float) -> float:
+        if 0 < value < MIN_POSITIVE_INCOME:
+            raise ValueError("a positive income below the minimum")
+        return 0.0 if value == 0 else value  # -0.0 is stored and shown as 0
 
 
 def _errors_by_field(err: ValidationError, messages: Messages) -> dict[str, str]:
@@ -73,6 +141,8 @@ def _errors_by_field(err: ValidationError, messages: Messages) -> dict[str, str]
             text = messages.validation["required"]
         elif problem["type"] == "extra_forbidden":
             text = messages.validation["unknown_field"]
+        elif problem["type"] == TEXT_CHARACTERS_ERROR:
+            text = messages.validation[TEXT_CHARACTERS_ERROR]
         else:
             text = messages.validation.get(name, problem["msg"])
         fields.setdefault(name, text)
@@ -91,33 +161,27 @@ def parse_json_application(data: Any, messages: Messages) -> LoanApplication:
     return _to_application(model)
 
 
-def parse_form_application(form: dict[str, str], messages: Messages) -> LoanApplication:
-    """Validate the browser form: text fields parsed explicitly, then the same rules."""
+def parse_form_application(form: Mapping[str, str], messages: Messages) -> LoanApplication:
+    """Validate the browser form: numbers and the yes/no converted strictly, then the JSON model."""
     fields: dict[str, str] = {}
     data: dict[str, Any] = {}
     for name in FIELDS:
-        raw = (form.get(name) or "").strip()
-        if not raw:
+        raw = form.get(name) or ""
+        if not raw.strip():
             fields[name] = messages.validation["required"]
             continue
         if name in ("loan_amount", "annual_income"):
-            value = _parse_number(raw.replace(",", "").lstrip("$"))
-            if value is None:
-                fields[name] = messages.validation[name]
-                continue
-            data[name] = value
+            value = _form_amount(raw.strip())
         elif name == "credit_score":
-            if not raw.isdigit():
-                fields[name] = messages.validation[name]
-                continue
-            data[name] = int(raw)
+            value = ascii_whole_number(raw.strip())
         elif name == "has_bankruptcy":
-            if raw not in ("yes", "no"):
-                fields[name] = messages.validation[name]
-                continue
-            data[name] = raw == "yes"
+            value = {"yes": True, "no": False}.get(raw.strip())
         else:
-            data[name] = raw
+            value = raw  # text: the model refuses control characters before it trims
+        if value is None:
+            fields[name] = messages.validation[name]
+        else:
+            data[name] = value
     try:
         model = _ApplicationModel.model_validate(data, strict=True)
     except ValidationError as err:
@@ -128,17 +192,29 @@ def parse_form_application(form: dict[str, str], messages: Messages) -> LoanAppl
     return _to_application(model)
 
 
+def _form_amount(raw: str) -> float | None:
+    """"$100,000.50" -> 100000.5; None unless ASCII digits in that shape (no "1e3", "inf", "١٠٠")."""
+    if not _FORM_AMOUNT.fullmatch(raw):
+        return None
+    return float(raw.lstrip("$").replace(",", ""))
+
+
+def parse_page(raw: str | None, messages: Messages) -> int:
+    """The list routes' `page` query parameter: absent is 1; else ASCII digits, 1 to MAX_PAGE.
+
+    Raises InvalidInput({"page": text}); the route answers 400.
+    """
+    if raw is None:
+        return 1
+    page = ascii_whole_number(raw)
+    if page is None or not 1 <= page <= MAX_PAGE:
+        raise InvalidInput({"page": messages.validation["page"].format(maximum=f"{MAX_PAGE:,}")})
+    return page
+
+
 def revalidate(application: LoanApplication, messages: Messages) -> LoanApplication:
     """Check an application that arrived as workflow input (not via the web layer)."""
     return parse_json_application(dict(application.__dict__), messages)
-
-
-def _parse_number(raw: str) -> float | None:
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
 
 
 def _to_application(model: _ApplicationModel) -> LoanApplication:
@@ -153,6 +229,11 @@ CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 # the total itself is a business rule checked by the workflow, not here.
 MAX_QUANTITY = 10_000
 MAX_FAILURE_TIMES = 10
+# Lists a client can send. A line per catalog product is the most an order can
+# use (a product appears once); 50 leaves room for a bigger catalog. Failures
+# to simulate: a few per step is all a demonstration needs.
+MAX_ORDER_LINES = 50
+MAX_FAILURES = 10
 DEFAULT_OPERATOR = ApproveRequest().operator
 
 # messages.json "orders" key for each field, named by the last part of its path.
@@ -170,6 +251,9 @@ _ORDER_FIELD_TEXTS = {
     "reason": "cancel_reason",
     "operator": "operator",
 }
+
+
+_LIST_MAXIMUMS = {"items": MAX_ORDER_LINES, "failures": MAX_FAILURES}
 
 
 class InvalidOrder(InvalidApplication):
@@ -192,7 +276,7 @@ class _OrderPart(BaseModel):
 
 
 class _LineModel(_OrderPart):
-    sku: str
+    sku: Text
     quantity: int = Field(ge=1, le=MAX_QUANTITY)
 
     @field_validator("sku")
@@ -204,15 +288,15 @@ class _LineModel(_OrderPart):
 
 
 class _AddressModel(_OrderPart):
-    name: str = Field(min_length=1, max_length=200)
-    street: str = Field(min_length=1, max_length=200)
-    city: str = Field(min_length=1, max_length=200)
-    postal_code: str = Field(min_length=1, max_length=200)
-    country: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
+    street: Text = Field(min_length=1, max_length=200)
+    city: Text = Field(min_length=1, max_length=200)
+    postal_code: Text = Field(min_length=1, max_length=200)
+    country: Text = Field(min_length=1, max_length=200)
 
 
 class _FailureModel(_OrderPart):
-    step: str
+    step: Text
     times: int = Field(default=1, ge=1, le=MAX_FAILURE_TIMES)
     permanent: bool = False
 
@@ -225,19 +309,19 @@ class _FailureModel(_OrderPart):
 
 
 class _OrderModel(_OrderPart):
-    customer_id: str = Field(pattern=CUSTOMER_ID_PATTERN)
-    items: list[_LineModel] = Field(min_length=1)
+    customer_id: Text = Field(pattern=CUSTOMER_ID_PATTERN)
+    items: list[_LineModel] = Field(min_length=1, max_length=MAX_ORDER_LINES)
     address: _AddressModel
     expedited: bool = False
-    failures: list[_FailureModel] = Field(default_factory=list)
+    failures: list[_FailureModel] = Field(default_factory=list, max_length=MAX_FAILURES)
 
 
 class _OperatorModel(_OrderPart):
-    operator: str = Field(default=DEFAULT_OPERATOR, min_length=1, max_length=100)
+    operator: Text = Field(default=DEFAULT_OPERATOR, min_length=1, max_length=100)
 
 
 class _CancelModel(_OperatorModel):
-    reason: str = Field(min_length=1, max_length=500)
+    reason: Text = Field(min_length=1, max_length=500)
 
 
 class _AddressChangeModel(_AddressModel, _OperatorModel):
@@ -249,6 +333,10 @@ def _order_error_text(loc: tuple, kind: str, fallback: str, messages: Messages) 
     last = loc[-1] if loc else None
     if kind == "extra_forbidden":
         return messages.validation["unknown_field"]
+    if kind == TEXT_CHARACTERS_ERROR:
+        return messages.validation[TEXT_CHARACTERS_ERROR]
+    if kind == "too_long" and last in _LIST_MAXIMUMS:
+        return messages.validation["too_many"].format(maximum=_LIST_MAXIMUMS[last])
     if isinstance(last, int):  # a list element that is not an object
         return texts["item" if loc[0] == "items" else "failure"]
     if last == "quantity" and kind == "less_than_equal":
@@ -279,9 +367,11 @@ def _validated(model: type[BaseModel], data: Any, messages: Messages, *, catalog
 def _repeated_skus(data: Any) -> list[str]:
     """Field keys ("items.2.sku") of the lines that repeat an earlier line's product."""
     items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list) or len(items) > MAX_ORDER_LINES:
+        return []  # not a list, or refused as too long: no per-line errors
     seen: set[str] = set()
     repeated = []
-    for index, item in enumerate(items if isinstance(items, list) else []):
+    for index, item in enumerate(items):
         sku = item.get("sku") if isinstance(item, dict) else None
         if isinstance(sku, str):
             if sku.strip() in seen:
@@ -313,7 +403,8 @@ def parse_form_order(form: Mapping[str, str], catalog: Collection[str], messages
 
     Fields: customer_id; sku_<SKU> = quantity for each catalog product (empty or
     0: not ordered); address.<part>; expedited (a checkbox); failure_step,
-    failure_times and failure_permanent (one simulated failure, optional).
+    failure_times and failure_permanent (one simulated failure, optional: without
+    a step the other two are ignored, as the page always sends a times value).
     """
     fields: dict[str, str] = {}
     items: list[dict[str, Any]] = []
@@ -321,19 +412,20 @@ def parse_form_order(form: Mapping[str, str], catalog: Collection[str], messages
         raw = (form.get(f"sku_{sku}") or "").strip()
         if raw in ("", "0"):
             continue
-        if raw.isdigit():
-            items.append({"sku": sku, "quantity": int(raw)})
-        else:
+        quantity = ascii_whole_number(raw)
+        if quantity is None:
             fields[f"sku_{sku}"] = messages.orders["quantity"]
+        else:
+            items.append({"sku": sku, "quantity": quantity})
     data: dict[str, Any] = {
         "customer_id": form.get("customer_id", ""),
         "items": items,
         "address": {part: form.get(f"address.{part}", "") for part in ADDRESS_FIELDS},
-        "expedited": bool(form.get("expedited")),
+        "expedited": _form_checkbox(form, "expedited", messages, fields),
     }
     if (form.get("failure_step") or "").strip():
         data["failures"] = [_form_failure(form, "failure_", messages, fields)]
-    quantity_typed_wrong = bool(fields.keys() - {"failure_times"})
+    quantity_typed_wrong = any(key.startswith("sku_") for key in fields)
     try:
         order = parse_json_order(data, catalog, messages)
     except InvalidOrder as err:
@@ -359,15 +451,24 @@ def _form_field_of(key: str, items: list[dict[str, Any]]) -> str:
 def _form_failure(form: Mapping[str, str], prefix: str, messages: Messages, fields: dict[str, str]) -> dict[str, Any]:
     """A failure to simulate, from form text; times that are not digits go into `fields`."""
     failure: dict[str, Any] = {
-        "step": (form.get(f"{prefix}step") or "").strip(),
-        "permanent": bool(form.get(f"{prefix}permanent")),
+        "step": form.get(f"{prefix}step") or "",
+        "permanent": _form_checkbox(form, f"{prefix}permanent", messages, fields),
     }
     times = (form.get(f"{prefix}times") or "").strip()
-    if times.isdigit():
-        failure["times"] = int(times)
-    elif times:
-        fields[f"{prefix}times"] = messages.orders["failure_times"]
+    if times:
+        failure["times"] = ascii_whole_number(times)
+        if failure["times"] is None:
+            del failure["times"]
+            fields[f"{prefix}times"] = messages.orders["failure_times"]
     return failure
+
+
+def _form_checkbox(form: Mapping[str, str], name: str, messages: Messages, fields: dict[str, str]) -> bool:
+    """A checkbox: absent or empty is False, FORM_CHECKBOX_VALUE is True, any other text is an error."""
+    raw = form.get(name) or ""
+    if raw not in ("", FORM_CHECKBOX_VALUE):
+        fields[name] = messages.validation["checkbox"]
+    return raw == FORM_CHECKBOX_VALUE
 
 
 def parse_json_approve(data: Any, messages: Messages) -> ApproveRequest:
@@ -402,6 +503,11 @@ def parse_json_failure(data: Any, messages: Messages) -> FailureInjection:
     """{"step": ..., "times": 1-10 (default 1), "permanent": false}."""
     model = _validated(_FailureModel, data, messages)
     return FailureInjection(**model.model_dump())
+
+
+def parse_form_cancel(form: Mapping[str, str], messages: Messages) -> CancelRequest:
+    """The tracker page's cancel form: a reason (the operator is the default one)."""
+    return parse_json_cancel({"reason": form.get("reason", "")}, messages)
 
 
 def parse_form_address_change(form: Mapping[str, str], messages: Messages) -> AddressChange:
