@@ -23,6 +23,7 @@ from temporal_client import TemporalUnavailable
 from validation import (
     ADDRESS_FIELDS,
     InvalidOrder,
+    ascii_whole_number,
     parse_json_address_change,
     parse_json_approve,
     parse_json_cancel,
@@ -85,7 +86,8 @@ def fail(as_json: bool, error: str, code: int, fields: dict[str, str] | None = N
 def item_spec(spec: str) -> dict[str, Any]:
     """SKU[:QUANTITY], e.g. KB-100:2; the quantity defaults to 1."""
     sku, _, quantity = spec.partition(":")
-    return {"sku": sku, "quantity": int(quantity) if quantity.isdigit() else (quantity or 1)}
+    whole = ascii_whole_number(quantity)
+    return {"sku": sku, "quantity": whole if whole is not None else (quantity or 1)}
 
 
 def failure_spec(spec: str) -> dict[str, Any]:
@@ -97,7 +99,8 @@ def failure_spec(spec: str) -> dict[str, Any]:
             failure["permanent"] = True
         else:
             # Anything else is passed on as the times, so validation names the problem.
-            failure["times"] = int(option) if option.isdigit() else option
+            whole = ascii_whole_number(option)
+            failure["times"] = whole if whole is not None else option
     return failure
 
 

@@ -25,6 +25,7 @@ from validation import (
     MAX_FAILURE_TIMES,
     InvalidOrder,
     parse_form_address_change,
+    parse_form_cancel,
     parse_form_failure,
     parse_form_order,
     parse_json_address_change,
@@ -295,7 +296,7 @@ async def approve_page(order_id: str):
 @orders_pages.post("/orders/<order_id>/cancel")
 async def cancel_page(order_id: str):
     def run(form: dict[str, str]):
-        return service().cancel(order_id, parse_json_cancel({"reason": form.get("reason", "")}, service().messages))
+        return service().cancel(order_id, parse_form_cancel(form, service().messages))
 
     return await page_action(order_id, "cancel", run)
 

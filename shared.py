@@ -81,7 +81,7 @@ def amount_band(amount: float, band_edges: list[int]) -> str:
 
 @dataclass(frozen=True)
 class LoanApplication:
-    """A validated, normalized application (email trimmed and lower-cased)."""
+    """A validated, normalized application (email normalised by `normalize_email`)."""
 
     name: str
     email: str

@@ -34,6 +34,7 @@ from order_service import OrderService
 from orders_cli import orders_cli
 from store import JsonStore
 from temporal_client import ProcessClient
+from validation import InvalidInput
 from web_common import StrictJSONProvider, error_page, json_error, messages
 
 health = Blueprint("health", __name__)
@@ -94,10 +95,18 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     orders_web.init_app(app, OrderService(settings, rules, app_messages, temporal, store))
     app.cli.add_command(orders_cli)
     app.register_blueprint(health)
+    app.register_error_handler(InvalidInput, handle_invalid_input)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected_error)
     app.context_processor(lambda: {"temporal_ui_url": settings.temporal_ui_url})
     return app
+
+
+def handle_invalid_input(err: InvalidInput):
+    """Input a route did not handle itself (the list pages' `page`): 400 naming the field."""
+    if request.path.startswith("/api/"):
+        return json_error(400, messages().errors["invalid_request"], fields=err.fields)
+    return error_page(400, "Invalid request", " ".join(err.fields.values()))
 
 
 def handle_http_error(err: HTTPException):

@@ -210,7 +210,10 @@ def test_list_page_and_api_show_recent_applications_to_operators(client, app, lo
     listing = operator.get("/api/applications").json
     assert any(a["workflow_id"] == workflow_id for a in listing["applications"])
     assert listing["page"] == 1 and listing["total"] >= 1
-    assert operator.get("/applications?page=0").status_code == 400
+    for bad in ["0", "²", "1.5", "-1", "100001", "x"]:
+        assert operator.get(f"/applications?page={bad}").status_code == 400, bad
+        refused = operator.get(f"/api/applications?page={bad}")
+        assert refused.status_code == 400 and set(refused.json["fields"]) == {"page"}, bad
 
 
 def test_temporal_down_is_503_and_keeps_the_form_values(loan_stack, monkeypatch):

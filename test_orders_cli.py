@@ -24,6 +24,8 @@ def test_cli_item_and_failure_options_are_parsed():
     assert orders_cli.item_spec("KB-100:2") == {"sku": "KB-100", "quantity": 2}
     assert orders_cli.item_spec("KB-100") == {"sku": "KB-100", "quantity": 1}
     assert orders_cli.item_spec("KB-100:x") == {"sku": "KB-100", "quantity": "x"}  # refused by validation
+    assert orders_cli.item_spec("KB-100:²") == {"sku": "KB-100", "quantity": "²"}  # not a digit int() takes
+    assert orders_cli.failure_spec("payment:²") == {"step": "payment", "times": "²"}
     assert orders_cli.failure_spec("payment:2") == {"step": "payment", "times": 2}
     assert orders_cli.failure_spec("shipping:1:permanent") == {"step": "shipping", "times": 1, "permanent": True}
     assert orders_cli.failure_spec("inventory") == {"step": "inventory"}

@@ -13,6 +13,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest
 
 from config import Messages
+from validation import parse_page
 
 
 class StrictJSONProvider(DefaultJSONProvider):
@@ -60,10 +61,8 @@ def json_error(status: int, error: str, **extra: Any):
 
 
 def page_argument() -> int:
-    raw = request.args.get("page", "1")
-    if not raw.isdigit() or int(raw) < 1:
-        raise BadRequest("page must be a whole number of at least 1")
-    return int(raw)
+    """The list routes' `?page=`; a bad one raises InvalidInput, which the app answers with a 400."""
+    return parse_page(request.args.get("page"), messages())
 
 
 def error_page(status: int, title: str, message: str, **links: str):
