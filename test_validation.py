@@ -419,7 +419,8 @@ def test_page_parameter():
 
 # --- orders: the cases the order routes rely on ----------------------------------------------------------------
 
-ORDER_FORM = {
+# The dashboard form as a browser sends it: one quantity field per catalog SKU.
+DASHBOARD_FORM = {
     "customer_id": "ada-1",
     "sku_KB-100": "2",
     "sku_MS-200": "",
@@ -518,13 +519,13 @@ def test_the_total_is_not_checked_here():
 
 def test_the_order_form_is_parsed():
     order = parse_form_order(
-        {**ORDER_FORM, "expedited": "yes", "failure_step": "payment", "failure_times": "2", "failure_permanent": "yes"},
+        {**DASHBOARD_FORM, "expedited": "yes", "failure_step": "payment", "failure_times": "2", "failure_permanent": "yes"},
         CATALOG, MESSAGES,
     )
     assert [(line.sku, line.quantity) for line in order.lines] == [("KB-100", 2)]
     assert order.expedited is True
     assert order.failures == [FailureInjection("payment", 2, True)]
-    assert parse_form_order(ORDER_FORM, CATALOG, MESSAGES).failures == []
+    assert parse_form_order(DASHBOARD_FORM, CATALOG, MESSAGES).failures == []
 
 
 @pytest.mark.parametrize(
@@ -543,7 +544,7 @@ def test_the_order_form_is_parsed():
 )
 def test_order_form_errors_are_keyed_by_the_form_fields(change, errors):
     with pytest.raises(InvalidOrder) as raised:
-        parse_form_order({**ORDER_FORM, **change}, CATALOG, MESSAGES)
+        parse_form_order({**DASHBOARD_FORM, **change}, CATALOG, MESSAGES)
     assert raised.value.fields == errors
 
 
