@@ -13,9 +13,8 @@ from flask import Blueprint, current_app, jsonify, redirect, render_template, re
 
 from loan_service import Duplicate, LoanService, NotFound, Pending, WindowClosed
 from temporal_client import TemporalUnavailable
-from validation import InvalidApplication, parse_form_application, parse_json_application
+from validation import CONTACT_ANSWERS, InvalidApplication, parse_form_application, parse_json_application, parse_json_contact
 from web_common import BadBody, error_page, json_body, json_error, messages, page_argument
-from workflows import CONTACT_ANSWERS
 
 api = Blueprint("api", __name__, url_prefix="/api")
 pages = Blueprint("pages", __name__)
@@ -98,10 +97,10 @@ async def application(workflow_id: str):
 
 @api.post("/applications/<workflow_id>/contact")
 async def contact_api(workflow_id: str):
-    data = json_body(messages().errors["not_json"])
-    answer = data.get("answer") if isinstance(data, dict) else None
-    if answer not in CONTACT_ANSWERS:
-        return json_error(400, messages().errors["invalid_application"], fields={"answer": messages().validation["contact"]})
+    try:
+        answer = parse_json_contact(json_body(messages().errors["not_json"]), messages())
+    except InvalidApplication as err:
+        return json_error(400, messages().errors["invalid_application"], fields=err.fields)
     try:
         await service().record_contact(workflow_id, answer)
     except WindowClosed:

@@ -38,6 +38,7 @@ PUBLIC_ENDPOINTS = frozenset({
     "static",
     "health.healthz",
     "health.readyz",
+    "docs.openapi_document",
     "auth.signin",
     "auth.signin_submit",
     "auth.signout",

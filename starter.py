@@ -9,7 +9,8 @@ Flask's tutorial does: nothing connects at import time. It wires
 - the order half: `OrderService` (order_service.py), its routes
   (orders_web.py) and the `flask --app starter orders` CLI (orders_cli.py);
 - who may do what: operator sign-in, CSRF and security headers (operator_auth.py);
-- `/healthz` and `/readyz`, and the error pages: JSON under /api, HTML elsewhere.
+- `/healthz`, `/readyz`, the API's OpenAPI document at `/openapi.json` (openapi.py),
+  and the error pages: JSON under /api, HTML elsewhere.
 
 Views that talk to Temporal are `async def` (Flask[async]). Serve the app with
 gunicorn (see the Makefile / Procfile); `python starter.py` runs Flask's
@@ -30,6 +31,7 @@ import operator_auth
 import orders_web
 from config import Settings, load_messages, load_rules
 from loan_service import LoanService
+from openapi import build_openapi
 from order_service import OrderService
 from orders_cli import orders_cli
 from store import JsonStore
@@ -77,6 +79,15 @@ def sized_chunked_bodies(wsgi_app, max_length: int):
     return app
 
 
+docs = Blueprint("docs", __name__)
+
+
+@docs.get("/openapi.json")
+def openapi_document():
+    """The JSON API described for clients and for the fuzz tests (openapi.py)."""
+    return jsonify(current_app.extensions["openapi"])
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(MAX_CONTENT_LENGTH=16 * 1024)
@@ -95,6 +106,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     orders_web.init_app(app, OrderService(settings, rules, app_messages, temporal, store))
     app.cli.add_command(orders_cli)
     app.register_blueprint(health)
+    app.extensions["openapi"] = build_openapi([item.sku for item in rules.orders.catalog])
+    app.register_blueprint(docs)
     app.register_error_handler(InvalidInput, handle_invalid_input)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected_error)

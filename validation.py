@@ -22,7 +22,7 @@ import re
 import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -526,3 +526,38 @@ def parse_form_failure(form: Mapping[str, str], messages: Messages) -> FailureIn
     if fields:
         raise InvalidOrder(fields)
     return failure
+
+
+# --- the applicant's contact answer ------------------------------------------------
+
+
+CONTACT_ANSWERS = ("yes", "not_yet")
+
+
+class _ContactModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    answer: Literal["yes", "not_yet"]
+
+
+def parse_json_contact(data: Any, messages: Messages) -> str:
+    """{"answer": "yes" | "not_yet"}: whether the applicant wants an agent to call."""
+    if not isinstance(data, dict):
+        raise InvalidApplication({"answer": messages.validation["contact"]})
+    try:
+        return _ContactModel.model_validate(data).answer
+    except ValidationError:
+        raise InvalidApplication({"answer": messages.validation["contact"]}) from None
+
+
+# The model behind each JSON request body, by the name the OpenAPI document
+# gives it (openapi.py): the document is generated from what validates.
+JSON_BODY_MODELS: dict[str, type[BaseModel]] = {
+    "LoanApplication": _ApplicationModel,
+    "ContactAnswer": _ContactModel,
+    "Order": _OrderModel,
+    "Approval": _OperatorModel,
+    "Cancellation": _CancelModel,
+    "AddressChange": _AddressChangeModel,
+    "FailureInjection": _FailureModel,
+}
