@@ -146,7 +146,7 @@ async def test_recorded_histories_replay_deterministically(time_skipping_env, se
     with pytest.raises(WorkflowFailureError):
         await invalid.result()
 
-    replayer = Replayer(workflows=[LoanApplicationWorkflow])
+    replayer = Replayer(workflows=[LoanApplicationWorkflow], data_converter=time_skipping_env.client.data_converter)
     for handle in (decided, invalid):
         history = await handle.fetch_history()
         assert len(history.events) > 5
