@@ -141,10 +141,18 @@ def payload_codec_from_env() -> EncryptionCodec:
 
 
 def payload_data_converter(codec: EncryptionCodec | None = None):
-    """The default converter with the payload codec: what every client and worker uses."""
-    from temporalio.converter import DataConverter
+    """The default converter with the payload codec: what every client and worker uses.
 
-    return dataclasses.replace(DataConverter.default, payload_codec=codec or payload_codec_from_env())
+    Failure messages and stack traces are moved into an encrypted payload too
+    (`DefaultFailureConverterWithEncodedAttributes`): an error's text can quote its input.
+    """
+    from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+
+    return dataclasses.replace(
+        DataConverter.default,
+        payload_codec=codec or payload_codec_from_env(),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
 
 
 # --- the Temporal connection -------------------------------------------------

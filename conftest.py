@@ -49,9 +49,13 @@ def wait_until(check: Callable[[], object], timeout: float = 20.0, interval: flo
 
 @pytest.fixture(scope="session", autouse=True)
 def payload_codec() -> Iterator[EncryptionCodec]:
-    """One payload key for the session, in the environment so that every process started uses it."""
+    """One payload key for the session, in the environment so that every process started uses it.
+
+    APP_SECRET_KEY too, so that `Settings.from_env()` never generates one into the repository's data folder.
+    """
     with pytest.MonkeyPatch.context() as session_env:
         session_env.setenv("PAYLOAD_KEY", base64.b64encode(os.urandom(32)).decode())
+        session_env.setenv("APP_SECRET_KEY", uuid.uuid4().hex)
         session_env.delenv("PAYLOAD_KEY_FILE", raising=False)
         session_env.delenv("PAYLOAD_OLD_KEYS", raising=False)
         yield payload_codec_from_env()
