@@ -200,12 +200,9 @@ def secrets_of(applicant: dict) -> list[str]:
     return [applicant["name"], applicant["email"], str(applicant["annual_income"])]
 
 
-async def test_histories_memos_search_attributes_summaries_and_ids_carry_no_applicant_data(
-    dev_server, privacy_stack, payload_codec, monkeypatch
-):
-    settings, _worker = privacy_stack
-    app = make_app(settings, dev_server.client.service_client.config.target_host, monkeypatch)
-    people = applicants()
+def submit_through_the_web(settings: Settings, address: str, monkeypatch, people: list[dict], contact: bool = False):
+    """POST each applicant to /api/evaluate on the real app; the workflow IDs."""
+    app = make_app(settings, address, monkeypatch)
     try:
         web = app.test_client()
         workflow_ids = []
@@ -213,14 +210,46 @@ async def test_histories_memos_search_attributes_summaries_and_ids_carry_no_appl
             response = web.post("/api/evaluate", json=person)
             assert response.status_code == 200, response.json
             workflow_ids.append(response.json["workflow_id"])
+            if contact:
+                answer = web.post(f"/api/applications/{workflow_ids[-1]}/contact", json={"answer": "yes"})
+                assert answer.status_code == 202, answer.json
+        return workflow_ids
     finally:
         app.extensions["temporal"].close()
-    # An application that only the worker rejects: its failure goes into the history too.
+
+
+@dataclasses.dataclass
+class RejectedApplication:
+    workflow_id: str
+    name: str
+    email: str
+
+
+async def start_rejected_application(dev_server, settings: Settings) -> RejectedApplication:
+    """An application only the worker rejects (the web layer would): its failure is in the history too.
+
+    Started by a client made like the app's (`config.connect_temporal`), not the fixture's.
+    """
     invalid = application(name=f"Walter Invalidson {uuid.uuid4().hex[:8]}", credit_score=200)
-    handle = await start(dev_server.client, settings, invalid)
+    client = await config.connect_temporal(target_host=dev_server.client.service_client.config.target_host,
+                                           namespace="default")
+    handle = await start(client, settings, invalid)
     with pytest.raises(WorkflowFailureError):
-        await handle.result()
-    workflow_ids.append(handle.id)
+        await asyncio.wait_for(handle.result(), timeout=30)
+    return RejectedApplication(handle.id, invalid.name, invalid.email)
+
+
+async def test_histories_memos_search_attributes_summaries_and_ids_carry_no_applicant_data(
+    dev_server, privacy_stack, payload_codec, monkeypatch
+):
+    settings, _worker = privacy_stack
+    people = applicants()
+    # In a thread: the web app may run async views, which cannot nest in this test's event loop.
+    workflow_ids = await asyncio.to_thread(
+        submit_through_the_web, settings, dev_server.client.service_client.config.target_host, monkeypatch, people
+    )
+    invalid = await start_rejected_application(dev_server, settings)
+    workflow_ids.append(invalid.workflow_id)
     needles = [s for p in people for s in secrets_of(p)] + [invalid.name, invalid.email]
 
     # What the server stores, read by a client without the codec.
@@ -245,22 +274,16 @@ async def test_histories_memos_search_attributes_summaries_and_ids_carry_no_appl
         assert any(needle in text for text in decrypted_texts), f"{needle!r} not found even after decryption"
 
 
-def test_the_worker_log_of_real_applications_has_no_applicant_data(dev_server, privacy_stack, monkeypatch):
+async def test_the_worker_log_of_real_applications_has_no_applicant_data(dev_server, privacy_stack, monkeypatch):
     settings, worker = privacy_stack
-    app = make_app(settings, dev_server.client.service_client.config.target_host, monkeypatch)
     people = applicants()
-    try:
-        web = app.test_client()
-        for person in people:
-            response = web.post("/api/evaluate", json=person)
-            assert response.status_code == 200, response.json
-            assert web.post(f"/api/applications/{response.json['workflow_id']}/contact",
-                            json={"answer": "yes"}).status_code == 202
-    finally:
-        app.extensions["temporal"].close()
+    await asyncio.to_thread(submit_through_the_web, settings, dev_server.client.service_client.config.target_host,
+                            monkeypatch, people, contact=True)
+    invalid = await start_rejected_application(dev_server, settings)
     log = worker.log_path.read_text()
     assert "polling task queue" in log  # the log is the worker's, and it was written to
-    for needle in [s for p in people for s in secrets_of(p)] + [p["email"].split("@")[0] for p in people]:
+    needles = [s for p in people for s in secrets_of(p)] + [p["email"].split("@")[0] for p in people]
+    for needle in needles + [invalid.name, invalid.email]:
         assert needle not in log, f"{needle!r} in the worker's log:\n{log}"
 
 
