@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import stat
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -280,8 +279,9 @@ async def test_the_worker_log_of_real_applications_has_no_applicant_data(dev_ser
     await asyncio.to_thread(submit_through_the_web, settings, dev_server.client.service_client.config.target_host,
                             monkeypatch, people, contact=True)
     invalid = await start_rejected_application(dev_server, settings)
-    log = worker.log_path.read_text()
-    assert "polling task queue" in log  # the log is the worker's, and it was written to
+    # The log is this run's: the rejected application's failure is logged, by workflow ID (an HMAC or random ID).
+    log = wait_until(lambda: (text := worker.log_path.read_text()) if invalid.workflow_id in text else None,
+                     what="the rejected application in the worker's log")
     needles = [s for p in people for s in secrets_of(p)] + [p["email"].split("@")[0] for p in people]
     for needle in needles + [invalid.name, invalid.email]:
         assert needle not in log, f"{needle!r} in the worker's log:\n{log}"
@@ -358,6 +358,14 @@ def test_a_secret_stored_by_another_process_meanwhile_wins(tmp_path):
     assert read_or_create_secret(path, generate_while_another_process_wins) == "the winner's"
     assert path.read_text() == "the winner's\n"
     assert [p.name for p in path.parent.iterdir()] == ["payload.key"]  # no temporary file left
+
+
+def test_an_empty_key_file_stops_the_process_naming_it(no_configured_keys):
+    """Never encrypt with, or silently replace, a key file someone emptied: histories depend on it."""
+    (no_configured_keys / "secrets").mkdir(parents=True)
+    (no_configured_keys / "secrets" / "payload.key").write_text("")
+    with pytest.raises(SystemExit, match="payload.key is empty"):
+        payload_codec_from_env()
 
 
 def _generate_payload_key(start, data_dir: str, results) -> None:
