@@ -280,8 +280,11 @@ async def test_the_worker_log_of_real_applications_has_no_applicant_data(dev_ser
                             monkeypatch, people, contact=True)
     invalid = await start_rejected_application(dev_server, settings)
     # The log is this run's: the rejected application's failure is logged, by workflow ID (an HMAC or random ID).
-    log = wait_until(lambda: (text := worker.log_path.read_text()) if invalid.workflow_id in text else None,
-                     what="the rejected application in the worker's log")
+    def log_with_the_rejection() -> str | None:
+        text = worker.log_path.read_text()
+        return text if invalid.workflow_id in text else None
+
+    log = wait_until(log_with_the_rejection, what="the rejected application in the worker's log")
     needles = [s for p in people for s in secrets_of(p)] + [p["email"].split("@")[0] for p in people]
     for needle in needles + [invalid.name, invalid.email]:
         assert needle not in log, f"{needle!r} in the worker's log:\n{log}"
