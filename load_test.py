@@ -353,6 +353,7 @@ def check_targets(level: int, ratios: dict[str, float | None]) -> list[dict[str,
 
 
 async def benchmark(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    # The app's client, payload encryption included: the floor pays the same codec cost, so the ratio is fair.
     client = await connect_temporal()
     task_queue = f"bench-floor-{uuid.uuid4()}"
     applicants = Applicants(args.seed, run_id)

@@ -69,7 +69,7 @@ csrf = CSRFProtect()
 
 
 def operator_token_path(settings: Settings):
-    return settings.data_dir / "secrets" / "operator-token"
+    return settings.data_dir / "secrets" / "operator.token"
 
 
 def signin_hint(settings: Settings) -> str:

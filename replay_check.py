@@ -19,11 +19,13 @@ from pathlib import Path
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from config import payload_data_converter
 from workflows import LoanApplicationWorkflow
 
 
 async def replay(paths: list[Path]) -> int:
-    replayer = Replayer(workflows=[LoanApplicationWorkflow])
+    # The app's converter: encrypted histories decrypt with PAYLOAD_KEY; plain ones pass through.
+    replayer = Replayer(workflows=[LoanApplicationWorkflow], data_converter=payload_data_converter())
     failed = 0
     for path in paths:
         history = WorkflowHistory.from_json(path.stem, path.read_text())

@@ -65,7 +65,7 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
         assert (tmp_path / "data" / "temporal.db").exists()
 
         # No OPERATOR_TOKEN: one was generated into the data folder, private, and make run says where.
-        token_file = tmp_path / "data" / "secrets" / "operator-token"
+        token_file = tmp_path / "data" / "secrets" / "operator.token"
         assert f"Operator sign-in:      {base}/signin  (token: cat {token_file})" in log.read_text()
         assert token_file.stat().st_mode & 0o777 == 0o600
         result_url = f"{base}/applications/{decided.json()['workflow_id']}"

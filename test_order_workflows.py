@@ -399,7 +399,8 @@ async def test_order_histories_before_and_after_the_patch_replay(time_skipping_e
     assert not any(e.HasField("marker_recorded_event_attributes") and e.marker_recorded_event_attributes.marker_name == "core_patch"
                    for e in old.events)
 
-    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow])
+    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow],
+                        data_converter=time_skipping_env.client.data_converter)
     for history in (old, await handle.fetch_history()):
         await replayer.replay_workflow(history)  # raises on nondeterminism
 
