@@ -17,7 +17,7 @@ unexport PYTHONDONTWRITEBYTECODE
 # and the worker and web app are pointed at it (and the UI links at TEMPORAL_UI_PORT).
 run: install
 	@mkdir -p "$(DATA_DIR)"
-	@web="http://$${WEB_HOST:-127.0.0.1}:$${WEB_PORT:-5001}"; \
+	@web="http://localhost:$${WEB_PORT:-5001}"; \
 	if [ -n "$$TEMPORAL_ADDRESS" ]; then \
 		echo "TEMPORAL_ADDRESS=$$TEMPORAL_ADDRESS: using that server, not starting a dev server"; \
 		echo "Loan form: $$web/  Orders: $$web/orders  (Ctrl+C stops everything)"; \

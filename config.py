@@ -67,6 +67,13 @@ class Settings:
     # None: generated into the data folder on first start (operator_auth.py).
     operator_token: str | None = None
 
+    @property
+    def public_url(self) -> str:
+        """Where people open the app: localhost for a loopback address, so the operator's
+        cookie also reaches the codec endpoint the Temporal UI calls (same site)."""
+        host = "localhost" if self.web_host in ("127.0.0.1", "0.0.0.0", "::1", "localhost") else self.web_host
+        return f"http://{host}:{self.web_port}"
+
     @classmethod
     def from_env(cls) -> Settings:
         data_dir = data_dir_from_env()

@@ -34,8 +34,7 @@ def when_ready(server):
     from operator_auth import signin_hint
 
     ui = settings.temporal_ui_url
-    server.log.info("Loan application form: http://%s:%s/", settings.web_host, settings.web_port)
-    server.log.info("Orders dashboard:      http://%s:%s/orders", settings.web_host, settings.web_port)
-    server.log.info("Operator sign-in:      http://%s:%s/signin  (token: %s)", settings.web_host, settings.web_port,
-                    signin_hint(settings))
+    server.log.info("Loan application form: %s/", settings.public_url)
+    server.log.info("Orders dashboard:      %s/orders", settings.public_url)
+    server.log.info("Operator sign-in:      %s/signin  (token: %s)", settings.public_url, signin_hint(settings))
     server.log.info("Temporal Web UI:       %s/namespaces/default/workflows", ui)

@@ -9,6 +9,7 @@ Flask's tutorial does: nothing connects at import time. It wires
 - the order half: `OrderService` (order_service.py), its routes
   (orders_web.py) and the `flask --app starter orders` CLI (orders_cli.py);
 - who may do what: operator sign-in, CSRF and security headers (operator_auth.py);
+- the codec server (codec_server.py) that decrypts payloads for the Temporal UI and CLI;
 - `/healthz`, `/readyz`, the API's OpenAPI document at `/openapi.json` (openapi.py),
   and the error pages: JSON under /api, HTML elsewhere.
 
@@ -29,7 +30,8 @@ from werkzeug.exceptions import HTTPException
 import loans_web
 import operator_auth
 import orders_web
-from config import Settings, load_messages, load_rules
+from codec_server import create_codec_blueprint
+from config import Settings, load_messages, load_rules, payload_codec_from_env
 from loan_service import LoanService
 from openapi import build_openapi
 from order_service import OrderService
@@ -108,6 +110,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(health)
     app.extensions["openapi"] = build_openapi([item.sku for item in rules.orders.catalog])
     app.register_blueprint(docs)
+    # Operator-only like every non-public route (operator_auth.py); its CORS admits the Temporal UI.
+    codec = payload_codec_from_env()
+    app.register_blueprint(create_codec_blueprint(lambda: codec, settings.temporal_ui_url))
     app.register_error_handler(InvalidInput, handle_invalid_input)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected_error)

@@ -214,7 +214,7 @@ def submit_through_the_web(settings: Settings, address: str, monkeypatch, people
                 assert answer.status_code == 202, answer.json
         return workflow_ids
     finally:
-        app.extensions["temporal"].close()
+        app.extensions["temporal"].reset()
 
 
 @dataclasses.dataclass

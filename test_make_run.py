@@ -55,7 +55,7 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
         assert make.poll() is None, log.read_text()
         output = log.read_text()
         assert f"Temporal UI: http://localhost:{ui_port}" in output
-        assert f"Loan form: {base}/" in output
+        assert f"Loan form: http://localhost:{web_port}/" in output
 
         applicant = {"name": "Run Person", "email": f"run-{uuid.uuid4().hex[:8]}@example.com", "loan_amount": 50000,
                      "credit_score": 750, "annual_income": 150000, "has_bankruptcy": False}
@@ -66,7 +66,10 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
 
         # No OPERATOR_TOKEN: one was generated into the data folder, private, and make run says where.
         token_file = tmp_path / "data" / "secrets" / "operator.token"
-        assert f"Operator sign-in:      {base}/signin  (token: cat {token_file})" in log.read_text()
+        assert f"Operator sign-in:      http://localhost:{web_port}/signin  (token: cat {token_file})" in log.read_text()
+        # The dev server's UI decrypts through this web app's codec endpoint.
+        ui_settings = httpx.get(f"http://localhost:{ui_port}/api/v1/settings", timeout=10).json()
+        assert ui_settings["Codec"]["Endpoint"] == f"http://localhost:{web_port}/codec", ui_settings
         assert token_file.stat().st_mode & 0o777 == 0o600
         result_url = f"{base}/applications/{decided.json()['workflow_id']}"
         ui_link = f"http://localhost:{ui_port}/namespaces/default/workflows/"

@@ -196,3 +196,27 @@ def test_pages_have_no_inline_script_and_no_external_resources(app, settings):
         assert not re.search(r"\son[a-z]+=", html), url  # no inline event handlers
         assert not re.search(r'(src|href)="(https?:)?//(?!localhost)', html.replace(
             operator.application.config["SETTINGS"].temporal_ui_url, "")), url
+
+
+def test_the_codec_server_decrypts_for_operators_and_the_temporal_ui_only(app, settings):
+    client = app.test_client()
+    ui_origin = settings.temporal_ui_url
+    preflight = client.open("/codec/decode", method="OPTIONS", headers={
+        "Origin": ui_origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,x-namespace"})
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == ui_origin
+    assert preflight.headers["Access-Control-Allow-Credentials"] == "true"
+
+    encoded = client.post("/codec/encode", json={"payloads": [{"metadata": {"encoding": "YmluYXJ5L3BsYWlu"},
+                                                               "data": "c2VjcmV0"}]},
+                          headers={**bearer(settings.operator_token), "Origin": ui_origin})
+    assert encoded.status_code == 200, encoded.json
+    assert encoded.json["payloads"][0]["data"] != "c2VjcmV0"
+    request = {"json": encoded.json, "headers": {"Origin": ui_origin, "X-Namespace": "default"}}
+    assert client.post("/codec/decode", **request).status_code == 401
+    operator_browser = signed_in(app.test_client(), settings)
+    decoded = operator_browser.post("/codec/decode", **request)
+    assert decoded.status_code == 200 and decoded.json["payloads"][0]["data"] == "c2VjcmV0"
+    other_site = operator_browser.post("/codec/decode", json=encoded.json, headers={"Origin": "http://evil.example"})
+    assert other_site.status_code == 403
