@@ -24,7 +24,15 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from config import Messages
@@ -86,8 +94,14 @@ def _clean_text(value: Any) -> Any:
     return value
 
 
+# The same rule for the OpenAPI document (openapi.py), where a JSON schema can
+# only list characters: the common refused ones (all of Cc, Zl and Zp, and the
+# usual Cf: soft hyphen, zero-width, bidi controls, word joiners, BOM). The
+# categories above stay the rule; this is what clients and fuzzers are told.
+TEXT_SCHEMA_PATTERN = "^[^\x00-\x1f\x7f-\x9f\xad\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]*$"
+
 # Every free-text field of every model is `Text`.
-Text = Annotated[str, BeforeValidator(_clean_text)]
+Text = Annotated[str, BeforeValidator(_clean_text), Field(json_schema_extra={"pattern": TEXT_SCHEMA_PATTERN})]
 
 
 def ascii_whole_number(raw: str) -> int | None:
@@ -111,7 +125,7 @@ class _ApplicationModel(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     name: Text = Field(min_length=1, max_length=200)
-    email: Text = Field(max_length=254)
+    email: Text = Field(max_length=254, json_schema_extra={"format": "email"})
     loan_amount: float = Field(ge=MIN_LOAN_AMOUNT, le=MAX_LOAN_AMOUNT, allow_inf_nan=False)
     credit_score: int = Field(ge=300, le=850)
     annual_income: float = Field(ge=0, le=MAX_ANNUAL_INCOME, allow_inf_nan=False)
@@ -296,7 +310,7 @@ class _AddressModel(_OrderPart):
 
 
 class _FailureModel(_OrderPart):
-    step: Text
+    step: Text = Field(json_schema_extra={"enum": list(FAILURE_STEPS)})
     times: int = Field(default=1, ge=1, le=MAX_FAILURE_TIMES)
     permanent: bool = False
 
@@ -309,7 +323,7 @@ class _FailureModel(_OrderPart):
 
 
 class _OrderModel(_OrderPart):
-    customer_id: Text = Field(pattern=CUSTOMER_ID_PATTERN)
+    customer_id: Text = Field(pattern=CUSTOMER_ID_PATTERN, json_schema_extra={"pattern": CUSTOMER_ID_PATTERN})
     items: list[_LineModel] = Field(min_length=1, max_length=MAX_ORDER_LINES)
     address: _AddressModel
     expedited: bool = False
