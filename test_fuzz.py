@@ -6,20 +6,24 @@ repeatable). Every answer must be below 500, strict JSON, and a 4xx must carry
 `error`; afterwards, exactly the requests the API accepted have started
 workflows and written records: bad input never does. Then the cases a
 generator does not make: bodies that are not JSON, wrong content types,
-invalid UTF-8, huge bodies, IDs with path characters.
+invalid UTF-8, huge bodies, IDs with path characters. Last, hypothesis over
+the HTML forms and over every route that takes an ID: no 5xx, and a form
+starts exactly one workflow when it is accepted and none when it is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from activities import APPLICATIONS
-from conftest import HERE, fresh_settings, make_app, wait_until, worker_stack
+from conftest import HERE, fresh_settings, make_app, signed_in, wait_until, worker_stack
 from config import load_rules
 from openapi import build_openapi
 from shared import ORDERS
@@ -150,3 +154,102 @@ def test_ids_with_path_characters_are_refused_before_the_file_system(client, fuz
         if template.startswith("/api/"):
             assert isinstance(strict_json(response.text)["error"], str)
     assert not [key for key in reached if "." in key or "/" in key or "\0" in key or len(key) > 200], reached
+
+
+# --- property-based tests of the HTML forms and of every route that takes an ID -------------------
+
+FORM_TEXT = st.text(st.characters(codec="utf-8"), max_size=40)
+
+
+def mostly(valid, junk=FORM_TEXT):
+    """`valid` seven times in eight, else `junk`: so whole forms are sometimes entirely valid."""
+    return st.integers(0, 7).flatmap(lambda n: junk if n == 0 else valid)
+
+
+async def count(app, query: str) -> int:
+    client = await app.extensions["temporal"].get()
+    return (await client.count_workflows(query)).count
+
+
+@pytest.mark.timeout(120)
+def test_the_loan_form_never_fails_and_only_what_it_accepts_starts_an_application(fuzz_app, fuzz_stack):
+    settings_ = fuzz_stack[0]
+    browser = fuzz_app.test_client()
+    query = f"WorkflowType='LoanApplicationWorkflow' AND TaskQueue='{settings_.task_queue}'"
+    before = asyncio.run(count(fuzz_app, query))
+    started = 0
+    form = st.fixed_dictionaries(
+        {"name": mostly(st.sampled_from(["Ada Lovelace", "Grace Hopper"])),
+         "email": mostly(st.integers(0, 10**9).map(lambda n: f"form-{n}@example.com")),
+         "loan_amount": mostly(st.integers(1_000, 600_000).map(str), st.sampled_from(["²", "1e5", "-5", "$1,000.50"])),
+         "credit_score": mostly(st.integers(300, 850).map(str), st.sampled_from(["٣٠٠", "7½", "900"])),
+         "annual_income": mostly(st.integers(0, 10**6).map(str)),
+         "has_bankruptcy": mostly(st.sampled_from(["yes", "no"]), st.sampled_from(["", "maybe", "on"]))},
+        optional={"extra": FORM_TEXT})
+
+    @given(data=form)
+    @hypothesis_settings(max_examples=150, derandomize=True, deadline=None, database=None,
+                         suppress_health_check=list(HealthCheck))
+    def submit(data):
+        nonlocal started
+        response = browser.post("/apply", data=data)
+        assert response.status_code in (303, 400, 409), (data, response.status_code)
+        started += response.status_code == 303
+
+    submit()
+    assert started > 0  # valid forms were generated too
+    wait_until(lambda: asyncio.run(count(fuzz_app, query)) - before == started, timeout=30,
+               what="one application per accepted form and none for a refused one")
+
+
+@pytest.mark.timeout(120)
+def test_the_order_form_never_fails_and_only_what_it_accepts_starts_an_order(fuzz_app, fuzz_stack):
+    settings_ = fuzz_stack[0]
+    operator = signed_in(fuzz_app.test_client(), settings_)
+    query = f"WorkflowType='OrderWorkflow' AND TaskQueue='{settings_.order_task_queue}'"
+    before = asyncio.run(count(fuzz_app, query))
+    started = 0
+    fields = {f"address.{part}": mostly(st.just("Somewhere 1")) for part in ("name", "street", "city", "postal_code",
+                                                                              "country")}
+    fields |= {f"sku_{sku}": mostly(st.sampled_from(["", "0", "1", "2"]), st.sampled_from(["²", "-1", "99999", "x"]))
+               for sku in CATALOG}
+    fields |= {"customer_id": mostly(st.just("fuzz-customer")),
+               "expedited": mostly(st.sampled_from(["", "yes"]), st.just("on")),
+               "failure_step": mostly(st.sampled_from(["", "payment"]), st.just("nowhere")),
+               "failure_times": mostly(st.sampled_from(["1", "2"]), st.sampled_from(["11", "²"]))}
+
+    @given(data=st.fixed_dictionaries(fields))
+    @hypothesis_settings(max_examples=150, derandomize=True, deadline=None, database=None,
+                         suppress_health_check=list(HealthCheck))
+    def place(data):
+        nonlocal started
+        response = operator.post("/orders", data=data)
+        assert response.status_code in (303, 400), (data, response.status_code)
+        started += response.status_code == 303
+
+    place()
+    assert started > 0  # valid forms were generated too
+    wait_until(lambda: asyncio.run(count(fuzz_app, query)) - before == started, timeout=30,
+               what="one order per accepted form and none for a refused one")
+
+
+@pytest.mark.timeout(120)
+def test_any_id_in_any_route_is_a_clean_4xx(fuzz_app, fuzz_stack):
+    operator = signed_in(fuzz_app.test_client(), fuzz_stack[0])
+    routes = [("GET", "/api/applications/{}"), ("GET", "/applications/{}"), ("GET", "/api/orders/{}"),
+              ("GET", "/api/orders/{}/events"), ("GET", "/orders/{}"), ("GET", "/api/customers/{}/rewards"),
+              ("POST", "/api/applications/{}/contact"), ("POST", "/api/orders/{}/expedite"),
+              ("POST", "/orders/{}/approve")]
+
+    @given(raw=st.text(st.characters(codec="utf-8"), min_size=1, max_size=300), route=st.sampled_from(routes))
+    @hypothesis_settings(max_examples=300, derandomize=True, deadline=None, database=None,
+                         suppress_health_check=list(HealthCheck))
+    def visit(raw, route):
+        method, template = route
+        path = template.format(urllib.parse.quote(raw, safe=""))
+        response = operator.open(path, method=method, json={"answer": "yes"} if "contact" in path else None)
+        assert response.status_code in (400, 404, 405), (method, path, response.status_code)
+        if path.startswith("/api/"):
+            assert isinstance(strict_json(response.text)["error"], str)
+
+    visit()
