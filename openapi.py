@@ -48,6 +48,9 @@ APPLICATION_ID = _parameter("workflow_id", LOAN_WORKFLOW_ID.pattern, "The applic
 ORDER = _parameter("order_id", ORDER_ID.pattern, "The order's ID")
 CUSTOMER = _parameter("customer_id", CUSTOMER_ID_PATTERN, "The customer's ID")
 OPERATOR_ONLY = [{"operatorToken": []}]
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "description": "Any string the client keeps for this order (1-128 of A-Z a-z 0-9 . _ : -)",
+                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}}
 
 # path -> method -> (summary, parameters, body model or None, body required, success answers, error answers, operator)
 OPERATIONS: dict[str, dict[str, tuple]] = {
@@ -65,7 +68,8 @@ OPERATIONS: dict[str, dict[str, tuple]] = {
         "Recent applications, newest first", [PAGE], None, False, {200: "A page of applications"},
         [(400, "A bad page number"), NOT_OPERATOR], True)},
     "/api/orders": {
-        "post": ("Place an order", [], "Order", True, {201: "Placed; follow the Location"},
+        "post": ("Place an order; with an Idempotency-Key, a retry gets the same order back", [IDEMPOTENCY_KEY],
+                 "Order", True, {201: "Placed; follow the Location", 200: "Placed before with this Idempotency-Key"},
                  [*BAD_BODY, NOT_OPERATOR, UNAVAILABLE], True),
         "get": ("Recent orders, newest first", [PAGE], None, False, {200: "A page of orders"},
                 [(400, "A bad page number"), NOT_OPERATOR], True),

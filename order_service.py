@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import math
 import re
 import uuid
@@ -27,8 +28,8 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities import order_events
@@ -68,6 +69,11 @@ START_TIMEOUT = 5.0
 SIGNAL_TIMEOUT = 5.0
 QUERY_TIMEOUT = 2.0
 UPDATE_TIMEOUT = 10.0
+
+
+def idempotent_order_id(customer_id: str, idempotency_key: str) -> str:
+    """The order ID a customer's idempotency key stands for: the same key, the same order."""
+    return hashlib.sha256(f"{customer_id}\0{idempotency_key}".encode()).hexdigest()[:12]
 
 
 class OrderNotFound(Exception):
@@ -112,6 +118,8 @@ class OrderView:
 class CreatedOrder:
     order_id: str
     workflow_id: str
+    # False when an idempotency key named an order placed before: the same order, not a new one.
+    created: bool = True
 
 
 class OrderService:
@@ -130,9 +138,15 @@ class OrderService:
 
     # --- placing and reading orders ---------------------------------------------
 
-    async def create(self, order: NewOrder) -> CreatedOrder:
-        """Start the order's workflow; the server holds the order from here on."""
-        order_id = uuid.uuid4().hex[:12]
+    async def create(self, order: NewOrder, idempotency_key: str | None = None) -> CreatedOrder:
+        """Start the order's workflow; the server holds the order from here on.
+
+        With an idempotency key, the order ID is derived from the customer and
+        the key, and the server refuses a second workflow with that ID, running
+        or closed: a client that retries after losing the answer gets the same
+        order back (`created=False`), never a second one.
+        """
+        order_id = idempotent_order_id(order.customer_id, idempotency_key) if idempotency_key else uuid.uuid4().hex[:12]
         workflow_id = order_workflow_id(order_id)
         items = sum(line.quantity for line in order.lines)
         try:
@@ -144,8 +158,13 @@ class OrderService:
                     id=workflow_id,
                     task_queue=self.settings.order_task_queue,
                     id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                     static_summary=f"Order {order_id}: {items} item(s){', expedited' if order.expedited else ''}",
                 )
+        except WorkflowAlreadyStartedError:
+            if idempotency_key is None:
+                raise  # a random ID that collided: not expected in practice
+            return CreatedOrder(order_id, workflow_id, created=False)
         except RPCError as err:
             raise TemporalUnavailable(str(err)) from err
         except TimeoutError as err:

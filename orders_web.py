@@ -31,6 +31,7 @@ from validation import (
     parse_json_address_change,
     parse_json_approve,
     parse_json_cancel,
+    parse_idempotency_key,
     parse_json_failure,
     parse_json_order,
 )
@@ -110,12 +111,14 @@ def _unavailable(_err: TemporalUnavailable):
 
 @orders_api.post("/orders")
 async def create_order():
+    """201 for a new order; 200 with the same order when its Idempotency-Key was used before."""
     order = parse_json_order(body(), service().catalog_skus, service().messages)
-    created = await service().create(order)
+    key = parse_idempotency_key(request.headers.get("Idempotency-Key"), service().messages)
+    created = await service().create(order, idempotency_key=key)
     status_url = url_for("orders_api.order", order_id=created.order_id)
     response = jsonify({"order_id": created.order_id, "workflow_id": created.workflow_id, "status_url": status_url})
     response.headers["Location"] = status_url
-    return response, 201
+    return response, 201 if created.created else 200
 
 
 @orders_api.get("/orders")

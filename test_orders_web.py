@@ -378,3 +378,18 @@ def test_ids_of_other_kinds_are_unknown_orders(client, customer):
         for action, body in [("approve", None), ("cancel", {"reason": "x"}), ("expedite", None),
                              ("simulate-failure", {"step": "payment"})]:
             assert client.post(f"/api/orders/{other}/{action}", json=body).status_code == 404, (other, action)
+
+
+def test_an_idempotency_key_makes_a_retried_order_the_same_order(client, customer):
+    body = {"customer_id": customer, "items": [{"sku": "CB-010", "quantity": 1}], "address": ADDRESS, "expedited": True}
+    first = client.post("/api/orders", json=body, headers={"Idempotency-Key": "checkout-1"})
+    assert first.status_code == 201, first.json
+    again = client.post("/api/orders", json=body, headers={"Idempotency-Key": "checkout-1"})
+    assert again.status_code == 200 and again.json == first.json
+    wait_for(client, first.json["order_id"], status_is("completed"), "the order to be delivered")
+    after_delivery = client.post("/api/orders", json=body, headers={"Idempotency-Key": "checkout-1"})
+    assert after_delivery.status_code == 200 and after_delivery.json["order_id"] == first.json["order_id"]
+    other = client.post("/api/orders", json=body, headers={"Idempotency-Key": "checkout-2"})
+    assert other.status_code == 201 and other.json["order_id"] != first.json["order_id"]
+    bad = client.post("/api/orders", json=body, headers={"Idempotency-Key": "white space"})
+    assert bad.status_code == 400 and set(bad.json["fields"]) == {"Idempotency-Key"}

@@ -542,6 +542,20 @@ def parse_form_failure(form: Mapping[str, str], messages: Messages) -> FailureIn
     return failure
 
 
+# --- an order's idempotency key -----------------------------------------------------
+
+_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def parse_idempotency_key(raw: str | None, messages: Messages) -> str | None:
+    """The optional Idempotency-Key header: 1 to 128 letters, digits and . _ : -."""
+    if raw is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(raw):
+        raise InvalidOrder({"Idempotency-Key": messages.orders["idempotency_key"]})
+    return raw
+
+
 # --- the applicant's contact answer ------------------------------------------------
 
 
