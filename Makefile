@@ -10,7 +10,7 @@ export DATA_DIR
 # modules again for every run; without a bytecode cache that is a compile each time.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: run test bench install clean
+.PHONY: run test bench chaos install clean
 
 # With TEMPORAL_ADDRESS set, the worker and web app use that server and no dev
 # server starts. Otherwise the dev server starts on TEMPORAL_DEV_IP:TEMPORAL_DEV_PORT
@@ -31,6 +31,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# A longer crash run than the one in `make test`: its own processes, prints its figures.
+chaos: install
+	$(BIN)/python chaos.py
 
 # Needs `make run` (or another running app and server) in a second terminal.
 bench: install
