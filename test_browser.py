@@ -1,0 +1,216 @@
+"""The web UI in a real browser: what a person sees and does, against the real stack.
+
+A Temporal dev server, `worker.py` and the app under gunicorn run as processes
+(one stack for the module); a headless Chromium (conftest's `browser`) fills
+in the forms by clicking and typing. Every page is also checked for console
+errors, failed requests, inputs without labels, a page wider than the screen
+and axe-core's serious or critical accessibility violations, and screenshotted
+at desktop and phone sizes into test-artifacts/screenshots/.
+
+Run alone: `.venv/bin/python -m pytest test_browser.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from axe_playwright_python.async_playwright import Axe
+from playwright.async_api import Browser, BrowserContext, Page, expect
+
+import conftest
+from conftest import ADDRESS, HERE, SCREENSHOTS, WorkerProcess, fresh_settings, gunicorn
+from load_test import PROFILES
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+VIEWPORTS = {"desktop": DESKTOP, "phone": PHONE}
+MESSAGES = json.loads((HERE / "messages.json").read_text())
+ORDER_TEXTS = MESSAGES["orders"]
+# Long enough for the tracker (which polls every 2 s) to follow a retried step.
+STEP_TIMEOUT_MS = 20_000
+SERVER_STATUS_LOG = "Failed to load resource: the server responded with a status of"
+
+
+@dataclass
+class Site:
+    base: str
+    operator_token: str
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def site(dev_server, tmp_path_factory):
+    """Worker and web app on the dev server; a rules copy whose parcels ship in about a second."""
+    root = tmp_path_factory.mktemp("browser")
+    rules = json.loads((HERE / "rules.json").read_text())
+    rules["orders"]["shipping"] = {"prepare_seconds": 0, "transit_seconds": 1, "expedited_transit_seconds": 0.3}
+    rules_file = root / "rules.json"
+    rules_file.write_text(json.dumps(rules))
+    settings = fresh_settings(root / "data", rules_file=rules_file, operator_token="browser-tests-operator-token")
+    address = dev_server.client.service_client.config.target_host
+    worker = WorkerProcess(settings, address, root / "worker.log")
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
+    try:
+        with gunicorn(settings, address, root / "gunicorn.log") as (base, _):
+            yield Site(base, settings.operator_token, root)
+    finally:
+        worker.kill()
+
+
+class Watched:
+    """A page whose console errors, script errors and failed requests are collected."""
+
+    def __init__(self, page: Page, expected_status: dict[str, int] | None = None):
+        self.page = page
+        self.problems: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.problems.append(f"script error on {page.url}: {error}"))
+        page.on("requestfailed", self._failed)
+        page.on("response", self._response)
+
+    def _console(self, message) -> None:
+        # Chromium logs every 4xx/5xx answer; `_response` judges those, with their URL.
+        if message.type == "error" and not message.text.startswith(SERVER_STATUS_LOG):
+            self.problems.append(f"console error on {self.page.url}: {message.text}")
+
+    def _failed(self, request) -> None:
+        # A poll cut short by the operator's own click (a form submitted) is not a failure.
+        if request.resource_type == "fetch" and request.failure == "net::ERR_ABORTED":
+            return
+        self.problems.append(f"request failed: {request.method} {request.url}: {request.failure}")
+
+    def _response(self, response) -> None:
+        request = response.request
+        # A form posted with bad input answers 4xx with the form again, by design; tests read it.
+        deliberate = request.is_navigation_request() and request.method == "POST" and response.status < 500
+        if response.status >= 400 and not deliberate:
+            self.problems.append(f"{request.method} {response.url} answered {response.status}")
+
+
+async def new_page(browser: Browser, site: Site, viewport=DESKTOP, operator_state=None) -> tuple[BrowserContext, Watched]:
+    context = await browser.new_context(base_url=site.base, viewport=viewport, storage_state=operator_state)
+    context.set_default_timeout(10_000)
+    return context, Watched(await context.new_page())
+
+
+@pytest.fixture
+async def visitor(browser, site):
+    """A visitor's page at desktop size; it must end with no console error and no failed request."""
+    context, watched = await new_page(browser, site)
+    yield watched.page
+    await context.close()
+    assert not watched.problems, "\n".join(watched.problems)
+
+
+@pytest.fixture(scope="module")
+async def operator_state(browser, site):
+    """The cookies of a browser in which the operator signed in on /signin."""
+    context, watched = await new_page(browser, site)
+    page = watched.page
+    await page.goto("/signin")
+    await page.get_by_label("Operator token").fill(site.operator_token)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page).to_have_url(re.compile(r"/orders$"))
+    state = await context.storage_state()
+    await context.close()
+    assert not watched.problems, "\n".join(watched.problems)
+    return state
+
+
+@pytest.fixture
+async def operator(browser, site, operator_state):
+    """An operator's page at desktop size; it must end with no console error and no failed request."""
+    context, watched = await new_page(browser, site, operator_state=operator_state)
+    yield watched.page
+    await context.close()
+    assert not watched.problems, "\n".join(watched.problems)
+
+
+def applicant(profile: str, **changes) -> dict:
+    return {"name": "Ada Lovelace", "email": f"{profile}-{uuid.uuid4().hex[:8]}@example.com",
+            **PROFILES[profile], "has_bankruptcy": False, **changes}
+
+
+async def screenshot(page: Page, name: str) -> None:
+    path = SCREENSHOTS / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=path, full_page=True)
+    conftest.saved_screenshots.append(path)
+
+
+# --- every page ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sample(site):
+    """An application and an order to show on the result, list and tracker pages.
+
+    The order's row is as wide as rows get: an express tag, the longest status label, a long customer id.
+    """
+    decided = httpx.post(f"{site.base}/api/evaluate", json=applicant("pre_approved"), timeout=30)
+    assert decided.status_code == 200, decided.text
+    placed = httpx.post(f"{site.base}/api/orders", timeout=30, headers={"Authorization": f"Bearer {site.operator_token}"},
+                        json={"customer_id": f"customer-{uuid.uuid4().hex}", "expedited": True, "address": ADDRESS,
+                              "items": [{"sku": "LP-140", "quantity": 1}, {"sku": "CB-010", "quantity": 3}]})
+    assert placed.status_code == 201, placed.text
+    return {"workflow_id": decided.json()["workflow_id"], "order_id": placed.json()["order_id"]}
+
+
+# name: (path, signed in as operator, the status the page answers with)
+PAGES = {
+    "loan-form": (lambda s: "/", False, 200),
+    "loan-result": (lambda s: f"/applications/{s['workflow_id']}", False, 200),
+    "signin": (lambda s: "/signin", False, 200),
+    "not-found": (lambda s: "/applications/loan-0000", False, 404),
+    "applications": (lambda s: "/applications", True, 200),
+    "orders": (lambda s: "/orders", True, 200),
+    "order-tracker": (lambda s: f"/orders/{s['order_id']}", True, 200),
+}
+
+UNLABELLED_INPUTS = """() => [...document.querySelectorAll('input, select, textarea')]
+    .filter(el => el.type !== 'hidden' && el.labels.length === 0 && !el.getAttribute('aria-label'))
+    .map(el => el.outerHTML)"""
+# Tables scrolled sideways inside their box: on a desktop their last columns are out of sight.
+TABLES_CUT_OFF = """() => [...document.querySelectorAll('.table-wrap')]
+    .filter(wrap => wrap.scrollWidth > wrap.clientWidth)
+    .map(wrap => `${wrap.querySelector('table').id}: ${wrap.scrollWidth}px in ${wrap.clientWidth}px`)"""
+SERIOUS = ("serious", "critical")
+
+
+def axe_report(violations: list[dict]) -> str:
+    return "\n".join(
+        f"{v['id']} ({v['impact']}): {v['help']} at {[node['target'] for node in v['nodes']]}" for v in violations)
+
+
+@pytest.mark.parametrize("viewport_name", VIEWPORTS)
+@pytest.mark.parametrize("name", PAGES)
+async def test_every_page_is_clean_labelled_accessible_and_fits_the_screen(
+        browser, site, sample, operator_state, name, viewport_name):
+    path, signed_in, status = PAGES[name]
+    context, watched = await new_page(browser, site, VIEWPORTS[viewport_name], operator_state if signed_in else None)
+    page = watched.page
+    response = await page.goto(path(sample))
+    assert response.status == status, await page.content()
+    if status != 200:  # the error page the test asked for is no failed request
+        watched.problems = [p for p in watched.problems if not p.endswith(f"answered {status}")]
+    await screenshot(page, f"{name}-{viewport_name}")
+
+    await expect(page.locator(".site-header .brand")).to_have_text("Loans & Orders")
+    await expect(page).to_have_title(re.compile(r" · Loans & Orders$"))
+    assert await page.evaluate(UNLABELLED_INPUTS) == [], "inputs with no label"
+    if viewport_name == "desktop":
+        assert await page.evaluate(TABLES_CUT_OFF) == [], "tables wider than their box at 1280 px"
+    overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page is {overflow}px wider than the {viewport_name} screen"
+    results = await Axe().run(page)
+    serious = [v for v in results.response["violations"] if v["impact"] in SERIOUS]
+    assert not serious, axe_report(serious)
+    await context.close()
+    assert not watched.problems, "\n".join(watched.problems)
