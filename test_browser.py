@@ -32,6 +32,7 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 VIEWPORTS = {"desktop": DESKTOP, "phone": PHONE}
 MESSAGES = json.loads((HERE / "messages.json").read_text())
+RULES = json.loads((HERE / "rules.json").read_text())
 ORDER_TEXTS = MESSAGES["orders"]
 # Long enough for the tracker (which polls every 2 s) to follow a retried step.
 STEP_TIMEOUT_MS = 20_000
@@ -49,7 +50,7 @@ class Site:
 def site(dev_server, tmp_path_factory):
     """Worker and web app on the dev server; a rules copy whose parcels ship in about a second."""
     root = tmp_path_factory.mktemp("browser")
-    rules = json.loads((HERE / "rules.json").read_text())
+    rules = json.loads(json.dumps(RULES))
     rules["orders"]["shipping"] = {"prepare_seconds": 0, "transit_seconds": 1, "expedited_transit_seconds": 0.3}
     rules_file = root / "rules.json"
     rules_file.write_text(json.dumps(rules))
@@ -214,3 +215,165 @@ async def test_every_page_is_clean_labelled_accessible_and_fits_the_screen(
     assert not serious, axe_report(serious)
     await context.close()
     assert not watched.problems, "\n".join(watched.problems)
+
+
+# --- the loan form -----------------------------------------------------------------------
+
+DECISION_LABELS = {"pre_approved": "Pre-approved", "conditional": "Conditional", "denied": "Denied",
+                   "denied_compliance": "Denied (requirements)"}
+FIELD_LABELS = {"name": "Full name", "email": "Email", "loan_amount": "Loan amount ($)",
+                "credit_score": "Credit score (300–850)", "annual_income": "Annual income ($)"}
+
+
+async def fill_loan_form(page: Page, values: dict) -> None:
+    """Type each answer into the field its label names, and click Yes or No."""
+    for field, label in FIELD_LABELS.items():
+        await page.get_by_label(label, exact=True).fill(str(values[field]))
+    await page.get_by_label("Yes" if values["has_bankruptcy"] else "No", exact=True).click()
+
+
+async def submit_loan_form(page: Page) -> None:
+    await page.get_by_role("button", name="Check my pre-approval").click()
+
+
+async def expect_decision(page: Page, decision: str, values: dict) -> None:
+    card = page.locator("#decision")
+    await expect(card.get_by_role("heading", level=1)).to_have_text(MESSAGES["decisions"][decision]["title"])
+    await expect(card.locator(".eyebrow")).to_have_text(f"Decision: {DECISION_LABELS[decision]}")
+    await expect(card.locator(".decision-message")).to_contain_text(f"${values['loan_amount']:,}")
+    await expect(card.locator(".next-steps li")).to_have_count(len(MESSAGES["decisions"][decision]["next_steps"]))
+    await expect(card).to_contain_text(values["email"])
+
+
+@pytest.mark.parametrize("decision", PROFILES)
+async def test_an_applicant_fills_in_the_form_and_reads_the_decision(visitor, decision):
+    values = applicant(decision)
+    await visitor.goto("/")
+    await fill_loan_form(visitor, values)
+    await submit_loan_form(visitor)
+    await expect(visitor).to_have_url(re.compile(r"/applications/loan-[0-9a-f]{32}$"))
+    await expect_decision(visitor, decision, values)
+    await screenshot(visitor, f"loan-decision-{decision}-desktop")
+
+
+async def test_an_invalid_email_and_a_missing_field_are_shown_next_to_them_and_the_rest_is_kept(visitor):
+    values = applicant("pre_approved", email="ada.example.com")
+    await visitor.goto("/")
+    await fill_loan_form(visitor, values)
+    await visitor.get_by_label("Annual income ($)").fill("")
+    await submit_loan_form(visitor)
+
+    await expect(visitor.locator("#notice")).to_contain_text(MESSAGES["errors"]["invalid_application"])
+    for field, message in [("email", MESSAGES["validation"]["email"]),
+                           ("annual_income", MESSAGES["validation"]["required"])]:
+        field_input = visitor.get_by_label(FIELD_LABELS[field], exact=True)
+        error = visitor.locator(f"#{field}-error")
+        await expect(error).to_have_text(message)
+        await expect(field_input).to_have_attribute("aria-invalid", "true")
+        await expect(field_input).to_have_attribute("aria-describedby", f"{field}-error")
+        # Next to the field: right under it, aligned with it.
+        box, below = await field_input.bounding_box(), await error.bounding_box()
+        assert 0 <= below["y"] - (box["y"] + box["height"]) <= 24 and abs(below["x"] - box["x"]) <= 4, (box, below)
+    for field in ("name", "email", "loan_amount", "credit_score"):
+        await expect(visitor.get_by_label(FIELD_LABELS[field], exact=True)).to_have_value(str(values[field]))
+    await expect(visitor.get_by_label("No", exact=True)).to_be_checked()
+    await expect(visitor.locator(".field-error")).to_have_count(2)
+    await screenshot(visitor, "loan-form-errors-desktop")
+
+    # The summary's link takes the applicant to the field; fixed, the form goes through.
+    await visitor.get_by_role("link", name=re.compile(r"^Email:")).click()
+    await expect(visitor.get_by_label("Email", exact=True)).to_be_focused()
+    await visitor.get_by_label("Email", exact=True).fill(values["email"].replace(".example", "@example"))
+    await visitor.get_by_label("Annual income ($)").fill(str(values["annual_income"]))
+    await submit_loan_form(visitor)
+    await expect_decision(visitor, "pre_approved", {**values, "email": values["email"].replace(".example", "@example")})
+
+
+async def test_the_same_email_twice_shows_the_duplicate_message(visitor):
+    values = applicant("denied")
+    await visitor.goto("/")
+    await fill_loan_form(visitor, values)
+    await submit_loan_form(visitor)
+    await expect_decision(visitor, "denied", values)
+
+    await visitor.goto("/")
+    await fill_loan_form(visitor, {**values, "loan_amount": 20000})
+    await submit_loan_form(visitor)
+    duplicate = MESSAGES["errors"]["duplicate"].format(days=RULES["duplicate_window_days"])
+    await expect(visitor.locator("#notice")).to_have_text(duplicate)
+    await expect(visitor.get_by_label("Email", exact=True)).to_have_value(values["email"])
+    await expect(visitor.get_by_label("Loan amount ($)")).to_have_value("20000")
+    await screenshot(visitor, "loan-form-duplicate-desktop")
+
+
+async def expect_contact_answer(page: Page, text: str) -> None:
+    """The result page shows the recorded answer, after reloads if need be.
+
+    The page reads the stored record, which the workflow updates just after the
+    answer's signal: the first page after answering can still ask the question.
+    """
+    answer = page.locator("#contact .contact-recorded")
+    for _ in range(20):
+        if await answer.count() and await answer.text_content() == text:
+            return
+        await page.wait_for_timeout(250)
+        await page.reload()
+    await expect(answer).to_have_text(text)
+
+
+async def test_the_applicant_answers_the_contact_question_and_can_change_it(visitor):
+    values = applicant("conditional")
+    await visitor.goto("/")
+    await fill_loan_form(visitor, values)
+    await submit_loan_form(visitor)
+    await expect(visitor.locator("#contact")).to_contain_text("Would you like an agent to contact you?")
+
+    await visitor.get_by_role("button", name="Yes, contact me").click()
+    await expect(visitor.get_by_role("status")).to_have_text("Thanks, your answer is recorded.")
+    await expect_contact_answer(visitor, f"An agent will contact you at {values['email']}.")
+    await visitor.get_by_role("button", name="Not yet, don't contact me").click()
+    await expect(visitor.get_by_role("status")).to_have_text("Thanks, your answer is recorded.")
+    await expect_contact_answer(visitor, "No problem — you can ask for an agent later.")
+    await expect(visitor.get_by_role("button", name="Yes, contact me")).to_be_visible()
+
+
+async def tab_to(page: Page, target, presses: int = 40) -> None:
+    """Press Tab until `target` has the focus; fail if it never does."""
+    for _ in range(presses):
+        if await target.evaluate("element => element === document.activeElement"):
+            return
+        await page.keyboard.press("Tab")
+    raise AssertionError(f"{target} never got the focus with Tab")
+
+
+async def test_the_loan_form_works_with_the_keyboard_alone(visitor):
+    values = applicant("pre_approved")
+    await visitor.goto("/")
+    await visitor.keyboard.press("Tab")
+    await expect(visitor.get_by_role("link", name="Skip to main content")).to_be_focused()
+    await visitor.keyboard.press("Enter")
+    await expect(visitor.locator("main")).to_be_focused()
+
+    # From the main content, Tab visits the fields in the order they are shown, each with a visible focus.
+    for field, label in FIELD_LABELS.items():
+        await visitor.keyboard.press("Tab")
+        focused = visitor.get_by_label(label, exact=True)
+        await expect(focused).to_be_focused()
+        assert await focused.evaluate("e => getComputedStyle(e).outlineStyle") != "none", f"no focus ring on {field}"
+        await visitor.keyboard.type(str(values[field]))
+    await visitor.keyboard.press("Tab")
+    await expect(visitor.get_by_label("Yes", exact=True)).to_be_focused()
+    await visitor.keyboard.press("Space")
+    await expect(visitor.get_by_label("Yes", exact=True)).to_be_checked()
+    await visitor.keyboard.press("ArrowDown")  # within a radio group the arrows move, and choose
+    await expect(visitor.get_by_label("No", exact=True)).to_be_checked()
+    await visitor.keyboard.press("Tab")
+    await expect(visitor.get_by_role("button", name="Check my pre-approval")).to_be_focused()
+    await visitor.keyboard.press("Enter")
+    await expect_decision(visitor, "pre_approved", values)
+
+    yes = visitor.get_by_role("button", name="Yes, contact me")
+    await tab_to(visitor, yes)
+    await visitor.keyboard.press("Enter")
+    await expect(visitor.get_by_role("status")).to_have_text("Thanks, your answer is recorded.")
+    await expect_contact_answer(visitor, f"An agent will contact you at {values['email']}.")
