@@ -377,3 +377,138 @@ async def test_the_loan_form_works_with_the_keyboard_alone(visitor):
     await visitor.keyboard.press("Enter")
     await expect(visitor.get_by_role("status")).to_have_text("Thanks, your answer is recorded.")
     await expect_contact_answer(visitor, f"An agent will contact you at {values['email']}.")
+
+
+# --- the orders dashboard and tracker ----------------------------------------------------------
+
+ADDRESS_LABELS = {"name": "Recipient name", "street": "Street and number", "city": "City",
+                  "postal_code": "Postal code", "country": "Country"}
+NOT_RELOADED = "window.notReloaded"
+
+
+async def place_order(page: Page, quantities: dict[str, int], expedited: bool = False,
+                      failure: tuple[str, int] | None = None) -> str:
+    """Fill in the dashboard's order form and place it; the tracker page opens. Returns the order id."""
+    await page.goto("/orders")
+    await page.get_by_label("Customer id").fill(f"cust-{uuid.uuid4().hex[:10]}")
+    for product, quantity in quantities.items():
+        await page.get_by_label(product, exact=True).fill(str(quantity))
+    for part, label in ADDRESS_LABELS.items():
+        await page.get_by_label(label, exact=True).fill(ADDRESS[part])
+    if expedited:
+        await page.get_by_label("Expedited shipping").check()
+    if failure:
+        await page.locator("summary", has_text="Simulate failures").click()
+        await page.get_by_label("Step", exact=True).select_option(failure[0])
+        await page.get_by_label(re.compile(r"^Failing attempts")).fill(str(failure[1]))
+    await page.get_by_role("button", name="Place order").click()
+    await expect(page).to_have_url(re.compile(r"/orders/[0-9a-f]{12}$"))
+    return page.url.rsplit("/", 1)[1]
+
+
+async def watch_without_reload(page: Page) -> None:
+    """Mark the page: a reload would lose the mark, so `still_not_reloaded` tells whether the tracker
+    changed the page by itself."""
+    await page.evaluate(f"{NOT_RELOADED} = true")
+
+
+async def still_not_reloaded(page: Page) -> bool:
+    return await page.evaluate(f"{NOT_RELOADED} === true")
+
+
+async def timeline(page: Page) -> list[str]:
+    return await page.locator("#order-timeline .event-message").all_text_contents()
+
+
+async def test_an_order_placed_on_the_dashboard_is_approved_on_its_tracker_and_delivered(operator):
+    order_id = await place_order(operator, {"14-inch laptop": 1}, expedited=True)
+    await expect(operator.locator("#order-title")).to_contain_text(order_id)
+    status = operator.locator("#order-status")
+    await watch_without_reload(operator)
+    await expect(status).to_have_text(ORDER_TEXTS["status_awaiting_review"], timeout=STEP_TIMEOUT_MS)
+    await expect(operator.locator('[data-milestone="validated"]')).to_have_class(re.compile("milestone-reached"))
+    await expect(operator.locator('[data-field="total"]')).to_have_text("$1,249.00")
+    assert await still_not_reloaded(operator), "the tracker reloaded the page instead of updating it"
+    await screenshot(operator, "order-awaiting-review-desktop")
+
+    await operator.get_by_role("button", name="Approve the order").click()
+    await expect(operator.locator("#notice")).to_contain_text(ORDER_TEXTS["done_approve"])
+    await watch_without_reload(operator)
+    await expect(status).to_have_text(ORDER_TEXTS["status_completed"], timeout=STEP_TIMEOUT_MS)
+    assert await still_not_reloaded(operator), "the tracker reloaded the page instead of updating it"
+    await expect(operator.locator("#order-milestones .milestone-reached")).to_have_count(6)
+    await expect(operator.locator('[data-field="shipment.stage"]')).to_have_text("delivered")
+    await expect(operator.locator('[data-field="payment.status"]')).to_have_text("charged")
+    await expect(operator.locator("#no-actions")).to_be_visible()
+    await expect(operator.get_by_role("button", name="Approve the order")).to_be_hidden()
+    await expect(operator.locator("#order-timeline")).to_contain_text("Order completed")
+    steps = await timeline(operator)
+    expected = ["Order received", "Validated", "Inventory reserved", "Awaiting operator review", "Approved by",
+                "Payment charged", "Shipping started", "Shipment prepared", "Dispatched with",
+                "Delivered", "Order completed"]
+    found = [next((n for n, text in enumerate(steps) if text.startswith(step)), None) for step in expected]
+    assert None not in found and found == sorted(found), f"timeline {steps} lacks or misorders {expected}"
+    await screenshot(operator, "order-delivered-desktop")
+
+
+async def test_an_order_cancelled_after_the_charge_is_refunded(operator):
+    # The carrier fails to pick up (retried for a while): the order is charged and not yet shipped.
+    await place_order(operator, {"Wireless mouse": 2}, failure=("shipping", 5))
+    await watch_without_reload(operator)
+    await expect(operator.locator('[data-milestone="charged"]')).to_have_class(re.compile("milestone-reached"),
+                                                                             timeout=STEP_TIMEOUT_MS)
+    assert await still_not_reloaded(operator)
+    await operator.get_by_label("Reason for cancelling").fill("The customer changed their mind")
+    await operator.get_by_role("button", name="Cancel the order").click()
+
+    await expect(operator.locator("#notice")).to_contain_text(ORDER_TEXTS["done_cancel"])
+    await expect(operator.locator("#order-status")).to_have_text(ORDER_TEXTS["status_cancelled"])
+    await expect(operator.locator("#order-compensations li")).to_have_text(["refund payment", "release inventory"])
+    await expect(operator.locator('[data-field="payment.status"]')).to_have_text("refunded")
+    await expect(operator.locator("#order-timeline")).to_contain_text("Compensation: refund payment")
+    await expect(operator.locator("#order-timeline")).to_contain_text("The customer changed their mind")
+    await screenshot(operator, "order-refunded-desktop")
+
+
+async def test_a_payment_failure_injected_on_the_tracker_is_retried_in_sight(operator):
+    await place_order(operator, {"14-inch laptop": 1})
+    await expect(operator.locator("#order-status")).to_have_text(ORDER_TEXTS["status_awaiting_review"],
+                                                               timeout=STEP_TIMEOUT_MS)
+    await operator.locator("summary", has_text="Simulate a failure").click()
+    await operator.get_by_label("Step", exact=True).select_option("payment")
+    await operator.get_by_label(re.compile(r"^Failing attempts")).fill("2")
+    await operator.get_by_role("button", name="Inject the failure").click()
+    await expect(operator.locator("#notice")).to_contain_text(ORDER_TEXTS["done_simulate_failure"])
+    await expect(operator.locator("#order-timeline")).to_contain_text("Failure injected: payment")
+    await operator.get_by_role("button", name="Approve the order").click()
+
+    await watch_without_reload(operator)
+    charged = operator.locator('[data-milestone="charged"]')
+    await expect(charged).to_have_class(re.compile("milestone-reached"), timeout=STEP_TIMEOUT_MS)
+    await expect(charged.locator(".milestone-attempts")).to_have_text("3 attempts")
+    events = operator.locator("#order-timeline .event-retry")
+    await expect(events).to_have_count(2)
+    await expect(events.nth(0)).to_contain_text("payment attempt 1 failed")
+    await expect(events.nth(1)).to_contain_text("payment attempt 2 failed")
+    await expect(operator.locator("#order-attempts")).to_contain_text("charge payment: 3 attempts")
+    assert await still_not_reloaded(operator)
+    await screenshot(operator, "order-payment-retried-desktop")
+
+
+async def test_an_invalid_order_shows_its_errors_in_view_with_what_was_typed_kept(operator):
+    await operator.goto("/orders")
+    await operator.get_by_label("Customer id").fill("ada lovelace")
+    await operator.get_by_label("Mechanical keyboard", exact=True).fill("three")
+    await operator.get_by_label("City", exact=True).fill("Londres")
+    await operator.get_by_role("button", name="Place order").click()
+
+    banner = operator.locator("#notice")
+    await expect(banner).to_contain_text(ORDER_TEXTS["invalid_order"])
+    await expect(banner).to_be_focused()  # and so scrolled to, below the orders table
+    await expect(banner).to_be_in_viewport()
+    await expect(operator.locator("#customer_id-error")).to_have_text(ORDER_TEXTS["customer_id"])
+    await expect(operator.locator("#sku_KB-100-error")).to_have_text(ORDER_TEXTS["quantity"])
+    await expect(operator.get_by_label("Customer id")).to_have_value("ada lovelace")
+    await expect(operator.get_by_label("Mechanical keyboard", exact=True)).to_have_value("three")
+    await expect(operator.get_by_label("City", exact=True)).to_have_value("Londres")
+    await screenshot(operator, "order-form-errors-desktop")
