@@ -36,6 +36,8 @@ RULES = json.loads((HERE / "rules.json").read_text())
 ORDER_TEXTS = MESSAGES["orders"]
 # Long enough for the tracker (which polls every 2 s) to follow a retried step.
 STEP_TIMEOUT_MS = 20_000
+# Room for a decision or a page on a busy two-core machine (Playwright's default is 5 s).
+expect.set_options(timeout=10_000)
 SERVER_STATUS_LOG = "Failed to load resource: the server responded with a status of"
 
 
