@@ -429,6 +429,14 @@ async def still_not_reloaded(page: Page) -> bool:
     return await page.evaluate(f"{NOT_RELOADED} === true")
 
 
+# Timeline entries whose kind ("compensation", ...) is wider than its column, so it runs into the message.
+CROWDED_TIMELINE = """() => [...document.querySelectorAll('#order-timeline li.event .event-kind')].filter(kind => {
+    const text = document.createRange();  // the text's own box, which may spill out of its grid cell
+    text.selectNodeContents(kind);
+    return text.getBoundingClientRect().right > kind.getBoundingClientRect().right + 0.5;
+}).map(kind => kind.textContent)"""
+
+
 async def timeline(page: Page) -> list[str]:
     return await page.locator("#order-timeline .event-message").all_text_contents()
 
@@ -480,6 +488,7 @@ async def test_an_order_cancelled_after_the_charge_is_refunded(operator):
     await expect(operator.locator('[data-field="payment.status"]')).to_have_text("refunded")
     await expect(operator.locator("#order-timeline")).to_contain_text("Compensation: refund payment")
     await expect(operator.locator("#order-timeline")).to_contain_text("The customer changed their mind")
+    assert await operator.evaluate(CROWDED_TIMELINE) == [], "timeline kinds run into their messages"
     await screenshot(operator, "order-refunded-desktop")
 
 
