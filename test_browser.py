@@ -517,6 +517,14 @@ async def test_a_payment_failure_injected_on_the_tracker_is_retried_in_sight(ope
     await screenshot(operator, "order-payment-retried-desktop")
 
 
+# Price and stock cells of the order form whose text takes more than one line.
+BROKEN_PRICES = """() => [...document.querySelectorAll('.catalog-table td.num:not(:has(input))')].filter(cell => {
+    const text = document.createRange();
+    text.selectNodeContents(cell);
+    return text.getClientRects().length > 1;
+}).map(cell => cell.textContent.trim())"""
+
+
 async def test_an_invalid_order_shows_its_errors_in_view_with_what_was_typed_kept(operator):
     await operator.goto("/orders")
     await operator.get_by_label("Customer id").fill("ada lovelace")
@@ -533,4 +541,5 @@ async def test_an_invalid_order_shows_its_errors_in_view_with_what_was_typed_kep
     await expect(operator.get_by_label("Customer id")).to_have_value("ada lovelace")
     await expect(operator.get_by_label("Mechanical keyboard", exact=True)).to_have_value("three")
     await expect(operator.get_by_label("City", exact=True)).to_have_value("Londres")
+    assert await operator.evaluate(BROKEN_PRICES) == [], "prices broken over two lines beside a quantity's error"
     await screenshot(operator, "order-form-errors-desktop")
