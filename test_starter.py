@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import HERE, JOHN, make_app, wait_until
-
+from conftest import JOHN, gunicorn, make_app
 
 
 @pytest.fixture
@@ -42,44 +36,6 @@ def test_readyz_is_503_while_temporal_is_unreachable(loan_stack, monkeypatch):
 def test_health_and_readiness(client):
     assert client.get("/healthz").json == {"status": "ok"}
     assert client.get("/readyz").json == {"status": "ready"}
-
-
-@contextlib.contextmanager
-def gunicorn(settings, address: str, log: Path, workers: int = 2):
-    """The app under gunicorn as `make run` serves it, on a free port; yields its base URL and process."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        **os.environ,
-        "TEMPORAL_ADDRESS": address,
-        "LOAN_TASK_QUEUE": settings.task_queue,
-        "DATA_DIR": str(settings.data_dir),
-        "APP_SECRET_KEY": uuid.uuid4().hex,
-        "OPERATOR_TOKEN": settings.operator_token,
-        "WEB_PORT": str(port),
-        "WEB_WORKERS": str(workers),
-    }
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "--config", "gunicorn.conf.py", "starter:create_app()"],
-            cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-
-    def ready():
-        try:
-            return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return server.poll() is not None
-
-    try:
-        wait_until(ready, timeout=30, what="gunicorn to be ready")
-        assert server.poll() is None, log.read_text()
-        yield base, server
-    finally:
-        server.terminate()
-        server.wait(15)
 
 
 @pytest.mark.timeout(90)

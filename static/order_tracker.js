@@ -15,7 +15,13 @@
     return;
   }
   var labels = JSON.parse(document.getElementById("order-labels").textContent);
-  var money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
+  var cents = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
+  var dollars = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", maximumFractionDigits: 0 });
+
+  // As the server's money macro (templates/macros.html): "$1,249", "$39.50".
+  function money(value) {
+    return (Number.isInteger(value) ? dollars : cents).format(value);
+  }
 
   function when(iso) {
     if (!iso) {
@@ -34,7 +40,7 @@
   }
 
   var FORMATS = {
-    money: function (value) { return money.format(value); },
+    money: money,
     when: when,
     yesno: function (value) { return value ? "Yes" : "No"; },
     words: words,
@@ -124,7 +130,7 @@
       name.scope = "row";
       name.appendChild(element("span", "muted", line.sku));
       row.appendChild(name);
-      row.appendChild(element("td", "num", money.format(line.line_total)));
+      row.appendChild(element("td", "num", money(line.line_total)));
       body.appendChild(row);
     });
   }
