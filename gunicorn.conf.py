@@ -8,10 +8,14 @@ after the fork (temporal_client.py), and logs it once.
 
 import logging
 import os
+import shutil
 
 from config import Settings
 
 settings = Settings.from_env()
+# Each worker process writes its request metrics here; /metrics adds them up (web_metrics.py).
+metrics_dir = settings.data_dir / "prometheus"
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
 bind = f"{settings.web_host}:{settings.web_port}"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
 worker_class = "gthread"
@@ -22,6 +26,18 @@ graceful_timeout = 10
 # `make run`) would fight over it, and nothing here uses it.
 control_socket_disable = True
 accesslog = "-" if os.environ.get("WEB_ACCESS_LOG", "0") == "1" else None
+
+
+def on_starting(server):
+    # Samples of an earlier run's processes would be added to this run's.
+    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def post_fork(server, worker):

@@ -125,7 +125,8 @@ class SessionCookieSecureOverHttps(SecureCookieSessionInterface):
 
 
 def wants_json() -> bool:
-    return request.path.startswith(("/api/", "/codec/"))
+    """Machine endpoints: a refusal is a 401 they can read, not a redirect to the sign-in page."""
+    return request.path.startswith(("/api/", "/codec/")) or request.path == "/metrics"
 
 
 def require_operator():

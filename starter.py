@@ -9,6 +9,7 @@ Flask's tutorial does: nothing connects at import time. It wires
 - the order half: `OrderService` (order_service.py), its routes
   (orders_web.py) and the `flask --app starter orders` CLI (orders_cli.py);
 - who may do what: operator sign-in, CSRF and security headers (operator_auth.py);
+- request metrics for Prometheus at /metrics (web_metrics.py);
 - the codec server (codec_server.py) that decrypts payloads for the Temporal UI and CLI;
 - `/healthz`, `/readyz`, the API's OpenAPI document at `/openapi.json` (openapi.py),
   and the error pages: JSON under /api, HTML elsewhere.
@@ -30,6 +31,7 @@ from werkzeug.exceptions import HTTPException
 import loans_web
 import operator_auth
 import orders_web
+import web_metrics
 from codec_server import create_codec_blueprint
 from config import Settings, load_messages, load_rules, payload_codec_from_env
 from loan_service import LoanService
@@ -103,6 +105,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     temporal = app.extensions["temporal"] = ProcessClient()
     store = JsonStore(settings.data_dir)
 
+    web_metrics.init_app(app)  # first: it times every request, refused ones too
     operator_auth.init_app(app, settings)
     loans_web.init_app(app, LoanService(settings, rules, temporal, store))
     orders_web.init_app(app, OrderService(settings, rules, app_messages, temporal, store))

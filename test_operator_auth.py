@@ -60,7 +60,7 @@ def test_every_operator_route_refuses_missing_or_wrong_credentials(app, credenti
     assert len(routes) >= 15  # the orders API and pages, the applications list, the codec
     for method, url in routes:
         response = client.open(url, method=method, headers=credentials, raw=True)
-        if url.startswith(("/api/", "/codec/")):
+        if url.startswith(("/api/", "/codec/")) or url == "/metrics":
             assert response.status_code == 401, (method, url)
             assert response.json == {"error": MESSAGES.errors["operator_only"]}, (method, url)
             assert response.headers["WWW-Authenticate"].startswith("Bearer")

@@ -54,6 +54,13 @@ def test_gunicorn_serves_the_app_with_a_client_per_process(loan_stack, tmp_path)
         assert pids and len(pids) == len(set(pids)) <= 2, output
         assert server.pid not in pids
 
+        # Both processes' request counts add up on /metrics, by route and status; operators only.
+        assert httpx.get(f"{base}/metrics", timeout=10).status_code == 401
+        scraped = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {loan_stack[0].operator_token}"},
+                            timeout=10).text
+        assert re.search(r'web_requests_total\{method="POST",route="/api/evaluate",status="200"\} 24\.0', scraped), scraped
+        assert 'web_request_duration_seconds_count{method="POST",route="/api/evaluate"} 24.0' in scraped
+
 
 @pytest.mark.timeout(90)
 def test_chunked_bodies_are_read_and_held_to_the_size_limit(loan_stack, tmp_path):
