@@ -11,6 +11,11 @@ floor, a bare workflow with one no-op activity started and awaited with
 the same Temporal server; then the app at the same concurrency. It prints both
 and their ratios next to the targets (printed, never asserted).
 
+Soak (--soak TOTAL --every BLOCK): sends TOTAL applications in blocks and
+prints, per block, the throughput, p50/p99 and the resident memory of the dev
+server, the worker and the web processes (found by their command lines), so a
+decline or unbounded memory shows as applications accumulate.
+
 Latency is the time from sending the POST to having the decision: when the app
 answers 202 (decision not ready yet), the status URL is polled every 0.2 s and
 the request counts as "completed after pending". Percentiles use the nearest
@@ -23,6 +28,7 @@ run sends new applicants (load-<run id>-<n>@example.com, the run id random);
 
     python load_test.py --count 500 --concurrency 32
     python load_test.py --benchmark --levels 1,32 --repeat 3 --json
+    python load_test.py --soak 50000 --every 1000 --concurrency 32
 
 Exit status 1 when any request failed.
 """
@@ -486,6 +492,61 @@ async def benchmark(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
     }
 
 
+# --- soak: does throughput hold and memory stay bounded as applications accumulate? ---
+
+# Which processes to watch, by a piece of their command line (all of `make run`'s).
+SOAK_PROCESSES = {"temporal": "server start-dev", "worker": "worker.py", "web": "gunicorn"}
+
+
+def process_rss_mb(roles: dict[str, str] = SOAK_PROCESSES) -> dict[str, float | None]:
+    """Resident memory of each role's processes, summed (gunicorn's master and workers), in MB.
+
+    Only the processes of `make run` (honcho's descendants) when it runs: other
+    dev servers and workers on the machine (a test run) are not the product's.
+    """
+    import psutil
+
+    supervisors = [p for p in psutil.process_iter(["cmdline"]) if "honcho" in " ".join(p.info["cmdline"] or [])]
+    candidates = [child for p in supervisors for child in p.children(recursive=True)] or list(psutil.process_iter())
+    totals: dict[str, float | None] = dict.fromkeys(roles)
+    for process in candidates:
+        try:
+            command, rss = " ".join(process.cmdline()), process.memory_info().rss
+        except psutil.Error:
+            continue  # ended meanwhile
+        for role, needle in roles.items():
+            if needle in command and "load_test.py" not in command:
+                totals[role] = (totals[role] or 0.0) + rss / 2**20
+    return totals
+
+
+async def soak(args: argparse.Namespace, run_id: str) -> list[dict[str, Any]]:
+    """`args.soak` applications in blocks of `args.every`; one row per block, printed as it ends."""
+    applicants = Applicants(args.seed, run_id)
+    rows = []
+    async with http_client(args.url, args.concurrency, args.timeout) as http:
+        for first in range(0, args.soak, args.every):
+            count = min(args.every, args.soak - first)
+            summary = await run_app(http, applicants.batch(count), args.concurrency, args.timeout,
+                                    Progress(f"block {first // args.every + 1}", count))
+            row = {"sent": first + count, "throughput": summary.throughput, "p50_ms": summary.latency_ms["p50"],
+                   "p99_ms": summary.latency_ms["p99"], "failed": summary.failed, "rss_mb": process_rss_mb()}
+            rows.append(row)
+            if not args.json:
+                print(format_soak_row(row, header=first == 0), flush=True)
+    return rows
+
+
+def format_soak_row(row: dict[str, Any], header: bool) -> str:
+    line = (f"{row['sent']:>9}  {number(row['throughput']):>8}  {number(row['p50_ms']):>8}  "
+            f"{number(row['p99_ms']):>8}  {row['failed']:>6}  " + "  ".join(
+                f"{number(row['rss_mb'][role], 0):>8}" for role in SOAK_PROCESSES))
+    if not header:
+        return line
+    roles = "  ".join(f"{role + ' MB':>8}" for role in SOAK_PROCESSES)
+    return f"{'sent':>9}  {'apps/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'failed':>6}  {roles}\n{line}"
+
+
 # --- output --------------------------------------------------------------------
 
 
@@ -612,6 +673,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=positive_int, default=1, help="benchmark runs per level; figures are their median (default 1)"
     )
+    parser.add_argument("--soak", type=positive_int, metavar="TOTAL",
+                        help="send TOTAL applications in blocks; print throughput, latency and memory per block")
+    parser.add_argument("--every", type=positive_int, default=1000, metavar="BLOCK",
+                        help="with --soak: applications per block (default 1000)")
     parser.add_argument(
         "--breakdown", type=int, default=20, metavar="N",
         help="after the benchmark, where the time of N sequential applications goes (default 20; 0 for none)"
@@ -622,6 +687,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     run_id = uuid.uuid4().hex[:8]
+    if args.soak:
+        rows = asyncio.run(soak(args, run_id))
+        if args.json:
+            print(json.dumps({"run_id": run_id, "blocks": rows}, indent=2))
+        return 1 if any(row["failed"] for row in rows) else 0
     if args.benchmark:
         report = asyncio.run(benchmark(args, run_id))
         print(json.dumps(report, indent=2) if args.json else format_benchmark(report))

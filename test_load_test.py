@@ -256,3 +256,14 @@ async def test_run_counts_duplicates_as_errors():
     assert summary.errors == {"HTTP 409": 2}
     assert summary.workers == {"worker-a": 3, "worker-b": 3}
     assert summary.decisions == {"pre_approved": 6}
+
+
+def test_soak_rows_and_the_memory_of_the_watched_processes():
+    rss = load_test.process_rss_mb({"tests": "pytest", "nothing": "no-such-command-line"})
+    assert rss["tests"] is not None and rss["tests"] > 10 and rss["nothing"] is None
+    row = {"sent": 2000, "throughput": 55.25, "p50_ms": 500.0, "p99_ms": 900.5, "failed": 0,
+           "rss_mb": {"temporal": 300.4, "worker": 120.0, "web": None}}
+    header, line = load_test.format_soak_row(row, header=True).splitlines()
+    assert header.split() == ["sent", "apps/s", "p50", "ms", "p99", "ms", "failed", "temporal", "MB", "worker", "MB",
+                              "web", "MB"]
+    assert line.split() == ["2000", "55.2", "500.0", "900.5", "0", "300", "120", "-"]
