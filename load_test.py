@@ -498,7 +498,7 @@ async def benchmark(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
 SOAK_PROCESSES = {"temporal": "server start-dev", "worker": "worker.py", "web": "gunicorn"}
 
 
-def process_rss_mb(roles: dict[str, str] = SOAK_PROCESSES) -> dict[str, float | None]:
+def process_rss_mb(roles: dict[str, str] = SOAK_PROCESSES, processes: list | None = None) -> dict[str, float | None]:
     """Resident memory of each role's processes, summed (gunicorn's master and workers), in MB.
 
     Only the processes of `make run` (honcho's descendants) when it runs: other
@@ -506,10 +506,11 @@ def process_rss_mb(roles: dict[str, str] = SOAK_PROCESSES) -> dict[str, float | 
     """
     import psutil
 
-    supervisors = [p for p in psutil.process_iter(["cmdline"]) if "honcho" in " ".join(p.info["cmdline"] or [])]
-    candidates = [child for p in supervisors for child in p.children(recursive=True)] or list(psutil.process_iter())
+    if processes is None:
+        supervisors = [p for p in psutil.process_iter(["cmdline"]) if "honcho" in " ".join(p.info["cmdline"] or [])]
+        processes = [child for p in supervisors for child in p.children(recursive=True)] or list(psutil.process_iter())
     totals: dict[str, float | None] = dict.fromkeys(roles)
-    for process in candidates:
+    for process in processes:
         try:
             command, rss = " ".join(process.cmdline()), process.memory_info().rss
         except psutil.Error:

@@ -259,7 +259,9 @@ async def test_run_counts_duplicates_as_errors():
 
 
 def test_soak_rows_and_the_memory_of_the_watched_processes():
-    rss = load_test.process_rss_mb({"tests": "pytest", "nothing": "no-such-command-line"})
+    import psutil
+
+    rss = load_test.process_rss_mb({"tests": "pytest", "nothing": "no-such-command-line"}, [psutil.Process()])
     assert rss["tests"] is not None and rss["tests"] > 10 and rss["nothing"] is None
     row = {"sent": 2000, "throughput": 55.25, "p50_ms": 500.0, "p99_ms": 900.5, "failed": 0,
            "rss_mb": {"temporal": 300.4, "worker": 120.0, "web": None}}
