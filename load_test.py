@@ -508,7 +508,8 @@ def process_rss_mb(roles: dict[str, str] = SOAK_PROCESSES, processes: list | Non
 
     if processes is None:
         supervisors = [p for p in psutil.process_iter(["cmdline"]) if "honcho" in " ".join(p.info["cmdline"] or [])]
-        processes = [child for p in supervisors for child in p.children(recursive=True)] or list(psutil.process_iter())
+        processes = [child for p in supervisors for child in p.children(recursive=True)] or [
+            p for p in psutil.process_iter() if p.pid != os.getpid()]
     totals: dict[str, float | None] = dict.fromkeys(roles)
     for process in processes:
         try:
@@ -516,7 +517,7 @@ def process_rss_mb(roles: dict[str, str] = SOAK_PROCESSES, processes: list | Non
         except psutil.Error:
             continue  # ended meanwhile
         for role, needle in roles.items():
-            if needle in command and "load_test.py" not in command:
+            if needle in command:
                 totals[role] = (totals[role] or 0.0) + rss / 2**20
     return totals
 
