@@ -11,6 +11,12 @@ floor, a bare workflow with one no-op activity started and awaited with
 the same Temporal server; then the app at the same concurrency. It prints both
 and their ratios next to the targets (printed, never asserted).
 
+Orders (--orders N): places N auto-approved orders through the API (with the
+operator's token) at --concurrency, follows each by polling its status once a
+second until it ends, and prints orders/s, p50/p99 from placing to the end and
+the step retries seen, beside the one-activity floor measured in the same run.
+Run the app with short shipping times for it (a copy of rules.json, RULES_FILE).
+
 Soak (--soak TOTAL --every BLOCK): sends TOTAL applications in blocks and
 prints, per block, the throughput, p50/p99 and the resident memory of the dev
 server, the worker and the web processes (found by their command lines), so a
@@ -29,6 +35,7 @@ run sends new applicants (load-<run id>-<n>@example.com, the run id random);
     python load_test.py --count 500 --concurrency 32
     python load_test.py --benchmark --levels 1,32 --repeat 3 --json
     python load_test.py --soak 50000 --every 1000 --concurrency 32
+    python load_test.py --orders 200 --concurrency 32
 
 Exit status 1 when any request failed.
 """
@@ -492,6 +499,90 @@ async def benchmark(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
     }
 
 
+# --- orders: placed through the API and followed to the end ------------------------
+
+FINAL_ORDER = ("completed", "cancelled", "rejected", "failed")
+
+
+def operator_token(explicit: str | None) -> str:
+    """--token, else OPERATOR_TOKEN, else the token make run generated into the data folder."""
+    if explicit:
+        return explicit
+    if os.environ.get("OPERATOR_TOKEN"):
+        return os.environ["OPERATOR_TOKEN"]
+    path = os.path.join(os.environ.get("DATA_DIR", "data"), "secrets", "operator.token")
+    try:
+        with open(path) as file:
+            return file.read().strip()
+    except FileNotFoundError:
+        raise SystemExit(f"orders need the operator token: --token, OPERATOR_TOKEN or {path}") from None
+
+
+async def place_and_follow(client: httpx.AsyncClient, body: dict[str, Any], timeout: float,
+                           poll_interval: float) -> tuple[Result, int]:
+    """One order from placing to a final status, polling like a tracker page; the result and its retries."""
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            placed = await client.post("/api/orders", json=body)
+            if placed.status_code != 201:
+                return Result(time.perf_counter() - started, error=f"HTTP {placed.status_code}"), 0
+            status_url = placed.json()["status_url"]
+            while True:
+                await asyncio.sleep(poll_interval)
+                order = (await client.get(status_url)).json()
+                if order["status"] in FINAL_ORDER:
+                    retries = sum(max(0, n - 1) for n in order["attempts"].values())
+                    return Result(time.perf_counter() - started, decision=order["status"]), retries
+    except TimeoutError:
+        return Result(time.perf_counter() - started, error="TimeoutError"), 0
+    except Exception as err:
+        return Result(time.perf_counter() - started, error=type(err).__name__), 0
+
+
+async def run_orders(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    """Auto-approved orders (one cable each) at --concurrency, each followed to delivery; the floor in the same run."""
+    retries = 0
+
+    async def one(n: int) -> Result:
+        nonlocal retries
+        body = {"customer_id": f"load-{run_id}-{n % 50}", "items": [{"sku": "CB-010", "quantity": 1}],
+                "address": {"name": "Load Test", "street": "1 Bench Road", "city": "Testville", "postal_code": "T1",
+                            "country": "UK"}}
+        result, seen = await place_and_follow(http, body, args.timeout, args.poll_interval)
+        retries += seen
+        return result
+
+    headers = {"Authorization": f"Bearer {operator_token(args.token)}"}
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    async with httpx.AsyncClient(base_url=args.url, limits=limits, timeout=args.timeout, headers=headers) as http:
+        results, wall = await run_concurrently(range(args.orders), args.concurrency, one,
+                                               Progress("orders", args.orders))
+    orders = summarize(results, wall)
+    client = await connect_temporal()
+    task_queue = f"bench-floor-{uuid.uuid4()}"
+    async with floor_worker(client, task_queue):
+        floor = await run_floor(client, task_queue, BENCH_COUNT, args.concurrency, Progress("floor 1", BENCH_COUNT))
+    return {"orders": orders._asdict(), "retries": retries, "floor": floor._asdict(),
+            "orders_over_floor": ratio(orders.throughput, floor.throughput)}
+
+
+def format_orders(report: dict[str, Any], concurrency: int) -> str:
+    orders, floor = report["orders"], report["floor"]
+    return "\n".join([
+        f"Orders: {orders['requests']} auto-approved orders at concurrency {concurrency}, placed through the API"
+        " and followed to the end",
+        "",
+        f"  final         {orders['succeeded']:>7}  {dict(orders['decisions'])}",
+        f"  failed        {orders['failed']:>7}  {dict(orders['errors'])}",
+        f"  throughput    {orders['throughput']:>7.2f} orders/s",
+        "  to the end ms " + "  ".join(f"{name} {number(value)}" for name, value in orders["latency_ms"].items()),
+        f"  step retries  {report['retries']:>7}",
+        f"  floor 1       {floor['throughput']:>7.1f} workflows/s (same server, same run)",
+        f"  orders/floor  {number(report['orders_over_floor'], 2, 'x'):>8}   (target >= 0.5x)",
+    ])
+
+
 # --- soak: does throughput hold and memory stay bounded as applications accumulate? ---
 
 # Which processes to watch, by a piece of their command line (all of `make run`'s).
@@ -675,6 +766,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=positive_int, default=1, help="benchmark runs per level; figures are their median (default 1)"
     )
+    parser.add_argument("--orders", type=positive_int, metavar="N",
+                        help="place N auto-approved orders and follow each to the end; compare with the floor")
+    parser.add_argument("--poll-interval", type=float, default=1.0,
+                        help="with --orders: seconds between status reads of one order (default 1, a tracker page's pace)")
+    parser.add_argument("--token", help="with --orders: the operator token (default $OPERATOR_TOKEN or the data folder's)")
     parser.add_argument("--soak", type=positive_int, metavar="TOTAL",
                         help="send TOTAL applications in blocks; print throughput, latency and memory per block")
     parser.add_argument("--every", type=positive_int, default=1000, metavar="BLOCK",
@@ -689,6 +785,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     run_id = uuid.uuid4().hex[:8]
+    if args.orders:
+        report = asyncio.run(run_orders(args, run_id))
+        print(json.dumps(report, indent=2) if args.json else format_orders(report, args.concurrency))
+        return 1 if report["orders"]["failed"] else 0
     if args.soak:
         rows = asyncio.run(soak(args, run_id))
         if args.json:
