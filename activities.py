@@ -431,9 +431,11 @@ class OrderActivities(_OrderStepActivities):
             return ChargeResult(Payment(key, charge["amount"], charge["status"], charge["charged_at"], charge["refunded_at"]), attempt)
 
     def _log_request(self, key: str, attempt: int, amount: float, outcome: str) -> None:
-        """The provider's log: the same attempt logs the same record (idempotent)."""
-        self.store.put(PAYMENT_REQUESTS, f"{key}.attempt-{attempt}",
-                       {"payment_key": key, "attempt": attempt, "amount": amount, "outcome": outcome, "at": utc_now()})
+        """The provider's log: the same attempt logs the same record (idempotent).
+        Written under the payment key's lock (held by the caller): taking a second
+        lock could pick the same lock stripe and wait on itself."""
+        self.store.write_locked(PAYMENT_REQUESTS, f"{key}.attempt-{attempt}",
+                                {"payment_key": key, "attempt": attempt, "amount": amount, "outcome": outcome, "at": utc_now()})
 
     @activity.defn
     def refund_payment(self, request: ChargeRequest) -> Payment | None:

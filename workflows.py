@@ -259,8 +259,9 @@ class LoanApplicationWorkflow:
 
 # Business steps: retried with backoff for transient trouble (an injected
 # failure, a busy disk), never for a business failure. When the order stops
-# while one runs, the workflow waits for the attempt in flight to end before
-# undoing it, so an undo never runs before the step it undoes.
+# while one runs, it does not wait for the attempt in flight: the undo may run
+# first, and the activities make a step that arrives after its undo a no-op
+# (a refund voids the payment key, a release marks the reservation released).
 ORDER_STEP_TIMEOUT = timedelta(seconds=30)
 ORDER_STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -768,16 +769,19 @@ class OrderWorkflow:
         return StepRequest(self._order.order_id, workflow.info().workflow_id, list(self._failures), self._order.policy)
 
     async def _business_step(self, activity, request, summary: str):
-        """Run one step; a cancel stops it at once (between retries, or when the
-        attempt in flight ends), so an accepted cancel is answered within seconds
-        and an undo never runs before the attempt it undoes has ended."""
+        """Run one step; a cancel stops it at once (even between retries), so an
+        accepted cancel is answered within seconds.
+
+        TRY_CANCEL rather than waiting for the attempt in flight: the undo is
+        safe either way (see ORDER_STEP_RETRY), and waiting hung the
+        time-skipping test server when the attempt completed during the cancel."""
         step = workflow.start_activity_method(
             activity,
             request,
             start_to_close_timeout=ORDER_STEP_TIMEOUT,
             retry_policy=ORDER_STEP_RETRY,
             summary=summary,
-            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            cancellation_type=ActivityCancellationType.TRY_CANCEL,
         )
         try:
             await workflow.wait_condition(lambda: step.done() or self._cancel_request is not None)
