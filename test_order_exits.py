@@ -15,10 +15,12 @@ step runs) or fail every attempt (retries run out).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import threading
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -26,12 +28,26 @@ import pytest
 from temporalio import activity
 from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateStage
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
 import worker
-from activities import OrderActivities, ShippingActivities
+from activities import INVENTORY, STOCK, OrderActivities, ShippingActivities
 from config import load_rules
-from order_invariants import assert_orders_right, order_problems
-from shared import ACTION_REFUSED, AddressChange, CancelRequest, FailureInjection, OrderLine, OrderStatus
+from order_invariants import assert_orders_right
+from shared import (
+    ACTION_REFUSED,
+    PAYMENT_REQUESTS,
+    AddressChange,
+    CancelRequest,
+    ChargeRequest,
+    FailureInjection,
+    InventoryRequest,
+    LoanApplication,
+    LoanRequest,
+    OrderLine,
+    OrderStatus,
+    StepRequest,
+)
 from store import JsonStore
 from test_order_workflows import (  # noqa: F401 - order_settings is a fixture
     LARGE,
@@ -43,7 +59,7 @@ from test_order_workflows import (  # noqa: F401 - order_settings is a fixture
     start,
     wait_for,
 )
-from workflows import OrderWorkflow
+from workflows import LoanApplicationWorkflow, OrderWorkflow
 
 UPDATE_DEADLINE = 10  # seconds: an update the workflow accepted must answer within the web layer's wait
 
@@ -55,6 +71,7 @@ class Faults:
         self.failing: set[str] = set()
         self.gates: dict[str, threading.Event] = {}
         self.entered: dict[str, threading.Event] = {}
+        self.exited: dict[str, threading.Event] = {}
 
     def hold(self, name: str) -> None:
         self.gates[name] = threading.Event()
@@ -90,8 +107,11 @@ class Faults:
                     return await _method(self, request)
             else:
                 def wrapper(self, request, _method=method, _name=name):
-                    faults.before(_name)
-                    return _method(self, request)
+                    try:
+                        faults.before(_name)
+                        return _method(self, request)
+                    finally:
+                        faults.exited.setdefault(_name, threading.Event()).set()
             wrapped = functools.wraps(method)(wrapper)
             del wrapped.__dict__["__temporal_activity_definition"]  # copied by wraps; defined anew below
             overrides[name] = activity.defn(name=name)(wrapped)
@@ -254,3 +274,78 @@ async def test_every_exit_leaves_money_and_stock_right(time_skipping_env, order_
     assert row.reason in (status.reason or ""), status.reason
     catalog = load_rules(order_settings.rules_file).orders.catalog
     assert await assert_orders_right(env.client, order_settings.data_dir, {i.sku: i.stock for i in catalog}) == 1
+
+
+# --- a step arriving after its undo does nothing ----------------------------------
+
+
+def test_a_charge_or_reservation_arriving_after_its_undo_changes_nothing(order_settings):
+    """The order does not wait for a cancelled attempt: its undo may run first."""
+    rules = load_rules(order_settings.rules_file)
+    activities = OrderActivities(JsonStore(order_settings.data_dir), rules, {"declined": "declined"})
+    request = order_request(order_settings, SMALL)
+    step = StepRequest(request.order_id, f"order-{request.order_id}", [], request.policy)
+    env = ActivityEnvironment()
+    assert env.run(activities.refund_payment, ChargeRequest(step, 214.0)) is None
+    late_charge = env.run(activities.charge_payment, ChargeRequest(step, 214.0))
+    assert late_charge.payment.status == "voided"
+    log = JsonStore(order_settings.data_dir).list_all(PAYMENT_REQUESTS)
+    assert [entry["outcome"] for entry in log] == ["refused"]
+
+    assert not env.run(activities.release_inventory, InventoryRequest(step, SMALL)).changed
+    env.run(activities.reserve_inventory, InventoryRequest(step, SMALL))
+    stock = JsonStore(order_settings.data_dir).get(INVENTORY, STOCK)
+    assert stock is None or stock["levels"]["KB-100"] == rules.orders.item("KB-100").stock, "a late reservation took stock"
+
+
+# --- found by reading (issue 13) ---------------------------------------------------
+
+
+async def test_a_cancel_overtaken_by_a_declined_card_still_answers_cancelled(time_skipping_env, order_settings, faulty_workers):
+    """Accepted while the charge runs, which then declines: the accepted cancel wins,
+    and its answer is the cancelled order (not the "already dispatched" text)."""
+    faults = faulty_workers
+    faults.hold("charge_payment")
+    faults.hold("release_inventory")  # keeps the order open until the declined attempt has ended
+    request = order_request(order_settings, SMALL, failures=[FailureInjection("payment", permanent=True)])
+    handle = await start(time_skipping_env.client, order_settings, request)
+    await faults.wait_entered("charge_payment")
+    update = await asyncio.wait_for(
+        handle.start_update(OrderWorkflow.cancel, CancelRequest("changed my mind"), wait_for_stage=WorkflowUpdateStage.ACCEPTED),
+        UPDATE_DEADLINE,
+    )
+    faults.gates["charge_payment"].set()  # the card is declined now, after the cancel was accepted
+    assert await asyncio.to_thread(faults.exited.setdefault("charge_payment", threading.Event()).wait, 10)
+    faults.release_all()
+    answer: OrderStatus = await asyncio.wait_for(update.result(), UPDATE_DEADLINE)
+    assert answer.status == "cancelled" and answer.cancel_reason == "changed my mind"
+    assert (await handle.result()).status == "cancelled"
+    catalog = load_rules(order_settings.rules_file).orders.catalog
+    await assert_orders_right(time_skipping_env.client, order_settings.data_dir, {i.sku: i.stock for i in catalog})
+
+
+async def test_worker_slots_fit_their_threads_and_a_burst_of_loans_is_decided(time_skipping_env, settings):
+    """Each pool's threads cover every slot of the workers using it, so no sync
+    activity waits in an executor queue while its timeout runs; 40 loans at once
+    on 4 threads are all decided."""
+    env = time_skipping_env
+    with contextlib.ExitStack() as pools:
+        workers = worker.build_all_workers(env.client, settings, "worker-test", threads=4, pollers=4, stack=pools)
+        used: dict[int, list] = {}
+        for running in workers:
+            config = running.config()
+            pool = used.setdefault(id(config["activity_executor"]), [config["activity_executor"], 0])
+            pool[1] += config["max_concurrent_activities"] + config["max_concurrent_local_activities"]
+        for executor, slots in used.values():
+            assert slots <= executor._max_workers, f"{slots} activity slots on {executor._max_workers} threads"
+        async with contextlib.AsyncExitStack() as started:
+            for running in workers:
+                await started.enter_async_context(running)
+            applications = [LoanApplication("Burst", f"burst-{n}@example.com", 20_000.0, 700 + n, 90_000.0, False) for n in range(40)]
+            handles = await asyncio.gather(*(
+                env.client.start_workflow(LoanApplicationWorkflow.run, LoanRequest(app, 0, "10k-50k"),
+                                          id=f"loan-burst-{uuid.uuid4().hex}", task_queue=settings.task_queue)
+                for app in applications
+            ))
+            outcomes = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 60)
+    assert len({o.workflow_id for o in outcomes}) == 40 and all(o.decision for o in outcomes)
