@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import json
 import threading
 import uuid
 from collections.abc import Awaitable
@@ -28,6 +29,7 @@ import pytest
 from temporalio import activity
 from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateStage
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
 import worker
@@ -38,6 +40,7 @@ from shared import (
     ACTION_REFUSED,
     PAYMENT_REQUESTS,
     AddressChange,
+    ApproveRequest,
     CancelRequest,
     ChargeRequest,
     FailureInjection,
@@ -349,3 +352,93 @@ async def test_worker_slots_fit_their_threads_and_a_burst_of_loans_is_decided(ti
             ))
             outcomes = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 60)
     assert len({o.workflow_id for o in outcomes}) == 40 and all(o.decision for o in outcomes)
+
+
+# --- the cancel race (issue 11): the moment of the cancel over an order's life -------
+
+MOMENTS = ("before_review", "right_after_approve", "during_charge", "while_shipment_starts",
+           "during_pickup_wait", "after_dispatch", "after_delivery")
+
+
+async def cancel_at(handle) -> tuple[bool, str]:
+    """The operator's cancel: (accepted, what the order said)."""
+    try:
+        answer = await asyncio.wait_for(handle.execute_update(OrderWorkflow.cancel, CancelRequest("race")), UPDATE_DEADLINE)
+    except WorkflowUpdateFailedError as err:
+        assert isinstance(err.cause, ApplicationError) and err.cause.type == ACTION_REFUSED, err.cause
+        return False, err.cause.message
+    except RPCError as err:  # the workflow has closed: the web layer answers 409 from the stored view
+        assert err.status == RPCStatusCode.NOT_FOUND, err
+        return False, str(err)
+    return True, answer.status
+
+
+def assert_cancel_rule(moment, accepted: bool, said: str, final: OrderStatus) -> None:
+    """An accepted cancel wins; a refused one says why, and the order delivers."""
+    if accepted:
+        assert said == "cancelled" and final.status == "cancelled", f"{moment}: accepted, then {final.status}"
+        assert final.shipment.stage not in ("dispatched", "delivered"), f"{moment}: accepted and delivered"
+    else:
+        assert final.status == "completed", f"{moment}: refused ({said}), then {final.status}"
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+async def test_cancel_at_every_moment_keeps_the_rule(time_skipping_env, order_settings, faulty_workers, moment):
+    env, faults = time_skipping_env, faulty_workers
+    failures = [FailureInjection("payment", times=3)] if moment == "during_charge" else []
+    if moment == "before_review":
+        faults.failing.add("validate_order")
+    request = order_request(order_settings, LARGE, failures=failures)
+    handle = await start(env.client, order_settings, request)
+    if moment == "before_review":
+        await faults.wait_entered("validate_order")
+    else:
+        await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+        await asyncio.wait_for(handle.execute_update(OrderWorkflow.approve, ApproveRequest()), UPDATE_DEADLINE)
+    if moment == "during_charge":
+        await faults.wait_entered("charge_payment")
+    elif moment == "while_shipment_starts":
+        await wait_for(handle, lambda s: s.step == "ship", "the shipment to start")
+    elif moment == "during_pickup_wait":
+        await wait_for(handle, lambda s: s.shipment.stage == "prepared", "the package to be prepared")
+    elif moment == "after_dispatch":
+        await wait_for(handle, lambda s: s.shipment.stage == "prepared", "the package to be prepared")
+        await env.sleep(timedelta(seconds=601))
+        await wait_for(handle, lambda s: s.shipment.stage == "dispatched", "dispatch")
+    elif moment == "after_delivery":
+        await asyncio.wait_for(handle.result(), 30)
+    accepted, said = await cancel_at(handle)
+    if moment == "after_dispatch":
+        assert not accepted and "handed to the carrier" in said
+    final = await asyncio.wait_for(handle.result(), 30)
+    assert_cancel_rule(moment, accepted, said, final)
+    catalog = load_rules(order_settings.rules_file).orders.catalog
+    await assert_orders_right(env.client, order_settings.data_dir, {i.sku: i.stock for i in catalog})
+
+
+async def test_cancel_swept_over_an_order_life_on_the_dev_server(dev_server, order_settings):
+    """The race from issue 11 on a real server, in real time: orders needing review,
+    approved, then cancelled after a delay swept from 0 to past delivery (all at once)."""
+    rules = json.loads(order_settings.rules_file.read_text())
+    rules["orders"]["shipping"] = {"prepare_seconds": 1.0, "transit_seconds": 1.0, "expedited_transit_seconds": 0.5}
+    for item in rules["orders"]["catalog"]:
+        item["stock"] = 100  # one laptop per order, 20 orders
+    order_settings.rules_file.write_text(json.dumps(rules))
+    delays = [round(0.15 * step, 2) for step in range(20)]  # 0 s .. 2.85 s: review, charge, pickup, transit, delivered
+
+    async def one(delay: float) -> tuple[float, bool, str, OrderStatus]:
+        handle = await start(dev_server.client, order_settings, order_request(order_settings, [OrderLine("LP-140", 1)]))
+        await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+        await asyncio.wait_for(handle.execute_update(OrderWorkflow.approve, ApproveRequest()), UPDATE_DEADLINE)
+        await asyncio.sleep(delay)  # the moment of the cancel: the point of this test, not a wait for a state
+        accepted, said = await cancel_at(handle)
+        return delay, accepted, said, await asyncio.wait_for(handle.result(), 20)
+
+    async with running_order_workers(dev_server.client, order_settings):
+        results = await asyncio.gather(*(one(delay) for delay in delays))
+    for delay, accepted, said, final in results:
+        assert_cancel_rule(f"cancel {delay}s after approval", accepted, said, final)
+    outcomes = {accepted for _, accepted, _, _ in results}
+    assert outcomes == {True, False}, f"the sweep should see both sides of the dispatch: {results}"
+    catalog = load_rules(order_settings.rules_file).orders.catalog
+    assert await assert_orders_right(dev_server.client, order_settings.data_dir, {i.sku: i.stock for i in catalog}) == len(delays)
