@@ -35,6 +35,7 @@ from shared import (
     ORDERS,
     OUT_OF_STOCK,
     PAYMENT_DECLINED,
+    PAYMENT_REQUESTS,
     PAYMENTS,
     REWARDS,
     SHIPMENTS,
@@ -352,7 +353,9 @@ class OrderActivities(_OrderStepActivities):
             with self.store.locked(INVENTORY, STOCK):
                 stock = self._stock_document()
                 reservation = self.store.get(RESERVATIONS, order_id)
-                if reservation is not None and reservation["status"] == "reserved":
+                # Reserved already (a retry), or released already: an attempt that
+                # ends after its order stopped and undid it must not take stock again.
+                if reservation is not None and reservation["status"] in ("reserved", "released"):
                     return StepResult(attempt)
                 levels = stock["levels"]
                 for line in request.lines:
@@ -375,8 +378,13 @@ class OrderActivities(_OrderStepActivities):
         with self.store.locked(INVENTORY, STOCK):
             stock = self._stock_document()
             reservation = self.store.get(RESERVATIONS, order_id)
-            if reservation is None or reservation["status"] != "reserved":
-                return StepResult(activity.info().attempt)
+            if reservation is None:
+                # Nothing reserved (the step never happened, or is still in flight):
+                # leave a released mark so a late reservation changes nothing.
+                self.store.write_locked(RESERVATIONS, order_id, {"order_id": order_id, "status": "released", "lines": []})
+                return StepResult(activity.info().attempt, changed=False)
+            if reservation["status"] != "reserved":
+                return StepResult(activity.info().attempt, changed=False)
             for line in reservation["lines"]:
                 stock["levels"][line["sku"]] += line["quantity"]
             stock["last_change"] = {**reservation, "status": "released"}
@@ -403,32 +411,51 @@ class OrderActivities(_OrderStepActivities):
     def charge_payment(self, request: ChargeRequest) -> ChargeResult:
         """Charge the order's one payment key: however often this runs, one charge.
 
-        An injected transient failure strikes after the provider has charged, like
-        a response lost on the way back: the retry finds the charge by its key.
+        The simulated provider logs every request it gets (PAYMENT_REQUESTS, one
+        record per attempt) with what it did: "charged", or "found" (the key was
+        charged before: no second charge), or "refused" (the key was voided by a
+        refund before any charge). An injected transient failure strikes after the
+        provider has answered, like a response lost on the way back: the retry
+        finds the charge by its key.
         """
         with self._audited(request.step, "payment") as attempt:
             key = payment_key(request.step.order_id)
             declined = any(f.step == "payment" and f.permanent for f in request.step.failures)
             if declined:
                 raise ApplicationError(self._text("declined"), type=PAYMENT_DECLINED, non_retryable=True)
-
-            def charge_once(existing: dict | None) -> dict:
-                if existing is not None:
-                    return existing
-                return {"payment_key": key, "order_id": request.step.order_id, "amount": request.amount,
-                        "status": "charged", "charged_at": utc_now(), "refunded_at": None}
-
-            charge = self.store.update(PAYMENTS, key, charge_once, sort_key=key)
+            with self.store.locked(PAYMENTS, key):
+                charge = self.store.get(PAYMENTS, key)
+                if charge is None:
+                    charge = {"payment_key": key, "order_id": request.step.order_id, "amount": request.amount,
+                              "status": "charged", "charged_at": utc_now(), "refunded_at": None}
+                    self.store.write_locked(PAYMENTS, key, charge, sort_key=key)
+                    outcome = "charged"
+                else:
+                    outcome = "refused" if charge["status"] == "voided" else "found"
+                self._log_request(key, attempt, request.amount, outcome)
             self._inject(request.step, "payment", attempt, self._text("declined"))
             return ChargeResult(Payment(key, charge["amount"], charge["status"], charge["charged_at"], charge["refunded_at"]), attempt)
 
+    def _log_request(self, key: str, attempt: int, amount: float, outcome: str) -> None:
+        """The provider's log: the same attempt logs the same record (idempotent).
+        Written under the payment key's lock (held by the caller): taking a second
+        lock could pick the same lock stripe and wait on itself."""
+        self.store.write_locked(PAYMENT_REQUESTS, f"{key}.attempt-{attempt}",
+                                {"payment_key": key, "attempt": attempt, "amount": amount, "outcome": outcome, "at": utc_now()})
+
     @activity.defn
     def refund_payment(self, request: ChargeRequest) -> Payment | None:
-        """Refund the order's payment (a compensation); a second call changes nothing."""
+        """Refund the order's payment (a compensation); a second call changes nothing.
+
+        With no charge yet (the charge never happened, or is still in flight), the
+        key is voided, so a charge request arriving late is refused."""
         key = payment_key(request.step.order_id)
         with self.store.locked(PAYMENTS, key):
             charge = self.store.get(PAYMENTS, key)
             if charge is None:
+                self.store.write_locked(PAYMENTS, key, {"payment_key": key, "order_id": request.step.order_id, "amount": 0.0,
+                                                        "status": "voided", "charged_at": None, "refunded_at": utc_now()},
+                                        sort_key=key)
                 return None
             if charge["status"] == "charged":
                 charge = {**charge, "status": "refunded", "refunded_at": utc_now()}

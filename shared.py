@@ -189,6 +189,8 @@ PAYMENTS = "payments"  # the simulated payment provider, one record per payment 
 REWARDS = "rewards"  # RewardsState projection per customer
 NOTIFICATIONS = "notifications"  # customer notifications
 SHIPMENTS = "shipments"  # the carrier's label per order: where it was shipped
+# The payment provider's log: one record per charge request (attempt), with what the provider did.
+PAYMENT_REQUESTS = "payment_requests"
 
 # Steps a failure can be injected into (see FailureInjection).
 FAILURE_STEPS = ("inventory", "payment", "shipping")
@@ -197,8 +199,12 @@ ORDER_MILESTONES = ("received", "validated", "approved", "charged", "shipped", "
 # Order statuses; the last four are final.
 ORDER_STATUSES = ("processing", "awaiting_review", "shipping", "completed", "cancelled", "rejected", "failed")
 FINAL_ORDER_STATUSES = ("completed", "cancelled", "rejected", "failed")
-# Shipment stages, in order; from "dispatched" on, an order can no longer change.
-SHIPMENT_STAGES = ("not_started", "preparing", "prepared", "dispatched", "delivered")
+# Shipment stages, in order. At "dispatching" the order has released the parcel to
+# the carrier: from then on it can no longer change. A shipment the order stopped
+# before that ends "cancelled".
+SHIPMENT_STAGES = ("not_started", "preparing", "prepared", "dispatching", "dispatched", "delivered", "cancelled")
+# Operator actions on an order (OrderStatus.actions lists those still possible).
+ORDER_ACTIONS = ("approve", "cancel", "address", "expedite", "simulate-failure")
 
 
 def order_workflow_id(order_id: str) -> str:
@@ -312,7 +318,7 @@ class ValidatedOrder:
 class Payment:
     payment_key: str
     amount: float
-    status: str  # charged or refunded
+    status: str  # charged, refunded, or voided (refunded before any charge: a late charge is refused)
     charged_at: str
     refunded_at: str | None = None
 
@@ -365,6 +371,9 @@ class OrderStatus:
     points_awarded: int | None = None
     placed_at: str | None = None
     updated_at: str | None = None
+    # The operator actions (ORDER_ACTIONS) the order can still take, decided by the
+    # workflow: pages offer only these; anything else is refused with a reason.
+    actions: list[str] = field(default_factory=list)
 
     @classmethod
     def accepted(cls, order: OrderRequest) -> "OrderStatus":
@@ -378,6 +387,7 @@ class OrderStatus:
             address=order.address,
             expedited=order.expedited,
             placed_at=order.placed_at,
+            actions=[a for a in ORDER_ACTIONS if a != "approve" and not (a == "expedite" and order.expedited)],
         )
 
 
@@ -394,6 +404,8 @@ class StepRequest:
 @dataclass(frozen=True)
 class StepResult:
     attempt: int
+    # For an undo: False when there was nothing to undo (the step never happened).
+    changed: bool = True
 
 
 @dataclass(frozen=True)
@@ -473,6 +485,19 @@ class ShippingRequest:
     timing: ShippingTiming
     failures: list[FailureInjection]
     policy: OrderPolicy
+    # Set by orders that decide the dispatch (see OrderWorkflow): the shipment
+    # waits at pickup for the order's DispatchPermit. False for shipments started
+    # before that rule, which dispatch on their own.
+    order_releases_dispatch: bool = False
+
+
+@dataclass(frozen=True)
+class DispatchPermit:
+    """The order's word to dispatch: after it the parcel is the carrier's.
+    Carries the final address and speed, so no change can race the dispatch."""
+
+    address: Address
+    expedited: bool
 
 
 @dataclass(frozen=True)
@@ -522,13 +547,15 @@ class RewardsState:
 
 
 @dataclass(frozen=True)
+class AwardPoints:
+    order_id: str
+    points: int
+
+
+@dataclass(frozen=True)
 class RewardsInput:
     state: RewardsState
     tiers: list[RewardTierRule]
     max_history_events: int
-
-
-@dataclass(frozen=True)
-class AwardPoints:
-    order_id: str
-    points: int
+    # Awards received but not yet applied when the previous run continued as new.
+    pending: list[AwardPoints] = field(default_factory=list)

@@ -1,7 +1,9 @@
 """The worker process: runs the loan and order workflows and their activities.
 
 One process polls three task queues: loans, orders (with the customers'
-rewards) and shipping — each a `Worker` sharing one client and one thread pool.
+rewards) and shipping — each a `Worker` sharing one client. Loans have their own
+thread pool, the order process another; each worker's activity slots fit its
+pool's threads (WORKER_ACTIVITY_THREADS per pool).
 
 Start as many as you like (`python worker.py` in several terminals, or on
 several machines sharing the data folder): they poll the same task queue and
@@ -46,7 +48,11 @@ def build_worker(
 ) -> Worker:
     """A worker with the loan workflow and activities, tuned for a burst of applications.
 
-    `concurrency` must not exceed the executor's threads: activities are sync.
+    `concurrency` is the executor's thread count, and the worker's activity
+    slots plus local activity slots add up to it: activities are sync, so a slot
+    without a thread would be a job waiting in the executor's queue while its
+    timeout runs (the loan's local activities have 5 s). Most go to local
+    activities: validate, decide, persist and notify are all local.
     """
     activities = LoanActivities(
         store=store or JsonStore(settings.data_dir),
@@ -67,8 +73,7 @@ def build_worker(
         ],
         activity_executor=executor,
         identity=identity,
-        max_concurrent_activities=concurrency,
-        max_concurrent_local_activities=concurrency,
+        **slots(concurrency, activity_share=0.25),
         # The default 5 pollers leave tasks waiting in the queue under a burst;
         # more open polls let the worker pick up new work as soon as it exists.
         workflow_task_poller_behavior=PollerBehaviorSimpleMaximum(pollers),
@@ -85,20 +90,19 @@ def build_order_workers(
     concurrency: int = 32,
     store: JsonStore | None = None,
 ) -> list[Worker]:
-    """Workers for the order process: orders and rewards on one queue, shipping on its own."""
+    """Workers for the order process: orders and rewards on one queue, shipping on its own.
+
+    Both share the executor of `concurrency` threads, and their slots add up to
+    it (see `build_worker`): half each; shipping has no local activities.
+    """
     store = store or JsonStore(settings.data_dir)
     rules = load_rules(settings.rules_file)
     texts = load_messages(settings.messages_file).orders
     orders = OrderActivities(store, rules, texts, client=client, rewards_task_queue=settings.order_task_queue)
     shipping = ShippingActivities(store, rules, texts)
     rewards = RewardsActivities(store)
-    common = dict(
-        activity_executor=executor,
-        identity=identity,
-        max_concurrent_activities=concurrency,
-        max_concurrent_local_activities=concurrency,
-        graceful_shutdown_timeout=timedelta(seconds=10),
-    )
+    common = dict(activity_executor=executor, identity=identity, graceful_shutdown_timeout=timedelta(seconds=10))
+    order_threads = max(2, concurrency // 2)
     return [
         Worker(
             client,
@@ -115,6 +119,7 @@ def build_order_workers(
                 orders.award_rewards,
                 rewards.save_rewards,
             ],
+            **slots(order_threads, activity_share=0.75),
             **common,
         ),
         Worker(
@@ -122,8 +127,26 @@ def build_order_workers(
             task_queue=settings.shipping_task_queue,
             workflows=[ShippingWorkflow],
             activities=[shipping.prepare_package, shipping.dispatch_carrier, shipping.deliver],
+            **slots(max(2, concurrency - order_threads), activity_share=1.0),
             **common,
         ),
+    ]
+
+
+def slots(threads: int, activity_share: float) -> dict[str, int]:
+    """Activity and local activity slots that add up to `threads` (at least one of each)."""
+    activities = min(threads - 1, max(1, round(threads * activity_share)))
+    return {"max_concurrent_activities": activities, "max_concurrent_local_activities": threads - activities}
+
+
+def build_all_workers(client: Client, settings: Settings, identity: str, threads: int, pollers: int,
+                      stack: contextlib.ExitStack) -> list[Worker]:
+    """The process's workers: loans with a pool of `threads`, the order process with another."""
+    loans = stack.enter_context(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loan-activity"))
+    orders = stack.enter_context(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="order-activity"))
+    return [
+        build_worker(client, settings, loans, identity, concurrency=threads, pollers=pollers),
+        *build_order_workers(client, settings, orders, identity, concurrency=threads),
     ]
 
 
@@ -147,11 +170,8 @@ async def main() -> None:
     identity = worker_identity()
     threads = int(os.environ.get("WORKER_ACTIVITY_THREADS", "32"))
     pollers = int(os.environ.get("WORKER_POLLERS", "8"))
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="activity") as executor:
-        workers = [
-            build_worker(client, settings, executor, identity, concurrency=threads, pollers=pollers),
-            *build_order_workers(client, settings, executor, identity, concurrency=threads),
-        ]
+    with contextlib.ExitStack() as pools:
+        workers = build_all_workers(client, settings, identity, threads, pollers, pools)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -14,21 +14,28 @@ same ID, which is how duplicates are refused without a look-up. During the
 window the applicant's "contact me" answer arrives as a signal.
 
 OrderWorkflow: receive -> validate -> reserve inventory -> review -> charge ->
-ship (a child ShippingWorkflow on its own task queue) -> complete (rewards,
-notification), undoing what was done, in reverse, when the order stops.
+prepare the shipment (a child ShippingWorkflow on its own task queue) ->
+release it to the carrier -> deliver -> complete (rewards, notification). Until
+the release, whatever stops the order ends it in a named status with what was
+done undone, newest first (see the class docstring for the rule).
 RewardsWorkflow: one per customer, long-running, continues as new.
+Helpers that are not the process (error unwrapping, running a step through a
+cancellation) sit at the end of the file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, is_cancelled_exception
+from temporalio.workflow import ActivityCancellationType, ChildWorkflowCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities import LoanActivities, OrderActivities, RewardsActivities, ShippingActivities
@@ -46,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         AwardRequest,
         CancelRequest,
         ChargeRequest,
+        DispatchPermit,
         FailureInjection,
         InventoryRequest,
         NotificationRequest,
@@ -95,16 +103,6 @@ IO_STEP_RETRY = RetryPolicy(
     maximum_attempts=0,
 )
 CONTACT_ANSWERS = ("yes", "not_yet")
-
-
-def business_error(err: Exception, *error_types: str) -> ApplicationError | None:
-    """The activity's ApplicationError of one of `error_types`, if that is what `err` is.
-
-    A failed activity arrives as ActivityError(cause=ApplicationError); a failed
-    local activity arrives as the ApplicationError itself.
-    """
-    cause = err.cause if isinstance(err, ActivityError) else err
-    return cause if isinstance(cause, ApplicationError) and cause.type in error_types else None
 
 
 @workflow.defn(sandboxed=False)
@@ -214,7 +212,9 @@ class LoanApplicationWorkflow:
             try:
                 await workflow.wait_condition(lambda: self._pending_contact is not None, timeout=remaining)
             except asyncio.TimeoutError:
-                break
+                # An answer that came in the same workflow task as the timer still counts.
+                if self._pending_contact is None:
+                    break
             answer, self._pending_contact = self._pending_contact, None
             await workflow.execute_activity_method(
                 LoanActivities.record_contact_preference,
@@ -258,7 +258,10 @@ class LoanApplicationWorkflow:
 # --- orders ------------------------------------------------------------------
 
 # Business steps: retried with backoff for transient trouble (an injected
-# failure, a busy disk), never for a business failure.
+# failure, a busy disk), never for a business failure. When the order stops
+# while one runs, it does not wait for the attempt in flight: the undo may run
+# first, and the activities make a step that arrives after its undo a no-op
+# (a refund voids the payment key, a release marks the reservation released).
 ORDER_STEP_TIMEOUT = timedelta(seconds=30)
 ORDER_STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -267,7 +270,8 @@ ORDER_STEP_RETRY = RetryPolicy(
     maximum_attempts=8,
     non_retryable_error_types=[INVALID_ORDER, OUT_OF_STOCK, PAYMENT_DECLINED, SHIPPING_FAILED],
 )
-# Undoing (release, refund) and bookkeeping must finish, however long it takes.
+# Undoing (release, refund), bookkeeping and what follows the carrier's pickup
+# must finish, however long it takes.
 MUST_FINISH_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -276,8 +280,10 @@ MUST_FINISH_RETRY = RetryPolicy(
 )
 BOOKKEEPING_TIMEOUT = timedelta(seconds=10)
 CONFIRM_RECEIPT_PATCH = "confirm-receipt-to-customer"
+# Version 3: the order, not the shipment, decides the dispatch (see OrderWorkflow).
+ORDER_RELEASES_DISPATCH_PATCH = "order-releases-dispatch"
 # Shipment stages from which an order can no longer be changed or cancelled.
-HANDED_TO_CARRIER = ("dispatched", "delivered")
+HANDED_TO_CARRIER = ("dispatching", "dispatched", "delivered")
 
 
 class OrderStopped(Exception):
@@ -289,13 +295,21 @@ class OrderStopped(Exception):
         self.reason = reason
 
 
-def refused(message: str) -> ApplicationError:
-    """An operator action the order cannot take now; the caller is told why."""
-    return ApplicationError(message, type=ACTION_REFUSED, non_retryable=True)
-
-
 @workflow.defn
 class OrderWorkflow:
+    """One order, from receipt to delivery, or to its undoing.
+
+    The rule for every exit: until the order releases the parcel to the
+    carrier, whatever stops it (a business refusal, a step out of retries, an
+    operator's cancel, a cancellation requested through Temporal) ends it in a
+    named status (rejected, failed, cancelled) after undoing, newest first,
+    everything it started. Each undo is registered before its step starts and is
+    harmless if the step never happened. From the release on, nothing stops the
+    order: it runs to delivery. An accepted cancel always wins, because the
+    release is decided here, in the same single thread that accepts cancels:
+    the shipment waits at the carrier's pickup for the order's word.
+    """
+
     @workflow.init
     def __init__(self, order: OrderRequest) -> None:
         self._order = order
@@ -304,10 +318,15 @@ class OrderWorkflow:
         self._new_events: list[OrderEvent] = []
         self._event_count = 0
         self._cancel_request: CancelRequest | None = None
-        # Undo steps for what has been done so far, run in reverse when the order stops.
-        self._compensations: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        # Undo steps of what has been started, run in reverse when the order stops.
+        self._undos: list[tuple[str, Callable[[], Awaitable[bool]]]] = []
         self._shipping: workflow.ChildWorkflowHandle | None = None
+        self._shipment_ready = False  # the shipment waits at pickup for the order's word
         self._shipment_news = False
+        self._released_to_carrier = False
+        self._shipment_followed_to_the_end = False  # version 2 orders: the shipment dispatched on its own
+        self._ending = False
+        self._late_cancel_noted = False
         self._record_lock = asyncio.Lock()
 
     @workflow.run
@@ -315,20 +334,19 @@ class OrderWorkflow:
         # Asked first, before any command: asked after a local activity, the
         # marker's place in history can differ on replay (a nondeterminism error).
         confirm_receipt = workflow.patched(CONFIRM_RECEIPT_PATCH)
+        order_releases_dispatch = workflow.patched(ORDER_RELEASES_DISPATCH_PATCH)
         try:
             await self._receive(confirm_receipt)
             validated = await self._validate()
             await self._reserve_inventory(validated)
             await self._review(validated)
             await self._charge(validated)
-            await self._ship()
-            await self._complete(validated)
-        except OrderStopped as stop:
-            await self._stop(stop)
-        except asyncio.CancelledError:
-            # Cancelled from the Temporal UI or CLI: undo like an operator's cancel.
-            await self._stop(OrderStopped("cancelled", "workflow cancelled"))
-        await workflow.wait_condition(workflow.all_handlers_finished)
+            await self._prepare_shipment(order_releases_dispatch)
+        except (Exception, asyncio.CancelledError) as err:
+            await uninterrupted(self._stop(self._why_stopped(err)), self._cancelled_through_temporal)
+        else:
+            await uninterrupted(self._deliver_and_complete(validated), self._cancelled_through_temporal)
+        await uninterrupted(workflow.wait_condition(workflow.all_handlers_finished), self._cancelled_through_temporal)
         return self._status
 
     # --- steps, in order -----------------------------------------------------
@@ -342,37 +360,31 @@ class OrderWorkflow:
             await self._notify("received", self._text("notify_received", order_id=self._order.order_id, lines=len(self._order.lines)))
 
     async def _validate(self) -> ValidatedOrder:
-        self._status.step = "validate"
+        self._begin("validate")
         try:
-            validated, attempt = await self._attempted(
+            validated = await self._business_step(
                 OrderActivities.validate_order,
                 ValidateOrderRequest(self._step_request(), self._order.lines, self._status.address),
                 summary="Validate: products, quantities, address, order total",
             )
         except ActivityError as err:
-            invalid = business_error(err, INVALID_ORDER)
-            if invalid is None:
-                raise
-            raise OrderStopped("rejected", invalid.message) from err
+            raise refusal_as_stop(err, INVALID_ORDER, "rejected")
         self._status.lines = validated.lines
         self._status.total = validated.total
-        self._status.attempts["validate"] = attempt
+        self._status.attempts["validate"] = validated.attempt
         self._reach("validated", f"Validated: total {validated.total:,.2f}")
         await self._record()
         return validated
 
     async def _reserve_inventory(self, validated: ValidatedOrder) -> None:
-        self._status.step = "reserve_inventory"
+        self._begin("reserve_inventory")
         request = InventoryRequest(self._step_request(), self._order.lines)
+        self._undo_on_stop("release inventory", lambda: self._release(request))
         try:
-            result, attempt = await self._attempted(OrderActivities.reserve_inventory, request, summary="Reserve inventory")
+            result = await self._business_step(OrderActivities.reserve_inventory, request, summary="Reserve inventory")
         except ActivityError as err:
-            out_of_stock = business_error(err, OUT_OF_STOCK)
-            if out_of_stock is None:
-                raise
-            raise OrderStopped("rejected", out_of_stock.message) from err
-        self._status.attempts["reserve_inventory"] = attempt
-        self._compensations.append(("release inventory", lambda: self._undo(OrderActivities.release_inventory, request)))
+            raise refusal_as_stop(err, OUT_OF_STOCK, "rejected")
+        self._status.attempts["reserve_inventory"] = result.attempt
         self._event("step", "Inventory reserved")
         await self._record()
 
@@ -398,36 +410,37 @@ class OrderWorkflow:
                 timeout_summary="Review SLA",
             )
         except asyncio.TimeoutError:
-            minutes = max(1, round(policy.review_sla_seconds / 60))
-            raise OrderStopped("cancelled", self._text("review_timeout", minutes=minutes)) from None
+            pass
         self._check_cancelled()
+        # An approval accepted in the same workflow task as the deadline counts:
+        # the operator was told "approved".
+        if not self._status.approved:
+            minutes = max(1, round(policy.review_sla_seconds / 60))
+            raise OrderStopped("cancelled", self._text("review_timeout", minutes=minutes))
         self._status.status = "processing"
         await self._record()
 
     async def _charge(self, validated: ValidatedOrder) -> None:
-        self._check_cancelled()
-        self._status.step = "charge_payment"
+        self._begin("charge_payment")
         request = ChargeRequest(self._step_request(), validated.total)
+        self._undo_on_stop("refund payment", lambda: self._refund(request))
         try:
-            result, attempt = await self._attempted(
+            result = await self._business_step(
                 OrderActivities.charge_payment, request, summary=f"Charge payment {validated.total:,.2f}"
             )
         except ActivityError as err:
-            declined = business_error(err, PAYMENT_DECLINED)
-            if declined is None:
-                raise
-            raise OrderStopped("failed", declined.message) from err
+            raise refusal_as_stop(err, PAYMENT_DECLINED, "failed")
         self._status.payment = result.payment
-        self._status.attempts["charge_payment"] = attempt
-        self._compensations.append(("refund payment", lambda: self._refund(request)))
+        self._status.attempts["charge_payment"] = result.attempt
         self._reach("charged", f"Payment charged: {validated.total:,.2f} (key {result.payment.payment_key})")
         await self._record()
 
-    async def _ship(self) -> None:
-        self._check_cancelled()
-        self._status.step = "ship"
+    async def _prepare_shipment(self, order_releases_dispatch: bool) -> None:
+        """Start the shipment and wait until the package is at the carrier's pickup;
+        then release it to the carrier. The point of no return is the release."""
+        self._begin("ship")
         self._status.status = "shipping"
-        shipping_request = ShippingRequest(
+        request = ShippingRequest(
             order_id=self._order.order_id,
             parent_workflow_id=workflow.info().workflow_id,
             address=self._status.address,
@@ -435,43 +448,58 @@ class OrderWorkflow:
             timing=self._order.shipping,
             failures=list(self._failures),
             policy=self._order.policy,
+            order_releases_dispatch=order_releases_dispatch,
         )
-        self._shipping = await workflow.start_child_workflow(
-            ShippingWorkflow.run,
-            shipping_request,
-            id=shipping_workflow_id(self._order.order_id),
-            task_queue=self._order.shipping_task_queue,
-            static_summary=f"Shipping for order {self._order.order_id}",
+        self._undo_on_stop("stop shipment", self._stop_shipment)
+        # The start runs to its end even if the order is cancelled meanwhile, so a
+        # started shipment always has a handle to be stopped by.
+        self._shipping = await uninterrupted(
+            workflow.start_child_workflow(
+                ShippingWorkflow.run,
+                request,
+                id=shipping_workflow_id(self._order.order_id),
+                task_queue=self._order.shipping_task_queue,
+                static_summary=f"Shipping for order {self._order.order_id}",
+                # The order stops its shipment by message, never by Temporal cancellation.
+                cancellation_type=ChildWorkflowCancellationType.ABANDON,
+            ),
+            self._cancelled_through_temporal,
         )
-        # An operator may have changed the order while the child was starting.
-        if self._status.expedited and not shipping_request.expedited:
-            await self._shipping.signal(ShippingWorkflow.expedite)
-        if self._status.address != shipping_request.address:
-            await self._shipping.signal(ShippingWorkflow.update_address, self._status.address)
+        if not order_releases_dispatch:
+            await self._ship_as_version_2(request)
+            return
         self._event("step", "Shipping started")
         await self._record()
-        # The child handle is a task: done when the shipment ends, cancel() stops it.
         shipment = self._shipping
-        while not shipment.done():
-            await workflow.wait_condition(lambda: shipment.done() or self._shipment_news or self._cancel_requested_now())
+        while True:
+            await workflow.wait_condition(
+                lambda: self._shipment_ready or shipment.done() or self._shipment_news or self._cancel_request is not None
+            )
+            self._check_cancelled()
             if self._shipment_news:
                 self._shipment_news = False
                 await self._record()
-            if self._cancel_requested_now() and not shipment.done():
-                # Still before dispatch (the cancel validator saw to that): stop the shipment.
-                shipment.cancel()
+            elif shipment.done():
+                raise self._shipment_ended(await uninterrupted(self._shipment_outcome(), self._cancelled_through_temporal))
+            elif self._shipment_ready:
                 break
-        try:
-            await shipment
-        except (ChildWorkflowError, asyncio.CancelledError) as err:
-            if self._cancel_request is not None:
-                raise OrderStopped("cancelled", self._cancel_request.reason) from err
-            failure = err.cause.cause if isinstance(err.cause, ActivityError) else err.cause
-            reason = failure.message if isinstance(failure, ApplicationError) else str(err)
-            raise OrderStopped("failed", reason) from err
-        if self._shipment_news:
-            self._shipment_news = False
+        # The point of no return, decided in the same step as the last cancel check.
+        self._released_to_carrier = True
+        self._status.shipment = dataclasses.replace(self._status.shipment, stage="dispatching")
+        self._event("step", "Released to the carrier")
+
+    async def _deliver_and_complete(self, validated: ValidatedOrder) -> None:
+        """After the release: the carrier delivers, then points and the customer's notice."""
+        if not self._shipment_followed_to_the_end:
+            permit = DispatchPermit(self._status.address, self._status.expedited)
+            await self._tell_shipment(ShippingWorkflow.dispatch, permit)
             await self._record()
+            outcome = await self._shipment_outcome()
+            if not isinstance(outcome, Shipment) or outcome.stage != "delivered":
+                # Only if someone terminated or cancelled the shipment itself.
+                await self._stop(self._shipment_ended(outcome))
+                return
+        await self._complete(validated)
 
     async def _complete(self, validated: ValidatedOrder) -> None:
         self._status.step = "complete"
@@ -490,19 +518,99 @@ class OrderWorkflow:
         await self._record()
 
     async def _stop(self, stop: OrderStopped) -> None:
-        """Undo what was done, newest first, then record why the order ended."""
+        """Undo what was started, newest first, then record why the order ended."""
+        self._ending = True
         self._status.cancelled = stop.status == "cancelled"
         self._status.cancel_reason = stop.reason if self._status.cancelled else None
         self._status.reason = stop.reason
         self._event("status", f"Order {stop.status}: {stop.reason}")
-        for name, undo in reversed(self._compensations):
-            await undo()
+        for name, undo in reversed(self._undos):
+            if not await undo():
+                continue  # the step never happened (or ended by itself): nothing to undo
             self._status.compensations.append(name)
             self._event("compensation", f"Compensation: {name}")
             await self._record()
-        self._compensations.clear()
+        self._undos.clear()
         self._status.status = stop.status
         await self._record()
+
+    def _why_stopped(self, err: BaseException) -> OrderStopped:
+        """The one rule: an accepted cancel wins over whatever else ended the step;
+        then a business refusal; then a cancellation through Temporal; then a step
+        out of retries. Anything else is a bug: it fails the workflow task, which
+        Temporal retries once the code is fixed."""
+        if workflow.cancellation_reason() is not None:
+            self._cancelled_through_temporal()
+        if self._cancel_request is not None:
+            return OrderStopped("cancelled", self._cancel_request.reason)
+        if isinstance(err, OrderStopped):
+            return err
+        if isinstance(err, (ActivityError, ChildWorkflowError)):
+            return OrderStopped("failed", self._text("step_failed", step=self._status.step.replace("_", " "), error=root_message(err)))
+        raise err
+
+    # --- shipment ------------------------------------------------------------
+
+    async def _ship_as_version_2(self, request: ShippingRequest) -> None:
+        """Orders started before the order decided the dispatch (and their replays):
+        the shipment dispatches on its own; the order follows it to the end."""
+        if self._status.expedited and not request.expedited:
+            await self._tell_shipment(ShippingWorkflow.expedite)
+        if self._status.address != request.address:
+            await self._tell_shipment(ShippingWorkflow.update_address, self._status.address)
+        self._event("step", "Shipping started")
+        await self._record()
+        shipment = self._shipping
+        while not shipment.done():
+            await workflow.wait_condition(lambda: shipment.done() or self._shipment_news or self._cancel_request is not None)
+            if self._shipment_news:
+                self._shipment_news = False
+                await self._record()
+            if self._cancel_request is not None and not shipment.done():
+                self._check_cancelled()
+        outcome = await self._shipment_outcome()
+        if not isinstance(outcome, Shipment):
+            raise self._shipment_ended(outcome)
+        self._released_to_carrier = self._shipment_followed_to_the_end = True
+        if self._shipment_news:
+            self._shipment_news = False
+            await self._record()
+
+    async def _shipment_outcome(self) -> Shipment | BaseException:
+        """The shipment's result, or what ended it."""
+        try:
+            return await self._shipping
+        except (Exception, asyncio.CancelledError) as err:
+            if isinstance(err, asyncio.CancelledError) and workflow.cancellation_reason() is None:
+                raise
+            return err
+
+    def _shipment_ended(self, outcome: Shipment | BaseException) -> OrderStopped:
+        if isinstance(outcome, Shipment):
+            return OrderStopped("cancelled", self._text("shipment_stopped"))
+        if isinstance(outcome, ChildWorkflowError):
+            return OrderStopped("failed", root_message(outcome))
+        return OrderStopped("failed", str(outcome))
+
+    async def _stop_shipment(self) -> bool:
+        """Undo of starting the shipment: tell it to stop and wait until it has."""
+        if self._shipping is None or self._released_to_carrier or self._shipping.done():
+            return False
+        await self._tell_shipment(ShippingWorkflow.stop)
+        outcome = await self._shipment_outcome()
+        if isinstance(outcome, Shipment):
+            self._status.shipment = dataclasses.replace(self._status.shipment, stage=outcome.stage, updated_at=outcome.updated_at)
+        return True
+
+    async def _tell_shipment(self, signal, *args) -> None:
+        """Signal the shipment if it still runs; a shipment that has just ended is
+        no reason to fail the order (it checks, then signals: it may end between)."""
+        if self._shipping is None or self._shipping.done():
+            return
+        try:
+            await self._shipping.signal(signal, *args)
+        except Exception as err:  # noqa: BLE001 - a closed shipment rejects signals; the order carries on
+            workflow.logger.info("Shipment did not take %s: %s", getattr(signal, "__name__", signal), err)
 
     # --- operator messages ---------------------------------------------------
 
@@ -515,60 +623,60 @@ class OrderWorkflow:
 
     @approve.validator
     def _check_approve(self, request: ApproveRequest) -> None:
-        if self._status.status != "awaiting_review" or self._cancel_request is not None:
-            raise refused(self._text("not_awaiting_review", status=self._status.status.replace("_", " ")))
+        if self._status.status == "awaiting_review":
+            self._refuse_unless_possible("approve")
+        else:
+            raise self._refused(self._text("not_awaiting_review", status=self._status.status.replace("_", " ")))
 
     @workflow.update
     async def cancel(self, request: CancelRequest) -> OrderStatus:
-        """Cancels and waits for the undo steps, so the answer shows them."""
+        """Cancels and waits for the undo steps, so the answer shows them. Once
+        accepted, the cancel wins: the order ends cancelled."""
         if self._cancel_request is None:
             self._cancel_request = request
             self._event("operator", f"Cancel requested by {request.operator}: {request.reason}")
         await workflow.wait_condition(lambda: self._status.status in FINAL_ORDER_STATUSES)
-        if self._status.status != "cancelled":
-            # The carrier took the parcel between the request and the shipment's stop.
-            raise refused(self._text("already_dispatched"))
         return self._status
 
     @cancel.validator
     def _check_cancel(self, request: CancelRequest) -> None:
-        self._refuse_if_final_or_shipped()
+        self._refuse_unless_possible("cancel")
         if not request.reason.strip():
-            raise refused(self._text("cancel_reason"))
+            raise self._refused(self._text("cancel_reason"))
 
     @workflow.update
     async def update_address(self, change: AddressChange) -> OrderStatus:
+        # Taken by the shipment with the dispatch permit, so it cannot race the dispatch.
         self._status.address = change.address
         self._event("operator", f"Shipping address changed by {change.operator} to {change.address.city}, {change.address.country}")
-        if self._shipping is not None:
-            await self._shipping.signal(ShippingWorkflow.update_address, change.address)
         await self._record()
         return self._status
 
     @update_address.validator
     def _check_address(self, change: AddressChange) -> None:
-        self._refuse_if_final_or_shipped()
+        self._refuse_unless_possible("address")
         if change.address.missing_fields():
-            raise refused(self._text("address_field") + f" ({', '.join(change.address.missing_fields())})")
+            raise self._refused(self._text("address_field") + f" ({', '.join(change.address.missing_fields())})")
 
     @workflow.signal
     async def expedite(self) -> None:
-        if self._status.expedited or self._status.status in FINAL_ORDER_STATUSES:
+        if "expedite" not in self._actions():
             return
         self._status.expedited = True
         self._event("operator", "Expedited shipping requested")
-        if self._shipping is not None:
-            await self._shipping.signal(ShippingWorkflow.expedite)
+        if self._released_to_carrier:
+            await self._tell_shipment(ShippingWorkflow.expedite)
         await self._record()
 
     @workflow.signal
     async def inject_failure(self, failure: FailureInjection) -> None:
         """Simulate trouble in a later step (for demos and tests)."""
+        if "simulate-failure" not in self._actions():
+            return
         self._failures.append(failure)
         kind = "permanent" if failure.permanent else f"{failure.times} attempt(s)"
         self._event("operator", f"Failure injected: {failure.step}, {kind}")
-        if self._shipping is not None and not self._shipping.done():
-            await self._shipping.signal(ShippingWorkflow.inject_failure, failure)
+        await self._tell_shipment(ShippingWorkflow.inject_failure, failure)
         await self._record()
 
     @workflow.signal
@@ -589,34 +697,115 @@ class OrderWorkflow:
             self._event("step", f"Shipment {progress.stage}")
         self._shipment_news = True
 
+    @workflow.signal
+    def shipment_ready(self) -> None:
+        """The package is at the carrier's pickup: the shipment waits for dispatch or stop."""
+        self._shipment_ready = True
+
     @workflow.query
     def status(self) -> OrderStatus:
-        return self._status
+        return dataclasses.replace(self._status, actions=self._actions())
 
-    # --- helpers ---------------------------------------------------------------
+    # --- what the order can still do ------------------------------------------
+
+    def _actions(self) -> list[str]:
+        """The operator actions that can still take effect (see ORDER_ACTIONS)."""
+        status = self._status
+        if self._ending or status.status in FINAL_ORDER_STATUSES or self._cancel_request is not None:
+            return []
+        actions = []
+        if status.status == "awaiting_review":
+            actions.append("approve")
+        if not self._released_to_carrier and status.shipment.stage not in HANDED_TO_CARRIER:
+            actions += ["cancel", "address"]
+        if not status.expedited and status.shipment.stage != "delivered":
+            actions.append("expedite")
+        if not self._released_to_carrier:
+            actions.append("simulate-failure")
+        return actions
+
+    def _refuse_unless_possible(self, action: str) -> None:
+        if action in self._actions():
+            return
+        if self._status.status in FINAL_ORDER_STATUSES or self._ending:
+            raise self._refused(self._text("already_final", status=self._status.status))
+        if self._cancel_request is not None:
+            raise self._refused(self._text("being_cancelled"))
+        raise self._refused(self._text("already_dispatched"))
+
+    def _check_cancelled(self) -> None:
+        if workflow.cancellation_reason() is not None:
+            self._cancelled_through_temporal()
+        if self._cancel_request is not None:
+            raise OrderStopped("cancelled", self._cancel_request.reason)
+
+    def _cancelled_through_temporal(self) -> None:
+        """A cancellation requested through Temporal (UI, CLI, API) follows the
+        cancel update's rule: before the release it is a cancel request; after
+        it, too late (the order completes, and says so in its timeline)."""
+        if self._ending:
+            return  # already undoing: the outcome is the same
+        if self._released_to_carrier:
+            if not self._late_cancel_noted:
+                self._late_cancel_noted = True
+                self._event("operator", self._text("cancel_too_late"))
+            return
+        if self._cancel_request is None:
+            reason = workflow.cancellation_reason() or ""
+            self._cancel_request = CancelRequest(self._text("cancelled_through_temporal", reason=reason).strip(), "Temporal")
+            self._event("operator", f"Cancel requested through Temporal: {self._cancel_request.reason}")
+
+    # --- bookkeeping -------------------------------------------------------------
+
+    def _begin(self, step: str) -> None:
+        self._check_cancelled()
+        self._status.step = step
+
+    def _undo_on_stop(self, name: str, undo: Callable[[], Awaitable[bool]]) -> None:
+        """Registered before the step starts: the undo is safe when the step never happened."""
+        self._undos.append((name, undo))
 
     def _step_request(self) -> StepRequest:
         return StepRequest(self._order.order_id, workflow.info().workflow_id, list(self._failures), self._order.policy)
 
-    async def _attempted(self, activity, request, summary: str):
-        """Run one business step; returns its result and the attempt that succeeded."""
-        result = await workflow.execute_activity_method(
-            activity, request, start_to_close_timeout=ORDER_STEP_TIMEOUT, retry_policy=ORDER_STEP_RETRY, summary=summary
-        )
-        return result, result.attempt
+    async def _business_step(self, activity, request, summary: str):
+        """Run one step; a cancel stops it at once (even between retries), so an
+        accepted cancel is answered within seconds.
 
-    async def _undo(self, activity, request) -> None:
-        await workflow.execute_activity_method(
-            activity, request, start_to_close_timeout=ORDER_STEP_TIMEOUT, retry_policy=MUST_FINISH_RETRY,
-            summary=f"Compensate: {activity.__name__.replace('_', ' ')}",
+        TRY_CANCEL rather than waiting for the attempt in flight: the undo is
+        safe either way (see ORDER_STEP_RETRY), and waiting hung the
+        time-skipping test server when the attempt completed during the cancel."""
+        step = workflow.start_activity_method(
+            activity,
+            request,
+            start_to_close_timeout=ORDER_STEP_TIMEOUT,
+            retry_policy=ORDER_STEP_RETRY,
+            summary=summary,
+            cancellation_type=ActivityCancellationType.TRY_CANCEL,
         )
+        try:
+            await workflow.wait_condition(lambda: step.done() or self._cancel_request is not None)
+        except asyncio.CancelledError:
+            self._cancelled_through_temporal()
+        if not step.done():
+            step.cancel()
+        return await uninterrupted(step, self._cancelled_through_temporal)
 
-    async def _refund(self, request: ChargeRequest) -> None:
+    async def _release(self, request: InventoryRequest) -> bool:
+        released = await workflow.execute_activity_method(
+            OrderActivities.release_inventory, request, start_to_close_timeout=ORDER_STEP_TIMEOUT,
+            retry_policy=MUST_FINISH_RETRY, summary="Compensate: release inventory",
+        )
+        return released.changed
+
+    async def _refund(self, request: ChargeRequest) -> bool:
         payment: Payment | None = await workflow.execute_activity_method(
             OrderActivities.refund_payment, request, start_to_close_timeout=ORDER_STEP_TIMEOUT,
             retry_policy=MUST_FINISH_RETRY, summary="Compensate: refund payment",
         )
-        self._status.payment = payment
+        if payment is not None:
+            self._status.payment = payment
+        return payment is not None
 
     async def _notify(self, kind: str, message: str) -> None:
         await workflow.execute_activity_method(
@@ -632,6 +821,7 @@ class OrderWorkflow:
         async with self._record_lock:
             events, self._new_events = self._new_events, []
             self._status.updated_at = workflow.now().isoformat()
+            self._status.actions = self._actions()
             await workflow.execute_local_activity_method(
                 OrderActivities.record_progress,
                 ProgressRecord(dataclasses.replace(self._status), events),
@@ -656,18 +846,9 @@ class OrderWorkflow:
         # The caller records who approved and why, once, in the timeline.
         self._status.milestones["approved"] = workflow.now().isoformat()
 
-    def _check_cancelled(self) -> None:
-        if self._cancel_request is not None:
-            raise OrderStopped("cancelled", self._cancel_request.reason)
-
-    def _cancel_requested_now(self) -> bool:
-        return self._cancel_request is not None
-
-    def _refuse_if_final_or_shipped(self) -> None:
-        if self._status.status in FINAL_ORDER_STATUSES:
-            raise refused(self._text("already_final", status=self._status.status))
-        if self._status.shipment.stage in HANDED_TO_CARRIER:
-            raise refused(self._text("already_dispatched"))
+    def _refused(self, message: str) -> ApplicationError:
+        """An operator action the order cannot take now; the caller is told why."""
+        return ApplicationError(message, type=ACTION_REFUSED, non_retryable=True)
 
     def _text(self, key: str, **values) -> str:
         return self._order.texts[key].format(**values)
@@ -675,10 +856,13 @@ class OrderWorkflow:
 
 @workflow.defn
 class ShippingWorkflow:
-    """prepare package -> (packing time) -> dispatch carrier -> (transit) -> deliver.
+    """prepare package -> wait for the carrier's pickup -> the order's word -> dispatch -> transit -> deliver.
 
-    Reports each stage to the order. Cancellable until dispatched; after that the
-    parcel is with the carrier and the shipment runs to delivery.
+    Until dispatch the shipment is the order's: at pickup it tells the order it
+    is ready (`shipment_ready`) and dispatches only on the order's `dispatch`
+    message, which brings the final address and speed; a `stop` message (or a
+    cancellation through Temporal) ends it before the next step, as "cancelled".
+    After dispatch the parcel is the carrier's: nothing stops it.
     """
 
     @workflow.init
@@ -687,23 +871,63 @@ class ShippingWorkflow:
         self._address = request.address
         self._expedited = request.expedited
         self._failures = list(request.failures)
+        self._permit: DispatchPermit | None = None
+        self._stop_requested = False
         self._speed_changed = False
         self._dispatched = False
+        self._preparing: workflow.ActivityHandle | None = None
 
     @workflow.run
     async def run(self, request: ShippingRequest) -> Shipment:
-        prepared = await self._step(ShippingActivities.prepare_package, "Prepare package")
+        try:
+            permit = await self._prepare_and_wait_for_pickup()
+        except (Exception, asyncio.CancelledError) as err:
+            if not is_cancelled_exception(err):
+                raise
+            permit = None  # cancelled through Temporal before dispatch: a stop
+        if permit is None:
+            await uninterrupted(self._abandon_preparation())
+            return Shipment("cancelled", updated_at=workflow.now().isoformat())
+        return await uninterrupted(self._dispatch_and_deliver(permit))
+
+    async def _prepare_and_wait_for_pickup(self) -> DispatchPermit | None:
+        """None when stopped before dispatch."""
+        prepare = self._preparing = workflow.start_activity_method(
+            ShippingActivities.prepare_package, self._step_request(), start_to_close_timeout=ORDER_STEP_TIMEOUT,
+            retry_policy=ORDER_STEP_RETRY, summary="Prepare package",
+        )
+        await workflow.wait_condition(lambda: prepare.done() or self._stop_requested)
+        if not prepare.done():
+            return None
+        prepared = prepare.result()
         await self._report(ShipmentProgress("prepared", prepared.attempt, workflow.now().isoformat()))
         # Until the carrier collects the parcel, the order can still change or be cancelled.
-        await workflow.sleep(timedelta(seconds=request.timing.prepare_seconds), summary="Awaiting carrier pickup")
-        dispatch = await self._step(ShippingActivities.dispatch_carrier, "Dispatch carrier")
+        try:
+            await workflow.wait_condition(
+                lambda: self._stop_requested, timeout=timedelta(seconds=self._request.timing.prepare_seconds),
+                timeout_summary="Awaiting carrier pickup",
+            )
+        except asyncio.TimeoutError:
+            pass
+        if self._stop_requested:
+            return None
+        if not self._request.order_releases_dispatch:
+            return DispatchPermit(self._address, self._expedited)
+        await self._report_ready()
+        await workflow.wait_condition(lambda: self._permit is not None or self._stop_requested)
+        return self._permit
+
+    async def _dispatch_and_deliver(self, permit: DispatchPermit) -> Shipment:
+        self._address = permit.address
+        self._expedited = self._expedited or permit.expedited
+        dispatch = await self._must_finish(ShippingActivities.dispatch_carrier, "Dispatch carrier")
         self._dispatched = True
         await self._report(
             ShipmentProgress("dispatched", dispatch.attempt, workflow.now().isoformat(), dispatch.carrier, dispatch.tracking_number)
         )
         dispatched_at = workflow.now()
         while True:
-            transit = request.timing.expedited_transit_seconds if self._expedited else request.timing.transit_seconds
+            transit = self._request.timing.expedited_transit_seconds if self._expedited else self._request.timing.transit_seconds
             remaining = dispatched_at + timedelta(seconds=transit) - workflow.now()
             if remaining <= timedelta(0):
                 break
@@ -711,27 +935,45 @@ class ShippingWorkflow:
                 await workflow.wait_condition(lambda: self._speed_changed, timeout=remaining, timeout_summary="In transit")
             except asyncio.TimeoutError:
                 break
-            except asyncio.CancelledError:
-                continue  # with the carrier: a cancel comes too late
             self._speed_changed = False
-        delivered = await self._step(ShippingActivities.deliver, "Deliver")
+        delivered = await self._must_finish(ShippingActivities.deliver, "Deliver")
         await self._report(ShipmentProgress("delivered", delivered.attempt, workflow.now().isoformat()))
         return Shipment("delivered", dispatch.carrier, dispatch.tracking_number, self._expedited, workflow.now().isoformat())
 
-    async def _step(self, activity, summary: str):
+    async def _abandon_preparation(self) -> None:
+        if self._preparing is not None and not self._preparing.done():
+            self._preparing.cancel()
+            with contextlib.suppress(ActivityError, asyncio.CancelledError):
+                await self._preparing
+
+    def _step_request(self) -> ShipmentStepRequest:
         request = self._request
         step = StepRequest(request.order_id, request.parent_workflow_id, list(self._failures), request.policy)
+        return ShipmentStepRequest(step, self._address, self._expedited)
+
+    async def _must_finish(self, activity, summary: str):
+        """Steps after dispatch: the parcel is with the carrier, so they retry until done."""
         return await workflow.execute_activity_method(
-            activity,
-            ShipmentStepRequest(step, self._address, self._expedited),
-            start_to_close_timeout=ORDER_STEP_TIMEOUT,
-            retry_policy=ORDER_STEP_RETRY,
-            summary=summary,
+            activity, self._step_request(), start_to_close_timeout=ORDER_STEP_TIMEOUT,
+            retry_policy=MUST_FINISH_RETRY, summary=summary,
         )
 
     async def _report(self, progress: ShipmentProgress) -> None:
         parent = workflow.get_external_workflow_handle(self._request.parent_workflow_id)
         await parent.signal(OrderWorkflow.shipment_progress, progress)
+
+    async def _report_ready(self) -> None:
+        parent = workflow.get_external_workflow_handle(self._request.parent_workflow_id)
+        await parent.signal(OrderWorkflow.shipment_ready)
+
+    @workflow.signal
+    def dispatch(self, permit: DispatchPermit) -> None:
+        self._permit = permit
+
+    @workflow.signal
+    def stop(self) -> None:
+        if self._permit is None:
+            self._stop_requested = True
 
     @workflow.signal
     def expedite(self) -> None:
@@ -740,6 +982,7 @@ class ShippingWorkflow:
 
     @workflow.signal
     def update_address(self, address: Address) -> None:
+        """For shipments that dispatch on their own (version 2 orders)."""
         if not self._dispatched:
             self._address = address
 
@@ -761,7 +1004,7 @@ class RewardsWorkflow:
         self._state = rewards.state
         self._tiers = sorted(rewards.tiers, key=lambda tier: tier.min_points)
         self._max_history_events = rewards.max_history_events
-        self._awards: list[AwardPoints] = []
+        self._awards: list[AwardPoints] = list(rewards.pending)
         self._close_requested = False
 
     @workflow.run
@@ -777,7 +1020,9 @@ class RewardsWorkflow:
                 await self._save()
                 return self._state
             await workflow.wait_condition(workflow.all_handlers_finished)
-            workflow.continue_as_new(RewardsInput(self._state, self._tiers, self._max_history_events))
+            # Awards that arrived during that wait go along explicitly: the next run
+            # applies them first, so none depends on when the server takes the signal.
+            workflow.continue_as_new(RewardsInput(self._state, self._tiers, self._max_history_events, list(self._awards)))
 
     def _apply_awards(self) -> None:
         while self._awards:
@@ -822,3 +1067,52 @@ class RewardsWorkflow:
 
 # Order IDs remembered per customer to count a repeated award once.
 RECENT_AWARDS_KEPT = 500
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+def business_error(err: Exception, *error_types: str) -> ApplicationError | None:
+    """The activity's ApplicationError of one of `error_types`, if that is what `err` is.
+
+    A failed activity arrives as ActivityError(cause=ApplicationError); a failed
+    local activity arrives as the ApplicationError itself.
+    """
+    cause = err.cause if isinstance(err, ActivityError) else err
+    return cause if isinstance(cause, ApplicationError) and cause.type in error_types else None
+
+
+def refusal_as_stop(err: ActivityError, error_type: str, status: str) -> Exception:
+    """A step's business refusal of `error_type` as the order's stop; any other error as it is."""
+    refusal = business_error(err, error_type)
+    return OrderStopped(status, refusal.message) if refusal is not None else err
+
+
+def root_message(err: BaseException) -> str:
+    """The innermost cause's message: what actually went wrong, for people."""
+    while getattr(err, "cause", None) is not None:
+        err = err.cause
+    return getattr(err, "message", None) or str(err) or type(err).__name__
+
+
+async def uninterrupted(awaitable: Awaitable[Any], on_cancel: Callable[[], None] | None = None) -> Any:
+    """Await `awaitable` to its end even if the workflow is cancelled meanwhile.
+
+    For what must finish once started: undoing, and what follows the carrier's
+    pickup. Temporal delivers a workflow cancellation to the main task as a
+    CancelledError at whatever it awaits; here it reaches only the shield, the
+    work goes on, and `on_cancel` is told. The work itself is cancelled only
+    when the worker evicts the workflow from its cache, and that propagates.
+    """
+    task = asyncio.ensure_future(awaitable)
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # so the next await is not cancelled again
+            if on_cancel is not None:
+                on_cancel()
