@@ -442,3 +442,4 @@ async def test_cancel_swept_over_an_order_life_on_the_dev_server(dev_server, ord
     assert outcomes == {True, False}, f"the sweep should see both sides of the dispatch: {results}"
     catalog = load_rules(order_settings.rules_file).orders.catalog
     assert await assert_orders_right(dev_server.client, order_settings.data_dir, {i.sku: i.stock for i in catalog}) == len(delays)
+
