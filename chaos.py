@@ -301,10 +301,9 @@ def unreadable_json_files(data_dir: Path) -> list[Path]:
 
 async def check(stack: Stack, clients: Clients, figures: Figures, settle_seconds: float) -> None:
     """From outside, after the load: records, orders, stock, files."""
-    sys.path.insert(0, str(HERE))
-    os.environ.update({key: stack.env[key] for key in ("PAYLOAD_KEY", "DATA_DIR")})
     from activities import APPLICATIONS
-    from config import connect_temporal
+    from codec import EncryptionCodec
+    from config import connect_temporal, parse_payload_key, payload_data_converter
     from store import JsonStore
 
     store = JsonStore(stack.data_dir)
@@ -330,7 +329,10 @@ async def check(stack: Stack, clients: Clients, figures: Figures, settle_seconds
         return
     from order_invariants import order_problems, stock_problems
 
-    client = await connect_temporal(target_host=stack.env["TEMPORAL_ADDRESS"])
+    # The stack's own key, passed explicitly: this process's environment is not the stack's.
+    codec = EncryptionCodec(parse_payload_key(stack.env["PAYLOAD_KEY"], "PAYLOAD_KEY"))
+    client = await connect_temporal(target_host=stack.env["TEMPORAL_ADDRESS"],
+                                    data_converter=payload_data_converter(codec))
     problems: list[str] = []
     for order_id in clients.order_ids:
         while True:

@@ -382,8 +382,10 @@ class OrderService:
 
 
 def available_actions(status: dict[str, Any]) -> list[str]:
-    """The operator actions that make sense now (the pages show only these; the
-    workflow itself refuses the rest, so this is a convenience, not the rule)."""
+    """The operator actions the order can still take, as the workflow says (OrderStatus.actions);
+    pages offer only these. Views stored before the workflow said so fall back to the rule."""
+    if "actions" in status:
+        return list(status["actions"])
     if status["status"] in FINAL_ORDER_STATUSES:
         return []
     actions = ["approve"] if status["status"] == "awaiting_review" else []

@@ -18,7 +18,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
 from order_service import ActionFailed, ActionRefused, ActionUnconfirmed, NoRewards, OrderNotFound, OrderService, OrderView
-from shared import FAILURE_STEPS, ORDER_MILESTONES, ApproveRequest
+from shared import FAILURE_STEPS, ORDER_ACTIONS, ORDER_MILESTONES, ApproveRequest
 from temporal_client import TemporalUnavailable
 from validation import (
     ADDRESS_FIELDS,
@@ -44,7 +44,6 @@ MILESTONE_ATTEMPTS = {
     "shipped": "dispatched",
     "delivered": "delivered",
 }
-ACTIONS = ("approve", "cancel", "address", "expedite", "simulate-failure")
 
 orders_api = Blueprint("orders_api", __name__, url_prefix="/api")
 orders_pages = Blueprint("orders_pages", __name__)
@@ -234,7 +233,7 @@ def render_dashboard(values: dict[str, str], errors: dict[str, str], notice: dic
 async def tracker(order_id: str):
     done = request.args.get("done")
     notice = None
-    if done in ACTIONS:
+    if done in ORDER_ACTIONS:
         notice = {"kind": "success", "title": texts()[f"done_{done.replace('-', '_')}"], "text": ""}
     return await render_tracker(order_id, notice=notice)
 

@@ -484,7 +484,8 @@ async def test_an_order_cancelled_after_the_charge_is_refunded(operator):
 
     await expect(operator.locator("#notice")).to_contain_text(ORDER_TEXTS["done_cancel"])
     await expect(operator.locator("#order-status")).to_have_text(ORDER_TEXTS["status_cancelled"])
-    await expect(operator.locator("#order-compensations li")).to_have_text(["refund payment", "release inventory"])
+    await expect(operator.locator("#order-compensations li")).to_have_text(
+        ["stop shipment", "refund payment", "release inventory"])
     await expect(operator.locator('[data-field="payment.status"]')).to_have_text("refunded")
     await expect(operator.locator("#order-timeline")).to_contain_text("Compensation: refund payment")
     await expect(operator.locator("#order-timeline")).to_contain_text("The customer changed their mind")
