@@ -12,8 +12,10 @@ a deadline and uses its own customer id.
 from __future__ import annotations
 
 import asyncio
+import threading
 import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
@@ -393,3 +395,23 @@ def test_an_idempotency_key_makes_a_retried_order_the_same_order(client, custome
     assert other.status_code == 201 and other.json["order_id"] != first.json["order_id"]
     bad = client.post("/api/orders", json=body, headers={"Idempotency-Key": "white space"})
     assert bad.status_code == 400 and set(bad.json["fields"]) == {"Idempotency-Key"}
+
+
+def test_two_approves_at_once_approve_once(app, client, customer):
+    order_id = place(client, customer, [("LP-140", 1)])
+    wait_for(client, order_id, status_is("awaiting_review"), "the order to await review")
+    barrier = threading.Barrier(2)
+
+    def approve(operator: str):
+        browser = signed_in(app.test_client(), app.config["SETTINGS"])
+        barrier.wait()
+        return browser.post(f"/api/orders/{order_id}/approve", json={"operator": operator})
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answers = list(pool.map(approve, ["ann", "bob"]))
+    assert sorted(answer.status_code for answer in answers) == [200, 409], [a.json for a in answers]
+    refused = next(answer for answer in answers if answer.status_code == 409)
+    assert "(it is awaiting review)" not in refused.json["error"]
+    approvals = [e for e in client.get(f"/api/orders/{order_id}/events").json["events"]
+                 if e["message"].startswith("Approved by")]
+    assert len(approvals) == 1, approvals

@@ -616,6 +616,10 @@ class OrderWorkflow:
 
     @workflow.update
     async def approve(self, request: ApproveRequest) -> OrderStatus:
+        if self._status.approved:
+            # Two approves accepted in one workflow task pass both validators (they run
+            # before any handler): the second is refused here, so one approve counts.
+            raise self._refused(self._text("already_approved", operator=self._status.approved_by))
         self._approve(request.operator)
         self._event("operator", f"Approved by {request.operator}")
         await self._record()
@@ -623,6 +627,8 @@ class OrderWorkflow:
 
     @approve.validator
     def _check_approve(self, request: ApproveRequest) -> None:
+        if self._status.approved:
+            raise self._refused(self._text("already_approved", operator=self._status.approved_by))
         if self._status.status == "awaiting_review":
             self._refuse_unless_possible("approve")
         else:
