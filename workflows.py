@@ -627,7 +627,7 @@ class OrderWorkflow:
 
     @approve.validator
     def _check_approve(self, request: ApproveRequest) -> None:
-        if self._status.approved:
+        if self._status.status == "awaiting_review" and self._status.approved:
             raise self._refused(self._text("already_approved", operator=self._status.approved_by))
         if self._status.status == "awaiting_review":
             self._refuse_unless_possible("approve")
