@@ -1,9 +1,13 @@
 """A JSON document store on the local file system, safe for several worker processes.
 
 Layout under the root folder:
-    <collection>/<key>.json          one document per record
-    <collection>/_index/<sort>_<key> empty marker per record, for newest-first listing
-    _locks/<n>.lock                  a fixed set of lock files (lock striping)
+    <collection>/<key>.json                   one document per record
+    <collection>/_index/state.json            how many records are listed, and the counts by field
+    <collection>/_index/seq/<n>               the key of the n-th listed record (1, 2, ...)
+    <collection>/_index/keys/<key>.json       a listed record's number and the values it is counted under
+    <collection>/_index/journal.json          a listed write in progress (redo log), gone once applied
+    <collection>/_index/.lock                 the collection's index lock
+    _locks/<n>.lock                           a fixed set of lock files (lock striping)
 
 Why it is built this way:
 - One file per record keeps every write O(1), however many records exist.
@@ -15,6 +19,14 @@ Why it is built this way:
   the number of lock files stays fixed.
 - `put` with the same content is a no-op in effect, so a retried activity never
   creates a second record.
+- Listing and counting cost the same at 100 and at 100,000 records: a listed
+  record gets a number when first written (under the collection's index lock),
+  so a page newest first reads `limit` small files from the total down, never
+  the folder; the counts by field (`count_by`) move on every write of the
+  record. A listed write is journaled first (the document, the index entry and
+  the new totals, all absolute values) and then applied, so a crash in between
+  is redone by the next writer or reader, and a retried write with the same key
+  finds its entry and counts nothing twice.
 """
 
 from __future__ import annotations
@@ -33,11 +45,18 @@ from filelock import FileLock
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _SORT_KEY = re.compile(r"^[A-Za-z0-9.:+-]{1,64}$")
 LOCK_STRIPES = 64
+# The fields each collection is counted by (`count_by`): the pages show these counts above the lists.
+DEFAULT_COUNTED_FIELDS: dict[str, tuple[str, ...]] = {"applications": ("decision",), "orders": ("status",)}
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached (a database that is down); callers answer 503 or retry."""
 
 
 class JsonStore:
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, counted_fields: dict[str, tuple[str, ...]] | None = None):
         self.root = Path(root)
+        self.counted_fields = DEFAULT_COUNTED_FIELDS if counted_fields is None else counted_fields
         (self.root / "_locks").mkdir(parents=True, exist_ok=True)
 
     # --- reads -------------------------------------------------------------
@@ -49,21 +68,32 @@ class JsonStore:
             return None
 
     def list_recent(self, collection: str, offset: int = 0, limit: int = 20) -> tuple[list[dict], int]:
-        """One page of records, newest first, and the total count.
+        """One page of listed records (written with a sort key), newest first, and the total.
 
-        Sorting reads only the index's file names; only the page's documents are read.
+        Reads the totals and the page's entries only: the cost does not grow with the collection.
         """
-        index = self._folder(collection) / "_index"
-        try:
-            markers = sorted(os.listdir(index), reverse=True)
-        except FileNotFoundError:
-            return [], 0
+        index = self._index(collection)
+        self._recover_if_needed(collection, index)
+        total = _read_json(index / "state.json", {"total": 0})["total"]
         page = []
-        for marker in markers[offset : offset + limit]:
-            record = self.get(collection, marker.split("_", 1)[1])
+        for number in range(total - max(offset, 0), max(total - max(offset, 0) - max(limit, 0), 0), -1):
+            try:
+                key = (index / "seq" / str(number)).read_text()
+            except FileNotFoundError:
+                continue
+            record = self.get(collection, key)
             if record is not None:
                 page.append(record)
-        return page, len(markers)
+        return page, total
+
+    def count_by(self, collection: str, field: str) -> dict[str, int]:
+        """How many listed records have each value of `field` (one of the collection's
+        counted fields), for example {"pre_approved": 12, "denied": 3}."""
+        if field not in self.counted_fields.get(collection, ()):
+            raise ValueError(f"{collection!r} is not counted by {field!r}")
+        index = self._index(collection)
+        self._recover_if_needed(collection, index)
+        return dict(_read_json(index / "state.json", {"counts": {}}).get("counts", {}).get(field, {}))
 
     def list_all(self, collection: str) -> list[dict[str, Any]]:
         """Every document of a small collection (for example one order's events), by key."""
@@ -109,13 +139,62 @@ class JsonStore:
 
     def write_locked(self, collection: str, key: str, document: dict[str, Any], sort_key: str | None = None) -> None:
         """Write a document whose lock the caller holds (see `locked`)."""
-        self._write(collection, key, document)
-        if sort_key is not None:
-            # Touched on every write, not only the first, so a crash between
-            # the document and its marker is repaired by the retry.
-            index = self._folder(collection) / "_index"
-            index.mkdir(exist_ok=True)
-            (index / f"{sort_key}_{key}").touch()
+        if sort_key is not None and not _SORT_KEY.match(sort_key):
+            raise ValueError(f"invalid sort key {sort_key!r}")
+        index = self._index(collection)
+        if sort_key is None and not (index / "keys" / f"{_checked_key(key)}.json").exists():
+            self._write(collection, key, document)  # not listed: no index to keep
+            return
+        with self._index_lock(index):
+            self._recover(index)
+            state = _read_json(index / "state.json", {"total": 0, "counts": {}})
+            entry = _read_json(index / "keys" / f"{key}.json", None)
+            fields = self.counted_fields.get(collection, ())
+            new_entry = {
+                "seq": entry["seq"] if entry else state["total"] + 1,
+                "counted": {field: _count_value(document.get(field)) for field in fields},
+            }
+            new_state = {"total": state["total"] + (0 if entry else 1),
+                         "counts": {f: dict(v) for f, v in state.get("counts", {}).items()}}
+            for field in fields:
+                counts = new_state["counts"].setdefault(field, {})
+                if entry is not None:
+                    old = entry["counted"].get(field)
+                    if old is not None:
+                        counts[old] = counts.get(old, 0) - 1
+                        if counts[old] <= 0:
+                            del counts[old]
+                new = new_entry["counted"][field]
+                if new is not None:
+                    counts[new] = counts.get(new, 0) + 1
+            if new_entry == entry:
+                self._write(collection, key, document)  # nothing to count or number again
+                return
+            journal = {"collection": collection, "key": key, "document": document, "entry": new_entry, "state": new_state}
+            _atomic_write(index / "journal.json", json.dumps(journal).encode())
+            self._apply(index, journal)
+
+    def _apply(self, index: Path, journal: dict[str, Any]) -> None:
+        """Apply a journaled listed write; every step writes absolute values, so redoing it is harmless."""
+        key, entry = journal["key"], journal["entry"]
+        self._write(journal["collection"], key, journal["document"])
+        (index / "seq").mkdir(exist_ok=True)
+        (index / "keys").mkdir(exist_ok=True)
+        _atomic_write(index / "seq" / str(entry["seq"]), key.encode())
+        _atomic_write(index / "keys" / f"{key}.json", json.dumps(entry).encode())
+        _atomic_write(index / "state.json", json.dumps(journal["state"]).encode())
+        os.unlink(index / "journal.json")
+
+    def _recover(self, index: Path) -> None:
+        """Redo a listed write that a crashed process journaled but did not finish (index lock held)."""
+        journal = _read_json(index / "journal.json", None)
+        if journal is not None:
+            self._apply(index, journal)
+
+    def _recover_if_needed(self, collection: str, index: Path) -> None:
+        if (index / "journal.json").exists():
+            with self._index_lock(index):
+                self._recover(index)
 
     def _write(self, collection: str, key: str, document: dict[str, Any]) -> None:
         _atomic_write(self._path(collection, key), json.dumps(document, indent=2, sort_keys=True).encode())
@@ -128,16 +207,40 @@ class JsonStore:
         return self.root / collection
 
     def _path(self, collection: str, key: str) -> Path:
-        if not _KEY.match(key):
-            raise ValueError(f"invalid key {key!r}")
         folder = self._folder(collection)
+        _checked_key(key)
         folder.mkdir(parents=True, exist_ok=True)
         return folder / f"{key}.json"
+
+    def _index(self, collection: str) -> Path:
+        return self._folder(collection) / "_index"
+
+    def _index_lock(self, index: Path) -> FileLock:
+        index.mkdir(parents=True, exist_ok=True)
+        return FileLock(index / ".lock", timeout=30, thread_local=False)
 
     def _lock(self, collection: str, key: str) -> FileLock:
         stripe = zlib.crc32(f"{collection}/{key}".encode()) % LOCK_STRIPES
         # thread_local=False: one FileLock object may be shared by a thread pool.
         return FileLock(self.root / "_locks" / f"{stripe}.lock", timeout=30, thread_local=False)
+
+
+def _checked_key(key: str) -> str:
+    if not _KEY.match(key):
+        raise ValueError(f"invalid key {key!r}")
+    return key
+
+
+def _count_value(value: Any) -> str | None:
+    """The name a field's value is counted under (counts are JSON object keys: text)."""
+    return None if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
