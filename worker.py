@@ -24,7 +24,7 @@ from temporalio.client import Client
 from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 
 from activities import LoanActivities, OrderActivities, RewardsActivities, ShippingActivities
-from config import Settings, connect_temporal, load_messages, load_rules
+from config import Settings, connect_temporal, load_messages, load_rules, open_store
 from store import JsonStore
 from workflows import LoanApplicationWorkflow, OrderWorkflow, RewardsWorkflow, ShippingWorkflow
 
@@ -49,7 +49,7 @@ def build_worker(
     `concurrency` must not exceed the executor's threads: activities are sync.
     """
     activities = LoanActivities(
-        store=store or JsonStore(settings.data_dir),
+        store=store or open_store(settings),
         rules=load_rules(settings.rules_file),
         messages=load_messages(settings.messages_file),
         identity=identity,
@@ -86,7 +86,7 @@ def build_order_workers(
     store: JsonStore | None = None,
 ) -> list[Worker]:
     """Workers for the order process: orders and rewards on one queue, shipping on its own."""
-    store = store or JsonStore(settings.data_dir)
+    store = store or open_store(settings)
     rules = load_rules(settings.rules_file)
     texts = load_messages(settings.messages_file).orders
     orders = OrderActivities(store, rules, texts, client=client, rewards_task_queue=settings.order_task_queue)
