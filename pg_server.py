@@ -7,6 +7,7 @@ and the data folder is handed to that user. The server listens on a Unix
 socket in its own folder and on a loopback port; `url()` is what DATABASE_URL gets.
 
     python pg_server.py run DATA_DIR/postgres PORT   # init if needed, then run in the foreground (Procfile.postgres)
+    python pg_server.py wait DATABASE_URL            # until it accepts connections (60 s at most)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 INSTALL_HINT = "install PostgreSQL: apt-get install -y postgresql (Debian/Ubuntu), then run the tests again"
@@ -85,7 +87,25 @@ def run(data: Path, port: int) -> None:
                                                           *server_options(data, port)]))
 
 
+def wait(database_url: str, timeout: float = 60.0) -> None:
+    """Until the server accepts connections: the worker and web app start beside it under honcho."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            psycopg.connect(database_url, connect_timeout=2).close()
+            return
+        except psycopg.OperationalError as err:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"PostgreSQL did not accept connections within {timeout:.0f} s: {err}") from None
+            time.sleep(0.2)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "run":
-        raise SystemExit("usage: python pg_server.py run DATA_FOLDER PORT")
-    run(Path(sys.argv[2]).resolve(), int(sys.argv[3]))
+    if len(sys.argv) == 4 and sys.argv[1] == "run":
+        run(Path(sys.argv[2]).resolve(), int(sys.argv[3]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "wait":
+        wait(sys.argv[2])
+    else:
+        raise SystemExit("usage: python pg_server.py run DATA_FOLDER PORT | wait DATABASE_URL")
