@@ -54,6 +54,9 @@ def migration_files() -> list[tuple[int, Path]]:
 def migrate(connection: psycopg.Connection) -> list[int]:
     """Apply the migrations this database has not seen, each in its own transaction; the
     versions applied. Two processes starting at once: the second waits on the lock, then finds nothing to do."""
+    previous = connection.autocommit
+    if not previous:
+        connection.commit()  # the session lock and each migration's transaction stand outside any open one
     connection.autocommit = True
     applied = []
     connection.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
@@ -70,6 +73,7 @@ def migrate(connection: psycopg.Connection) -> list[int]:
             applied.append(number)
     finally:
         connection.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        connection.autocommit = previous
     return applied
 
 
@@ -83,6 +87,9 @@ class PostgresStore:
             url, min_size=1, max_size=max_connections, timeout=CONNECT_TIMEOUT_SECONDS, open=False,
             kwargs={"connect_timeout": int(CONNECT_TIMEOUT_SECONDS)},
             check=ConnectionPool.check_connection,  # a connection broken by a server restart is replaced
+            # Give up a reconnection attempt (backoff 1, 2, 4 s) after 10 s, so the next request starts
+            # a fresh one: after an outage the pool reconnects within seconds, not after a long backoff.
+            reconnect_timeout=10.0,
         )
         try:
             self.pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
