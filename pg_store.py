@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextvars
 import json
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +42,11 @@ from store import _KEY, _SORT_KEY, DEFAULT_COUNTED_FIELDS, StoreUnavailable, _co
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 MIGRATION_LOCK = 7_301_017  # the session advisory lock that serialises migrations across processes
-CONNECT_TIMEOUT_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 2.0
+# After the server was found unreachable, calls fail at once for this long instead of each
+# waiting for a connection, then one call tries again: activities free their slots and
+# retry, pages answer 503 at once.
+FAIL_FAST_SECONDS = 1.0
 
 
 def migration_files() -> list[tuple[int, Path]]:
@@ -80,6 +86,8 @@ def migrate(connection: psycopg.Connection) -> list[int]:
 class PostgresStore:
     def __init__(self, url: str, counted_fields: dict[str, tuple[str, ...]] | None = None, max_connections: int = 10):
         self.counted_fields = DEFAULT_COUNTED_FIELDS if counted_fields is None else counted_fields
+        self._unreachable_until = 0.0  # a circuit breaker: while the server is down, fail at once
+        self._breaker = threading.Lock()
         # The connection of the transaction this thread or task is in (`locked`), if any.
         self._current: contextvars.ContextVar[psycopg.Connection | None] = contextvars.ContextVar(
             f"pg_store_{id(self)}", default=None)
@@ -111,6 +119,13 @@ class PostgresStore:
         if current is not None:
             yield current
             return
+        with self._breaker:
+            now = time.monotonic()
+            if now < self._unreachable_until:
+                raise StoreUnavailable("PostgreSQL is unreachable (failed a moment ago; retried shortly)")
+            if self._unreachable_until:
+                # Down a moment ago: this call probes, the others keep failing at once meanwhile.
+                self._unreachable_until = now + CONNECT_TIMEOUT_SECONDS + FAIL_FAST_SECONDS
         try:
             with self.pool.connection() as connection:
                 with connection.transaction():
@@ -120,7 +135,9 @@ class PostgresStore:
                     finally:
                         self._current.reset(token)
         except (psycopg.OperationalError, PoolTimeout) as err:
+            self._unreachable_until = time.monotonic() + FAIL_FAST_SECONDS
             raise StoreUnavailable(f"PostgreSQL is unreachable: {err}") from err
+        self._unreachable_until = 0.0
 
     @contextmanager
     def locked(self, collection: str, key: str) -> Iterator[None]:
