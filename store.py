@@ -35,8 +35,10 @@ import json
 import os
 import re
 import tempfile
+import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,8 @@ class JsonStore:
     def __init__(self, root: Path | str, counted_fields: dict[str, tuple[str, ...]] | None = None):
         self.root = Path(root)
         self.counted_fields = DEFAULT_COUNTED_FIELDS if counted_fields is None else counted_fields
+        self._index_mutexes: dict[Path, threading.Lock] = {}
+        self._mutexes_guard = threading.Lock()
         (self.root / "_locks").mkdir(parents=True, exist_ok=True)
 
     # --- reads -------------------------------------------------------------
@@ -215,9 +219,17 @@ class JsonStore:
     def _index(self, collection: str) -> Path:
         return self._folder(collection) / "_index"
 
-    def _index_lock(self, index: Path) -> FileLock:
-        index.mkdir(parents=True, exist_ok=True)
-        return FileLock(index / ".lock", timeout=30, thread_local=False)
+    @contextmanager
+    def _index_lock(self, index: Path) -> Iterator[None]:
+        """The collection's index lock. Every listed write of the collection takes it, so the
+        threads of one process queue on a mutex first (filelock would have each poll the file
+        every 50 ms, which starved some for seconds under load); processes poll every 2 ms."""
+        with self._mutexes_guard:
+            mutex = self._index_mutexes.setdefault(index, threading.Lock())
+        with mutex:
+            index.mkdir(parents=True, exist_ok=True)
+            with FileLock(index / ".lock", timeout=30, thread_local=False, poll_interval=0.002):
+                yield
 
     def _lock(self, collection: str, key: str) -> FileLock:
         stripe = zlib.crc32(f"{collection}/{key}".encode()) % LOCK_STRIPES
