@@ -51,14 +51,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def require_server_binaries() -> None:
+    """Skip the calling test loudly when PostgreSQL is not installed; fail under REQUIRE_POSTGRES=1 (CI)."""
+    if pg_server.bin_dir() is not None:
+        return
+    message = f"PostgreSQL tests need a PostgreSQL server: {pg_server.INSTALL_HINT}"
+    if os.environ.get("REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"REQUIRE_POSTGRES=1 and no server: {message}")
+    warnings.warn(message)
+    pytest.skip(f"*** SKIPPED: {message} ***")
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
-    if pg_server.bin_dir() is None:
-        message = f"PostgreSQL tests need a PostgreSQL server: {pg_server.INSTALL_HINT}"
-        if os.environ.get("REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"REQUIRE_POSTGRES=1 and no server: {message}")
-        warnings.warn(message)
-        pytest.skip(f"*** SKIPPED: {message} ***")
+    require_server_binaries()
     # Under /tmp, not pytest's tmp_path: the server's user must be able to reach the folder.
     folder = Path(tempfile.mkdtemp(prefix="pgtest-", dir="/tmp"))
     folder.chmod(0o755)

@@ -3,9 +3,9 @@
 Layout under the root folder:
     <collection>/<key>.json                   one document per record
     <collection>/_index/state.json            how many records are listed, and the counts by field
-    <collection>/_index/seq/<n>               the key of the n-th listed record (1, 2, ...)
-    <collection>/_index/keys/<key>.json       a listed record's number and the values it is counted under
-    <collection>/_index/journal.json          a listed write in progress (redo log), gone once applied
+    <collection>/_index/<n>.seq               the key of the n-th listed record (1, 2, ...)
+    <collection>/_index/<key>.key             a listed record's number and the values it is counted under
+    <collection>/_index/journal.json          an index change in progress (redo log), gone once applied
     <collection>/_index/.lock                 the collection's index lock
     _locks/<n>.lock                           a fixed set of lock files (lock striping)
 
@@ -23,10 +23,11 @@ Why it is built this way:
   record gets a number when first written (under the collection's index lock),
   so a page newest first reads `limit` small files from the total down, never
   the folder; the counts by field (`count_by`) move on every write of the
-  record. A listed write is journaled first (the document, the index entry and
-  the new totals, all absolute values) and then applied, so a crash in between
-  is redone by the next writer or reader, and a retried write with the same key
-  finds its entry and counts nothing twice.
+  record that changes a counted value. The document is written first (it is
+  the truth), then the index change is journaled (entry, number, totals, all
+  absolute values) and applied; a crash in between is redone by the next
+  writer or reader, and the retry (same key, same document) finds its entry
+  and counts nothing twice. A rewrite that changes nothing counted takes no lock.
 """
 
 from __future__ import annotations
@@ -77,12 +78,12 @@ class JsonStore:
         Reads the totals and the page's entries only: the cost does not grow with the collection.
         """
         index = self._index(collection)
-        self._recover_if_needed(collection, index)
+        self._recover_if_needed(index)
         total = _read_json(index / "state.json", {"total": 0})["total"]
         page = []
         for number in range(total - max(offset, 0), max(total - max(offset, 0) - max(limit, 0), 0), -1):
             try:
-                key = (index / "seq" / str(number)).read_text()
+                key = (index / f"{number}.seq").read_text()
             except FileNotFoundError:
                 continue
             record = self.get(collection, key)
@@ -96,17 +97,17 @@ class JsonStore:
         if field not in self.counted_fields.get(collection, ()):
             raise ValueError(f"{collection!r} is not counted by {field!r}")
         index = self._index(collection)
-        self._recover_if_needed(collection, index)
+        self._recover_if_needed(index)
         return dict(_read_json(index / "state.json", {"counts": {}}).get("counts", {}).get(field, {}))
 
     def list_all(self, collection: str) -> list[dict[str, Any]]:
         """Every document of a small collection (for example one order's events), by key."""
         folder = self._folder(collection)
         try:
-            names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
+            keys = sorted(n[: -len(".json")] for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
         except FileNotFoundError:
             return []
-        documents = (self.get(collection, name[: -len(".json")]) for name in names)
+        documents = (self.get(collection, key) for key in keys)
         return [d for d in documents if d is not None]
 
     # --- writes ------------------------------------------------------------
@@ -145,57 +146,56 @@ class JsonStore:
         """Write a document whose lock the caller holds (see `locked`)."""
         if sort_key is not None and not _SORT_KEY.match(sort_key):
             raise ValueError(f"invalid sort key {sort_key!r}")
+        self._write(collection, key, document)
         index = self._index(collection)
-        if sort_key is None and not (index / "keys" / f"{_checked_key(key)}.json").exists():
-            self._write(collection, key, document)  # not listed: no index to keep
+        entry_path = index / f"{key}.key"
+        if sort_key is None and not entry_path.exists():
+            return  # not listed: no index to keep
+        counted = {field: _count_value(document.get(field)) for field in self.counted_fields.get(collection, ())}
+        # Most rewrites (a retry, a contact answer) change nothing counted: no index lock. The
+        # entry only changes under this document's lock, which the caller holds.
+        entry = _read_json(entry_path, None)
+        if entry is not None and entry["counted"] == counted and not (index / "journal.json").exists():
             return
         with self._index_lock(index):
             self._recover(index)
-            state = _read_json(index / "state.json", {"total": 0, "counts": {}})
-            entry = _read_json(index / "keys" / f"{key}.json", None)
-            fields = self.counted_fields.get(collection, ())
-            new_entry = {
-                "seq": entry["seq"] if entry else state["total"] + 1,
-                "counted": {field: _count_value(document.get(field)) for field in fields},
-            }
-            new_state = {"total": state["total"] + (0 if entry else 1),
-                         "counts": {f: dict(v) for f, v in state.get("counts", {}).items()}}
-            for field in fields:
-                counts = new_state["counts"].setdefault(field, {})
-                if entry is not None:
-                    old = entry["counted"].get(field)
-                    if old is not None:
-                        counts[old] = counts.get(old, 0) - 1
-                        if counts[old] <= 0:
-                            del counts[old]
-                new = new_entry["counted"][field]
-                if new is not None:
-                    counts[new] = counts.get(new, 0) + 1
-            if new_entry == entry:
-                self._write(collection, key, document)  # nothing to count or number again
+            state = _read_json(index / "state.json", None) or {"total": 0, "counts": {}}
+            entry = _read_json(entry_path, None)
+            if entry is not None and entry["counted"] == counted:
                 return
-            journal = {"collection": collection, "key": key, "document": document, "entry": new_entry, "state": new_state}
+            new_state = {"total": state["total"] + (0 if entry else 1),
+                         "counts": {f: dict(v) for f, v in state["counts"].items()}}
+            for field, value in counted.items():
+                counts = new_state["counts"].setdefault(field, {})
+                old = entry["counted"].get(field) if entry else None
+                if old is not None:
+                    counts[old] = counts.get(old, 0) - 1
+                    if counts[old] <= 0:
+                        del counts[old]
+                if value is not None:
+                    counts[value] = counts.get(value, 0) + 1
+            new_entry = {"seq": entry["seq"] if entry else new_state["total"], "counted": counted}
+            journal = {"key": key, "entry": new_entry, "state": new_state}
             _atomic_write(index / "journal.json", json.dumps(journal).encode())
             self._apply(index, journal)
 
     def _apply(self, index: Path, journal: dict[str, Any]) -> None:
-        """Apply a journaled listed write; every step writes absolute values, so redoing it is harmless."""
+        """Apply a journaled index change. Every file gets absolute values, so redoing it is
+        harmless; the files share one folder, so one folder fsync makes them all durable."""
         key, entry = journal["key"], journal["entry"]
-        self._write(journal["collection"], key, journal["document"])
-        (index / "seq").mkdir(exist_ok=True)
-        (index / "keys").mkdir(exist_ok=True)
-        _atomic_write(index / "seq" / str(entry["seq"]), key.encode())
-        _atomic_write(index / "keys" / f"{key}.json", json.dumps(entry).encode())
-        _atomic_write(index / "state.json", json.dumps(journal["state"]).encode())
+        _atomic_write(index / f"{key}.key", json.dumps(entry).encode(), sync_folder=False)
+        _atomic_write(index / f"{entry['seq']}.seq", key.encode(), sync_folder=False)
+        _atomic_write(index / "state.json", json.dumps(journal["state"]).encode(), sync_folder=False)
+        _fsync_folder(index)
         os.unlink(index / "journal.json")
 
     def _recover(self, index: Path) -> None:
-        """Redo a listed write that a crashed process journaled but did not finish (index lock held)."""
+        """Redo an index change whose writer crashed after journaling it (index lock held)."""
         journal = _read_json(index / "journal.json", None)
         if journal is not None:
             self._apply(index, journal)
 
-    def _recover_if_needed(self, collection: str, index: Path) -> None:
+    def _recover_if_needed(self, index: Path) -> None:
         if (index / "journal.json").exists():
             with self._index_lock(index):
                 self._recover(index)
@@ -255,7 +255,7 @@ def _read_json(path: Path, default: Any) -> Any:
         return default
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, sync_folder: bool = True) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as tmp_file:
@@ -269,7 +269,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    if sync_folder:
+        _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

@@ -45,7 +45,7 @@ def json_records(root: Path) -> Iterator[tuple[str, str, dict, bool]]:
         index = folder / "_index"
         if (index / "state.json").exists():
             total = json.loads((index / "state.json").read_text())["total"]
-            listed = [(index / "seq" / str(n)).read_text() for n in range(1, total + 1) if (index / "seq" / str(n)).exists()]
+            listed = [(index / f"{n}.seq").read_text() for n in range(1, total + 1) if (index / f"{n}.seq").exists()]
         elif index.is_dir():
             markers = [m for name in os.listdir(index) if (m := _OLD_MARKER.match(name))]
             listed = [m.group("key") for m in sorted(markers, key=lambda m: (m.group("sort"), m.group("key")))]

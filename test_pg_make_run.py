@@ -20,16 +20,13 @@ import pytest
 
 import pg_server
 from conftest import HERE, wait_until
-from pg_testing import free_port
+from pg_testing import free_port, require_server_binaries
 from test_make_run import group_alive
 
 
 @pytest.mark.timeout(150)
 def test_make_run_postgres_stores_a_decision_in_postgresql_and_ctrl_c_stops_everything():
-    if pg_server.bin_dir() is None:
-        if os.environ.get("REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"REQUIRE_POSTGRES=1 and no server: {pg_server.INSTALL_HINT}")
-        pytest.skip(f"*** SKIPPED: needs a PostgreSQL server: {pg_server.INSTALL_HINT} ***")
+    require_server_binaries()
     # Under /tmp with a short path: the server's user must reach it, and a Unix socket path is short.
     folder = Path(tempfile.mkdtemp(prefix="pgrun-", dir="/tmp"))
     folder.chmod(0o755)

@@ -12,6 +12,8 @@ import pytest
 
 import pg_store
 from conftest import HERE, wait_until
+import pg_server
+import pg_testing
 from pg_testing import database_url, postgres_server  # noqa: F401  (fixtures)
 from store import JsonStore, StoreUnavailable
 
@@ -120,3 +122,14 @@ def test_a_stopped_server_raises_store_unavailable_and_a_restarted_one_serves_ag
         assert store.count_by("orders", "status") == {"placed": 1}
     finally:
         store.close()
+
+
+def test_without_postgresql_the_tests_skip_loudly_and_ci_fails(monkeypatch):
+    monkeypatch.setattr(pg_server, "bin_dir", lambda: None)
+    monkeypatch.delenv("REQUIRE_POSTGRES", raising=False)
+    with pytest.warns(UserWarning, match="apt-get install -y postgresql"), \
+            pytest.raises(pytest.skip.Exception, match=r"\*\*\* SKIPPED: .*apt-get install -y postgresql"):
+        pg_testing.require_server_binaries()
+    monkeypatch.setenv("REQUIRE_POSTGRES", "1")
+    with pytest.raises(pytest.fail.Exception, match="REQUIRE_POSTGRES=1 and no server"):
+        pg_testing.require_server_binaries()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import store as store_module
 from store import LOCK_STRIPES, JsonStore
 
 PROCESSES = 4
@@ -262,25 +263,34 @@ def test_uncounted_fields_are_refused_by_name(tmp_path):
         store.count_by("orders", "total")
 
 
-def test_a_crash_after_the_journal_is_redone_by_the_next_reader(tmp_path, monkeypatch):
-    """Killed after journaling a listed write: the next reader finishes it, once."""
+def test_a_crash_in_the_middle_of_an_index_change_is_redone_once(tmp_path, monkeypatch):
+    """Killed after the journal and the index entry, before the totals: the next reader
+    finishes the change; the activity's retry then counts nothing twice."""
     store = JsonStore(tmp_path, counted_fields={"orders": ("status",)})
     store.put("orders", "o1", {"status": "pending"}, sort_key="1")
-    real_write = store._write
+    store.put("orders", "o2", {"status": "pending"}, sort_key="2")
+    real_atomic_write = store_module._atomic_write
 
-    def crash_before_the_document(*args):
-        raise OSError("killed")
+    def crash_at_the_commit(path, data, sync_folder=True):
+        if path.name == "state.json":
+            raise OSError("killed")
+        real_atomic_write(path, data, sync_folder)
 
-    monkeypatch.setattr(store, "_write", crash_before_the_document)
+    monkeypatch.setattr(store_module, "_atomic_write", crash_at_the_commit)
     with pytest.raises(OSError):
         store.put("orders", "o1", {"status": "shipped"}, sort_key="1")
-    monkeypatch.setattr(store, "_write", real_write)
-    fresh = JsonStore(tmp_path, counted_fields={"orders": ("status",)})
-    assert fresh.count_by("orders", "status") == {"shipped": 1}
-    assert fresh.get("orders", "o1") == {"status": "shipped"}
-    fresh.put("orders", "o1", {"status": "shipped"}, sort_key="1")  # the activity's retry
-    assert fresh.count_by("orders", "status") == {"shipped": 1}
-    assert fresh.list_recent("orders")[1] == 1
+    monkeypatch.setattr(store_module, "_atomic_write", real_atomic_write)
+    fresh = JsonStore(tmp_path, counted_fields={"orders": ("status",)})  # another process: it redoes the change
+    assert fresh.count_by("orders", "status") == {"shipped": 1, "pending": 1}
+    monkeypatch.setattr(store_module, "_atomic_write", crash_at_the_commit)
+    with pytest.raises(OSError):
+        store.put("orders", "o3", {"status": "pending"}, sort_key="3")  # a new record, crashed too
+    monkeypatch.setattr(store_module, "_atomic_write", real_atomic_write)
+    for _attempt in range(2):  # the retries
+        store.put("orders", "o1", {"status": "shipped"}, sort_key="1")
+        store.put("orders", "o3", {"status": "pending"}, sort_key="3")
+    assert store.count_by("orders", "status") == {"shipped": 1, "pending": 2}
+    assert store.list_recent("orders") == ([{"status": "pending"}, {"status": "pending"}, {"status": "shipped"}], 3)
 
 
 def test_a_page_reads_only_its_own_entries(tmp_path, monkeypatch):
@@ -320,4 +330,4 @@ def test_several_processes_writing_the_same_orders_count_each_once(tmp_path):
     store = JsonStore(tmp_path, counted_fields={"orders": ("status",)})
     counts = store.count_by("orders", "status")
     assert sum(counts.values()) == 25 and store.list_recent("orders", limit=100)[1] == 25, counts
-    assert sorted(int(p.name) for p in (tmp_path / "orders" / "_index" / "seq").iterdir()) == list(range(1, 26))
+    assert sorted(int(p.stem) for p in (tmp_path / "orders" / "_index").glob("*.seq")) == list(range(1, 26))

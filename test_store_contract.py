@@ -56,9 +56,9 @@ def test_get_put_and_a_page_newest_first_with_the_total(store):
 
 
 def test_unlisted_documents_and_a_small_collection_in_full(store):
-    for key in ("b", "a", "c"):
+    for key in ("b", "a-b", "a", "c"):
         store.put("events", key, {"key": key})
-    assert store.list_all("events") == [{"key": "a"}, {"key": "b"}, {"key": "c"}]
+    assert store.list_all("events") == [{"key": "a"}, {"key": "a-b"}, {"key": "b"}, {"key": "c"}]  # by key
     assert store.list_recent("events") == ([], 0)  # written without a sort key: not listed
     assert store.list_all("nothing") == []
 
