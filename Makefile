@@ -69,3 +69,24 @@ mutate: install
 	@$(BIN)/python -c 'import json; s = json.load(open("mutants/mutmut-cicd-stats.json")); \
 		k = s["killed"] + s["timeout"]; n = k + s["survived"] + s["no_tests"] + s["suspicious"] + s["segfault"]; \
 		print("mutation score: %d/%d killed (%.1f%%), %d survived, %d without tests" % (k, n, 100 * k / n, s["survived"], s["no_tests"]))'
+
+# The whole product on PostgreSQL (DATABASE_URL) instead of the JSON files: a local
+# server in DATA_DIR/postgres from the machine's binaries (apt-get install postgresql),
+# on PG_PORT (default 5433) and a Unix socket, started with the dev server, the worker
+# and the web app from Procfile.postgres. With DATABASE_URL set, that server is used
+# and no local one starts.
+.PHONY: run-postgres
+run-postgres: install
+	@mkdir -p "$(DATA_DIR)"
+	@web="http://localhost:$${WEB_PORT:-5001}"; \
+	export TEMPORAL_ADDRESS="$${TEMPORAL_ADDRESS:-$${TEMPORAL_DEV_IP:-127.0.0.1}:$${TEMPORAL_DEV_PORT:-7233}}"; \
+	export TEMPORAL_UI_URL="$${TEMPORAL_UI_URL:-http://localhost:$${TEMPORAL_UI_PORT:-8233}}"; \
+	if [ -n "$$DATABASE_URL" ]; then \
+		echo "DATABASE_URL is set: using that PostgreSQL, not starting one"; processes="temporal worker web"; \
+	else \
+		export DATABASE_URL="postgresql://postgres@/postgres?host=$(abspath $(DATA_DIR))/postgres/socket&port=$${PG_PORT:-5433}"; \
+		processes=""; \
+	fi; \
+	echo "PostgreSQL: $$DATABASE_URL"; \
+	echo "Loan form: $$web/  Orders: $$web/orders  Temporal UI: $$TEMPORAL_UI_URL  (Ctrl+C stops everything)"; \
+	exec $(BIN)/honcho -f Procfile.postgres start $$processes

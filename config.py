@@ -66,6 +66,8 @@ class Settings:
     shipping_task_queue: str = "shipping"
     # None: generated into the data folder on first start (operator_auth.py).
     operator_token: str | None = None
+    # postgresql://... : the records in PostgreSQL (pg_store.py); None: JSON files in data_dir (store.py).
+    database_url: str | None = None
 
     @property
     def public_url(self) -> str:
@@ -90,7 +92,21 @@ class Settings:
             order_task_queue=os.environ.get("ORDER_TASK_QUEUE", "orders"),
             shipping_task_queue=os.environ.get("SHIPPING_TASK_QUEUE", "shipping"),
             operator_token=os.environ.get("OPERATOR_TOKEN") or None,
+            database_url=os.environ.get("DATABASE_URL", "").strip() or None,
         )
+
+
+def open_store(settings: Settings):
+    """The store every process uses: PostgreSQL when DATABASE_URL is set, else the JSON files."""
+    if settings.database_url:
+        if not settings.database_url.startswith(("postgresql://", "postgres://")):
+            raise SystemExit(f"DATABASE_URL must start with postgresql://, got {settings.database_url.split(':')[0]}:...")
+        from pg_store import PostgresStore
+
+        return PostgresStore(settings.database_url)
+    from store import JsonStore
+
+    return JsonStore(settings.data_dir)
 
 
 def data_dir_from_env() -> Path:

@@ -110,6 +110,7 @@ def fresh_settings(data_dir: Path, **overrides) -> Settings:
             "shipping_task_queue": f"test-shipping-{uuid.uuid4().hex[:12]}",
             "secret_key": uuid.uuid4().hex,
             "operator_token": f"operator-{uuid.uuid4().hex}",
+            "database_url": None,  # the JSON files, whatever DATABASE_URL the shell has
             "rules_file": HERE / "rules.json",
             "messages_file": HERE / "messages.json",
             **overrides,

@@ -33,12 +33,12 @@ import operator_auth
 import orders_web
 import web_metrics
 from codec_server import create_codec_blueprint
-from config import Settings, load_messages, load_rules, payload_codec_from_env
+from config import Settings, load_messages, load_rules, open_store, payload_codec_from_env
 from loan_service import LoanService
 from openapi import build_openapi
 from order_service import OrderService
 from orders_cli import orders_cli
-from store import JsonStore
+from store import StoreUnavailable
 from temporal_client import ProcessClient
 from validation import InvalidInput
 from web_common import StrictJSONProvider, error_page, json_error, messages
@@ -103,7 +103,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     rules = load_rules(settings.rules_file)
     app.extensions["messages"] = app_messages = load_messages(settings.messages_file)
     temporal = app.extensions["temporal"] = ProcessClient()
-    store = JsonStore(settings.data_dir)
+    store = open_store(settings)
 
     web_metrics.init_app(app)  # first: it times every request, refused ones too
     operator_auth.init_app(app, settings)
@@ -118,6 +118,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(create_codec_blueprint(lambda: codec, settings.temporal_ui_url))
     app.register_error_handler(InvalidInput, handle_invalid_input)
     app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(StoreUnavailable, handle_store_unavailable)
     app.register_error_handler(Exception, handle_unexpected_error)
     app.context_processor(lambda: {"temporal_ui_url": settings.temporal_ui_url})
     return app
@@ -136,6 +137,15 @@ def handle_http_error(err: HTTPException):
         message = messages().errors["too_large"] if err.code == 413 else err.description
         return json_error(err.code or 500, message)
     return error_page(err.code or 500, err.name, err.description or "")
+
+
+def handle_store_unavailable(err: StoreUnavailable):
+    """The database is down (pg_store.py): a 503 saying so, never a 500; the workflows carry on."""
+    current_app.logger.warning("Store unavailable on %s %s: %s", request.method, request.path, err)
+    text = "The records database is unreachable right now; nothing was lost, please try again in a moment."
+    if request.path.startswith("/api/"):
+        return json_error(503, text)
+    return error_page(503, "Temporarily unavailable", text)
 
 
 def handle_unexpected_error(err: Exception):

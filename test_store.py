@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import store as store_module
 from store import LOCK_STRIPES, JsonStore
 
 PROCESSES = 4
@@ -232,3 +233,101 @@ def test_a_lock_taken_in_one_thread_can_be_released_in_another(tmp_path):
         second.submit(lock.release).result(timeout=10)
     assert not lock.is_locked
     assert store.update("things", "k", lambda doc: {"free": True}) == {"free": True}
+
+
+# --- listing and counts that do not grow with the collection (issue 10) ---------
+
+
+def test_counts_by_field_move_with_a_documents_status(tmp_path):
+    store = JsonStore(tmp_path, counted_fields={"orders": ("status",)})
+    store.put("orders", "o1", {"status": "pending"}, sort_key="1")
+    store.put("orders", "o2", {"status": "pending"}, sort_key="2")
+    assert store.count_by("orders", "status") == {"pending": 2}
+    store.put("orders", "o1", {"status": "shipped"}, sort_key="1")
+    store.update("orders", "o2", lambda doc: {**doc, "status": "cancelled"})  # no sort key: still counted
+    assert store.count_by("orders", "status") == {"shipped": 1, "cancelled": 1}
+    assert store.list_recent("orders") == ([{"status": "cancelled"}, {"status": "shipped"}], 2)
+
+
+def test_a_retried_put_counts_once(tmp_path):
+    store = JsonStore(tmp_path, counted_fields={"applications": ("decision",)})
+    for _attempt in range(3):
+        store.put("applications", "a1", {"decision": "denied"}, sort_key="2026")
+    assert store.count_by("applications", "decision") == {"denied": 1}
+    assert store.list_recent("applications") == ([{"decision": "denied"}], 1)
+
+
+def test_uncounted_fields_are_refused_by_name(tmp_path):
+    store = JsonStore(tmp_path, counted_fields={"orders": ("status",)})
+    with pytest.raises(ValueError, match="'orders' is not counted by 'total'"):
+        store.count_by("orders", "total")
+
+
+def test_a_crash_in_the_middle_of_an_index_change_is_redone_once(tmp_path, monkeypatch):
+    """Killed after the journal and the index entry, before the totals: the next reader
+    finishes the change; the activity's retry then counts nothing twice."""
+    store = JsonStore(tmp_path, counted_fields={"orders": ("status",)})
+    store.put("orders", "o1", {"status": "pending"}, sort_key="1")
+    store.put("orders", "o2", {"status": "pending"}, sort_key="2")
+    real_atomic_write = store_module._atomic_write
+
+    def crash_at_the_commit(path, data, sync_folder=True):
+        if path.name == "state.json":
+            raise OSError("killed")
+        real_atomic_write(path, data, sync_folder)
+
+    monkeypatch.setattr(store_module, "_atomic_write", crash_at_the_commit)
+    with pytest.raises(OSError):
+        store.put("orders", "o1", {"status": "shipped"}, sort_key="1")
+    monkeypatch.setattr(store_module, "_atomic_write", real_atomic_write)
+    fresh = JsonStore(tmp_path, counted_fields={"orders": ("status",)})  # another process: it redoes the change
+    assert fresh.count_by("orders", "status") == {"shipped": 1, "pending": 1}
+    monkeypatch.setattr(store_module, "_atomic_write", crash_at_the_commit)
+    with pytest.raises(OSError):
+        store.put("orders", "o3", {"status": "pending"}, sort_key="3")  # a new record, crashed too
+    monkeypatch.setattr(store_module, "_atomic_write", real_atomic_write)
+    for _attempt in range(2):  # the retries
+        store.put("orders", "o1", {"status": "shipped"}, sort_key="1")
+        store.put("orders", "o3", {"status": "pending"}, sort_key="3")
+    assert store.count_by("orders", "status") == {"shipped": 1, "pending": 2}
+    assert store.list_recent("orders") == ([{"status": "pending"}, {"status": "pending"}, {"status": "shipped"}], 3)
+
+
+def test_a_page_reads_only_its_own_entries(tmp_path, monkeypatch):
+    """A page never lists a folder and opens a bounded number of files, however many records exist."""
+    store = JsonStore(tmp_path)
+    for n in range(300):
+        store.put("things", f"k{n}", {"n": n}, sort_key=f"{n:05d}")
+    opened = []
+    real_read_text = Path.read_text
+    monkeypatch.setattr(os, "listdir", lambda *_a: pytest.fail("a page listed a folder"))
+    monkeypatch.setattr(os, "scandir", lambda *_a: pytest.fail("a page scanned a folder"))
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: opened.append(self.name) or real_read_text(self, *a, **k))
+    page, total = store.list_recent("things", offset=100, limit=20)
+    assert total == 300 and [d["n"] for d in page] == list(range(199, 179, -1))
+    assert len(opened) <= 1 + 2 * 20, opened  # the totals, then a number and a document per record
+
+
+def _count_racer(root: str, worker: int, start) -> None:
+    store = JsonStore(root, counted_fields={"orders": ("status",)})
+    start.wait()
+    for n in range(25):
+        key = f"o{n}"  # every process writes the same 25 orders: retries from several hosts
+        store.put("orders", key, {"status": "placed"}, sort_key=f"{n:03d}")
+        store.put("orders", key, {"status": f"done-{n % 2}"}, sort_key=f"{n:03d}")
+
+
+def test_several_processes_writing_the_same_orders_count_each_once(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    workers = [context.Process(target=_count_racer, args=(str(tmp_path), w, start)) for w in range(3)]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    store = JsonStore(tmp_path, counted_fields={"orders": ("status",)})
+    counts = store.count_by("orders", "status")
+    assert sum(counts.values()) == 25 and store.list_recent("orders", limit=100)[1] == 25, counts
+    assert sorted(int(p.stem) for p in (tmp_path / "orders" / "_index").glob("*.seq")) == list(range(1, 26))

@@ -263,7 +263,7 @@ async def test_a_changed_workflow_fails_replay_with_a_nondeterminism_error():
 class FlakyStore(JsonStore):
     """A disk that fails the first three writes, each after part of the work is done:
     1. the new document is in a temporary file when the rename fails;
-    2. the document is written but its index marker is not;
+    2. the document is written and its index change journaled, but not applied;
     3. everything is written, then the call fails anyway (a reply lost on the way back)."""
 
     FAILURES = 3
@@ -278,7 +278,7 @@ class FlakyStore(JsonStore):
             with mock.patch("store.os.replace", side_effect=OSError("simulated I/O error: rename")):
                 return super().update(*args, **kwargs)
         if self.calls == 2:
-            with mock.patch("store.Path.touch", side_effect=OSError("simulated I/O error: index marker")):
+            with mock.patch.object(JsonStore, "_apply", side_effect=OSError("simulated I/O error: index change")):
                 return super().update(*args, **kwargs)
         document = super().update(*args, **kwargs)
         if self.calls == 3:
@@ -297,8 +297,11 @@ async def test_persist_retries_through_io_errors_and_writes_one_record(time_skip
     folder = settings.data_dir / APPLICATIONS
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
     assert files == [f"{record_key(handle.id, outcome.run_id)}.json"], f"one record expected, found {files}"
-    assert len(list((folder / "_index").iterdir())) == 1, "one index marker expected"
-    records, total = JsonStore(settings.data_dir).list_recent(APPLICATIONS)
+    index = sorted(p.name for p in (folder / "_index").iterdir() if p.suffix in (".seq", ".key", ".json"))
+    assert index == ["1.seq", f"{record_key(handle.id, outcome.run_id)}.key", "state.json"], index
+    store = JsonStore(settings.data_dir)
+    assert store.count_by(APPLICATIONS, "decision") == {outcome.decision: 1}
+    records, total = store.list_recent(APPLICATIONS)
     assert total == 1
     assert records[0]["decision"] == outcome.decision == "pre_approved"
     assert records[0]["workflow_id"] == handle.id

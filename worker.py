@@ -26,7 +26,7 @@ from temporalio.client import Client
 from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 
 from activities import LoanActivities, OrderActivities, RewardsActivities, ShippingActivities
-from config import Settings, connect_temporal, load_messages, load_rules
+from config import Settings, connect_temporal, load_messages, load_rules, open_store
 from store import JsonStore
 from workflows import LoanApplicationWorkflow, OrderWorkflow, RewardsWorkflow, ShippingWorkflow
 
@@ -55,7 +55,7 @@ def build_worker(
     activities: validate, decide, persist and notify are all local.
     """
     activities = LoanActivities(
-        store=store or JsonStore(settings.data_dir),
+        store=store or open_store(settings),
         rules=load_rules(settings.rules_file),
         messages=load_messages(settings.messages_file),
         identity=identity,
@@ -95,7 +95,7 @@ def build_order_workers(
     Both share the executor of `concurrency` threads, and their slots add up to
     it (see `build_worker`): half each; shipping has no local activities.
     """
-    store = store or JsonStore(settings.data_dir)
+    store = store or open_store(settings)
     rules = load_rules(settings.rules_file)
     texts = load_messages(settings.messages_file).orders
     orders = OrderActivities(store, rules, texts, client=client, rewards_task_queue=settings.order_task_queue)
