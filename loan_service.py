@@ -219,3 +219,7 @@ class LoanService:
     def recent(self, page: int) -> tuple[list[dict], int, int]:
         records, total = self.store.list_recent(APPLICATIONS, (page - 1) * PAGE_SIZE, PAGE_SIZE)
         return records, total, max(1, math.ceil(total / PAGE_SIZE))
+
+    def counts(self) -> dict[str, int]:
+        """Applications by decision, kept by the store on every write (no scan)."""
+        return self.store.count_by(APPLICATIONS, "decision")

@@ -120,6 +120,7 @@ def applications_api():
             "page": page,
             "pages": pages_,
             "total": total,
+            "counts": service().counts(),
         }
     )
 
@@ -192,7 +193,8 @@ async def contact(workflow_id: str):
 def applications():
     page = page_argument()
     records, total, page_count = service().recent(page)
-    return render_template("loans/list.html", records=records, page=page, pages=page_count, total=total)
+    return render_template("loans/list.html", records=records, page=page, pages=page_count, total=total,
+                           counts=service().counts())
 
 
 def init_app(app, service_: LoanService) -> None:

@@ -209,6 +209,7 @@ def test_list_page_and_api_show_recent_applications_to_operators(client, app, lo
     assert "Listed Person" in operator.get("/applications").get_data(as_text=True)
     listing = operator.get("/api/applications").json
     assert any(a["workflow_id"] == workflow_id for a in listing["applications"])
+    assert sum(listing["counts"].values()) == listing["total"] and listing["counts"]["pre_approved"] >= 1
     assert listing["page"] == 1 and listing["total"] >= 1
     for bad in ["0", "²", "1.5", "-1", "100001", "x"]:
         assert operator.get(f"/applications?page={bad}").status_code == 400, bad
