@@ -177,6 +177,9 @@ class EmailActivities:
         except (smtplib.SMTPException, OSError) as err:
             reason = permanent_refusal(err)
             if reason is None:
+                # Shown to operators while it lasts; a later success overwrites it.
+                attempt = activity.info().attempt
+                self._record(outcome, {"status": "retrying", "attempt": attempt, "reason": str(err), "at": now})
                 raise  # SMTP down or a temporary refusal: the retry policy tries again later
             self._record(outcome, {"status": "refused", "reason": reason, "at": now, "message_id": message["Message-ID"]})
             raise ApplicationError(f"the mail server refused the email: {reason}", type=EMAIL_REFUSED, non_retryable=True)
