@@ -8,6 +8,7 @@ the machine. Read the messages with any Maildir reader, or
 from __future__ import annotations
 
 import argparse
+import asyncio
 import mailbox
 import signal
 import threading
@@ -25,6 +26,7 @@ class MaildirHandler:
         self.maildir = mailbox.Maildir(maildir, create=True)
         self.refused = refused if refused is not None else set()
         self.attempts: list[str] = []  # every RCPT TO, accepted or not
+        self.data_delay = 0.0  # seconds to hold a message before accepting it (tests: a crash mid-send)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         self.attempts.append(address)
@@ -34,6 +36,8 @@ class MaildirHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         self.maildir.add(message_from_bytes(envelope.content, policy=policy.default))
         return "250 Message accepted for delivery"
 

@@ -36,7 +36,7 @@ CASES = {
 def stack(dev_server, smtp_sink, tmp_path, monkeypatch):
     settings = fresh_settings(tmp_path / "data")
     address = dev_server.client.service_client.config.target_host
-    env = {"SMTP_URL": smtp_sink.url, "EMAIL_RETRY_INITIAL_SECONDS": "0.2", "MAIL_FROM": "Loans <no-reply@loans.test>"}
+    env = {"SMTP_URL": smtp_sink.url, "EMAIL_RETRY_INITIAL_SECONDS": "0.2", "EMAIL_ATTEMPT_TIMEOUT_SECONDS": "3", "MAIL_FROM": "Loans <no-reply@loans.test>"}
     worker = WorkerProcess(settings, address, tmp_path / "worker.log", extra_env=env)
     app = make_app(settings, address, monkeypatch)
     yield app, settings, worker
@@ -114,6 +114,30 @@ def test_a_550_is_one_attempt_recorded_as_refused(stack, smtp_sink):
     assert "550" in email_record(settings, workflow_id)["reason"]
     assert smtp_sink.mail.attempts.count(body["email"]) == 1
     assert mails(smtp_sink) == []
+
+
+def test_kill_9_while_sending_delivers_once_or_twice_with_one_message_id(stack, smtp_sink, dev_server, tmp_path):
+    app, settings, worker = stack
+    smtp_sink.mail.data_delay = 2.0  # the worker is inside send_message while the sink holds the DATA
+    body = applicant("pre_approved")
+    response = app.test_client().post("/api/evaluate", json=body)
+    assert response.status_code == 200
+    workflow_id = response.get_json()["workflow_id"]
+    wait_until(lambda: body["email"] in smtp_sink.mail.attempts, what="the worker to be sending")
+    worker.process.kill()  # SIGKILL mid-send: the activity never reports
+    worker.process.wait(10)
+    smtp_sink.mail.data_delay = 0.0
+    address = dev_server.client.service_client.config.target_host
+    env = {"SMTP_URL": smtp_sink.url, "EMAIL_RETRY_INITIAL_SECONDS": "0.2", "EMAIL_ATTEMPT_TIMEOUT_SECONDS": "3",
+           "MAIL_FROM": "Loans <no-reply@loans.test>"}
+    second = WorkerProcess(settings, address, tmp_path / "worker-2.log", extra_env=env)
+    try:
+        wait_until(lambda: email_record(settings, workflow_id).get("status") == "sent", timeout=30, what="sent")
+    finally:
+        second.kill()
+    delivered = mails(smtp_sink)
+    assert len(delivered) in (1, 2), [m["Message-ID"] for m in delivered]  # the README's at-least-once promise
+    assert {m["Message-ID"].strip() for m in delivered} == {f"<loan-{workflow_id}.decision@loans.test>"}
 
 
 def outcome_for(name: str, email: str) -> LoanOutcome:

@@ -118,7 +118,7 @@ EMAIL_RETRY = RetryPolicy(
     maximum_attempts=0,
     non_retryable_error_types=[EMAIL_REFUSED],
 )
-EMAIL_TIMEOUT = timedelta(seconds=30)
+EMAIL_TIMEOUT = timedelta(seconds=float(os.environ.get("EMAIL_ATTEMPT_TIMEOUT_SECONDS", "30")))
 EMAIL_GIVE_UP = timedelta(hours=24)
 
 
