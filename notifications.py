@@ -170,8 +170,7 @@ class EmailActivities:
             self._record(outcome, {"status": "refused", "reason": f"not a deliverable address: {err}", "at": now})
             raise ApplicationError(f"cannot address the email: {err}", type=EMAIL_REFUSED, non_retryable=True) from err
         if self.smtp is None:
-            self._record(outcome, {"status": "not_configured", "at": now})
-            return "not_configured"
+            return "not_configured"  # no SMTP_URL: nothing is sent (see the activity's result in the history)
         try:
             send(self.smtp, message)
         except (smtplib.SMTPException, OSError) as err:
