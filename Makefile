@@ -18,15 +18,21 @@ unexport PYTHONDONTWRITEBYTECODE
 run: install
 	@mkdir -p "$(DATA_DIR)"
 	@web="http://localhost:$${WEB_PORT:-5001}"; \
+	if [ -n "$$SMTP_URL" ]; then \
+		mail=""; echo "Email: SMTP_URL is set, sending through it"; \
+	else \
+		mail="mail"; export SMTP_URL="smtp://127.0.0.1:$${SMTP_SINK_PORT:-2525}"; \
+		echo "Email: a local SMTP sink on $$SMTP_URL keeps every message in the Maildir $(abspath $(DATA_DIR))/mail (nothing leaves this machine)"; \
+	fi; \
 	if [ -n "$$TEMPORAL_ADDRESS" ]; then \
 		echo "TEMPORAL_ADDRESS=$$TEMPORAL_ADDRESS: using that server, not starting a dev server"; \
 		echo "Loan form: $$web/  Orders: $$web/orders  (Ctrl+C stops everything)"; \
-		exec $(BIN)/honcho start worker web; \
+		exec $(BIN)/honcho start worker web $$mail; \
 	else \
 		export TEMPORAL_ADDRESS="$${TEMPORAL_DEV_IP:-127.0.0.1}:$${TEMPORAL_DEV_PORT:-7233}"; \
 		export TEMPORAL_UI_URL="$${TEMPORAL_UI_URL:-http://localhost:$${TEMPORAL_UI_PORT:-8233}}"; \
 		echo "Loan form: $$web/  Orders: $$web/orders  Temporal UI: $$TEMPORAL_UI_URL  (Ctrl+C stops everything)"; \
-		exec $(BIN)/honcho start; \
+		exec $(BIN)/honcho start temporal worker web $$mail; \
 	fi
 
 test: install

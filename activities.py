@@ -182,7 +182,7 @@ class LoanActivities:
 
         def merge(existing: dict | None) -> dict:
             # A retry after a later change (a contact answer) must not undo it.
-            return {**document, **{k: v for k, v in (existing or {}).items() if k.startswith("contact_")}}
+            return {**document, **{k: v for k, v in (existing or {}).items() if k.startswith("contact_") or k == "email"}}
 
         self.store.update(APPLICATIONS, key, merge, sort_key=sort_key_for(outcome.submitted_at))
 

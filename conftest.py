@@ -175,7 +175,7 @@ def signed_in(client: FlaskClient, settings: Settings) -> FlaskClient:
 class WorkerProcess:
     """`python worker.py` as a real process, with its output kept for failures."""
 
-    def __init__(self, settings: Settings, temporal_address: str, log_path: Path):
+    def __init__(self, settings: Settings, temporal_address: str, log_path: Path, extra_env: dict | None = None):
         self.log_path = log_path
         env = {
             **os.environ,
@@ -188,6 +188,7 @@ class WorkerProcess:
             "MESSAGES_FILE": str(settings.messages_file),
             "DATA_DIR": str(settings.data_dir),
             "WORKER_CONNECT_TIMEOUT": "20",
+            **(extra_env or {}),
         }
         self.log = open(log_path, "wb")
         self.process = subprocess.Popen(
@@ -202,6 +203,26 @@ class WorkerProcess:
             self.process.kill()
             self.process.wait(10)
         self.log.close()
+
+
+@pytest.fixture
+def smtp_sink(tmp_path: Path):
+    """A real aiosmtpd server on a free loopback port writing into a Maildir (mail_sink.py)."""
+    from aiosmtpd.controller import Controller
+
+    from mail_sink import MaildirHandler
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    handler = MaildirHandler(tmp_path / "mail")
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    controller.url = f"smtp://127.0.0.1:{port}"
+    controller.mail = handler
+    yield controller
+    with contextlib.suppress(Exception):
+        controller.stop()
 
 
 @pytest.fixture

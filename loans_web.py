@@ -37,6 +37,8 @@ def public_record(record: dict[str, Any], persisted: bool) -> dict[str, Any]:
         "processed_by": record["decided_by"],
         "persisted": persisted,
         "contact_preference": record.get("contact_preference"),
+        # The decision email's state ("sent", "retrying", "refused"), once the worker has tried.
+        "email": record.get("email"),
     }
 
 

@@ -35,10 +35,11 @@ def group_alive(pgid: int) -> bool:
 
 @pytest.mark.timeout(120)
 def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(tmp_path):
-    dev_port, ui_port, web_port = free_port(), free_port(), free_port()
+    dev_port, ui_port, web_port, smtp_port = free_port(), free_port(), free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("TEMPORAL_")}
     env.update(DATA_DIR=str(tmp_path / "data"), TEMPORAL_DEV_PORT=str(dev_port), TEMPORAL_UI_PORT=str(ui_port),
-               WEB_PORT=str(web_port), WEB_WORKERS="1")
+               WEB_PORT=str(web_port), WEB_WORKERS="1", SMTP_SINK_PORT=str(smtp_port))
+    env.pop("SMTP_URL", None)
     log = tmp_path / "make-run.log"
     with open(log, "wb") as out:
         make = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=HERE, env=env, stdout=out,

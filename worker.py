@@ -25,6 +25,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 
+from notifications import EmailActivities, SmtpSettings, mail_from_env
 from activities import LoanActivities, OrderActivities, RewardsActivities, ShippingActivities
 from config import Settings, connect_temporal, load_messages, load_rules, open_store
 from store import JsonStore
@@ -60,6 +61,12 @@ def build_worker(
         messages=load_messages(settings.messages_file),
         identity=identity,
     )
+    emails = EmailActivities(
+        store=activities.store,
+        smtp=SmtpSettings.from_env(),
+        mail_from=mail_from_env(),
+        public_url=settings.public_url,
+    )
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -70,6 +77,7 @@ def build_worker(
             activities.persist_application,
             activities.notify_agent,
             activities.record_contact_preference,
+            emails.send_decision_email,
         ],
         activity_executor=executor,
         identity=identity,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -39,6 +40,7 @@ from temporalio.workflow import ActivityCancellationType, ChildWorkflowCancellat
 
 with workflow.unsafe.imports_passed_through():
     from activities import LoanActivities, OrderActivities, RewardsActivities, ShippingActivities
+    from notifications import EMAIL_REFUSED, EmailActivities
     from shared import (
         ACTION_REFUSED,
         FINAL_ORDER_STATUSES,
@@ -103,6 +105,21 @@ IO_STEP_RETRY = RetryPolicy(
     maximum_attempts=0,
 )
 CONTACT_ANSWERS = ("yes", "not_yet")
+# The applicant's email: SMTP down or a 4xx is retried with backoff for a day; a
+# 5xx is final (non-retryable, recorded on the application). The initial interval
+# is read once when the worker starts (tests shorten it); it only shapes retries,
+# which are not part of the workflow's history, so replay is unaffected.
+DECISION_EMAIL_PATCH = "decision-email"
+EMAIL_RETRY_INITIAL = timedelta(seconds=float(os.environ.get("EMAIL_RETRY_INITIAL_SECONDS", "5")))
+EMAIL_RETRY = RetryPolicy(
+    initial_interval=EMAIL_RETRY_INITIAL,
+    backoff_coefficient=2.0,
+    maximum_interval=min(timedelta(minutes=10), EMAIL_RETRY_INITIAL * 120),
+    maximum_attempts=0,
+    non_retryable_error_types=[EMAIL_REFUSED],
+)
+EMAIL_TIMEOUT = timedelta(seconds=float(os.environ.get("EMAIL_ATTEMPT_TIMEOUT_SECONDS", "30")))
+EMAIL_GIVE_UP = timedelta(hours=24)
 
 
 @workflow.defn(sandboxed=False)
@@ -115,6 +132,7 @@ class LoanApplicationWorkflow:
         self._error_fields: dict[str, str] = {}
         self._contact_preference: str | None = None
         self._pending_contact: str | None = None
+        self._email_status: str | None = None
         self._window_ends_at = workflow.info().workflow_start_time + timedelta(days=request.duplicate_window_days)
 
     @workflow.run
@@ -138,7 +156,14 @@ class LoanApplicationWorkflow:
             follow_ups.append(self._notify_agent(outcome, "conditional_review"))
         # Independent steps, scheduled together: one workflow task instead of two.
         await asyncio.gather(*follow_ups)
+        # After the first workflow task (the decision is already answered), as a
+        # regular activity: the email runs while the window is held.
+        emailing = (
+            asyncio.ensure_future(self._send_decision_email(outcome)) if workflow.patched(DECISION_EMAIL_PATCH) else None
+        )
         await self._hold_duplicate_window(outcome)
+        if emailing is not None:
+            await emailing
         return outcome
 
     # --- steps -------------------------------------------------------------
@@ -202,6 +227,21 @@ class LoanApplicationWorkflow:
             retry_policy=IO_STEP_RETRY,
             summary=f"Notify a loan agent ({kind})",
         )
+
+    async def _send_decision_email(self, outcome: LoanOutcome) -> None:
+        try:
+            self._email_status = await workflow.execute_activity_method(
+                EmailActivities.send_decision_email,
+                outcome,
+                start_to_close_timeout=EMAIL_TIMEOUT,
+                schedule_to_close_timeout=EMAIL_GIVE_UP,
+                retry_policy=EMAIL_RETRY,
+                summary="Email the decision to the applicant",
+            )
+        except ActivityError as err:
+            # Refused for good, or given up after a day: recorded, and the application stands.
+            self._email_status = "refused" if business_error(err, EMAIL_REFUSED) else "failed"
+            workflow.logger.warning("Decision email not delivered: %s", root_message(err))
 
     async def _hold_duplicate_window(self, outcome: LoanOutcome) -> None:
         """Stay open until the window ends, recording contact answers as they come."""

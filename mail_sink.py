@@ -1,0 +1,61 @@
+"""The local SMTP server for development: aiosmtpd on loopback, every message into a Maildir.
+
+`make run` starts it when no SMTP_URL is set, so by default no message leaves
+the machine. Read the messages with any Maildir reader, or
+`python -c "import mailbox; [print(m) for m in mailbox.Maildir('data/mail')]"`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import mailbox
+import signal
+import threading
+from email import message_from_bytes, policy
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+
+
+class MaildirHandler:
+    """Keeps each message it accepts in a Maildir; refuses `refused` addresses with a 550."""
+
+    def __init__(self, maildir: Path, refused: set[str] | None = None):
+        maildir.parent.mkdir(parents=True, exist_ok=True)
+        self.maildir = mailbox.Maildir(maildir, create=True)
+        self.refused = refused if refused is not None else set()
+        self.attempts: list[str] = []  # every RCPT TO, accepted or not
+        self.data_delay = 0.0  # seconds to hold a message before accepting it (tests: a crash mid-send)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        self.attempts.append(address)
+        if address.lower() in self.refused:
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
+        self.maildir.add(message_from_bytes(envelope.content, policy=policy.default))
+        return "250 Message accepted for delivery"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=2525)
+    parser.add_argument("--maildir", type=Path, default=Path("data/mail"))
+    args = parser.parse_args()
+    controller = Controller(MaildirHandler(args.maildir), hostname="127.0.0.1", port=args.port)
+    controller.start()
+    print(f"SMTP sink on smtp://127.0.0.1:{args.port}, writing to the Maildir {args.maildir.resolve()}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    controller.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Email to applicants: building the decision email and the activity that sends it over SMTP.
+
+The message is built with the standard library's `email` package (headers from
+`email.headerregistry.Address`, so a name or address cannot add headers or
+recipients) and sent with `smtplib` in a sync activity, which runs on the
+worker's thread pool. SMTP is at-least-once: each message carries a Message-ID
+derived from the application and the kind, so a retry after a crash re-sends
+the same message; the application record notes that it was sent, so a retry
+after success sends nothing.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import smtplib
+import ssl
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.headerregistry import Address
+from email.message import EmailMessage
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from email_validator import EmailNotValidError, validate_email
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from shared import LoanOutcome, record_key
+from store import JsonStore
+
+APPLICATIONS = "applications"
+EMAIL_REFUSED = "EmailRefused"
+DEFAULT_MAIL_FROM = "Loan pre-approval <no-reply@loans.invalid>"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Where to send mail: parsed from SMTP_URL (smtp://host:port, smtps://, ?starttls=true)."""
+
+    host: str
+    port: int
+    implicit_tls: bool = False
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 10.0
+
+    @classmethod
+    def from_url(cls, url: str) -> SmtpSettings:
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError(f"SMTP_URL must look like smtp://host:port or smtps://host:465, not {url!r}")
+        query = parse_qs(parts.query)
+        implicit_tls = parts.scheme == "smtps"
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (465 if implicit_tls else 25),
+            implicit_tls=implicit_tls,
+            starttls=query.get("starttls", ["false"])[0].lower() in ("1", "true", "yes"),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    @classmethod
+    def from_env(cls) -> SmtpSettings | None:
+        url = os.environ.get("SMTP_URL", "").strip()
+        return cls.from_url(url) if url else None
+
+
+def mail_from_env() -> str:
+    return os.environ.get("MAIL_FROM", DEFAULT_MAIL_FROM)
+
+
+def message_id(subject_id: str, kind: str, mail_from: str) -> str:
+    """Stable per application (or order) and kind: a re-send is the same message."""
+    domain = parse_mailbox(mail_from).domain or "loans.invalid"
+    safe_id = "".join(c if c.isalnum() or c in "-._" else "-" for c in subject_id)
+    return f"<loan-{safe_id}.{kind}@{domain}>"
+
+
+def parse_mailbox(text: str) -> Address:
+    """"Name <user@domain>" or "user@domain" -> Address (which refuses CR/LF)."""
+    from email.utils import parseaddr
+
+    name, addr = parseaddr(text)
+    username, _, domain = addr.partition("@")
+    return Address(display_name=name, username=username, domain=domain)
+
+
+def decision_email(outcome: LoanOutcome, public_url: str, mail_from: str) -> EmailMessage:
+    """The decision, its next steps and the link to the applicant's result page; no income or score."""
+    application = outcome.application
+    link = f"{public_url.rstrip('/')}/applications/{outcome.workflow_id}"
+    text = outcome.message
+    message = EmailMessage()
+    message["Subject"] = text.title
+    message["From"] = parse_mailbox(mail_from)
+    # The address is checked as one addr-spec (no second recipient hidden in it), and
+    # Address() raises on CR/LF in any part: a crafted name cannot add a header or a recipient.
+    recipient = validate_email(application.email, check_deliverability=False)
+    message["To"] = Address(display_name=application.name, username=recipient.local_part, domain=recipient.domain)
+    message["Message-ID"] = message_id(outcome.workflow_id, "decision", mail_from)
+    steps_text = "\n".join(f"- {step}" for step in text.next_steps)
+    message.set_content(
+        f"Dear {application.name},\n\n{text.message}\n\nNext steps:\n{steps_text}\n\n"
+        f"Your application and its decision: {link}\n"
+    )
+    steps_html = "".join(f"<li>{html.escape(step)}</li>" for step in text.next_steps)
+    message.add_alternative(
+        f"<p>Dear {html.escape(application.name)},</p><p>{html.escape(text.message)}</p>"
+        f"<p>Next steps:</p><ul>{steps_html}</ul>"
+        f'<p><a href="{html.escape(link)}">Your application and its decision</a></p>',
+        subtype="html",
+    )
+    return message
+
+
+def send(smtp: SmtpSettings, message: EmailMessage) -> None:
+    """One SMTP conversation. Raises smtplib errors as they come (the caller classifies them)."""
+    if smtp.implicit_tls:
+        client = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout, context=ssl.create_default_context())
+    else:
+        client = smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout)
+    with client:
+        if smtp.starttls:
+            client.starttls(context=ssl.create_default_context())
+        if smtp.username:
+            client.login(smtp.username, smtp.password or "")
+        client.send_message(message)
+
+
+def permanent_refusal(err: Exception) -> str | None:
+    """A 5xx answer is the server's final word; anything else (4xx, connection) is worth a retry."""
+    if isinstance(err, smtplib.SMTPRecipientsRefused):
+        codes = [(code, reply) for code, reply in err.recipients.values()]
+        if codes and all(code >= 500 for code, _ in codes):
+            return "; ".join(f"{code} {reply.decode(errors='replace')}" for code, reply in codes)
+        return None
+    code = getattr(err, "smtp_code", None)
+    if isinstance(code, int) and code >= 500:
+        reply = getattr(err, "smtp_error", b"")
+        return f"{code} {reply.decode(errors='replace') if isinstance(reply, bytes) else reply}"
+    return None
+
+
+class EmailActivities:
+    def __init__(self, store: JsonStore, smtp: SmtpSettings | None, mail_from: str, public_url: str):
+        self.store = store
+        self.smtp = smtp
+        self.mail_from = mail_from
+        self.public_url = public_url
+
+    def _record(self, outcome: LoanOutcome, email: dict) -> None:
+        def change(existing: dict | None) -> dict:
+            return {**(existing or {}), "email": email}
+
+        self.store.update(APPLICATIONS, record_key(outcome.workflow_id, outcome.run_id), change)
+
+    @activity.defn
+    def send_decision_email(self, outcome: LoanOutcome) -> str:
+        """Send the decision email once; returns its status ("sent", "refused", "not_configured")."""
+        record = self.store.get(APPLICATIONS, record_key(outcome.workflow_id, outcome.run_id)) or {}
+        previous = (record.get("email") or {}).get("status")
+        if previous in ("sent", "refused"):
+            return previous  # a retry after success (or a final refusal) sends nothing
+        now = datetime.now(timezone.utc).isoformat()
+        try:
+            message = decision_email(outcome, self.public_url, self.mail_from)
+        except (ValueError, EmailNotValidError) as err:
+            self._record(outcome, {"status": "refused", "reason": f"not a deliverable address: {err}", "at": now})
+            raise ApplicationError(f"cannot address the email: {err}", type=EMAIL_REFUSED, non_retryable=True) from err
+        if self.smtp is None:
+            return "not_configured"  # no SMTP_URL: nothing is sent (see the activity's result in the history)
+        try:
+            send(self.smtp, message)
+        except (smtplib.SMTPException, OSError) as err:
+            reason = permanent_refusal(err)
+            if reason is None:
+                # Shown to operators while it lasts; a later success overwrites it.
+                attempt = activity.info().attempt
+                self._record(outcome, {"status": "retrying", "attempt": attempt, "reason": str(err), "at": now})
+                raise  # SMTP down or a temporary refusal: the retry policy tries again later
+            self._record(outcome, {"status": "refused", "reason": reason, "at": now, "message_id": message["Message-ID"]})
+            raise ApplicationError(f"the mail server refused the email: {reason}", type=EMAIL_REFUSED, non_retryable=True)
+        self._record(outcome, {"status": "sent", "at": now, "message_id": message["Message-ID"]})
+        return "sent"
