@@ -64,6 +64,11 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
         assert decided.status_code == 200, (decided.text, log.read_text())
         assert decided.json()["decision"] == "pre_approved"
         assert (tmp_path / "data" / "temporal.db").exists()
+        # No SMTP_URL: the local sink received the applicant's email into the data folder's Maildir.
+        maildir = tmp_path / "data" / "mail" / "new"
+        message = wait_until(lambda: maildir.exists() and next(iter(maildir.iterdir()), None), timeout=30,
+                             what="the decision email in the local Maildir")
+        assert applicant["email"] in message.read_text()
 
         # No OPERATOR_TOKEN: one was generated into the data folder, private, and make run says where.
         token_file = tmp_path / "data" / "secrets" / "operator.token"
