@@ -256,7 +256,11 @@ def test_bad_requests_are_4xx_never_500(client, customer):
 
 
 def test_the_list_shows_stored_orders_newest_first(client, customer):
+    # The list is ordered by when an order was first stored (the store's numbered index),
+    # which for two orders placed at once is the worker's order: place them apart.
     first = place(client, customer, [("CB-010", 1)])
+    wait_until(lambda: first in [o["order_id"] for o in client.get("/api/orders").json["orders"]],
+               what="the first order in the list")
     second = place(client, customer, [("CB-010", 2)])
 
     def listed():
