@@ -206,6 +206,10 @@ class OrderService:
         orders, total = self.store.list_recent(ORDERS, (page - 1) * PAGE_SIZE, PAGE_SIZE)
         return orders, total, max(1, math.ceil(total / PAGE_SIZE))
 
+    def counts(self) -> dict[str, int]:
+        """Orders by status, kept by the store on every write (no scan)."""
+        return self.store.count_by(ORDERS, "status")
+
     async def status(self, order_id: str) -> OrderView:
         """The live status from the workflow; the stored projection if no worker answers."""
         workflow_id = self._workflow_id(order_id)

@@ -129,6 +129,7 @@ def list_orders():
         "page": page,
         "pages": pages,
         "total": total,
+        "counts": service().counts(),
     })
 
 
@@ -226,6 +227,7 @@ def render_dashboard(values: dict[str, str], errors: dict[str, str], notice: dic
         errors=errors,
         notice=notice,
         labels=service().status_labels(),
+        counts=service().counts(),
     )
 
 

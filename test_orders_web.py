@@ -272,6 +272,7 @@ def test_the_list_shows_stored_orders_newest_first(client, customer):
     assert ids.index(second) < ids.index(first)
     listing = client.get("/api/orders?page=1").json
     assert listing["page"] == 1 and listing["pages"] >= 1 and listing["total"] >= 2
+    assert sum(listing["counts"].values()) == listing["total"]
 
 
 def test_pages_place_track_and_act_on_an_order(client, customer):
