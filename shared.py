@@ -204,6 +204,8 @@ FINAL_ORDER_STATUSES = ("completed", "cancelled", "rejected", "failed")
 # before that ends "cancelled".
 SHIPMENT_STAGES = ("not_started", "preparing", "prepared", "dispatching", "dispatched", "delivered", "cancelled")
 # Operator actions on an order (OrderStatus.actions lists those still possible).
+# Simulated failures an order holds at most, placed with it or injected later (validation.py, workflows.py).
+MAX_FAILURES_PER_ORDER = 10
 ORDER_ACTIONS = ("approve", "cancel", "address", "expedite", "simulate-failure")
 
 

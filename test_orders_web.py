@@ -420,3 +420,18 @@ def test_two_approves_at_once_approve_once(app, client, customer):
     approvals = [e for e in client.get(f"/api/orders/{order_id}/events").json["events"]
                  if e["message"].startswith("Approved by")]
     assert len(approvals) == 1, approvals
+
+
+def test_injected_failures_are_bounded(client, customer):
+    order_id = place(client, customer, [("LP-140", 1)])  # waits for review: failures can be injected
+    wait_for(client, order_id, status_is("awaiting_review"), "the order to await review")
+    for _ in range(12):
+        assert client.post(f"/api/orders/{order_id}/simulate-failure", json={"step": "payment"}).status_code == 202
+
+    def injected():
+        events = client.get(f"/api/orders/{order_id}/events").json["events"]
+        messages = [e["message"] for e in events]
+        return len(messages) and sum("Failure not injected" in m for m in messages) == 2 and messages
+
+    messages = wait_until(injected, what="two refused injections in the timeline")
+    assert sum(m.startswith("Failure injected") for m in messages) == 10

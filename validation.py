@@ -37,6 +37,7 @@ from pydantic_core import PydanticCustomError
 
 from config import Messages
 from shared import (
+    MAX_FAILURES_PER_ORDER,
     FAILURE_STEPS,
     Address,
     AddressChange,
@@ -247,7 +248,7 @@ MAX_FAILURE_TIMES = 10
 # use (a product appears once); 50 leaves room for a bigger catalog. Failures
 # to simulate: a few per step is all a demonstration needs.
 MAX_ORDER_LINES = 50
-MAX_FAILURES = 10
+MAX_FAILURES = MAX_FAILURES_PER_ORDER
 DEFAULT_OPERATOR = ApproveRequest().operator
 
 # messages.json "orders" key for each field, named by the last part of its path.

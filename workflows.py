@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from notifications import EMAIL_REFUSED, EmailActivities
     from shared import (
         ACTION_REFUSED,
+        MAX_FAILURES_PER_ORDER,
         FINAL_ORDER_STATUSES,
         INVALID_ORDER,
         OUT_OF_STOCK,
@@ -718,6 +719,11 @@ class OrderWorkflow:
     async def inject_failure(self, failure: FailureInjection) -> None:
         """Simulate trouble in a later step (for demos and tests)."""
         if "simulate-failure" not in self._actions():
+            return
+        if len(self._failures) >= MAX_FAILURES_PER_ORDER and workflow.patched("bounded-injected-failures"):
+            # Signals are not validated; a bound keeps a scripted client from growing the state for ever.
+            self._event("operator", self._text("failures_full", maximum=MAX_FAILURES_PER_ORDER))
+            await self._record()
             return
         self._failures.append(failure)
         kind = "permanent" if failure.permanent else f"{failure.times} attempt(s)"
