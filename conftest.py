@@ -172,24 +172,27 @@ def signed_in(client: FlaskClient, settings: Settings) -> FlaskClient:
     return client
 
 
+def process_env(settings: Settings, temporal_address: str) -> dict[str, str]:
+    """The environment a worker or web process of the product gets for `settings`."""
+    return {
+        **os.environ,
+        "TEMPORAL_ADDRESS": temporal_address,
+        "TEMPORAL_NAMESPACE": "default",
+        "LOAN_TASK_QUEUE": settings.task_queue,
+        "ORDER_TASK_QUEUE": settings.order_task_queue,
+        "SHIPPING_TASK_QUEUE": settings.shipping_task_queue,
+        "RULES_FILE": str(settings.rules_file),
+        "MESSAGES_FILE": str(settings.messages_file),
+        "DATA_DIR": str(settings.data_dir),
+    }
+
+
 class WorkerProcess:
     """`python worker.py` as a real process, with its output kept for failures."""
 
     def __init__(self, settings: Settings, temporal_address: str, log_path: Path, extra_env: dict | None = None):
         self.log_path = log_path
-        env = {
-            **os.environ,
-            "TEMPORAL_ADDRESS": temporal_address,
-            "TEMPORAL_NAMESPACE": "default",
-            "LOAN_TASK_QUEUE": settings.task_queue,
-            "ORDER_TASK_QUEUE": settings.order_task_queue,
-            "SHIPPING_TASK_QUEUE": settings.shipping_task_queue,
-            "RULES_FILE": str(settings.rules_file),
-            "MESSAGES_FILE": str(settings.messages_file),
-            "DATA_DIR": str(settings.data_dir),
-            "WORKER_CONNECT_TIMEOUT": "20",
-            **(extra_env or {}),
-        }
+        env = {**process_env(settings, temporal_address), "WORKER_CONNECT_TIMEOUT": "20", **(extra_env or {})}
         self.log = open(log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, str(HERE / "worker.py")], env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=HERE
@@ -255,15 +258,7 @@ def gunicorn(settings: Settings, address: str, log: Path, workers: int = 2):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {
-        **os.environ,
-        "TEMPORAL_ADDRESS": address,
-        "TEMPORAL_NAMESPACE": "default",
-        "LOAN_TASK_QUEUE": settings.task_queue,
-        "ORDER_TASK_QUEUE": settings.order_task_queue,
-        "SHIPPING_TASK_QUEUE": settings.shipping_task_queue,
-        "RULES_FILE": str(settings.rules_file),
-        "MESSAGES_FILE": str(settings.messages_file),
-        "DATA_DIR": str(settings.data_dir),
+        **process_env(settings, address),
         "APP_SECRET_KEY": uuid.uuid4().hex,
         "OPERATOR_TOKEN": settings.operator_token,
         "WEB_PORT": str(port),
