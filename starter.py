@@ -94,6 +94,8 @@ def openapi_document():
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
+    # "/api/orders//events" is an unknown URL (404), not a redirect to a guessed one.
+    app.url_map.merge_slashes = False
     app.config.from_mapping(MAX_CONTENT_LENGTH=16 * 1024)
     app.json = StrictJSONProvider(app)
     if test_config:
