@@ -45,6 +45,21 @@ BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
 
 
+def free_port() -> int:
+    """A loopback port no one listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def web_is_ready(base: str) -> bool:
+    """The web app at `base` answers /readyz with 200 (Temporal reachable)."""
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def wait_until(check: Callable[[], object], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
     """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -215,9 +230,7 @@ def smtp_sink(tmp_path: Path):
 
     from mail_sink import MaildirHandler
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     handler = MaildirHandler(tmp_path / "mail")
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
@@ -254,9 +267,7 @@ def worker_stack(dev_server: WorkflowEnvironment, root: Path, settings: Settings
 @contextlib.contextmanager
 def gunicorn(settings: Settings, address: str, log: Path, workers: int = 2):
     """The app under gunicorn as `make run` serves it, on a free port; yields its base URL and process."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {
         **process_env(settings, address),
         "APP_SECRET_KEY": uuid.uuid4().hex,
@@ -271,14 +282,8 @@ def gunicorn(settings: Settings, address: str, log: Path, workers: int = 2):
         )
     base = f"http://127.0.0.1:{port}"
 
-    def ready():
-        try:
-            return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return server.poll() is not None
-
     try:
-        wait_until(ready, timeout=30, what="gunicorn to be ready")
+        wait_until(lambda: web_is_ready(base) or server.poll() is not None, timeout=30, what="gunicorn to be ready")
         assert server.poll() is None, log.read_text()
         yield base, server
     finally:

@@ -192,7 +192,10 @@ def signout():
 
 
 def csrf_field() -> Markup:
-    """The hidden input every POST form carries (`{{ csrf_field() }}` in templates)."""
+    """The hidden input every POST form carries (`{{ csrf_field() }}` in templates).
+
+    The one Markup in the app: its only value is the server's own token, escaped; no user data.
+    """
     return Markup(f'<input type="hidden" name="csrf_token" value="{escape(generate_csrf())}">')
 
 

@@ -24,7 +24,6 @@ suite against both.
 from __future__ import annotations
 
 import contextvars
-import json
 import re
 import threading
 import time

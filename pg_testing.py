@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 import warnings
@@ -22,6 +21,7 @@ import psycopg
 import pytest
 
 import pg_server
+from conftest import free_port
 
 
 @dataclass
@@ -43,12 +43,6 @@ class PostgresServer:
 
     def start(self) -> None:
         pg_server.start(self.data, self.port, fsync=False)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def require_server_binaries() -> None:

@@ -7,7 +7,6 @@ errors, the pages, and Temporal being unreachable.
 
 from __future__ import annotations
 
-import socket
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ from dataclasses import replace
 import pytest
 
 from activities import APPLICATIONS
-from conftest import ADDRESS, HERE, JOHN, WorkerProcess, make_app, signed_in, wait_until
+from conftest import ADDRESS, HERE, JOHN, WorkerProcess, free_port, make_app, signed_in, wait_until
 from config import load_messages
 from store import JsonStore
 
@@ -219,9 +218,7 @@ def test_list_page_and_api_show_recent_applications_to_operators(client, app, lo
 
 def test_temporal_down_is_503_and_keeps_the_form_values(loan_stack, monkeypatch):
     settings, _ = loan_stack
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()
     app = make_app(replace(settings, decision_wait_seconds=2.0), f"127.0.0.1:{closed_port}", monkeypatch)
     client = app.test_client()
     try:

@@ -9,20 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import uuid
 
 import httpx
 import pytest
 
-from conftest import HERE, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from conftest import HERE, free_port, wait_until, web_is_ready
 
 
 def group_alive(pgid: int) -> bool:
@@ -46,13 +39,7 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
                                 stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{web_port}"
     try:
-        def ready():
-            try:
-                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(lambda: ready() or make.poll() is not None, timeout=60, what="make run to be ready")
+        wait_until(lambda: web_is_ready(base) or make.poll() is not None, timeout=60, what="make run to be ready")
         assert make.poll() is None, log.read_text()
         output = log.read_text()
         assert f"Temporal UI: http://localhost:{ui_port}" in output

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from email import message_from_bytes, policy
-from dataclasses import replace
 
 import pytest
 from aiosmtpd.controller import Controller

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -21,7 +20,7 @@ from dataclasses import replace
 import pytest
 
 import order_service
-from conftest import ADDRESS, HERE, make_app, signed_in, wait_until
+from conftest import ADDRESS, HERE, free_port, make_app, signed_in, wait_until
 from config import load_messages, load_rules
 from shared import ORDER_MILESTONES, OrderStatus
 from workflows import OrderWorkflow
@@ -355,9 +354,7 @@ def test_without_a_worker_the_order_is_accepted_and_read_from_its_start(order_st
 
 def test_temporal_down_is_503_and_the_form_keeps_its_values(order_stack, monkeypatch, customer):
     settings, _ = order_stack
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()
     app = make_app(settings, f"127.0.0.1:{closed_port}", monkeypatch)
     client = signed_in(app.test_client(), settings)
     try:

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 
 import pg_server
-from conftest import HERE, wait_until
-from pg_testing import free_port, require_server_binaries
+from conftest import HERE, free_port, wait_until, web_is_ready
+from pg_testing import require_server_binaries
 from test_make_run import group_alive
 
 
@@ -41,13 +41,7 @@ def test_make_run_postgres_stores_a_decision_in_postgresql_and_ctrl_c_stops_ever
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{web_port}"
     try:
-        def ready():
-            try:
-                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(lambda: ready() or make.poll() is not None, timeout=90, what="make run-postgres to be ready")
+        wait_until(lambda: web_is_ready(base) or make.poll() is not None, timeout=90, what="make run-postgres to be ready")
         assert make.poll() is None, log.read_text()
         database_url = pg_server.url(data / "postgres", pg_port)
         assert f"PostgreSQL: {database_url}" in log.read_text()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -12,7 +11,7 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from conftest import JOHN, gunicorn, make_app
+from conftest import JOHN, free_port, gunicorn, make_app
 
 
 @pytest.fixture
@@ -25,9 +24,7 @@ def client(loan_stack, monkeypatch):
 
 def test_readyz_is_503_while_temporal_is_unreachable(loan_stack, monkeypatch):
     settings, _ = loan_stack
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()
     app = make_app(settings, f"127.0.0.1:{closed_port}", monkeypatch)
     response = app.test_client().get("/readyz")
     assert response.status_code == 503 and response.json["status"] == "unavailable"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 
 import pytest
 
+from conftest import free_port
 from config import connect_temporal
 from temporal_client import ProcessClient, TemporalUnavailable
 
@@ -51,9 +51,7 @@ def test_one_client_serves_requests_on_many_event_loops(dev_server):
 
 
 def test_an_unreachable_server_is_unavailable_and_the_next_call_connects_again(dev_server):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()
     targets = [f"127.0.0.1:{closed_port}", dev_server.client.service_client.config.target_host]
     temporal = ProcessClient(lambda: connect_temporal(target_host=targets.pop(0)))
 
