@@ -28,6 +28,12 @@ Why it is built this way:
   absolute values) and applied; a crash in between is redone by the next
   writer or reader, and the retry (same key, same document) finds its entry
   and counts nothing twice. A rewrite that changes nothing counted takes no lock.
+- A write is durable when it returns, and waits for the disk as few times as
+  that order allows: every file's new version (document, journal, index files)
+  is written to its own temporary file and all are fsynced at once, in
+  parallel threads (the file system flushes them in one commit); then the
+  document is renamed into place and its folder fsynced, then the journal,
+  then the index files (`test_every_file_is_fsynced_before_its_rename_and_durable_before_the_write_returns`).
 """
 
 from __future__ import annotations
@@ -287,7 +293,7 @@ def _stage(files: list[tuple[Path, bytes]]) -> list[tuple[Path, str]]:
 
     Nothing is visible until `_commit` renames them. The fsyncs run in parallel threads: the
     file system flushes them in one journal commit, so five cost about what one does
-    (store_bench.py --fsync measures it on this disk)."""
+    (store_bench.py --writes measures it on this disk)."""
     staged: list[tuple[Path, str]] = []
     fds: list[int] = []
     try:
