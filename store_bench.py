@@ -6,7 +6,8 @@
 
 --writes N times N `put`s of new listed records and N rewrites of them (fsync
 on, in a temporary folder under DATA_DIR), counts the fsync calls per put, and
-times five small files fsynced one after another against all at once, so the
+times five small files fsynced one after another against all at once, and
+creating a file against fsyncing it, so the
 store's write can be judged on the disk it runs on (medians; the machine's
 other work shows as noise).
 
@@ -115,6 +116,18 @@ def measure_writes(count: int, folder: str) -> None:
                     os.close(fd)
             print(f"5 new files fsynced {label:23} p50 {statistics.median(times) * 1000:6.2f} ms"
                   f"  p95 {percentile_ms(times, 95):6.2f} ms", flush=True)
+    creates, syncs = [], []
+    for n in range(count):
+        began = time.perf_counter()
+        fd = os.open(os.path.join(files, f"new-{n}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        creates.append(time.perf_counter() - began)
+        os.write(fd, b"x" * 300)
+        began = time.perf_counter()
+        os.fsync(fd)
+        syncs.append(time.perf_counter() - began)
+        os.close(fd)
+    print(f"creating one new file                       p50 {statistics.median(creates) * 1000:6.2f} ms;"
+          f" fsyncing it p50 {statistics.median(syncs) * 1000:6.2f} ms", flush=True)
 
 
 def main() -> None:
