@@ -168,7 +168,7 @@ def sample(site):
     decided = httpx.post(f"{site.base}/api/evaluate", json=applicant("pre_approved"), timeout=30)
     assert decided.status_code == 200, decided.text
     placed = httpx.post(f"{site.base}/api/orders", timeout=30, headers={"Authorization": f"Bearer {site.operator_token}"},
-                        json={"customer_id": f"customer-{uuid.uuid4().hex}", "expedited": True, "address": ADDRESS,
+                        json={"customer_id": f"customer-{uuid.uuid4().hex}", "customer_email": "ada@example.com", "expedited": True, "address": ADDRESS,
                               "items": [{"sku": "LP-140", "quantity": 1}, {"sku": "CB-010", "quantity": 3}]})
     assert placed.status_code == 201, placed.text
     return {"workflow_id": decided.json()["workflow_id"], "order_id": placed.json()["order_id"]}

@@ -28,11 +28,13 @@ from workflows import OrderWorkflow
 MESSAGES = load_messages(HERE / "messages.json")
 TEXTS = MESSAGES.orders
 CATALOG = [item.sku for item in load_rules(HERE / "rules.json").orders.catalog]
-ORDER = {"customer_id": "ada-1", "items": [{"sku": "KB-100", "quantity": 2}], "address": ADDRESS}
+ORDER = {"customer_id": "ada-1", "customer_email": "ada@example.com", "items": [{"sku": "KB-100", "quantity": 2}],
+         "address": ADDRESS}
 
 
 FORM = {
     "customer_id": "ada-1",
+    "customer_email": "ada@example.com",
     "sku_KB-100": "2",
     "sku_MS-200": "",
     "sku_CB-010": "0",
@@ -57,6 +59,7 @@ def client(operator):
 def place(client, customer: str, items: list[tuple[str, int]], expedited: bool = True, **extra) -> str:
     body = {
         "customer_id": customer,
+        "customer_email": "ada@example.com",
         "items": [{"sku": sku, "quantity": quantity} for sku, quantity in items],
         "address": ADDRESS,
         "expedited": expedited,

@@ -145,6 +145,15 @@
     replaceItems(document.getElementById("order-compensations"), order.compensations, function (text) {
       return element("li", null, text);
     }, "Nothing was undone.");
+    // As the server renders them (templates/orders/tracker.html): "shipped: refused (550 ...)".
+    var emailList = document.getElementById("order-emails");
+    var emails = Object.keys(order.emails || {}).map(function (kind) {
+      var email = order.emails[kind];
+      return words(kind) + ": " + words(email.status) + (email.reason ? " (" + email.reason + ")" : "");
+    });
+    replaceItems(emailList, emails, function (text) {
+      return element("li", null, text);
+    }, emailList.dataset.none);
   }
 
   function showActions(order) {
