@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.utils import formatdate
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from email_validator import EmailNotValidError, validate_email
@@ -134,6 +135,7 @@ def order_email(request: OrderEmailRequest, mail_from: str) -> EmailMessage:
     recipient = validate_email(request.to, check_deliverability=False)
     message["To"] = Address(username=recipient.local_part, domain=recipient.domain)
     message["Message-ID"] = message_id(request.order_id, request.kind, mail_from, prefix="order")
+    message["Date"] = formatdate(usegmt=True)  # when this attempt sent it; the Message-ID stays the same
     message.set_content(f"Hello,\n\n{request.text}\n")
     paragraphs = "".join(f"<p>{html.escape(line)}</p>" for line in request.text.split("\n\n"))
     message.add_alternative(f"<p>Hello,</p>{paragraphs}", subtype="html")
@@ -219,7 +221,8 @@ class EmailActivities:
     def _unaddressable(self, err: Exception, record) -> str:
         now = datetime.now(timezone.utc).isoformat()
         record({"status": "refused", "reason": f"not a deliverable message: {err}", "at": now})
-        raise ApplicationError(f"cannot address the email: {err}", type=EMAIL_REFUSED, non_retryable=True) from None
+        raise ApplicationError(f"cannot address the email: {err}", f"not a deliverable message: {err}", type=EMAIL_REFUSED,
+                               non_retryable=True) from None
 
     def _deliver(self, message: EmailMessage, address: str, record) -> str:
         """Send over SMTP and record how it went; a temporary failure is raised for the retry policy."""
@@ -239,7 +242,7 @@ class EmailActivities:
                 raise ApplicationError(f"email not sent yet: {text}", type=EMAIL_NOT_SENT_YET) from None
             reason = without_address(reason, address)
             record({"status": "refused", "reason": reason, "at": now, "message_id": message["Message-ID"]})
-            raise ApplicationError(f"the mail server refused the email: {reason}", type=EMAIL_REFUSED,
+            raise ApplicationError(f"the mail server refused the email: {reason}", reason, type=EMAIL_REFUSED,
                                    non_retryable=True) from None
         record({"status": "sent", "at": now, "message_id": message["Message-ID"]})
         return "sent"

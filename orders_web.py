@@ -18,7 +18,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
 from order_service import ActionFailed, ActionRefused, ActionUnconfirmed, NoRewards, OrderNotFound, OrderService, OrderView
-from shared import FAILURE_STEPS, ORDER_ACTIONS, ORDER_MILESTONES, ApproveRequest
+from shared import FAILURE_STEPS, ORDER_ACTIONS, ORDER_EMAIL_KINDS, ORDER_MILESTONES, ApproveRequest
 from temporal_client import TemporalUnavailable
 from validation import (
     ADDRESS_FIELDS,
@@ -259,6 +259,7 @@ async def render_tracker(order_id: str, notice: dict | None = None, errors: dict
         order=order_json(view),
         events=timeline,
         milestones=ORDER_MILESTONES,
+        email_kinds=ORDER_EMAIL_KINDS,
         milestone_attempts=MILESTONE_ATTEMPTS,
         failure_steps=FAILURE_STEPS,
         max_failure_times=MAX_FAILURE_TIMES,

@@ -930,7 +930,8 @@ class OrderWorkflow:
         except ActivityError as err:
             # Refused for good, or given up after a day: recorded; the order's outcome is unchanged.
             refusal = business_error(err, EMAIL_REFUSED)
-            state = OrderEmailState("refused" if refusal else "failed", root_message(err), workflow.now().isoformat())
+            reason = str(refusal.details[0]) if refusal is not None and refusal.details else root_message(err)
+            state = OrderEmailState("refused" if refusal else "failed", reason, workflow.now().isoformat())
             # The kind and status only: the reason can quote the customer's address.
             workflow.logger.warning("Order email %s not delivered: %s", request.kind, state.status)
             self._event("failure", f"Email to the customer ({request.kind}) {state.status}: {state.reason}")

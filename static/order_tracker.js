@@ -147,8 +147,11 @@
     }, "Nothing was undone.");
     // As the server renders them (templates/orders/tracker.html): "shipped: refused (550 ...)".
     var emailList = document.getElementById("order-emails");
-    var emails = Object.keys(order.emails || {}).map(function (kind) {
-      var email = order.emails[kind];
+    var sent = order.emails || {};
+    var emails = emailList.dataset.kinds.split(" ").filter(function (kind) {
+      return kind in sent;
+    }).map(function (kind) {
+      var email = sent[kind];
       return words(kind) + ": " + words(email.status) + (email.reason ? " (" + email.reason + ")" : "");
     });
     replaceItems(emailList, emails, function (text) {
