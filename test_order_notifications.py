@@ -345,3 +345,10 @@ def test_a_retry_after_success_sends_nothing(tmp_path):
         assert store.get(ORDER_EMAILS, "abc123def456.received")["status"] == "sent"
     finally:
         sink.controller.stop()
+
+
+def test_the_openapi_document_requires_the_customer_email():
+    from openapi import build_openapi
+
+    order = build_openapi(["KB-100"])["components"]["schemas"]["Order"]
+    assert "customer_email" in order["required"] and order["properties"]["customer_email"]["format"] == "email"
