@@ -313,21 +313,27 @@ def test_a_charge_or_reservation_arriving_after_its_undo_changes_nothing(order_s
 # --- found by reading (issue 13) ---------------------------------------------------
 
 
-async def test_a_cancel_overtaken_by_a_declined_card_still_answers_cancelled(time_skipping_env, order_settings, faulty_workers):
-    """Accepted while the charge runs, which then declines: the accepted cancel wins,
-    and its answer is the cancelled order (not the "already dispatched" text)."""
+@pytest.mark.parametrize("refused_step", ["reserve_inventory", "charge_payment"], ids=["out_of_stock", "card_declined"])
+async def test_a_cancel_overtaken_by_a_rejection_still_answers_cancelled(time_skipping_env, order_settings, faulty_workers,
+                                                                          refused_step):
+    """Accepted while the step runs, which then refuses (out of stock, card declined):
+    the accepted cancel wins, and its answer is the cancelled order (not the
+    "already dispatched" text)."""
     faults = faulty_workers
-    faults.hold("charge_payment")
-    faults.hold("release_inventory")  # keeps the order open until the declined attempt has ended
-    request = order_request(order_settings, SMALL, failures=[FailureInjection("payment", permanent=True)])
+    faults.hold(refused_step)
+    faults.hold("release_inventory")  # keeps the order open until the refused attempt has ended
+    if refused_step == "reserve_inventory":
+        request = order_request(order_settings, [OrderLine("RARE-1", 6)])  # 5 in stock
+    else:
+        request = order_request(order_settings, SMALL, failures=[FailureInjection("payment", permanent=True)])
     handle = await start(time_skipping_env.client, order_settings, request)
-    await faults.wait_entered("charge_payment")
+    await faults.wait_entered(refused_step)
     update = await asyncio.wait_for(
         handle.start_update(OrderWorkflow.cancel, CancelRequest("changed my mind"), wait_for_stage=WorkflowUpdateStage.ACCEPTED),
         UPDATE_DEADLINE,
     )
-    faults.gates["charge_payment"].set()  # the card is declined now, after the cancel was accepted
-    assert await asyncio.to_thread(faults.exited.setdefault("charge_payment", threading.Event()).wait, 10)
+    faults.gates[refused_step].set()  # the step refuses now, after the cancel was accepted
+    assert await asyncio.to_thread(faults.exited.setdefault(refused_step, threading.Event()).wait, 10)
     faults.release_all()
     answer: OrderStatus = await asyncio.wait_for(update.result(), UPDATE_DEADLINE)
     assert answer.status == "cancelled" and answer.cancel_reason == "changed my mind"
