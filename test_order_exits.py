@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from temporalio import activity
@@ -44,6 +44,8 @@ from order_invariants import assert_orders_right
 from shared import (
     ACTION_REFUSED,
     PAYMENT_REQUESTS,
+    SHIPMENTS,
+    Address,
     AddressChange,
     ApproveRequest,
     CancelRequest,
@@ -510,9 +512,8 @@ def assert_cancel_rule(moment, accepted: bool, said: str, final: OrderStatus) ->
         assert final.status == "completed", f"{moment}: refused ({said}), then {final.status}"
 
 
-@pytest.mark.parametrize("moment", MOMENTS)
-async def test_cancel_at_every_moment_keeps_the_rule(time_skipping_env, order_settings, faulty_workers, moment):
-    env, faults = time_skipping_env, faulty_workers
+async def order_at(moment: str, env, order_settings, faults: Faults) -> WorkflowHandle:
+    """An order needing review, brought to `moment` of its life."""
     failures = [FailureInjection("payment", times=3)] if moment == "during_charge" else []
     if moment == "before_review":
         faults.failing.add("validate_order")
@@ -535,11 +536,62 @@ async def test_cancel_at_every_moment_keeps_the_rule(time_skipping_env, order_se
         await wait_for(handle, lambda s: s.shipment.stage == "dispatched", "dispatch")
     elif moment == "after_delivery":
         await asyncio.wait_for(handle.result(), 30)
+    return handle
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+async def test_cancel_at_every_moment_keeps_the_rule(time_skipping_env, order_settings, faulty_workers, moment):
+    env, faults = time_skipping_env, faulty_workers
+    handle = await order_at(moment, env, order_settings, faults)
     accepted, said = await cancel_at(handle)
     if moment == "after_dispatch":
         assert not accepted and "handed to the carrier" in said
     final = await asyncio.wait_for(handle.result(), 30)
     assert_cancel_rule(moment, accepted, said, final)
+    catalog = load_rules(order_settings.rules_file).orders.catalog
+    await assert_orders_right(env.client, order_settings.data_dir, {i.sku: i.stock for i in catalog})
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+async def test_address_change_and_expedite_at_every_moment(time_skipping_env, order_settings, faulty_workers, moment):
+    """Accepted ⇒ the parcel the carrier gets goes to the new address; refused ⇒ the
+    answer says why and the old address stays. Expedite never fails the order, and
+    if the order offered it, the order ends expedited. Never a failed workflow."""
+    env, faults = time_skipping_env, faulty_workers
+    handle = await order_at(moment, env, order_settings, faults)
+    texts = order_request(order_settings, LARGE).texts
+    refusals = {texts["already_dispatched"], texts["already_final"].format(status="completed")}
+    try:
+        offered = (await handle.query(OrderWorkflow.status)).actions
+        answer = await asyncio.wait_for(handle.execute_update(OrderWorkflow.update_address, AddressChange(NEW_ADDRESS, "erin")),
+                                        UPDATE_DEADLINE)
+        accepted, said = True, answer.address
+    except WorkflowUpdateFailedError as err:
+        assert isinstance(err.cause, ApplicationError) and err.cause.type == ACTION_REFUSED, err.cause
+        accepted, said = False, err.cause.message
+        assert said in refusals, f"{moment}: refused with {said!r}"
+    except RPCError as err:  # closed: the web layer answers 409 from the stored view
+        assert err.status == RPCStatusCode.NOT_FOUND and moment == "after_delivery", err
+        accepted, said, offered = False, str(err), []
+    if moment != "after_delivery":
+        await handle.signal(OrderWorkflow.expedite)
+    faults.release_all()
+    if moment == "before_review":  # let the validation through, then approve
+        faults.failing.discard("validate_order")
+        await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+        await asyncio.wait_for(handle.execute_update(OrderWorkflow.approve, ApproveRequest()), UPDATE_DEADLINE)
+    final: OrderStatus = await asyncio.wait_for(handle.result(), 30)
+    assert final.status == "completed", f"{moment}: {final.status} ({final.reason})"
+    assert ("address" in offered) == accepted, f"{moment}: offered {offered}, accepted {accepted}"
+    label = JsonStore(order_settings.data_dir).get(SHIPMENTS, final.order_id)
+    expected = NEW_ADDRESS if accepted else ADDRESS
+    assert final.address == expected and Address(**label["address"]) == expected, f"{moment}: label to {label['address']}"
+    assert accepted == (moment in MOMENTS[:MOMENTS.index("after_dispatch")]), f"{moment}: accepted {accepted} ({said})"
+    if "expedite" in offered:  # applied: the parcel travels the fast way, even when expedited in transit
+        transit = datetime.fromisoformat(final.milestones["delivered"]) - datetime.fromisoformat(final.milestones["shipped"])
+        assert final.expedited and transit < timedelta(seconds=order_request(order_settings, LARGE).shipping.transit_seconds)
+        if accepted:  # before the release: the carrier books the fast service
+            assert label["expedited"], f"{moment}: dispatched without the expedite"
     catalog = load_rules(order_settings.rules_file).orders.catalog
     await assert_orders_right(env.client, order_settings.data_dir, {i.sku: i.stock for i in catalog})
 
