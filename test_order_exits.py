@@ -436,7 +436,7 @@ async def test_an_approve_in_the_same_task_as_the_review_deadline_counts(dev_ser
     was answered "approved", so the order goes on and delivers (on the dev server:
     it shows an update waiting for a worker as a pending workflow task)."""
     rules = json.loads(order_settings.rules_file.read_text())
-    rules["orders"]["review_sla_seconds"] = 3  # long enough for the approve to reach the server first
+    rules["orders"]["review_sla_seconds"] = 5  # long enough for the approve to reach the server first, under load too
     rules["orders"]["shipping"] = {"prepare_seconds": 0.2, "transit_seconds": 0.2, "expedited_transit_seconds": 0.1}
     order_settings.rules_file.write_text(json.dumps(rules))
     client = dev_server.client
