@@ -367,6 +367,7 @@ class OrderWorkflow:
         self._released_to_carrier = False
         self._shipment_followed_to_the_end = False  # version 2 orders: the shipment dispatched on its own
         self._ending = False
+        self._ending_as: str | None = None  # the final status the undo steps lead to
         self._late_cancel_noted = False
         self._record_lock = asyncio.Lock()
 
@@ -560,7 +561,7 @@ class OrderWorkflow:
 
     async def _stop(self, stop: OrderStopped) -> None:
         """Undo what was started, newest first, then record why the order ended."""
-        self._ending = True
+        self._ending, self._ending_as = True, stop.status
         self._status.cancelled = stop.status == "cancelled"
         self._status.cancel_reason = stop.reason if self._status.cancelled else None
         self._status.reason = stop.reason
@@ -779,9 +780,12 @@ class OrderWorkflow:
     def _refuse_unless_possible(self, action: str) -> None:
         if action in self._actions():
             return
-        if self._status.status in FINAL_ORDER_STATUSES or self._ending:
+        if self._status.status in FINAL_ORDER_STATUSES:
             raise self._refused(self._text("already_final", status=self._status.status))
-        if self._cancel_request is not None:
+        if self._ending and self._ending_as != "cancelled":
+            # Undoing: the outcome is decided, though the status still shows the step.
+            raise self._refused(self._text("already_final", status=self._ending_as))
+        if self._ending or self._cancel_request is not None:
             raise self._refused(self._text("being_cancelled"))
         raise self._refused(self._text("already_dispatched"))
 
