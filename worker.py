@@ -122,7 +122,7 @@ def build_order_workers(
     shipping = ShippingActivities(store, rules, texts)
     rewards = RewardsActivities(store)
     common = dict(activity_executor=executor, identity=identity, graceful_shutdown_timeout=timedelta(seconds=10))
-    order_threads = max(2, concurrency * 3 // 4)
+    order_threads = max(2, min(concurrency - 2, concurrency * 3 // 4))  # shipping keeps at least 2
     return [
         Worker(
             client,
