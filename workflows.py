@@ -323,6 +323,10 @@ BOOKKEEPING_TIMEOUT = timedelta(seconds=10)
 CONFIRM_RECEIPT_PATCH = "confirm-receipt-to-customer"
 # Version 3: the order, not the shipment, decides the dispatch (see OrderWorkflow).
 ORDER_RELEASES_DISPATCH_PATCH = "order-releases-dispatch"
+# Orders since the status pages read the stored projection: after the release,
+# each stage the carrier reports (dispatched, with its tracking number) is
+# recorded as it comes, not only at the end.
+RECORD_IN_TRANSIT_PATCH = "record-stages-in-transit"
 # Shipment stages from which an order can no longer be changed or cancelled.
 HANDED_TO_CARRIER = ("dispatching", "dispatched", "delivered")
 
@@ -370,6 +374,7 @@ class OrderWorkflow:
         self._ending_as: str | None = None  # the final status the undo steps lead to
         self._late_cancel_noted = False
         self._record_lock = asyncio.Lock()
+        self._records_in_transit = False  # set by run (RECORD_IN_TRANSIT_PATCH)
 
     @workflow.run
     async def run(self, order: OrderRequest) -> OrderStatus:
@@ -377,6 +382,7 @@ class OrderWorkflow:
         # marker's place in history can differ on replay (a nondeterminism error).
         confirm_receipt = workflow.patched(CONFIRM_RECEIPT_PATCH)
         order_releases_dispatch = workflow.patched(ORDER_RELEASES_DISPATCH_PATCH)
+        self._records_in_transit = workflow.patched(RECORD_IN_TRANSIT_PATCH)
         try:
             await self._receive(confirm_receipt)
             validated = await self._validate()
@@ -536,7 +542,7 @@ class OrderWorkflow:
             permit = DispatchPermit(self._status.address, self._status.expedited)
             await self._tell_shipment(ShippingWorkflow.dispatch, permit)
             await self._record()
-            outcome = await self._shipment_outcome()
+            outcome = await (self._follow_shipment() if self._records_in_transit else self._shipment_outcome())
             if not isinstance(outcome, Shipment) or outcome.stage != "delivered":
                 # Only if someone terminated or cancelled the shipment itself.
                 await self._stop(self._shipment_ended(outcome))
@@ -615,6 +621,17 @@ class OrderWorkflow:
             raise self._shipment_ended(outcome)
         self._released_to_carrier = self._shipment_followed_to_the_end = True
         if self._shipment_news:
+            self._shipment_news = False
+            await self._record()
+
+    async def _follow_shipment(self) -> Shipment | BaseException:
+        """After the release: record each stage the carrier reports until the shipment ends
+        (the pages read the record, so the tracking number shows during transit)."""
+        shipment = self._shipping
+        while True:
+            await workflow.wait_condition(lambda: shipment.done() or self._shipment_news)
+            if shipment.done():
+                return await self._shipment_outcome()  # the completion step records the last stage
             self._shipment_news = False
             await self._record()
 
