@@ -12,12 +12,14 @@ a deadline and uses its own customer id.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
+from temporalio.client import WorkflowHandle
 
 import order_service
 from conftest import ADDRESS, HERE, free_port, make_app, signed_in, wait_until
@@ -139,6 +141,35 @@ def test_actions_an_order_refuses_are_409_with_the_reason(client, customer):
     expedite = client.post(f"/api/orders/{order_id}/expedite")
     assert expedite.status_code == 202 and expedite.json["status_url"] == f"/api/orders/{order_id}"
     wait_for(client, order_id, status_is("completed"), "the expedited order to be delivered")
+
+
+@pytest.mark.timeout(60)
+def test_status_reads_the_recorded_projection_never_the_workflow(app, client, customer, monkeypatch):
+    """A page or API refresh costs the worker no workflow task: once the order has
+    recorded itself, status comes from the store, as fresh as the live query."""
+    order_id = place(client, customer, [("LP-140", 2)])  # above the auto-approve limit: waits for review
+    waiting = wait_for(client, order_id, status_is("awaiting_review"), "the order to await review")
+
+    async def live():
+        temporal = await app.extensions["temporal"].get()
+        return dataclasses.asdict(await temporal.get_workflow_handle(f"order-{order_id}").query(OrderWorkflow.status))
+
+    live_status = asyncio.run(live())
+    assert {key: waiting[key] for key in live_status} == live_status  # the record is what the workflow holds
+
+    def no_query(*args, **kwargs):
+        raise AssertionError("a status read queried the workflow")
+
+    monkeypatch.setattr(WorkflowHandle, "query", no_query)
+    for _ in range(3):
+        read = client.get(f"/api/orders/{order_id}")
+        assert read.status_code == 200 and read.json["source"] == "store" and read.json["status"] == "awaiting_review"
+    tracker = client.get(f"/orders/{order_id}")
+    assert tracker.status_code == 200 and TEXTS["status_awaiting_review"] in tracker.get_data(as_text=True)
+    assert client.post(f"/api/orders/{order_id}/approve", json={"operator": "grace"}).status_code == 200
+    # Every step after is recorded as it happens, the parcel in transit too (expedited: 0.3 s).
+    done = wait_for(client, order_id, status_is("completed"), "the order to be delivered")
+    assert done["source"] == "store" and done["shipment"]["stage"] == "delivered" and done["shipment"]["tracking_number"]
 
 
 def workflow_result(app, order_id: str) -> OrderStatus:

@@ -325,6 +325,10 @@ BOOKKEEPING_TIMEOUT = timedelta(seconds=10)
 CONFIRM_RECEIPT_PATCH = "confirm-receipt-to-customer"
 # Version 3: the order, not the shipment, decides the dispatch (see OrderWorkflow).
 ORDER_RELEASES_DISPATCH_PATCH = "order-releases-dispatch"
+# Orders since the status pages read the stored projection: after the release,
+# each stage the carrier reports (dispatched, with its tracking number) is
+# recorded as it comes, not only at the end.
+RECORD_IN_TRANSIT_PATCH = "record-stages-in-transit"
 # Version 4: the customer is emailed at each milestone (when the order has an address).
 # Orders started before (histories/order_workflow_v3_*.json) replay without the emails.
 ORDER_EMAILS_PATCH = "order-customer-emails"
@@ -373,8 +377,10 @@ class OrderWorkflow:
         self._released_to_carrier = False
         self._shipment_followed_to_the_end = False  # version 2 orders: the shipment dispatched on its own
         self._ending = False
+        self._ending_as: str | None = None  # the final status the undo steps lead to
         self._late_cancel_noted = False
         self._record_lock = asyncio.Lock()
+        self._records_in_transit = False  # set by run (RECORD_IN_TRANSIT_PATCH)
         self._email_to: str | None = None  # set in run when the order emails its customer
         self._emailing: list[asyncio.Task] = []
 
@@ -384,6 +390,7 @@ class OrderWorkflow:
         # marker's place in history can differ on replay (a nondeterminism error).
         confirm_receipt = workflow.patched(CONFIRM_RECEIPT_PATCH)
         order_releases_dispatch = workflow.patched(ORDER_RELEASES_DISPATCH_PATCH)
+        self._records_in_transit = workflow.patched(RECORD_IN_TRANSIT_PATCH)
         emails_versioned = workflow.patched(ORDER_EMAILS_PATCH)
         self._email_to = order.customer_email if emails_versioned else None
         try:
@@ -551,7 +558,7 @@ class OrderWorkflow:
             permit = DispatchPermit(self._status.address, self._status.expedited)
             await self._tell_shipment(ShippingWorkflow.dispatch, permit)
             await self._record()
-            outcome = await self._shipment_outcome()
+            outcome = await (self._follow_shipment() if self._records_in_transit else self._shipment_outcome())
             if not isinstance(outcome, Shipment) or outcome.stage != "delivered":
                 # Only if someone terminated or cancelled the shipment itself.
                 await self._stop(self._shipment_ended(outcome))
@@ -577,7 +584,7 @@ class OrderWorkflow:
 
     async def _stop(self, stop: OrderStopped) -> None:
         """Undo what was started, newest first, then record why the order ended."""
-        self._ending = True
+        self._ending, self._ending_as = True, stop.status
         self._status.cancelled = stop.status == "cancelled"
         self._status.cancel_reason = stop.reason if self._status.cancelled else None
         self._status.reason = stop.reason
@@ -640,6 +647,17 @@ class OrderWorkflow:
             raise self._shipment_ended(outcome)
         self._released_to_carrier = self._shipment_followed_to_the_end = True
         if self._shipment_news:
+            self._shipment_news = False
+            await self._record()
+
+    async def _follow_shipment(self) -> Shipment | BaseException:
+        """After the release: record each stage the carrier reports until the shipment ends
+        (the pages read the record, so the tracking number shows during transit)."""
+        shipment = self._shipping
+        while True:
+            await workflow.wait_condition(lambda: shipment.done() or self._shipment_news)
+            if shipment.done():
+                return await self._shipment_outcome()  # the completion step records the last stage
             self._shipment_news = False
             await self._record()
 
@@ -806,9 +824,12 @@ class OrderWorkflow:
     def _refuse_unless_possible(self, action: str) -> None:
         if action in self._actions():
             return
-        if self._status.status in FINAL_ORDER_STATUSES or self._ending:
+        if self._status.status in FINAL_ORDER_STATUSES:
             raise self._refused(self._text("already_final", status=self._status.status))
-        if self._cancel_request is not None:
+        if self._ending and self._ending_as != "cancelled":
+            # Undoing: the outcome is decided, though the status still shows the step.
+            raise self._refused(self._text("already_final", status=self._ending_as))
+        if self._ending or self._cancel_request is not None:
             raise self._refused(self._text("being_cancelled"))
         raise self._refused(self._text("already_dispatched"))
 
