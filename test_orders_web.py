@@ -148,7 +148,9 @@ def test_status_reads_the_recorded_projection_never_the_workflow(app, client, cu
     """A page or API refresh costs the worker no workflow task: once the order has
     recorded itself, status comes from the store, as fresh as the live query."""
     order_id = place(client, customer, [("LP-140", 2)])  # above the auto-approve limit: waits for review
-    waiting = wait_for(client, order_id, status_is("awaiting_review"), "the order to await review")
+    # Once it is quiet: awaiting review, and its emails recorded as done (each records itself when done).
+    waiting = wait_for(client, order_id, lambda order: order["status"] == "awaiting_review" and len(order["emails"]) == 2
+                       and all(e["status"] != "sending" for e in order["emails"].values()), "the order to await review")
 
     async def live():
         temporal = await app.extensions["temporal"].get()

@@ -957,17 +957,15 @@ class OrderWorkflow:
             workflow.logger.warning("Order email %s not delivered: %s", request.kind, state.status)
             self._event("failure", f"Email to the customer ({request.kind}) {state.status}: {state.reason}")
         self._email_state(request.kind, state)
+        await self._record()  # the pages read the record: they show how each email went as soon as it is known
 
     def _email_state(self, kind: str, state: OrderEmailState) -> None:
         # A new dict, not a change in place: a projection being recorded keeps its own.
         self._status.emails = {**self._status.emails, kind: state}
 
     async def _emails_finished(self) -> None:
-        """Wait for the emails still being sent, then record how they went."""
-        if not self._emailing:
-            return
+        """Wait for the emails still being sent (each records how it went)."""
         await asyncio.gather(*self._emailing)
-        await self._record()
 
     async def _record(self) -> None:
         """Write the projection and new events. Serialized, so the last write is the newest state."""
