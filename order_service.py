@@ -201,6 +201,7 @@ class OrderService:
             shipping_task_queue=self.settings.shipping_task_queue,
             # The workflow words its refusals and timeouts with these texts.
             texts=dict(self.messages.orders),
+            customer_email=order.customer_email,
         )
 
     def recent(self, page: int) -> tuple[list[dict], int, int]:

@@ -121,6 +121,7 @@ def build_order_workers(
     orders = OrderActivities(store, rules, texts, client=client, rewards_task_queue=settings.order_task_queue)
     shipping = ShippingActivities(store, rules, texts)
     rewards = RewardsActivities(store)
+    emails = EmailActivities(store, SmtpSettings.from_env(), mail_from_env(), settings.public_url)
     common = dict(activity_executor=executor, identity=identity, graceful_shutdown_timeout=timedelta(seconds=10))
     order_threads = max(2, min(concurrency - 2, concurrency * 3 // 4))  # shipping keeps at least 2
     return [
@@ -137,6 +138,7 @@ def build_order_workers(
                 orders.refund_payment,
                 orders.notify_customer,
                 orders.award_rewards,
+                emails.send_order_email,
                 rewards.save_rewards,
             ],
             **slots(order_threads, activity_share=0.5),
