@@ -15,9 +15,17 @@ unexport PYTHONDONTWRITEBYTECODE
 # With TEMPORAL_ADDRESS set, the worker and web app use that server and no dev
 # server starts. Otherwise the dev server starts on TEMPORAL_DEV_IP:TEMPORAL_DEV_PORT
 # and the worker and web app are pointed at it (and the UI links at TEMPORAL_UI_PORT).
+# The worker serves the SDK's Prometheus metrics on WORKER_METRICS_PORT (9464
+# unless set; set it empty for none); the web app serves its own at /metrics.
+WORKER_METRICS = export WORKER_METRICS_PORT="$${WORKER_METRICS_PORT-9464}"; \
+	if [ -n "$$WORKER_METRICS_PORT" ]; then \
+		echo "Worker metrics (Prometheus): http://$${WORKER_METRICS_HOST:-127.0.0.1}:$$WORKER_METRICS_PORT/metrics  Web app metrics: $$web/metrics (operators)"; \
+	fi
+
 run: install
 	@mkdir -p "$(DATA_DIR)"
 	@web="http://localhost:$${WEB_PORT:-5001}"; \
+	$(WORKER_METRICS); \
 	if [ -n "$$SMTP_URL" ]; then \
 		mail=""; echo "Email: SMTP_URL is set, sending through it"; \
 	else \
@@ -85,6 +93,7 @@ mutate: install
 run-postgres: install
 	@mkdir -p "$(DATA_DIR)"
 	@web="http://localhost:$${WEB_PORT:-5001}"; \
+	$(WORKER_METRICS); \
 	export TEMPORAL_ADDRESS="$${TEMPORAL_ADDRESS:-$${TEMPORAL_DEV_IP:-127.0.0.1}:$${TEMPORAL_DEV_PORT:-7233}}"; \
 	export TEMPORAL_UI_URL="$${TEMPORAL_UI_URL:-http://localhost:$${TEMPORAL_UI_PORT:-8233}}"; \
 	if [ -n "$$DATABASE_URL" ]; then \

@@ -216,7 +216,8 @@ class Clients:
     async def order(self, http: httpx.AsyncClient, n: int) -> None:
         kind = n % 4  # auto-approved; needs review (approved); payment fails twice; cancelled once charged
         sku, quantity = ("LP-140", 1) if kind == 1 else ("CB-010", 1)
-        body = {"customer_id": f"chaos-{self.run_id}", "items": [{"sku": sku, "quantity": quantity}],
+        body = {"customer_id": f"chaos-{self.run_id}", "customer_email": "chaos@example.com",
+                "items": [{"sku": sku, "quantity": quantity}],
                 "address": {"name": "Chaos", "street": "1 Fault Line", "city": "Crashville", "postal_code": "C9",
                             "country": "UK"},
                 "failures": [{"step": "payment", "times": 2}] if kind == 2 else []}

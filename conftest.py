@@ -199,6 +199,7 @@ def process_env(settings: Settings, temporal_address: str) -> dict[str, str]:
         "RULES_FILE": str(settings.rules_file),
         "MESSAGES_FILE": str(settings.messages_file),
         "DATA_DIR": str(settings.data_dir),
+        "WORKER_METRICS_PORT": "",  # no metrics endpoint unless a test asks for one (test_make_run.py)
     }
 
 

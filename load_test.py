@@ -612,7 +612,7 @@ async def run_orders(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
 
     async def one(n: int) -> Result:
         nonlocal retries
-        body = {"customer_id": f"load-{run_id}-{n % 50}", "items": [{"sku": "CB-010", "quantity": 1}],
+        body = {"customer_id": f"load-{run_id}-{n % 50}", "customer_email": "load@example.com", "items": [{"sku": "CB-010", "quantity": 1}],
                 "address": {"name": "Load Test", "street": "1 Bench Road", "city": "Testville", "postal_code": "T1",
                             "country": "UK"}}
         result, seen = await place_and_follow(http, body, args.timeout, args.poll_interval)

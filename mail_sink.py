@@ -26,6 +26,7 @@ class MaildirHandler:
         self.maildir = mailbox.Maildir(maildir, create=True)
         self.refused = refused if refused is not None else set()
         self.attempts: list[str] = []  # every RCPT TO, accepted or not
+        self.received: list[str] = []  # Message-IDs of the accepted messages, in order
         self.data_delay = 0.0  # seconds to hold a message before accepting it (tests: a crash mid-send)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -38,7 +39,9 @@ class MaildirHandler:
     async def handle_DATA(self, server, session, envelope):
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
-        self.maildir.add(message_from_bytes(envelope.content, policy=policy.default))
+        message = message_from_bytes(envelope.content, policy=policy.default)
+        self.maildir.add(message)
+        self.received.append(message["Message-ID"])  # the order of acceptance (a Maildir has none)
         return "250 Message accepted for delivery"
 
 

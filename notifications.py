@@ -1,12 +1,17 @@
-"""Email to applicants: building the decision email and the activity that sends it over SMTP.
+"""Email to applicants and customers: building the messages and the activities that send them over SMTP.
 
+The loan decision email (`send_decision_email`) and an order's emails
+(`send_order_email`: received, waiting for review, shipped, delivered,
+cancelled, ...; their texts worded by the order workflow from messages.json).
 The message is built with the standard library's `email` package (headers from
 `email.headerregistry.Address`, so a name or address cannot add headers or
 recipients) and sent with `smtplib` in a sync activity, which runs on the
 worker's thread pool. SMTP is at-least-once: each message carries a Message-ID
 derived from the application and the kind, so a retry after a crash re-sends
-the same message; the application record notes that it was sent, so a retry
-after success sends nothing.
+the same message; the application record (for an order, its `order_emails`
+record per kind) notes that it was sent, so a retry after success sends nothing.
+Reasons recorded or raised never quote the recipient's address: they reach
+the worker's log.
 """
 
 from __future__ import annotations
@@ -19,17 +24,20 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.utils import formatdate
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from shared import LoanOutcome, record_key
+from shared import ORDER_EMAILS, LoanOutcome, OrderEmailRequest, record_key
 from store import JsonStore
 
 APPLICATIONS = "applications"
 EMAIL_REFUSED = "EmailRefused"
+# SMTP down, a timeout or a 4xx: retried by the activity's retry policy.
+EMAIL_NOT_SENT_YET = "EmailNotSentYet"
 DEFAULT_MAIL_FROM = "Loan pre-approval <no-reply@loans.invalid>"
 
 
@@ -71,11 +79,11 @@ def mail_from_env() -> str:
     return os.environ.get("MAIL_FROM", DEFAULT_MAIL_FROM)
 
 
-def message_id(subject_id: str, kind: str, mail_from: str) -> str:
-    """Stable per application (or order) and kind: a re-send is the same message."""
+def message_id(subject_id: str, kind: str, mail_from: str, prefix: str = "loan") -> str:
+    """Stable per application (or order, with prefix "order") and kind: a re-send is the same message."""
     domain = parse_mailbox(mail_from).domain or "loans.invalid"
     safe_id = "".join(c if c.isalnum() or c in "-._" else "-" for c in subject_id)
-    return f"<loan-{safe_id}.{kind}@{domain}>"
+    return f"<{prefix}-{safe_id}.{kind}@{domain}>"
 
 
 def parse_mailbox(text: str) -> Address:
@@ -113,6 +121,30 @@ def decision_email(outcome: LoanOutcome, public_url: str, mail_from: str) -> Ema
         subtype="html",
     )
     return message
+
+
+def order_email(request: OrderEmailRequest, mail_from: str) -> EmailMessage:
+    """One of an order's emails: the workflow's subject and text, in plain text and HTML.
+
+    Raises ValueError for a subject or an address that could add a header
+    (CR/LF) or a recipient; the body may hold any order field (it is no header).
+    """
+    message = EmailMessage()
+    message["Subject"] = request.subject  # the policy refuses CR/LF in a header value
+    message["From"] = parse_mailbox(mail_from)
+    recipient = validate_email(request.to, check_deliverability=False)
+    message["To"] = Address(username=recipient.local_part, domain=recipient.domain)
+    message["Message-ID"] = message_id(request.order_id, request.kind, mail_from, prefix="order")
+    message["Date"] = formatdate(usegmt=True)  # when this attempt sent it; the Message-ID stays the same
+    message.set_content(f"Hello,\n\n{request.text}\n")
+    paragraphs = "".join(f"<p>{html.escape(line)}</p>" for line in request.text.split("\n\n"))
+    message.add_alternative(f"<p>Hello,</p>{paragraphs}", subtype="html")
+    return message
+
+
+def without_address(text: str, address: str) -> str:
+    """`text` with the recipient's address taken out: SMTP replies often quote it."""
+    return text.replace(address, "<recipient>") if address else text
 
 
 def send(smtp: SmtpSettings, message: EmailMessage) -> None:
@@ -163,14 +195,40 @@ class EmailActivities:
         previous = (record.get("email") or {}).get("status")
         if previous in ("sent", "refused"):
             return previous  # a retry after success (or a final refusal) sends nothing
-        now = datetime.now(timezone.utc).isoformat()
         try:
             message = decision_email(outcome, self.public_url, self.mail_from)
         except (ValueError, EmailNotValidError) as err:
-            self._record(outcome, {"status": "refused", "reason": f"not a deliverable address: {err}", "at": now})
-            raise ApplicationError(f"cannot address the email: {err}", type=EMAIL_REFUSED, non_retryable=True) from err
+            return self._unaddressable(err, lambda email: self._record(outcome, email))
+        return self._deliver(message, outcome.application.email, lambda email: self._record(outcome, email))
+
+    @activity.defn
+    def send_order_email(self, request: OrderEmailRequest) -> str:
+        """Send one of an order's emails once; returns its status ("sent", "refused", "not_configured")."""
+        key = f"{request.order_id}.{request.kind}"
+        previous = (self.store.get(ORDER_EMAILS, key) or {}).get("status")
+        if previous in ("sent", "refused"):
+            return previous  # a retry after success (or a final refusal) sends nothing
+
+        def record(email: dict) -> None:
+            self.store.put(ORDER_EMAILS, key, {"order_id": request.order_id, "kind": request.kind, **email})
+
+        try:
+            message = order_email(request, self.mail_from)
+        except (ValueError, EmailNotValidError) as err:
+            return self._unaddressable(err, record)
+        return self._deliver(message, request.to, record)
+
+    def _unaddressable(self, err: Exception, record) -> str:
+        now = datetime.now(timezone.utc).isoformat()
+        record({"status": "refused", "reason": f"not a deliverable message: {err}", "at": now})
+        raise ApplicationError(f"cannot address the email: {err}", f"not a deliverable message: {err}", type=EMAIL_REFUSED,
+                               non_retryable=True) from None
+
+    def _deliver(self, message: EmailMessage, address: str, record) -> str:
+        """Send over SMTP and record how it went; a temporary failure is raised for the retry policy."""
         if self.smtp is None:
             return "not_configured"  # no SMTP_URL: nothing is sent (see the activity's result in the history)
+        now = datetime.now(timezone.utc).isoformat()
         try:
             send(self.smtp, message)
         except (smtplib.SMTPException, OSError) as err:
@@ -178,9 +236,13 @@ class EmailActivities:
             if reason is None:
                 # Shown to operators while it lasts; a later success overwrites it.
                 attempt = activity.info().attempt
-                self._record(outcome, {"status": "retrying", "attempt": attempt, "reason": str(err), "at": now})
-                raise  # SMTP down or a temporary refusal: the retry policy tries again later
-            self._record(outcome, {"status": "refused", "reason": reason, "at": now, "message_id": message["Message-ID"]})
-            raise ApplicationError(f"the mail server refused the email: {reason}", type=EMAIL_REFUSED, non_retryable=True)
-        self._record(outcome, {"status": "sent", "at": now, "message_id": message["Message-ID"]})
+                text = without_address(str(err) or type(err).__name__, address)
+                record({"status": "retrying", "attempt": attempt, "reason": text, "at": now})
+                # Raised afresh (from None): the SMTP error's text and traceback can quote the address.
+                raise ApplicationError(f"email not sent yet: {text}", type=EMAIL_NOT_SENT_YET) from None
+            reason = without_address(reason, address)
+            record({"status": "refused", "reason": reason, "at": now, "message_id": message["Message-ID"]})
+            raise ApplicationError(f"the mail server refused the email: {reason}", reason, type=EMAIL_REFUSED,
+                                   non_retryable=True) from None
+        record({"status": "sent", "at": now, "message_id": message["Message-ID"]})
         return "sent"

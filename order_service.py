@@ -1,7 +1,8 @@
 """The order half's Temporal-facing service: every Temporal call the order routes and CLI make.
 
-`OrderService` starts one `OrderWorkflow` per order, queries it for the live
-status, sends the operator's updates (approve, cancel, change the address) and
+`OrderService` starts one `OrderWorkflow` per order, reads its status from
+the projection the workflow records at every step (querying it only before the
+first record), sends the operator's updates (approve, cancel, change the address) and
 signals (expedite, simulate a failure). Lists, timelines and fallbacks read the
 projections the activities write to the JSON store. It knows nothing of Flask:
 `orders_web.py` and `orders_cli.py` map its errors to HTTP answers and exit
@@ -109,8 +110,9 @@ class OrderView:
     """An order's status as a JSON-ready dict, and where it came from."""
 
     status: dict[str, Any]
-    # "workflow": the live query; "store": the projection the activities wrote
-    # (no worker answered); "start": only the accepted start input (no worker yet).
+    # "store": the projection the workflow recorded (the usual answer);
+    # "workflow": the live query (nothing recorded yet); "start": only the
+    # accepted start input (nothing recorded, no worker answered).
     source: str
 
 
@@ -199,6 +201,7 @@ class OrderService:
             shipping_task_queue=self.settings.shipping_task_queue,
             # The workflow words its refusals and timeouts with these texts.
             texts=dict(self.messages.orders),
+            customer_email=order.customer_email,
         )
 
     def recent(self, page: int) -> tuple[list[dict], int, int]:
@@ -211,15 +214,25 @@ class OrderService:
         return self.store.count_by(ORDERS, "status")
 
     async def status(self, order_id: str) -> OrderView:
-        """The live status from the workflow; the stored projection if no worker answers."""
+        """The order's status: the projection the workflow records at every step, from the store.
+
+        Reading it costs the worker nothing, however many pages refresh: the
+        workflow writes it (`record_progress`, a local activity) in the same
+        workflow task as every change it shows, so it is as fresh as a query
+        would be. Only an order the workflow has not recorded yet (just placed)
+        asks the workflow, and with no worker the start input answers.
+        """
         workflow_id = self._workflow_id(order_id)
+        stored = self.store.get(ORDERS, order_id)
+        if stored is not None:
+            return OrderView(stored, "store")
         try:
             async with asyncio.timeout(QUERY_TIMEOUT):
                 client = await self.temporal.get()
                 status = await client.get_workflow_handle(workflow_id).query(OrderWorkflow.status)
             return OrderView(dataclasses.asdict(status), "workflow")
         except (RPCError, TimeoutError, TemporalUnavailable, WorkflowQueryFailedError):
-            pass  # unknown, no worker, or no server: the store may still know the order
+            pass  # unknown, no worker, or no server: the store may have it by now
         stored = self.store.get(ORDERS, order_id)
         if stored is not None:
             return OrderView(stored, "store")

@@ -106,16 +106,18 @@ def failure_spec(spec: str) -> dict[str, Any]:
 
 @orders_cli.command("create")
 @click.option("--customer", required=True, help="Customer id (letters, digits, '-', '_').")
+@click.option("--email", required=True, help="The customer's email address: the order's emails go there.")
 @click.option("--item", "items", multiple=True, required=True, metavar="SKU[:QTY]", help="A product and its quantity; repeat for more.")
 @address_options
 @click.option("--expedited", is_flag=True, help="Ship with the express carrier.")
 @click.option("--fail", "failures", multiple=True, metavar="STEP[:TIMES][:permanent]",
               help="Simulate failures of inventory, payment or shipping; repeat for more.")
 @json_option
-def create_command(customer, items, expedited, failures, as_json, **address):
+def create_command(customer, email, items, expedited, failures, as_json, **address):
     """Place an order."""
     data = {
         "customer_id": customer,
+        "customer_email": email,
         "items": [item_spec(spec) for spec in items],
         "address": address,
         "expedited": expedited,
@@ -213,6 +215,8 @@ def echo_order(view: OrderView, as_json: bool) -> None:
     click.echo(f"  shipment: {shipment['stage'].replace('_', ' ')}{carrier}")
     if order_["compensations"]:
         click.echo("  compensations: " + ", ".join(order_["compensations"]))
+    if order_.get("emails"):
+        click.echo("  emails: " + ", ".join(f"{kind} {email['status']}" for kind, email in order_["emails"].items()))
     if view.source != "workflow":
         click.echo(f"  (from the {'stored projection' if view.source == 'store' else 'accepted order'}:"
                    " no worker answered just now)")

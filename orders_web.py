@@ -18,7 +18,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
 from order_service import ActionFailed, ActionRefused, ActionUnconfirmed, NoRewards, OrderNotFound, OrderService, OrderView
-from shared import FAILURE_STEPS, ORDER_ACTIONS, ORDER_MILESTONES, ApproveRequest
+from shared import FAILURE_STEPS, ORDER_ACTIONS, ORDER_EMAIL_KINDS, ORDER_MILESTONES, ApproveRequest
 from temporal_client import TemporalUnavailable
 from validation import (
     ADDRESS_FIELDS,
@@ -207,7 +207,7 @@ async def place_order():
     except TemporalUnavailable:
         notice = {"kind": "unavailable", "title": "Please try again", "text": texts()["unavailable"]}
         return render_dashboard(values, {}, notice), 503
-    return redirect(url_for("orders_pages.tracker", order_id=created.order_id), code=303)
+    return redirect(url_for("orders_pages.tracker", order_id=created.order_id, done="placed"), code=303)
 
 
 def render_dashboard(values: dict[str, str], errors: dict[str, str], notice: dict | None):
@@ -237,11 +237,11 @@ async def tracker(order_id: str):
     notice = None
     if done in ORDER_ACTIONS:
         notice = {"kind": "success", "title": texts()[f"done_{done.replace('-', '_')}"], "text": ""}
-    return await render_tracker(order_id, notice=notice)
+    return await render_tracker(order_id, notice=notice, placed=done == "placed")
 
 
 async def render_tracker(order_id: str, notice: dict | None = None, errors: dict[str, str] | None = None,
-                         values: dict[str, str] | None = None, status_code: int = 200):
+                         values: dict[str, str] | None = None, status_code: int = 200, placed: bool = False):
     try:
         view = await service().status(order_id)
         timeline = await service().events(order_id)
@@ -249,11 +249,17 @@ async def render_tracker(order_id: str, notice: dict | None = None, errors: dict
         return order_error_page(404, "Order not found", texts()["not_found"])
     except TemporalUnavailable:
         return order_error_page(503, "Temporarily unavailable", texts()["unavailable"])
+    if placed:
+        # Only an order with an address is emailed (orders placed before they had one are not).
+        email = view.status.get("customer_email")
+        notice = {"kind": "success", "title": texts()["placed"],
+                  "text": texts()["placed_emailing"].format(email=email) if email else ""}
     return render_template(
         "orders/tracker.html",
         order=order_json(view),
         events=timeline,
         milestones=ORDER_MILESTONES,
+        email_kinds=ORDER_EMAIL_KINDS,
         milestone_attempts=MILESTONE_ATTEMPTS,
         failure_steps=FAILURE_STEPS,
         max_failure_times=MAX_FAILURE_TIMES,

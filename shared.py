@@ -188,6 +188,7 @@ ORDERS = "orders"  # OrderStatus projection per order, for the dashboard
 PAYMENTS = "payments"  # the simulated payment provider, one record per payment key
 REWARDS = "rewards"  # RewardsState projection per customer
 NOTIFICATIONS = "notifications"  # customer notifications
+ORDER_EMAILS = "order_emails"  # one record per order and email kind: sent, refused or retrying
 SHIPMENTS = "shipments"  # the carrier's label per order: where it was shipped
 # The payment provider's log: one record per charge request (attempt), with what the provider did.
 PAYMENT_REQUESTS = "payment_requests"
@@ -207,6 +208,9 @@ SHIPMENT_STAGES = ("not_started", "preparing", "prepared", "dispatching", "dispa
 # Simulated failures an order holds at most, placed with it or injected later (validation.py, workflows.py).
 MAX_FAILURES_PER_ORDER = 10
 ORDER_ACTIONS = ("approve", "cancel", "address", "expedite", "simulate-failure")
+# The emails an order sends its customer, each once (messages.json: email_<kind>, email_<kind>_subject).
+ORDER_EMAIL_KINDS = ("received", "awaiting_review", "shipped", "delivered", "cancelled", "review_expired", "rejected",
+                     "failed")
 
 
 def order_workflow_id(order_id: str) -> str:
@@ -298,6 +302,9 @@ class OrderRequest:
     # The user-facing texts the workflow itself says (refusals, the review
     # timeout), from messages.json; fixed at placement like the policy.
     texts: dict[str, str] = field(default_factory=dict)
+    # Normalised (shared.normalize_email); None for orders placed before orders had one:
+    # they send no email.
+    customer_email: str | None = None
 
 
 @dataclass(frozen=True)
@@ -346,6 +353,16 @@ class OrderEvent:
     attempt: int | None = None
 
 
+@dataclass(frozen=True)
+class OrderEmailState:
+    """How one of an order's emails went: sending, sent, refused (5xx, final), failed
+    (gave up, or no text for it), not_configured (no SMTP_URL on the worker)."""
+
+    status: str
+    reason: str | None = None
+    at: str | None = None
+
+
 @dataclass
 class OrderStatus:
     """Live state of one order: the status query's answer and the stored projection."""
@@ -376,6 +393,9 @@ class OrderStatus:
     # The operator actions (ORDER_ACTIONS) the order can still take, decided by the
     # workflow: pages offer only these; anything else is refused with a reason.
     actions: list[str] = field(default_factory=list)
+    customer_email: str | None = None
+    # Each email sent to the customer (ORDER_EMAIL_KINDS) and how it went.
+    emails: dict[str, OrderEmailState] = field(default_factory=dict)
 
     @classmethod
     def accepted(cls, order: OrderRequest) -> "OrderStatus":
@@ -389,6 +409,7 @@ class OrderStatus:
             address=order.address,
             expedited=order.expedited,
             placed_at=order.placed_at,
+            customer_email=order.customer_email,
             actions=[a for a in ORDER_ACTIONS if a != "approve" and not (a == "expedite" and order.expedited)],
         )
 
@@ -449,6 +470,17 @@ class NotificationRequest:
     customer_id: str
     kind: str
     message: str
+
+
+@dataclass(frozen=True)
+class OrderEmailRequest:
+    """Input of the order email activity: the texts are the order's, worded by the workflow."""
+
+    order_id: str
+    kind: str  # one of ORDER_EMAIL_KINDS
+    to: str
+    subject: str
+    text: str
 
 
 @dataclass(frozen=True)

@@ -168,7 +168,8 @@ def sample(site):
     decided = httpx.post(f"{site.base}/api/evaluate", json=applicant("pre_approved"), timeout=30)
     assert decided.status_code == 200, decided.text
     placed = httpx.post(f"{site.base}/api/orders", timeout=30, headers={"Authorization": f"Bearer {site.operator_token}"},
-                        json={"customer_id": f"customer-{uuid.uuid4().hex}", "expedited": True, "address": ADDRESS,
+                        json={"customer_id": f"customer-{uuid.uuid4().hex}", "customer_email": "ada@example.com", "expedited": True,
+                              "address": ADDRESS,
                               "items": [{"sku": "LP-140", "quantity": 1}, {"sku": "CB-010", "quantity": 3}]})
     assert placed.status_code == 201, placed.text
     return {"workflow_id": decided.json()["workflow_id"], "order_id": placed.json()["order_id"]}
@@ -404,6 +405,7 @@ async def place_order(page: Page, quantities: dict[str, int], expedited: bool = 
     """Fill in the dashboard's order form and place it; the tracker page opens. Returns the order id."""
     await page.goto("/orders")
     await page.get_by_label("Customer id").fill(f"cust-{uuid.uuid4().hex[:10]}")
+    await page.get_by_label("Customer email").fill("ada@example.com")
     for product, quantity in quantities.items():
         await page.get_by_label(product, exact=True).fill(str(quantity))
     for part, label in ADDRESS_LABELS.items():
@@ -415,8 +417,9 @@ async def place_order(page: Page, quantities: dict[str, int], expedited: bool = 
         await page.get_by_label("Step", exact=True).select_option(failure[0])
         await page.get_by_label(re.compile(r"^Failing attempts")).fill(str(failure[1]))
     await page.get_by_role("button", name="Place order").click()
-    await expect(page).to_have_url(re.compile(r"/orders/[0-9a-f]{12}$"))
-    return page.url.rsplit("/", 1)[1]
+    await expect(page).to_have_url(re.compile(r"/orders/[0-9a-f]{12}\?done=placed$"))
+    await expect(page.locator("#notice")).to_contain_text("We are emailing a confirmation to ada@example.com.")
+    return page.url.split("?")[0].rsplit("/", 1)[1]
 
 
 async def watch_without_reload(page: Page) -> None:
@@ -529,6 +532,7 @@ BROKEN_PRICES = """() => [...document.querySelectorAll('.catalog-table td.num:no
 async def test_an_invalid_order_shows_its_errors_in_view_with_what_was_typed_kept(operator):
     await operator.goto("/orders")
     await operator.get_by_label("Customer id").fill("ada lovelace")
+    await operator.get_by_label("Customer email").fill("ada@")
     await operator.get_by_label("Mechanical keyboard", exact=True).fill("three")
     await operator.get_by_label("City", exact=True).fill("Londres")
     await operator.get_by_role("button", name="Place order").click()
@@ -540,6 +544,8 @@ async def test_an_invalid_order_shows_its_errors_in_view_with_what_was_typed_kep
     await expect(operator.locator("#customer_id-error")).to_have_text(ORDER_TEXTS["customer_id"])
     await expect(operator.locator("#sku_KB-100-error")).to_have_text(ORDER_TEXTS["quantity"])
     await expect(operator.get_by_label("Customer id")).to_have_value("ada lovelace")
+    await expect(operator.locator("#customer_email-error")).to_have_text(ORDER_TEXTS["customer_email"])
+    await expect(operator.get_by_label("Customer email")).to_have_value("ada@")
     await expect(operator.get_by_label("Mechanical keyboard", exact=True)).to_have_value("three")
     await expect(operator.get_by_label("City", exact=True)).to_have_value("Londres")
     assert await operator.evaluate(BROKEN_PRICES) == [], "prices broken over two lines beside a quantity's error"

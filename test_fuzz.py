@@ -214,6 +214,7 @@ def test_the_order_form_never_fails_and_only_what_it_accepts_starts_an_order(fuz
     fields |= {f"sku_{sku}": mostly(st.sampled_from(["", "0", "1", "2"]), st.sampled_from(["²", "-1", "99999", "x"]))
                for sku in CATALOG}
     fields |= {"customer_id": mostly(st.just("fuzz-customer")),
+               "customer_email": mostly(st.just("fuzz@example.com"), st.sampled_from(["", "not-an-address"])),
                "expedited": mostly(st.sampled_from(["", "yes"]), st.just("on")),
                "failure_step": mostly(st.sampled_from(["", "payment"]), st.just("nowhere")),
                "failure_times": mostly(st.sampled_from(["1", "2"]), st.sampled_from(["11", "²"]))}

@@ -235,7 +235,7 @@ def test_temporal_down_is_503_and_keeps_the_form_values(loan_stack, monkeypatch)
 
 def test_ids_of_other_kinds_are_unknown_applications(client, loan_stack):
     order = signed_in(client.application.test_client(), loan_stack[0]).post("/api/orders", json={
-        "customer_id": "kind-check", "items": [{"sku": "CB-010", "quantity": 1}], "address": ADDRESS})
+        "customer_id": "kind-check", "customer_email": "kind@example.com", "items": [{"sku": "CB-010", "quantity": 1}], "address": ADDRESS})
     assert order.status_code == 201, order.json
     for other in [order.json["workflow_id"], f"{order.json['workflow_id']}-shipping", "rewards-kind-check",
                   "loan-" + "0" * 32, "loan-..", "x" * 300]:

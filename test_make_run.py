@@ -2,12 +2,14 @@
 
 The dev server is started on free ports (TEMPORAL_DEV_PORT, TEMPORAL_UI_PORT),
 so the test also proves the worker and the web app dial the port the dev
-server was started on, not the default 7233.
+server was started on, not the default 7233. It scrapes both metrics
+endpoints of the run: the worker's SDK metrics and the web app's /metrics.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import uuid
@@ -16,6 +18,18 @@ import httpx
 import pytest
 
 from conftest import HERE, free_port, wait_until, web_is_ready
+
+
+def sample(scraped: str, name: str, **labels: str) -> float:
+    """The sum of the samples of metric `name` whose labels include `labels` (0 when there are none)."""
+    total = 0.0
+    for line in scraped.splitlines():
+        match = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if match and match[1] == name:
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match[2] or ""))
+            if all(found.get(key) == value for key, value in labels.items()):
+                total += float(match[3])
+    return total
 
 
 def group_alive(pgid: int) -> bool:
@@ -28,10 +42,11 @@ def group_alive(pgid: int) -> bool:
 
 @pytest.mark.timeout(120)
 def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(tmp_path):
-    dev_port, ui_port, web_port, smtp_port = free_port(), free_port(), free_port(), free_port()
+    dev_port, ui_port, web_port, smtp_port, metrics_port = (free_port() for _ in range(5))
     env = {key: value for key, value in os.environ.items() if not key.startswith("TEMPORAL_")}
     env.update(DATA_DIR=str(tmp_path / "data"), TEMPORAL_DEV_PORT=str(dev_port), TEMPORAL_UI_PORT=str(ui_port),
-               WEB_PORT=str(web_port), WEB_WORKERS="1", SMTP_SINK_PORT=str(smtp_port))
+               WEB_PORT=str(web_port), WEB_WORKERS="1", SMTP_SINK_PORT=str(smtp_port),
+               WORKER_METRICS_PORT=str(metrics_port))
     env.pop("SMTP_URL", None)
     log = tmp_path / "make-run.log"
     with open(log, "wb") as out:
@@ -44,6 +59,10 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
         output = log.read_text()
         assert f"Temporal UI: http://localhost:{ui_port}" in output
         assert f"Loan form: http://localhost:{web_port}/" in output
+        worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+        assert f"Worker metrics (Prometheus): {worker_metrics}" in output
+        before = httpx.get(worker_metrics, timeout=10).text
+        loans = {"task_queue": "loan-applications", "workflow_type": "LoanApplicationWorkflow"}
 
         applicant = {"name": "Run Person", "email": f"run-{uuid.uuid4().hex[:8]}@example.com", "loan_amount": 50000,
                      "credit_score": 750, "annual_income": 150000, "has_bankruptcy": False}
@@ -69,8 +88,49 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
         assert ui_link not in httpx.get(result_url, timeout=10).text
         operator = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
         assert ui_link in httpx.get(result_url, headers=operator, timeout=10).text
+
+        # The worker's SDK metrics moved with that one application: its workflow
+        # tasks, the decision (a local activity) and the email (an activity).
+        moving = [("temporal_workflow_task_execution_latency_seconds_count", loans),
+                  ("temporal_workflow_task_schedule_to_start_latency_seconds_count", {"task_queue": "loan-applications"}),
+                  ("temporal_local_activity_total", {**loans, "activity_type": "decide"}),
+                  ("temporal_activity_execution_latency_seconds_count", {**loans, "activity_type": "send_decision_email"})]
+
+        def still(scraped: str) -> list[str]:
+            return [name for name, labels in moving if sample(scraped, name, **labels) <= sample(before, name, **labels)]
+
+        # The email's activity is counted when it completes, just after the sink has the message.
+        wait_until(lambda: not still(httpx.get(worker_metrics, timeout=10).text), timeout=20,
+                   what=f"the worker's metrics to move ({', '.join(name for name, _ in moving)})")
+        # The web app counts each route it answered, by its rule, not the raw path; operators only.
+        assert httpx.get(f"{base}/metrics", timeout=10).status_code == 401
+        web = httpx.get(f"{base}/metrics", headers=operator, timeout=10).text
+        for method, route in [("POST", "/api/evaluate"), ("GET", "/readyz"), ("GET", "/applications/<workflow_id>")]:
+            assert sample(web, "web_requests_total", method=method, route=route) >= 1, (route, web)
+        assert sample(web, "web_requests_total", route="/applications/<workflow_id>") == 2
     finally:
         # Ctrl+C in a terminal signals the whole foreground process group.
         os.killpg(make.pid, signal.SIGINT)
         make.wait(30)
         wait_until(lambda: not group_alive(make.pid), timeout=30, what="every process of make run to stop")
+
+
+def test_the_worker_metrics_port_is_off_unless_set_and_a_taken_one_is_refused(monkeypatch):
+    import socket
+
+    from worker import metrics_address, metrics_runtime
+
+    monkeypatch.delenv("WORKER_METRICS_PORT", raising=False)
+    monkeypatch.delenv("WORKER_METRICS_HOST", raising=False)
+    assert metrics_address() is None and metrics_runtime(None) is None
+    monkeypatch.setenv("WORKER_METRICS_PORT", "9464")
+    assert metrics_address() == "127.0.0.1:9464"  # loopback unless WORKER_METRICS_HOST says otherwise
+    for wrong in ("0", "70000", "nine"):
+        monkeypatch.setenv("WORKER_METRICS_PORT", wrong)
+        with pytest.raises(SystemExit, match="WORKER_METRICS_PORT"):
+            metrics_address()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(SystemExit, match="set WORKER_METRICS_PORT to a free port"):
+            metrics_runtime(f"127.0.0.1:{taken.getsockname()[1]}")

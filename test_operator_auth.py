@@ -71,7 +71,7 @@ def test_every_operator_route_refuses_missing_or_wrong_credentials(app, credenti
 
 def place_for_review(client, settings) -> str:
     body = {"customer_id": f"cust-{uuid.uuid4().hex[:8]}", "items": [{"sku": "LP-140", "quantity": 2}],
-            "address": ADDRESS, "expedited": True}
+            "address": ADDRESS, "customer_email": "ada@example.com", "expedited": True}
     response = client.post("/api/orders", json=body, headers=bearer(settings.operator_token))
     assert response.status_code == 201, response.json
     order_id = response.json["order_id"]

@@ -466,3 +466,31 @@ async def test_random_failure_rate_is_retried_and_reproducible(time_skipping_env
     assert any(attempts > 1 for attempts in runs[0].values()), f"rate 0.5 failed no attempt: {runs[0]}"
     retries = [e for e in order_events(store(order_settings), request.order_id) if e["kind"] == "retry"]
     assert retries and all("random" in e["message"] for e in retries)
+
+
+def with_customer_email(history: WorkflowHistory, email: str) -> WorkflowHistory:
+    """The same history as if its order had been placed with a customer email (its input changed)."""
+    started = history.events[0].workflow_execution_started_event_attributes
+    payload = started.input.payloads[0]
+    payload.data = json.dumps({**json.loads(payload.data), "customer_email": email}).encode()
+    return history
+
+
+async def test_order_histories_recorded_before_the_emails_replay(time_skipping_env, monkeypatch):
+    """histories/order_workflow_v3_*.json were recorded by the code before ORDER_EMAILS_PATCH
+    (auto-approved, reviewed and approved, review expired): they replay with no email. Had such
+    an order had an address, only the guard keeps it replaying: unguarded, the emails are new commands."""
+    paths = sorted((HERE / "histories").glob("order_workflow_v3_*.json"))
+    assert len(paths) == 3
+    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow],
+                        data_converter=time_skipping_env.client.data_converter)
+    for path in paths:
+        await replayer.replay_workflow(WorkflowHistory.from_json(path.stem, path.read_text()))
+        await replayer.replay_workflow(with_customer_email(WorkflowHistory.from_json(path.stem, path.read_text()),
+                                                           "ada@example.com"))
+
+    monkeypatch.setattr(temporalio.workflow, "patched", lambda patch_id: True)
+    unguarded = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow], workflow_runner=UnsandboxedWorkflowRunner())
+    completed = WorkflowHistory.from_json("v3", (HERE / "histories" / "order_workflow_v3_completed.json").read_text())
+    with pytest.raises(NondeterminismError):
+        await unguarded.replay_workflow(with_customer_email(completed, "ada@example.com"))

@@ -36,7 +36,7 @@ def test_cli_item_and_failure_options_are_parsed():
 def test_cli_places_shows_and_operates_orders(app, customer):
     runner = app.test_cli_runner()
     address = ["--name", "Ada", "--street", "1 Way", "--city", "London", "--postal-code", "N1", "--country", "UK"]
-    created = runner.invoke(args=["orders", "create", "--customer", customer, "--item", "LP-140:1", "--item", "CB-010",
+    created = runner.invoke(args=["orders", "create", "--customer", customer, "--email", "ada@example.com", "--item", "LP-140:1", "--item", "CB-010",
                                   *address, "--fail", "payment:1", "--json"])
     assert created.exit_code == 0, created.output
     order_id = json.loads(created.output)["order_id"]
@@ -63,7 +63,7 @@ def test_cli_places_shows_and_operates_orders(app, customer):
     events = runner.invoke(args=["orders", "events", order_id])
     assert events.exit_code == 0 and "Approved by cli-test" in events.output
 
-    second = runner.invoke(args=["orders", "create", "--customer", customer, "--item", "LP-140:1", *address])
+    second = runner.invoke(args=["orders", "create", "--customer", customer, "--email", "ada@example.com", "--item", "LP-140:1", *address])
     assert second.exit_code == 0, second.output
     second_id = re.search(r"Order (\w+) placed", second.output).group(1)
     wait_until(lambda: runner.invoke(args=["orders", "status", second_id]).output.count(TEXTS["status_awaiting_review"]),
@@ -76,7 +76,7 @@ def test_cli_places_shows_and_operates_orders(app, customer):
 def test_cli_input_errors_and_unknown_orders(app):
     runner = app.test_cli_runner()
     address = ["--name", "Ada", "--street", "1 Way", "--city", "London", "--postal-code", "N1", "--country", "UK"]
-    invalid = runner.invoke(args=["orders", "create", "--customer", "ada", "--item", "NOPE:x", *address,
+    invalid = runner.invoke(args=["orders", "create", "--customer", "ada", "--email", "ada@example.com", "--item", "NOPE:x", *address,
                                   "--fail", "payment:lots"])
     assert invalid.exit_code == 2
     assert f"items.0.sku: {TEXTS['unknown_sku']}" in invalid.output

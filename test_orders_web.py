@@ -12,12 +12,14 @@ a deadline and uses its own customer id.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
+from temporalio.client import WorkflowHandle
 
 import order_service
 from conftest import ADDRESS, HERE, free_port, make_app, signed_in, wait_until
@@ -28,11 +30,13 @@ from workflows import OrderWorkflow
 MESSAGES = load_messages(HERE / "messages.json")
 TEXTS = MESSAGES.orders
 CATALOG = [item.sku for item in load_rules(HERE / "rules.json").orders.catalog]
-ORDER = {"customer_id": "ada-1", "items": [{"sku": "KB-100", "quantity": 2}], "address": ADDRESS}
+ORDER = {"customer_id": "ada-1", "customer_email": "ada@example.com", "items": [{"sku": "KB-100", "quantity": 2}],
+         "address": ADDRESS}
 
 
 FORM = {
     "customer_id": "ada-1",
+    "customer_email": "ada@example.com",
     "sku_KB-100": "2",
     "sku_MS-200": "",
     "sku_CB-010": "0",
@@ -57,6 +61,7 @@ def client(operator):
 def place(client, customer: str, items: list[tuple[str, int]], expedited: bool = True, **extra) -> str:
     body = {
         "customer_id": customer,
+        "customer_email": "ada@example.com",
         "items": [{"sku": sku, "quantity": quantity} for sku, quantity in items],
         "address": ADDRESS,
         "expedited": expedited,
@@ -88,7 +93,8 @@ def in_transit(order: dict) -> bool:
 @pytest.mark.timeout(60)
 def test_a_big_order_waits_for_review_then_is_approved_and_delivered(client, customer):
     response = client.post("/api/orders", json={
-        "customer_id": customer, "items": [{"sku": "LP-140", "quantity": 2}], "address": ADDRESS, "expedited": True})
+        "customer_id": customer, "customer_email": "ada@example.com", "items": [{"sku": "LP-140", "quantity": 2}],
+        "address": ADDRESS, "expedited": True})
     assert response.status_code == 201, response.json
     order_id = response.json["order_id"]
     assert response.json["workflow_id"] == f"order-{order_id}"
@@ -135,6 +141,37 @@ def test_actions_an_order_refuses_are_409_with_the_reason(client, customer):
     expedite = client.post(f"/api/orders/{order_id}/expedite")
     assert expedite.status_code == 202 and expedite.json["status_url"] == f"/api/orders/{order_id}"
     wait_for(client, order_id, status_is("completed"), "the expedited order to be delivered")
+
+
+@pytest.mark.timeout(60)
+def test_status_reads_the_recorded_projection_never_the_workflow(app, client, customer, monkeypatch):
+    """A page or API refresh costs the worker no workflow task: once the order has
+    recorded itself, status comes from the store, as fresh as the live query."""
+    order_id = place(client, customer, [("LP-140", 2)])  # above the auto-approve limit: waits for review
+    # Once it is quiet: awaiting review, and its emails recorded as done (each records itself when done).
+    waiting = wait_for(client, order_id, lambda order: order["status"] == "awaiting_review" and len(order["emails"]) == 2
+                       and all(e["status"] != "sending" for e in order["emails"].values()), "the order to await review")
+
+    async def live():
+        temporal = await app.extensions["temporal"].get()
+        return dataclasses.asdict(await temporal.get_workflow_handle(f"order-{order_id}").query(OrderWorkflow.status))
+
+    live_status = asyncio.run(live())
+    assert {key: waiting[key] for key in live_status} == live_status  # the record is what the workflow holds
+
+    def no_query(*args, **kwargs):
+        raise AssertionError("a status read queried the workflow")
+
+    monkeypatch.setattr(WorkflowHandle, "query", no_query)
+    for _ in range(3):
+        read = client.get(f"/api/orders/{order_id}")
+        assert read.status_code == 200 and read.json["source"] == "store" and read.json["status"] == "awaiting_review"
+    tracker = client.get(f"/orders/{order_id}")
+    assert tracker.status_code == 200 and TEXTS["status_awaiting_review"] in tracker.get_data(as_text=True)
+    assert client.post(f"/api/orders/{order_id}/approve", json={"operator": "grace"}).status_code == 200
+    # Every step after is recorded as it happens, the parcel in transit too (expedited: 0.3 s).
+    done = wait_for(client, order_id, status_is("completed"), "the order to be delivered")
+    assert done["source"] == "store" and done["shipment"]["stage"] == "delivered" and done["shipment"]["tracking_number"]
 
 
 def workflow_result(app, order_id: str) -> OrderStatus:
@@ -278,12 +315,14 @@ def test_pages_place_track_and_act_on_an_order(client, customer):
     form = {**FORM, "customer_id": customer, "sku_KB-100": "", "sku_LP-140": "1"}
     placed = client.post("/orders", data=form)
     assert placed.status_code == 303
-    page_url = placed.headers["Location"]
+    assert placed.headers["Location"].endswith("?done=placed")  # the page says the order is placed, once
+    page_url = placed.headers["Location"].split("?")[0]
     order_id = page_url.rsplit("/", 1)[1]
 
-    page = client.get(page_url)
+    page = client.get(placed.headers["Location"])
     assert page.status_code == 200
     html = page.get_data(as_text=True)
+    assert TEXTS["placed"] in html and TEXTS["placed_emailing"].format(email="ada@example.com") in html
     assert order_id in html
     for milestone in ORDER_MILESTONES:
         assert f'data-milestone="{milestone}"' in html
@@ -385,7 +424,8 @@ def test_ids_of_other_kinds_are_unknown_orders(client, customer):
 
 
 def test_an_idempotency_key_makes_a_retried_order_the_same_order(client, customer):
-    body = {"customer_id": customer, "items": [{"sku": "CB-010", "quantity": 1}], "address": ADDRESS, "expedited": True}
+    body = {"customer_id": customer, "customer_email": "ada@example.com", "items": [{"sku": "CB-010", "quantity": 1}],
+            "address": ADDRESS, "expedited": True}
     first = client.post("/api/orders", json=body, headers={"Idempotency-Key": "checkout-1"})
     assert first.status_code == 201, first.json
     again = client.post("/api/orders", json=body, headers={"Idempotency-Key": "checkout-1"})

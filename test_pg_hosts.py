@@ -87,7 +87,7 @@ def test_two_worker_hosts_and_a_web_host_on_one_postgresql_keep_every_record_onc
 
     order_ids = []
     for n in range(20):
-        body = {"customer_id": f"host-{run}-{n % 4}", "items": [{"sku": "CB-010", "quantity": 1}], "address": ADDRESS,
+        body = {"customer_id": f"host-{run}-{n % 4}", "customer_email": "host@example.com", "items": [{"sku": "CB-010", "quantity": 1}], "address": ADDRESS,
                 "expedited": True}
         placed = client.post("/api/orders", json=body)
         assert placed.status_code == 201, placed.json

@@ -34,7 +34,8 @@ def test_make_run_postgres_stores_a_decision_in_postgresql_and_ctrl_c_stops_ever
     dev_port, ui_port, web_port, pg_port = free_port(), free_port(), free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("TEMPORAL_", "DATABASE_URL"))}
     env.update(DATA_DIR=str(data), TEMPORAL_DEV_PORT=str(dev_port), TEMPORAL_UI_PORT=str(ui_port),
-               WEB_PORT=str(web_port), WEB_WORKERS="1", PG_PORT=str(pg_port))
+               WEB_PORT=str(web_port), WEB_WORKERS="1", PG_PORT=str(pg_port),
+               WORKER_METRICS_PORT="")  # no metrics endpoint: 9464 may be taken (test_make_run scrapes one)
     log = folder / "make-run-postgres.log"
     with open(log, "wb") as out:
         make = subprocess.Popen(["make", "--no-print-directory", "-o", ".venv/.installed", "run-postgres"], cwd=HERE,

@@ -313,8 +313,9 @@ def test_ordinary_text_is_accepted():
 
 
 ADDRESS = {"name": "Ada Lovelace", "street": "12 Analytical Way", "city": "London", "postal_code": "N1 9GU", "country": "UK"}
-ORDER = {"customer_id": "ada-1", "items": [{"sku": "KB-100", "quantity": 2}], "address": ADDRESS}
-ORDER_FORM = {"customer_id": "ada-1", "sku_KB-100": "2", **{f"address.{k}": v for k, v in ADDRESS.items()}}
+ORDER = {"customer_id": "ada-1", "customer_email": "ada@example.com", "items": [{"sku": "KB-100", "quantity": 2}],
+         "address": ADDRESS}
+ORDER_FORM = {"customer_id": "ada-1", "customer_email": "ada@example.com", "sku_KB-100": "2", **{f"address.{k}": v for k, v in ADDRESS.items()}}
 
 
 def order_errors(data) -> dict[str, str]:
@@ -422,6 +423,7 @@ def test_page_parameter():
 # The dashboard form as a browser sends it: one quantity field per catalog SKU.
 DASHBOARD_FORM = {
     "customer_id": "ada-1",
+    "customer_email": "ada@example.com",
     "sku_KB-100": "2",
     "sku_MS-200": "",
     "sku_CB-010": "0",
@@ -432,12 +434,13 @@ DASHBOARD_FORM = {
 
 def test_a_valid_order_is_trimmed_and_typed():
     order = parse_json_order(
-        {**ORDER, "customer_id": " ada-1 ", "address": {**ADDRESS, "city": "  London "}, "expedited": True,
+        {**ORDER, "customer_id": " ada-1 ", "customer_email": " Ada@Example.COM ", "address": {**ADDRESS, "city": "  London "}, "expedited": True,
          "failures": [{"step": "payment"}, {"step": "shipping", "times": 3, "permanent": True}]},
         CATALOG, MESSAGES,
     )
     assert order.customer_id == "ada-1"
     assert order.address.city == "London"
+    assert order.customer_email == "ada@example.com"
     assert [(line.sku, line.quantity) for line in order.lines] == [("KB-100", 2)]
     assert order.expedited is True
     assert order.failures == [FailureInjection("payment", 1, False), FailureInjection("shipping", 3, True)]
@@ -452,6 +455,14 @@ def test_a_valid_order_is_trimmed_and_typed():
         ({"customer_id": "x" * 65}, "customer_id", TEXTS["customer_id"]),
         ({"customer_id": 7}, "customer_id", TEXTS["customer_id"]),
         ({"customer_id": ...}, "customer_id", TEXTS["customer_id"]),
+        ({"customer_email": ...}, "customer_email", TEXTS["customer_email"]),
+        ({"customer_email": ""}, "customer_email", TEXTS["customer_email"]),
+        ({"customer_email": "ada"}, "customer_email", TEXTS["customer_email"]),
+        ({"customer_email": "ada@example.com, eve@example.com"}, "customer_email", TEXTS["customer_email"]),
+        ({"customer_email": "ada@example.com>, eve@example.com"}, "customer_email", TEXTS["customer_email"]),
+        ({"customer_email": "ada@example.com\r\nBcc: eve@example.com"}, "customer_email", MESSAGES.validation["text_characters"]),
+        ({"customer_email": 7}, "customer_email", TEXTS["customer_email"]),
+        ({"customer_email": "a" * 250 + "@example.com"}, "customer_email", TEXTS["customer_email"]),
         ({"items": []}, "items", TEXTS["items"]),
         ({"items": "KB-100"}, "items", TEXTS["items"]),
         ({"items": ...}, "items", TEXTS["items"]),
@@ -501,7 +512,7 @@ def test_a_product_may_appear_once():
 
 def test_every_problem_is_reported_at_once():
     errors = order_errors({"customer_id": "", "items": [{"sku": "X", "quantity": 0}], "address": {}})
-    assert set(errors) == {"customer_id", "items.0.sku", "items.0.quantity", *(f"address.{k}" for k in ADDRESS)}
+    assert set(errors) == {"customer_id", "customer_email", "items.0.sku", "items.0.quantity", *(f"address.{k}" for k in ADDRESS)}
 
 
 @pytest.mark.parametrize("body", [[], "order", 3, None])
@@ -536,6 +547,8 @@ def test_the_order_form_is_parsed():
         ({"sku_KB-100": "-1"}, {"sku_KB-100": TEXTS["quantity"]}),
         ({"sku_KB-100": "20000"}, {"sku_KB-100": TEXTS["quantity_max"].format(maximum=10_000)}),
         ({"customer_id": "ada 1"}, {"customer_id": TEXTS["customer_id"]}),
+        ({"customer_email": ""}, {"customer_email": TEXTS["customer_email"]}),
+        ({"customer_email": "ada@"}, {"customer_email": TEXTS["customer_email"]}),
         ({"address.city": " "}, {"address.city": TEXTS["address_field"]}),
         ({"failure_step": "payment", "failure_times": "lots"}, {"failure_times": TEXTS["failure_times"]}),
         ({"failure_step": "payment", "failure_times": "11"}, {"failure_times": TEXTS["failure_times"]}),

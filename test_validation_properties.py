@@ -263,7 +263,7 @@ failure_fields = {"step": st.sampled_from(FAILURE_STEPS), "times": st.integers(1
                   "permanent": st.booleans()}
 valid_failures = st.lists(st.fixed_dictionaries(failure_fields), max_size=MAX_FAILURES)
 order_json = objects(
-    {"customer_id": customer_ids, "items": valid_lines, "address": st.fixed_dictionaries(address_fields),
+    {"customer_id": customer_ids, "customer_email": emails, "items": valid_lines, "address": st.fixed_dictionaries(address_fields),
      "expedited": st.booleans(), "failures": valid_failures},
     {
         "items": st.one_of(
@@ -280,6 +280,7 @@ order_json = objects(
 quantity_texts = st.one_of(st.just(""), st.just("0"), st.integers(1, MAX_QUANTITY).map(str))
 order_form_fields = {
     "customer_id": customer_ids,
+    "customer_email": emails,
     **{f"sku_{sku}": quantity_texts for sku in CATALOG},
     **{f"address.{part}": plain_texts for part in ADDRESS_FIELDS},
     "expedited": st.sampled_from(["", "yes"]),
@@ -296,6 +297,7 @@ order_form = objects(order_form_fields, dict.fromkeys(order_form_fields, form_te
 def assert_valid_order(order) -> None:
     assert 1 <= len(order.lines) <= MAX_ORDER_LINES and len(order.failures) <= MAX_FAILURES
     assert_clean(order.customer_id, 64)
+    assert normalize_email(order.customer_email) == order.customer_email
     for line in order.lines:
         assert line.sku in CATALOG and 1 <= line.quantity <= MAX_QUANTITY
     for part in ADDRESS_FIELDS:
@@ -387,7 +389,7 @@ def test_operator_forms_are_refused_by_field_or_clean():
 
 
 def test_form_checkboxes_are_their_value_or_empty():
-    valid_form = {"customer_id": "ada-1", "sku_KB-100": "1", **{f"address.{part}": "x" for part in ADDRESS_FIELDS},
+    valid_form = {"customer_id": "ada-1", "customer_email": "ada@example.com", "sku_KB-100": "1", **{f"address.{part}": "x" for part in ADDRESS_FIELDS},
                   "failure_step": "payment"}
 
     def check(name_and_value) -> str:

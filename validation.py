@@ -254,6 +254,7 @@ DEFAULT_OPERATOR = ApproveRequest().operator
 # messages.json "orders" key for each field, named by the last part of its path.
 _ORDER_FIELD_TEXTS = {
     "customer_id": "customer_id",
+    "customer_email": "customer_email",
     "items": "items",
     "sku": "unknown_sku",
     "quantity": "quantity",
@@ -284,6 +285,7 @@ class NewOrder:
     address: Address
     expedited: bool
     failures: list[FailureInjection]
+    customer_email: str  # normalised like the loan form's (normalize_email)
 
 
 class _OrderPart(BaseModel):
@@ -323,12 +325,26 @@ class _FailureModel(_OrderPart):
         return step
 
 
+def _normalized_email(value: str) -> str:
+    try:
+        return normalize_email(value)
+    except ValueError as err:
+        raise ValueError(str(err)) from None
+
+
 class _OrderModel(_OrderPart):
     customer_id: Text = Field(pattern=CUSTOMER_ID_PATTERN, json_schema_extra={"pattern": CUSTOMER_ID_PATTERN})
+    # Required for new orders: where the order's emails go (orders placed before have none, and get none).
+    customer_email: Text = Field(max_length=254, json_schema_extra={"format": "email"})
     items: list[_LineModel] = Field(min_length=1, max_length=MAX_ORDER_LINES)
     address: _AddressModel
     expedited: bool = False
     failures: list[_FailureModel] = Field(default_factory=list, max_length=MAX_FAILURES)
+
+    @field_validator("customer_email")
+    @classmethod
+    def _normalize_email(cls, value: str) -> str:
+        return _normalized_email(value)
 
 
 class _OperatorModel(_OrderPart):
@@ -410,13 +426,14 @@ def parse_json_order(data: Any, catalog: Collection[str], messages: Messages) ->
         address=Address(**model.address.model_dump()),
         expedited=model.expedited,
         failures=[FailureInjection(**failure.model_dump()) for failure in model.failures],
+        customer_email=model.customer_email,
     )
 
 
 def parse_form_order(form: Mapping[str, str], catalog: Collection[str], messages: Messages) -> NewOrder:
     """Validate the browser's order form; errors are keyed by the form's field names.
 
-    Fields: customer_id; sku_<SKU> = quantity for each catalog product (empty or
+    Fields: customer_id; customer_email; sku_<SKU> = quantity for each catalog product (empty or
     0: not ordered); address.<part>; expedited (a checkbox); failure_step,
     failure_times and failure_permanent (one simulated failure, optional: without
     a step the other two are ignored, as the page always sends a times value).
@@ -434,6 +451,7 @@ def parse_form_order(form: Mapping[str, str], catalog: Collection[str], messages
             items.append({"sku": sku, "quantity": quantity})
     data: dict[str, Any] = {
         "customer_id": form.get("customer_id", ""),
+        "customer_email": form.get("customer_email", ""),
         "items": items,
         "address": {part: form.get(f"address.{part}", "") for part in ADDRESS_FIELDS},
         "expedited": _form_checkbox(form, "expedited", messages, fields),

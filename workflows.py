@@ -60,6 +60,8 @@ with workflow.unsafe.imports_passed_through():
         FailureInjection,
         InventoryRequest,
         NotificationRequest,
+        OrderEmailRequest,
+        OrderEmailState,
         OrderEvent,
         OrderRequest,
         OrderStatus,
@@ -350,6 +352,13 @@ BOOKKEEPING_TIMEOUT = timedelta(seconds=10)
 CONFIRM_RECEIPT_PATCH = "confirm-receipt-to-customer"
 # Version 3: the order, not the shipment, decides the dispatch (see OrderWorkflow).
 ORDER_RELEASES_DISPATCH_PATCH = "order-releases-dispatch"
+# Orders since the status pages read the stored projection: after the release,
+# each stage the carrier reports (dispatched, with its tracking number) is
+# recorded as it comes, not only at the end.
+RECORD_IN_TRANSIT_PATCH = "record-stages-in-transit"
+# Version 4: the customer is emailed at each milestone (when the order has an address).
+# Orders started before (histories/order_workflow_v3_*.json) replay without the emails.
+ORDER_EMAILS_PATCH = "order-customer-emails"
 # Shipment stages from which an order can no longer be changed or cancelled.
 HANDED_TO_CARRIER = ("dispatching", "dispatched", "delivered")
 
@@ -357,10 +366,11 @@ HANDED_TO_CARRIER = ("dispatching", "dispatched", "delivered")
 class OrderStopped(Exception):
     """Ends the order early: rejected, cancelled or failed, with the reason shown to people."""
 
-    def __init__(self, status: str, reason: str):
+    def __init__(self, status: str, reason: str, email_kind: str | None = None):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.email_kind = email_kind or status  # which email tells the customer (ORDER_EMAIL_KINDS)
 
 
 @workflow.defn
@@ -394,8 +404,12 @@ class OrderWorkflow:
         self._released_to_carrier = False
         self._shipment_followed_to_the_end = False  # version 2 orders: the shipment dispatched on its own
         self._ending = False
+        self._ending_as: str | None = None  # the final status the undo steps lead to
         self._late_cancel_noted = False
         self._record_lock = asyncio.Lock()
+        self._records_in_transit = False  # set by run (RECORD_IN_TRANSIT_PATCH)
+        self._email_to: str | None = None  # set in run when the order emails its customer
+        self._emailing: list[asyncio.Task] = []
 
     @workflow.run
     async def run(self, order: OrderRequest) -> OrderStatus:
@@ -403,8 +417,11 @@ class OrderWorkflow:
         # marker's place in history can differ on replay (a nondeterminism error).
         confirm_receipt = workflow.patched(CONFIRM_RECEIPT_PATCH)
         order_releases_dispatch = workflow.patched(ORDER_RELEASES_DISPATCH_PATCH)
+        self._records_in_transit = workflow.patched(RECORD_IN_TRANSIT_PATCH)
+        emails_versioned = workflow.patched(ORDER_EMAILS_PATCH)
+        self._email_to = order.customer_email if emails_versioned else None
         try:
-            await self._receive(confirm_receipt)
+            await self._receive(confirm_receipt, emails_versioned)
             validated = await self._validate()
             await self._reserve_inventory(validated)
             await self._review(validated)
@@ -415,17 +432,22 @@ class OrderWorkflow:
         else:
             await uninterrupted(self._deliver_and_complete(validated), self._cancelled_through_temporal)
         await uninterrupted(workflow.wait_condition(workflow.all_handlers_finished), self._cancelled_through_temporal)
+        await uninterrupted(self._emails_finished(), self._cancelled_through_temporal)
         return self._status
 
     # --- steps, in order -----------------------------------------------------
 
-    async def _receive(self, confirm_receipt: bool) -> None:
+    async def _receive(self, confirm_receipt: bool, emails_versioned: bool = False) -> None:
         self._reach("received", f"Order received: {len(self._order.lines)} line(s) for customer {self._order.customer_id}")
+        if emails_versioned and self._email_to is None:
+            self._event("step", "No customer email on this order: the customer is not emailed")
         await self._record()
         # Version 2 confirms the order to the customer. Orders started before this
         # change (histories/order_workflow_v1.json) replay without the step.
         if confirm_receipt:
             await self._notify("received", self._text("notify_received", order_id=self._order.order_id, lines=len(self._order.lines)))
+        address = self._order.address
+        self._email("received", lines=len(self._order.lines), ship_to=f"{address.name}, {address.city}, {address.country}")
 
     async def _validate(self) -> ValidatedOrder:
         self._begin("validate")
@@ -471,6 +493,7 @@ class OrderWorkflow:
         self._status.review_deadline = (workflow.now() + sla).isoformat()
         self._event("step", f"Awaiting operator review (total above {policy.auto_approve_limit:,.2f})")
         await self._record()
+        self._email("awaiting_review", total=f"${validated.total:,.2f}", minutes=max(1, round(policy.review_sla_seconds / 60)))
         try:
             await workflow.wait_condition(
                 lambda: self._status.approved or self._cancel_request is not None,
@@ -484,7 +507,7 @@ class OrderWorkflow:
         # the operator was told "approved".
         if not self._status.approved:
             minutes = max(1, round(policy.review_sla_seconds / 60))
-            raise OrderStopped("cancelled", self._text("review_timeout", minutes=minutes))
+            raise OrderStopped("cancelled", self._text("review_timeout", minutes=minutes), email_kind="review_expired")
         self._status.status = "processing"
         await self._record()
 
@@ -562,7 +585,7 @@ class OrderWorkflow:
             permit = DispatchPermit(self._status.address, self._status.expedited)
             await self._tell_shipment(ShippingWorkflow.dispatch, permit)
             await self._record()
-            outcome = await self._shipment_outcome()
+            outcome = await (self._follow_shipment() if self._records_in_transit else self._shipment_outcome())
             if not isinstance(outcome, Shipment) or outcome.stage != "delivered":
                 # Only if someone terminated or cancelled the shipment itself.
                 await self._stop(self._shipment_ended(outcome))
@@ -584,10 +607,11 @@ class OrderWorkflow:
         self._status.status = "completed"
         self._event("status", f"Order completed; {points} reward points awarded")
         await self._record()
+        self._email("delivered", points=points)
 
     async def _stop(self, stop: OrderStopped) -> None:
         """Undo what was started, newest first, then record why the order ended."""
-        self._ending = True
+        self._ending, self._ending_as = True, stop.status
         self._status.cancelled = stop.status == "cancelled"
         self._status.cancel_reason = stop.reason if self._status.cancelled else None
         self._status.reason = stop.reason
@@ -601,6 +625,15 @@ class OrderWorkflow:
         self._undos.clear()
         self._status.status = stop.status
         await self._record()
+        payment = self._status.payment
+        if payment is None or payment.status == "voided":
+            money = self._order.texts.get("email_not_charged", "")
+        elif payment.status == "refunded":
+            money = self._order.texts.get("email_refunded", "").format(amount=f"${payment.amount:,.2f}")
+        else:
+            money = ""  # charged and not refunded: not a stop this workflow makes, and nothing true to add
+        minutes = max(1, round(self._order.policy.review_sla_seconds / 60))
+        self._email(stop.email_kind, reason=stop.reason, minutes=minutes, after=money)
 
     def _why_stopped(self, err: BaseException) -> OrderStopped:
         """The one rule: an accepted cancel wins over whatever else ended the step;
@@ -641,6 +674,17 @@ class OrderWorkflow:
             raise self._shipment_ended(outcome)
         self._released_to_carrier = self._shipment_followed_to_the_end = True
         if self._shipment_news:
+            self._shipment_news = False
+            await self._record()
+
+    async def _follow_shipment(self) -> Shipment | BaseException:
+        """After the release: record each stage the carrier reports until the shipment ends
+        (the pages read the record, so the tracking number shows during transit)."""
+        shipment = self._shipping
+        while True:
+            await workflow.wait_condition(lambda: shipment.done() or self._shipment_news)
+            if shipment.done():
+                return await self._shipment_outcome()  # the completion step records the last stage
             self._shipment_news = False
             await self._record()
 
@@ -770,6 +814,7 @@ class OrderWorkflow:
         self._status.attempts[progress.stage] = progress.attempt
         if progress.stage == "dispatched":
             self._reach("shipped", f"Dispatched with {progress.carrier}, tracking {progress.tracking_number}")
+            self._email("shipped", carrier=progress.carrier, tracking_number=progress.tracking_number)
         elif progress.stage == "delivered":
             self._reach("delivered", "Delivered")
         else:
@@ -806,9 +851,12 @@ class OrderWorkflow:
     def _refuse_unless_possible(self, action: str) -> None:
         if action in self._actions():
             return
-        if self._status.status in FINAL_ORDER_STATUSES or self._ending:
+        if self._status.status in FINAL_ORDER_STATUSES:
             raise self._refused(self._text("already_final", status=self._status.status))
-        if self._cancel_request is not None:
+        if self._ending and self._ending_as != "cancelled":
+            # Undoing: the outcome is decided, though the status still shows the step.
+            raise self._refused(self._text("already_final", status=self._ending_as))
+        if self._ending or self._cancel_request is not None:
             raise self._refused(self._text("being_cancelled"))
         raise self._refused(self._text("already_dispatched"))
 
@@ -894,6 +942,57 @@ class OrderWorkflow:
             retry_policy=MUST_FINISH_RETRY,
             summary=f"Notify customer: {kind}",
         )
+
+    def _email(self, kind: str, after: str = "", **values) -> None:
+        """Start the customer's `kind` email (once per order), without waiting for it:
+        the order moves on, and `_emails_finished` waits for it before the order closes.
+        `after` is a paragraph added to the text (the refund)."""
+        if self._email_to is None or kind in self._status.emails:
+            return
+        subject = self._order.texts.get(f"email_{kind}_subject")
+        text = self._order.texts.get(f"email_{kind}")
+        values["order_id"] = self._order.order_id
+        try:
+            request = OrderEmailRequest(self._order.order_id, kind, self._email_to, subject.format(**values),
+                                        text.format(**values) + (f"\n\n{after}" if after else ""))
+        except (AttributeError, KeyError, IndexError, ValueError) as err:
+            # The texts are the order's own (copied when placed): one missing or malformed
+            # there is recorded, never a failed workflow task.
+            self._email_state(kind, OrderEmailState("failed", f"no usable text for the {kind} email ({err!r})",
+                                                    workflow.now().isoformat()))
+            return
+        self._email_state(kind, OrderEmailState("sending", at=workflow.now().isoformat()))
+        self._emailing.append(asyncio.ensure_future(self._send_email(request)))
+
+    async def _send_email(self, request: OrderEmailRequest) -> None:
+        try:
+            status = await workflow.execute_activity_method(
+                EmailActivities.send_order_email,
+                request,
+                start_to_close_timeout=EMAIL_TIMEOUT,
+                schedule_to_close_timeout=EMAIL_GIVE_UP,
+                retry_policy=EMAIL_RETRY,
+                summary=f"Email the customer: {request.kind}",
+            )
+            state = OrderEmailState(status, at=workflow.now().isoformat())
+        except ActivityError as err:
+            # Refused for good, or given up after a day: recorded; the order's outcome is unchanged.
+            refusal = business_error(err, EMAIL_REFUSED)
+            reason = str(refusal.details[0]) if refusal is not None and refusal.details else root_message(err)
+            state = OrderEmailState("refused" if refusal else "failed", reason, workflow.now().isoformat())
+            # The kind and status only: the reason can quote the customer's address.
+            workflow.logger.warning("Order email %s not delivered: %s", request.kind, state.status)
+            self._event("failure", f"Email to the customer ({request.kind}) {state.status}: {state.reason}")
+        self._email_state(request.kind, state)
+        await self._record()  # the pages read the record: they show how each email went as soon as it is known
+
+    def _email_state(self, kind: str, state: OrderEmailState) -> None:
+        # A new dict, not a change in place: a projection being recorded keeps its own.
+        self._status.emails = {**self._status.emails, kind: state}
+
+    async def _emails_finished(self) -> None:
+        """Wait for the emails still being sent (each records how it went)."""
+        await asyncio.gather(*self._emailing)
 
     async def _record(self) -> None:
         """Write the projection and new events. Serialized, so the last write is the newest state."""

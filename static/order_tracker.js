@@ -145,6 +145,18 @@
     replaceItems(document.getElementById("order-compensations"), order.compensations, function (text) {
       return element("li", null, text);
     }, "Nothing was undone.");
+    // As the server renders them (templates/orders/tracker.html): "shipped: refused (550 ...)".
+    var emailList = document.getElementById("order-emails");
+    var sent = order.emails || {};
+    var emails = emailList.dataset.kinds.split(" ").filter(function (kind) {
+      return kind in sent;
+    }).map(function (kind) {
+      var email = sent[kind];
+      return words(kind) + ": " + words(email.status) + (email.reason ? " (" + email.reason + ")" : "");
+    });
+    replaceItems(emailList, emails, function (text) {
+      return element("li", null, text);
+    }, emailList.dataset.none);
   }
 
   function showActions(order) {
