@@ -137,8 +137,10 @@ async def test_compliance_failure_becomes_a_denied_compliance_decision(time_skip
     assert "600" in outcome.reason
 
     history = await handle.fetch_history()
-    assert activity_attempts(history) == [("validate_application", 1), ("decide", 1), ("persist_application", 1),
-                                          ("send_decision_email", 1)]
+    attempts = activity_attempts(history)
+    # Validate and decide run side by side: their markers come in the order they finished.
+    assert sorted(attempts[:2]) == [("decide", 1), ("validate_application", 1)]
+    assert attempts[2:] == [("persist_application", 1), ("send_decision_email", 1)]
     failures = [EventType.Name(e.event_type) for e in history.events if e.event_type in FAILURE_EVENTS]
     assert failures == []
 
@@ -151,9 +153,9 @@ async def test_an_application_validation_changes_is_decided_again_on_the_validat
     outcome = await handle.result()
     assert outcome.application.email == "ada.lovelace@example.com"
     assert "ada.lovelace@example.com" in outcome.message.message and "Example.COM" not in outcome.message.message
-    assert activity_attempts(await handle.fetch_history()) == [
-        ("validate_application", 1), ("decide", 1), ("decide", 1), ("persist_application", 1),
-        ("send_decision_email", 1)]
+    attempts = activity_attempts(await handle.fetch_history())  # the first two in the order they finished
+    assert sorted(attempts[:2]) == [("decide", 1), ("validate_application", 1)]
+    assert attempts[2:] == [("decide", 1), ("persist_application", 1), ("send_decision_email", 1)]
 
 
 class OverlapCheckingActivities(LoanActivities):
@@ -190,10 +192,12 @@ async def test_validate_and_decide_run_at_the_same_time(time_skipping_env, setti
                                       loans.notify_agent, loans.record_contact_preference, email_sent],
                           activity_executor=executor):
             handle = await start(time_skipping_env.client, settings, application())
-            status = await wait_for_stage(handle, "persisted")
-    assert status.outcome.decision == "pre_approved"
-    assert activity_attempts(await handle.fetch_history())[:3] == [
-        ("validate_application", 1), ("decide", 1), ("persist_application", 1)]
+            # To the end (time skipping runs out the window): an open workflow would hold time still.
+            outcome = await handle.result()
+    assert outcome.decision == "pre_approved"
+    attempts = activity_attempts(await handle.fetch_history())
+    assert sorted(attempts[:2]) == [("decide", 1), ("validate_application", 1)]  # each once: no retry was needed
+    assert attempts[2] == ("persist_application", 1)
 
 
 async def test_invalid_input_fails_fast_and_does_not_block_the_email(time_skipping_env, settings, worker):
