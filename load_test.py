@@ -14,7 +14,7 @@ and their ratios next to the targets (printed, never asserted).
 --breakdown N sends N applications one at a time and prints where their time
 goes (medians), from the client's clock and each history's timestamps; the
 decision's workflow task is split by its local activities' markers (when each
-was scheduled and completed, on the worker's clock), decrypted with the client's codec.
+completed, on the worker's clock), decrypted with the client's codec.
 
 Orders (--orders N): places N auto-approved orders through the API (with the
 operator's token) at --concurrency, follows each by polling its status once a
@@ -350,37 +350,31 @@ BREAKDOWN_SEGMENTS = (
 )
 
 
-# Inside the first workflow task, from its local activities' markers (scheduled and completed
-# on the worker's clock, on the same machine); they split the segment above, so they are not
-# added to the total.
+# Inside the first workflow task, from its local activities' markers (when each completed,
+# on the worker's clock, on the same machine; the markers' schedule times are not wall-clock
+# times one can subtract); they split the segment above, so they are not added to the total.
 LOCAL_ACTIVITY_SEGMENTS = (
-    ("task started -> first local activity scheduled", "task_started", "la_scheduled"),
-    ("validate + decide (scheduled -> both done)", "la_scheduled", "decided"),
-    ("decided -> persist scheduled", "decided", "persist_scheduled"),
-    ("persist (scheduled -> the record fsynced)", "persist_scheduled", "persisted"),
-    ("persisted -> task completed", "persisted", "task_completed"),
+    ("task started -> validate and decide done", "task_started", "decided"),
+    ("-> persist done (the record fsynced)", "decided", "persisted"),
+    ("persist done -> task completed", "persisted", "task_completed"),
 )
 LOCAL_ACTIVITY_MARKER = "core_local_activity"
 
 
 def local_activity_marks(markers: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """When the decision's local activities were scheduled and done, from their markers' data
-    (`activity_type`, `original_schedule_time`, `complete_time`), in seconds."""
-    def seconds(stamp: dict[str, Any] | None) -> float | None:
-        return None if not stamp else stamp.get("seconds", 0) + stamp.get("nanos", 0) / 1e9
-
-    steps = [(m["activity_type"], seconds(m.get("original_schedule_time")), seconds(m.get("complete_time")))
-             for m in markers]
+    """When the decision's local activities were done, from their markers' data
+    (`activity_type`, `complete_time`), in seconds."""
+    done: dict[str, float] = {}
+    for marker in markers:
+        stamp = marker.get("complete_time")
+        if stamp:
+            at = stamp.get("seconds", 0) + stamp.get("nanos", 0) / 1e9
+            done[marker["activity_type"]] = max(done.get(marker["activity_type"], at), at)
     marks = {}
-    scheduled = [at for _, at, _ in steps if at is not None]
-    if scheduled:
-        marks["la_scheduled"] = min(scheduled)
-    decided = [done for kind, _, done in steps if kind in ("validate_application", "decide") and done is not None]
-    if decided:
-        marks["decided"] = max(decided)
-    persist = next(((at, done) for kind, at, done in steps if kind == "persist_application"), None)
-    if persist and None not in persist:
-        marks["persist_scheduled"], marks["persisted"] = persist
+    if "validate_application" in done and "decide" in done:
+        marks["decided"] = max(done["validate_application"], done["decide"])
+    if "persist_application" in done:
+        marks["persisted"] = done["persist_application"]
     return marks
 
 

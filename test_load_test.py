@@ -324,9 +324,8 @@ async def test_the_breakdown_splits_the_first_task_by_its_local_activities():
     assert [m["activity_type"] for m in markers] == ["validate_application", "decide", "persist_application"]
 
     sample = load_test.breakdown_of(t + 0.005, t + 0.035, events, markers)
-    expected = {"task started -> first local activity scheduled": 0.5, "validate + decide (scheduled -> both done)": 2.5,
-                "decided -> persist scheduled": 1.0, "persist (scheduled -> the record fsynced)": 10.0,
-                "persisted -> task completed": 4.0, "task started -> task completed (local activities)": 18.0}
+    expected = {"task started -> validate and decide done": 3.0, "-> persist done (the record fsynced)": 11.0,
+                "persist done -> task completed": 4.0, "task started -> task completed (local activities)": 18.0}
     for label, ms in expected.items():
         assert sample[label] == pytest.approx(ms, abs=0.01), label  # event times are whole microseconds
     summary = load_test.summarize_breakdown([sample])
@@ -335,5 +334,5 @@ async def test_the_breakdown_splits_the_first_task_by_its_local_activities():
                                        "breakdown": summary})
     lines = text.splitlines()
     task_line = next(n for n, line in enumerate(lines) if "task started -> task completed" in line)
-    assert lines[task_line + 4].startswith("    persist (scheduled -> the record fsynced)")
-    assert lines[task_line + 4].split()[-1] == "10.0"
+    assert lines[task_line + 2].startswith("    -> persist done (the record fsynced)")
+    assert lines[task_line + 2].split()[-1] == "11.0"
