@@ -17,7 +17,16 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
-from order_service import ActionFailed, ActionRefused, ActionUnconfirmed, NoRewards, OrderNotFound, OrderService, OrderView
+from order_service import (
+    ActionFailed,
+    ActionRefused,
+    ActionUnconfirmed,
+    IdempotencyKeyReused,
+    NoRewards,
+    OrderNotFound,
+    OrderService,
+    OrderView,
+)
 from shared import FAILURE_STEPS, ORDER_ACTIONS, ORDER_EMAIL_KINDS, ORDER_MILESTONES, ApproveRequest
 from temporal_client import TemporalUnavailable
 from validation import (
@@ -88,6 +97,13 @@ def _no_rewards(_err: NoRewards):
     return json_error(404, texts()["no_rewards"])
 
 
+@orders_api.errorhandler(IdempotencyKeyReused)
+def _key_reused(_err: IdempotencyKeyReused):
+    # 422 as Stripe answers it: the request is well formed, but the key already stands for another order.
+    error = texts()["idempotency_key_reused"]
+    return json_error(422, error, fields={"Idempotency-Key": error})
+
+
 @orders_api.errorhandler(ActionRefused)
 def _refused(err: ActionRefused):
     return json_error(409, err.message)
@@ -110,7 +126,8 @@ def _unavailable(_err: TemporalUnavailable):
 
 @orders_api.post("/orders")
 async def create_order():
-    """201 for a new order; 200 with the same order when its Idempotency-Key was used before."""
+    """201 for a new order; 200 with the same order when its Idempotency-Key was used before for
+    this order; 422 when the key was used for a different one."""
     order = parse_json_order(body(), service().catalog_skus, service().messages)
     key = parse_idempotency_key(request.headers.get("Idempotency-Key"), service().messages)
     created = await service().create(order, idempotency_key=key)

@@ -439,6 +439,23 @@ def test_an_idempotency_key_makes_a_retried_order_the_same_order(client, custome
     assert bad.status_code == 400 and set(bad.json["fields"]) == {"Idempotency-Key"}
 
 
+def test_an_idempotency_key_reused_for_a_different_order_is_refused(client, customer):
+    body = {"customer_id": customer, "customer_email": "ada@example.com", "items": [{"sku": "LP-140", "quantity": 2}],
+            "address": ADDRESS}
+    first = client.post("/api/orders", json=body, headers={"Idempotency-Key": "checkout-1"})
+    assert first.status_code == 201, first.json
+    # The same order with its keys in another order and padded text is a retry, not another order.
+    shuffled = {key: body[key] for key in reversed(body)} | {"customer_email": " ada@example.com "}
+    retry = client.post("/api/orders", json=shuffled, headers={"Idempotency-Key": "checkout-1"})
+    assert retry.status_code == 200 and retry.json == first.json
+    other = {**body, "items": [{"sku": "CB-010", "quantity": 1}], "address": {**ADDRESS, "city": "Paris"}}
+    reused = client.post("/api/orders", json=other, headers={"Idempotency-Key": "checkout-1"})
+    assert reused.status_code == 422, reused.json
+    assert reused.json == {"error": TEXTS["idempotency_key_reused"], "fields": {"Idempotency-Key": TEXTS["idempotency_key_reused"]}}
+    assert "Idempotency-Key" in reused.json["error"]
+    assert client.get(f"/api/orders/{first.json['order_id']}").json["address"]["city"] == ADDRESS["city"]  # untouched
+
+
 def test_two_approves_at_once_approve_once(app, client, customer):
     order_id = place(client, customer, [("LP-140", 1)])
     wait_for(client, order_id, status_is("awaiting_review"), "the order to await review")
