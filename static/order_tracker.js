@@ -4,6 +4,8 @@
  * timeline from the JSON API and updates the page in place: the status, the
  * milestones, the details, the timeline and which actions are offered. The
  * action forms are never re-rendered, so nothing an operator is typing is lost.
+ * The banner an action left ("The order is approved.") is hidden once the status
+ * moves on from the one it was shown with: it told what had just happened, no more.
  * Without JavaScript the page is complete as served; a Refresh link updates it.
  */
 (function () {
@@ -81,6 +83,13 @@
     reason.textContent = order.reason || "";
     reason.hidden = !order.reason;
     document.getElementById("order-waiting").hidden = order.source !== "start";
+  }
+
+  function showBanner(order) {
+    var banner = root.querySelector("#notice.banner-success");
+    if (banner && order.status !== root.dataset.status) {
+      banner.hidden = true;
+    }
   }
 
   function showFields(order) {
@@ -195,6 +204,7 @@
       .then(function (results) {
         var order = results[0];
         showStatus(order);
+        showBanner(order);
         showFields(order);
         showMilestones(order);
         showLines(order);
