@@ -217,9 +217,9 @@ def echo_order(view: OrderView, as_json: bool) -> None:
         click.echo("  compensations: " + ", ".join(order_["compensations"]))
     if order_.get("emails"):
         click.echo("  emails: " + ", ".join(f"{kind} {email['status']}" for kind, email in order_["emails"].items()))
-    if view.source != "workflow":
-        click.echo(f"  (from the {'stored projection' if view.source == 'store' else 'accepted order'}:"
-                   " no worker answered just now)")
+    # The recorded projection is the usual answer, and the live query as fresh: only the start input is worth a note.
+    if view.source == "start":
+        click.echo("  (from the start input: not recorded yet)")
 
 
 def money(amount: float | None) -> str:
