@@ -476,6 +476,20 @@ async def test_an_order_placed_on_the_dashboard_is_approved_on_its_tracker_and_d
     await screenshot(operator, "order-delivered-desktop")
 
 
+async def test_the_live_refresh_fills_in_the_review_deadline_to_the_second(operator):
+    # Inventory fails twice first (retried after 1 s, then 2 s): the tracker opens before the review is recorded.
+    await place_order(operator, {"14-inch laptop": 1}, failure=("inventory", 2))
+    review_by = operator.locator("#order-review-by")
+    await expect(review_by).to_be_hidden()
+    await watch_without_reload(operator)
+    await expect(operator.get_by_role("button", name="Approve the order")).to_be_visible(timeout=STEP_TIMEOUT_MS)
+    await expect(review_by).to_be_visible()
+    # To the second: the review SLA is minutes.
+    await expect(review_by).to_have_text(
+        re.compile(r"^: review it by\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, or it is cancelled$"))
+    assert await still_not_reloaded(operator), "the tracker reloaded the page instead of updating it"
+
+
 async def test_an_order_cancelled_after_the_charge_is_refunded(operator):
     # The carrier fails to pick up (retried for a while): the order is charged and not yet shipped.
     await place_order(operator, {"Wireless mouse": 2}, failure=("shipping", 5))

@@ -25,12 +25,13 @@
     return (Number.isInteger(value) ? dollars : cents).format(value);
   }
 
-  function when(iso) {
+  // As the server's when macros: to the minute, or to the second (a review deadline minutes away).
+  function when(iso, seconds) {
     if (!iso) {
       return "–";
     }
     var utc = /(\+00:00|Z)$/.test(iso) ? " UTC" : "";
-    return iso.slice(0, 16).replace("T", " ") + utc;
+    return iso.slice(0, seconds ? 19 : 16).replace("T", " ") + utc;
   }
 
   function words(text) {
@@ -43,7 +44,8 @@
 
   var FORMATS = {
     money: money,
-    when: when,
+    when: function (iso) { return when(iso, false); },
+    seconds: function (iso) { return when(iso, true); },
     yesno: function (value) { return value ? "Yes" : "No"; },
     words: words,
   };
@@ -173,6 +175,8 @@
       node.hidden = order.actions.indexOf(node.dataset.action) === -1;
     });
     document.getElementById("no-actions").hidden = order.actions.length > 0;
+    // The review's deadline is recorded with the review, often after the page was served.
+    document.getElementById("order-review-by").hidden = !order.review_deadline;
   }
 
   function showEvents(events) {
