@@ -296,6 +296,7 @@ async def render_tracker(order_id: str, notice: dict | None = None, errors: dict
         values=values or {},
         labels=service().status_labels(),
         waiting_text=texts()["waiting_for_worker"],
+        signed_out_text=texts()["signed_out_live"],
     ), status_code
 
 

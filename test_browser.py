@@ -490,6 +490,26 @@ async def test_the_live_refresh_fills_in_the_review_deadline_to_the_second(opera
     assert await still_not_reloaded(operator), "the tracker reloaded the page instead of updating it"
 
 
+async def test_the_live_refresh_stops_and_says_so_once_signed_out(browser, site, operator_state):
+    context, watched = await new_page(browser, site, operator_state=operator_state)
+    try:
+        tracker = watched.page
+        order_id = await place_order(tracker, {"14-inch laptop": 1})  # waits for review: the page keeps refreshing
+        other_tab = await context.new_page()
+        await other_tab.goto("/orders")
+        await other_tab.get_by_role("button", name="Sign out").click()
+        signed_out = tracker.locator("#order-signed-out")
+        await expect(signed_out).to_be_visible(timeout=STEP_TIMEOUT_MS)
+        await expect(signed_out).to_contain_text(ORDER_TEXTS["signed_out_live"])
+        await expect(signed_out.get_by_role("link", name="Sign in")).to_have_attribute(
+            "href", f"/signin?next=/orders/{order_id}")
+    finally:
+        await context.close()
+    # The refresh's 401 is the point of the test; anything else is a problem.
+    problems = [p for p in watched.problems if not (p.startswith("GET ") and p.endswith("answered 401"))]
+    assert not problems, "\n".join(problems)
+
+
 async def test_an_order_cancelled_after_the_charge_is_refunded(operator):
     # The carrier fails to pick up (retried for a while): the order is charged and not yet shipped.
     await place_order(operator, {"Wireless mouse": 2}, failure=("shipping", 5))

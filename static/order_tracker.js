@@ -6,6 +6,8 @@
  * action forms are never re-rendered, so nothing an operator is typing is lost.
  * The banner an action left ("The order is approved.") is hidden once the status
  * moves on from the one it was shown with: it told what had just happened, no more.
+ * Once the operator is signed out (a 401, say from another tab) it stops and
+ * says so, with a link to sign in, rather than showing what it can no longer update.
  * Without JavaScript the page is complete as served; a Refresh link updates it.
  */
 (function () {
@@ -196,6 +198,11 @@
 
   function getJson(url) {
     return fetch(url, { headers: { Accept: "application/json" } }).then(function (response) {
+      if (response.status === 401) {
+        var signedOut = new Error(url + ": signed out");
+        signedOut.signedOut = true;
+        throw signedOut;
+      }
       if (!response.ok) {
         throw new Error(url + ": " + response.status);
       }
@@ -219,7 +226,12 @@
           window.setTimeout(refresh, POLL_MS);
         }
       })
-      .catch(function () {
+      .catch(function (error) {
+        if (error.signedOut) {
+          // Retrying cannot help until the operator signs in again.
+          document.getElementById("order-signed-out").hidden = false;
+          return;
+        }
         // The server or Temporal is briefly away: the page keeps what it shows; try again.
         window.setTimeout(refresh, POLL_MS);
       });
