@@ -34,6 +34,7 @@ from validation import (
     MAX_FAILURE_TIMES,
     InvalidOrder,
     parse_form_address_change,
+    parse_form_approve,
     parse_form_cancel,
     parse_form_failure,
     parse_form_order,
@@ -297,6 +298,7 @@ async def render_tracker(order_id: str, notice: dict | None = None, errors: dict
         labels=service().status_labels(),
         waiting_text=texts()["waiting_for_worker"],
         signed_out_text=texts()["signed_out_live"],
+        default_operator=ApproveRequest().operator,
     ), status_code
 
 
@@ -329,7 +331,10 @@ async def page_action(order_id: str, action: str, run) -> Any:
 
 @orders_pages.post("/orders/<order_id>/approve")
 async def approve_page(order_id: str):
-    return await page_action(order_id, "approve", lambda form: service().approve(order_id, ApproveRequest()))
+    def run(form: dict[str, str]):
+        return service().approve(order_id, parse_form_approve(form, service().messages))
+
+    return await page_action(order_id, "approve", run)
 
 
 @orders_pages.post("/orders/<order_id>/cancel")

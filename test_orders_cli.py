@@ -31,6 +31,8 @@ def test_cli_item_and_failure_options_are_parsed():
     assert orders_cli.failure_spec("payment:2") == {"step": "payment", "times": 2}
     assert orders_cli.failure_spec("shipping:1:permanent") == {"step": "shipping", "times": 1, "permanent": True}
     assert orders_cli.failure_spec("inventory") == {"step": "inventory"}
+    assert orders_cli.failure_spec("shipping:permanent") == {"step": "shipping", "permanent": True}
+    assert orders_cli.failure_spec("shipping:1:forever") == {"step": "shipping", "times": 1, "permanent": "forever"}
 
 
 
@@ -61,7 +63,7 @@ def test_cli_places_shows_and_operates_orders(app, customer):
     assert approved.exit_code == 0, approved.output
     refused = runner.invoke(args=["orders", "approve", order_id])
     assert refused.exit_code == 1
-    assert TEXTS["not_awaiting_review"].split("(")[0] in refused.output
+    assert TEXTS["already_approved"].format(operator="cli-test") in refused.output
 
     events = runner.invoke(args=["orders", "events", order_id])
     assert events.exit_code == 0 and "Approved by cli-test" in events.output
@@ -80,11 +82,13 @@ def test_cli_input_errors_and_unknown_orders(app):
     runner = app.test_cli_runner()
     address = ["--name", "Ada", "--street", "1 Way", "--city", "London", "--postal-code", "N1", "--country", "UK"]
     invalid = runner.invoke(args=["orders", "create", "--customer", "ada", "--email", "ada@example.com", "--item", "NOPE:x", *address,
-                                  "--fail", "payment:lots"])
+                                  "--fail", "payment:lots", "--fail", "shipping:1:forever"])
     assert invalid.exit_code == 2
     assert f"items.0.sku: {TEXTS['unknown_sku']}" in invalid.output
     assert f"items.0.quantity: {TEXTS['quantity']}" in invalid.output
     assert f"failures.0.times: {TEXTS['failure_times']}" in invalid.output
+    assert f"failures.1.permanent: {TEXTS['failure_permanent']}" in invalid.output  # the part typed wrong
+    assert "failures.1.times" not in invalid.output
     unknown = runner.invoke(args=["orders", "status", uuid.uuid4().hex[:12], "--json"])
     assert unknown.exit_code == 1 and json.loads(unknown.output) == {"error": TEXTS["not_found"]}
 

@@ -345,13 +345,17 @@ def test_pages_place_track_and_act_on_an_order(client, customer):
     assert TEXTS["failure_times"] in bad_failure.get_data(as_text=True)
     assert 'value="zz"' in bad_failure.get_data(as_text=True)
 
-    approved = client.post(f"{page_url}/approve")
+    long_name = client.post(f"{page_url}/approve", data={"operator": "G" * 101})
+    assert long_name.status_code == 400 and TEXTS["operator"].replace("'", "&#39;") in long_name.get_data(as_text=True)
+    assert f'value="{"G" * 101}"' in long_name.get_data(as_text=True)
+    approved = client.post(f"{page_url}/approve", data={"operator": "Grace Hopper"})
     assert approved.status_code == 303 and approved.headers["Location"] == page_url
     assert TEXTS["done_approve"] in client.get(page_url).get_data(as_text=True)
     assert TEXTS["done_approve"] not in client.get(page_url).get_data(as_text=True)  # once
-    again = client.post(f"{page_url}/approve")  # processing or in transit now: not awaiting review
+    assert any(e["message"] == "Approved by Grace Hopper" for e in client.get(f"/api/orders/{order_id}/events").json["events"])
+    again = client.post(f"{page_url}/approve")  # processing or in transit now, approved by Grace
     assert again.status_code == 409
-    assert TEXTS["not_awaiting_review"].split("(")[0] in again.get_data(as_text=True)
+    assert TEXTS["already_approved"].format(operator="Grace Hopper") in again.get_data(as_text=True)
     expedited = client.post(f"{page_url}/expedite")
     assert expedited.status_code == 303 and expedited.headers["Location"] == page_url
     assert TEXTS["done_expedite"] in client.get(page_url).get_data(as_text=True)
@@ -374,6 +378,14 @@ def test_the_order_form_keeps_what_was_typed_on_errors(client):
     assert TEXTS["invalid_order"] in html
     assert TEXTS["customer_id"].replace("'", "&#39;") in html and TEXTS["quantity"] in html
     assert 'value="ada lovelace"' in html and 'value="three"' in html and 'value="Londres"' in html
+
+
+def test_the_order_form_refuses_a_product_not_in_the_catalog(client, customer):
+    response = client.post("/orders", data={**FORM, "customer_id": customer, "sku_XX-999": "1"})
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert f"sku_XX-999: {TEXTS['unknown_sku']}" in html
+    assert f'value="{customer}"' in html and 'value="2"' in html  # what was typed is kept
 
 
 @pytest.mark.timeout(60)
