@@ -476,7 +476,7 @@ async def test_an_order_placed_on_the_dashboard_is_approved_on_its_tracker_and_d
     await screenshot(operator, "order-delivered-desktop")
 
 
-async def test_the_live_refresh_fills_in_the_review_deadline_to_the_second(operator):
+async def test_the_order_tracker_fills_in_the_review_deadline_to_the_second(operator):
     # Inventory fails twice first (retried after 1 s, then 2 s): the tracker opens before the review is recorded.
     await place_order(operator, {"14-inch laptop": 1}, failure=("inventory", 2))
     review_by = operator.locator("#order-review-by")
@@ -490,7 +490,7 @@ async def test_the_live_refresh_fills_in_the_review_deadline_to_the_second(opera
     assert await still_not_reloaded(operator), "the tracker reloaded the page instead of updating it"
 
 
-async def test_the_live_refresh_stops_and_says_so_once_signed_out(browser, site, operator_state):
+async def test_the_order_tracker_stops_refreshing_and_says_so_once_signed_out(browser, site, operator_state):
     context, watched = await new_page(browser, site, operator_state=operator_state)
     try:
         tracker = watched.page
