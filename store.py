@@ -6,6 +6,8 @@ Layout under the root folder:
     <collection>/_index/<n>.seq               the key of the n-th listed record (1, 2, ...)
     <collection>/_index/<key>.key             a listed record's number and the values it is counted under
     <collection>/_index/journal.json          an index change in progress (redo log), gone once applied
+    <collection>/_index/<group>.newest        a grouped collection's newest listed key of each group
+    <collection>/_index/groups.json           present once the group pointers cover every listed record
     <collection>/_index/.lock                 the collection's index lock
     _locks/<n>.lock                           a fixed set of lock files (lock striping)
 
@@ -28,6 +30,11 @@ Why it is built this way:
   absolute values) and applied; a crash in between is redone by the next
   writer or reader, and the retry (same key, same document) finds its entry
   and counts nothing twice. A rewrite that changes nothing counted takes no lock.
+- In a grouped collection (keys `<group>.<name>`, such as an application's
+  `<workflow id>.<run id>`), the same index change also points the group at
+  its newest listed key, so `newest_in_group` reads two small files, never the
+  folder. A folder written before the pointers existed gets them once, at the
+  first `newest_in_group` of the collection (one pass over its index entries).
 """
 
 from __future__ import annotations
@@ -50,6 +57,10 @@ _SORT_KEY = re.compile(r"^[A-Za-z0-9.:+-]{1,64}$")
 LOCK_STRIPES = 64
 # The fields each collection is counted by (`count_by`): the pages show these counts above the lists.
 DEFAULT_COUNTED_FIELDS: dict[str, tuple[str, ...]] = {"applications": ("decision",), "orders": ("status",)}
+# The collections whose keys are `<group>.<name>` and that find a group's newest listed record
+# (`newest_in_group`): an application is `<workflow id>.<run id>`, and a workflow ID runs again after its window.
+DEFAULT_GROUPED: tuple[str, ...] = ("applications",)
+GROUPS_DONE = "groups.json"  # in `_index`: every listed record of the collection has its group's pointer
 
 
 class StoreUnavailable(Exception):
@@ -57,9 +68,11 @@ class StoreUnavailable(Exception):
 
 
 class JsonStore:
-    def __init__(self, root: Path | str, counted_fields: dict[str, tuple[str, ...]] | None = None):
+    def __init__(self, root: Path | str, counted_fields: dict[str, tuple[str, ...]] | None = None,
+                 grouped: tuple[str, ...] | None = None):
         self.root = Path(root)
         self.counted_fields = DEFAULT_COUNTED_FIELDS if counted_fields is None else counted_fields
+        self.grouped = DEFAULT_GROUPED if grouped is None else tuple(grouped)
         self._index_mutexes: dict[Path, threading.Lock] = {}
         self._mutexes_guard = threading.Lock()
         (self.root / "_locks").mkdir(parents=True, exist_ok=True)
@@ -99,6 +112,19 @@ class JsonStore:
         index = self._index(collection)
         self._recover_if_needed(index)
         return dict(_read_json(index / "state.json", {"counts": {}}).get("counts", {}).get(field, {}))
+
+    def newest_in_group(self, collection: str, group: str) -> dict[str, Any] | None:
+        """The newest listed document (by first write, as the lists) whose key is `<group>.<name>`,
+        in a grouped collection; None if the group has none. Reads a pointer, not the folder."""
+        if collection not in self.grouped:
+            raise ValueError(f"{collection!r} is not grouped")
+        _checked_key(group)
+        index = self._index(collection)
+        self._recover_if_needed(index)
+        if not (index / GROUPS_DONE).exists():
+            self._point_every_group(index)
+        pointer = _read_json(index / f"{group}.newest", None)
+        return None if pointer is None else self.get(collection, pointer["key"])
 
     def list_all(self, collection: str) -> list[dict[str, Any]]:
         """Every document of a small collection (for example one order's events), by key."""
@@ -185,9 +211,35 @@ class JsonStore:
         key, entry = journal["key"], journal["entry"]
         _atomic_write(index / f"{key}.key", json.dumps(entry).encode(), sync_folder=False)
         _atomic_write(index / f"{entry['seq']}.seq", key.encode(), sync_folder=False)
+        self._point_group(index, key, entry["seq"])
         _atomic_write(index / "state.json", json.dumps(journal["state"]).encode(), sync_folder=False)
         _fsync_folder(index)
         os.unlink(index / "journal.json")
+
+    def _point_group(self, index: Path, key: str, seq: int) -> None:
+        """Point the key's group at it, unless the group already has a newer one (index lock held;
+        the folder fsync is the caller's). Decided from the files alone, so a redo does the same."""
+        group = _group_of(key)
+        if group is None or index.parent.name not in self.grouped:
+            return
+        pointer = _read_json(index / f"{group}.newest", None)
+        if pointer is None or pointer["seq"] < seq:
+            _atomic_write(index / f"{group}.newest", json.dumps({"key": key, "seq": seq}).encode(), sync_folder=False)
+
+    def _point_every_group(self, index: Path) -> None:
+        """Once per collection written before the group pointers: point each group at its newest
+        listed key, from the index entries (index lock held, so no listed write runs meanwhile)."""
+        with self._index_lock(index):
+            self._recover(index)
+            if (index / GROUPS_DONE).exists():
+                return  # another thread or process did it meanwhile
+            for name in os.listdir(index):
+                if name.endswith(".key") and not name.startswith("."):
+                    entry = _read_json(index / name, None)
+                    if entry is not None:
+                        self._point_group(index, name[: -len(".key")], entry["seq"])
+            _atomic_write(index / GROUPS_DONE, b"{}", sync_folder=False)  # its presence is what counts
+            _fsync_folder(index)
 
     def _recover(self, index: Path) -> None:
         """Redo an index change whose writer crashed after journaling it (index lock held)."""
@@ -241,6 +293,12 @@ def _checked_key(key: str) -> str:
     if not _KEY.match(key):
         raise ValueError(f"invalid key {key!r}")
     return key
+
+
+def _group_of(key: str) -> str | None:
+    """The group of a key `<group>.<name>` (the part before its last dot); None without a dot."""
+    group, dot, _ = key.rpartition(".")
+    return group if dot and group else None
 
 
 def _count_value(value: Any) -> str | None:
