@@ -283,16 +283,26 @@ class Rules(_Strict):
     orders: OrderRules
 
 
-class DecisionText(_Strict):
-    title: str
+class DecisionEmailText(_Strict):
+    """The decision email's own message and next steps: it is the email, so it promises no other."""
+
     message: str
     next_steps: list[str]
+
+
+class DecisionText(_Strict):
+    title: str
+    message: str  # the result page's (and the API's)
+    next_steps: list[str]
+    email: DecisionEmailText
 
 
 class Messages(_Strict):
     """User-facing texts; read from messages.json."""
 
     decisions: dict[str, DecisionText]
+    reasons: dict[str, str]  # each decision reason (shared.DECISION_REASONS) in the applicant's words, for the email
+    contact: dict[str, str]  # the result page's contact question and what it says after an answer
     validation: dict[str, str]
     errors: dict[str, str]
     orders: dict[str, str]  # order texts: statuses, refusals, notifications, validation
@@ -304,9 +314,12 @@ def load_rules(path: Path) -> Rules:
 
 def load_messages(path: Path) -> Messages:
     messages = Messages.model_validate(json.loads(Path(path).read_text()))
-    from shared import DECISIONS
+    from shared import DECISION_REASONS, DECISIONS
 
     missing = [d for d in DECISIONS if d not in messages.decisions]
     if missing:
         raise ValueError(f"{path}: no text for decisions {missing}")
+    unexplained = [r for r in DECISION_REASONS if r not in messages.reasons]
+    if unexplained:
+        raise ValueError(f"{path}: no text for reasons {unexplained}")
     return messages

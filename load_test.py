@@ -3,12 +3,17 @@
 Load test (the default): sends --count applications to POST /api/evaluate with
 --concurrency requests in flight, waits for each decision and prints successes,
 errors, decisions, latency percentiles, throughput and which worker decided
-each application (`processed_by`), so adding a worker shows in the table.
+each application (`processed_by`, which the app shows operators only: the
+load test sends the operator token when it finds one, see --token), so adding a
+worker shows in the table.
 
 Benchmark (--benchmark): for each --levels concurrency, first measures the
 floor, a bare workflow with one no-op activity started and awaited with
 `client.execute_workflow` on an in-process worker with default settings, on
-the same Temporal server; then the app at the same concurrency. It prints both
+the same Temporal server; then the app at the same concurrency. The floor (and
+the breakdown's histories) reach Temporal directly, at TEMPORAL_ADDRESS
+(default localhost:7233, with the app's TEMPORAL_* settings and payload key),
+not through --url: point both at the same stack. It prints both
 and their ratios next to the targets (printed, never asserted).
 
 --breakdown N sends N applications one at a time and prints where their time
@@ -19,8 +24,9 @@ completed, on the worker's clock), decrypted with the client's codec.
 Orders (--orders N): places N auto-approved orders through the API (with the
 operator's token) at --concurrency, follows each by polling its status once a
 second until it ends, and prints orders/s, p50/p99 from placing to the end and
-the step retries seen, beside the one-activity floor measured in the same run.
-Run the app with short shipping times for it (a copy of rules.json, RULES_FILE).
+the step retries seen, beside the one-activity floor measured in the same run
+(on TEMPORAL_ADDRESS, as for --benchmark). Run the app with short shipping
+times for it (a copy of rules.json, RULES_FILE).
 
 Soak (--soak TOTAL --every BLOCK): sends TOTAL applications in blocks and
 prints, per block, the throughput, p50/p99 and the resident memory of the dev
@@ -266,10 +272,12 @@ async def run_concurrently(
     return results, time.perf_counter() - started
 
 
-def http_client(url: str, concurrency: int, timeout: float) -> httpx.AsyncClient:
-    """A client whose pool holds one connection per lane, so none waits for a connection."""
+def http_client(url: str, concurrency: int, timeout: float, token: str | None = None) -> httpx.AsyncClient:
+    """A client whose pool holds one connection per lane, so none waits for a connection; with the
+    operator's `token`, the app's answers name the worker that decided (`processed_by`)."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout)
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    return httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout, headers=headers)
 
 
 async def apply(
@@ -492,6 +500,7 @@ async def benchmark(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
     task_queue = f"bench-floor-{uuid.uuid4()}"
     applicants = Applicants(args.seed, run_id)
     levels = []
+    token = operator_token(args.token, required=False)
     async with floor_worker(client, task_queue):
         # Creating the worker imported the floor's module in the sandbox, which caches its bytecode if it may.
         if not os.path.exists(importlib.util.cache_from_source(floor_workflow.__file__)):
@@ -506,7 +515,7 @@ async def benchmark(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
             floor0_runs: list[Summary] = []
             floor_runs: list[Summary] = []
             app_runs: list[Summary] = []
-            async with http_client(args.url, level, args.timeout) as http:
+            async with http_client(args.url, level, args.timeout, token) as http:
                 await run_floor(client, task_queue, warmup, level, Progress(f"c={level} floor warm-up", warmup))
                 await run_floor(client, task_queue, warmup, level, Progress(f"c={level} floor 0 warm-up", warmup),
                                 EmptyWorkflow.run)
@@ -544,7 +553,7 @@ async def benchmark(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
             )
         split = None
         if args.breakdown:
-            async with http_client(args.url, 1, args.timeout) as http:
+            async with http_client(args.url, 1, args.timeout, token) as http:
                 split = await breakdown(client, http, applicants.batch(args.breakdown))
     return {
         "run_id": run_id,
@@ -564,8 +573,10 @@ async def benchmark(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
 FINAL_ORDER = ("completed", "cancelled", "rejected", "failed")
 
 
-def operator_token(explicit: str | None) -> str:
-    """--token, else OPERATOR_TOKEN, else the token make run generated into the data folder."""
+def operator_token(explicit: str | None, required: bool = True) -> str | None:
+    """--token, else OPERATOR_TOKEN, else the token make run generated into the data folder.
+
+    Orders need it; applications go without (None), and their answers then name no worker."""
     if explicit:
         return explicit
     if os.environ.get("OPERATOR_TOKEN"):
@@ -575,6 +586,8 @@ def operator_token(explicit: str | None) -> str:
         with open(path) as file:
             return file.read().strip()
     except FileNotFoundError:
+        if not required:
+            return None
         raise SystemExit(f"orders need the operator token: --token, OPERATOR_TOKEN or {path}") from None
 
 
@@ -613,7 +626,7 @@ async def run_orders(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
         retries += seen
         return result
 
-    headers = {"Authorization": f"Bearer {operator_token(args.token)}"}
+    headers = {"Authorization": f"Bearer {operator_token(args.token)}"}  # orders are for operators only
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     async with httpx.AsyncClient(base_url=args.url, limits=limits, timeout=args.timeout, headers=headers) as http:
         results, wall = await run_concurrently(range(args.orders), args.concurrency, one,
@@ -677,7 +690,8 @@ async def soak(args: argparse.Namespace, run_id: str) -> list[dict[str, Any]]:
     """`args.soak` applications in blocks of `args.every`; one row per block, printed as it ends."""
     applicants = Applicants(args.seed, run_id)
     rows = []
-    async with http_client(args.url, args.concurrency, args.timeout) as http:
+    token = operator_token(args.token, required=False)
+    async with http_client(args.url, args.concurrency, args.timeout, token) as http:
         for first in range(0, args.soak, args.every):
             count = min(args.every, args.soak - first)
             summary = await run_app(http, applicants.batch(count), args.concurrency, args.timeout,
@@ -809,7 +823,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--url",
         default=os.environ.get("LOAD_TEST_URL", DEFAULT_URL),
-        help=f"the app's base URL (default $LOAD_TEST_URL or {DEFAULT_URL})",
+        help=f"the app's base URL (default $LOAD_TEST_URL or {DEFAULT_URL}); --benchmark's and --orders'"
+             " floors reach Temporal at $TEMPORAL_ADDRESS (default localhost:7233), not through it",
     )
     parser.add_argument("--seed", type=int, default=1, help="fixes the mix of applicant profiles (default 1)")
     parser.add_argument(
@@ -817,7 +832,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument(
-        "--benchmark", action="store_true", help="compare the app with a bare Temporal workflow on the same server"
+        "--benchmark", action="store_true",
+        help="compare the app with a bare Temporal workflow on the same server: the floor connects to"
+             " $TEMPORAL_ADDRESS (default localhost:7233), the app's server, not --url",
     )
     parser.add_argument(
         "--levels", type=level_list, default="1,32", help="benchmark concurrency levels (default 1,32)"
@@ -831,10 +848,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--repeat", type=positive_int, default=1, help="benchmark runs per level; figures are their median (default 1)"
     )
     parser.add_argument("--orders", type=positive_int, metavar="N",
-                        help="place N auto-approved orders and follow each to the end; compare with the floor")
+                        help="place N auto-approved orders and follow each to the end; compare with the floor"
+                             " (on $TEMPORAL_ADDRESS, default localhost:7233, not --url)")
     parser.add_argument("--poll-interval", type=float, default=1.0,
                         help="with --orders: seconds between status reads of one order (default 1, a tracker page's pace)")
-    parser.add_argument("--token", help="with --orders: the operator token (default $OPERATOR_TOKEN or the data folder's)")
+    parser.add_argument("--token", help="the operator token (default $OPERATOR_TOKEN or the data folder's): needed with"
+                                        " --orders; for applications it shows which worker decided each")
     parser.add_argument("--soak", type=positive_int, metavar="TOTAL",
                         help="send TOTAL applications in blocks; print throughput, latency and memory per block")
     parser.add_argument("--every", type=positive_int, default=1000, metavar="BLOCK",
@@ -865,7 +884,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def load_test() -> Summary:
         applicants = Applicants(args.seed, run_id).batch(args.count)
-        async with http_client(args.url, args.concurrency, args.timeout) as http:
+        token = operator_token(args.token, required=False)
+        async with http_client(args.url, args.concurrency, args.timeout, token) as http:
             progress = Progress("applications", args.count)
             return await run_app(http, applicants, args.concurrency, args.timeout, progress)
 

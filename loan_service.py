@@ -5,6 +5,11 @@ reads an application (the stored record, else the live workflow), and sends
 the applicant's contact answer. It knows nothing of Flask: it takes typed
 input and returns `Decided`, `Pending` or `Duplicate`, or raises one of the
 errors below, which `loans_web.py` maps to HTTP answers.
+
+A result link outlives the workflow: once the workflow is gone (the server
+deletes a closed one when the namespace's retention has passed) or while
+Temporal is unreachable, reading an application serves its stored record, the
+newest of its workflow ID (`newest_in_group`, one look-up in either store).
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ STATUS_QUERY_TIMEOUT = 2.0
 class Decided:
     record: dict[str, Any]
     persisted: bool
+    # Whether the contact question can still be answered: True while the workflow runs, False once
+    # it has closed (or is gone), None when Temporal could not say (unreachable).
+    window_open: bool | None = True
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,7 @@ class NotFound(Exception):
 
 
 class WindowClosed(Exception):
-    """The application's workflow is no longer running (its window ended)."""
+    """The application exists but its workflow is no longer running (its window ended)."""
 
 
 class LoanService:
@@ -165,23 +173,32 @@ class LoanService:
             return await client.get_workflow_handle(workflow_id).describe()
 
     async def status(self, workflow_id: str) -> Decided | Pending:
-        """The latest application of this workflow ID: from the store, else live from the workflow."""
+        """The latest application of this workflow ID.
+
+        The workflow says which run is the latest, and that run's record is read
+        (else the live workflow is queried). Without the workflow — gone, or
+        Temporal unreachable — the newest stored record of the ID is the answer;
+        with no record either, NotFound or TemporalUnavailable.
+        """
         if not LOAN_WORKFLOW_ID.match(workflow_id):
             raise NotFound(workflow_id)
         try:
             description = await self._describe(workflow_id)
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
-                raise NotFound(workflow_id) from err
-            raise TemporalUnavailable(str(err)) from err
-        except TimeoutError as err:
-            raise TemporalUnavailable("timed out describing the workflow") from err
+                return self._stored(workflow_id, NotFound(workflow_id), window_open=False)
+            return self._stored(workflow_id, TemporalUnavailable(str(err)))
+        except TimeoutError:
+            return self._stored(workflow_id, TemporalUnavailable("timed out describing the workflow"))
+        except TemporalUnavailable as err:
+            return self._stored(workflow_id, err)
         if description.workflow_type != "LoanApplicationWorkflow":
             raise NotFound(workflow_id)
+        running = description.status == WorkflowExecutionStatus.RUNNING
         record = self.store.get(APPLICATIONS, record_key(workflow_id, description.run_id))
         if record is not None:
-            return Decided(record, persisted=True)
-        if description.status != WorkflowExecutionStatus.RUNNING:
+            return Decided(record, persisted=True, window_open=running)
+        if not running:
             # Closed without a record: it failed validation (the web layer
             # validates first, so only a workflow started by other means).
             raise NotFound(workflow_id)
@@ -190,7 +207,7 @@ class LoanService:
                 client = await self.temporal.get()
                 handle = client.get_workflow_handle(workflow_id, run_id=description.run_id)
                 status = await handle.query(LoanApplicationWorkflow.status)
-        except (TimeoutError, RPCError):
+        except (TimeoutError, RPCError, TemporalUnavailable):
             return Pending(workflow_id)  # no worker right now: the workflow waits for one
         if status.outcome is None:
             return Pending(workflow_id)
@@ -198,15 +215,26 @@ class LoanService:
         record["contact_preference"] = status.contact_preference
         return Decided(record, persisted=status.stage == "persisted")
 
+    def _stored(self, workflow_id: str, missing: Exception, window_open: bool | None = None) -> Decided:
+        """The newest stored record of the workflow ID, when the workflow cannot be asked; else raise `missing`."""
+        record = self.store.newest_in_group(APPLICATIONS, workflow_id)
+        if record is None:
+            raise missing
+        return Decided(record, persisted=True, window_open=window_open)
+
     async def record_contact(self, workflow_id: str, answer: str) -> None:
+        """Signal the answer to the running workflow; WindowClosed if the application exists but its
+        workflow has closed (or is gone), NotFound if nothing is known of it."""
         if not LOAN_WORKFLOW_ID.match(workflow_id):
-            raise WindowClosed(workflow_id)
+            raise NotFound(workflow_id)
         try:
             async with asyncio.timeout(STATUS_QUERY_TIMEOUT):
                 client = await self.temporal.get()
                 await client.get_workflow_handle(workflow_id).signal(LoanApplicationWorkflow.contact_preference, answer)
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
+                if self.store.newest_in_group(APPLICATIONS, workflow_id) is None:
+                    raise NotFound(workflow_id) from err
                 raise WindowClosed(workflow_id) from err
             raise TemporalUnavailable(str(err)) from err
         except TimeoutError as err:

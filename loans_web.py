@@ -2,19 +2,30 @@
 
 Each view parses its input (validation.py), awaits `LoanService`
 (loan_service.py), and turns the outcome into an answer: 200 decided, 202
-pending, 409 duplicate, 400 invalid, 404 unknown, 503 Temporal unreachable.
+pending, 409 duplicate, 400 invalid, 404 unknown, 503 Temporal unreachable
+(each worded for what was attempted: submitting, reading, answering).
+
+What a page says after a form post travels in the session (Flask's `flash`,
+rendered by base.html), never in the query string, which anyone can write into
+a link. Which worker decided (`processed_by`) is shown to operators only.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, jsonify, redirect, render_template, request, session, url_for
+from flask_wtf.csrf import CSRFError
 
-from loan_service import Duplicate, LoanService, NotFound, Pending, WindowClosed
+from loan_service import Decided, Duplicate, LoanService, NotFound, Pending, WindowClosed
+from operator_auth import operator_auth
 from temporal_client import TemporalUnavailable
 from validation import CONTACT_ANSWERS, InvalidApplication, parse_form_application, parse_json_application, parse_json_contact
-from web_common import BadBody, error_page, json_body, json_error, messages, page_argument
+from web_common import BadBody, bad_body_error, error_page, json_body, json_error, messages, page_argument
+
+# The session entry holding the contact answer this browser has just sent, for the page the
+# answer redirects to: the workflow records it a moment later (record_contact_preference).
+CONTACT_ANSWERED = "contact_answered"
 
 api = Blueprint("api", __name__, url_prefix="/api")
 pages = Blueprint("pages", __name__)
@@ -24,9 +35,9 @@ def service() -> LoanService:
     return current_app.extensions["loan_service"]
 
 
-def public_record(record: dict[str, Any], persisted: bool) -> dict[str, Any]:
-    """The API's view of a decided application."""
-    return {
+def public_record(record: dict[str, Any], persisted: bool, operator: bool = False) -> dict[str, Any]:
+    """The API's view of a decided application; `processed_by` (a worker's host name) for operators only."""
+    body = {
         "status": "decided",
         "workflow_id": record["workflow_id"],
         "decision": record["decision"],
@@ -40,6 +51,9 @@ def public_record(record: dict[str, Any], persisted: bool) -> dict[str, Any]:
         # The decision email's state ("sent", "retrying", "refused"), once the worker has tried.
         "email": record.get("email"),
     }
+    if not operator:
+        del body["processed_by"]
+    return body
 
 
 def duplicate_body(duplicate: Duplicate) -> dict[str, Any]:
@@ -56,7 +70,7 @@ def duplicate_body(duplicate: Duplicate) -> dict[str, Any]:
 
 @api.errorhandler(BadBody)
 def _bad_body(err: BadBody):
-    return json_error(err.status, err.message)
+    return bad_body_error(err)
 
 
 @api.post("/evaluate")
@@ -73,7 +87,7 @@ async def evaluate():
         return jsonify(duplicate_body(outcome)), 409
     if isinstance(outcome, Pending):
         return pending_response(outcome.workflow_id)
-    return jsonify(public_record(outcome.record, outcome.persisted)), 200
+    return jsonify(public_record(outcome.record, outcome.persisted, operator_auth().is_operator())), 200
 
 
 def pending_response(workflow_id: str):
@@ -91,10 +105,10 @@ async def application(workflow_id: str):
     except NotFound:
         return json_error(404, messages().errors["not_found"])
     except TemporalUnavailable:
-        return json_error(503, messages().errors["unavailable"])
+        return json_error(503, messages().errors["unavailable_read"])
     if isinstance(outcome, Pending):
         return pending_response(workflow_id)
-    return jsonify(public_record(outcome.record, outcome.persisted)), 200
+    return jsonify(public_record(outcome.record, outcome.persisted, operator_auth().is_operator())), 200
 
 
 @api.post("/applications/<workflow_id>/contact")
@@ -105,10 +119,12 @@ async def contact_api(workflow_id: str):
         return json_error(400, messages().errors["invalid_application"], fields=err.fields)
     try:
         await service().record_contact(workflow_id, answer)
-    except WindowClosed:
+    except NotFound:
         return json_error(404, messages().errors["not_found"])
+    except WindowClosed:
+        return json_error(409, messages().errors["contact_closed"])
     except TemporalUnavailable:
-        return json_error(503, messages().errors["unavailable"])
+        return json_error(503, messages().errors["contact_unavailable"])
     return jsonify({"workflow_id": workflow_id, "contact_preference": answer}), 202
 
 
@@ -118,7 +134,7 @@ def applications_api():
     records, total, pages_ = service().recent(page)
     return jsonify(
         {
-            "applications": [public_record(r, persisted=True) for r in records],
+            "applications": [public_record(r, persisted=True, operator=True) for r in records],
             "page": page,
             "pages": pages_,
             "total": total,
@@ -161,19 +177,36 @@ async def application_page(workflow_id: str):
     except NotFound:
         return error_page(404, "Application not found", messages().errors["not_found"])
     except TemporalUnavailable:
-        return error_page(503, "Temporarily unavailable", messages().errors["unavailable"])
+        return error_page(503, "Temporarily unavailable", messages().errors["unavailable_read"])
     if isinstance(outcome, Pending):
         return render_template(
             "loans/pending.html", workflow_id=workflow_id, temporal_url=service().temporal_url(workflow_id)
         ), 200
-    contact = request.args.get("contact")
+    return render_result(outcome, just_answered(workflow_id))
+
+
+def just_answered(workflow_id: str) -> str | None:
+    """The contact answer this browser sent for this application just before the redirect, if any."""
+    answered = session.pop(CONTACT_ANSWERED, None)
+    if isinstance(answered, dict) and answered.get("workflow_id") == workflow_id:
+        answer = answered.get("answer")
+        return answer if answer in CONTACT_ANSWERS else None
+    return None
+
+
+def render_result(outcome: Decided, answered: str | None):
+    record = outcome.record
+    if answered is not None:
+        # The workflow accepted the answer; its record says so a moment later.
+        record = {**record, "contact_preference": answered}
+    email = record["application"]["email"]
     return render_template(
         "loans/result.html",
-        record=outcome.record,
+        record=record,
         persisted=outcome.persisted,
-        temporal_url=service().temporal_url(workflow_id, outcome.record["run_id"]),
-        contact_notice="Thanks, your answer is recorded." if contact == "recorded" else None,
-        contact_error=None,
+        window_open=outcome.window_open,
+        contact_texts={name: text.format(email=email) for name, text in messages().contact.items()},
+        temporal_url=service().temporal_url(record["workflow_id"], record["run_id"]),
     )
 
 
@@ -182,13 +215,35 @@ async def contact(workflow_id: str):
     answer = request.form.get("answer")
     if answer not in CONTACT_ANSWERS:
         return error_page(400, "Invalid answer", messages().validation["contact"])
+    page = url_for("pages.application", workflow_id=workflow_id)
     try:
         await service().record_contact(workflow_id, answer)
-    except WindowClosed:
+    except NotFound:
         return error_page(404, "Application not found", messages().errors["not_found"])
+    except WindowClosed:
+        flash(messages().errors["contact_closed"], "invalid")
+        return redirect(page, code=303)
     except TemporalUnavailable:
-        return error_page(503, "Temporarily unavailable", messages().errors["unavailable"])
-    return redirect(url_for("pages.application", workflow_id=workflow_id, contact="recorded"), code=303)
+        return error_page(503, "Temporarily unavailable", messages().errors["contact_unavailable"],
+                          back_url=page, back_text="Back to your application")
+    flash(messages().contact["recorded"], "success")
+    session[CONTACT_ANSWERED] = {"workflow_id": workflow_id, "answer": answer}
+    return redirect(page, code=303)
+
+
+@pages.errorhandler(CSRFError)
+def session_expired(err: CSRFError):
+    """No or an expired session (so no CSRF token): still refused, but the loan form comes back
+    with what was typed and says why; nothing was started."""
+    if request.endpoint == "pages.apply":
+        values = {name: request.form.get(name, "") for name in request.form if name != "csrf_token"}
+        notice = {"kind": "invalid", "title": messages().errors["session_expired"], "text": ""}
+        return render_template("loans/form.html", values=values, errors={}, notice=notice), 400
+    if request.endpoint == "pages.contact":
+        page = url_for("pages.application", workflow_id=request.view_args["workflow_id"])
+        return error_page(400, "Session expired", messages().errors["session_expired"],
+                          back_url=page, back_text="Back to your application")
+    return error_page(400, err.name, err.description)
 
 
 @pages.get("/applications")

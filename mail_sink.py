@@ -27,7 +27,10 @@ class MaildirHandler:
         self.refused = refused if refused is not None else set()
         self.attempts: list[str] = []  # every RCPT TO, accepted or not
         self.received: list[str] = []  # Message-IDs of the accepted messages, in order
+        self.contents: list[bytes] = []  # the same messages as they came over the wire
         self.data_delay = 0.0  # seconds to hold a message before accepting it (tests: a crash mid-send)
+        # Tests: keep this many messages but answer 451, as when the server's "accepted" is lost on the way.
+        self.lost_answers = 0
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         self.attempts.append(address)
@@ -42,6 +45,10 @@ class MaildirHandler:
         message = message_from_bytes(envelope.content, policy=policy.default)
         self.maildir.add(message)
         self.received.append(message["Message-ID"])  # the order of acceptance (a Maildir has none)
+        self.contents.append(envelope.content)
+        if self.lost_answers:
+            self.lost_answers -= 1
+            return "451 4.3.0 try again later"
         return "250 Message accepted for delivery"
 
 

@@ -7,15 +7,21 @@ The message is built with the standard library's `email` package (headers from
 `email.headerregistry.Address`, so a name or address cannot add headers or
 recipients) and sent with `smtplib` in a sync activity, which runs on the
 worker's thread pool. SMTP is at-least-once: each message carries a Message-ID
-derived from the application and the kind, so a retry after a crash re-sends
-the same message; the application record (for an order, its `order_emails`
+derived from the workflow ID and the kind, and a Date that is when the workflow
+asked for the email (the activity's scheduled time, the same on every attempt),
+and its MIME boundary comes from its content, so a retry after a crash re-sends
+the same message byte for byte; the application record (for an order, its `order_emails`
 record per kind) notes that it was sent, so a retry after success sends nothing.
+The decision email has its own wording (`LoanOutcome.email_text`, fixed with the
+decision): the page says "we are emailing…", the email is the message itself,
+with the decision's reason explained.
 Reasons recorded or raised never quote the recipient's address: they reach
 the worker's log.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import os
 import smtplib
@@ -24,14 +30,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formatdate
+from email.utils import format_datetime
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from shared import ORDER_EMAILS, LoanOutcome, OrderEmailRequest, record_key
+from shared import ORDER_EMAILS, DecisionEmail, LoanOutcome, OrderEmailRequest, order_workflow_id, record_key
 from store import JsonStore
 
 APPLICATIONS = "applications"
@@ -79,11 +85,22 @@ def mail_from_env() -> str:
     return os.environ.get("MAIL_FROM", DEFAULT_MAIL_FROM)
 
 
-def message_id(subject_id: str, kind: str, mail_from: str, prefix: str = "loan") -> str:
-    """Stable per application (or order, with prefix "order") and kind: a re-send is the same message."""
+def message_id(workflow_id: str, kind: str, mail_from: str) -> str:
+    """Stable per workflow and kind, `<loan-….decision@domain>`, `<order-….shipped@domain>`: a re-send is
+    the same message. (Before, a loan's read `<loan-loan-….decision@…>`: a retry straddling the change
+    could carry the old one.)"""
     domain = parse_mailbox(mail_from).domain or "loans.invalid"
-    safe_id = "".join(c if c.isalnum() or c in "-._" else "-" for c in subject_id)
-    return f"<{prefix}-{safe_id}.{kind}@{domain}>"
+    safe_id = "".join(c if c.isalnum() or c in "-._" else "-" for c in workflow_id)
+    return f"<{safe_id}.{kind}@{domain}>"
+
+
+def _fix_boundary(message: EmailMessage) -> None:
+    """A MIME boundary derived from the message's parts, not a random one: a re-send is byte-identical.
+    A hash of the content cannot occur in that content."""
+    digest = hashlib.sha256(message["Message-ID"].encode())
+    for part in message.iter_parts():
+        digest.update(part.as_bytes())
+    message.set_boundary(f"=_{digest.hexdigest()[:40]}")
 
 
 def parse_mailbox(text: str) -> Address:
@@ -95,37 +112,49 @@ def parse_mailbox(text: str) -> Address:
     return Address(display_name=name, username=username, domain=domain)
 
 
-def decision_email(outcome: LoanOutcome, public_url: str, mail_from: str) -> EmailMessage:
-    """The decision, its next steps and the link to the applicant's result page; no income or score."""
+def decision_email(outcome: LoanOutcome, public_url: str, mail_from: str, date: datetime) -> EmailMessage:
+    """The decision, its reason and next steps in the email's own words, and the link to the
+    applicant's result page; no income or score. `date` is the Date header (when the workflow,
+    having decided, asked for the email), so every attempt builds the same message."""
     application = outcome.application
     link = f"{public_url.rstrip('/')}/applications/{outcome.workflow_id}"
-    text = outcome.message
+    # Decided before the email had its own wording: the page's texts, as such emails always were.
+    text = outcome.email_text or DecisionEmail(outcome.message.message, "", outcome.message.next_steps)
     message = EmailMessage()
-    message["Subject"] = text.title
+    message["Subject"] = outcome.message.title
     message["From"] = parse_mailbox(mail_from)
     # The address is checked as one addr-spec (no second recipient hidden in it), and
     # Address() raises on CR/LF in any part: a crafted name cannot add a header or a recipient.
     recipient = validate_email(application.email, check_deliverability=False)
-    message["To"] = Address(display_name=application.name, username=recipient.local_part, domain=recipient.domain)
+    # A name holding "=?" would be decoded by mail clients as an RFC 2047 encoded-word (a name
+    # that reads "Bcc: …"): validation refuses it, and a record from elsewhere goes out without a name.
+    display_name = "" if "=?" in application.name else application.name
+    message["To"] = Address(display_name=display_name, username=recipient.local_part, domain=recipient.domain)
+    message["Date"] = format_datetime(date.astimezone(timezone.utc))
     message["Message-ID"] = message_id(outcome.workflow_id, "decision", mail_from)
+    paragraphs = [text.message, text.explanation] if text.explanation else [text.message]
     steps_text = "\n".join(f"- {step}" for step in text.next_steps)
+    body = "\n\n".join(paragraphs)
     message.set_content(
-        f"Dear {application.name},\n\n{text.message}\n\nNext steps:\n{steps_text}\n\n"
+        f"Dear {application.name},\n\n{body}\n\nNext steps:\n{steps_text}\n\n"
         f"Your application and its decision: {link}\n"
     )
+    paragraphs_html = "".join(f"<p>{html.escape(paragraph)}</p>" for paragraph in paragraphs)
     steps_html = "".join(f"<li>{html.escape(step)}</li>" for step in text.next_steps)
     message.add_alternative(
-        f"<p>Dear {html.escape(application.name)},</p><p>{html.escape(text.message)}</p>"
+        f"<p>Dear {html.escape(application.name)},</p>{paragraphs_html}"
         f"<p>Next steps:</p><ul>{steps_html}</ul>"
         f'<p><a href="{html.escape(link)}">Your application and its decision</a></p>',
         subtype="html",
     )
+    _fix_boundary(message)
     return message
 
 
-def order_email(request: OrderEmailRequest, mail_from: str) -> EmailMessage:
+def order_email(request: OrderEmailRequest, mail_from: str, date: datetime) -> EmailMessage:
     """One of an order's emails: the workflow's subject and text, in plain text and HTML.
 
+    `date` is the Date header (when the workflow asked for the email, the same on every attempt).
     Raises ValueError for a subject or an address that could add a header
     (CR/LF) or a recipient; the body may hold any order field (it is no header).
     """
@@ -134,11 +163,12 @@ def order_email(request: OrderEmailRequest, mail_from: str) -> EmailMessage:
     message["From"] = parse_mailbox(mail_from)
     recipient = validate_email(request.to, check_deliverability=False)
     message["To"] = Address(username=recipient.local_part, domain=recipient.domain)
-    message["Message-ID"] = message_id(request.order_id, request.kind, mail_from, prefix="order")
-    message["Date"] = formatdate(usegmt=True)  # when this attempt sent it; the Message-ID stays the same
+    message["Message-ID"] = message_id(order_workflow_id(request.order_id), request.kind, mail_from)
+    message["Date"] = format_datetime(date.astimezone(timezone.utc))
     message.set_content(f"Hello,\n\n{request.text}\n")
     paragraphs = "".join(f"<p>{html.escape(line)}</p>" for line in request.text.split("\n\n"))
     message.add_alternative(f"<p>Hello,</p>{paragraphs}", subtype="html")
+    _fix_boundary(message)
     return message
 
 
@@ -196,7 +226,7 @@ class EmailActivities:
         if previous in ("sent", "refused"):
             return previous  # a retry after success (or a final refusal) sends nothing
         try:
-            message = decision_email(outcome, self.public_url, self.mail_from)
+            message = decision_email(outcome, self.public_url, self.mail_from, activity.info().scheduled_time)
         except (ValueError, EmailNotValidError) as err:
             return self._unaddressable(err, lambda email: self._record(outcome, email))
         return self._deliver(message, outcome.application.email, lambda email: self._record(outcome, email))
@@ -213,7 +243,7 @@ class EmailActivities:
             self.store.put(ORDER_EMAILS, key, {"order_id": request.order_id, "kind": request.kind, **email})
 
         try:
-            message = order_email(request, self.mail_from)
+            message = order_email(request, self.mail_from, activity.info().scheduled_time)
         except (ValueError, EmailNotValidError) as err:
             return self._unaddressable(err, record)
         return self._deliver(message, request.to, record)

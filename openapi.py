@@ -60,10 +60,13 @@ OPERATIONS: dict[str, dict[str, tuple]] = {
         [*BAD_BODY, (409, "An application from this email is in its 7-day window"), UNAVAILABLE], False)},
     "/api/applications/{workflow_id}": {"get": (
         "One application: decided (200) or pending (202)", [APPLICATION_ID], None, False,
-        {200: "Decided", 202: "Pending"}, [(404, "No such application"), UNAVAILABLE], False)},
+        {200: "Decided (also once its workflow is gone, or Temporal unreachable: the stored record)", 202: "Pending"},
+        [(404, "No such application"), (503, "Temporal is unreachable and nothing is stored for this ID yet")], False)},
     "/api/applications/{workflow_id}/contact": {"post": (
         "Answer whether a loan agent may call", [APPLICATION_ID], "ContactAnswer", True,
-        {202: "Recorded on the application"}, [*BAD_BODY, (404, "No such open application"), UNAVAILABLE], False)},
+        {202: "Recorded on the application"},
+        [*BAD_BODY, (404, "No such application"), (409, "The application's window has ended: not recorded"),
+         UNAVAILABLE], False)},
     "/api/applications": {"get": (
         "Recent applications, newest first", [PAGE], None, False, {200: "A page of applications"},
         [(400, "A bad page number"), NOT_OPERATOR], True)},

@@ -168,9 +168,15 @@ def local_path(target: str | None) -> str:
     return target.rstrip("?")
 
 
+def signin_page(target: str, error: str | None):
+    # Where this deployment keeps the token (its DATA_DIR, or the OPERATOR_TOKEN it was given).
+    return render_template("auth/signin.html", next=target, error=error,
+                           token_hint=current_app.extensions["signin_hint"])
+
+
 @auth.get("/signin")
 def signin():
-    return render_template("auth/signin.html", next=local_path(request.args.get("next")), error=None)
+    return signin_page(local_path(request.args.get("next")), None)
 
 
 @auth.post("/signin")
@@ -178,7 +184,7 @@ def signin_submit():
     target = local_path(request.form.get("next"))
     if not operator_auth().token_matches(request.form.get("token", "")):
         error = current_app.extensions["messages"].errors["wrong_operator_token"]
-        return render_template("auth/signin.html", next=target, error=error), 401
+        return signin_page(target, error), 401
     session.clear()  # a new session on sign-in: nothing from before carries over
     session[SESSION_KEY] = operator_auth().fingerprint
     session.permanent = False
@@ -202,6 +208,7 @@ def csrf_field() -> Markup:
 def init_app(app: Flask, settings: Settings) -> None:
     """Sign-in routes, the operator check, CSRF and security headers for every request."""
     app.extensions["operator_auth"] = OperatorAuth(load_operator_token(settings))
+    app.extensions["signin_hint"] = signin_hint(settings)
     # Sessions are signed with a key derived from the deployment's secret, apart
     # from the one that makes workflow IDs.
     app.secret_key = hmac.new(settings.secret_key.encode(), b"flask-session", hashlib.sha256).hexdigest()

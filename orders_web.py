@@ -45,7 +45,7 @@ from validation import (
     parse_json_failure,
     parse_json_order,
 )
-from web_common import BadBody, error_page, json_body, json_error, page_argument
+from web_common import BadBody, bad_body_error, error_page, json_body, json_error, page_argument
 
 # The status.attempts entry that tells how many tries a milestone took.
 MILESTONE_ATTEMPTS = {
@@ -84,7 +84,7 @@ def body(optional: bool = False) -> Any:
 
 @orders_api.errorhandler(BadBody)
 def _bad_body(err: BadBody):
-    return json_error(err.status, err.message)
+    return bad_body_error(err)
 
 
 @orders_api.errorhandler(InvalidOrder)

@@ -15,6 +15,9 @@ suite against both.
   unlike a row lock, also holds for a document not written yet (the first
   reservation of the stock). Everything written inside `with store.locked(...)`
   commits together or not at all.
+- In a grouped collection (keys `<group>.<name>`), `newest_in_group` is a range
+  of the `documents_listed_by_key` index (002): the group's listed rows, newest
+  `seq` first, a handful per group (an application's runs).
 - The schema comes from numbered SQL files in `migrations/`, applied at start by
   whichever process comes first under a session advisory lock (`migrate`).
 - A server that cannot be reached raises `StoreUnavailable`: activities retry,
@@ -36,7 +39,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from store import _KEY, _SORT_KEY, DEFAULT_COUNTED_FIELDS, StoreUnavailable, _count_value
+from store import _KEY, _SORT_KEY, DEFAULT_COUNTED_FIELDS, DEFAULT_GROUPED, StoreUnavailable, _count_value
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
@@ -83,8 +86,10 @@ def migrate(connection: psycopg.Connection) -> list[int]:
 
 
 class PostgresStore:
-    def __init__(self, url: str, counted_fields: dict[str, tuple[str, ...]] | None = None, max_connections: int = 10):
+    def __init__(self, url: str, counted_fields: dict[str, tuple[str, ...]] | None = None, max_connections: int = 10,
+                 grouped: tuple[str, ...] | None = None):
         self.counted_fields = DEFAULT_COUNTED_FIELDS if counted_fields is None else counted_fields
+        self.grouped = DEFAULT_GROUPED if grouped is None else tuple(grouped)
         self._unreachable_until = 0.0  # a circuit breaker: while the server is down, fail at once
         self._breaker = threading.Lock()
         # The connection of the transaction this thread or task is in (`locked`), if any.
@@ -166,6 +171,21 @@ class PostgresStore:
                 "SELECT doc FROM documents WHERE collection = %s AND seq <= %s AND seq > %s ORDER BY seq DESC",
                 (collection, newest, newest - max(limit, 0))).fetchall()
         return [r[0] for r in rows], total
+
+    def newest_in_group(self, collection: str, group: str) -> dict[str, Any] | None:
+        """The newest listed document whose key is `<group>.<name>` (the JSON store's contract)."""
+        if collection not in self.grouped:
+            raise ValueError(f"{collection!r} is not grouped")
+        _check(collection, group)
+        # Keys in C order: every `<group>.…` lies in [`<group>.`, `<group>/`) ('/' follows '.');
+        # a key with a further dot after the group's belongs to a longer group.
+        with self._transaction() as connection:
+            row = connection.execute(
+                'SELECT doc FROM documents WHERE collection = %s AND seq IS NOT NULL'
+                ' AND key COLLATE "C" >= %s AND key COLLATE "C" < %s AND strpos(substr(key, %s), \'.\') = 0'
+                ' ORDER BY seq DESC LIMIT 1',
+                (collection, f"{group}.", f"{group}/", len(group) + 2)).fetchone()
+        return None if row is None else row[0]
 
     def list_all(self, collection: str) -> list[dict[str, Any]]:
         _check(collection)

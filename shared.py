@@ -18,6 +18,18 @@ from email_validator import validate_email
 from temporalio.common import SearchAttributeKey
 
 DECISIONS = ("pre_approved", "conditional", "denied", "denied_compliance")
+# Why a decision was made, one code per rule (activities.LoanActivities.decide); messages.json
+# "reasons" words each for the applicant, in the decision email.
+DECISION_REASONS = (
+    "credit_below_minimum",
+    "loan_above_maximum",
+    "bankruptcy_credit_below_minimum",
+    "bankruptcy_review",
+    "strong_and_affordable",
+    "loan_to_income_above_limit",
+    "fair_credit_review",
+    "does_not_qualify",
+)
 
 # Custom search attributes: registered on the dev server by `make run` and the
 # tests. They carry no PII, only the decision and a coarse amount band.
@@ -27,6 +39,10 @@ SEARCH_ATTRIBUTES = (LOAN_DECISION, LOAN_AMOUNT_BAND)
 
 # Error type raised by the validate step; the workflow and retry policies name it.
 INVALID_APPLICATION = "InvalidApplication"
+
+
+# RFC 5321, 4.5.3.1.1: the part before the "@" is at most 64 octets (UTF-8 bytes, RFC 6531).
+MAX_LOCAL_PART_OCTETS = 64
 
 
 def normalize_email(raw: str) -> str:
@@ -40,16 +56,26 @@ def normalize_email(raw: str) -> str:
        become one string; no mail provider tells these apart, they only fool a
        byte comparison;
     3. lower-case the whole address, the part before the "@" too: the product
-       already treats John@x and john@x as one applicant;
-    4. email-validator checks the syntax (no DNS look-up: validation must not
+       already treats John@x and john@x as one applicant. `str.lower`, not
+       `casefold` (which makes "straße" "strasse", a mailbox a provider may keep
+       apart), except that the dotted capital "İ" becomes "i": its default lower
+       case is "i" + a combining dot above (U+0307), a spelling no mailbox uses,
+       while a Turkish keyboard types "İ" for the capital of "i";
+    4. NFKC again: lower-casing can leave a string that is no longer NFKC;
+    5. email-validator checks the syntax (no DNS look-up: validation must not
        depend on the network) and puts the domain through IDNA (UTS-46), so
-       "BÜCHER.de" and "xn--bcher-kva.de" both give "bücher.de".
+       "BÜCHER.de" and "xn--bcher-kva.de" both give "bücher.de"; the part before
+       the "@" may have at most 64 octets (RFC 5321).
+    ASCII addresses come out as before (trimmed, lower-cased), so their workflow IDs do not change.
     Provider-specific aliases (plus tags, Gmail's dots) are not folded: they are
     different mailboxes to the mail system. Idempotent, so normalising twice is safe.
     Raises ValueError (email_validator.EmailNotValidError) for an invalid address.
     """
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw.strip()).lower())
+    composed = unicodedata.normalize("NFKC", raw.strip())
+    folded = unicodedata.normalize("NFKC", composed.replace("\u0130", "i").lower())
     checked = validate_email(folded, check_deliverability=False)
+    if len(checked.local_part.encode("utf-8")) > MAX_LOCAL_PART_OCTETS:
+        raise ValueError(f"the part before the @ has more than {MAX_LOCAL_PART_OCTETS} octets")
     return f"{checked.local_part}@{checked.domain}"
 
 
@@ -109,6 +135,17 @@ class DecisionMessage:
 
 
 @dataclass(frozen=True)
+class DecisionEmail:
+    """The decision email's own wording (messages.json `decisions.<decision>.email`): the email is
+    the message, so it never promises another one; `explanation` is the decision's reason in the
+    applicant's words (messages.json `reasons`), never their income or credit score."""
+
+    message: str
+    explanation: str
+    next_steps: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class CreditDecision:
     """Result of the decide step."""
 
@@ -118,6 +155,8 @@ class CreditDecision:
     loan_to_income_ratio: float | None
     message: DecisionMessage
     decided_by: str
+    # None in histories recorded before the email had its own wording.
+    email_text: DecisionEmail | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +172,8 @@ class LoanOutcome:
     loan_to_income_ratio: float | None
     message: DecisionMessage
     decided_by: str
+    # The email's wording, fixed with the decision (None: decided before it had its own).
+    email_text: DecisionEmail | None = None
 
 
 @dataclass(frozen=True)

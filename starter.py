@@ -60,7 +60,9 @@ async def readyz():
             client = await current_app.extensions["temporal"].get()
             await client.service_client.check_health()
     except Exception as err:  # noqa: BLE001 - any failure means "not ready"
-        return jsonify({"status": "unavailable", "error": str(err) or type(err).__name__}), 503
+        # The detail (addresses, gRPC text) is for the log; anyone may call /readyz.
+        current_app.logger.warning("Not ready: Temporal is unreachable: %s", str(err) or type(err).__name__)
+        return jsonify({"status": "unavailable", "error": messages().errors["not_ready"]}), 503
     return jsonify({"status": "ready"})
 
 

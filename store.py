@@ -6,6 +6,8 @@ Layout under the root folder:
     <collection>/_index/<n>.seq               the key of the n-th listed record (1, 2, ...)
     <collection>/_index/<key>.key             a listed record's number and the values it is counted under
     <collection>/_index/journal.json          an index change in progress (redo log), gone once applied
+    <collection>/_index/<group>.newest        a grouped collection's newest listed key of each group
+    <collection>/_index/groups.json           present once the group pointers cover every listed record
     <collection>/_index/.lock                 the collection's index lock
     _locks/<n>.lock                           a fixed set of lock files (lock striping)
 
@@ -36,6 +38,11 @@ Why it is built this way:
   journal is renamed and the folder fsynced, then the index files
   (`test_every_file_is_fsynced_before_its_rename_and_durable_before_the_write_returns`):
   five waits instead of eight, three of them under the lock instead of six.
+- In a grouped collection (keys `<group>.<name>`, such as an application's
+  `<workflow id>.<run id>`), the same index change also points the group at
+  its newest listed key, so `newest_in_group` reads two small files, never the
+  folder. A folder written before the pointers existed gets them once, at the
+  first `newest_in_group` of the collection (one pass over its index entries).
 """
 
 from __future__ import annotations
@@ -59,6 +66,11 @@ _SORT_KEY = re.compile(r"^[A-Za-z0-9.:+-]{1,64}$")
 LOCK_STRIPES = 64
 # The fields each collection is counted by (`count_by`): the pages show these counts above the lists.
 DEFAULT_COUNTED_FIELDS: dict[str, tuple[str, ...]] = {"applications": ("decision",), "orders": ("status",)}
+# The collections whose keys are `<group>.<name>` and that find a group's newest listed record
+# (`newest_in_group`): an application is `<workflow id>.<run id>`, and a workflow ID runs again after its window.
+DEFAULT_GROUPED: tuple[str, ...] = ("applications",)
+POINTER_BATCH = 64  # pointers written at once by the one-time pass over an older folder
+GROUPS_DONE = "groups.json"  # in `_index`: every listed record of the collection has its group's pointer
 
 
 class StoreUnavailable(Exception):
@@ -66,9 +78,11 @@ class StoreUnavailable(Exception):
 
 
 class JsonStore:
-    def __init__(self, root: Path | str, counted_fields: dict[str, tuple[str, ...]] | None = None):
+    def __init__(self, root: Path | str, counted_fields: dict[str, tuple[str, ...]] | None = None,
+                 grouped: tuple[str, ...] | None = None):
         self.root = Path(root)
         self.counted_fields = DEFAULT_COUNTED_FIELDS if counted_fields is None else counted_fields
+        self.grouped = DEFAULT_GROUPED if grouped is None else tuple(grouped)
         self._index_mutexes: dict[Path, threading.Lock] = {}
         self._mutexes_guard = threading.Lock()
         (self.root / "_locks").mkdir(parents=True, exist_ok=True)
@@ -108,6 +122,19 @@ class JsonStore:
         index = self._index(collection)
         self._recover_if_needed(index)
         return dict(_read_json(index / "state.json", {"counts": {}}).get("counts", {}).get(field, {}))
+
+    def newest_in_group(self, collection: str, group: str) -> dict[str, Any] | None:
+        """The newest listed document (by first write, as the lists) whose key is `<group>.<name>`,
+        in a grouped collection; None if the group has none. Reads a pointer, not the folder."""
+        if collection not in self.grouped:
+            raise ValueError(f"{collection!r} is not grouped")
+        _checked_key(group)
+        index = self._index(collection)
+        self._recover_if_needed(index)
+        if not (index / GROUPS_DONE).exists():
+            self._point_every_group(index)
+        pointer = _read_json(index / f"{group}.newest", None)
+        return None if pointer is None else self.get(collection, pointer["key"])
 
     def list_all(self, collection: str) -> list[dict[str, Any]]:
         """Every document of a small collection (for example one order's events), by key."""
@@ -202,6 +229,7 @@ class JsonStore:
         key, entry = journal["key"], journal["entry"]
         return [(index / f"{key}.key", json.dumps(entry).encode()),
                 (index / f"{entry['seq']}.seq", key.encode()),
+                *self._group_pointer(index, key, entry["seq"]),
                 (index / "state.json", json.dumps(journal["state"]).encode())]
 
     def _apply(self, index: Path, journal: dict[str, Any], staged: list[tuple[Path, str]] | None = None) -> None:
@@ -215,6 +243,39 @@ class JsonStore:
         finally:
             _discard(staged)
         os.unlink(index / "journal.json")
+
+    def _group_pointer(self, index: Path, key: str, seq: int) -> list[tuple[Path, bytes]]:
+        """The pointer of the key's group at it, unless the group already has a newer one (index
+        lock held). Decided from the files alone, so a redo does the same."""
+        group = _group_of(key)
+        if group is None or index.parent.name not in self.grouped:
+            return []
+        pointer = _read_json(index / f"{group}.newest", None)
+        if pointer is None or pointer["seq"] < seq:
+            return [(index / f"{group}.newest", json.dumps({"key": key, "seq": seq}).encode())]
+        return []
+
+    def _point_every_group(self, index: Path) -> None:
+        """Once per collection written before the group pointers: point each group at its newest
+        listed key, from the index entries (index lock held, so no listed write runs meanwhile)."""
+        with self._index_lock(index):
+            self._recover(index)
+            if (index / GROUPS_DONE).exists():
+                return  # another thread or process did it meanwhile
+            newest: dict[Path, dict[str, Any]] = {}
+            for name in os.listdir(index):
+                if name.endswith(".key") and not name.startswith("."):
+                    entry = _read_json(index / name, None)
+                    if entry is None:
+                        continue
+                    for path, data in self._group_pointer(index, name[: -len(".key")], entry["seq"]):
+                        pointer = json.loads(data)
+                        if path not in newest or newest[path]["seq"] < pointer["seq"]:
+                            newest[path] = pointer
+            files = [(path, json.dumps(pointer).encode()) for path, pointer in newest.items()]
+            for start in range(0, len(files), POINTER_BATCH):  # a bounded number of open files at once
+                _atomic_write_all(files[start:start + POINTER_BATCH])
+            _atomic_write(index / GROUPS_DONE, b"{}")  # last: its presence is what counts
 
     def _recover(self, index: Path) -> None:
         """Redo an index change whose writer crashed after journaling it (index lock held)."""
@@ -267,6 +328,12 @@ def _checked_key(key: str) -> str:
     return key
 
 
+def _group_of(key: str) -> str | None:
+    """The group of a key `<group>.<name>` (the part before its last dot); None without a dot."""
+    group, dot, _ = key.rpartition(".")
+    return group if dot and group else None
+
+
 def _count_value(value: Any) -> str | None:
     """The name a field's value is counted under (counts are JSON object keys: text)."""
     return None if value is None else value if isinstance(value, str) else json.dumps(value)
@@ -280,7 +347,12 @@ def _read_json(path: Path, default: Any) -> Any:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    staged = _stage([(path, data)])
+    _atomic_write_all([(path, data)])
+
+
+def _atomic_write_all(files: list[tuple[Path, bytes]]) -> None:
+    """Replace each file with its new content, in the list's order; durable once it returns."""
+    staged = _stage(files)
     try:
         _commit(staged)
     finally:

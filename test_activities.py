@@ -96,8 +96,72 @@ def test_messages_fill_in_amount_and_email(activities):
     decision = activities.decide(applicant(750, 50_000.0, 150_000.0, email="john@example.com"))
     assert decision.message.title == "You're pre-approved!"
     assert "$50,000" in decision.message.message
-    assert any("john@example.com" in step for step in decision.message.next_steps)
+    assert "We are emailing the details to john@example.com." in decision.message.message
     assert decision.decided_by == "worker-test"
+
+
+# (credit score, loan, income, bankruptcy) -> decision and reason code; income 100,000 and the
+# scores are what the explanation must never quote.
+REASON_CASES = [
+    (550, 10_000, False, "denied_compliance", "credit_below_minimum"),
+    (750, 500_001, False, "denied_compliance", "loan_above_maximum"),
+    (650, 10_000, True, "denied", "bankruptcy_credit_below_minimum"),
+    (750, 10_000, True, "conditional", "bankruptcy_review"),
+    (750, 40_000, False, "pre_approved", "strong_and_affordable"),
+    (750, 41_000, False, "conditional", "loan_to_income_above_limit"),
+    (700, 50_000, False, "conditional", "fair_credit_review"),
+    (700, 51_000, False, "denied", "does_not_qualify"),
+]
+MESSAGES = load_messages(HERE / "messages.json")
+RULES = load_rules(HERE / "rules.json")
+
+
+@pytest.mark.parametrize(("credit_score", "loan_amount", "has_bankruptcy", "decision", "code"), REASON_CASES)
+def test_the_page_says_what_happens_and_the_email_explains_in_its_own_words(
+        activities, credit_score, loan_amount, has_bankruptcy, decision, code):
+    decided = activities.decide(applicant(credit_score, float(loan_amount), 100_000.0, has_bankruptcy))
+    assert decided.decision == decision
+    page = " ".join([decided.message.message, *decided.message.next_steps])
+    # The page: the email is on its way (true from the moment it is shown), nothing else promised.
+    assert "We are emailing the details to ada@example.com." in page
+    for untrue in ("letter", "explanation", "will contact you", "business days"):
+        assert untrue not in page, (untrue, page)
+    # The email is the message: it promises no other, and carries the reason in the applicant's words.
+    email = decided.email_text
+    assert email is not None and email.message and email.next_steps
+    said = " ".join([email.message, email.explanation, *email.next_steps])
+    for untrue in ("emailing", "letter", "will contact you", "business days"):
+        assert untrue not in said, (untrue, said)
+    values = {"min_credit_score": 600, "max_loan_amount": "$500,000", "bankruptcy_min_credit_score": 680,
+              "prime_max_loan_to_income": "40%"}
+    assert email.explanation == MESSAGES.reasons[code].format(**values)
+    # Never the applicant's own score or income (as whole numbers: thresholds like 600 may appear).
+    for secret in (str(credit_score), "100,000", "100000"):
+        assert secret not in said, (secret, said)
+
+
+def test_a_conditional_decision_says_an_agent_reviews_it_whatever_the_contact_answer(activities):
+    decided = activities.decide(applicant(750, 41_000.0, 100_000.0))
+    assert decided.decision == "conditional"
+    # The workflow writes the conditional_review notification at once; the contact question is extra.
+    assert decided.message.next_steps[0].startswith("A loan agent has been asked to review your application")
+    assert "say so on your application's page" in decided.email_text.next_steps[0]
+
+
+def test_every_reason_has_its_applicant_text():
+    from shared import DECISION_REASONS
+
+    assert set(MESSAGES.reasons) == set(DECISION_REASONS)
+    assert {code for *_, code in REASON_CASES} == set(DECISION_REASONS)
+
+
+def test_messages_without_a_reason_text_are_refused(tmp_path):
+    messages = json.loads((HERE / "messages.json").read_text())
+    del messages["reasons"]["fair_credit_review"]
+    path = tmp_path / "messages.json"
+    path.write_text(json.dumps(messages))
+    with pytest.raises(ValueError, match="fair_credit_review"):
+        load_messages(path)
 
 
 @pytest.mark.parametrize(

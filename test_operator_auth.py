@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -121,6 +122,19 @@ def test_sign_in_sets_a_strict_session_cookie_and_sign_out_ends_it(app, settings
     assert client.get("/orders").status_code == 303
 
 
+def test_the_sign_in_page_says_where_this_deployment_keeps_the_token(order_stack, monkeypatch, tmp_path):
+    settings, address = order_stack
+    generated = make_app(replace(settings, operator_token=None, data_dir=tmp_path / "elsewhere"), address, monkeypatch)
+    page = generated.test_client().get("/signin").get_data(as_text=True)
+    assert f"cat {tmp_path / 'elsewhere' / 'secrets' / 'operator.token'}" in page  # DATA_DIR, not ./data
+    assert "cat data/secrets" not in page
+    given = make_app(settings, address, monkeypatch).test_client().get("/signin").get_data(as_text=True)
+    assert "OPERATOR_TOKEN" in given and "cat " not in given
+    # The token field is styled like the other text fields.
+    css = generated.test_client().get("/static/style.css").get_data(as_text=True)
+    assert '.field input[type="password"]' in css
+
+
 def test_the_session_cookie_is_secure_over_https(app, settings):
     client = app.test_client()
     response = client.post("/signin", data={"token": settings.operator_token}, base_url="https://localhost",
@@ -152,7 +166,9 @@ def test_a_cross_site_loan_form_post_is_refused_and_starts_nothing(app, settings
     form = {**{k: str(v) for k, v in JOHN.items()}, "email": email, "has_bankruptcy": "no"}
     refused = client.post("/apply", data=form, raw=True)
     assert refused.status_code == 400
-    assert "CSRF" in refused.get_data(as_text=True)
+    # Refused, and said as a person would understand it: the form comes back as it was typed.
+    assert "Your session expired" in refused.get_data(as_text=True)
+    assert f'value="{email}"' in refused.get_data(as_text=True)
     # Nothing was started: the same applicant can apply now, once.
     assert client.post("/api/evaluate", json={**JOHN, "email": email}).status_code == 200
 

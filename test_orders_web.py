@@ -323,6 +323,7 @@ def test_pages_place_track_and_act_on_an_order(client, customer):
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     assert TEXTS["placed"] in html and TEXTS["placed_emailing"].format(email="ada@example.com") in html
+    assert html.count(TEXTS["placed"]) == 1 and "{&#39;order_id&#39;" not in html  # the tracker's banner only
     assert TEXTS["placed"] not in client.get(page_url).get_data(as_text=True)  # once
     assert order_id in html
     for milestone in ORDER_MILESTONES:

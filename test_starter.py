@@ -28,6 +28,9 @@ def test_readyz_is_503_while_temporal_is_unreachable(loan_stack, monkeypatch):
     app = make_app(settings, f"127.0.0.1:{closed_port}", monkeypatch)
     response = app.test_client().get("/readyz")
     assert response.status_code == 503 and response.json["status"] == "unavailable"
+    # Anyone may ask: a generic reason, never the connection error's text (addresses, ports); that is logged.
+    assert response.json["error"] == app.extensions["messages"].errors["not_ready"]
+    assert str(closed_port) not in response.get_data(as_text=True)
 
 
 def test_health_and_readiness(client):

@@ -365,3 +365,66 @@ def test_several_processes_writing_the_same_orders_count_each_once(tmp_path):
     counts = store.count_by("orders", "status")
     assert sum(counts.values()) == 25 and store.list_recent("orders", limit=100)[1] == 25, counts
     assert sorted(int(p.stem) for p in (tmp_path / "orders" / "_index").glob("*.seq")) == list(range(1, 26))
+
+
+def test_newest_in_group_reads_a_pointer_never_the_folder(tmp_path, monkeypatch):
+    store = JsonStore(tmp_path)
+    for n in range(50):
+        store.put("applications", f"loan-{n:02d}.run-a", {"n": n, "run": "a"}, sort_key=f"{n:05d}")
+    store.put("applications", "loan-07.run-b", {"n": 7, "run": "b"}, sort_key="00100")
+    assert store.newest_in_group("applications", "loan-07") == {"n": 7, "run": "b"}  # the first call: pointers exist
+    monkeypatch.setattr(os, "listdir", lambda *_a: pytest.fail("newest_in_group listed a folder"))
+    monkeypatch.setattr(os, "scandir", lambda *_a: pytest.fail("newest_in_group listed a folder"))
+    assert store.newest_in_group("applications", "loan-07") == {"n": 7, "run": "b"}
+    assert store.newest_in_group("applications", "loan-49") == {"n": 49, "run": "a"}
+    assert store.newest_in_group("applications", "loan-99") is None
+
+
+def test_a_group_is_the_key_before_its_last_dot_and_only_grouped_collections_have_one(tmp_path):
+    store = JsonStore(tmp_path)
+    store.put("applications", "loan-a.run-1", {"run": 1}, sort_key="1")
+    store.put("applications", "loan-a.run-1.note", {"note": 1}, sort_key="2")  # group "loan-a.run-1"
+    store.put("applications", "loan-b", {"no": "dot"}, sort_key="3")  # no group
+    assert store.newest_in_group("applications", "loan-a") == {"run": 1}
+    assert store.newest_in_group("applications", "loan-a.run-1") == {"note": 1}
+    assert store.newest_in_group("applications", "loan-b") is None
+    with pytest.raises(ValueError, match="'orders' is not grouped"):
+        store.newest_in_group("orders", "o1")
+    with pytest.raises(ValueError, match="invalid key"):
+        store.newest_in_group("applications", "../loan-a")
+
+
+def test_a_folder_written_before_the_group_pointers_gets_them_once(tmp_path, monkeypatch):
+    old = JsonStore(tmp_path, grouped=())  # what the store wrote before it kept the pointers
+    old.put("applications", "loan-x.run-1", {"run": 1}, sort_key="1")
+    old.put("applications", "loan-y.run-1", {"run": "y"}, sort_key="2")
+    old.put("applications", "loan-x.run-2", {"run": 2}, sort_key="3")
+    assert not list((tmp_path / "applications" / "_index").glob("*.newest"))
+    store = JsonStore(tmp_path)
+    store.put("applications", "loan-z.run-1", {"run": "z"}, sort_key="4")  # written after the upgrade, before a read
+    assert store.newest_in_group("applications", "loan-x") == {"run": 2}
+    assert store.newest_in_group("applications", "loan-z") == {"run": "z"}
+    listings = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path: listings.append(path) or real_listdir(path))
+    assert JsonStore(tmp_path).newest_in_group("applications", "loan-y") == {"run": "y"}
+    assert listings == []  # done once for the folder, not per process or per call
+
+
+def test_a_crash_before_the_group_pointer_is_redone_with_the_index_change(tmp_path, monkeypatch):
+    store = JsonStore(tmp_path)
+    store.put("applications", "loan-x.run-1", {"run": 1}, sort_key="1")
+    assert store.newest_in_group("applications", "loan-x") == {"run": 1}
+    real_replace = os.replace
+
+    def crash_at_the_pointer(tmp, path):
+        if str(path).endswith(".newest"):
+            raise OSError("killed before the pointer")
+        real_replace(tmp, path)
+
+    monkeypatch.setattr(os, "replace", crash_at_the_pointer)
+    with pytest.raises(OSError):
+        store.put("applications", "loan-x.run-2", {"run": 2}, sort_key="2")
+    monkeypatch.setattr(os, "replace", real_replace)
+    # The journal is still there: the next reader redoes the whole change, the pointer included.
+    assert JsonStore(tmp_path).newest_in_group("applications", "loan-x") == {"run": 2}

@@ -17,7 +17,7 @@ import pytest
 from pg_testing import database_url, postgres_server  # noqa: F401  (fixtures)
 from store import JsonStore
 
-COUNTED = {"orders": ("status",)}
+COUNTED = {"orders": ("status",), "applications": ("decision",)}
 
 
 def open_spec(spec: tuple[str, str]):
@@ -73,6 +73,28 @@ def test_counts_move_with_the_status_and_a_retried_put_counts_once(store):
     assert store.list_recent("orders")[1] == 2
     with pytest.raises(ValueError, match="not counted by 'total'"):
         store.count_by("orders", "total")
+
+
+def test_the_newest_listed_record_of_a_group_in_one_look_up(store):
+    """An application's record is `<workflow id>.<run id>`; after its window the workflow ID runs again."""
+    store.put("applications", "loan-a.run1", {"run": 1, "decision": "denied"}, sort_key="1")
+    store.put("applications", "loan-ab.run9", {"run": 9, "decision": "denied"}, sort_key="2")  # shares the prefix
+    assert store.newest_in_group("applications", "loan-a") == {"run": 1, "decision": "denied"}
+    store.put("applications", "loan-a.run2", {"run": 2, "decision": "conditional"}, sort_key="3")
+    # The older run rewritten afterwards (a counted value changes: an index change) stays the older one.
+    store.put("applications", "loan-a.run1", {"run": 1, "decision": "pre_approved"}, sort_key="1")
+    store.update("applications", "loan-a.run1", lambda doc: {**doc, "contact_preference": "yes"})
+    store.put("applications", "loan-a.run3", {"run": 3})  # not listed: not a candidate
+    store.put("applications", "loan-a.run2.note", {"run": "note"}, sort_key="4")  # group "loan-a.run2"
+    assert store.newest_in_group("applications", "loan-a") == {"run": 2, "decision": "conditional"}
+    assert store.newest_in_group("applications", "loan-ab") == {"run": 9, "decision": "denied"}
+    assert store.newest_in_group("applications", "loan-a.run2") == {"run": "note"}
+    assert store.newest_in_group("applications", "loan") is None
+    assert store.newest_in_group("applications", "loan-b") is None
+    with pytest.raises(ValueError, match="not grouped"):
+        store.newest_in_group("orders", "o1")
+    with pytest.raises(ValueError, match="invalid"):
+        store.newest_in_group("applications", "../loan-a")
 
 
 @pytest.mark.parametrize("bad", [("../x", "k", None), ("c", "../k", None), ("c", "k", "a/b")])

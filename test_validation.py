@@ -248,6 +248,9 @@ SECRET = b"test-secret"
         ("\ufb01n@example.com", "fin@example.com"),  # the "fi" ligature
         ("ann@B\u00dcCHER.de", "ann@b\u00fccher.de"),
         ("ann@xn--bcher-kva.de", "ann@b\u00fccher.de"),  # the same domain in punycode
+        # The dotted capital I (a Turkish keyboard's capital of "i"): "i", not "i" + a combining dot.
+        ("\u0130nan@example.com", "inan@example.com"),
+        ("I\u0307NAN@example.com", "inan@example.com"),  # the same, decomposed
     ],
 )
 def test_equivalent_spellings_of_an_email_are_one_applicant(spelling, canonical):
@@ -256,6 +259,51 @@ def test_equivalent_spellings_of_an_email_are_one_applicant(spelling, canonical)
     application = parse_json_application({**VALID, "email": spelling}, MESSAGES)
     assert application.email == canonical
     assert parse_form_application({**FORM, "email": spelling}, MESSAGES).email == canonical
+
+
+def test_ascii_emails_keep_the_workflow_id_they_had():
+    """The rule changed for non-ASCII letters only: an ASCII address hashes what it always did
+    (trimmed and lower-cased), so an open window keeps refusing its duplicates."""
+    import hashlib
+    import hmac
+
+    for typed, stored in (("John.Doe@Example.com", "john.doe@example.com"), (" a+b@x.org ", "a+b@x.org"),
+                          ("Z" * 64 + "@EXAMPLE.COM", "z" * 64 + "@example.com")):
+        digest = hmac.new(SECRET, stored.encode(), hashlib.sha256).hexdigest()
+        assert loan_workflow_id(typed, SECRET) == f"loan-{digest[:32]}"
+
+
+def test_a_local_part_over_64_octets_is_refused_naming_the_field():
+    assert parse_json_application({**VALID, "email": "a" * 64 + "@example.com"}, MESSAGES).email.startswith("a" * 64)
+    assert json_errors(email="a" * 65 + "@example.com") == {"email": MESSAGES.validation["email"]}
+    assert json_errors(email="\u00e9" * 33 + "@example.com") == {"email": MESSAGES.validation["email"]}  # 66 octets
+    with pytest.raises(InvalidApplication) as raised:
+        parse_form_application({**FORM, "email": "a" * 65 + "@example.com"}, MESSAGES)
+    assert raised.value.fields == {"email": MESSAGES.validation["email"]}
+    with pytest.raises(InvalidOrder) as refused:
+        parse_json_order({**ORDER, "customer_email": "a" * 65 + "@example.com"}, CATALOG, MESSAGES)
+    assert set(refused.value.fields) == {"customer_email"}
+
+
+@pytest.mark.parametrize("name", ["=?utf-8?q?Bcc=3A_x=40evil.com?=", "Eve =?utf-8?b?QmNj?=", "a=?b"])
+def test_a_name_holding_an_encoded_word_marker_is_refused(name):
+    assert json_errors(name=name) == {"name": MESSAGES.validation["name_encoded_word"]}
+    with pytest.raises(InvalidApplication) as raised:
+        parse_form_application({**FORM, "name": name}, MESSAGES)
+    assert raised.value.fields == {"name": MESSAGES.validation["name_encoded_word"]}
+    assert parse_json_application({**VALID, "name": "Ann = Bob? Yes"}, MESSAGES).name == "Ann = Bob? Yes"
+
+
+def test_the_contact_answer_error_names_the_field_and_the_values_it_takes():
+    from validation import parse_json_contact
+
+    assert parse_json_contact({"answer": "not_yet"}, MESSAGES) == "not_yet"
+    for body in ({"answer": "not yet"}, {"answer": "Yes"}, {}, {"answer": "yes", "extra": 1}, ["yes"]):
+        with pytest.raises(InvalidApplication) as raised:
+            parse_json_contact(body, MESSAGES)
+        assert raised.value.fields == {"answer": MESSAGES.validation["contact_answer"]}
+    assert '"answer"' in MESSAGES.validation["contact_answer"]
+    assert '"yes"' in MESSAGES.validation["contact_answer"] and '"not_yet"' in MESSAGES.validation["contact_answer"]
 
 
 def test_different_mailboxes_keep_different_ids():
@@ -282,7 +330,7 @@ def test_emails_outside_the_rule_are_refused(email, message_key):
 
 
 def test_normalizing_twice_changes_nothing():
-    for email in ("Jose\u0301@B\u00dcCHER.de", "\u0130@example.com", "A@EXAMPLE.COM"):
+    for email in ("Jose\u0301@B\u00dcCHER.de", "\u0130@example.com", "\u0130nan@example.com", "A@EXAMPLE.COM"):
         once = normalize_email(email)
         assert normalize_email(once) == once
         assert parse_json_application({**VALID, "email": once}, MESSAGES).email == once
@@ -604,3 +652,32 @@ def test_invalid_action_bodies_name_their_fields(parse, body, errors):
     with pytest.raises(InvalidOrder) as raised:
         parse(body, MESSAGES)
     assert raised.value.fields == errors
+
+
+# --- JSON bodies: each key of an object once ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        ('{"name": "A", "name": "B"}', "name"),
+        ('{"address": {"city": "London", "city": "Paris"}}', "address.city"),
+        ('{"items": [{"sku": "KB-100"}, {"sku": "KB-100", "quantity": 1, "quantity": 9}]}', "items.1.quantity"),
+        ('{"a": 1, "b": {"c": 1, "c": 2}, "a": 2}', "a"),  # the outermost first
+    ],
+)
+def test_a_json_object_with_a_repeated_key_is_refused_naming_it(body, path):
+    from web_common import DuplicateKey, loads_strictly
+
+    with pytest.raises(DuplicateKey) as raised:
+        loads_strictly(body)
+    assert str(raised.value) == path
+
+
+def test_json_without_repeated_keys_reads_as_usual():
+    from web_common import loads_strictly
+
+    assert loads_strictly(b'{"a": [1, {"b": null}], "c": {"a": 1}}') == {"a": [1, {"b": None}], "c": {"a": 1}}
+    assert loads_strictly("[]") == [] and loads_strictly('"x"') == "x"
+    with pytest.raises(ValueError):
+        loads_strictly(b"\xff{}")  # not UTF-8: the route's "invalid JSON"

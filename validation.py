@@ -74,6 +74,10 @@ MAX_PAGE = 100_000
 # and email headers, where they hide text or split lines.
 REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 TEXT_CHARACTERS_ERROR = "text_characters"
+# "=?" opens an RFC 2047 encoded-word: in the decision email's To name, "=?utf-8?q?Bcc=3A_x=40evil.com?="
+# would be shown decoded ("Bcc: x@evil.com"). No name needs it, so the applicant's name refuses it.
+ENCODED_WORD = "=?"
+ENCODED_WORD_ERROR = "name_encoded_word"
 
 # Form numbers: ASCII digits only (str.isdigit() also accepts "²" or "٣",
 # which int() refuses or reads as another number). Amounts may have a leading
@@ -132,6 +136,13 @@ class _ApplicationModel(BaseModel):
     annual_income: float = Field(ge=0, le=MAX_ANNUAL_INCOME, allow_inf_nan=False)
     has_bankruptcy: bool
 
+    @field_validator("name")
+    @classmethod
+    def _no_encoded_word(cls, value: str) -> str:
+        if ENCODED_WORD in value:
+            raise PydanticCustomError(ENCODED_WORD_ERROR, "an email header's encoded-word marker")
+        return value
+
     @field_validator("email")
     @classmethod
     def _normalize_email(cls, value: str) -> str:
@@ -156,8 +167,8 @@ def _errors_by_field(err: ValidationError, messages: Messages) -> dict[str, str]
             text = messages.validation["required"]
         elif problem["type"] == "extra_forbidden":
             text = messages.validation["unknown_field"]
-        elif problem["type"] == TEXT_CHARACTERS_ERROR:
-            text = messages.validation[TEXT_CHARACTERS_ERROR]
+        elif problem["type"] in (TEXT_CHARACTERS_ERROR, ENCODED_WORD_ERROR):
+            text = messages.validation[problem["type"]]
         else:
             text = messages.validation.get(name, problem["msg"])
         fields.setdefault(name, text)
@@ -598,13 +609,16 @@ class _ContactModel(BaseModel):
 
 
 def parse_json_contact(data: Any, messages: Messages) -> str:
-    """{"answer": "yes" | "not_yet"}: whether the applicant wants an agent to call."""
+    """{"answer": "yes" | "not_yet"}: whether the applicant wants an agent to call.
+
+    The error names the field and the values exactly as the API takes them (the
+    form's "Answer yes or not yet." is for people pressing its buttons)."""
     if not isinstance(data, dict):
-        raise InvalidApplication({"answer": messages.validation["contact"]})
+        raise InvalidApplication({"answer": messages.validation["contact_answer"]})
     try:
         return _ContactModel.model_validate(data).answer
     except ValidationError:
-        raise InvalidApplication({"answer": messages.validation["contact"]}) from None
+        raise InvalidApplication({"answer": messages.validation["contact_answer"]}) from None
 
 
 # The model behind each JSON request body, by the name the OpenAPI document

@@ -231,6 +231,7 @@ class LoanApplicationWorkflow:
             loan_to_income_ratio=decision.loan_to_income_ratio,
             message=decision.message,
             decided_by=decision.decided_by,
+            email_text=decision.email_text,
         )
         self._stage = "decided"
         workflow.upsert_search_attributes([LOAN_DECISION.value_set(decision.decision)])
