@@ -84,8 +84,10 @@ class Watched:
             self.problems.append(f"console error on {self.page.url}: {message.text}")
 
     def _failed(self, request) -> None:
-        # A poll cut short by the operator's own click (a form submitted) is not a failure.
-        if request.resource_type == "fetch" and request.failure == "net::ERR_ABORTED":
+        # The browser cancelled it: a poll cut short by the operator's own click, or a
+        # stylesheet still loading when the test navigates on (seen on a loaded machine).
+        # A resource that is really missing answers 4xx/5xx, which `_response` reports.
+        if request.failure == "net::ERR_ABORTED":
             return
         self.problems.append(f"request failed: {request.method} {request.url}: {request.failure}")
 
