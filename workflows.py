@@ -346,7 +346,7 @@ class OrderStopped(Exception):
         self.email_kind = email_kind or status  # which email tells the customer (ORDER_EMAIL_KINDS)
 
 
-@workflow.defn
+@workflow.defn(sandboxed=False)
 class OrderWorkflow:
     """One order, from receipt to delivery, or to its undoing.
 
@@ -1005,7 +1005,7 @@ class OrderWorkflow:
         return self._order.texts[key].format(**values)
 
 
-@workflow.defn
+@workflow.defn(sandboxed=False)
 class ShippingWorkflow:
     """prepare package -> wait for the carrier's pickup -> the order's word -> dispatch -> transit -> deliver.
 
@@ -1142,7 +1142,7 @@ class ShippingWorkflow:
         self._failures.append(failure)
 
 
-@workflow.defn
+@workflow.defn(sandboxed=False)
 class RewardsWorkflow:
     """One per customer: points per dollar, tiers, open for as long as the customer is.
 
