@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowHistory
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
@@ -525,8 +526,30 @@ async def record_order_scenario(client: Client, settings, kind: str) -> list[tup
     return histories
 
 
+async def plain_history_json(history: WorkflowHistory, codec) -> str:
+    """The history as JSON with every payload decrypted: committed histories are plain, so they
+    replay under any key (the session's key is random)."""
+    async def decrypt(message) -> None:
+        for field, value in message.ListFields():
+            if field.message_type is None:
+                continue
+            if field.message_type.GetOptions().map_entry:
+                items = list(value.values()) if field.message_type.fields_by_name["value"].message_type else []
+            else:
+                items = list(value) if field.is_repeated else [value]
+            for item in items:
+                if isinstance(item, Payload):
+                    item.CopyFrom((await codec.decode([item]))[0])
+                else:
+                    await decrypt(item)
+
+    for event in history.events:
+        await decrypt(event)
+    return history.to_json()
+
+
 async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
-    time_skipping_env, order_settings, order_workers, tmp_path
+    time_skipping_env, order_settings, order_workers, tmp_path, payload_codec
 ):
     """The order, shipping and rewards workflows run unsandboxed for speed (as the loan workflow
     does), so replay is what shows them deterministic: every committed order history and fresh
@@ -543,7 +566,8 @@ async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
             fresh.append(tmp_path / f"{workflow_kind}_{kind}.json")
             fresh[-1].write_text(history.to_json())
             if os.environ.get("RECORD_ORDER_HISTORIES") == "1" and workflow_kind == "order":
-                (HERE / "histories" / f"order_workflow_{ORDER_VERSION}_{kind}.json").write_text(history.to_json())
+                (HERE / "histories" / f"order_workflow_{ORDER_VERSION}_{kind}.json").write_text(
+                    await plain_history_json(history, payload_codec))
     committed = sorted((HERE / "histories").glob("order_workflow_*.json"))
     assert len(committed) >= 4
     replay_in_fresh_processes(committed + fresh)
