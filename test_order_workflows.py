@@ -501,7 +501,7 @@ async def test_order_histories_recorded_before_the_emails_replay(time_skipping_e
 # One recorded order per way the current version ends, for replay in fresh processes.
 # RECORD_ORDER_HISTORIES=1 also writes them to histories/order_workflow_<ORDER_VERSION>_<kind>.json
 # (for a version that changes the commands, as each earlier version has a recording).
-ORDER_VERSION = "v4"
+ORDER_VERSION = "v5"
 ORDER_SCENARIOS = ("completed", "reviewed", "review_expired", "cancelled_after_charge")
 
 
@@ -571,3 +571,21 @@ async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
     committed = sorted((HERE / "histories").glob("order_workflow_*.json"))
     assert len(committed) >= 4
     replay_in_fresh_processes(committed + fresh)
+
+
+async def test_order_histories_recorded_before_local_notices_replay(time_skipping_env, monkeypatch):
+    """histories/order_workflow_v4_*.json ran the customer's notices as activities (before
+    LOCAL_BOOKKEEPING_PATCH): they replay as they ran; unguarded, the notices are local activities
+    where the history has activities, which replay refuses."""
+    paths = sorted((HERE / "histories").glob("order_workflow_v4_*.json"))
+    assert len(paths) == len(ORDER_SCENARIOS)
+    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow],
+                        data_converter=time_skipping_env.client.data_converter)
+    for path in paths:
+        await replayer.replay_workflow(WorkflowHistory.from_json(path.stem, path.read_text()))
+
+    monkeypatch.setattr(temporalio.workflow, "patched", lambda patch_id: True)
+    unguarded = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow])
+    completed = WorkflowHistory.from_json("v4", (HERE / "histories" / "order_workflow_v4_completed.json").read_text())
+    with pytest.raises(NondeterminismError):
+        await unguarded.replay_workflow(completed)
