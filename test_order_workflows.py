@@ -499,8 +499,9 @@ async def test_order_histories_recorded_before_the_emails_replay(time_skipping_e
 
 
 # One recorded order per way the current version ends, for replay in fresh processes.
-# RECORD_ORDER_HISTORIES=1 also writes them to histories/order_workflow_<ORDER_VERSION>_<kind>.json
-# (for a version that changes the commands, as each earlier version has a recording).
+# RECORD_ORDER_HISTORIES=1 also writes them, the order's and its shipment's, to
+# histories/{order,shipping}_workflow_<ORDER_VERSION>_<kind>.json (for a version that changes
+# the commands, as each earlier version has a recording).
 ORDER_VERSION = "v5"
 ORDER_SCENARIOS = ("completed", "reviewed", "review_expired", "cancelled_after_charge")
 
@@ -565,10 +566,11 @@ async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
             assert len(history.events) > 5
             fresh.append(tmp_path / f"{workflow_kind}_{kind}.json")
             fresh[-1].write_text(history.to_json())
-            if os.environ.get("RECORD_ORDER_HISTORIES") == "1" and workflow_kind == "order":
-                (HERE / "histories" / f"order_workflow_{ORDER_VERSION}_{kind}.json").write_text(
+            if os.environ.get("RECORD_ORDER_HISTORIES") == "1" and workflow_kind != "rewards":
+                (HERE / "histories" / f"{workflow_kind}_workflow_{ORDER_VERSION}_{kind}.json").write_text(
                     await plain_history_json(history, payload_codec))
-    committed = sorted((HERE / "histories").glob("order_workflow_*.json"))
+    committed = sorted((HERE / "histories").glob("order_workflow_*.json")) + sorted(
+        (HERE / "histories").glob("shipping_workflow_*.json"))
     assert len(committed) >= 4
     replay_in_fresh_processes(committed + fresh)
 
