@@ -502,7 +502,7 @@ async def test_order_histories_recorded_before_the_emails_replay(time_skipping_e
 # RECORD_ORDER_HISTORIES=1 also writes them, the order's and its shipment's, to
 # histories/{order,shipping}_workflow_<ORDER_VERSION>_<kind>.json (for a version that changes
 # the commands, as each earlier version has a recording).
-ORDER_VERSION = "v5"
+ORDER_VERSION = "v6"
 ORDER_SCENARIOS = ("completed", "reviewed", "review_expired", "cancelled_after_charge")
 
 
@@ -589,5 +589,23 @@ async def test_order_histories_recorded_before_local_notices_replay(time_skippin
     monkeypatch.setattr(temporalio.workflow, "patched", lambda patch_id: True)
     unguarded = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow])
     completed = WorkflowHistory.from_json("v4", (HERE / "histories" / "order_workflow_v4_completed.json").read_text())
+    with pytest.raises(NondeterminismError):
+        await unguarded.replay_workflow(completed)
+
+
+async def test_shipment_histories_recorded_before_local_carrier_steps_replay(time_skipping_env, monkeypatch):
+    """histories/shipping_workflow_v5_*.json dispatched and delivered with activities (before
+    SHIPPING_LOCAL_CARRIER_PATCH): they replay as they ran; unguarded, those steps are local
+    activities where the history has activities, which replay refuses."""
+    paths = sorted((HERE / "histories").glob("shipping_workflow_v5_*.json"))
+    assert len(paths) == 3
+    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow],
+                        data_converter=time_skipping_env.client.data_converter)
+    for path in paths:
+        await replayer.replay_workflow(WorkflowHistory.from_json(path.stem, path.read_text()))
+
+    monkeypatch.setattr(temporalio.workflow, "patched", lambda patch_id: True)
+    unguarded = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow])
+    completed = WorkflowHistory.from_json("v5", (HERE / "histories" / "shipping_workflow_v5_completed.json").read_text())
     with pytest.raises(NondeterminismError):
         await unguarded.replay_workflow(completed)

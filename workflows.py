@@ -337,6 +337,11 @@ ORDER_EMAILS_PATCH = "order-customer-emails"
 # is left to the auto-approval's record in the same task: an auto-approved order takes 2 workflow
 # tasks and a record fewer. Orders started before (histories/order_workflow_v4_*.json) replay as they ran.
 LOCAL_BOOKKEEPING_PATCH = "order-bookkeeping-local"
+# Shipments since: the carrier's steps after the dispatch permit (dispatch, deliver), which
+# nothing stops and which take milliseconds, run as local activities in the shipment's own
+# workflow tasks. Preparing the package stays an activity: a stop cancels it at once, and a
+# local activity would hold the shipment's workflow task (and the stop) while it retries.
+SHIPPING_LOCAL_CARRIER_PATCH = "shipping-carrier-steps-local"
 # Shipment stages from which an order can no longer be changed or cancelled.
 HANDED_TO_CARRIER = ("dispatching", "dispatched", "delivered")
 
@@ -1047,9 +1052,11 @@ class ShippingWorkflow:
         self._speed_changed = False
         self._dispatched = False
         self._preparing: workflow.ActivityHandle | None = None
+        self._carrier_steps_local = False  # set by run (SHIPPING_LOCAL_CARRIER_PATCH)
 
     @workflow.run
     async def run(self, request: ShippingRequest) -> Shipment:
+        self._carrier_steps_local = workflow.patched(SHIPPING_LOCAL_CARRIER_PATCH)  # before any command
         try:
             permit = await self._prepare_and_wait_for_pickup()
         except (Exception, asyncio.CancelledError) as err:
@@ -1124,6 +1131,11 @@ class ShippingWorkflow:
 
     async def _must_finish(self, activity, summary: str):
         """Steps after dispatch: the parcel is with the carrier, so they retry until done."""
+        if self._carrier_steps_local:
+            return await workflow.execute_local_activity_method(
+                activity, self._step_request(), start_to_close_timeout=ORDER_STEP_TIMEOUT,
+                retry_policy=MUST_FINISH_RETRY, summary=summary,
+            )
         return await workflow.execute_activity_method(
             activity, self._step_request(), start_to_close_timeout=ORDER_STEP_TIMEOUT,
             retry_policy=MUST_FINISH_RETRY, summary=summary,
