@@ -70,7 +70,8 @@ OPERATIONS: dict[str, dict[str, tuple]] = {
     "/api/orders": {
         "post": ("Place an order; with an Idempotency-Key, a retry gets the same order back", [IDEMPOTENCY_KEY],
                  "Order", True, {201: "Placed; follow the Location", 200: "Placed before with this Idempotency-Key"},
-                 [*BAD_BODY, NOT_OPERATOR, UNAVAILABLE], True),
+                 [*BAD_BODY, NOT_OPERATOR, (422, "The Idempotency-Key was used before for a different order"),
+                  UNAVAILABLE], True),
         "get": ("Recent orders, newest first", [PAGE], None, False, {200: "A page of orders"},
                 [(400, "A bad page number"), NOT_OPERATOR], True),
     },

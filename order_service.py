@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import math
 import re
 import uuid
@@ -77,12 +78,26 @@ def idempotent_order_id(customer_id: str, idempotency_key: str) -> str:
     return hashlib.sha256(f"{customer_id}\0{idempotency_key}".encode()).hexdigest()[:12]
 
 
+def order_fingerprint(order: NewOrder) -> str:
+    """A digest of the order as validated: what a retry with the same idempotency key must repeat.
+
+    Taken after parsing, so a client that resends the same order with its JSON
+    keys in another order or other spacing is still retrying, not placing another.
+    """
+    canonical = json.dumps(dataclasses.asdict(order), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 class OrderNotFound(Exception):
     """No order with this ID: neither a workflow nor a stored projection."""
 
 
 class NoRewards(Exception):
     """The customer has no rewards: no order of theirs was delivered yet (or no such customer)."""
+
+
+class IdempotencyKeyReused(Exception):
+    """The idempotency key was used before for an order with other contents: not a retry."""
 
 
 class ActionRefused(Exception):
@@ -146,10 +161,13 @@ class OrderService:
         With an idempotency key, the order ID is derived from the customer and
         the key, and the server refuses a second workflow with that ID, running
         or closed: a client that retries after losing the answer gets the same
-        order back (`created=False`), never a second one.
+        order back (`created=False`), never a second one. The workflow's memo
+        keeps the order's fingerprint with it, so the same key sent with another
+        order is refused (`IdempotencyKeyReused`) rather than answered with the first.
         """
         order_id = idempotent_order_id(order.customer_id, idempotency_key) if idempotency_key else uuid.uuid4().hex[:12]
         workflow_id = order_workflow_id(order_id)
+        fingerprint = order_fingerprint(order) if idempotency_key else None
         items = sum(line.quantity for line in order.lines)
         try:
             async with asyncio.timeout(START_TIMEOUT):
@@ -161,11 +179,13 @@ class OrderService:
                     task_queue=self.settings.order_task_queue,
                     id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                     id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    memo={"order_fingerprint": fingerprint} if fingerprint else None,
                     static_summary=f"Order {order_id}: {items} item(s){', expedited' if order.expedited else ''}",
                 )
         except WorkflowAlreadyStartedError:
-            if idempotency_key is None:
+            if fingerprint is None:
                 raise  # a random ID that collided: not expected in practice
+            await self._check_same_order(workflow_id, fingerprint)
             return CreatedOrder(order_id, workflow_id, created=False)
         except RPCError as err:
             raise TemporalUnavailable(str(err)) from err
@@ -173,7 +193,26 @@ class OrderService:
             # The start may have reached the server before the deadline.
             if not await self._exists(workflow_id):
                 raise TemporalUnavailable(f"no answer starting {workflow_id}") from err
+            if fingerprint is not None:
+                await self._check_same_order(workflow_id, fingerprint)  # ours, or an earlier order's key
         return CreatedOrder(order_id, workflow_id)
+
+    async def _check_same_order(self, workflow_id: str, fingerprint: str) -> None:
+        """Raise IdempotencyKeyReused unless the order under this key has this fingerprint.
+
+        Orders placed before fingerprints were kept have none: they count as the
+        same order, as they did then.
+        """
+        try:
+            async with asyncio.timeout(QUERY_TIMEOUT):
+                client = await self.temporal.get()
+                memo = await (await client.get_workflow_handle(workflow_id).describe()).memo()
+        except RPCError as err:
+            raise TemporalUnavailable(str(err)) from err
+        except TimeoutError as err:
+            raise TemporalUnavailable(f"no answer describing {workflow_id}") from err
+        if memo.get("order_fingerprint", fingerprint) != fingerprint:
+            raise IdempotencyKeyReused(workflow_id)
 
     def _request(self, order_id: str, order: NewOrder) -> OrderRequest:
         rules = self.rules

@@ -92,15 +92,18 @@ def item_spec(spec: str) -> dict[str, Any]:
 
 def failure_spec(spec: str) -> dict[str, Any]:
     """STEP[:TIMES][:permanent], e.g. payment:2 or shipping:1:permanent."""
-    step, *options = spec.split(":")
+    step, _, rest = spec.partition(":")
+    times, _, permanent = rest.partition(":")
+    if times == "permanent" and not permanent:
+        times, permanent = "", times
     failure: dict[str, Any] = {"step": step}
-    for option in options:
-        if option == "permanent":
-            failure["permanent"] = True
-        else:
-            # Anything else is passed on as the times, so validation names the problem.
-            whole = ascii_whole_number(option)
-            failure["times"] = whole if whole is not None else option
+    if times:
+        # Anything but digits is passed on as the times, so validation names the problem.
+        whole = ascii_whole_number(times)
+        failure["times"] = whole if whole is not None else times
+    if permanent:
+        # Anything but "permanent" is passed on as the permanent part, so validation names that part.
+        failure["permanent"] = True if permanent == "permanent" else permanent
     return failure
 
 
@@ -217,9 +220,9 @@ def echo_order(view: OrderView, as_json: bool) -> None:
         click.echo("  compensations: " + ", ".join(order_["compensations"]))
     if order_.get("emails"):
         click.echo("  emails: " + ", ".join(f"{kind} {email['status']}" for kind, email in order_["emails"].items()))
-    if view.source != "workflow":
-        click.echo(f"  (from the {'stored projection' if view.source == 'store' else 'accepted order'}:"
-                   " no worker answered just now)")
+    # The recorded projection is the usual answer, and the live query as fresh: only the start input is worth a note.
+    if view.source == "start":
+        click.echo("  (from the start input: not recorded yet)")
 
 
 def money(amount: float | None) -> str:

@@ -15,16 +15,26 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, get_flashed_messages, jsonify, redirect, render_template, request, url_for
 
-from order_service import ActionFailed, ActionRefused, ActionUnconfirmed, NoRewards, OrderNotFound, OrderService, OrderView
-from shared import FAILURE_STEPS, ORDER_ACTIONS, ORDER_EMAIL_KINDS, ORDER_MILESTONES, ApproveRequest
+from order_service import (
+    ActionFailed,
+    ActionRefused,
+    ActionUnconfirmed,
+    IdempotencyKeyReused,
+    NoRewards,
+    OrderNotFound,
+    OrderService,
+    OrderView,
+)
+from shared import FAILURE_STEPS, ORDER_EMAIL_KINDS, ORDER_MILESTONES, ApproveRequest
 from temporal_client import TemporalUnavailable
 from validation import (
     ADDRESS_FIELDS,
     MAX_FAILURE_TIMES,
     InvalidOrder,
     parse_form_address_change,
+    parse_form_approve,
     parse_form_cancel,
     parse_form_failure,
     parse_form_order,
@@ -44,6 +54,10 @@ MILESTONE_ATTEMPTS = {
     "shipped": "dispatched",
     "delivered": "delivered",
 }
+
+# The flash() category of the banner an order page shows once after an action
+# succeeded: kept in the session, never taken from the URL, which anyone can write.
+ORDER_DONE = "order-done"
 
 orders_api = Blueprint("orders_api", __name__, url_prefix="/api")
 orders_pages = Blueprint("orders_pages", __name__)
@@ -88,6 +102,13 @@ def _no_rewards(_err: NoRewards):
     return json_error(404, texts()["no_rewards"])
 
 
+@orders_api.errorhandler(IdempotencyKeyReused)
+def _key_reused(_err: IdempotencyKeyReused):
+    # 422 as Stripe answers it: the request is well formed, but the key already stands for another order.
+    error = texts()["idempotency_key_reused"]
+    return json_error(422, error, fields={"Idempotency-Key": error})
+
+
 @orders_api.errorhandler(ActionRefused)
 def _refused(err: ActionRefused):
     return json_error(409, err.message)
@@ -110,7 +131,8 @@ def _unavailable(_err: TemporalUnavailable):
 
 @orders_api.post("/orders")
 async def create_order():
-    """201 for a new order; 200 with the same order when its Idempotency-Key was used before."""
+    """201 for a new order; 200 with the same order when its Idempotency-Key was used before for
+    this order; 422 when the key was used for a different one."""
     order = parse_json_order(body(), service().catalog_skus, service().messages)
     key = parse_idempotency_key(request.headers.get("Idempotency-Key"), service().messages)
     created = await service().create(order, idempotency_key=key)
@@ -207,7 +229,8 @@ async def place_order():
     except TemporalUnavailable:
         notice = {"kind": "unavailable", "title": "Please try again", "text": texts()["unavailable"]}
         return render_dashboard(values, {}, notice), 503
-    return redirect(url_for("orders_pages.tracker", order_id=created.order_id, done="placed"), code=303)
+    flash_done(created.order_id, texts()["placed"], texts()["placed_emailing"].format(email=order.customer_email))
+    return redirect(url_for("orders_pages.tracker", order_id=created.order_id), code=303)
 
 
 def render_dashboard(values: dict[str, str], errors: dict[str, str], notice: dict | None):
@@ -233,15 +256,25 @@ def render_dashboard(values: dict[str, str], errors: dict[str, str], notice: dic
 
 @orders_pages.get("/orders/<order_id>")
 async def tracker(order_id: str):
-    done = request.args.get("done")
-    notice = None
-    if done in ORDER_ACTIONS:
-        notice = {"kind": "success", "title": texts()[f"done_{done.replace('-', '_')}"], "text": ""}
-    return await render_tracker(order_id, notice=notice, placed=done == "placed")
+    return await render_tracker(order_id, notice=flashed_done(order_id))
+
+
+def flash_done(order_id: str, title: str, text: str = "") -> None:
+    """The banner the order's page shows once, on the redirect after an action that succeeded."""
+    flash({"order_id": order_id, "title": title, "text": text}, ORDER_DONE)
+
+
+def flashed_done(order_id: str) -> dict | None:
+    """The banner flashed for this order, if any (read once: a reload shows none)."""
+    done = [message for message in get_flashed_messages(category_filter=[ORDER_DONE])
+            if isinstance(message, dict) and message.get("order_id") == order_id]
+    if not done:
+        return None
+    return {"kind": "success", "title": done[-1]["title"], "text": done[-1]["text"]}
 
 
 async def render_tracker(order_id: str, notice: dict | None = None, errors: dict[str, str] | None = None,
-                         values: dict[str, str] | None = None, status_code: int = 200, placed: bool = False):
+                         values: dict[str, str] | None = None, status_code: int = 200):
     try:
         view = await service().status(order_id)
         timeline = await service().events(order_id)
@@ -249,11 +282,6 @@ async def render_tracker(order_id: str, notice: dict | None = None, errors: dict
         return order_error_page(404, "Order not found", texts()["not_found"])
     except TemporalUnavailable:
         return order_error_page(503, "Temporarily unavailable", texts()["unavailable"])
-    if placed:
-        # Only an order with an address is emailed (orders placed before they had one are not).
-        email = view.status.get("customer_email")
-        notice = {"kind": "success", "title": texts()["placed"],
-                  "text": texts()["placed_emailing"].format(email=email) if email else ""}
     return render_template(
         "orders/tracker.html",
         order=order_json(view),
@@ -269,12 +297,14 @@ async def render_tracker(order_id: str, notice: dict | None = None, errors: dict
         values=values or {},
         labels=service().status_labels(),
         waiting_text=texts()["waiting_for_worker"],
+        signed_out_text=texts()["signed_out_live"],
+        default_operator=ApproveRequest().operator,
     ), status_code
 
 
 async def page_action(order_id: str, action: str, run) -> Any:
     """Run one operator action from a tracker form; on success back to the page
-    with a notice, otherwise the page again with the reason and the typed values."""
+    with a notice (flashed: shown once), otherwise the page again with the reason and the typed values."""
     values = request.form.to_dict()
     try:
         await run(values)
@@ -295,12 +325,16 @@ async def page_action(order_id: str, action: str, run) -> Any:
     except TemporalUnavailable:
         notice = {"kind": "unavailable", "title": "Please try again", "text": texts()["unavailable"]}
         return await render_tracker(order_id, notice, {}, values, 503)
-    return redirect(url_for("orders_pages.tracker", order_id=order_id, done=action), code=303)
+    flash_done(order_id, texts()[f"done_{action.replace('-', '_')}"])
+    return redirect(url_for("orders_pages.tracker", order_id=order_id), code=303)
 
 
 @orders_pages.post("/orders/<order_id>/approve")
 async def approve_page(order_id: str):
-    return await page_action(order_id, "approve", lambda form: service().approve(order_id, ApproveRequest()))
+    def run(form: dict[str, str]):
+        return service().approve(order_id, parse_form_approve(form, service().messages))
+
+    return await page_action(order_id, "approve", run)
 
 
 @orders_pages.post("/orders/<order_id>/cancel")

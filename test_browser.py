@@ -417,7 +417,7 @@ async def place_order(page: Page, quantities: dict[str, int], expedited: bool = 
         await page.get_by_label("Step", exact=True).select_option(failure[0])
         await page.get_by_label(re.compile(r"^Failing attempts")).fill(str(failure[1]))
     await page.get_by_role("button", name="Place order").click()
-    await expect(page).to_have_url(re.compile(r"/orders/[0-9a-f]{12}\?done=placed$"))
+    await expect(page).to_have_url(re.compile(r"/orders/[0-9a-f]{12}$"))  # the banner is flashed, not in the URL
     await expect(page.locator("#notice")).to_contain_text("We are emailing a confirmation to ada@example.com.")
     return page.url.split("?")[0].rsplit("/", 1)[1]
 
@@ -460,6 +460,7 @@ async def test_an_order_placed_on_the_dashboard_is_approved_on_its_tracker_and_d
     await watch_without_reload(operator)
     await expect(status).to_have_text(ORDER_TEXTS["status_completed"], timeout=STEP_TIMEOUT_MS)
     assert await still_not_reloaded(operator), "the tracker reloaded the page instead of updating it"
+    await expect(operator.locator("#notice")).to_be_hidden()  # "approved" told what had just happened, no more
     await expect(operator.locator("#order-milestones .milestone-reached")).to_have_count(6)
     await expect(operator.locator('[data-field="shipment.stage"]')).to_have_text("delivered")
     await expect(operator.locator('[data-field="payment.status"]')).to_have_text("charged")
@@ -473,6 +474,40 @@ async def test_an_order_placed_on_the_dashboard_is_approved_on_its_tracker_and_d
     found = [next((n for n, text in enumerate(steps) if text.startswith(step)), None) for step in expected]
     assert None not in found and found == sorted(found), f"timeline {steps} lacks or misorders {expected}"
     await screenshot(operator, "order-delivered-desktop")
+
+
+async def test_the_order_tracker_fills_in_the_review_deadline_to_the_second(operator):
+    # Inventory fails twice first (retried after 1 s, then 2 s): the tracker opens before the review is recorded.
+    await place_order(operator, {"14-inch laptop": 1}, failure=("inventory", 2))
+    review_by = operator.locator("#order-review-by")
+    await expect(review_by).to_be_hidden()
+    await watch_without_reload(operator)
+    await expect(operator.get_by_role("button", name="Approve the order")).to_be_visible(timeout=STEP_TIMEOUT_MS)
+    await expect(review_by).to_be_visible()
+    # To the second: the review SLA is minutes.
+    await expect(review_by).to_have_text(
+        re.compile(r"^: review it by\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, or it is cancelled$"))
+    assert await still_not_reloaded(operator), "the tracker reloaded the page instead of updating it"
+
+
+async def test_the_order_tracker_stops_refreshing_and_says_so_once_signed_out(browser, site, operator_state):
+    context, watched = await new_page(browser, site, operator_state=operator_state)
+    try:
+        tracker = watched.page
+        order_id = await place_order(tracker, {"14-inch laptop": 1})  # waits for review: the page keeps refreshing
+        other_tab = await context.new_page()
+        await other_tab.goto("/orders")
+        await other_tab.get_by_role("button", name="Sign out").click()
+        signed_out = tracker.locator("#order-signed-out")
+        await expect(signed_out).to_be_visible(timeout=STEP_TIMEOUT_MS)
+        await expect(signed_out).to_contain_text(ORDER_TEXTS["signed_out_live"])
+        await expect(signed_out.get_by_role("link", name="Sign in")).to_have_attribute(
+            "href", f"/signin?next=/orders/{order_id}")
+    finally:
+        await context.close()
+    # The refresh's 401 is the point of the test; anything else is a problem.
+    problems = [p for p in watched.problems if not (p.startswith("GET ") and p.endswith("answered 401"))]
+    assert not problems, "\n".join(problems)
 
 
 async def test_an_order_cancelled_after_the_charge_is_refunded(operator):

@@ -315,14 +315,15 @@ def test_pages_place_track_and_act_on_an_order(client, customer):
     form = {**FORM, "customer_id": customer, "sku_KB-100": "", "sku_LP-140": "1"}
     placed = client.post("/orders", data=form)
     assert placed.status_code == 303
-    assert placed.headers["Location"].endswith("?done=placed")  # the page says the order is placed, once
-    page_url = placed.headers["Location"].split("?")[0]
+    page_url = placed.headers["Location"]
+    assert "?" not in page_url  # the banner is flashed in the session: a URL cannot make one up
     order_id = page_url.rsplit("/", 1)[1]
 
-    page = client.get(placed.headers["Location"])
+    page = client.get(page_url)
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     assert TEXTS["placed"] in html and TEXTS["placed_emailing"].format(email="ada@example.com") in html
+    assert TEXTS["placed"] not in client.get(page_url).get_data(as_text=True)  # once
     assert order_id in html
     for milestone in ORDER_MILESTONES:
         assert f'data-milestone="{milestone}"' in html
@@ -344,14 +345,24 @@ def test_pages_place_track_and_act_on_an_order(client, customer):
     assert TEXTS["failure_times"] in bad_failure.get_data(as_text=True)
     assert 'value="zz"' in bad_failure.get_data(as_text=True)
 
-    approved = client.post(f"{page_url}/approve")
-    assert approved.status_code == 303 and approved.headers["Location"].endswith("done=approve")
-    assert TEXTS["done_approve"] in client.get(approved.headers["Location"]).get_data(as_text=True)
-    again = client.post(f"{page_url}/approve")  # processing or in transit now: not awaiting review
+    long_name = client.post(f"{page_url}/approve", data={"operator": "G" * 101})
+    assert long_name.status_code == 400 and TEXTS["operator"].replace("'", "&#39;") in long_name.get_data(as_text=True)
+    assert f'value="{"G" * 101}"' in long_name.get_data(as_text=True)
+    approved = client.post(f"{page_url}/approve", data={"operator": "Grace Hopper"})
+    assert approved.status_code == 303 and approved.headers["Location"] == page_url
+    assert TEXTS["done_approve"] in client.get(page_url).get_data(as_text=True)
+    assert TEXTS["done_approve"] not in client.get(page_url).get_data(as_text=True)  # once
+    assert any(e["message"] == "Approved by Grace Hopper" for e in client.get(f"/api/orders/{order_id}/events").json["events"])
+    again = client.post(f"{page_url}/approve")  # processing or in transit now, approved by Grace
     assert again.status_code == 409
-    assert TEXTS["not_awaiting_review"].split("(")[0] in again.get_data(as_text=True)
+    assert TEXTS["already_approved"].format(operator="Grace Hopper") in again.get_data(as_text=True)
     expedited = client.post(f"{page_url}/expedite")
-    assert expedited.status_code == 303 and expedited.headers["Location"].endswith("done=expedite")
+    assert expedited.status_code == 303 and expedited.headers["Location"] == page_url
+    assert TEXTS["done_expedite"] in client.get(page_url).get_data(as_text=True)
+    # A banner written into the URL is not the page's to show, whatever the order's status.
+    for made_up in ["cancel", "approve", "placed"]:
+        html = client.get(f"{page_url}?done={made_up}").get_data(as_text=True)
+        assert 'id="notice"' not in html, made_up
 
     dashboard = client.get("/orders")
     assert dashboard.status_code == 200
@@ -367,6 +378,14 @@ def test_the_order_form_keeps_what_was_typed_on_errors(client):
     assert TEXTS["invalid_order"] in html
     assert TEXTS["customer_id"].replace("'", "&#39;") in html and TEXTS["quantity"] in html
     assert 'value="ada lovelace"' in html and 'value="three"' in html and 'value="Londres"' in html
+
+
+def test_the_order_form_refuses_a_product_not_in_the_catalog(client, customer):
+    response = client.post("/orders", data={**FORM, "customer_id": customer, "sku_XX-999": "1"})
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert f"sku_XX-999: {TEXTS['unknown_sku']}" in html
+    assert f'value="{customer}"' in html and 'value="2"' in html  # what was typed is kept
 
 
 @pytest.mark.timeout(60)
@@ -437,6 +456,23 @@ def test_an_idempotency_key_makes_a_retried_order_the_same_order(client, custome
     assert other.status_code == 201 and other.json["order_id"] != first.json["order_id"]
     bad = client.post("/api/orders", json=body, headers={"Idempotency-Key": "white space"})
     assert bad.status_code == 400 and set(bad.json["fields"]) == {"Idempotency-Key"}
+
+
+def test_an_idempotency_key_reused_for_a_different_order_is_refused(client, customer):
+    body = {"customer_id": customer, "customer_email": "ada@example.com", "items": [{"sku": "LP-140", "quantity": 2}],
+            "address": ADDRESS}
+    first = client.post("/api/orders", json=body, headers={"Idempotency-Key": "checkout-1"})
+    assert first.status_code == 201, first.json
+    # The same order with its keys in another order and padded text is a retry, not another order.
+    shuffled = {key: body[key] for key in reversed(body)} | {"customer_email": " ada@example.com "}
+    retry = client.post("/api/orders", json=shuffled, headers={"Idempotency-Key": "checkout-1"})
+    assert retry.status_code == 200 and retry.json == first.json
+    other = {**body, "items": [{"sku": "CB-010", "quantity": 1}], "address": {**ADDRESS, "city": "Paris"}}
+    reused = client.post("/api/orders", json=other, headers={"Idempotency-Key": "checkout-1"})
+    assert reused.status_code == 422, reused.json
+    assert reused.json == {"error": TEXTS["idempotency_key_reused"], "fields": {"Idempotency-Key": TEXTS["idempotency_key_reused"]}}
+    assert "Idempotency-Key" in reused.json["error"]
+    assert client.get(f"/api/orders/{first.json['order_id']}").json["address"]["city"] == ADDRESS["city"]  # untouched
 
 
 def test_two_approves_at_once_approve_once(app, client, customer):

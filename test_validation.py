@@ -27,6 +27,7 @@ from validation import (
     InvalidOrder,
     parse_form_address_change,
     parse_form_application,
+    parse_form_approve,
     parse_form_cancel,
     parse_form_failure,
     parse_form_order,
@@ -344,6 +345,7 @@ def test_operator_actions_refuse_invisible_characters(char):
         (parse_json_cancel, {"reason": f"changed{char}mind"}, "reason"),
         (parse_json_cancel, {"reason": "changed", "operator": f"grace{char}"}, "operator"),
         (parse_json_approve, {"operator": f"grace{char}"}, "operator"),
+        (parse_form_approve, {"operator": f"grace{char}"}, "operator"),
         (parse_json_address_change, {**ADDRESS, "street": f"1{char}Way"}, "address.street"),
         (parse_json_address_change, {**ADDRESS, "operator": f"{char}grace"}, "operator"),
         (parse_json_failure, {"step": f"payment{char}"}, "step"),
@@ -476,7 +478,7 @@ def test_a_valid_order_is_trimmed_and_typed():
         ({"items": [{"sku": "KB-100", "quantity": "2"}]}, "items.0.quantity", TEXTS["quantity"]),
         ({"items": [{"sku": "KB-100", "quantity": True}]}, "items.0.quantity", TEXTS["quantity"]),
         ({"items": [{"sku": "KB-100"}]}, "items.0.quantity", TEXTS["quantity"]),
-        ({"items": [{"sku": "KB-100", "quantity": 10_001}]}, "items.0.quantity", TEXTS["quantity_max"].format(maximum=10_000)),
+        ({"items": [{"sku": "KB-100", "quantity": 10_001}]}, "items.0.quantity", TEXTS["quantity_max"].format(maximum="10,000")),
         ({"items": [{"sku": "KB-100", "quantity": 1, "colour": "red"}]}, "items.0.colour", MESSAGES.validation["unknown_field"]),
         ({"address": "12 Analytical Way, London"}, "address", TEXTS["address"]),
         ({"address": ...}, "address", TEXTS["address"]),
@@ -545,7 +547,9 @@ def test_the_order_form_is_parsed():
         ({"sku_KB-100": ""}, {"items": TEXTS["items"]}),
         ({"sku_KB-100": "two"}, {"sku_KB-100": TEXTS["quantity"]}),
         ({"sku_KB-100": "-1"}, {"sku_KB-100": TEXTS["quantity"]}),
-        ({"sku_KB-100": "20000"}, {"sku_KB-100": TEXTS["quantity_max"].format(maximum=10_000)}),
+        ({"sku_KB-100": "20000"}, {"sku_KB-100": TEXTS["quantity_max"].format(maximum="10,000")}),
+        ({"sku_XX-999": "1"}, {"sku_XX-999": TEXTS["unknown_sku"]}),  # refused, as the JSON API refuses it
+        ({"sku_KB-100": "", "sku_kb-100": "2"}, {"sku_kb-100": TEXTS["unknown_sku"]}),
         ({"customer_id": "ada 1"}, {"customer_id": TEXTS["customer_id"]}),
         ({"customer_email": ""}, {"customer_email": TEXTS["customer_email"]}),
         ({"customer_email": "ada@"}, {"customer_email": TEXTS["customer_email"]}),
@@ -564,6 +568,8 @@ def test_order_form_errors_are_keyed_by_the_form_fields(change, errors):
 def test_operator_action_bodies():
     assert parse_json_approve(None, MESSAGES).operator == "operator"
     assert parse_json_approve({"operator": " grace "}, MESSAGES).operator == "grace"
+    assert parse_form_approve({"operator": " grace "}, MESSAGES).operator == "grace"
+    assert parse_form_approve({"operator": " "}, MESSAGES).operator == parse_form_approve({}, MESSAGES).operator == "operator"
     cancel = parse_json_cancel({"reason": " changed my mind ", "operator": "grace"}, MESSAGES)
     assert (cancel.reason, cancel.operator) == ("changed my mind", "grace")
     change = parse_json_address_change({**ADDRESS, "city": "Paris"}, MESSAGES)
@@ -580,6 +586,7 @@ def test_operator_action_bodies():
         (parse_json_approve, {"operator": 5}, {"operator": TEXTS["operator"]}),
         (parse_json_approve, {"by": "grace"}, {"by": MESSAGES.validation["unknown_field"]}),
         (parse_json_approve, ["grace"], {"body": MESSAGES.errors["not_object"]}),
+        (parse_form_approve, {"operator": "x" * 101}, {"operator": TEXTS["operator"]}),
         (parse_json_cancel, {}, {"reason": TEXTS["cancel_reason"]}),
         (parse_json_cancel, {"reason": "  "}, {"reason": TEXTS["cancel_reason"]}),
         (parse_json_cancel, {"reason": "x" * 501}, {"reason": TEXTS["cancel_reason"]}),

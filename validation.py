@@ -371,7 +371,7 @@ def _order_error_text(loc: tuple, kind: str, fallback: str, messages: Messages) 
     if isinstance(last, int):  # a list element that is not an object
         return texts["item" if loc[0] == "items" else "failure"]
     if last == "quantity" and kind == "less_than_equal":
-        return texts["quantity_max"].format(maximum=MAX_QUANTITY)
+        return texts["quantity_max"].format(maximum=f"{MAX_QUANTITY:,}")  # "10,000", as numbers read elsewhere
     if last in ADDRESS_FIELDS:
         return texts["address_field"]
     if last in _ORDER_FIELD_TEXTS:
@@ -440,6 +440,10 @@ def parse_form_order(form: Mapping[str, str], catalog: Collection[str], messages
     """
     fields: dict[str, str] = {}
     items: list[dict[str, Any]] = []
+    # A product the catalog does not have is refused, as the JSON API refuses it, not ignored.
+    for key in form:
+        if key.startswith("sku_") and key.removeprefix("sku_") not in catalog:
+            fields[key] = messages.orders["unknown_sku"]
     for sku in catalog:
         raw = (form.get(f"sku_{sku}") or "").strip()
         if raw in ("", "0"):
@@ -536,6 +540,12 @@ def parse_json_failure(data: Any, messages: Messages) -> FailureInjection:
     """{"step": ..., "times": 1-10 (default 1), "permanent": false}."""
     model = _validated(_FailureModel, data, messages)
     return FailureInjection(**model.model_dump())
+
+
+def parse_form_approve(form: Mapping[str, str], messages: Messages) -> ApproveRequest:
+    """The tracker page's approve form: the operator's name, optional (empty: the default operator)."""
+    name = form.get("operator") or ""
+    return parse_json_approve({"operator": name} if name.strip() else None, messages)
 
 
 def parse_form_cancel(form: Mapping[str, str], messages: Messages) -> CancelRequest:

@@ -728,7 +728,10 @@ class OrderWorkflow:
 
     @approve.validator
     def _check_approve(self, request: ApproveRequest) -> None:
-        if self._status.status == "awaiting_review" and self._status.approved:
+        # An operator approved it (in review, or since: processing, shipping): say so and by whom.
+        # Auto-approved orders were never in review; ended ones say how they ended.
+        reviewed_and_approved = self._status.approved and self._status.needs_review
+        if reviewed_and_approved and self._status.status not in FINAL_ORDER_STATUSES:
             raise self._refused(self._text("already_approved", operator=self._status.approved_by))
         if self._status.status == "awaiting_review":
             self._refuse_unless_possible("approve")

@@ -4,6 +4,10 @@
  * timeline from the JSON API and updates the page in place: the status, the
  * milestones, the details, the timeline and which actions are offered. The
  * action forms are never re-rendered, so nothing an operator is typing is lost.
+ * The banner an action left ("The order is approved.") is hidden once the status
+ * moves on from the one it was shown with: it told what had just happened, no more.
+ * Once the operator is signed out (a 401, say from another tab) it stops and
+ * says so, with a link to sign in, rather than showing what it can no longer update.
  * Without JavaScript the page is complete as served; a Refresh link updates it.
  */
 (function () {
@@ -23,12 +27,13 @@
     return (Number.isInteger(value) ? dollars : cents).format(value);
   }
 
-  function when(iso) {
+  // As the server's when macros: to the minute, or to the second (a review deadline minutes away).
+  function when(iso, seconds) {
     if (!iso) {
       return "–";
     }
     var utc = /(\+00:00|Z)$/.test(iso) ? " UTC" : "";
-    return iso.slice(0, 16).replace("T", " ") + utc;
+    return iso.slice(0, seconds ? 19 : 16).replace("T", " ") + utc;
   }
 
   function words(text) {
@@ -41,7 +46,8 @@
 
   var FORMATS = {
     money: money,
-    when: when,
+    when: function (iso) { return when(iso, false); },
+    seconds: function (iso) { return when(iso, true); },
     yesno: function (value) { return value ? "Yes" : "No"; },
     words: words,
   };
@@ -81,6 +87,13 @@
     reason.textContent = order.reason || "";
     reason.hidden = !order.reason;
     document.getElementById("order-waiting").hidden = order.source !== "start";
+  }
+
+  function showBanner(order) {
+    var banner = root.querySelector("#notice.banner-success");
+    if (banner && order.status !== root.dataset.status) {
+      banner.hidden = true;
+    }
   }
 
   function showFields(order) {
@@ -164,6 +177,8 @@
       node.hidden = order.actions.indexOf(node.dataset.action) === -1;
     });
     document.getElementById("no-actions").hidden = order.actions.length > 0;
+    // The review's deadline is recorded with the review, often after the page was served.
+    document.getElementById("order-review-by").hidden = !order.review_deadline;
   }
 
   function showEvents(events) {
@@ -183,6 +198,11 @@
 
   function getJson(url) {
     return fetch(url, { headers: { Accept: "application/json" } }).then(function (response) {
+      if (response.status === 401) {
+        var signedOut = new Error(url + ": signed out");
+        signedOut.signedOut = true;
+        throw signedOut;
+      }
       if (!response.ok) {
         throw new Error(url + ": " + response.status);
       }
@@ -195,6 +215,7 @@
       .then(function (results) {
         var order = results[0];
         showStatus(order);
+        showBanner(order);
         showFields(order);
         showMilestones(order);
         showLines(order);
@@ -205,7 +226,12 @@
           window.setTimeout(refresh, POLL_MS);
         }
       })
-      .catch(function () {
+      .catch(function (error) {
+        if (error.signedOut) {
+          // Retrying cannot help until the operator signs in again.
+          document.getElementById("order-signed-out").hidden = false;
+          return;
+        }
         // The server or Temporal is briefly away: the page keeps what it shows; try again.
         window.setTimeout(refresh, POLL_MS);
       });
