@@ -11,6 +11,11 @@ floor, a bare workflow with one no-op activity started and awaited with
 the same Temporal server; then the app at the same concurrency. It prints both
 and their ratios next to the targets (printed, never asserted).
 
+--breakdown N sends N applications one at a time and prints where their time
+goes (medians), from the client's clock and each history's timestamps; the
+decision's workflow task is split by its local activities' markers (when each
+completed, on the worker's clock), decrypted with the client's codec.
+
 Orders (--orders N): places N auto-approved orders through the API (with the
 operator's token) at --concurrency, follows each by polling its status once a
 second until it ends, and prints orders/s, p50/p99 from placing to the end and
@@ -345,12 +350,60 @@ BREAKDOWN_SEGMENTS = (
 )
 
 
-def breakdown_of(sent: float, answered: float, events) -> dict[str, float]:
+# Inside the first workflow task, from its local activities' markers (when each completed,
+# on the worker's clock, on the same machine; the markers' schedule times are not wall-clock
+# times one can subtract); they split the segment above, so they are not added to the total.
+LOCAL_ACTIVITY_SEGMENTS = (
+    ("task started -> validate and decide done", "task_started", "decided"),
+    ("-> persist done (the record fsynced)", "decided", "persisted"),
+    ("persist done -> task completed", "persisted", "task_completed"),
+)
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
+
+
+def local_activity_marks(markers: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """When the decision's local activities were done, from their markers' data
+    (`activity_type`, `complete_time`), in seconds."""
+    done: dict[str, float] = {}
+    for marker in markers:
+        stamp = marker.get("complete_time")
+        if stamp:
+            at = stamp.get("seconds", 0) + stamp.get("nanos", 0) / 1e9
+            done[marker["activity_type"]] = max(done.get(marker["activity_type"], at), at)
+    marks = {}
+    if "validate_application" in done and "decide" in done:
+        marks["decided"] = max(done["validate_application"], done["decide"])
+    if "persist_application" in done:
+        marks["persisted"] = done["persist_application"]
+    return marks
+
+
+async def first_task_markers(client: Client, events) -> list[dict[str, Any]]:
+    """The local activity markers of the first workflow task, decrypted with the client's codec."""
+    payloads = []
+    completed = 0
+    for event in events:
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            completed += 1
+        elif completed > 1:
+            break
+        elif event.HasField("marker_recorded_event_attributes"):
+            marker = event.marker_recorded_event_attributes
+            if marker.marker_name == LOCAL_ACTIVITY_MARKER and marker.details["data"].payloads:
+                payloads.append(marker.details["data"].payloads[0])
+    codec = client.data_converter.payload_codec
+    if codec and payloads:
+        payloads = await codec.decode(payloads)
+    return [json.loads(payload.data) for payload in payloads]
+
+
+def breakdown_of(sent: float, answered: float, events, markers: Sequence[dict[str, Any]] = ()) -> dict[str, float]:
     """Segment times in ms of one application, from the client's clock and its history's timestamps.
 
     `events` is the history; the first workflow task is the one that decides (update-with-start).
+    `markers` (its local activities' marker data) split that task's time (LOCAL_ACTIVITY_SEGMENTS).
     """
-    marks = {"sent": sent, "answered": answered}
+    marks = {"sent": sent, "answered": answered, **local_activity_marks(markers)}
     names = {EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED: "started",
              EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED: "scheduled",
              EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED: "task_started",
@@ -360,7 +413,7 @@ def breakdown_of(sent: float, answered: float, events) -> dict[str, float]:
         if name and name not in marks:
             marks[name] = event.event_time.ToDatetime().timestamp()
     return {label: (marks[end] - marks[start]) * 1000 for label, start, end in BREAKDOWN_SEGMENTS
-            if start in marks and end in marks}
+            + LOCAL_ACTIVITY_SEGMENTS if start in marks and end in marks}
 
 
 async def breakdown(client: Client, http: httpx.AsyncClient, applicants: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -374,12 +427,19 @@ async def breakdown(client: Client, http: httpx.AsyncClient, applicants: Sequenc
             continue
         handle = client.get_workflow_handle(response.json()["workflow_id"])
         events = [event async for event in handle.fetch_history_events()]
-        samples.append(breakdown_of(sent, answered, events))
+        samples.append(breakdown_of(sent, answered, events, await first_task_markers(client, events)))
+    return summarize_breakdown(samples)
+
+
+def summarize_breakdown(samples: Sequence[dict[str, float]]) -> dict[str, Any]:
+    main = [label for label, _, _ in BREAKDOWN_SEGMENTS]
     return {
         "samples": len(samples),
-        "segments_ms": {label: median_or_none(sample.get(label) for sample in samples)
-                        for label, _, _ in BREAKDOWN_SEGMENTS},
-        "total_ms": median_or_none((sample and sum(sample.values())) for sample in samples),
+        "segments_ms": {label: median_or_none(sample.get(label) for sample in samples) for label in main},
+        "local_activities_ms": {label: median_or_none(sample.get(label) for sample in samples)
+                                for label, _, _ in LOCAL_ACTIVITY_SEGMENTS},
+        "total_ms": median_or_none(sum(sample[label] for label in main if label in sample) if sample else None
+                                   for sample in samples),
     }
 
 
@@ -700,6 +760,10 @@ def format_benchmark(report: dict[str, Any]) -> str:
                       " workflow history's timestamps):"]
         for label, value in split["segments_ms"].items():
             lines.append(f"  {label:<52} {number(value):>7}")
+            if label.startswith("task started -> task completed"):
+                for inner, inner_value in split.get("local_activities_ms", {}).items():
+                    if inner_value is not None:
+                        lines.append(f"    {inner:<50} {number(inner_value):>7}")
         lines.append(f"  {'total':<52} {number(split['total_ms']):>7}")
     checks = [(level["concurrency"], check) for level in report["levels"] for check in level["targets"]]
     if checks:

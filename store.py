@@ -28,6 +28,14 @@ Why it is built this way:
   absolute values) and applied; a crash in between is redone by the next
   writer or reader, and the retry (same key, same document) finds its entry
   and counts nothing twice. A rewrite that changes nothing counted takes no lock.
+- A write is durable when it returns, and waits for the disk as few times as
+  that order allows: the document (its file fsynced, renamed, its folder
+  fsynced); then, under the index lock, the journal's and the index files'
+  new versions are written to temporary files and fsynced at once, in
+  parallel threads (the file system flushes them in one commit), then the
+  journal is renamed and the folder fsynced, then the index files
+  (`test_every_file_is_fsynced_before_its_rename_and_durable_before_the_write_returns`):
+  five waits instead of eight, three of them under the lock instead of six.
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +155,9 @@ class JsonStore:
         """Write a document whose lock the caller holds (see `locked`)."""
         if sort_key is not None and not _SORT_KEY.match(sort_key):
             raise ValueError(f"invalid sort key {sort_key!r}")
-        self._write(collection, key, document)
+        # The document first, outside the index lock: concurrent writers' documents reach the
+        # disk together, and the lock is held for the index change only.
+        _atomic_write(self._path(collection, key), json.dumps(document, indent=2, sort_keys=True).encode())
         index = self._index(collection)
         entry_path = index / f"{key}.key"
         if sort_key is None and not entry_path.exists():
@@ -176,17 +187,33 @@ class JsonStore:
                     counts[value] = counts.get(value, 0) + 1
             new_entry = {"seq": entry["seq"] if entry else new_state["total"], "counted": counted}
             journal = {"key": key, "entry": new_entry, "state": new_state}
-            _atomic_write(index / "journal.json", json.dumps(journal).encode())
-            self._apply(index, journal)
+            # The journal and the index files are written and fsynced at once (one wait for the
+            # disk, not four); the renames then go in the order that keeps a crash recoverable:
+            # the journal, then the index files, each made durable by the folder's fsync.
+            staged = _stage([(index / "journal.json", json.dumps(journal).encode()),
+                             *self._index_files(index, journal)])
+            try:
+                _commit(staged[:1])
+                self._apply(index, journal, staged[1:])
+            finally:
+                _discard(staged)
 
-    def _apply(self, index: Path, journal: dict[str, Any]) -> None:
-        """Apply a journaled index change. Every file gets absolute values, so redoing it is
-        harmless; the files share one folder, so one folder fsync makes them all durable."""
+    def _index_files(self, index: Path, journal: dict[str, Any]) -> list[tuple[Path, bytes]]:
         key, entry = journal["key"], journal["entry"]
-        _atomic_write(index / f"{key}.key", json.dumps(entry).encode(), sync_folder=False)
-        _atomic_write(index / f"{entry['seq']}.seq", key.encode(), sync_folder=False)
-        _atomic_write(index / "state.json", json.dumps(journal["state"]).encode(), sync_folder=False)
-        _fsync_folder(index)
+        return [(index / f"{key}.key", json.dumps(entry).encode()),
+                (index / f"{entry['seq']}.seq", key.encode()),
+                (index / "state.json", json.dumps(journal["state"]).encode())]
+
+    def _apply(self, index: Path, journal: dict[str, Any], staged: list[tuple[Path, str]] | None = None) -> None:
+        """Apply a journaled index change (`staged`: its files, already written and fsynced).
+        Every file gets absolute values, so redoing it is harmless; the files share one folder,
+        so one folder fsync makes them all durable."""
+        if staged is None:
+            staged = _stage(self._index_files(index, journal))
+        try:
+            _commit(staged)
+        finally:
+            _discard(staged)
         os.unlink(index / "journal.json")
 
     def _recover(self, index: Path) -> None:
@@ -199,9 +226,6 @@ class JsonStore:
         if (index / "journal.json").exists():
             with self._index_lock(index):
                 self._recover(index)
-
-    def _write(self, collection: str, key: str, document: dict[str, Any]) -> None:
-        _atomic_write(self._path(collection, key), json.dumps(document, indent=2, sort_keys=True).encode())
 
     # --- helpers -----------------------------------------------------------
 
@@ -255,22 +279,77 @@ def _read_json(path: Path, default: Any) -> Any:
         return default
 
 
-def _atomic_write(path: Path, data: bytes, sync_folder: bool = True) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _atomic_write(path: Path, data: bytes) -> None:
+    staged = _stage([(path, data)])
     try:
-        with os.fdopen(fd, "wb") as tmp_file:
-            tmp_file.write(data)
-            tmp_file.flush()
-            os.fsync(tmp_file.fileno())
-        os.replace(tmp, path)
+        _commit(staged)
+    finally:
+        _discard(staged)
+
+
+def _stage(files: list[tuple[Path, bytes]]) -> list[tuple[Path, str]]:
+    """Write each file's new content to a temporary file beside it, and fsync them all at once.
+
+    Nothing is visible until `_commit` renames them. The fsyncs run in parallel threads: the
+    file system flushes them in one journal commit, so five cost about what one does
+    (store_bench.py --writes measures it on this disk)."""
+    staged: list[tuple[Path, str]] = []
+    fds: list[int] = []
+    try:
+        for path, data in files:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            fds.append(fd)
+            staged.append((path, tmp))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        _fsync_all(fds)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _discard(staged)
         raise
-    if sync_folder:
-        _fsync_folder(path.parent)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return staged
+
+
+def _commit(staged: list[tuple[Path, str]]) -> None:
+    """Rename staged files over their targets, then fsync their folders: durable once it returns."""
+    for path, tmp in staged:
+        os.replace(tmp, path)
+    for folder in dict.fromkeys(path.parent for path, _tmp in staged):
+        _fsync_folder(folder)
+
+
+def _discard(staged: list[tuple[Path, str]]) -> None:
+    """Remove the temporary files an error left behind (committed ones are gone already)."""
+    for _path, tmp in staged:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+_fsync_pool: tuple[int, ThreadPoolExecutor] | None = None
+_fsync_pool_guard = threading.Lock()
+
+
+def _fsync_all(fds: list[int]) -> None:
+    """fsync every descriptor, all at once: this thread takes the first, a small pool the rest."""
+    global _fsync_pool
+    if len(fds) > 1:
+        with _fsync_pool_guard:
+            # Threads do not survive a fork (gunicorn forks its workers): one pool per process.
+            if _fsync_pool is None or _fsync_pool[0] != os.getpid():
+                _fsync_pool = (os.getpid(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-fsync"))
+            pool = _fsync_pool[1]
+        others = [pool.submit(os.fsync, fd) for fd in fds[1:]]
+    else:
+        others = []
+    try:
+        if fds:
+            os.fsync(fds[0])
+    finally:
+        for pending in others:
+            pending.result()
 
 
 def _fsync_folder(folder: Path) -> None:

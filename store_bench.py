@@ -2,6 +2,14 @@
 
     .venv/bin/python store_bench.py                        # JSON files, 100 / 10,000 / 100,000 records
     DATABASE_URL=postgresql://... .venv/bin/python store_bench.py   # the same on PostgreSQL, beside JSON
+    .venv/bin/python store_bench.py --writes 300           # what one write of a listed record costs on this disk
+
+--writes N times N `put`s of new listed records and N rewrites of them (fsync
+on, in a temporary folder under DATA_DIR), counts the fsync calls per put, and
+times five small files fsynced one after another against all at once, and
+creating a file against fsyncing it, so the
+store's write can be judged on the disk it runs on (medians; the machine's
+other work shows as noise).
 
 Each size is filled once into a temporary folder (or a fresh PostgreSQL schema
 namespace: a collection name per run) through the store's own `put`; fsync is
@@ -18,6 +26,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from unittest import mock
 
@@ -65,10 +74,71 @@ def measure(name: str, store, collection: str, sizes: list[int], fast_fill) -> l
     return rows
 
 
+def percentile_ms(times: list[float], pct: int) -> float:
+    return sorted(times)[min(len(times) - 1, len(times) * pct // 100)] * 1000
+
+
+def measure_writes(count: int, folder: str) -> None:
+    store = JsonStore(folder, counted_fields={"bench": ("decision",)})
+    fsyncs = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd):
+        fsyncs.append(fd)
+        real_fsync(fd)
+
+    for label in ("new listed record", "rewrite, nothing counted changes"):  # the same keys, twice
+        times = []
+        with mock.patch("os.fsync", counting_fsync):
+            fsyncs.clear()
+            for n in range(count):
+                began = time.perf_counter()
+                store.put("bench", f"rec-{n:07d}", {"n": n, "decision": DECISIONS[n % 4], "pad": "x" * 1200},
+                          sort_key=f"{n:010d}")
+                times.append(time.perf_counter() - began)
+        print(f"put, {label:34} p50 {statistics.median(times) * 1000:6.2f} ms  p95 {percentile_ms(times, 95):6.2f} ms"
+              f"  fsync calls per put {len(fsyncs) / count:.1f}", flush=True)
+    files = os.path.join(folder, "fsync-test")
+    os.makedirs(files)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for label, sync in (("one after another", lambda fds: [os.fsync(fd) for fd in fds]),
+                            ("all at once (threads)", lambda fds: list(pool.map(os.fsync, fds)))):
+            times = []
+            for n in range(count):
+                fds = [os.open(os.path.join(files, f"{label[:3]}-{n}-{i}"), os.O_WRONLY | os.O_CREAT, 0o600)
+                       for i in range(5)]
+                for fd in fds:
+                    os.write(fd, b"x" * 300)
+                began = time.perf_counter()
+                sync(fds)
+                times.append(time.perf_counter() - began)
+                for fd in fds:
+                    os.close(fd)
+            print(f"5 new files fsynced {label:23} p50 {statistics.median(times) * 1000:6.2f} ms"
+                  f"  p95 {percentile_ms(times, 95):6.2f} ms", flush=True)
+    creates, syncs = [], []
+    for n in range(count):
+        began = time.perf_counter()
+        fd = os.open(os.path.join(files, f"new-{n}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        creates.append(time.perf_counter() - began)
+        os.write(fd, b"x" * 300)
+        began = time.perf_counter()
+        os.fsync(fd)
+        syncs.append(time.perf_counter() - began)
+        os.close(fd)
+    print(f"creating one new file                       p50 {statistics.median(creates) * 1000:6.2f} ms;"
+          f" fsyncing it p50 {statistics.median(syncs) * 1000:6.2f} ms", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100,10000,100000", help="record counts to measure at, ascending")
+    parser.add_argument("--writes", type=int, metavar="N", help="time N writes instead of the pages (see above)")
     args = parser.parse_args()
+    if args.writes:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("DATA_DIR")) as folder:
+            measure_writes(args.writes, folder)
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as folder:
         json_store = JsonStore(folder, counted_fields={"bench": ("decision",)})

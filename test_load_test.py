@@ -6,11 +6,13 @@ No server needed: the HTTP client runs against `httpx.MockTransport`.
 from __future__ import annotations
 
 import json
+import types
 
 import httpx
 import pytest
 
 import load_test
+from temporalio.api.enums.v1 import EventType
 from load_test import (
     PROFILES,
     Applicants,
@@ -269,3 +271,68 @@ def test_soak_rows_and_the_memory_of_the_watched_processes():
     assert header.split() == ["sent", "apps/s", "p50", "ms", "p99", "ms", "failed", "temporal", "MB", "worker", "MB",
                               "web", "MB"]
     assert line.split() == ["2000", "55.2", "500.0", "900.5", "0", "300", "120", "-"]
+
+
+def test_web_bench_times_both_event_loop_models():
+    """web_bench.py's figures: the web app's own time per POST /api/evaluate, each way of running its views."""
+    import web_bench
+
+    figures = web_bench.main(["--requests", "5", "--rounds", "2"])
+    assert set(figures) == {"loop kept per thread (WebApp)", "a loop per request (asgiref)"}
+    assert all(len(values) == 2 and all(value > 0 for value in values) for values in figures.values())
+
+
+def _event(kind, at: float, **fields):
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from temporalio.api.history.v1 import HistoryEvent
+
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(round(at * 1e9)))
+    return HistoryEvent(event_type=kind, event_time=stamp, **fields)
+
+
+def _marker(at: float, data: dict):
+    from temporalio.api.common.v1 import Payload, Payloads
+    from temporalio.api.history.v1 import MarkerRecordedEventAttributes
+
+    attributes = MarkerRecordedEventAttributes(marker_name="core_local_activity")
+    attributes.details["data"].CopyFrom(Payloads(payloads=[Payload(data=json.dumps(data).encode())]))
+    return _event(EventType.EVENT_TYPE_MARKER_RECORDED, at, marker_recorded_event_attributes=attributes)
+
+
+def _stamp(at: float) -> dict:
+    return {"seconds": int(at), "nanos": int(round((at - int(at)) * 1e9))}
+
+
+async def test_the_breakdown_splits_the_first_task_by_its_local_activities():
+    """The decision's task, split by its local activities' markers; the split is not added to the total."""
+    t = 1_800_000_000.0
+    steps = [("validate_application", 0.0125, 0.0140), ("decide", 0.0126, 0.0150), ("persist_application", 0.0160, 0.0260),
+             ("record_contact_preference", 0.5, 0.6)]  # a later task's: not the decision's
+    events = [_event(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED, t + 0.010),
+              _event(EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, t + 0.0101),
+              _event(EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED, t + 0.012),
+              _event(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED, t + 0.030),
+              *[_marker(t + 0.030, {"activity_type": kind, "original_schedule_time": _stamp(t + at),
+                                    "complete_time": _stamp(t + done)}) for kind, at, done in steps[:3]],
+              _event(EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, t + 0.4),
+              _event(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED, t + 0.7),
+              _marker(t + 0.7, {"activity_type": steps[3][0], "original_schedule_time": _stamp(t + 0.5),
+                                "complete_time": _stamp(t + 0.6)})]
+    client = types.SimpleNamespace(data_converter=types.SimpleNamespace(payload_codec=None))
+    markers = await load_test.first_task_markers(client, events)
+    assert [m["activity_type"] for m in markers] == ["validate_application", "decide", "persist_application"]
+
+    sample = load_test.breakdown_of(t + 0.005, t + 0.035, events, markers)
+    expected = {"task started -> validate and decide done": 3.0, "-> persist done (the record fsynced)": 11.0,
+                "persist done -> task completed": 4.0, "task started -> task completed (local activities)": 18.0}
+    for label, ms in expected.items():
+        assert sample[label] == pytest.approx(ms, abs=0.01), label  # event times are whole microseconds
+    summary = load_test.summarize_breakdown([sample])
+    assert summary["total_ms"] == pytest.approx(30.0, abs=0.01)  # sent -> answered, the split not counted twice
+    text = load_test.format_benchmark({"url": "http://app", "run_id": "r", "seed": 1, "repeat": 1, "levels": [],
+                                       "breakdown": summary})
+    lines = text.splitlines()
+    task_line = next(n for n, line in enumerate(lines) if "task started -> task completed" in line)
+    assert lines[task_line + 2].startswith("    -> persist done (the record fsynced)")
+    assert lines[task_line + 2].split()[-1] == "11.0"

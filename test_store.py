@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import store as store_module
 from store import LOCK_STRIPES, JsonStore
 
 PROCESSES = 4
@@ -68,6 +67,39 @@ def test_a_failed_write_leaves_the_old_document_and_no_temp_file(tmp_path, monke
     monkeypatch.undo()
     assert store.get("things", "k") == {"v": "old"}
     assert [p.name for p in (tmp_path / "things").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_every_file_is_fsynced_before_its_rename_and_durable_before_the_write_returns(tmp_path, monkeypatch):
+    """A record is reported written only once it is on disk: each file's content is fsynced
+    before the rename that makes it visible, and each rename's folder is fsynced after it.
+    The renames keep their order (document, journal, index files), each durable before the
+    next, so a crash at any point leaves a record its index can be redone from."""
+    store = JsonStore(tmp_path, counted_fields={"applications": ("decision",)})
+    store.put("applications", "a0", {"decision": "denied"}, sort_key="2025")
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: real_fsync(fd) or events.append(("fsync", os.fstat(fd).st_ino)))
+    monkeypatch.setattr(os, "replace", lambda src, dst: events.append(("rename", os.stat(src).st_ino, Path(dst)))
+                        or real_replace(src, dst))
+    store.put("applications", "a1", {"decision": "pre_approved"}, sort_key="2026")
+    monkeypatch.undo()
+
+    folder, index = tmp_path / "applications", tmp_path / "applications" / "_index"
+    renames = [(n, event[1], event[2]) for n, event in enumerate(events) if event[0] == "rename"]
+    assert [target.relative_to(folder).as_posix() for _n, _ino, target in renames] == [
+        "a1.json", "_index/journal.json", "_index/a1.key", "_index/2.seq", "_index/state.json"]
+    synced = lambda inode, after=-1, before=len(events): any(  # noqa: E731
+        event == ("fsync", inode) for event in events[after + 1:before])
+    for n, inode, target in renames:
+        assert synced(inode, before=n), f"{target.name} renamed before its content was fsynced"
+    folder_synced_at = lambda folder_path, after: next(  # noqa: E731
+        m for m in range(after + 1, len(events)) if events[m] == ("fsync", os.stat(folder_path).st_ino))
+    document, journal, *index_files = renames
+    assert folder_synced_at(folder, document[0]) < journal[0], "the journal became visible before the document was durable"
+    assert folder_synced_at(index, journal[0]) < index_files[0][0], "the index changed before its journal was durable"
+    assert folder_synced_at(index, index_files[-1][0]) < len(events)  # and the index files, before put returned
+    assert store.count_by("applications", "decision") == {"denied": 1, "pre_approved": 1}
+    assert not (index / "journal.json").exists() and not list(folder.glob("**/.*.tmp"))
 
 
 def test_a_write_never_enumerates_other_records(tmp_path, monkeypatch):
@@ -269,23 +301,25 @@ def test_a_crash_in_the_middle_of_an_index_change_is_redone_once(tmp_path, monke
     store = JsonStore(tmp_path, counted_fields={"orders": ("status",)})
     store.put("orders", "o1", {"status": "pending"}, sort_key="1")
     store.put("orders", "o2", {"status": "pending"}, sort_key="2")
-    real_atomic_write = store_module._atomic_write
+    real_replace = os.replace
 
-    def crash_at_the_commit(path, data, sync_folder=True):
-        if path.name == "state.json":
+    def crash_at_the_commit(src, dst):
+        if Path(dst).name == "state.json":
             raise OSError("killed")
-        real_atomic_write(path, data, sync_folder)
+        real_replace(src, dst)
 
-    monkeypatch.setattr(store_module, "_atomic_write", crash_at_the_commit)
+    monkeypatch.setattr(os, "replace", crash_at_the_commit)
     with pytest.raises(OSError):
         store.put("orders", "o1", {"status": "shipped"}, sort_key="1")
-    monkeypatch.setattr(store_module, "_atomic_write", real_atomic_write)
+    monkeypatch.setattr(os, "replace", real_replace)
+    index = tmp_path / "orders" / "_index"
+    assert (index / "journal.json").exists() and not list(index.glob(".*.tmp"))  # journaled; no stray temporary file
     fresh = JsonStore(tmp_path, counted_fields={"orders": ("status",)})  # another process: it redoes the change
     assert fresh.count_by("orders", "status") == {"shipped": 1, "pending": 1}
-    monkeypatch.setattr(store_module, "_atomic_write", crash_at_the_commit)
+    monkeypatch.setattr(os, "replace", crash_at_the_commit)
     with pytest.raises(OSError):
         store.put("orders", "o3", {"status": "pending"}, sort_key="3")  # a new record, crashed too
-    monkeypatch.setattr(store_module, "_atomic_write", real_atomic_write)
+    monkeypatch.setattr(os, "replace", real_replace)
     for _attempt in range(2):  # the retries
         store.put("orders", "o1", {"status": "shipped"}, sort_key="1")
         store.put("orders", "o3", {"status": "pending"}, sort_key="3")

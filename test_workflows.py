@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -18,7 +19,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from temporalio import workflow
+from temporalio import activity, workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.common import WorkflowIDConflictPolicy
@@ -27,6 +28,7 @@ from temporalio.worker import Replayer, Worker
 from temporalio.workflow import NondeterminismError
 
 from activities import AGENT_NOTIFICATIONS, APPLICATIONS, LoanActivities
+from config import load_messages, load_rules
 from shared import INVALID_APPLICATION, AgentNotificationRequest, LoanApplication, LoanOutcome, LoanRequest, record_key
 from store import JsonStore
 from worker import build_worker
@@ -135,10 +137,67 @@ async def test_compliance_failure_becomes_a_denied_compliance_decision(time_skip
     assert "600" in outcome.reason
 
     history = await handle.fetch_history()
-    assert activity_attempts(history) == [("validate_application", 1), ("decide", 1), ("persist_application", 1),
-                                          ("send_decision_email", 1)]
+    attempts = activity_attempts(history)
+    # Validate and decide run side by side: their markers come in the order they finished.
+    assert sorted(attempts[:2]) == [("decide", 1), ("validate_application", 1)]
+    assert attempts[2:] == [("persist_application", 1), ("send_decision_email", 1)]
     failures = [EventType.Name(e.event_type) for e in history.events if e.event_type in FAILURE_EVENTS]
     assert failures == []
+
+
+async def test_an_application_validation_changes_is_decided_again_on_the_validated_one(time_skipping_env, settings,
+                                                                                      worker):
+    """Decide runs beside validate on the application as submitted; when validation changes it
+    (here it normalizes the email), that decision is dropped and decide runs on the validated one."""
+    handle = await start(time_skipping_env.client, settings, application(email="  Ada.Lovelace@Example.COM "))
+    outcome = await handle.result()
+    assert outcome.application.email == "ada.lovelace@example.com"
+    assert "ada.lovelace@example.com" in outcome.message.message and "Example.COM" not in outcome.message.message
+    attempts = activity_attempts(await handle.fetch_history())  # the first two in the order they finished
+    assert sorted(attempts[:2]) == [("decide", 1), ("validate_application", 1)]
+    assert attempts[2:] == [("decide", 1), ("persist_application", 1), ("send_decision_email", 1)]
+
+
+class OverlapCheckingActivities(LoanActivities):
+    """Validate finishes only once decide has started: it fails if the two run one after the other."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.deciding = threading.Event()
+
+    @activity.defn(name="validate_application")
+    def validate_application(self, application: LoanApplication) -> LoanApplication:
+        if not self.deciding.wait(3):
+            raise RuntimeError("decide did not start while validate ran")
+        return super().validate_application(application)
+
+    @activity.defn(name="decide")
+    def decide(self, application: LoanApplication):
+        self.deciding.set()
+        return super().decide(application)
+
+
+@activity.defn(name="send_decision_email")
+def email_sent(_outcome: LoanOutcome) -> str:
+    return "sent"
+
+
+async def test_validate_and_decide_run_at_the_same_time(time_skipping_env, settings):
+    """One round trip from the workflow to its local activities instead of two (issue 15)."""
+    loans = OverlapCheckingActivities(JsonStore(settings.data_dir), load_rules(settings.rules_file),
+                                      load_messages(settings.messages_file), "worker-test")
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        async with Worker(time_skipping_env.client, task_queue=settings.task_queue, workflows=[LoanApplicationWorkflow],
+                          activities=[loans.validate_application, loans.decide, loans.persist_application,
+                                      loans.notify_agent, loans.record_contact_preference, email_sent],
+                          activity_executor=executor):
+            handle = await start(time_skipping_env.client, settings, application())
+            # To the end (time skipping runs out the window): an open workflow would hold time still.
+            outcome = await handle.result()
+    assert outcome.decision == "pre_approved"
+    attempts = activity_attempts(await handle.fetch_history())
+    assert sorted(attempts[:2]) == [("decide", 1), ("validate_application", 1)]  # each once: no retry was needed
+    assert attempts[2] == ("persist_application", 1)
 
 
 async def test_invalid_input_fails_fast_and_does_not_block_the_email(time_skipping_env, settings, worker):
