@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= data
 export DATA_DIR
-# The workflow sandbox (the order workflows and the benchmark's floor) imports
+# The workflow sandbox (the benchmark's floor workflow) imports
 # modules again for every run; without a bytecode cache that is a compile each time.
 unexport PYTHONDONTWRITEBYTECODE
 

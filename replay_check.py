@@ -1,6 +1,6 @@
-"""Replay recorded LoanApplicationWorkflow histories against the current code, in this process.
+"""Replay recorded histories (loan, order, shipping, rewards workflows) against the current code, in this process.
 
-    python replay_check.py histories/loan_*.json
+    python replay_check.py histories/loan_*.json histories/order_*.json
 
 The tests run it as a fresh process with a chosen PYTHONHASHSEED, so a workflow
 that depends on anything that differs between processes (hash seeds, set or
@@ -20,12 +20,14 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from config import payload_data_converter
-from workflows import LoanApplicationWorkflow
+from workflows import LoanApplicationWorkflow, OrderWorkflow, RewardsWorkflow, ShippingWorkflow
 
 
 async def replay(paths: list[Path]) -> int:
     # The app's converter: encrypted histories decrypt with PAYLOAD_KEY; plain ones pass through.
-    replayer = Replayer(workflows=[LoanApplicationWorkflow], data_converter=payload_data_converter())
+    # Each history replays on the workflow class of its type; all four run unsandboxed.
+    replayer = Replayer(workflows=[LoanApplicationWorkflow, OrderWorkflow, ShippingWorkflow, RewardsWorkflow],
+                        data_converter=payload_data_converter())
     failed = 0
     for path in paths:
         history = WorkflowHistory.from_json(path.stem, path.read_text())

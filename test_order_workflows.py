@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowHistory
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
@@ -494,3 +496,116 @@ async def test_order_histories_recorded_before_the_emails_replay(time_skipping_e
     completed = WorkflowHistory.from_json("v3", (HERE / "histories" / "order_workflow_v3_completed.json").read_text())
     with pytest.raises(NondeterminismError):
         await unguarded.replay_workflow(with_customer_email(completed, "ada@example.com"))
+
+
+# One recorded order per way the current version ends, for replay in fresh processes.
+# RECORD_ORDER_HISTORIES=1 also writes them, the order's and its shipment's, to
+# histories/{order,shipping}_workflow_<ORDER_VERSION>_<kind>.json (for a version that changes
+# the commands, as each earlier version has a recording).
+ORDER_VERSION = "v6"
+ORDER_SCENARIOS = ("completed", "reviewed", "review_expired", "cancelled_after_charge")
+
+
+async def record_order_scenario(client: Client, settings, kind: str) -> list[tuple[str, WorkflowHistory]]:
+    """The order's history, its shipment's and (when it awarded points) the customer's rewards history."""
+    lines = SMALL if kind in ("completed", "cancelled_after_charge") else LARGE
+    request = dataclasses.replace(order_request(settings, lines), customer_email="ada@example.com")
+    handle = await start(client, settings, request)
+    if kind == "reviewed":
+        await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+        await update(handle, OrderWorkflow.approve, ApproveRequest("carol"))
+    elif kind == "cancelled_after_charge":
+        await wait_for(handle, lambda s: s.shipment.stage == "prepared", "the package to be prepared")
+        await update(handle, OrderWorkflow.cancel, CancelRequest("duplicate order"))
+    status = await handle.result()
+    assert status.status == {"review_expired": "cancelled", "cancelled_after_charge": "cancelled"}.get(kind, "completed")
+    histories = [("order", await handle.fetch_history())]
+    if kind != "review_expired":
+        histories.append(("shipping", await client.get_workflow_handle(f"{handle.id}-shipping").fetch_history()))
+    if status.status == "completed":
+        histories.append(("rewards", await client.get_workflow_handle(rewards_workflow_id(request.customer_id)).fetch_history()))
+    return histories
+
+
+async def plain_history_json(history: WorkflowHistory, codec) -> str:
+    """The history as JSON with every payload decrypted: committed histories are plain, so they
+    replay under any key (the session's key is random)."""
+    async def decrypt(message) -> None:
+        for field, value in message.ListFields():
+            if field.message_type is None:
+                continue
+            if field.message_type.GetOptions().map_entry:
+                items = list(value.values()) if field.message_type.fields_by_name["value"].message_type else []
+            else:
+                items = list(value) if field.is_repeated else [value]
+            for item in items:
+                if isinstance(item, Payload):
+                    item.CopyFrom((await codec.decode([item]))[0])
+                else:
+                    await decrypt(item)
+
+    for event in history.events:
+        await decrypt(event)
+    return history.to_json()
+
+
+async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
+    time_skipping_env, order_settings, order_workers, tmp_path, payload_codec
+):
+    """The order, shipping and rewards workflows run unsandboxed for speed (as the loan workflow
+    does), so replay is what shows them deterministic: every committed order history and fresh
+    ones of each way an order ends (with its shipment and rewards) replay in new processes under
+    other hash seeds."""
+    from test_workflows import replay_in_fresh_processes
+
+    assert not any(getattr(cls, "__temporal_workflow_definition").sandboxed
+                   for cls in (OrderWorkflow, ShippingWorkflow, RewardsWorkflow))
+    fresh = []
+    for kind in ORDER_SCENARIOS:
+        for workflow_kind, history in await record_order_scenario(time_skipping_env.client, order_settings, kind):
+            assert len(history.events) > 5
+            fresh.append(tmp_path / f"{workflow_kind}_{kind}.json")
+            fresh[-1].write_text(history.to_json())
+            if os.environ.get("RECORD_ORDER_HISTORIES") == "1" and workflow_kind != "rewards":
+                (HERE / "histories" / f"{workflow_kind}_workflow_{ORDER_VERSION}_{kind}.json").write_text(
+                    await plain_history_json(history, payload_codec))
+    committed = sorted((HERE / "histories").glob("order_workflow_*.json")) + sorted(
+        (HERE / "histories").glob("shipping_workflow_*.json"))
+    assert len(committed) >= 4
+    replay_in_fresh_processes(committed + fresh)
+
+
+async def test_order_histories_recorded_before_local_notices_replay(time_skipping_env, monkeypatch):
+    """histories/order_workflow_v4_*.json ran the customer's notices as activities (before
+    LOCAL_BOOKKEEPING_PATCH): they replay as they ran; unguarded, the notices are local activities
+    where the history has activities, which replay refuses."""
+    paths = sorted((HERE / "histories").glob("order_workflow_v4_*.json"))
+    assert len(paths) == len(ORDER_SCENARIOS)
+    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow],
+                        data_converter=time_skipping_env.client.data_converter)
+    for path in paths:
+        await replayer.replay_workflow(WorkflowHistory.from_json(path.stem, path.read_text()))
+
+    monkeypatch.setattr(temporalio.workflow, "patched", lambda patch_id: True)
+    unguarded = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow])
+    completed = WorkflowHistory.from_json("v4", (HERE / "histories" / "order_workflow_v4_completed.json").read_text())
+    with pytest.raises(NondeterminismError):
+        await unguarded.replay_workflow(completed)
+
+
+async def test_shipment_histories_recorded_before_local_carrier_steps_replay(time_skipping_env, monkeypatch):
+    """histories/shipping_workflow_v5_*.json dispatched and delivered with activities (before
+    SHIPPING_LOCAL_CARRIER_PATCH): they replay as they ran; unguarded, those steps are local
+    activities where the history has activities, which replay refuses."""
+    paths = sorted((HERE / "histories").glob("shipping_workflow_v5_*.json"))
+    assert len(paths) == 3
+    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow],
+                        data_converter=time_skipping_env.client.data_converter)
+    for path in paths:
+        await replayer.replay_workflow(WorkflowHistory.from_json(path.stem, path.read_text()))
+
+    monkeypatch.setattr(temporalio.workflow, "patched", lambda patch_id: True)
+    unguarded = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow])
+    completed = WorkflowHistory.from_json("v5", (HERE / "histories" / "shipping_workflow_v5_completed.json").read_text())
+    with pytest.raises(NondeterminismError):
+        await unguarded.replay_workflow(completed)

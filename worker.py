@@ -113,7 +113,8 @@ def build_order_workers(
     ten times and runs six activities, and a workflow task waits for its local
     activity to get a slot (with a quarter of the half, 4 slots at 78 ms a record
     held 32 orders in flight to about 5 orders/s). Shipping has three short
-    activities per order and no local activities.
+    steps per order: preparing is an activity, dispatch and delivery (since
+    `shipping-carrier-steps-local`) local activities, so its slots are split in half.
     """
     store = store or open_store(settings)
     rules = load_rules(settings.rules_file)
@@ -149,7 +150,7 @@ def build_order_workers(
             task_queue=settings.shipping_task_queue,
             workflows=[ShippingWorkflow],
             activities=[shipping.prepare_package, shipping.dispatch_carrier, shipping.deliver],
-            **slots(max(2, concurrency - order_threads), activity_share=1.0),
+            **slots(max(2, concurrency - order_threads), activity_share=0.5),
             **common,
         ),
     ]
