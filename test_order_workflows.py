@@ -575,37 +575,34 @@ async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
     replay_in_fresh_processes(committed + fresh)
 
 
-async def test_order_histories_recorded_before_local_notices_replay(time_skipping_env, monkeypatch):
-    """histories/order_workflow_v4_*.json ran the customer's notices as activities (before
-    LOCAL_BOOKKEEPING_PATCH): they replay as they ran; unguarded, the notices are local activities
-    where the history has activities, which replay refuses."""
-    paths = sorted((HERE / "histories").glob("order_workflow_v4_*.json"))
-    assert len(paths) == len(ORDER_SCENARIOS)
-    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow],
-                        data_converter=time_skipping_env.client.data_converter)
+async def replay_as_recorded_and_refused_unguarded(data_converter, monkeypatch, version: str, kind: str,
+                                                  count: int) -> None:
+    """Every histories/<kind>_workflow_<version>_*.json replays as it ran; with every patch
+    taken as new (the guard removed), the completed one is refused as nondeterministic."""
+    paths = sorted((HERE / "histories").glob(f"{kind}_workflow_{version}_*.json"))
+    assert len(paths) == count
+    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow], data_converter=data_converter)
     for path in paths:
         await replayer.replay_workflow(WorkflowHistory.from_json(path.stem, path.read_text()))
 
     monkeypatch.setattr(temporalio.workflow, "patched", lambda patch_id: True)
     unguarded = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow])
-    completed = WorkflowHistory.from_json("v4", (HERE / "histories" / "order_workflow_v4_completed.json").read_text())
+    completed = HERE / "histories" / f"{kind}_workflow_{version}_completed.json"
     with pytest.raises(NondeterminismError):
-        await unguarded.replay_workflow(completed)
+        await unguarded.replay_workflow(WorkflowHistory.from_json(version, completed.read_text()))
+
+
+async def test_order_histories_recorded_before_local_notices_replay(time_skipping_env, monkeypatch):
+    """histories/order_workflow_v4_*.json ran the customer's notices as activities (before
+    LOCAL_BOOKKEEPING_PATCH): they replay as they ran; unguarded, the notices are local activities
+    where the history has activities, which replay refuses."""
+    await replay_as_recorded_and_refused_unguarded(time_skipping_env.client.data_converter, monkeypatch,
+                                                   "v4", "order", len(ORDER_SCENARIOS))
 
 
 async def test_shipment_histories_recorded_before_local_carrier_steps_replay(time_skipping_env, monkeypatch):
     """histories/shipping_workflow_v5_*.json dispatched and delivered with activities (before
     SHIPPING_LOCAL_CARRIER_PATCH): they replay as they ran; unguarded, those steps are local
     activities where the history has activities, which replay refuses."""
-    paths = sorted((HERE / "histories").glob("shipping_workflow_v5_*.json"))
-    assert len(paths) == 3
-    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow],
-                        data_converter=time_skipping_env.client.data_converter)
-    for path in paths:
-        await replayer.replay_workflow(WorkflowHistory.from_json(path.stem, path.read_text()))
-
-    monkeypatch.setattr(temporalio.workflow, "patched", lambda patch_id: True)
-    unguarded = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow])
-    completed = WorkflowHistory.from_json("v5", (HERE / "histories" / "shipping_workflow_v5_completed.json").read_text())
-    with pytest.raises(NondeterminismError):
-        await unguarded.replay_workflow(completed)
+    await replay_as_recorded_and_refused_unguarded(time_skipping_env.client.data_converter, monkeypatch,
+                                                   "v5", "shipping", 3)
