@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify, request
@@ -87,35 +85,6 @@ def sized_chunked_bodies(wsgi_app, max_length: int):
     return app
 
 
-class WebApp(Flask):
-    """Flask whose `async def` views run on an event loop kept for each server thread.
-
-    Flask's default (asgiref) starts a thread and an event loop for every request
-    and closes them after it; a loop kept per thread does the same work without
-    that: the web app's own time per `POST /api/evaluate` is 0.43 ms instead of
-    0.71 (`web_bench.py`, issue 15). Each view still runs to completion on its
-    thread's loop, and whatever it left running is cancelled when it returns, as
-    `asyncio.run` would. The process's one Temporal client serves every loop."""
-
-    _loops = threading.local()
-
-    def async_to_sync(self, func: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
-        def run(*args: Any, **kwargs: Any) -> Any:
-            loop = getattr(self._loops, "loop", None)
-            if loop is None or loop.is_closed():
-                loop = self._loops.loop = asyncio.new_event_loop()
-            try:
-                return loop.run_until_complete(func(*args, **kwargs))
-            finally:
-                left = asyncio.all_tasks(loop)
-                for task in left:
-                    task.cancel()
-                if left:
-                    loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-
-        return run
-
-
 docs = Blueprint("docs", __name__)
 
 
@@ -126,7 +95,7 @@ def openapi_document():
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    app = WebApp(__name__)
+    app = Flask(__name__)
     # "/api/orders//events" is an unknown URL (404), not a redirect to a guessed one.
     app.url_map.merge_slashes = False
     app.config.from_mapping(MAX_CONTENT_LENGTH=16 * 1024)

@@ -273,15 +273,6 @@ def test_soak_rows_and_the_memory_of_the_watched_processes():
     assert line.split() == ["2000", "55.2", "500.0", "900.5", "0", "300", "120", "-"]
 
 
-def test_web_bench_times_both_event_loop_models():
-    """web_bench.py's figures: the web app's own time per POST /api/evaluate, each way of running its views."""
-    import web_bench
-
-    figures = web_bench.main(["--requests", "5", "--rounds", "2"])
-    assert set(figures) == {"loop kept per thread (WebApp)", "a loop per request (asgiref)"}
-    assert all(len(values) == 2 and all(value > 0 for value in values) for values in figures.values())
-
-
 def _event(kind, at: float, **fields):
     from google.protobuf.timestamp_pb2 import Timestamp
     from temporalio.api.history.v1 import HistoryEvent

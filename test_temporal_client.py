@@ -1,7 +1,4 @@
-"""The process's Temporal client: one connection serves every event loop; a failed connect is retried.
-
-Also the web app's event loops: one kept per server thread (`starter.WebApp`), which the one client serves.
-"""
+"""The process's Temporal client: one connection serves every event loop; a failed connect is retried."""
 
 from __future__ import annotations
 
@@ -12,7 +9,6 @@ import pytest
 
 from conftest import free_port
 from config import connect_temporal
-from starter import WebApp
 from temporal_client import ProcessClient, TemporalUnavailable
 
 
@@ -65,35 +61,3 @@ def test_an_unreachable_server_is_unavailable_and_the_next_call_connects_again(d
     client = asyncio.run(temporal.get())
     assert asyncio.run(client.service_client.check_health())
     assert temporal.connections == 1
-
-
-def test_async_views_run_on_a_loop_kept_per_thread_and_leave_nothing_running(dev_server):
-    """A thread runs every view on its one loop, which the one client serves; a task a view
-    leaves behind is cancelled when it returns, as asyncio.run would."""
-    address = dev_server.client.service_client.config.target_host
-    temporal = ProcessClient(lambda: connect_temporal(target_host=address))
-    left_behind: list[asyncio.Task] = []
-
-    async def view() -> tuple[int, int]:
-        client = await temporal.get()
-        assert await client.service_client.check_health()
-        left_behind.append(asyncio.get_running_loop().create_task(asyncio.sleep(60)))
-        return threading.get_ident(), id(asyncio.get_running_loop())
-
-    run_view = WebApp(__name__).async_to_sync(view)
-    seen: list[tuple[int, int]] = []
-
-    def thread_main():
-        seen.extend(run_view() for _ in range(5))
-
-    threads = [threading.Thread(target=thread_main) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert len(seen) == 20
-    loops_by_thread = {thread: {loop for t, loop in seen if t == thread} for thread, _ in seen}
-    assert len(loops_by_thread) == 4 and all(len(loops) == 1 for loops in loops_by_thread.values())
-    assert len({loop for _, loop in seen}) == 4  # a loop of its own per thread, kept across its requests
-    assert temporal.connections == 1
-    assert len(left_behind) == 20 and all(task.cancelled() for task in left_behind)
