@@ -29,9 +29,10 @@ the step retries seen, beside the one-activity floor measured in the same run
 times for it (a copy of rules.json, RULES_FILE).
 
 Soak (--soak TOTAL --every BLOCK): sends TOTAL applications in blocks and
-prints, per block, the throughput, p50/p99 and the resident memory of the dev
-server, the worker and the web processes (found by their command lines), so a
-decline or unbounded memory shows as applications accumulate.
+prints, per block, the throughput, p50/p99, and the resident memory and the CPU
+per application of the dev server, the worker, the web and the mail sink
+processes (those of the `make run` serving --url, by their command lines), so a
+decline, unbounded memory or a growing cost shows as applications accumulate.
 
 Latency is the time from sending the POST to having the decision: when the app
 answers 202 (decision not ready yet), the status URL is polled every 0.2 s and
@@ -55,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import math
@@ -68,6 +70,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
@@ -659,14 +662,39 @@ def format_orders(report: dict[str, Any], concurrency: int) -> str:
 # --- soak: does throughput hold and memory stay bounded as applications accumulate? ---
 
 # Which processes to watch, by a piece of their command line (all of `make run`'s).
-SOAK_PROCESSES = {"temporal": "server start-dev", "worker": "worker.py", "web": "gunicorn"}
+SOAK_PROCESSES = {"temporal": "server start-dev", "worker": "worker.py", "web": "gunicorn", "mail": "mail_sink.py"}
 
 
-def process_rss_mb(roles: dict[str, str] = SOAK_PROCESSES, processes: list | None = None) -> dict[str, float | None]:
-    """Resident memory of each role's processes, summed (gunicorn's master and workers), in MB.
+def stack_processes(url: str) -> list | None:
+    """The processes of the `make run` that serves `url`: the supervisor (honcho) above the
+    process listening on its port, and all it started; None when no such supervisor is found."""
+    import psutil
 
-    Only the processes of `make run` (honcho's descendants) when it runs: other
-    dev servers and workers on the machine (a test run) are not the product's.
+    port = urlsplit(url).port or (443 if url.startswith("https:") else 80)
+    try:
+        listening = {c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN
+                     and c.laddr and c.laddr.port == port and c.pid}
+    except psutil.Error:
+        return None
+    for pid in listening:
+        with contextlib.suppress(psutil.Error):
+            # honcho runs each process under a fork of its own: the outermost honcho is the supervisor.
+            supervisors = [parent for parent in psutil.Process(pid).parents() if "honcho" in " ".join(parent.cmdline())]
+            if supervisors:
+                return supervisors[-1].children(recursive=True)
+    return None
+
+
+class Usage(NamedTuple):
+    rss_mb: float
+    cpu_seconds: float  # user + system since the process started
+
+
+def process_usage(roles: dict[str, str] = SOAK_PROCESSES, processes: list | None = None) -> dict[str, Usage | None]:
+    """Resident memory and CPU time of each role's processes, summed (gunicorn's master and workers).
+
+    Pass the processes of the stack under test (`stack_processes`); without them,
+    those of every `make run` (honcho's descendants) on the machine, else all.
     """
     import psutil
 
@@ -674,15 +702,16 @@ def process_rss_mb(roles: dict[str, str] = SOAK_PROCESSES, processes: list | Non
         supervisors = [p for p in psutil.process_iter(["cmdline"]) if "honcho" in " ".join(p.info["cmdline"] or [])]
         processes = [child for p in supervisors for child in p.children(recursive=True)] or [
             p for p in psutil.process_iter() if p.pid != os.getpid()]
-    totals: dict[str, float | None] = dict.fromkeys(roles)
+    totals: dict[str, Usage | None] = dict.fromkeys(roles)
     for process in processes:
         try:
-            command, rss = " ".join(process.cmdline()), process.memory_info().rss
+            command, rss, cpu = " ".join(process.cmdline()), process.memory_info().rss, process.cpu_times()
         except psutil.Error:
             continue  # ended meanwhile
         for role, needle in roles.items():
             if needle in command:
-                totals[role] = (totals[role] or 0.0) + rss / 2**20
+                before = totals[role] or Usage(0.0, 0.0)
+                totals[role] = Usage(before.rss_mb + rss / 2**20, before.cpu_seconds + cpu.user + cpu.system)
     return totals
 
 
@@ -692,26 +721,39 @@ async def soak(args: argparse.Namespace, run_id: str) -> list[dict[str, Any]]:
     rows = []
     token = operator_token(args.token, required=False)
     async with http_client(args.url, args.concurrency, args.timeout, token) as http:
+        usage = process_usage(processes=stack_processes(args.url))
         for first in range(0, args.soak, args.every):
             count = min(args.every, args.soak - first)
             summary = await run_app(http, applicants.batch(count), args.concurrency, args.timeout,
                                     Progress(f"block {first // args.every + 1}", count))
+            before, usage = usage, process_usage(processes=stack_processes(args.url))
             row = {"sent": first + count, "throughput": summary.throughput, "p50_ms": summary.latency_ms["p50"],
-                   "p99_ms": summary.latency_ms["p99"], "failed": summary.failed, "rss_mb": process_rss_mb()}
+                   "p99_ms": summary.latency_ms["p99"], "failed": summary.failed,
+                   "rss_mb": {role: now and now.rss_mb for role, now in usage.items()},
+                   "cpu_ms_per_app": {role: cpu_ms_per_app(before[role], now, count) for role, now in usage.items()}}
             rows.append(row)
             if not args.json:
                 print(format_soak_row(row, header=first == 0), flush=True)
     return rows
 
 
+def cpu_ms_per_app(before: Usage | None, now: Usage | None, count: int) -> float | None:
+    """CPU milliseconds per application of one role over a block (None when a process restarted)."""
+    if before is None or now is None or now.cpu_seconds < before.cpu_seconds:
+        return None
+    return (now.cpu_seconds - before.cpu_seconds) * 1000 / count
+
+
 def format_soak_row(row: dict[str, Any], header: bool) -> str:
     line = (f"{row['sent']:>9}  {number(row['throughput']):>8}  {number(row['p50_ms']):>8}  "
-            f"{number(row['p99_ms']):>8}  {row['failed']:>6}  " + "  ".join(
-                f"{number(row['rss_mb'][role], 0):>8}" for role in SOAK_PROCESSES))
+            f"{number(row['p99_ms']):>8}  {row['failed']:>6}  "
+            + "  ".join(f"{number(row['rss_mb'][role], 0):>8}" for role in SOAK_PROCESSES) + "  "
+            + "  ".join(f"{number(row['cpu_ms_per_app'][role]):>8}" for role in SOAK_PROCESSES))
     if not header:
         return line
-    roles = "  ".join(f"{role + ' MB':>8}" for role in SOAK_PROCESSES)
-    return f"{'sent':>9}  {'apps/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'failed':>6}  {roles}\n{line}"
+    roles = "  ".join(f"{role:>8}" for role in SOAK_PROCESSES)
+    return (f"{'':>47}  {'resident memory, MB':<{len(roles)}}  CPU per application, ms\n"
+            f"{'sent':>9}  {'apps/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'failed':>6}  {roles}  {roles}\n{line}")
 
 
 # --- output --------------------------------------------------------------------

@@ -263,14 +263,44 @@ async def test_run_counts_duplicates_as_errors():
 def test_soak_rows_and_the_memory_of_the_watched_processes():
     import psutil
 
-    rss = load_test.process_rss_mb({"tests": "pytest", "nothing": "no-such-command-line"}, [psutil.Process()])
-    assert rss["tests"] is not None and rss["tests"] > 10 and rss["nothing"] is None
+    usage = load_test.process_usage({"tests": "pytest", "nothing": "no-such-command-line"}, [psutil.Process()])
+    assert usage["tests"].rss_mb > 10 and usage["tests"].cpu_seconds > 0 and usage["nothing"] is None
+    assert load_test.cpu_ms_per_app(load_test.Usage(100, 2.0), load_test.Usage(100, 5.0), 1000) == 3.0
+    assert load_test.cpu_ms_per_app(load_test.Usage(100, 2.0), load_test.Usage(100, 1.0), 1000) is None  # restarted
     row = {"sent": 2000, "throughput": 55.25, "p50_ms": 500.0, "p99_ms": 900.5, "failed": 0,
-           "rss_mb": {"temporal": 300.4, "worker": 120.0, "web": None}}
-    header, line = load_test.format_soak_row(row, header=True).splitlines()
-    assert header.split() == ["sent", "apps/s", "p50", "ms", "p99", "ms", "failed", "temporal", "MB", "worker", "MB",
-                              "web", "MB"]
-    assert line.split() == ["2000", "55.2", "500.0", "900.5", "0", "300", "120", "-"]
+           "rss_mb": {"temporal": 300.4, "worker": 120.0, "web": None, "mail": 40.2},
+           "cpu_ms_per_app": {"temporal": 20.04, "worker": 25.0, "web": None, "mail": 2.75}}
+    units, header, line = load_test.format_soak_row(row, header=True).splitlines()
+    assert units.split() == ["resident", "memory,", "MB", "CPU", "per", "application,", "ms"]
+    assert header.split() == ["sent", "apps/s", "p50", "ms", "p99", "ms", "failed", *["temporal", "worker", "web", "mail"] * 2]
+    assert line.split() == ["2000", "55.2", "500.0", "900.5", "0", "300", "120", "-", "40", "20.0", "25.0", "-", "2.8"]
+
+
+def test_the_soak_watches_the_stack_behind_its_url_only(tmp_path):
+    """With two `make run`s on the machine, the soak's memory is the one serving --url's:
+    the processes under the supervisor (honcho) of whatever listens on its port."""
+    import subprocess
+    import sys
+
+    from conftest import free_port, wait_until
+
+    port = free_port()
+    listener = f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(60)"
+    # A stand-in supervisor: "honcho" on its command line, running the listener under a fork
+    # of its own, also called honcho, as honcho does.
+    fork = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {listener!r}])"
+    supervisor = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {fork!r}, 'honcho'])",
+                                   "honcho"])
+    try:
+        watched = wait_until(lambda: load_test.stack_processes(f"http://127.0.0.1:{port}"), timeout=10,
+                             what="the listener under its supervisor")
+        assert len(watched) == 2 and watched[0].ppid() == supervisor.pid  # the fork and the listener
+        assert load_test.stack_processes(f"http://127.0.0.1:{free_port()}") is None  # nobody listens there
+    finally:
+        for child in __import__("psutil").Process(supervisor.pid).children(recursive=True):
+            child.kill()
+        supervisor.kill()
+        supervisor.wait(10)
 
 
 def _event(kind, at: float, **fields):
