@@ -413,6 +413,18 @@ def test_the_worker_that_decided_is_shown_to_operators_only(client, app):
     assert evaluated["processed_by"].startswith("worker-")
 
 
+def test_the_page_gives_the_applicant_the_reason_in_their_words_and_operators_the_rule(client, app):
+    workflow_id = decided(client, app, {**SARAH, "email": f"why-{uuid.uuid4().hex[:8]}@example.com"})
+    record = records_for(app, workflow_id)[0]
+    assert record["email_text"]["explanation"].startswith("The loan is more than")  # SARAH's loan-to-income
+    page = client.get(f"/applications/{workflow_id}").get_data(as_text=True)
+    assert shown(record["email_text"]["explanation"]) in page
+    assert "<dt>Rule</dt>" not in page and shown(record["reason"]) not in page
+    operator = signed_in(app.test_client(), app.config["SETTINGS"])
+    as_operator = operator.get(f"/applications/{workflow_id}").get_data(as_text=True)
+    assert "<dt>Rule</dt>" in as_operator and shown(record["reason"]) in as_operator
+
+
 def test_the_contact_api_names_the_values_it_takes(client, app):
     workflow_id = decided(client, app, {**SARAH, "email": f"values-{uuid.uuid4().hex[:8]}@example.com"})
     refused = client.post(f"/api/applications/{workflow_id}/contact", json={"answer": "not yet"})
