@@ -728,7 +728,7 @@ async def soak(args: argparse.Namespace, run_id: str) -> list[dict[str, Any]]:
                                     Progress(f"block {first // args.every + 1}", count))
             before, usage = usage, process_usage(processes=stack_processes(args.url))
             row = {"sent": first + count, "throughput": summary.throughput, "p50_ms": summary.latency_ms["p50"],
-                   "p99_ms": summary.latency_ms["p99"], "failed": summary.failed,
+                   "p99_ms": summary.latency_ms["p99"], "failed": summary.failed, "errors": dict(summary.errors),
                    "rss_mb": {role: now and now.rss_mb for role, now in usage.items()},
                    "cpu_ms_per_app": {role: cpu_ms_per_app(before[role], now, count) for role, now in usage.items()}}
             rows.append(row)
@@ -748,7 +748,8 @@ def format_soak_row(row: dict[str, Any], header: bool) -> str:
     line = (f"{row['sent']:>9}  {number(row['throughput']):>8}  {number(row['p50_ms']):>8}  "
             f"{number(row['p99_ms']):>8}  {row['failed']:>6}  "
             + "  ".join(f"{number(row['rss_mb'][role], 0):>8}" for role in SOAK_PROCESSES) + "  "
-            + "  ".join(f"{number(row['cpu_ms_per_app'][role]):>8}" for role in SOAK_PROCESSES))
+            + "  ".join(f"{number(row['cpu_ms_per_app'][role]):>8}" for role in SOAK_PROCESSES)
+            + "".join(f"  {error}: {count}" for error, count in row.get("errors", {}).items()))
     if not header:
         return line
     roles = "  ".join(f"{role:>8}" for role in SOAK_PROCESSES)

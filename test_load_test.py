@@ -274,6 +274,8 @@ def test_soak_rows_and_the_memory_of_the_watched_processes():
     assert units.split() == ["resident", "memory,", "MB", "CPU", "per", "application,", "ms"]
     assert header.split() == ["sent", "apps/s", "p50", "ms", "p99", "ms", "failed", *["temporal", "worker", "web", "mail"] * 2]
     assert line.split() == ["2000", "55.2", "500.0", "900.5", "0", "300", "120", "-", "40", "20.0", "25.0", "-", "2.8"]
+    failing = load_test.format_soak_row({**row, "failed": 2, "errors": {"HTTP 503": 1, "timeout": 1}}, header=False)
+    assert failing.endswith("2.8  HTTP 503: 1  timeout: 1")  # what failed is on the block's line
 
 
 def test_the_soak_watches_the_stack_behind_its_url_only(tmp_path):
