@@ -23,7 +23,7 @@ class MaildirHandler:
 
     With `remember` (the tests' sinks), it also keeps in memory what it was sent, for the
     tests to read; `make run`'s sink (main) does not, so its memory stays flat however
-    many messages it takes (`test_the_run_sink_keeps_messages_on_disk_only`).
+    many messages it takes (`test_a_forgetful_handler_stores_and_remembers_nothing`).
     """
 
     def __init__(self, maildir: Path, refused: set[str] | None = None, remember: bool = True):
