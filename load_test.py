@@ -700,7 +700,8 @@ def process_usage(roles: dict[str, str] = SOAK_PROCESSES, processes: list | None
 
     if processes is None:
         supervisors = [p for p in psutil.process_iter(["cmdline"]) if "honcho" in " ".join(p.info["cmdline"] or [])]
-        processes = [child for p in supervisors for child in p.children(recursive=True)] or [
+        # honcho's forks are supervisors' descendants too: each process once.
+        processes = list({child.pid: child for p in supervisors for child in p.children(recursive=True)}.values()) or [
             p for p in psutil.process_iter() if p.pid != os.getpid()]
     totals: dict[str, Usage | None] = dict.fromkeys(roles)
     for process in processes:

@@ -284,6 +284,8 @@ def test_the_soak_watches_the_stack_behind_its_url_only(tmp_path):
     import subprocess
     import sys
 
+    import psutil
+
     from conftest import free_port, wait_until
 
     port = free_port()
@@ -299,7 +301,7 @@ def test_the_soak_watches_the_stack_behind_its_url_only(tmp_path):
         assert len(watched) == 2 and watched[0].ppid() == supervisor.pid  # the fork and the listener
         assert load_test.stack_processes(f"http://127.0.0.1:{free_port()}") is None  # nobody listens there
     finally:
-        for child in __import__("psutil").Process(supervisor.pid).children(recursive=True):
+        for child in psutil.Process(supervisor.pid).children(recursive=True):
             child.kill()
         supervisor.kill()
         supervisor.wait(10)
