@@ -38,11 +38,20 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 import worker
-from activities import AGENT_NOTIFICATIONS, APPLICATIONS, INVENTORY, STOCK, OrderActivities, ShippingActivities
+from activities import (
+    AGENT_NOTIFICATIONS,
+    APPLICATIONS,
+    INVENTORY,
+    STOCK,
+    OrderActivities,
+    ShippingActivities,
+    order_events,
+)
 from config import load_rules
 from order_invariants import assert_orders_right
 from shared import (
     ACTION_REFUSED,
+    ORDERS,
     PAYMENT_REQUESTS,
     SHIPMENTS,
     Address,
@@ -314,6 +323,33 @@ async def test_changes_while_a_cancel_is_undone_are_refused_as_being_cancelled(t
     faults.release_all()
     answer: OrderStatus = await asyncio.wait_for(cancel.result(), UPDATE_DEADLINE)
     assert answer.status == "cancelled" and answer.cancel_reason == "first" and answer.address == ADDRESS
+
+
+async def test_the_record_shows_an_accepted_cancel_before_its_first_undo_ends(time_skipping_env, order_settings,
+                                                                             faulty_workers):
+    """Pages read the stored record, not the workflow: from the moment the order has taken a
+    cancel, the record offers no action and names the cancel, while the undo steps still run
+    (version 7; before, it kept offering "cancel" until the first undo was done)."""
+    faults = faulty_workers
+    faults.hold("charge_payment")  # the cancel arrives during the charge...
+    faults.hold("refund_payment")  # ...and the order stays in its first undo
+    request = order_request(order_settings, SMALL)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    await faults.wait_entered("charge_payment")
+    store = JsonStore(order_settings.data_dir)
+    assert "cancel" in store.get(ORDERS, request.order_id)["actions"]
+    cancel = await asyncio.wait_for(
+        handle.start_update(OrderWorkflow.cancel, CancelRequest("ordered twice"), wait_for_stage=WorkflowUpdateStage.ACCEPTED),
+        UPDATE_DEADLINE,
+    )
+    await faults.wait_entered("refund_payment")
+    record = store.get(ORDERS, request.order_id)
+    assert record["actions"] == [] and record["status"] == "processing" and record["compensations"] == []
+    assert "Order cancelled: ordered twice" in [event["message"] for event in order_events(store, request.order_id)]
+    faults.release_all()
+    answer: OrderStatus = await asyncio.wait_for(cancel.result(), UPDATE_DEADLINE)
+    assert answer.status == "cancelled" and answer.compensations
+    assert store.get(ORDERS, request.order_id)["status"] == "cancelled"
 
 
 # --- a step arriving after its undo does nothing ----------------------------------

@@ -502,7 +502,7 @@ async def test_order_histories_recorded_before_the_emails_replay(time_skipping_e
 # RECORD_ORDER_HISTORIES=1 also writes them, the order's and its shipment's, to
 # histories/{order,shipping}_workflow_<ORDER_VERSION>_<kind>.json (for a version that changes
 # the commands, as each earlier version has a recording).
-ORDER_VERSION = "v6"
+ORDER_VERSION = "v7"
 ORDER_SCENARIOS = ("completed", "reviewed", "review_expired", "cancelled_after_charge")
 
 
@@ -576,9 +576,9 @@ async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
 
 
 async def replay_as_recorded_and_refused_unguarded(data_converter, monkeypatch, version: str, kind: str,
-                                                  count: int) -> None:
+                                                  count: int, refused: str = "completed") -> None:
     """Every histories/<kind>_workflow_<version>_*.json replays as it ran; with every patch
-    taken as new (the guard removed), the completed one is refused as nondeterministic."""
+    taken as new (the guard removed), the `refused` one is refused as nondeterministic."""
     paths = sorted((HERE / "histories").glob(f"{kind}_workflow_{version}_*.json"))
     assert len(paths) == count
     replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow], data_converter=data_converter)
@@ -587,9 +587,9 @@ async def replay_as_recorded_and_refused_unguarded(data_converter, monkeypatch, 
 
     monkeypatch.setattr(temporalio.workflow, "patched", lambda patch_id: True)
     unguarded = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow])
-    completed = HERE / "histories" / f"{kind}_workflow_{version}_completed.json"
+    changed = HERE / "histories" / f"{kind}_workflow_{version}_{refused}.json"
     with pytest.raises(NondeterminismError):
-        await unguarded.replay_workflow(WorkflowHistory.from_json(version, completed.read_text()))
+        await unguarded.replay_workflow(WorkflowHistory.from_json(version, changed.read_text()))
 
 
 async def test_order_histories_recorded_before_local_notices_replay(time_skipping_env, monkeypatch):
@@ -598,6 +598,14 @@ async def test_order_histories_recorded_before_local_notices_replay(time_skippin
     where the history has activities, which replay refuses."""
     await replay_as_recorded_and_refused_unguarded(time_skipping_env.client.data_converter, monkeypatch,
                                                    "v4", "order", len(ORDER_SCENARIOS))
+
+
+async def test_order_histories_recorded_before_the_stop_was_recorded_first_replay(time_skipping_env, monkeypatch):
+    """histories/order_workflow_v6_*.json recorded a stopped order only after its first undo
+    (before RECORD_STOP_DECIDED_PATCH): they replay as they ran; unguarded, the cancelled one
+    has a record where its history has the refund, which replay refuses."""
+    await replay_as_recorded_and_refused_unguarded(time_skipping_env.client.data_converter, monkeypatch,
+                                                   "v6", "order", len(ORDER_SCENARIOS), refused="cancelled_after_charge")
 
 
 async def test_shipment_histories_recorded_before_local_carrier_steps_replay(time_skipping_env, monkeypatch):

@@ -370,6 +370,12 @@ LOCAL_BOOKKEEPING_PATCH = "order-bookkeeping-local"
 # workflow tasks. Preparing the package stays an activity: a stop cancels it at once, and a
 # local activity would hold the shipment's workflow task (and the stop) while it retries.
 SHIPPING_LOCAL_CARRIER_PATCH = "shipping-carrier-steps-local"
+# Version 7: an order that stops records its decided outcome (no actions left, the
+# "Order cancelled" event) before its undo steps run, not after the first of them:
+# pages reading the record stopped offering a cancel the order had already taken
+# only once the release or the refund was done. Orders started before
+# (histories/order_workflow_v6_*.json) replay as they ran.
+RECORD_STOP_DECIDED_PATCH = "record-stop-decided"
 # Shipment stages from which an order can no longer be changed or cancelled.
 HANDED_TO_CARRIER = ("dispatching", "dispatched", "delivered")
 
@@ -420,6 +426,7 @@ class OrderWorkflow:
         self._record_lock = asyncio.Lock()
         self._records_in_transit = False  # set by run (RECORD_IN_TRANSIT_PATCH)
         self._local_bookkeeping = False  # set by run (LOCAL_BOOKKEEPING_PATCH)
+        self._records_stop_decided = False  # set by run (RECORD_STOP_DECIDED_PATCH)
         self._email_to: str | None = None  # set in run when the order emails its customer
         self._emailing: list[asyncio.Task] = []
 
@@ -432,6 +439,7 @@ class OrderWorkflow:
         self._records_in_transit = workflow.patched(RECORD_IN_TRANSIT_PATCH)
         emails_versioned = workflow.patched(ORDER_EMAILS_PATCH)
         self._local_bookkeeping = workflow.patched(LOCAL_BOOKKEEPING_PATCH)
+        self._records_stop_decided = workflow.patched(RECORD_STOP_DECIDED_PATCH)
         self._email_to = order.customer_email if emails_versioned else None
         try:
             await self._receive(confirm_receipt, emails_versioned)
@@ -633,6 +641,8 @@ class OrderWorkflow:
         self._status.cancel_reason = stop.reason if self._status.cancelled else None
         self._status.reason = stop.reason
         self._event("status", f"Order {stop.status}: {stop.reason}")
+        if self._records_stop_decided:
+            await self._record()
         for name, undo in reversed(self._undos):
             if not await undo():
                 continue  # the step never happened (or ended by itself): nothing to undo
