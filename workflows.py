@@ -642,7 +642,11 @@ class OrderWorkflow:
         self._status.reason = stop.reason
         self._event("status", f"Order {stop.status}: {stop.reason}")
         if self._records_stop_decided:
-            await self._record()
+            # An activity, not a local one: the stop's workflow task may carry the
+            # cancel of the step in flight, and a local activity would hold that task
+            # open while it writes; an attempt finishing meanwhile then has the test
+            # server refuse the task (ACTIVITY_UNKNOWN), and operators' messages wait.
+            await self._record(local=False)
         for name, undo in reversed(self._undos):
             if not await undo():
                 continue  # the step never happened (or ended by itself): nothing to undo
@@ -1033,13 +1037,14 @@ class OrderWorkflow:
         """Wait for the emails still being sent (each records how it went)."""
         await asyncio.gather(*self._emailing)
 
-    async def _record(self) -> None:
+    async def _record(self, local: bool = True) -> None:
         """Write the projection and new events. Serialized, so the last write is the newest state."""
         async with self._record_lock:
             events, self._new_events = self._new_events, []
             self._status.updated_at = workflow.now().isoformat()
             self._status.actions = self._actions()
-            await workflow.execute_local_activity_method(
+            execute = workflow.execute_local_activity_method if local else workflow.execute_activity_method
+            await execute(
                 OrderActivities.record_progress,
                 ProgressRecord(dataclasses.replace(self._status), events),
                 start_to_close_timeout=BOOKKEEPING_TIMEOUT,
