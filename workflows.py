@@ -371,9 +371,9 @@ LOCAL_BOOKKEEPING_PATCH = "order-bookkeeping-local"
 # local activity would hold the shipment's workflow task (and the stop) while it retries.
 SHIPPING_LOCAL_CARRIER_PATCH = "shipping-carrier-steps-local"
 # Version 7: an order that stops records its decided outcome (no actions left, the
-# "Order cancelled" event) before its undo steps run, not after the first of them:
-# pages reading the record stopped offering a cancel the order had already taken
-# only once the release or the refund was done. Orders started before
+# "Order cancelled" event) before its undo steps run. Before, pages reading the
+# record kept offering a cancel the order had already taken until the refund or
+# the release was done. Orders started before
 # (histories/order_workflow_v6_*.json) replay as they ran.
 RECORD_STOP_DECIDED_PATCH = "record-stop-decided"
 # Shipment stages from which an order can no longer be changed or cancelled.
