@@ -32,6 +32,14 @@ def sample(scraped: str, name: str, **labels: str) -> float:
     return total
 
 
+def scrape(url: str) -> httpx.Response | None:
+    """The endpoint's answer, or None while nothing listens on its port yet."""
+    try:
+        return httpx.get(url, timeout=10)
+    except httpx.ConnectError:
+        return None
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -61,7 +69,8 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
         assert f"Loan form: http://localhost:{web_port}/" in output
         worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         assert f"Worker metrics (Prometheus): {worker_metrics}" in output
-        before = httpx.get(worker_metrics, timeout=10).text
+        # The web app can be ready before the worker has imported its workflows and bound the port.
+        before = wait_until(lambda: scrape(worker_metrics), timeout=60, what="the worker's metrics endpoint").text
         loans = {"task_queue": "loan-applications", "workflow_type": "LoanApplicationWorkflow"}
 
         applicant = {"name": "Run Person", "email": f"run-{uuid.uuid4().hex[:8]}@example.com", "loan_amount": 50000,
