@@ -398,3 +398,30 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(HOW_TO_INSTALL_A_BROWSER, red=True, bold=True)
     if saved_screenshots:
         terminalreporter.write_line(f"{len(saved_screenshots)} screenshots of the pages are in {SCREENSHOTS}")
+
+
+# How many times a failed test's report is formatted again when CPython's AST
+# constructor trips over another thread's parse (see pytest_runtest_makereport).
+AST_RACE_ATTEMPTS = 5
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """The test's report as pytest makes it, formatted again if CPython 3.11 raced.
+
+    pytest reads a failed test's source with `ast.parse`; in CPython 3.11 the AST
+    constructor keeps one recursion counter per interpreter, so a parse in another
+    thread at that moment (the SDK's workflow and activity threads format their
+    tracebacks with `ast`, for the carets) makes it raise "AST constructor recursion
+    depth mismatch" (python/cpython#106905). pytest then crashes and the rest of the
+    run, with the failure that started it, is lost. The counter is reset at each
+    parse, so formatting again succeeds.
+    """
+    from _pytest.reports import TestReport
+
+    for attempt in range(1, AST_RACE_ATTEMPTS + 1):
+        try:
+            return TestReport.from_item_and_call(item, call)
+        except SystemError as err:
+            if "AST constructor recursion depth mismatch" not in str(err) or attempt == AST_RACE_ATTEMPTS:
+                raise
