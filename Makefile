@@ -48,7 +48,7 @@ test: install
 
 # A longer crash run than the one in `make test`: its own processes, prints its figures.
 chaos: install
-	$(BIN)/python chaos.py
+	$(BIN)/python -m tools.chaos
 
 # Needs `make run` (or another running app and server) in a second terminal.
 bench: install

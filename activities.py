@@ -1,532 +1,66 @@
-"""Activities: every side effect and every business rule of loans and orders.
+"""Every activity this product runs, built once per process.
 
-`LoanActivities` are the loan steps; `OrderActivities`, `ShippingActivities`
-and `RewardsActivities` the order process's (inventory, the simulated payment
-provider, the carrier, projections and the audit trail).
-
-The decision rules read their thresholds from rules.json and their texts from
-messages.json (loaded when the worker starts). Activities are plain `def`
-functions: the worker runs them on a thread pool, so blocking file I/O never
-stalls its event loop. Business failures (invalid input, compliance) raise
-non-retryable `ApplicationError`s; a compliance denial is a decision, not an
-error. Anything else is retried by the policy the workflow sets next to each call.
+`build_activities` opens the store, loads the rules and messages and sets up
+mail once, and hands each half its activity objects; the worker registers them
+per task queue (`for_loans`, `for_orders`, `for_shipping`). Tests build them the
+same way with a temporary data folder, or construct one half's class directly
+with a store of their own.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import dataclasses
-import hashlib
-import math
-import random
-from datetime import datetime, timezone
-
-from temporalio import activity
-from temporalio.exceptions import ApplicationError
-
-from config import Rules, Messages
-from shared import (
-    FAILURE_STEPS,
-    INJECTED_FAILURE,
-    INVALID_APPLICATION,
-    INVALID_ORDER,
-    NOTIFICATIONS,
-    ORDERS,
-    OUT_OF_STOCK,
-    PAYMENT_DECLINED,
-    PAYMENT_REQUESTS,
-    PAYMENTS,
-    REWARDS,
-    SHIPMENTS,
-    SHIPPING_FAILED,
-    AwardPoints,
-    AwardRequest,
-    ChargeRequest,
-    ChargeResult,
-    DispatchResult,
-    InventoryRequest,
-    NotificationRequest,
-    OrderEvent,
-    Payment,
-    PricedLine,
-    ProgressRecord,
-    RewardsInput,
-    RewardsState,
-    RewardTierRule,
-    ShipmentStepRequest,
-    StepRequest,
-    StepResult,
-    ValidatedOrder,
-    ValidateOrderRequest,
-    order_events_collection,
-    payment_key,
-    rewards_workflow_id,
-    AgentNotificationRequest,
-    ContactPreferenceRequest,
-    CreditDecision,
-    DecisionEmail,
-    DecisionMessage,
-    LoanApplication,
-    PersistRequest,
-    record_key,
-)
-from store import JsonStore
-from validation import InvalidApplication, revalidate
-
-APPLICATIONS = "applications"
-AGENT_NOTIFICATIONS = "agent_notifications"
-
-
-def loan_to_income(application: LoanApplication) -> float | None:
-    """Loan / annual income; None stands for infinite (no income).
-
-    Validation bounds keep the ratio finite (an income is 0 or at least 1); the
-    isfinite check keeps Infinity out of records and JSON answers even so.
-    """
-    if application.annual_income == 0:
-        return None
-    ratio = application.loan_amount / application.annual_income
-    return ratio if math.isfinite(ratio) else None
-
-
-def format_amount(amount: float) -> str:
-    return f"${amount:,.0f}" if amount == int(amount) else f"${amount:,.2f}"
-
-
-def sort_key_for(timestamp: str) -> str:
-    """A file-name-safe, sortable form of an ISO timestamp."""
-    return timestamp.replace(":", "").replace("+0000", "Z")
-
-
-class LoanActivities:
-    """The loan steps, bound to their store, rules and texts."""
-
-    def __init__(self, store: JsonStore, rules: Rules, messages: Messages, identity: str):
-        self.store = store
-        self.rules = rules
-        self.messages = messages
-        self.identity = identity
-
-    @activity.defn
-    def validate_application(self, application: LoanApplication) -> LoanApplication:
-        try:
-            return revalidate(application, self.messages)
-        except InvalidApplication as err:
-            raise ApplicationError(
-                self.messages.errors["invalid_application"],
-                err.fields,
-                type=INVALID_APPLICATION,
-                non_retryable=True,
-            ) from None
-
-    @activity.defn
-    def decide(self, application: LoanApplication) -> CreditDecision:
-        """Compliance limits first, then the credit rules. Every outcome is a decision:
-        a compliance denial is final by nature, so nothing about it is retried."""
-        decision, code, reason = self._compliance_denial(application) or self._credit_decision(application)
-        return self._decision(application, decision, code, reason)
-
-    def _compliance_denial(self, application: LoanApplication) -> tuple[str, str, str] | None:
-        """(decision, reason code, reason) of a compliance denial, else None."""
-        limits = self.rules.compliance
-        if application.credit_score < limits.min_credit_score:
-            return "denied_compliance", "credit_below_minimum", f"credit score below {limits.min_credit_score}"
-        if application.loan_amount > limits.max_loan_amount:
-            return ("denied_compliance", "loan_above_maximum",
-                    f"loan amount above {format_amount(limits.max_loan_amount)}")
-        return None
-
-    def _credit_decision(self, application: LoanApplication) -> tuple[str, str, str]:
-        """(decision, reason code, reason): the code names the rule (shared.DECISION_REASONS), the
-        reason is the operators' wording; messages.json `reasons` words the code for the applicant."""
-        rules = self.rules
-        score = application.credit_score
-        ratio = loan_to_income(application)
-        ratio_at_most = lambda limit: ratio is not None and ratio <= limit  # noqa: E731
-        if application.has_bankruptcy and score < rules.bankruptcy.min_credit_score:
-            return ("denied", "bankruptcy_credit_below_minimum",
-                    f"bankruptcy with credit score below {rules.bankruptcy.min_credit_score}")
-        if score >= rules.prime.min_credit_score:
-            if application.has_bankruptcy:
-                return "conditional", "bankruptcy_review", "prior bankruptcy needs an agent's review"
-            if ratio_at_most(rules.prime.max_loan_to_income):
-                return "pre_approved", "strong_and_affordable", "strong credit and affordable loan"
-            return ("conditional", "loan_to_income_above_limit",
-                    f"loan-to-income above {rules.prime.max_loan_to_income:.2f}")
-        if score >= rules.near_prime.min_credit_score and ratio_at_most(rules.near_prime.max_loan_to_income):
-            return "conditional", "fair_credit_review", "fair credit needs an agent's review"
-        return "denied", "does_not_qualify", "credit score and loan-to-income do not qualify"
-
-    def _decision(self, application: LoanApplication, decision: str, code: str, reason: str) -> CreditDecision:
-        """The decision with its texts: the page's, and the email's own (with the reason explained)."""
-        text = self.messages.decisions[decision]
-        values = {
-            "amount": format_amount(application.loan_amount),
-            "email": application.email,
-            "min_credit_score": self.rules.compliance.min_credit_score,
-            "max_loan_amount": format_amount(self.rules.compliance.max_loan_amount),
-            "window_days": self.rules.duplicate_window_days,
-            "bankruptcy_min_credit_score": self.rules.bankruptcy.min_credit_score,
-            "prime_max_loan_to_income": f"{self.rules.prime.max_loan_to_income:.0%}",
-        }
-        ratio = loan_to_income(application)
-        return CreditDecision(
-            decision=decision,
-            reason=reason,
-            loan_to_income_ratio=None if ratio is None else round(ratio, 4),
-            message=DecisionMessage(
-                title=text.title.format(**values),
-                message=text.message.format(**values),
-                next_steps=[step.format(**values) for step in text.next_steps],
-            ),
-            decided_by=self.identity,
-            email_text=DecisionEmail(
-                message=text.email.message.format(**values),
-                explanation=self.messages.reasons[code].format(**values),
-                next_steps=[step.format(**values) for step in text.email.next_steps],
-            ),
-        )
-
-    @activity.defn
-    def persist_application(self, request: PersistRequest) -> None:
-        outcome = request.outcome
-        document = dataclasses.asdict(outcome)
-        document["persisted_by"] = self.identity
-        key = record_key(outcome.workflow_id, outcome.run_id)
-
-        def merge(existing: dict | None) -> dict:
-            # A retry after a later change (a contact answer) must not undo it.
-            return {**document, **{k: v for k, v in (existing or {}).items() if k.startswith("contact_") or k == "email"}}
-
-        self.store.update(APPLICATIONS, key, merge, sort_key=sort_key_for(outcome.submitted_at))
-
-    @activity.defn
-    def notify_agent(self, request: AgentNotificationRequest) -> None:
-        """Leave a notification for the loan agents (one per application and kind)."""
-        outcome = request.outcome
-        key = f"{record_key(outcome.workflow_id, outcome.run_id)}.{request.kind}"
-        self.store.update(
-            AGENT_NOTIFICATIONS,
-            key,
-            lambda existing: existing
-            or {
-                "kind": request.kind,
-                "workflow_id": outcome.workflow_id,
-                "run_id": outcome.run_id,
-                "decision": outcome.decision,
-                "applicant_name": outcome.application.name,
-                "applicant_email": outcome.application.email,
-                "loan_amount": outcome.application.loan_amount,
-                "created_at": activity.info().current_attempt_scheduled_time.isoformat(),
-            },
-            sort_key=sort_key_for(outcome.submitted_at),
-        )
-
-    @activity.defn
-    def record_contact_preference(self, request: ContactPreferenceRequest) -> None:
-        key = record_key(request.workflow_id, request.run_id)
-
-        def change(existing: dict | None) -> dict:
-            if existing is None:
-                # The workflow persists before it records answers; retry until it is there.
-                raise ApplicationError(f"application {key} is not persisted yet")
-            return {**existing, "contact_preference": request.answer, "contact_answered_at": request.answered_at}
-
-        self.store.update(APPLICATIONS, key, change)
-
-
-# --- orders ------------------------------------------------------------------
-
-INVENTORY = "inventory"  # one document: the stock of every SKU and the last change
-STOCK = "stock"
-RESERVATIONS = "reservations"  # one document per order: what it holds
-# Permanent injected failures become these business failures.
-PERMANENT_FAILURE_TYPES = {"inventory": OUT_OF_STOCK, "payment": PAYMENT_DECLINED, "shipping": SHIPPING_FAILED}
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def write_event(store: JsonStore, event: OrderEvent) -> None:
-    """Append one event to an order's audit trail; the same key writes the same file (idempotent)."""
-    store.put(order_events_collection(event.order_id), event.key, dataclasses.asdict(event))
-
-
-def order_events(store: JsonStore, order_id: str) -> list[dict]:
-    """An order's audit trail, oldest first."""
-    return sorted(store.list_all(order_events_collection(order_id)), key=lambda e: (e["at"], e["key"]))
-
-
-class _OrderStepActivities:
-    """What every order step shares: simulated failures and recording failed attempts."""
-
-    def __init__(self, store: JsonStore, rules: Rules, texts: dict[str, str]):
-        self.store = store
-        self.rules = rules
-        self.texts = texts
-
-    @contextlib.contextmanager
-    def _audited(self, step: StepRequest, name: str):
-        """Record a failed attempt in the order's audit trail, then let it fail
-        (and be retried, or not, by the workflow's policy)."""
-        attempt = activity.info().attempt
-        try:
-            yield attempt
-        except Exception as err:
-            final = isinstance(err, ApplicationError) and err.non_retryable
-            write_event(
-                self.store,
-                OrderEvent(
-                    order_id=step.order_id,
-                    key=f"{name}-attempt-{attempt}-failed",
-                    kind="failure" if final else "retry",
-                    message=f"{name} attempt {attempt} failed: {err}",
-                    at=utc_now(),
-                    attempt=attempt,
-                ),
-            )
-            raise
-
-    def _inject(self, step: StepRequest, name: str, attempt: int, permanent_message: str) -> None:
-        """Fail like the real thing would, if this step has a failure injected or drawn."""
-        assert name in FAILURE_STEPS
-        for failure in step.failures:
-            if failure.step != name:
-                continue
-            if failure.permanent:
-                raise ApplicationError(permanent_message, type=PERMANENT_FAILURE_TYPES[name], non_retryable=True)
-            if attempt <= failure.times:
-                raise ApplicationError(f"simulated {name} failure ({attempt} of {failure.times})", type=INJECTED_FAILURE)
-        rate = step.policy.random_failure_rate
-        # Seeded per order, step and attempt: the same run fails the same way every time.
-        draw = random.Random(f"{step.policy.random_failure_seed}:{step.workflow_id}:{name}:{attempt}").random()
-        if rate and draw < rate:
-            raise ApplicationError(f"random {name} failure (rate {rate})", type=INJECTED_FAILURE)
-
-    def _text(self, key: str, **values) -> str:
-        return self.texts[key].format(**values)
-
-
-class OrderActivities(_OrderStepActivities):
-    """The order steps: validation, inventory, payment, projections, notifications, rewards."""
-
-    def __init__(self, store: JsonStore, rules: Rules, texts: dict[str, str], client=None, rewards_task_queue: str = ""):
-        super().__init__(store, rules, texts)
-        # The Temporal client, for signal-with-start of the customer's rewards workflow.
-        self.client = client
-        self.rewards_task_queue = rewards_task_queue
-
-    @activity.defn
-    def record_progress(self, record: ProgressRecord) -> None:
-        """The order's projection (for the dashboard) and its new audit events."""
-        status = record.status
-        for event in record.events:
-            write_event(self.store, event)
-        self.store.put(ORDERS, status.order_id, dataclasses.asdict(status), sort_key=sort_key_for(status.placed_at))
-
-    @activity.defn
-    def validate_order(self, request: ValidateOrderRequest) -> ValidatedOrder:
-        catalog = self.rules.orders
-        problems = []
-        lines = []
-        for line in request.lines:
-            item = catalog.item(line.sku)
-            if item is None:
-                problems.append(f"unknown product {line.sku}")
-            elif line.quantity < 1:
-                problems.append(f"quantity of {line.sku} must be at least 1")
-            else:
-                lines.append(PricedLine(item.sku, item.name, line.quantity, item.price, round(item.price * line.quantity, 2)))
-        if not request.lines:
-            problems.append("no items")
-        missing = request.address.missing_fields()
-        if missing:
-            problems.append(f"address incomplete: {', '.join(missing)}")
-        total = round(sum(line.line_total for line in lines), 2)
-        if not problems and total > request.step.policy.max_order_total:
-            problems.append(
-                self._text("over_maximum", total=format_amount(total), maximum=format_amount(request.step.policy.max_order_total))
-            )
-        if problems:
-            raise ApplicationError("; ".join(problems), type=INVALID_ORDER, non_retryable=True)
-        return ValidatedOrder(lines, total, activity.info().attempt)
-
-    @activity.defn
-    def reserve_inventory(self, request: InventoryRequest) -> StepResult:
-        """Take the order's items out of stock, all or none, never below zero.
-
-        One lock guards the stock document; the per-order reservation document
-        makes a retry a no-op. The stock document names its last change, and
-        every change first completes the previous one's reservation document,
-        so a crash between the two writes never double-counts.
-        """
-        with self._audited(request.step, "inventory") as attempt:
-            self._inject(request.step, "inventory", attempt, "inventory unavailable")
-            order_id = request.step.order_id
-            with self.store.locked(INVENTORY, STOCK):
-                stock = self._stock_document()
-                reservation = self.store.get(RESERVATIONS, order_id)
-                # Reserved already (a retry), or released already: an attempt that
-                # ends after its order stopped and undid it must not take stock again.
-                if reservation is not None and reservation["status"] in ("reserved", "released"):
-                    return StepResult(attempt)
-                levels = stock["levels"]
-                for line in request.lines:
-                    available = levels.get(line.sku, 0)
-                    if line.quantity > available:
-                        message = self._text("out_of_stock", sku=line.sku, requested=line.quantity, available=available)
-                        raise ApplicationError(message, type=OUT_OF_STOCK, non_retryable=True)
-                for line in request.lines:
-                    levels[line.sku] -= line.quantity
-                lines = [dataclasses.asdict(line) for line in request.lines]
-                stock["last_change"] = {"order_id": order_id, "status": "reserved", "lines": lines}
-                self.store.write_locked(INVENTORY, STOCK, stock)
-                self.store.write_locked(RESERVATIONS, order_id, stock["last_change"])
-            return StepResult(attempt)
-
-    @activity.defn
-    def release_inventory(self, request: InventoryRequest) -> StepResult:
-        """Put a reservation back in stock (a compensation); a second call changes nothing."""
-        order_id = request.step.order_id
-        with self.store.locked(INVENTORY, STOCK):
-            stock = self._stock_document()
-            reservation = self.store.get(RESERVATIONS, order_id)
-            if reservation is None:
-                # Nothing reserved (the step never happened, or is still in flight):
-                # leave a released mark so a late reservation changes nothing.
-                self.store.write_locked(RESERVATIONS, order_id, {"order_id": order_id, "status": "released", "lines": []})
-                return StepResult(activity.info().attempt, changed=False)
-            if reservation["status"] != "reserved":
-                return StepResult(activity.info().attempt, changed=False)
-            for line in reservation["lines"]:
-                stock["levels"][line["sku"]] += line["quantity"]
-            stock["last_change"] = {**reservation, "status": "released"}
-            self.store.write_locked(INVENTORY, STOCK, stock)
-            self.store.write_locked(RESERVATIONS, order_id, stock["last_change"])
-        return StepResult(activity.info().attempt)
-
-    def _stock_document(self) -> dict:
-        """The stock document, created from the catalog on first use; repairs an
-        interrupted change (held lock required)."""
-        stock = self.store.get(INVENTORY, STOCK)
-        if stock is None:
-            stock = {"levels": {}, "last_change": None}
-        for item in self.rules.orders.catalog:
-            stock["levels"].setdefault(item.sku, item.stock)
-        change = stock["last_change"]
-        if change is not None:
-            reservation = self.store.get(RESERVATIONS, change["order_id"])
-            if reservation is None or reservation["status"] != change["status"]:
-                self.store.write_locked(RESERVATIONS, change["order_id"], change)
-        return stock
-
-    @activity.defn
-    def charge_payment(self, request: ChargeRequest) -> ChargeResult:
-        """Charge the order's one payment key: however often this runs, one charge.
-
-        The simulated provider logs every request it gets (PAYMENT_REQUESTS, one
-        record per attempt) with what it did: "charged", or "found" (the key was
-        charged before: no second charge), or "refused" (the key was voided by a
-        refund before any charge). An injected transient failure strikes after the
-        provider has answered, like a response lost on the way back: the retry
-        finds the charge by its key.
-        """
-        with self._audited(request.step, "payment") as attempt:
-            key = payment_key(request.step.order_id)
-            declined = any(f.step == "payment" and f.permanent for f in request.step.failures)
-            if declined:
-                raise ApplicationError(self._text("declined"), type=PAYMENT_DECLINED, non_retryable=True)
-            with self.store.locked(PAYMENTS, key):
-                charge = self.store.get(PAYMENTS, key)
-                if charge is None:
-                    charge = {"payment_key": key, "order_id": request.step.order_id, "amount": request.amount,
-                              "status": "charged", "charged_at": utc_now(), "refunded_at": None}
-                    self.store.write_locked(PAYMENTS, key, charge, sort_key=key)
-                    outcome = "charged"
-                else:
-                    outcome = "refused" if charge["status"] == "voided" else "found"
-                self._log_request(key, attempt, request.amount, outcome)
-            self._inject(request.step, "payment", attempt, self._text("declined"))
-            return ChargeResult(Payment(key, charge["amount"], charge["status"], charge["charged_at"], charge["refunded_at"]), attempt)
-
-    def _log_request(self, key: str, attempt: int, amount: float, outcome: str) -> None:
-        """The provider's log: the same attempt logs the same record (idempotent).
-        Written under the payment key's lock (held by the caller): taking a second
-        lock could pick the same lock stripe and wait on itself."""
-        self.store.write_locked(PAYMENT_REQUESTS, f"{key}.attempt-{attempt}",
-                                {"payment_key": key, "attempt": attempt, "amount": amount, "outcome": outcome, "at": utc_now()})
-
-    @activity.defn
-    def refund_payment(self, request: ChargeRequest) -> Payment | None:
-        """Refund the order's payment (a compensation); a second call changes nothing.
-
-        With no charge yet (the charge never happened, or is still in flight), the
-        key is voided, so a charge request arriving late is refused."""
-        key = payment_key(request.step.order_id)
-        with self.store.locked(PAYMENTS, key):
-            charge = self.store.get(PAYMENTS, key)
-            if charge is None:
-                self.store.write_locked(PAYMENTS, key, {"payment_key": key, "order_id": request.step.order_id, "amount": 0.0,
-                                                        "status": "voided", "charged_at": None, "refunded_at": utc_now()},
-                                        sort_key=key)
-                return None
-            if charge["status"] == "charged":
-                charge = {**charge, "status": "refunded", "refunded_at": utc_now()}
-                self.store.write_locked(PAYMENTS, key, charge)
-        return Payment(key, charge["amount"], charge["status"], charge["charged_at"], charge["refunded_at"])
-
-    @activity.defn
-    def notify_customer(self, request: NotificationRequest) -> None:
-        """Record a customer notification (the stand-in for an email); once per order and kind."""
-        self.store.put(NOTIFICATIONS, f"{request.order_id}-{request.kind}", {**dataclasses.asdict(request), "sent_at": utc_now()})
-
-    @activity.defn
-    async def award_rewards(self, request: AwardRequest) -> None:
-        """Signal-with-start the customer's rewards workflow; it counts each order once."""
-        saved = await asyncio.to_thread(self.store.get, REWARDS, request.customer_id)
-        state = RewardsState(**{**saved, "closed": False}) if saved else RewardsState(request.customer_id)
-        rewards = self.rules.orders.rewards
-        await self.client.start_workflow(
-            "RewardsWorkflow",
-            RewardsInput(state, [RewardTierRule(t.name, t.min_points) for t in rewards.tiers], rewards.max_history_events),
-            id=rewards_workflow_id(request.customer_id),
-            task_queue=self.rewards_task_queue,
-            start_signal="award",
-            start_signal_args=[AwardPoints(request.order_id, request.points)],
-        )
-
-
-class ShippingActivities(_OrderStepActivities):
-    """The carrier: prepare, dispatch, deliver. Runs on the shipping task queue."""
-
-    @activity.defn
-    def prepare_package(self, request: ShipmentStepRequest) -> StepResult:
-        with self._audited(request.step, "shipping") as attempt:
-            self._inject(request.step, "shipping", attempt, self._text("shipping_failed"))
-            return StepResult(attempt)
-
-    @activity.defn
-    def dispatch_carrier(self, request: ShipmentStepRequest) -> DispatchResult:
-        # The tracking number derives from the order, so a retried dispatch books the same parcel.
-        carrier = "Express Air" if request.expedited else "Ground Freight"
-        tracking = "TRK" + hashlib.sha256(request.step.order_id.encode()).hexdigest()[:12].upper()
-        label = {"order_id": request.step.order_id, "carrier": carrier, "tracking_number": tracking,
-                 "address": dataclasses.asdict(request.address), "expedited": request.expedited}
-        self.store.put(SHIPMENTS, request.step.order_id, label)
-        return DispatchResult(carrier, tracking, activity.info().attempt)
-
-    @activity.defn
-    def deliver(self, request: ShipmentStepRequest) -> StepResult:
-        return StepResult(activity.info().attempt)
-
-
-class RewardsActivities:
-    def __init__(self, store: JsonStore):
-        self.store = store
-
-    @activity.defn
-    def save_rewards(self, state: RewardsState) -> None:
-        """The customer's rewards projection, read by the API when the workflow is closed."""
-        self.store.put(REWARDS, state.customer_id, dataclasses.asdict(state))
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from temporalio.client import Client
+
+from core.mail import Mailer, SmtpSettings, mail_from_env
+from core.rules import load_messages, load_rules
+from core.settings import Settings
+from core.store import Store, open_store
+from loans.activities import LoanActivities
+from loans.emails import LoanEmailActivities
+from orders.activities import OrderActivities, RewardsActivities, ShippingActivities
+from orders.emails import OrderEmailActivities
+
+
+@dataclass(frozen=True)
+class Activities:
+    loans: LoanActivities
+    loan_emails: LoanEmailActivities
+    orders: OrderActivities
+    order_emails: OrderEmailActivities
+    shipping: ShippingActivities
+    rewards: RewardsActivities
+
+    def for_loans(self) -> list[Callable]:
+        loans = self.loans
+        return [loans.validate_application, loans.decide, loans.persist_application, loans.notify_agent,
+                loans.record_contact_preference, self.loan_emails.send_decision_email]
+
+    def for_orders(self) -> list[Callable]:
+        """The order's steps and the customers' rewards (one task queue)."""
+        orders = self.orders
+        return [orders.record_progress, orders.validate_order, orders.reserve_inventory, orders.release_inventory,
+                orders.charge_payment, orders.refund_payment, orders.notify_customer, orders.award_rewards,
+                self.order_emails.send_order_email, self.rewards.save_rewards]
+
+    def for_shipping(self) -> list[Callable]:
+        shipping = self.shipping
+        return [shipping.prepare_package, shipping.dispatch_carrier, shipping.deliver]
+
+
+def build_activities(settings: Settings, client: Client | None, identity: str, store: Store | None = None) -> Activities:
+    """One store (one PostgreSQL pool), one copy of the rules and messages, one mailer, for the whole process."""
+    store = store or open_store(settings)
+    rules = load_rules(settings.rules_file)
+    messages = load_messages(settings.messages_file)
+    mailer = Mailer(SmtpSettings.from_env(), mail_from_env())
+    return Activities(
+        loans=LoanActivities(store=store, rules=rules, messages=messages, identity=identity),
+        loan_emails=LoanEmailActivities(store, mailer, settings.public_url),
+        orders=OrderActivities(store, rules, messages.orders, client=client, rewards_task_queue=settings.order_task_queue),
+        order_emails=OrderEmailActivities(store, mailer),
+        shipping=ShippingActivities(store, rules, messages.orders),
+        rewards=RewardsActivities(store),
+    )

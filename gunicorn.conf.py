@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 
-from config import Settings
+from core.settings import Settings
 
 settings = Settings.from_env()
 # Each worker process writes its request metrics here; /metrics adds them up (web_metrics.py).
@@ -47,7 +47,7 @@ def post_fork(server, worker):
 
 
 def when_ready(server):
-    from operator_auth import signin_hint
+    from web.auth import signin_hint
 
     ui = settings.temporal_ui_url
     server.log.info("Loan application form: %s/", settings.public_url)

@@ -72,15 +72,14 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-import httpx
-
-import floor_workflow
-from config import connect_temporal
-from floor_workflow import EmptyWorkflow, FloorWorkflow, floor_activity
+from core.settings import connect_temporal
+from tools.loadtest import floor as floor_workflow
+from tools.loadtest.floor import EmptyWorkflow, FloorWorkflow, floor_activity
 
 DEFAULT_URL = "http://127.0.0.1:5001"
 POLL_INTERVAL = 0.2
@@ -662,7 +661,7 @@ def format_orders(report: dict[str, Any], concurrency: int) -> str:
 # --- soak: does throughput hold and memory stay bounded as applications accumulate? ---
 
 # Which processes to watch, by a piece of their command line (all of `make run`'s).
-SOAK_PROCESSES = {"temporal": "server start-dev", "worker": "worker.py", "web": "gunicorn", "mail": "mail_sink.py"}
+SOAK_PROCESSES = {"temporal": "server start-dev", "worker": "worker.py", "web": "gunicorn", "mail": "tools.mail_sink"}
 
 
 def stack_processes(url: str) -> list | None:

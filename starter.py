@@ -28,20 +28,21 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-import loans_web
-import operator_auth
-import orders_web
-import web_metrics
-from codec_server import create_codec_blueprint
-from config import Settings, load_messages, load_rules, open_store, payload_codec_from_env
-from loan_service import LoanService
-from openapi import build_openapi
-from order_service import OrderService
-from orders_cli import orders_cli
-from store import StoreUnavailable
-from temporal_client import ProcessClient
-from validation import InvalidInput
-from web_common import StrictJSONProvider, error_page, json_error, messages
+from core.rules import load_messages, load_rules
+from core.settings import Settings, payload_codec_from_env
+from core.store import StoreUnavailable, open_store
+from core.temporal_client import ProcessClient
+from core.validation import InvalidInput
+from loans import web as loans_web
+from loans.service import LoanService
+from orders import web as orders_web
+from orders.cli import orders_cli
+from orders.service import OrderService
+from web import auth as operator_auth
+from web import metrics as web_metrics
+from web.codec_server import create_codec_blueprint
+from web.common import StrictJSONProvider, error_page, json_error, messages
+from web.openapi import build_openapi
 
 health = Blueprint("health", __name__)
 

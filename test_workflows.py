@@ -21,18 +21,32 @@ from unittest import mock
 import pytest
 from temporalio import activity, workflow
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowHistory,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.worker import Replayer, Worker
 from temporalio.workflow import NondeterminismError
 
-from activities import AGENT_NOTIFICATIONS, APPLICATIONS, LoanActivities
-from config import load_messages, load_rules
-from shared import INVALID_APPLICATION, AgentNotificationRequest, LoanApplication, LoanOutcome, LoanRequest, record_key
-from store import JsonStore
+from core.rules import load_messages, load_rules
+from core.store.files import JsonStore
+from loans.activities import LoanActivities
+from loans.model import (
+    AGENT_NOTIFICATIONS,
+    APPLICATIONS,
+    INVALID_APPLICATION,
+    AgentNotificationRequest,
+    LoanApplication,
+    LoanOutcome,
+    LoanRequest,
+    record_key,
+)
+from loans.workflow import LoanApplicationWorkflow
 from worker import build_worker
-from workflows import LoanApplicationWorkflow
 
 HERE = Path(__file__).resolve().parent
 
@@ -250,7 +264,7 @@ LOAN_SCENARIOS = {
     "denied_compliance": dict(credit_score=550),
     "invalid": dict(credit_score=200),
 }
-HISTORIES = HERE / "histories"
+HISTORIES = HERE / "tests" / "histories"
 # Seeds under which small sets of strings iterate in different orders ({"persist", "notify"}
 # comes out in both), so order that depends on the hash seed differs between the replays.
 HASH_SEEDS = ("0", "3", "5")
@@ -271,7 +285,7 @@ async def record_scenario(client: Client, settings, kind: str) -> WorkflowHistor
 def replay_in_fresh_processes(paths: list[Path]) -> None:
     for seed in HASH_SEEDS:
         replayed = subprocess.run(
-            [sys.executable, str(HERE / "replay_check.py"), *map(str, paths)],
+            [sys.executable, "-m", "tools.replay_check", *map(str, paths)],
             env={**os.environ, "PYTHONHASHSEED": seed}, cwd=HERE, capture_output=True, text=True, timeout=60,
         )
         assert replayed.returncode == 0, f"PYTHONHASHSEED={seed}:\n{replayed.stdout}{replayed.stderr}"

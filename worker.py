@@ -32,11 +32,10 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 
-from notifications import EmailActivities, SmtpSettings, mail_from_env
-from activities import LoanActivities, OrderActivities, RewardsActivities, ShippingActivities
-from config import Settings, connect_temporal, load_messages, load_rules, open_store
-from store import JsonStore
-from workflows import LoanApplicationWorkflow, OrderWorkflow, RewardsWorkflow, ShippingWorkflow
+from activities import Activities, build_activities
+from core.settings import Settings, connect_temporal
+from core.store import Store
+from workflows import LOAN_WORKFLOWS, ORDER_WORKFLOWS, SHIPPING_WORKFLOWS
 
 log = logging.getLogger("worker")
 
@@ -52,7 +51,8 @@ def build_worker(
     identity: str,
     concurrency: int = 32,
     pollers: int = 8,
-    store: JsonStore | None = None,
+    store: Store | None = None,
+    activities: Activities | None = None,
 ) -> Worker:
     """A worker with the loan workflow and activities, tuned for a burst of applications.
 
@@ -62,30 +62,12 @@ def build_worker(
     timeout runs (the loan's local activities have 5 s). Most go to local
     activities: validate, decide, persist and notify are all local.
     """
-    activities = LoanActivities(
-        store=store or open_store(settings),
-        rules=load_rules(settings.rules_file),
-        messages=load_messages(settings.messages_file),
-        identity=identity,
-    )
-    emails = EmailActivities(
-        store=activities.store,
-        smtp=SmtpSettings.from_env(),
-        mail_from=mail_from_env(),
-        public_url=settings.public_url,
-    )
+    activities = activities or build_activities(settings, client, identity, store)
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[LoanApplicationWorkflow],
-        activities=[
-            activities.validate_application,
-            activities.decide,
-            activities.persist_application,
-            activities.notify_agent,
-            activities.record_contact_preference,
-            emails.send_decision_email,
-        ],
+        workflows=LOAN_WORKFLOWS,
+        activities=activities.for_loans(),
         activity_executor=executor,
         identity=identity,
         **slots(concurrency, activity_share=0.25),
@@ -103,7 +85,8 @@ def build_order_workers(
     executor: ThreadPoolExecutor,
     identity: str,
     concurrency: int = 32,
-    store: JsonStore | None = None,
+    store: Store | None = None,
+    activities: Activities | None = None,
 ) -> list[Worker]:
     """Workers for the order process: orders and rewards on one queue, shipping on its own.
 
@@ -116,40 +99,23 @@ def build_order_workers(
     steps per order: preparing is an activity, dispatch and delivery (since
     `shipping-carrier-steps-local`) local activities, so its slots are split in half.
     """
-    store = store or open_store(settings)
-    rules = load_rules(settings.rules_file)
-    texts = load_messages(settings.messages_file).orders
-    orders = OrderActivities(store, rules, texts, client=client, rewards_task_queue=settings.order_task_queue)
-    shipping = ShippingActivities(store, rules, texts)
-    rewards = RewardsActivities(store)
-    emails = EmailActivities(store, SmtpSettings.from_env(), mail_from_env(), settings.public_url)
+    activities = activities or build_activities(settings, client, identity, store)
     common = dict(activity_executor=executor, identity=identity, graceful_shutdown_timeout=timedelta(seconds=10))
     order_threads = max(2, min(concurrency - 2, concurrency * 3 // 4))  # shipping keeps at least 2
     return [
         Worker(
             client,
             task_queue=settings.order_task_queue,
-            workflows=[OrderWorkflow, RewardsWorkflow],
-            activities=[
-                orders.record_progress,
-                orders.validate_order,
-                orders.reserve_inventory,
-                orders.release_inventory,
-                orders.charge_payment,
-                orders.refund_payment,
-                orders.notify_customer,
-                orders.award_rewards,
-                emails.send_order_email,
-                rewards.save_rewards,
-            ],
+            workflows=ORDER_WORKFLOWS,
+            activities=activities.for_orders(),
             **slots(order_threads, activity_share=0.5),
             **common,
         ),
         Worker(
             client,
             task_queue=settings.shipping_task_queue,
-            workflows=[ShippingWorkflow],
-            activities=[shipping.prepare_package, shipping.dispatch_carrier, shipping.deliver],
+            workflows=SHIPPING_WORKFLOWS,
+            activities=activities.for_shipping(),
             **slots(max(2, concurrency - order_threads), activity_share=0.5),
             **common,
         ),
@@ -167,9 +133,10 @@ def build_all_workers(client: Client, settings: Settings, identity: str, threads
     """The process's workers: loans with a pool of `threads`, the order process with another."""
     loans = stack.enter_context(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loan-activity"))
     orders = stack.enter_context(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="order-activity"))
+    activities = build_activities(settings, client, identity)
     return [
-        build_worker(client, settings, loans, identity, concurrency=threads, pollers=pollers),
-        *build_order_workers(client, settings, orders, identity, concurrency=threads),
+        build_worker(client, settings, loans, identity, concurrency=threads, pollers=pollers, activities=activities),
+        *build_order_workers(client, settings, orders, identity, concurrency=threads, activities=activities),
     ]
 
 

@@ -1,0 +1,169 @@
+"""Mail over SMTP: where to send (SMTP_URL), how a message is built and sent, and what a refusal means.
+
+Both halves send through `Mailer`: the loan's decision email (`loans/emails.py`)
+and an order's emails to its customer (`orders/emails.py`). Messages are built
+with the standard library's `EmailMessage` (headers escaped, MIME parts), never
+by string formatting. A 5xx from the server is final (EMAIL_REFUSED,
+non-retryable); a connection failure, timeout or 4xx is retried by the
+activity's retry policy (EMAIL_NOT_SENT_YET). Each email is recorded with how it
+went, so a retry after success sends nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import smtplib
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.headerregistry import Address
+from email.message import EmailMessage
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from core.email_policy import EMAIL_NOT_SENT_YET, EMAIL_REFUSED
+
+DEFAULT_MAIL_FROM = "Loan pre-approval <no-reply@loans.invalid>"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Where to send mail: parsed from SMTP_URL (smtp://host:port, smtps://, ?starttls=true)."""
+
+    host: str
+    port: int
+    implicit_tls: bool = False
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 10.0
+
+    @classmethod
+    def from_url(cls, url: str) -> SmtpSettings:
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError(f"SMTP_URL must look like smtp://host:port or smtps://host:465, not {url!r}")
+        query = parse_qs(parts.query)
+        implicit_tls = parts.scheme == "smtps"
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (465 if implicit_tls else 25),
+            implicit_tls=implicit_tls,
+            starttls=query.get("starttls", ["false"])[0].lower() in ("1", "true", "yes"),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    @classmethod
+    def from_env(cls) -> SmtpSettings | None:
+        url = os.environ.get("SMTP_URL", "").strip()
+        return cls.from_url(url) if url else None
+
+
+def mail_from_env() -> str:
+    return os.environ.get("MAIL_FROM", DEFAULT_MAIL_FROM)
+
+
+def message_id(workflow_id: str, kind: str, mail_from: str) -> str:
+    """Stable per workflow and kind, `<loan-….decision@domain>`, `<order-….shipped@domain>`: a re-send is
+    the same message. (Before, a loan's read `<loan-loan-….decision@…>`: a retry straddling the change
+    could carry the old one.)"""
+    domain = parse_mailbox(mail_from).domain or "loans.invalid"
+    safe_id = "".join(c if c.isalnum() or c in "-._" else "-" for c in workflow_id)
+    return f"<{safe_id}.{kind}@{domain}>"
+
+
+def _fix_boundary(message: EmailMessage) -> None:
+    """A MIME boundary derived from the message's parts, not a random one: a re-send is byte-identical.
+    A hash of the content cannot occur in that content."""
+    digest = hashlib.sha256(message["Message-ID"].encode())
+    for part in message.iter_parts():
+        digest.update(part.as_bytes())
+    message.set_boundary(f"=_{digest.hexdigest()[:40]}")
+
+
+def parse_mailbox(text: str) -> Address:
+    """"Name <user@domain>" or "user@domain" -> Address (which refuses CR/LF)."""
+    from email.utils import parseaddr
+
+    name, addr = parseaddr(text)
+    username, _, domain = addr.partition("@")
+    return Address(display_name=name, username=username, domain=domain)
+
+
+def without_address(text: str, address: str) -> str:
+    """`text` with the recipient's address taken out: SMTP replies often quote it."""
+    return text.replace(address, "<recipient>") if address else text
+
+
+def send(smtp: SmtpSettings, message: EmailMessage) -> None:
+    """One SMTP conversation. Raises smtplib errors as they come (the caller classifies them)."""
+    if smtp.implicit_tls:
+        client = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout, context=ssl.create_default_context())
+    else:
+        client = smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout)
+    with client:
+        if smtp.starttls:
+            client.starttls(context=ssl.create_default_context())
+        if smtp.username:
+            client.login(smtp.username, smtp.password or "")
+        client.send_message(message)
+
+
+def permanent_refusal(err: Exception) -> str | None:
+    """A 5xx answer is the server's final word; anything else (4xx, connection) is worth a retry."""
+    if isinstance(err, smtplib.SMTPRecipientsRefused):
+        codes = [(code, reply) for code, reply in err.recipients.values()]
+        if codes and all(code >= 500 for code, _ in codes):
+            return "; ".join(f"{code} {reply.decode(errors='replace')}" for code, reply in codes)
+        return None
+    code = getattr(err, "smtp_code", None)
+    if isinstance(code, int) and code >= 500:
+        reply = getattr(err, "smtp_error", b"")
+        return f"{code} {reply.decode(errors='replace') if isinstance(reply, bytes) else reply}"
+    return None
+
+
+Recorder = Callable[[dict], None]
+
+
+class Mailer:
+    """Sends one message and records how it went, through the caller's `record`."""
+
+    def __init__(self, smtp: SmtpSettings | None, mail_from: str):
+        self.smtp = smtp
+        self.mail_from = mail_from
+
+    def unaddressable(self, err: Exception, record: Recorder) -> str:
+        now = datetime.now(timezone.utc).isoformat()
+        record({"status": "refused", "reason": f"not a deliverable message: {err}", "at": now})
+        raise ApplicationError(f"cannot address the email: {err}", f"not a deliverable message: {err}", type=EMAIL_REFUSED,
+                               non_retryable=True) from None
+
+    def deliver(self, message: EmailMessage, address: str, record: Recorder) -> str:
+        """Send over SMTP and record how it went; a temporary failure is raised for the retry policy."""
+        if self.smtp is None:
+            return "not_configured"  # no SMTP_URL: nothing is sent (see the activity's result in the history)
+        now = datetime.now(timezone.utc).isoformat()
+        try:
+            send(self.smtp, message)
+        except (smtplib.SMTPException, OSError) as err:
+            reason = permanent_refusal(err)
+            if reason is None:
+                # Shown to operators while it lasts; a later success overwrites it.
+                attempt = activity.info().attempt
+                text = without_address(str(err) or type(err).__name__, address)
+                record({"status": "retrying", "attempt": attempt, "reason": text, "at": now})
+                # Raised afresh (from None): the SMTP error's text and traceback can quote the address.
+                raise ApplicationError(f"email not sent yet: {text}", type=EMAIL_NOT_SENT_YET) from None
+            reason = without_address(reason, address)
+            record({"status": "refused", "reason": reason, "at": now, "message_id": message["Message-ID"]})
+            raise ApplicationError(f"the mail server refused the email: {reason}", reason, type=EMAIL_REFUSED,
+                                   non_retryable=True) from None
+        record({"status": "sent", "at": now, "message_id": message["Message-ID"]})
+        return "sent"
+

@@ -1,0 +1,181 @@
+"""TODO docstring (from config.py)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.codec import KEY_BYTES, EncryptionCodec
+from core.secret_files import read_or_create_secret
+
+HERE = Path(__file__).resolve().parent.parent  # the repository root
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    task_queue: str  # the loan workflow's
+    data_dir: Path
+    rules_file: Path
+    messages_file: Path
+    web_host: str
+    web_port: int
+    temporal_ui_url: str
+    secret_key: str
+    decision_wait_seconds: float
+    order_task_queue: str = "orders"
+    shipping_task_queue: str = "shipping"
+    # None: generated into the data folder on first start (operator_auth.py).
+    operator_token: str | None = None
+    # postgresql://... : the records in PostgreSQL (pg_store.py); None: JSON files in data_dir (store.py).
+    database_url: str | None = None
+
+    @property
+    def public_url(self) -> str:
+        """Where people open the app: localhost for a loopback address, so the operator's
+        cookie also reaches the codec endpoint the Temporal UI calls (same site)."""
+        host = "localhost" if self.web_host in ("127.0.0.1", "0.0.0.0", "::1", "localhost") else self.web_host
+        return f"http://{host}:{self.web_port}"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        data_dir = data_dir_from_env()
+        return cls(
+            task_queue=os.environ.get("LOAN_TASK_QUEUE", "loan-applications"),
+            data_dir=data_dir,
+            rules_file=Path(os.environ.get("RULES_FILE", HERE / "rules.json")),
+            messages_file=Path(os.environ.get("MESSAGES_FILE", HERE / "messages.json")),
+            web_host=os.environ.get("WEB_HOST", "127.0.0.1"),
+            web_port=_env_int("WEB_PORT", 5001),
+            temporal_ui_url=os.environ.get("TEMPORAL_UI_URL", "http://localhost:8233").rstrip("/"),
+            secret_key=app_secret_key(data_dir),
+            decision_wait_seconds=_env_float("DECISION_WAIT_SECONDS", 5.0),
+            order_task_queue=os.environ.get("ORDER_TASK_QUEUE", "orders"),
+            shipping_task_queue=os.environ.get("SHIPPING_TASK_QUEUE", "shipping"),
+            operator_token=os.environ.get("OPERATOR_TOKEN") or None,
+            database_url=os.environ.get("DATABASE_URL", "").strip() or None,
+        )
+
+
+def data_dir_from_env() -> Path:
+    return Path(os.environ.get("DATA_DIR", HERE / "data")).resolve()
+
+
+# --- secrets -----------------------------------------------------------------
+
+
+def app_secret_key(data_dir: Path) -> str:
+    """APP_SECRET_KEY, or the one generated into DATA_DIR/secrets/app_secret.key on first use."""
+    configured = os.environ.get("APP_SECRET_KEY", "").strip()
+    if configured:
+        return configured
+    return read_or_create_secret(data_dir / "secrets" / "app_secret.key", lambda: secrets.token_urlsafe(32))
+
+
+def parse_payload_key(text: str, source: str) -> bytes:
+    """A payload key as configured: standard base64 of 32 random bytes (`openssl rand -base64 32`)."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise SystemExit(f"{source} is not base64 (make one with: openssl rand -base64 32)") from None
+    if len(key) != KEY_BYTES:
+        raise SystemExit(f"{source} must be base64 of {KEY_BYTES} bytes, got {len(key)} bytes "
+                         "(make one with: openssl rand -base64 32)")
+    return key
+
+
+def payload_codec_from_env() -> EncryptionCodec:
+    """The payload codec every client uses, with its keys from the environment.
+
+    The current key: PAYLOAD_KEY, or the file named by PAYLOAD_KEY_FILE, or (neither
+    set) DATA_DIR/secrets/payload.key, generated on first use. PAYLOAD_OLD_KEYS,
+    comma-separated, are keys that still decrypt (rotation).
+    """
+    key_text, key_file = os.environ.get("PAYLOAD_KEY", "").strip(), os.environ.get("PAYLOAD_KEY_FILE", "").strip()
+    if key_text and key_file:
+        raise SystemExit("Set PAYLOAD_KEY or PAYLOAD_KEY_FILE, not both")
+    if key_text:
+        key = parse_payload_key(key_text, "PAYLOAD_KEY")
+    elif key_file:
+        try:
+            key = parse_payload_key(Path(key_file).read_text(), f"PAYLOAD_KEY_FILE {key_file}")
+        except OSError as err:
+            raise SystemExit(f"PAYLOAD_KEY_FILE {key_file} cannot be read: {err.strerror}") from None
+    else:
+        generated = data_dir_from_env() / "secrets" / "payload.key"
+        key = parse_payload_key(
+            read_or_create_secret(generated, lambda: base64.b64encode(os.urandom(KEY_BYTES)).decode()), str(generated)
+        )
+    old_keys = [
+        parse_payload_key(text, f"PAYLOAD_OLD_KEYS entry {number}")
+        for number, text in enumerate(os.environ.get("PAYLOAD_OLD_KEYS", "").split(","), start=1)
+        if text.strip()
+    ]
+    return EncryptionCodec(key, old_keys)
+
+
+def payload_data_converter(codec: EncryptionCodec | None = None):
+    """The default converter with the payload codec: what every client and worker uses.
+
+    Failure messages and stack traces are moved into an encrypted payload too
+    (`DefaultFailureConverterWithEncodedAttributes`): an error's text can quote its input.
+    """
+    from temporalio.converter import (
+        DataConverter,
+        DefaultFailureConverterWithEncodedAttributes,
+    )
+
+    return dataclasses.replace(
+        DataConverter.default,
+        payload_codec=codec or payload_codec_from_env(),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
+# --- the Temporal connection -------------------------------------------------
+
+
+def temporal_connect_config() -> dict:
+    """Keyword arguments for `Client.connect`, from envconfig.
+
+    Without TEMPORAL_ADDRESS or a profile this is the local dev server.
+    """
+    from temporalio.envconfig import ClientConfig
+
+    connect_config = dict(ClientConfig.load_client_connect_config())
+    connect_config.setdefault("target_host", "localhost:7233")
+    connect_config.setdefault("namespace", "default")
+    return connect_config
+
+
+async def connect_temporal(**overrides):
+    """The one way every process creates its Temporal client: envconfig's connection, encrypted payloads."""
+    from temporalio.client import Client
+
+    overrides.setdefault("data_converter", payload_data_converter())
+    return await Client.connect(**{**temporal_connect_config(), **overrides})
+

@@ -1,0 +1,80 @@
+"""The store's contract: what every implementation offers, and the rules they share.
+
+Two implementations keep it: JSON files in a data folder (`core.store.files`,
+the default, one host) and PostgreSQL (`core.store.postgres`, several hosts).
+Callers type against `Store` and never know which they have;
+`tests/core/test_store_contract.py` runs one suite against both.
+
+Guarantees both give (docs/stores.md): every write is O(1) in the number of
+records, durable when it returns, and idempotent (the same document written
+again changes nothing); `update` is atomic across processes and hosts; the
+listing and the counts never disagree with the documents after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+# Collection names and keys: safe as file names and as SQL values alike.
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+SORT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9.:+-]{1,64}$")
+# The fields each collection is counted by (`count_by`): the pages show these counts above the lists
+# (loans.model.APPLICATIONS by decision, orders.model.ORDERS by status).
+DEFAULT_COUNTED_FIELDS: dict[str, tuple[str, ...]] = {"applications": ("decision",), "orders": ("status",)}
+# The collections whose keys are `<group>.<name>` and that find a group's newest listed record
+# (`newest_in_group`): an application is `<workflow id>.<run id>`, and a workflow ID runs again after its window.
+DEFAULT_GROUPED: tuple[str, ...] = ("applications",)
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached (a database that is down); callers answer 503 or retry."""
+
+
+class Store(Protocol):
+    """Documents (JSON objects) by collection and key."""
+
+    def get(self, collection: str, key: str) -> dict[str, Any] | None:
+        """The document, or None."""
+        ...
+
+    def list_recent(self, collection: str, offset: int = 0, limit: int = 20) -> tuple[list[dict], int]:
+        """A page of the listed documents, newest first, and how many are listed."""
+        ...
+
+    def count_by(self, collection: str, field: str) -> dict[str, int]:
+        """How many listed documents have each value of a counted field."""
+        ...
+
+    def newest_in_group(self, collection: str, group: str) -> dict[str, Any] | None:
+        """The newest listed document whose key is `<group>.<name>`, in a grouped collection."""
+        ...
+
+    def list_all(self, collection: str) -> list[dict[str, Any]]:
+        """Every document of a (small) collection, in no particular order."""
+        ...
+
+    def put(self, collection: str, key: str, document: dict[str, Any], sort_key: str | None = None) -> None:
+        """Create or replace a document (idempotent); a `sort_key` lists it."""
+        ...
+
+    def update(self, collection: str, key: str, change: Callable[[dict[str, Any] | None], dict[str, Any]],
+               sort_key: str | None = None) -> dict[str, Any]:
+        """Read, change and write one document atomically across processes."""
+        ...
+
+    def locked(self, collection: str, key: str) -> AbstractContextManager[Any]:
+        """The lock of one document, for changes that span several (then `write_locked`)."""
+        ...
+
+    def write_locked(self, collection: str, key: str, document: dict[str, Any], sort_key: str | None = None) -> None:
+        """Write a document whose lock the caller holds (see `locked`)."""
+        ...
+
+
+def count_value(value: Any) -> str | None:
+    """The name a field's value is counted under (counts are JSON object keys: text)."""
+    return None if value is None else value if isinstance(value, str) else json.dumps(value)

@@ -1,0 +1,83 @@
+"""The applicant's decision email: the message, and the activity that sends it once."""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime, timezone
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+from email_validator import EmailNotValidError, validate_email
+from temporalio import activity
+
+from core.mail import Mailer, _fix_boundary, message_id, parse_mailbox
+from core.store import Store
+from loans.model import APPLICATIONS, DecisionEmail, LoanOutcome, record_key
+
+
+def decision_email(outcome: LoanOutcome, public_url: str, mail_from: str, date: datetime) -> EmailMessage:
+    """The decision, its reason and next steps in the email's own words, and the link to the
+    applicant's result page; no income or score. `date` is the Date header (when the workflow,
+    having decided, asked for the email), so every attempt builds the same message."""
+    application = outcome.application
+    link = f"{public_url.rstrip('/')}/applications/{outcome.workflow_id}"
+    # Decided before the email had its own wording: the page's texts, as such emails always were.
+    text = outcome.email_text or DecisionEmail(outcome.message.message, "", outcome.message.next_steps)
+    message = EmailMessage()
+    message["Subject"] = outcome.message.title
+    message["From"] = parse_mailbox(mail_from)
+    # The address is checked as one addr-spec (no second recipient hidden in it), and
+    # Address() raises on CR/LF in any part: a crafted name cannot add a header or a recipient.
+    recipient = validate_email(application.email, check_deliverability=False)
+    # A name holding "=?" would be decoded by mail clients as an RFC 2047 encoded-word (a name
+    # that reads "Bcc: …"): validation refuses it, and a record from elsewhere goes out without a name.
+    display_name = "" if "=?" in application.name else application.name
+    message["To"] = Address(display_name=display_name, username=recipient.local_part, domain=recipient.domain)
+    message["Date"] = format_datetime(date.astimezone(timezone.utc))
+    message["Message-ID"] = message_id(outcome.workflow_id, "decision", mail_from)
+    paragraphs = [text.message, text.explanation] if text.explanation else [text.message]
+    steps_text = "\n".join(f"- {step}" for step in text.next_steps)
+    body = "\n\n".join(paragraphs)
+    message.set_content(
+        f"Dear {application.name},\n\n{body}\n\nNext steps:\n{steps_text}\n\n"
+        f"Your application and its decision: {link}\n"
+    )
+    paragraphs_html = "".join(f"<p>{html.escape(paragraph)}</p>" for paragraph in paragraphs)
+    steps_html = "".join(f"<li>{html.escape(step)}</li>" for step in text.next_steps)
+    message.add_alternative(
+        f"<p>Dear {html.escape(application.name)},</p>{paragraphs_html}"
+        f"<p>Next steps:</p><ul>{steps_html}</ul>"
+        f'<p><a href="{html.escape(link)}">Your application and its decision</a></p>',
+        subtype="html",
+    )
+    _fix_boundary(message)
+    return message
+
+
+class LoanEmailActivities:
+    """The loan's email step; the application's record says how its email went."""
+
+    def __init__(self, store: Store, mailer: Mailer, public_url: str):
+        self.store = store
+        self.mailer = mailer
+        self.public_url = public_url
+
+    def _record(self, outcome: LoanOutcome, email: dict) -> None:
+        def change(existing: dict | None) -> dict:
+            return {**(existing or {}), "email": email}
+
+        self.store.update(APPLICATIONS, record_key(outcome.workflow_id, outcome.run_id), change)
+
+    @activity.defn
+    def send_decision_email(self, outcome: LoanOutcome) -> str:
+        """Send the decision email once; returns its status ("sent", "refused", "not_configured")."""
+        record = self.store.get(APPLICATIONS, record_key(outcome.workflow_id, outcome.run_id)) or {}
+        previous = (record.get("email") or {}).get("status")
+        if previous in ("sent", "refused"):
+            return previous  # a retry after success (or a final refusal) sends nothing
+        try:
+            message = decision_email(outcome, self.public_url, self.mailer.mail_from, activity.info().scheduled_time)
+        except (ValueError, EmailNotValidError) as err:
+            return self.mailer.unaddressable(err, lambda email: self._record(outcome, email))
+        return self.mailer.deliver(message, outcome.application.email, lambda email: self._record(outcome, email))

@@ -1,0 +1,171 @@
+"""TODO docstring (from shared.py)."""
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+
+from temporalio.common import SearchAttributeKey
+
+from core.email_address import normalize_email
+
+DECISIONS = ("pre_approved", "conditional", "denied", "denied_compliance")
+# Why a decision was made, one code per rule (activities.LoanActivities.decide); messages.json
+# "reasons" words each for the applicant, in the decision email.
+DECISION_REASONS = (
+    "credit_below_minimum",
+    "loan_above_maximum",
+    "bankruptcy_credit_below_minimum",
+    "bankruptcy_review",
+    "strong_and_affordable",
+    "loan_to_income_above_limit",
+    "fair_credit_review",
+    "does_not_qualify",
+)
+
+# Custom search attributes: registered on the dev server by `make run` and the
+# tests. They carry no PII, only the decision and a coarse amount band.
+LOAN_DECISION = SearchAttributeKey.for_keyword("LoanDecision")
+LOAN_AMOUNT_BAND = SearchAttributeKey.for_keyword("LoanAmountBand")
+SEARCH_ATTRIBUTES = (LOAN_DECISION, LOAN_AMOUNT_BAND)
+
+# Error type raised by the validate step; the workflow and retry policies name it.
+INVALID_APPLICATION = "InvalidApplication"
+
+# Store collections of the loan half.
+APPLICATIONS = "applications"  # one record per application (workflow and run)
+AGENT_NOTIFICATIONS = "agent_notifications"  # what a loan agent is asked to do
+# The applicant's answers to "may an agent contact you?".
+CONTACT_ANSWERS = ("yes", "not_yet")
+
+
+def loan_workflow_id(email: str, secret: bytes) -> str:
+    """The one workflow ID per applicant email.
+
+    A keyed hash, so the email (PII) never appears in the Temporal UI while the
+    same email always maps to the same ID: that is what makes the server refuse
+    a second application while the first one's window is open. The address is
+    normalised here too (`normalize_email`), so no caller can hash another spelling.
+    """
+    digest = hmac.new(secret, normalize_email(email).encode(), hashlib.sha256).hexdigest()
+    return f"loan-{digest[:32]}"
+
+
+def amount_band(amount: float, band_edges: list[int]) -> str:
+    """A coarse, non-identifying label for a loan amount, e.g. '50k-100k'."""
+
+    def short(value: int) -> str:
+        return f"{value // 1000}k" if value % 1000 == 0 else str(value)
+
+    lower = 0
+    for edge in band_edges:
+        if amount <= edge:
+            return f"{short(lower)}-{short(edge)}"
+        lower = edge
+    return f"over-{short(lower)}"
+
+
+@dataclass(frozen=True)
+class LoanApplication:
+    """A validated, normalized application (email normalised by `normalize_email`)."""
+
+    name: str
+    email: str
+    loan_amount: float
+    credit_score: int
+    annual_income: float
+    has_bankruptcy: bool
+
+
+@dataclass(frozen=True)
+class LoanRequest:
+    """Input of LoanApplicationWorkflow."""
+
+    application: LoanApplication
+    # Fixed at submission so a rules change never shortens a running window.
+    duplicate_window_days: int
+    amount_band: str
+
+
+@dataclass(frozen=True)
+class DecisionMessage:
+    title: str
+    message: str
+    next_steps: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DecisionEmail:
+    """The decision email's own wording (messages.json `decisions.<decision>.email`): the email is
+    the message, so it never promises another one; `explanation` is the decision's reason in the
+    applicant's words (messages.json `reasons`), never their income or credit score."""
+
+    message: str
+    explanation: str
+    next_steps: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CreditDecision:
+    """Result of the decide step."""
+
+    decision: str
+    reason: str
+    # None means infinite: no income at all.
+    loan_to_income_ratio: float | None
+    message: DecisionMessage
+    decided_by: str
+    # None in histories recorded before the email had its own wording.
+    email_text: DecisionEmail | None = None
+
+
+@dataclass(frozen=True)
+class LoanOutcome:
+    """What the applicant is told; the workflow's update and query result."""
+
+    workflow_id: str
+    run_id: str
+    submitted_at: str
+    application: LoanApplication
+    decision: str
+    reason: str
+    loan_to_income_ratio: float | None
+    message: DecisionMessage
+    decided_by: str
+    # The email's wording, fixed with the decision (None: decided before it had its own).
+    email_text: DecisionEmail | None = None
+
+
+@dataclass(frozen=True)
+class PersistRequest:
+    outcome: LoanOutcome
+
+
+@dataclass(frozen=True)
+class AgentNotificationRequest:
+    outcome: LoanOutcome
+    kind: str  # "conditional_review" or "contact_requested"
+
+
+@dataclass(frozen=True)
+class ContactPreferenceRequest:
+    workflow_id: str
+    run_id: str
+    answer: str  # "yes" or "not_yet"
+    answered_at: str
+
+
+@dataclass(frozen=True)
+class ApplicationStatus:
+    """Live state of one application, served by the workflow's query."""
+
+    stage: str  # received, validated, decided, persisted, failed
+    outcome: LoanOutcome | None = None
+    contact_preference: str | None = None
+    error: str | None = None
+    window_ends_at: str | None = None
+
+
+def record_key(workflow_id: str, run_id: str) -> str:
+    """Store key of one application: one workflow run is one application."""
+    return f"{workflow_id}.{run_id}"
+

@@ -1,0 +1,267 @@
+"""The loan half's Temporal-facing service: every Temporal call the loan routes make.
+
+`LoanService` starts an application's workflow and waits for its decision,
+reads an application (the stored record, else the live workflow), and sends
+the applicant's contact answer. It knows nothing of Flask: it takes typed
+input and returns `Decided`, `Pending` or `Duplicate`, or raises one of the
+errors below, which `loans_web.py` maps to HTTP answers.
+
+A result link outlives the workflow: once the workflow is gone (the server
+deletes a closed one when the namespace's retention has passed) or while
+Temporal is unreachable, reading an application serves its stored record, the
+newest of its workflow ID (`newest_in_group`, one look-up in either store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from temporalio.client import (
+    WithStartWorkflowOperation,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from core.rules import Rules
+from core.settings import Settings, temporal_connect_config
+from core.store import Store
+from core.temporal_client import ProcessClient, TemporalUnavailable
+from core.validation import PAGE_SIZE
+from loans.model import (
+    APPLICATIONS,
+    LOAN_AMOUNT_BAND,
+    LoanApplication,
+    LoanOutcome,
+    LoanRequest,
+    amount_band,
+    loan_workflow_id,
+    record_key,
+)
+from loans.validation import InvalidApplication
+from loans.workflow import LoanApplicationWorkflow
+
+# The shape `shared.loan_workflow_id` makes: anything else (an order's or a
+# customer's workflow, a path trick) is unknown without asking Temporal.
+LOAN_WORKFLOW_ID = re.compile(r"^loan-[0-9a-f]{32}$")
+# Seconds to wait for a describe, a query or a signal: each is one server call
+# (a query also needs a worker; without one the workflow waits and we say so).
+STATUS_QUERY_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Decided:
+    record: dict[str, Any]
+    persisted: bool
+    # Whether the contact question can still be answered: True while the workflow runs, False once
+    # it has closed (or is gone), None when Temporal could not say (unreachable).
+    window_open: bool | None = True
+
+
+@dataclass(frozen=True)
+class Pending:
+    workflow_id: str
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """An application from this email is still in its window; a new one is possible in `days_remaining`."""
+
+    days_remaining: int
+
+
+class NotFound(Exception):
+    pass
+
+
+class WindowClosed(Exception):
+    """The application exists but its workflow is no longer running (its window ended)."""
+
+
+class LoanService:
+    def __init__(self, settings: Settings, rules: Rules, temporal: ProcessClient, store: Store):
+        self.settings = settings
+        self.rules = rules
+        self.temporal = temporal
+        self.store = store
+        self.namespace = temporal_connect_config()["namespace"]
+
+    def workflow_id(self, application: LoanApplication) -> str:
+        return loan_workflow_id(application.email, self.settings.secret_key.encode())
+
+    async def submit(self, application: LoanApplication) -> Decided | Pending | Duplicate:
+        """Start the application's workflow and wait a short while for its decision.
+
+        The start and the wait are one call (update-with-start). The server
+        refuses a second start while the email's workflow runs (conflict policy
+        FAIL): that refusal, not a look-up, is what makes duplicates impossible.
+        """
+        workflow_id = self.workflow_id(application)
+        band = amount_band(application.loan_amount, self.rules.amount_bands)
+        start = WithStartWorkflowOperation(
+            LoanApplicationWorkflow.run,
+            LoanRequest(application, self.rules.duplicate_window_days, band),
+            id=workflow_id,
+            task_queue=self.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            search_attributes=TypedSearchAttributes([SearchAttributePair(LOAN_AMOUNT_BAND, band)]),
+            memo={"duplicate_window_days": self.rules.duplicate_window_days},
+            static_summary=f"Loan application, amount {band}",
+        )
+        try:
+            # The margin covers connecting and the duplicate look-up.
+            async with asyncio.timeout(self.settings.decision_wait_seconds + 5):
+                try:
+                    result: LoanOutcome | Duplicate | None = await self._execute(start)
+                except WorkflowAlreadyStartedError:
+                    result = await self._duplicate(workflow_id)
+                except WorkflowUpdateRPCTimeoutOrCancelledError:
+                    result = None  # no decision in time (no worker?); checked below
+        except TimeoutError:
+            result = None
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause.cause if isinstance(err.cause.cause, ApplicationError) else err.cause
+            fields = cause.details[0] if isinstance(cause, ApplicationError) and cause.details else {}
+            raise InvalidApplication(fields or {"application": str(cause)}) from err
+        except RPCError as err:
+            raise TemporalUnavailable(str(err)) from err
+        if result is None:
+            return await self._pending_if_started(workflow_id)
+        if isinstance(result, Duplicate):
+            return result
+        return Decided(dataclasses.asdict(result), persisted=False)
+
+    async def _execute(self, start: WithStartWorkflowOperation) -> LoanOutcome:
+        client = await self.temporal.get()
+        try:
+            return await client.execute_update_with_start_workflow(
+                LoanApplicationWorkflow.wait_for_decision,
+                start_workflow_operation=start,
+                rpc_timeout=timedelta(seconds=self.settings.decision_wait_seconds),
+            )
+        except BaseException:
+            # The operation's own future holds the same error: retrieve it, or
+            # asyncio logs it as "never retrieved" when the loop closes.
+            with contextlib.suppress(BaseException):
+                await start.workflow_handle()
+            raise
+
+    async def _pending_if_started(self, workflow_id: str) -> Pending:
+        """After a timeout: the application is safe only if its workflow exists."""
+        try:
+            await self._describe(workflow_id)
+        except (TimeoutError, RPCError) as err:
+            raise TemporalUnavailable(f"no decision and no workflow for {workflow_id}") from err
+        return Pending(workflow_id)
+
+    async def _duplicate(self, workflow_id: str) -> Duplicate:
+        client = await self.temporal.get()
+        description = await client.get_workflow_handle(workflow_id).describe()
+        memo = await description.memo()
+        window = timedelta(days=memo.get("duplicate_window_days", self.rules.duplicate_window_days))
+        left = description.start_time + window - datetime.now(UTC)
+        days = min(max(math.ceil(left / timedelta(days=1)), 1), window.days)
+        return Duplicate(days_remaining=days)
+
+    async def _describe(self, workflow_id: str) -> WorkflowExecutionDescription:
+        async with asyncio.timeout(STATUS_QUERY_TIMEOUT):
+            client = await self.temporal.get()
+            return await client.get_workflow_handle(workflow_id).describe()
+
+    async def status(self, workflow_id: str) -> Decided | Pending:
+        """The latest application of this workflow ID.
+
+        The workflow says which run is the latest, and that run's record is read
+        (else the live workflow is queried). Without the workflow — gone, or
+        Temporal unreachable — the newest stored record of the ID is the answer;
+        with no record either, NotFound or TemporalUnavailable.
+        """
+        if not LOAN_WORKFLOW_ID.match(workflow_id):
+            raise NotFound(workflow_id)
+        try:
+            description = await self._describe(workflow_id)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return self._stored(workflow_id, NotFound(workflow_id), window_open=False)
+            return self._stored(workflow_id, TemporalUnavailable(str(err)))
+        except TimeoutError:
+            return self._stored(workflow_id, TemporalUnavailable("timed out describing the workflow"))
+        except TemporalUnavailable as err:
+            return self._stored(workflow_id, err)
+        if description.workflow_type != "LoanApplicationWorkflow":
+            raise NotFound(workflow_id)
+        running = description.status == WorkflowExecutionStatus.RUNNING
+        record = self.store.get(APPLICATIONS, record_key(workflow_id, description.run_id))
+        if record is not None:
+            return Decided(record, persisted=True, window_open=running)
+        if not running:
+            # Closed without a record: it failed validation (the web layer
+            # validates first, so only a workflow started by other means).
+            raise NotFound(workflow_id)
+        try:
+            async with asyncio.timeout(STATUS_QUERY_TIMEOUT):
+                client = await self.temporal.get()
+                handle = client.get_workflow_handle(workflow_id, run_id=description.run_id)
+                status = await handle.query(LoanApplicationWorkflow.status)
+        except (TimeoutError, RPCError, TemporalUnavailable):
+            return Pending(workflow_id)  # no worker right now: the workflow waits for one
+        if status.outcome is None:
+            return Pending(workflow_id)
+        record = dataclasses.asdict(status.outcome)
+        record["contact_preference"] = status.contact_preference
+        return Decided(record, persisted=status.stage == "persisted")
+
+    def _stored(self, workflow_id: str, missing: Exception, window_open: bool | None = None) -> Decided:
+        """The newest stored record of the workflow ID, when the workflow cannot be asked; else raise `missing`."""
+        record = self.store.newest_in_group(APPLICATIONS, workflow_id)
+        if record is None:
+            raise missing
+        return Decided(record, persisted=True, window_open=window_open)
+
+    async def record_contact(self, workflow_id: str, answer: str) -> None:
+        """Signal the answer to the running workflow; WindowClosed if the application exists but its
+        workflow has closed (or is gone), NotFound if nothing is known of it."""
+        if not LOAN_WORKFLOW_ID.match(workflow_id):
+            raise NotFound(workflow_id)
+        try:
+            async with asyncio.timeout(STATUS_QUERY_TIMEOUT):
+                client = await self.temporal.get()
+                await client.get_workflow_handle(workflow_id).signal(LoanApplicationWorkflow.contact_preference, answer)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                if self.store.newest_in_group(APPLICATIONS, workflow_id) is None:
+                    raise NotFound(workflow_id) from err
+                raise WindowClosed(workflow_id) from err
+            raise TemporalUnavailable(str(err)) from err
+        except TimeoutError as err:
+            raise TemporalUnavailable("timed out sending the answer") from err
+
+    def temporal_url(self, workflow_id: str, run_id: str | None = None) -> str:
+        path = f"{self.settings.temporal_ui_url}/namespaces/{quote(self.namespace)}/workflows/{quote(workflow_id)}"
+        return f"{path}/{quote(run_id)}/history" if run_id else path
+
+    def recent(self, page: int) -> tuple[list[dict], int, int]:
+        records, total = self.store.list_recent(APPLICATIONS, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+        return records, total, max(1, math.ceil(total / PAGE_SIZE))
+
+    def counts(self) -> dict[str, int]:
+        """Applications by decision, kept by the store on every write (no scan)."""
+        return self.store.count_by(APPLICATIONS, "decision")

@@ -1,0 +1,291 @@
+"""The loan half's HTTP routes: the JSON API under /api and the browser pages.
+
+Each view parses its input (validation.py), awaits `LoanService`
+(loan_service.py), and turns the outcome into an answer: 200 decided, 202
+pending, 409 duplicate, 400 invalid, 404 unknown, 503 Temporal unreachable
+(each worded for what was attempted: submitting, reading, answering).
+
+What a page says after a form post travels in the session (Flask's `flash`,
+rendered by base.html), never in the query string, which anyone can write into
+a link. Which worker decided (`processed_by`) is shown to operators only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_wtf.csrf import CSRFError
+
+from core.temporal_client import TemporalUnavailable
+from loans.model import CONTACT_ANSWERS
+from loans.service import (
+    Decided,
+    Duplicate,
+    LoanService,
+    NotFound,
+    Pending,
+    WindowClosed,
+)
+from loans.validation import (
+    InvalidApplication,
+    parse_form_application,
+    parse_json_application,
+    parse_json_contact,
+)
+from web.auth import operator_auth
+from web.common import (
+    BadBody,
+    bad_body_error,
+    error_page,
+    json_body,
+    json_error,
+    messages,
+    page_argument,
+)
+
+# The session entry holding the contact answer this browser has just sent, for the page the
+# answer redirects to: the workflow records it a moment later (record_contact_preference).
+CONTACT_ANSWERED = "contact_answered"
+
+api = Blueprint("api", __name__, url_prefix="/api")
+pages = Blueprint("pages", __name__)
+
+
+def service() -> LoanService:
+    return current_app.extensions["loan_service"]
+
+
+def public_record(record: dict[str, Any], persisted: bool, operator: bool = False) -> dict[str, Any]:
+    """The API's view of a decided application; `processed_by` (a worker's host name) for operators only."""
+    body = {
+        "status": "decided",
+        "workflow_id": record["workflow_id"],
+        "decision": record["decision"],
+        "reason": record["reason"],
+        "message": record["message"],
+        "application": {**record["application"], "submitted_at": record["submitted_at"]},
+        "loan_to_income_ratio": record["loan_to_income_ratio"],
+        "processed_by": record["decided_by"],
+        "persisted": persisted,
+        "contact_preference": record.get("contact_preference"),
+        # The decision email's state ("sent", "retrying", "refused"), once the worker has tried.
+        "email": record.get("email"),
+    }
+    if not operator:
+        del body["processed_by"]
+    return body
+
+
+def duplicate_body(duplicate: Duplicate) -> dict[str, Any]:
+    """That an application exists and when a new one is possible: nothing about it, since
+    anyone who knows an email can ask."""
+    return {
+        "error": messages().errors["duplicate"].format(days=duplicate.days_remaining),
+        "days_remaining": duplicate.days_remaining,
+    }
+
+
+# --- JSON API -------------------------------------------------------------------
+
+
+@api.errorhandler(BadBody)
+def _bad_body(err: BadBody):
+    return bad_body_error(err)
+
+
+@api.post("/evaluate")
+async def evaluate():
+    data = json_body(messages().errors["not_json"])
+    try:
+        application = parse_json_application(data, messages())
+        outcome = await service().submit(application)
+    except InvalidApplication as err:
+        return json_error(400, messages().errors["invalid_application"], fields=err.fields)
+    except TemporalUnavailable:
+        return json_error(503, messages().errors["unavailable"])
+    if isinstance(outcome, Duplicate):
+        return jsonify(duplicate_body(outcome)), 409
+    if isinstance(outcome, Pending):
+        return pending_response(outcome.workflow_id)
+    return jsonify(public_record(outcome.record, outcome.persisted, operator_auth().is_operator())), 200
+
+
+def pending_response(workflow_id: str):
+    status_url = url_for("api.application", workflow_id=workflow_id)
+    response = jsonify({"status": "pending", "workflow_id": workflow_id, "status_url": status_url})
+    response.headers["Location"] = status_url
+    response.headers["Retry-After"] = "1"
+    return response, 202
+
+
+@api.get("/applications/<workflow_id>")
+async def application(workflow_id: str):
+    try:
+        outcome = await service().status(workflow_id)
+    except NotFound:
+        return json_error(404, messages().errors["not_found"])
+    except TemporalUnavailable:
+        return json_error(503, messages().errors["unavailable_read"])
+    if isinstance(outcome, Pending):
+        return pending_response(workflow_id)
+    return jsonify(public_record(outcome.record, outcome.persisted, operator_auth().is_operator())), 200
+
+
+@api.post("/applications/<workflow_id>/contact")
+async def contact_api(workflow_id: str):
+    try:
+        answer = parse_json_contact(json_body(messages().errors["not_json"]), messages())
+    except InvalidApplication as err:
+        return json_error(400, messages().errors["invalid_application"], fields=err.fields)
+    try:
+        await service().record_contact(workflow_id, answer)
+    except NotFound:
+        return json_error(404, messages().errors["not_found"])
+    except WindowClosed:
+        return json_error(409, messages().errors["contact_closed"])
+    except TemporalUnavailable:
+        return json_error(503, messages().errors["contact_unavailable"])
+    return jsonify({"workflow_id": workflow_id, "contact_preference": answer}), 202
+
+
+@api.get("/applications")
+def applications_api():
+    page = page_argument()
+    records, total, pages_ = service().recent(page)
+    return jsonify(
+        {
+            "applications": [public_record(r, persisted=True, operator=True) for r in records],
+            "page": page,
+            "pages": pages_,
+            "total": total,
+            "counts": service().counts(),
+        }
+    )
+
+
+# --- browser pages --------------------------------------------------------------
+
+
+@pages.get("/")
+def form():
+    return render_template("loans/form.html", values={}, errors={}, notice=None)
+
+
+@pages.post("/apply")
+async def apply():
+    values = {name: request.form.get(name, "") for name in request.form}
+    try:
+        application = parse_form_application(values, messages())
+        outcome = await service().submit(application)
+    except InvalidApplication as err:
+        notice = {"kind": "invalid", "title": messages().errors["invalid_application"], "text": ""}
+        return render_template("loans/form.html", values=values, errors=err.fields, notice=notice), 400
+    except TemporalUnavailable:
+        notice = {"kind": "unavailable", "title": "Please try again", "text": messages().errors["unavailable"]}
+        return render_template("loans/form.html", values=values, errors={}, notice=notice), 503
+    if isinstance(outcome, Duplicate):
+        notice = {"kind": "duplicate", "title": duplicate_body(outcome)["error"], "text": ""}
+        return render_template("loans/form.html", values=values, errors={}, notice=notice), 409
+    workflow_id = outcome.workflow_id if isinstance(outcome, Pending) else outcome.record["workflow_id"]
+    return redirect(url_for("pages.application", workflow_id=workflow_id), code=303)
+
+
+@pages.get("/applications/<workflow_id>", endpoint="application")
+async def application_page(workflow_id: str):
+    try:
+        outcome = await service().status(workflow_id)
+    except NotFound:
+        return error_page(404, "Application not found", messages().errors["not_found"])
+    except TemporalUnavailable:
+        return error_page(503, "Temporarily unavailable", messages().errors["unavailable_read"])
+    if isinstance(outcome, Pending):
+        return render_template(
+            "loans/pending.html", workflow_id=workflow_id, temporal_url=service().temporal_url(workflow_id)
+        ), 200
+    return render_result(outcome, just_answered(workflow_id))
+
+
+def just_answered(workflow_id: str) -> str | None:
+    """The contact answer this browser sent for this application just before the redirect, if any."""
+    answered = session.pop(CONTACT_ANSWERED, None)
+    if isinstance(answered, dict) and answered.get("workflow_id") == workflow_id:
+        answer = answered.get("answer")
+        return answer if answer in CONTACT_ANSWERS else None
+    return None
+
+
+def render_result(outcome: Decided, answered: str | None):
+    record = outcome.record
+    if answered is not None:
+        # The workflow accepted the answer; its record says so a moment later.
+        record = {**record, "contact_preference": answered}
+    email = record["application"]["email"]
+    return render_template(
+        "loans/result.html",
+        record=record,
+        persisted=outcome.persisted,
+        window_open=outcome.window_open,
+        contact_texts={name: text.format(email=email) for name, text in messages().contact.items()},
+        temporal_url=service().temporal_url(record["workflow_id"], record["run_id"]),
+    )
+
+
+@pages.post("/applications/<workflow_id>/contact")
+async def contact(workflow_id: str):
+    answer = request.form.get("answer")
+    if answer not in CONTACT_ANSWERS:
+        return error_page(400, "Invalid answer", messages().validation["contact"])
+    page = url_for("pages.application", workflow_id=workflow_id)
+    try:
+        await service().record_contact(workflow_id, answer)
+    except NotFound:
+        return error_page(404, "Application not found", messages().errors["not_found"])
+    except WindowClosed:
+        flash(messages().errors["contact_closed"], "invalid")
+        return redirect(page, code=303)
+    except TemporalUnavailable:
+        return error_page(503, "Temporarily unavailable", messages().errors["contact_unavailable"],
+                          back_url=page, back_text="Back to your application")
+    flash(messages().contact["recorded"], "success")
+    session[CONTACT_ANSWERED] = {"workflow_id": workflow_id, "answer": answer}
+    return redirect(page, code=303)
+
+
+@pages.errorhandler(CSRFError)
+def session_expired(err: CSRFError):
+    """No or an expired session (so no CSRF token): still refused, but the loan form comes back
+    with what was typed and says why; nothing was started."""
+    if request.endpoint == "pages.apply":
+        values = {name: request.form.get(name, "") for name in request.form if name != "csrf_token"}
+        notice = {"kind": "invalid", "title": messages().errors["session_expired"], "text": ""}
+        return render_template("loans/form.html", values=values, errors={}, notice=notice), 400
+    if request.endpoint == "pages.contact":
+        page = url_for("pages.application", workflow_id=request.view_args["workflow_id"])
+        return error_page(400, "Session expired", messages().errors["session_expired"],
+                          back_url=page, back_text="Back to your application")
+    return error_page(400, err.name, err.description)
+
+
+@pages.get("/applications")
+def applications():
+    page = page_argument()
+    records, total, page_count = service().recent(page)
+    return render_template("loans/list.html", records=records, page=page, pages=page_count, total=total,
+                           counts=service().counts())
+
+
+def init_app(app, service_: LoanService) -> None:
+    app.extensions["loan_service"] = service_
+    app.register_blueprint(api)
+    app.register_blueprint(pages)

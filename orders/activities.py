@@ -1,0 +1,349 @@
+"""TODO docstring (from activities.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import random
+from datetime import datetime, timezone
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from core.formatting import format_amount, sort_key_for
+from core.rules import Rules
+from core.store import Store
+from orders.model import (
+    FAILURE_STEPS,
+    INJECTED_FAILURE,
+    INVALID_ORDER,
+    INVENTORY,
+    NOTIFICATIONS,
+    ORDERS,
+    OUT_OF_STOCK,
+    PAYMENT_DECLINED,
+    PAYMENT_REQUESTS,
+    PAYMENTS,
+    RESERVATIONS,
+    REWARDS,
+    SHIPMENTS,
+    SHIPPING_FAILED,
+    STOCK,
+    AwardPoints,
+    AwardRequest,
+    ChargeRequest,
+    ChargeResult,
+    DispatchResult,
+    InventoryRequest,
+    NotificationRequest,
+    OrderEvent,
+    Payment,
+    PricedLine,
+    ProgressRecord,
+    RewardsInput,
+    RewardsState,
+    RewardTierRule,
+    ShipmentStepRequest,
+    StepRequest,
+    StepResult,
+    ValidatedOrder,
+    ValidateOrderRequest,
+    order_events_collection,
+    payment_key,
+    rewards_workflow_id,
+)
+
+# --- orders ------------------------------------------------------------------
+
+# Permanent injected failures become these business failures.
+PERMANENT_FAILURE_TYPES = {"inventory": OUT_OF_STOCK, "payment": PAYMENT_DECLINED, "shipping": SHIPPING_FAILED}
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def write_event(store: Store, event: OrderEvent) -> None:
+    """Append one event to an order's audit trail; the same key writes the same file (idempotent)."""
+    store.put(order_events_collection(event.order_id), event.key, dataclasses.asdict(event))
+
+
+def order_events(store: Store, order_id: str) -> list[dict]:
+    """An order's audit trail, oldest first."""
+    return sorted(store.list_all(order_events_collection(order_id)), key=lambda e: (e["at"], e["key"]))
+
+
+class _OrderStepActivities:
+    """What every order step shares: simulated failures and recording failed attempts."""
+
+    def __init__(self, store: Store, rules: Rules, texts: dict[str, str]):
+        self.store = store
+        self.rules = rules
+        self.texts = texts
+
+    @contextlib.contextmanager
+    def _audited(self, step: StepRequest, name: str):
+        """Record a failed attempt in the order's audit trail, then let it fail
+        (and be retried, or not, by the workflow's policy)."""
+        attempt = activity.info().attempt
+        try:
+            yield attempt
+        except Exception as err:
+            final = isinstance(err, ApplicationError) and err.non_retryable
+            write_event(
+                self.store,
+                OrderEvent(
+                    order_id=step.order_id,
+                    key=f"{name}-attempt-{attempt}-failed",
+                    kind="failure" if final else "retry",
+                    message=f"{name} attempt {attempt} failed: {err}",
+                    at=utc_now(),
+                    attempt=attempt,
+                ),
+            )
+            raise
+
+    def _inject(self, step: StepRequest, name: str, attempt: int, permanent_message: str) -> None:
+        """Fail like the real thing would, if this step has a failure injected or drawn."""
+        assert name in FAILURE_STEPS
+        for failure in step.failures:
+            if failure.step != name:
+                continue
+            if failure.permanent:
+                raise ApplicationError(permanent_message, type=PERMANENT_FAILURE_TYPES[name], non_retryable=True)
+            if attempt <= failure.times:
+                raise ApplicationError(f"simulated {name} failure ({attempt} of {failure.times})", type=INJECTED_FAILURE)
+        rate = step.policy.random_failure_rate
+        # Seeded per order, step and attempt: the same run fails the same way every time.
+        draw = random.Random(f"{step.policy.random_failure_seed}:{step.workflow_id}:{name}:{attempt}").random()
+        if rate and draw < rate:
+            raise ApplicationError(f"random {name} failure (rate {rate})", type=INJECTED_FAILURE)
+
+    def _text(self, key: str, **values) -> str:
+        return self.texts[key].format(**values)
+
+
+class OrderActivities(_OrderStepActivities):
+    """The order steps: validation, inventory, payment, projections, notifications, rewards."""
+
+    def __init__(self, store: Store, rules: Rules, texts: dict[str, str], client=None, rewards_task_queue: str = ""):
+        super().__init__(store, rules, texts)
+        # The Temporal client, for signal-with-start of the customer's rewards workflow.
+        self.client = client
+        self.rewards_task_queue = rewards_task_queue
+
+    @activity.defn
+    def record_progress(self, record: ProgressRecord) -> None:
+        """The order's projection (for the dashboard) and its new audit events."""
+        status = record.status
+        for event in record.events:
+            write_event(self.store, event)
+        self.store.put(ORDERS, status.order_id, dataclasses.asdict(status), sort_key=sort_key_for(status.placed_at))
+
+    @activity.defn
+    def validate_order(self, request: ValidateOrderRequest) -> ValidatedOrder:
+        catalog = self.rules.orders
+        problems = []
+        lines = []
+        for line in request.lines:
+            item = catalog.item(line.sku)
+            if item is None:
+                problems.append(f"unknown product {line.sku}")
+            elif line.quantity < 1:
+                problems.append(f"quantity of {line.sku} must be at least 1")
+            else:
+                lines.append(PricedLine(item.sku, item.name, line.quantity, item.price, round(item.price * line.quantity, 2)))
+        if not request.lines:
+            problems.append("no items")
+        missing = request.address.missing_fields()
+        if missing:
+            problems.append(f"address incomplete: {', '.join(missing)}")
+        total = round(sum(line.line_total for line in lines), 2)
+        if not problems and total > request.step.policy.max_order_total:
+            problems.append(
+                self._text("over_maximum", total=format_amount(total), maximum=format_amount(request.step.policy.max_order_total))
+            )
+        if problems:
+            raise ApplicationError("; ".join(problems), type=INVALID_ORDER, non_retryable=True)
+        return ValidatedOrder(lines, total, activity.info().attempt)
+
+    @activity.defn
+    def reserve_inventory(self, request: InventoryRequest) -> StepResult:
+        """Take the order's items out of stock, all or none, never below zero.
+
+        One lock guards the stock document; the per-order reservation document
+        makes a retry a no-op. The stock document names its last change, and
+        every change first completes the previous one's reservation document,
+        so a crash between the two writes never double-counts.
+        """
+        with self._audited(request.step, "inventory") as attempt:
+            self._inject(request.step, "inventory", attempt, "inventory unavailable")
+            order_id = request.step.order_id
+            with self.store.locked(INVENTORY, STOCK):
+                stock = self._stock_document()
+                reservation = self.store.get(RESERVATIONS, order_id)
+                # Reserved already (a retry), or released already: an attempt that
+                # ends after its order stopped and undid it must not take stock again.
+                if reservation is not None and reservation["status"] in ("reserved", "released"):
+                    return StepResult(attempt)
+                levels = stock["levels"]
+                for line in request.lines:
+                    available = levels.get(line.sku, 0)
+                    if line.quantity > available:
+                        message = self._text("out_of_stock", sku=line.sku, requested=line.quantity, available=available)
+                        raise ApplicationError(message, type=OUT_OF_STOCK, non_retryable=True)
+                for line in request.lines:
+                    levels[line.sku] -= line.quantity
+                lines = [dataclasses.asdict(line) for line in request.lines]
+                stock["last_change"] = {"order_id": order_id, "status": "reserved", "lines": lines}
+                self.store.write_locked(INVENTORY, STOCK, stock)
+                self.store.write_locked(RESERVATIONS, order_id, stock["last_change"])
+            return StepResult(attempt)
+
+    @activity.defn
+    def release_inventory(self, request: InventoryRequest) -> StepResult:
+        """Put a reservation back in stock (a compensation); a second call changes nothing."""
+        order_id = request.step.order_id
+        with self.store.locked(INVENTORY, STOCK):
+            stock = self._stock_document()
+            reservation = self.store.get(RESERVATIONS, order_id)
+            if reservation is None:
+                # Nothing reserved (the step never happened, or is still in flight):
+                # leave a released mark so a late reservation changes nothing.
+                self.store.write_locked(RESERVATIONS, order_id, {"order_id": order_id, "status": "released", "lines": []})
+                return StepResult(activity.info().attempt, changed=False)
+            if reservation["status"] != "reserved":
+                return StepResult(activity.info().attempt, changed=False)
+            for line in reservation["lines"]:
+                stock["levels"][line["sku"]] += line["quantity"]
+            stock["last_change"] = {**reservation, "status": "released"}
+            self.store.write_locked(INVENTORY, STOCK, stock)
+            self.store.write_locked(RESERVATIONS, order_id, stock["last_change"])
+        return StepResult(activity.info().attempt)
+
+    def _stock_document(self) -> dict:
+        """The stock document, created from the catalog on first use; repairs an
+        interrupted change (held lock required)."""
+        stock = self.store.get(INVENTORY, STOCK)
+        if stock is None:
+            stock = {"levels": {}, "last_change": None}
+        for item in self.rules.orders.catalog:
+            stock["levels"].setdefault(item.sku, item.stock)
+        change = stock["last_change"]
+        if change is not None:
+            reservation = self.store.get(RESERVATIONS, change["order_id"])
+            if reservation is None or reservation["status"] != change["status"]:
+                self.store.write_locked(RESERVATIONS, change["order_id"], change)
+        return stock
+
+    @activity.defn
+    def charge_payment(self, request: ChargeRequest) -> ChargeResult:
+        """Charge the order's one payment key: however often this runs, one charge.
+
+        The simulated provider logs every request it gets (PAYMENT_REQUESTS, one
+        record per attempt) with what it did: "charged", or "found" (the key was
+        charged before: no second charge), or "refused" (the key was voided by a
+        refund before any charge). An injected transient failure strikes after the
+        provider has answered, like a response lost on the way back: the retry
+        finds the charge by its key.
+        """
+        with self._audited(request.step, "payment") as attempt:
+            key = payment_key(request.step.order_id)
+            declined = any(f.step == "payment" and f.permanent for f in request.step.failures)
+            if declined:
+                raise ApplicationError(self._text("declined"), type=PAYMENT_DECLINED, non_retryable=True)
+            with self.store.locked(PAYMENTS, key):
+                charge = self.store.get(PAYMENTS, key)
+                if charge is None:
+                    charge = {"payment_key": key, "order_id": request.step.order_id, "amount": request.amount,
+                              "status": "charged", "charged_at": utc_now(), "refunded_at": None}
+                    self.store.write_locked(PAYMENTS, key, charge, sort_key=key)
+                    outcome = "charged"
+                else:
+                    outcome = "refused" if charge["status"] == "voided" else "found"
+                self._log_request(key, attempt, request.amount, outcome)
+            self._inject(request.step, "payment", attempt, self._text("declined"))
+            return ChargeResult(Payment(key, charge["amount"], charge["status"], charge["charged_at"], charge["refunded_at"]), attempt)
+
+    def _log_request(self, key: str, attempt: int, amount: float, outcome: str) -> None:
+        """The provider's log: the same attempt logs the same record (idempotent).
+        Written under the payment key's lock (held by the caller): taking a second
+        lock could pick the same lock stripe and wait on itself."""
+        self.store.write_locked(PAYMENT_REQUESTS, f"{key}.attempt-{attempt}",
+                                {"payment_key": key, "attempt": attempt, "amount": amount, "outcome": outcome, "at": utc_now()})
+
+    @activity.defn
+    def refund_payment(self, request: ChargeRequest) -> Payment | None:
+        """Refund the order's payment (a compensation); a second call changes nothing.
+
+        With no charge yet (the charge never happened, or is still in flight), the
+        key is voided, so a charge request arriving late is refused."""
+        key = payment_key(request.step.order_id)
+        with self.store.locked(PAYMENTS, key):
+            charge = self.store.get(PAYMENTS, key)
+            if charge is None:
+                self.store.write_locked(PAYMENTS, key, {"payment_key": key, "order_id": request.step.order_id, "amount": 0.0,
+                                                        "status": "voided", "charged_at": None, "refunded_at": utc_now()},
+                                        sort_key=key)
+                return None
+            if charge["status"] == "charged":
+                charge = {**charge, "status": "refunded", "refunded_at": utc_now()}
+                self.store.write_locked(PAYMENTS, key, charge)
+        return Payment(key, charge["amount"], charge["status"], charge["charged_at"], charge["refunded_at"])
+
+    @activity.defn
+    def notify_customer(self, request: NotificationRequest) -> None:
+        """Record a customer notification (the stand-in for an email); once per order and kind."""
+        self.store.put(NOTIFICATIONS, f"{request.order_id}-{request.kind}", {**dataclasses.asdict(request), "sent_at": utc_now()})
+
+    @activity.defn
+    async def award_rewards(self, request: AwardRequest) -> None:
+        """Signal-with-start the customer's rewards workflow; it counts each order once."""
+        saved = await asyncio.to_thread(self.store.get, REWARDS, request.customer_id)
+        state = RewardsState(**{**saved, "closed": False}) if saved else RewardsState(request.customer_id)
+        rewards = self.rules.orders.rewards
+        await self.client.start_workflow(
+            "RewardsWorkflow",
+            RewardsInput(state, [RewardTierRule(t.name, t.min_points) for t in rewards.tiers], rewards.max_history_events),
+            id=rewards_workflow_id(request.customer_id),
+            task_queue=self.rewards_task_queue,
+            start_signal="award",
+            start_signal_args=[AwardPoints(request.order_id, request.points)],
+        )
+
+
+class ShippingActivities(_OrderStepActivities):
+    """The carrier: prepare, dispatch, deliver. Runs on the shipping task queue."""
+
+    @activity.defn
+    def prepare_package(self, request: ShipmentStepRequest) -> StepResult:
+        with self._audited(request.step, "shipping") as attempt:
+            self._inject(request.step, "shipping", attempt, self._text("shipping_failed"))
+            return StepResult(attempt)
+
+    @activity.defn
+    def dispatch_carrier(self, request: ShipmentStepRequest) -> DispatchResult:
+        # The tracking number derives from the order, so a retried dispatch books the same parcel.
+        carrier = "Express Air" if request.expedited else "Ground Freight"
+        tracking = "TRK" + hashlib.sha256(request.step.order_id.encode()).hexdigest()[:12].upper()
+        label = {"order_id": request.step.order_id, "carrier": carrier, "tracking_number": tracking,
+                 "address": dataclasses.asdict(request.address), "expedited": request.expedited}
+        self.store.put(SHIPMENTS, request.step.order_id, label)
+        return DispatchResult(carrier, tracking, activity.info().attempt)
+
+    @activity.defn
+    def deliver(self, request: ShipmentStepRequest) -> StepResult:
+        return StepResult(activity.info().attempt)
+
+
+class RewardsActivities:
+    def __init__(self, store: Store):
+        self.store = store
+
+    @activity.defn
+    def save_rewards(self, state: RewardsState) -> None:
+        """The customer's rewards projection, read by the API when the workflow is closed."""
+        self.store.put(REWARDS, state.customer_id, dataclasses.asdict(state))
+

@@ -1,0 +1,94 @@
+"""TODO docstring (from workflows.py)."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+from orders.policies import BOOKKEEPING_TIMEOUT, MUST_FINISH_RETRY
+
+with workflow.unsafe.imports_passed_through():
+    from orders.activities import RewardsActivities
+    from orders.model import (
+        AwardPoints,
+        RewardsInput,
+        RewardsState,
+    )
+
+
+@workflow.defn(sandboxed=False)
+class RewardsWorkflow:
+    """One per customer: points per dollar, tiers, open for as long as the customer is.
+
+    Awards arrive by signal-with-start from the order's completion step; each
+    order counts once. Continues as new before its history grows large.
+    """
+
+    @workflow.init
+    def __init__(self, rewards: RewardsInput) -> None:
+        self._state = rewards.state
+        self._tiers = sorted(rewards.tiers, key=lambda tier: tier.min_points)
+        self._max_history_events = rewards.max_history_events
+        self._awards: list[AwardPoints] = list(rewards.pending)
+        self._close_requested = False
+
+    @workflow.run
+    async def run(self, rewards: RewardsInput) -> RewardsState:
+        while True:
+            await workflow.wait_condition(lambda: bool(self._awards) or self._close_requested or self._history_is_long())
+            if self._awards:
+                self._apply_awards()
+                await self._save()
+                continue  # more awards may have come in meanwhile
+            if self._close_requested:
+                self._state.closed = True
+                await self._save()
+                return self._state
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            # Awards that arrived during that wait go along explicitly: the next run
+            # applies them first, so none depends on when the server takes the signal.
+            workflow.continue_as_new(RewardsInput(self._state, self._tiers, self._max_history_events, list(self._awards)))
+
+    def _apply_awards(self) -> None:
+        while self._awards:
+            award = self._awards.pop(0)
+            if award.order_id in self._state.recent_order_ids:
+                continue
+            self._state.points += award.points
+            self._state.orders += 1
+            self._state.recent_order_ids = (self._state.recent_order_ids + [award.order_id])[-RECENT_AWARDS_KEPT:]
+        self._state.tier = next(
+            (tier.name for tier in reversed(self._tiers) if self._state.points >= tier.min_points), self._tiers[0].name
+        )
+        self._state.updated_at = workflow.now().isoformat()
+
+    async def _save(self) -> None:
+        await workflow.execute_local_activity_method(
+            RewardsActivities.save_rewards,
+            self._state,
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=MUST_FINISH_RETRY,
+            summary=f"Save rewards: {self._state.points} points, {self._state.tier}",
+        )
+
+    def _history_is_long(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() >= self._max_history_events
+
+    @workflow.signal
+    def award(self, award: AwardPoints) -> None:
+        self._awards.append(award)
+
+    @workflow.query
+    def summary(self) -> RewardsState:
+        return self._state
+
+    @workflow.update
+    async def close(self) -> RewardsState:
+        self._close_requested = True
+        await workflow.wait_condition(lambda: self._state.closed)
+        return self._state
+
+
+# Order IDs remembered per customer to count a repeated award once.
+RECENT_AWARDS_KEPT = 500
+

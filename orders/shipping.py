@@ -1,0 +1,187 @@
+"""TODO docstring (from workflows.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import (
+    ActivityError,
+    is_cancelled_exception,
+)
+
+from core.workflow_helpers import uninterrupted
+from orders.policies import MUST_FINISH_RETRY, ORDER_STEP_RETRY, ORDER_STEP_TIMEOUT
+
+with workflow.unsafe.imports_passed_through():
+    from orders.activities import ShippingActivities
+    from orders.model import (
+        Address,
+        DispatchPermit,
+        FailureInjection,
+        Shipment,
+        ShipmentProgress,
+        ShipmentStepRequest,
+        ShippingRequest,
+        StepRequest,
+    )
+
+
+# Shipments since: the carrier's steps after the dispatch permit (dispatch, deliver), which
+# nothing stops and which take milliseconds, run as local activities in the shipment's own
+# workflow tasks. Preparing the package stays an activity: a stop cancels it at once, and a
+# local activity would hold the shipment's workflow task (and the stop) while it retries.
+SHIPPING_LOCAL_CARRIER_PATCH = "shipping-carrier-steps-local"
+
+
+# The signals a shipment sends the order that started it. The shipment owns their
+# names; the order's handlers take them (orders/workflow.py imports this module, never the reverse).
+PROGRESS_SIGNAL = "shipment_progress"  # a stage reached (ShipmentProgress)
+READY_SIGNAL = "shipment_ready"  # at the carrier's pickup, waiting for the order's word
+
+
+@workflow.defn(sandboxed=False)
+class ShippingWorkflow:
+    """prepare package -> wait for the carrier's pickup -> the order's word -> dispatch -> transit -> deliver.
+
+    Until dispatch the shipment is the order's: at pickup it tells the order it
+    is ready (`shipment_ready`) and dispatches only on the order's `dispatch`
+    message, which brings the final address and speed; a `stop` message (or a
+    cancellation through Temporal) ends it before the next step, as "cancelled".
+    After dispatch the parcel is the carrier's: nothing stops it.
+    """
+
+    @workflow.init
+    def __init__(self, request: ShippingRequest) -> None:
+        self._request = request
+        self._address = request.address
+        self._expedited = request.expedited
+        self._failures = list(request.failures)
+        self._permit: DispatchPermit | None = None
+        self._stop_requested = False
+        self._speed_changed = False
+        self._dispatched = False
+        self._preparing: workflow.ActivityHandle | None = None
+        self._carrier_steps_local = False  # set by run (SHIPPING_LOCAL_CARRIER_PATCH)
+
+    @workflow.run
+    async def run(self, request: ShippingRequest) -> Shipment:
+        self._carrier_steps_local = workflow.patched(SHIPPING_LOCAL_CARRIER_PATCH)  # before any command
+        try:
+            permit = await self._prepare_and_wait_for_pickup()
+        except (Exception, asyncio.CancelledError) as err:
+            if not is_cancelled_exception(err):
+                raise
+            permit = None  # cancelled through Temporal before dispatch: a stop
+        if permit is None:
+            await uninterrupted(self._abandon_preparation())
+            return Shipment("cancelled", updated_at=workflow.now().isoformat())
+        return await uninterrupted(self._dispatch_and_deliver(permit))
+
+    async def _prepare_and_wait_for_pickup(self) -> DispatchPermit | None:
+        """None when stopped before dispatch."""
+        prepare = self._preparing = workflow.start_activity_method(
+            ShippingActivities.prepare_package, self._step_request(), start_to_close_timeout=ORDER_STEP_TIMEOUT,
+            retry_policy=ORDER_STEP_RETRY, summary="Prepare package",
+        )
+        await workflow.wait_condition(lambda: prepare.done() or self._stop_requested)
+        if not prepare.done():
+            return None
+        prepared = prepare.result()
+        await self._report(ShipmentProgress("prepared", prepared.attempt, workflow.now().isoformat()))
+        # Until the carrier collects the parcel, the order can still change or be cancelled.
+        try:
+            await workflow.wait_condition(
+                lambda: self._stop_requested, timeout=timedelta(seconds=self._request.timing.prepare_seconds),
+                timeout_summary="Awaiting carrier pickup",
+            )
+        except asyncio.TimeoutError:
+            pass
+        if self._stop_requested:
+            return None
+        if not self._request.order_releases_dispatch:
+            return DispatchPermit(self._address, self._expedited)
+        await self._report_ready()
+        await workflow.wait_condition(lambda: self._permit is not None or self._stop_requested)
+        return self._permit
+
+    async def _dispatch_and_deliver(self, permit: DispatchPermit) -> Shipment:
+        self._address = permit.address
+        self._expedited = self._expedited or permit.expedited
+        dispatch = await self._must_finish(ShippingActivities.dispatch_carrier, "Dispatch carrier")
+        self._dispatched = True
+        await self._report(
+            ShipmentProgress("dispatched", dispatch.attempt, workflow.now().isoformat(), dispatch.carrier, dispatch.tracking_number)
+        )
+        dispatched_at = workflow.now()
+        while True:
+            transit = self._request.timing.expedited_transit_seconds if self._expedited else self._request.timing.transit_seconds
+            remaining = dispatched_at + timedelta(seconds=transit) - workflow.now()
+            if remaining <= timedelta(0):
+                break
+            try:
+                await workflow.wait_condition(lambda: self._speed_changed, timeout=remaining, timeout_summary="In transit")
+            except asyncio.TimeoutError:
+                break
+            self._speed_changed = False
+        delivered = await self._must_finish(ShippingActivities.deliver, "Deliver")
+        await self._report(ShipmentProgress("delivered", delivered.attempt, workflow.now().isoformat()))
+        return Shipment("delivered", dispatch.carrier, dispatch.tracking_number, self._expedited, workflow.now().isoformat())
+
+    async def _abandon_preparation(self) -> None:
+        if self._preparing is not None and not self._preparing.done():
+            self._preparing.cancel()
+            with contextlib.suppress(ActivityError, asyncio.CancelledError):
+                await self._preparing
+
+    def _step_request(self) -> ShipmentStepRequest:
+        request = self._request
+        step = StepRequest(request.order_id, request.parent_workflow_id, list(self._failures), request.policy)
+        return ShipmentStepRequest(step, self._address, self._expedited)
+
+    async def _must_finish(self, activity, summary: str):
+        """Steps after dispatch: the parcel is with the carrier, so they retry until done."""
+        if self._carrier_steps_local:
+            return await workflow.execute_local_activity_method(
+                activity, self._step_request(), start_to_close_timeout=ORDER_STEP_TIMEOUT,
+                retry_policy=MUST_FINISH_RETRY, summary=summary,
+            )
+        return await workflow.execute_activity_method(
+            activity, self._step_request(), start_to_close_timeout=ORDER_STEP_TIMEOUT,
+            retry_policy=MUST_FINISH_RETRY, summary=summary,
+        )
+
+    async def _report(self, progress: ShipmentProgress) -> None:
+        parent = workflow.get_external_workflow_handle(self._request.parent_workflow_id)
+        await parent.signal(PROGRESS_SIGNAL, progress)
+
+    async def _report_ready(self) -> None:
+        parent = workflow.get_external_workflow_handle(self._request.parent_workflow_id)
+        await parent.signal(READY_SIGNAL)
+
+    @workflow.signal
+    def dispatch(self, permit: DispatchPermit) -> None:
+        self._permit = permit
+
+    @workflow.signal
+    def stop(self) -> None:
+        if self._permit is None:
+            self._stop_requested = True
+
+    @workflow.signal
+    def expedite(self) -> None:
+        self._expedited = True
+        self._speed_changed = True
+
+    @workflow.signal
+    def update_address(self, address: Address) -> None:
+        """For shipments that dispatch on their own (version 2 orders)."""
+        if not self._dispatched:
+            self._address = address
+
+    @workflow.signal
+    def inject_failure(self, failure: FailureInjection) -> None:
+        self._failures.append(failure)
+

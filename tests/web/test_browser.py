@@ -1,0 +1,596 @@
+"""The web UI in a real browser: what a person sees and does, against the real stack.
+
+A Temporal dev server, `worker.py` and the app under gunicorn run as processes
+(one stack for the module); a headless Chromium (conftest's `browser`) fills
+in the forms by clicking and typing. Every page is also checked for console
+errors, failed requests, inputs without labels, a page wider than the screen
+and axe-core's serious or critical accessibility violations, and screenshotted
+at desktop and phone sizes into test-artifacts/screenshots/.
+
+Run alone: `.venv/bin/python -m pytest test_browser.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from axe_playwright_python.async_playwright import Axe
+from playwright.async_api import Browser, BrowserContext, Page, expect
+
+import tests.fixtures as conftest
+from load_test import PROFILES
+from tests.fixtures import (
+    ADDRESS,
+    HERE,
+    SCREENSHOTS,
+    WorkerProcess,
+    fresh_settings,
+    gunicorn,
+)
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+VIEWPORTS = {"desktop": DESKTOP, "phone": PHONE}
+MESSAGES = json.loads((HERE / "messages.json").read_text())
+RULES = json.loads((HERE / "rules.json").read_text())
+ORDER_TEXTS = MESSAGES["orders"]
+# Long enough for the tracker (which polls every 2 s) to follow a retried step.
+STEP_TIMEOUT_MS = 20_000
+# Room for a decision or a page on a busy two-core machine (Playwright's default is 5 s).
+expect.set_options(timeout=10_000)
+SERVER_STATUS_LOG = "Failed to load resource: the server responded with a status of"
+
+
+@dataclass
+class Site:
+    base: str
+    operator_token: str
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def site(dev_server, tmp_path_factory):
+    """Worker and web app on the dev server; a rules copy whose parcels ship in about a second."""
+    root = tmp_path_factory.mktemp("browser")
+    rules = json.loads(json.dumps(RULES))
+    rules["orders"]["shipping"] = {"prepare_seconds": 0, "transit_seconds": 1, "expedited_transit_seconds": 0.3}
+    rules_file = root / "rules.json"
+    rules_file.write_text(json.dumps(rules))
+    settings = fresh_settings(root / "data", rules_file=rules_file, operator_token="browser-tests-operator-token")
+    address = dev_server.client.service_client.config.target_host
+    worker = WorkerProcess(settings, address, root / "worker.log")
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
+    try:
+        with gunicorn(settings, address, root / "gunicorn.log") as (base, _):
+            yield Site(base, settings.operator_token, root)
+    finally:
+        worker.kill()
+
+
+class Watched:
+    """A page whose console errors, script errors and failed requests are collected."""
+
+    def __init__(self, page: Page, expected_status: dict[str, int] | None = None):
+        self.page = page
+        self.problems: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.problems.append(f"script error on {page.url}: {error}"))
+        page.on("requestfailed", self._failed)
+        page.on("response", self._response)
+
+    def _console(self, message) -> None:
+        # Chromium logs every 4xx/5xx answer; `_response` judges those, with their URL.
+        if message.type == "error" and not message.text.startswith(SERVER_STATUS_LOG):
+            self.problems.append(f"console error on {self.page.url}: {message.text}")
+
+    def _failed(self, request) -> None:
+        # The browser cancelled it: a poll cut short by the operator's own click, or a
+        # stylesheet still loading when the test navigates on (seen on a loaded machine).
+        # A resource that is really missing answers 4xx/5xx, which `_response` reports.
+        if request.failure == "net::ERR_ABORTED":
+            return
+        self.problems.append(f"request failed: {request.method} {request.url}: {request.failure}")
+
+    def _response(self, response) -> None:
+        request = response.request
+        # A form posted with bad input answers 4xx with the form again, by design; tests read it.
+        deliberate = request.is_navigation_request() and request.method == "POST" and response.status < 500
+        if response.status >= 400 and not deliberate:
+            self.problems.append(f"{request.method} {response.url} answered {response.status}")
+
+
+# The page's Content-Security-Policy stays enforced in every test (axe runs through
+# Playwright's evaluate, which the policy does not govern); whatever it blocks is kept here.
+RECORD_CSP_VIOLATIONS = """window.cspViolations = [];
+document.addEventListener('securitypolicyviolation',
+    event => window.cspViolations.push(`${event.violatedDirective} blocked ${event.blockedURI}`));"""
+
+
+async def new_page(browser: Browser, site: Site, viewport=DESKTOP, operator_state=None) -> tuple[BrowserContext, Watched]:
+    context = await browser.new_context(base_url=site.base, viewport=viewport, storage_state=operator_state)
+    context.set_default_timeout(10_000)
+    await context.add_init_script(RECORD_CSP_VIOLATIONS)
+    return context, Watched(await context.new_page())
+
+
+@pytest.fixture
+async def visitor(browser, site):
+    """A visitor's page at desktop size; it must end with no console error and no failed request."""
+    context, watched = await new_page(browser, site)
+    yield watched.page
+    await context.close()
+    assert not watched.problems, "\n".join(watched.problems)
+
+
+@pytest.fixture(scope="module")
+async def operator_state(browser, site):
+    """The cookies of a browser in which the operator signed in on /signin."""
+    context, watched = await new_page(browser, site)
+    page = watched.page
+    await page.goto("/signin")
+    await page.get_by_label("Operator token").fill(site.operator_token)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page).to_have_url(re.compile(r"/orders$"))
+    state = await context.storage_state()
+    await context.close()
+    assert not watched.problems, "\n".join(watched.problems)
+    return state
+
+
+@pytest.fixture
+async def operator(browser, site, operator_state):
+    """An operator's page at desktop size; it must end with no console error and no failed request."""
+    context, watched = await new_page(browser, site, operator_state=operator_state)
+    yield watched.page
+    await context.close()
+    assert not watched.problems, "\n".join(watched.problems)
+
+
+def applicant(profile: str, **changes) -> dict:
+    return {"name": "Ada Lovelace", "email": f"{profile}-{uuid.uuid4().hex[:8]}@example.com",
+            **PROFILES[profile], "has_bankruptcy": False, **changes}
+
+
+async def screenshot(page: Page, name: str) -> None:
+    path = SCREENSHOTS / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=path, full_page=True)
+    conftest.saved_screenshots.append(path)
+
+
+# --- every page ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sample(site):
+    """An application and an order to show on the result, list and tracker pages.
+
+    The order's row is as wide as rows get: an express tag, the longest status label, a long customer id.
+    """
+    decided = httpx.post(f"{site.base}/api/evaluate", json=applicant("pre_approved"), timeout=30)
+    assert decided.status_code == 200, decided.text
+    placed = httpx.post(f"{site.base}/api/orders", timeout=30, headers={"Authorization": f"Bearer {site.operator_token}"},
+                        json={"customer_id": f"customer-{uuid.uuid4().hex}", "customer_email": "ada@example.com", "expedited": True,
+                              "address": ADDRESS,
+                              "items": [{"sku": "LP-140", "quantity": 1}, {"sku": "CB-010", "quantity": 3}]})
+    assert placed.status_code == 201, placed.text
+    return {"workflow_id": decided.json()["workflow_id"], "order_id": placed.json()["order_id"]}
+
+
+# name: (path, signed in as operator, the status the page answers with)
+PAGES = {
+    "loan-form": (lambda s: "/", False, 200),
+    "loan-result": (lambda s: f"/applications/{s['workflow_id']}", False, 200),
+    "signin": (lambda s: "/signin", False, 200),
+    "not-found": (lambda s: "/applications/loan-0000", False, 404),
+    "applications": (lambda s: "/applications", True, 200),
+    "orders": (lambda s: "/orders", True, 200),
+    "order-tracker": (lambda s: f"/orders/{s['order_id']}", True, 200),
+}
+
+UNLABELLED_INPUTS = """() => [...document.querySelectorAll('input, select, textarea')]
+    .filter(el => el.type !== 'hidden' && el.labels.length === 0 && !el.getAttribute('aria-label'))
+    .map(el => el.outerHTML)"""
+# Tables scrolled sideways inside their box: on a desktop their last columns are out of sight.
+TABLES_CUT_OFF = """() => [...document.querySelectorAll('.table-wrap')]
+    .filter(wrap => wrap.scrollWidth > wrap.clientWidth)
+    .map(wrap => `${wrap.querySelector('table').id}: ${wrap.scrollWidth}px in ${wrap.clientWidth}px`)"""
+SERIOUS = ("serious", "critical")
+
+
+def axe_report(violations: list[dict]) -> str:
+    return "\n".join(
+        f"{v['id']} ({v['impact']}): {v['help']} at {[node['target'] for node in v['nodes']]}" for v in violations)
+
+
+@pytest.mark.parametrize("viewport_name", VIEWPORTS)
+@pytest.mark.parametrize("name", PAGES)
+async def test_every_page_is_clean_labelled_accessible_and_fits_the_screen(
+        browser, site, sample, operator_state, name, viewport_name):
+    path, signed_in, status = PAGES[name]
+    context, watched = await new_page(browser, site, VIEWPORTS[viewport_name], operator_state if signed_in else None)
+    page = watched.page
+    response = await page.goto(path(sample))
+    assert response.status == status, await page.content()
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    if status != 200:  # the error page the test asked for is no failed request
+        watched.problems = [p for p in watched.problems if not p.endswith(f"answered {status}")]
+    await screenshot(page, f"{name}-{viewport_name}")
+
+    await expect(page.locator(".site-header .brand")).to_have_text("Loans & Orders")
+    await expect(page).to_have_title(re.compile(r" · Loans & Orders$"))
+    assert await page.evaluate(UNLABELLED_INPUTS) == [], "inputs with no label"
+    if viewport_name == "desktop":
+        assert await page.evaluate(TABLES_CUT_OFF) == [], "tables wider than their box at 1280 px"
+    overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page is {overflow}px wider than the {viewport_name} screen"
+    assert await page.evaluate("window.cspViolations") == []
+    results = await Axe().run(page)
+    serious = [v for v in results.response["violations"] if v["impact"] in SERIOUS]
+    assert not serious, axe_report(serious)
+    await context.close()
+    assert not watched.problems, "\n".join(watched.problems)
+
+
+# --- the loan form -----------------------------------------------------------------------
+
+DECISION_LABELS = {"pre_approved": "Pre-approved", "conditional": "Conditional", "denied": "Denied",
+                   "denied_compliance": "Denied (requirements)"}
+FIELD_LABELS = {"name": "Full name", "email": "Email", "loan_amount": "Loan amount ($)",
+                "credit_score": "Credit score (300–850)", "annual_income": "Annual income ($)"}
+
+
+async def fill_loan_form(page: Page, values: dict) -> None:
+    """Type each answer into the field its label names, and click Yes or No."""
+    for field, label in FIELD_LABELS.items():
+        await page.get_by_label(label, exact=True).fill(str(values[field]))
+    await page.get_by_label("Yes" if values["has_bankruptcy"] else "No", exact=True).click()
+
+
+async def submit_loan_form(page: Page) -> None:
+    await page.get_by_role("button", name="Check my pre-approval").click()
+
+
+async def expect_decision(page: Page, decision: str, values: dict) -> None:
+    card = page.locator("#decision")
+    await expect(card.get_by_role("heading", level=1)).to_have_text(MESSAGES["decisions"][decision]["title"])
+    await expect(card.locator(".eyebrow")).to_have_text(f"Decision: {DECISION_LABELS[decision]}")
+    await expect(card.locator(".decision-message")).to_contain_text(f"${values['loan_amount']:,}")
+    await expect(card.locator(".next-steps li")).to_have_count(len(MESSAGES["decisions"][decision]["next_steps"]))
+    await expect(card).to_contain_text(values["email"])
+
+
+@pytest.mark.parametrize("decision", PROFILES)
+async def test_an_applicant_fills_in_the_form_and_reads_the_decision(visitor, decision):
+    values = applicant(decision)
+    await visitor.goto("/")
+    await fill_loan_form(visitor, values)
+    await submit_loan_form(visitor)
+    await expect(visitor).to_have_url(re.compile(r"/applications/loan-[0-9a-f]{32}$"))
+    await expect_decision(visitor, decision, values)
+    await screenshot(visitor, f"loan-decision-{decision}-desktop")
+
+
+async def test_an_invalid_email_and_a_missing_field_are_shown_next_to_them_and_the_rest_is_kept(visitor):
+    values = applicant("pre_approved", email="ada.example.com")
+    await visitor.goto("/")
+    await fill_loan_form(visitor, values)
+    await visitor.get_by_label("Annual income ($)").fill("")
+    await submit_loan_form(visitor)
+
+    await expect(visitor.locator("#notice")).to_contain_text(MESSAGES["errors"]["invalid_application"])
+    for field, message in [("email", MESSAGES["validation"]["email"]),
+                           ("annual_income", MESSAGES["validation"]["required"])]:
+        field_input = visitor.get_by_label(FIELD_LABELS[field], exact=True)
+        error = visitor.locator(f"#{field}-error")
+        await expect(error).to_have_text(message)
+        await expect(field_input).to_have_attribute("aria-invalid", "true")
+        await expect(field_input).to_have_attribute("aria-describedby", f"{field}-error")
+        # Next to the field: right under it, aligned with it.
+        box, below = await field_input.bounding_box(), await error.bounding_box()
+        assert 0 <= below["y"] - (box["y"] + box["height"]) <= 24 and abs(below["x"] - box["x"]) <= 4, \
+            f"the {field} error is not right under its field: field at {box}, error at {below}"
+    for field in ("name", "email", "loan_amount", "credit_score"):
+        await expect(visitor.get_by_label(FIELD_LABELS[field], exact=True)).to_have_value(str(values[field]))
+    await expect(visitor.get_by_label("No", exact=True)).to_be_checked()
+    await expect(visitor.locator(".field-error")).to_have_count(2)
+    await screenshot(visitor, "loan-form-errors-desktop")
+
+    # The summary's link takes the applicant to the field; fixed, the form goes through.
+    await visitor.get_by_role("link", name=re.compile(r"^Email:")).click()
+    await expect(visitor.get_by_label("Email", exact=True)).to_be_focused()
+    await visitor.get_by_label("Email", exact=True).fill(values["email"].replace(".example", "@example"))
+    await visitor.get_by_label("Annual income ($)").fill(str(values["annual_income"]))
+    await submit_loan_form(visitor)
+    await expect_decision(visitor, "pre_approved", {**values, "email": values["email"].replace(".example", "@example")})
+
+
+async def test_the_same_email_twice_shows_the_duplicate_message(visitor):
+    values = applicant("denied")
+    await visitor.goto("/")
+    await fill_loan_form(visitor, values)
+    await submit_loan_form(visitor)
+    await expect_decision(visitor, "denied", values)
+
+    await visitor.goto("/")
+    await fill_loan_form(visitor, {**values, "loan_amount": 20000})
+    await submit_loan_form(visitor)
+    duplicate = MESSAGES["errors"]["duplicate"].format(days=RULES["duplicate_window_days"])
+    await expect(visitor.locator("#notice")).to_have_text(duplicate)
+    await expect(visitor.get_by_label("Email", exact=True)).to_have_value(values["email"])
+    await expect(visitor.get_by_label("Loan amount ($)")).to_have_value("20000")
+    await screenshot(visitor, "loan-form-duplicate-desktop")
+
+
+async def expect_contact_answer(page: Page, text: str) -> None:
+    """The result page shows the recorded answer, after reloads if need be.
+
+    The page reads the stored record, which the workflow updates just after the
+    answer's signal: the first page after answering can still ask the question.
+    """
+    answer = page.locator("#contact .contact-recorded")
+    for _ in range(20):
+        if await answer.count() and await answer.text_content() == text:
+            return
+        await page.wait_for_timeout(250)
+        await page.reload()
+    await expect(answer).to_have_text(text)
+
+
+async def test_the_applicant_answers_the_contact_question_and_can_change_it(visitor):
+    values = applicant("conditional")
+    await visitor.goto("/")
+    await fill_loan_form(visitor, values)
+    await submit_loan_form(visitor)
+    await expect(visitor.locator("#contact")).to_contain_text("Would you like an agent to contact you?")
+
+    await visitor.get_by_role("button", name="Yes, contact me").click()
+    await expect(visitor.get_by_role("status")).to_have_text("Thanks, your answer is recorded.")
+    await expect_contact_answer(visitor, f"An agent will contact you at {values['email']}.")
+    await visitor.get_by_role("button", name="Not yet, don't contact me").click()
+    await expect(visitor.get_by_role("status")).to_have_text("Thanks, your answer is recorded.")
+    await expect_contact_answer(visitor, "No problem — you can ask for an agent later.")
+    await expect(visitor.get_by_role("button", name="Yes, contact me")).to_be_visible()
+
+
+async def tab_to(page: Page, target, presses: int = 40) -> None:
+    """Press Tab until `target` has the focus; fail if it never does."""
+    for _ in range(presses):
+        if await target.evaluate("element => element === document.activeElement"):
+            return
+        await page.keyboard.press("Tab")
+    raise AssertionError(f"{target} never got the focus with Tab")
+
+
+async def test_the_loan_form_works_with_the_keyboard_alone(visitor):
+    values = applicant("pre_approved")
+    await visitor.goto("/")
+    await visitor.keyboard.press("Tab")
+    await expect(visitor.get_by_role("link", name="Skip to main content")).to_be_focused()
+    await visitor.keyboard.press("Enter")
+    await expect(visitor.locator("main")).to_be_focused()
+
+    # From the main content, Tab visits the fields in the order they are shown, each with a visible focus.
+    for field, label in FIELD_LABELS.items():
+        await visitor.keyboard.press("Tab")
+        focused = visitor.get_by_label(label, exact=True)
+        await expect(focused).to_be_focused()
+        assert await focused.evaluate("e => getComputedStyle(e).outlineStyle") != "none", f"no focus ring on {field}"
+        await visitor.keyboard.type(str(values[field]))
+    await visitor.keyboard.press("Tab")
+    await expect(visitor.get_by_label("Yes", exact=True)).to_be_focused()
+    await visitor.keyboard.press("Space")
+    await expect(visitor.get_by_label("Yes", exact=True)).to_be_checked()
+    await visitor.keyboard.press("ArrowDown")  # within a radio group the arrows move, and choose
+    await expect(visitor.get_by_label("No", exact=True)).to_be_checked()
+    await visitor.keyboard.press("Tab")
+    await expect(visitor.get_by_role("button", name="Check my pre-approval")).to_be_focused()
+    await visitor.keyboard.press("Enter")
+    await expect_decision(visitor, "pre_approved", values)
+
+    yes = visitor.get_by_role("button", name="Yes, contact me")
+    await tab_to(visitor, yes)
+    await visitor.keyboard.press("Enter")
+    await expect(visitor.get_by_role("status")).to_have_text("Thanks, your answer is recorded.")
+    await expect_contact_answer(visitor, f"An agent will contact you at {values['email']}.")
+
+
+# --- the orders dashboard and tracker ----------------------------------------------------------
+
+ADDRESS_LABELS = {"name": "Recipient name", "street": "Street and number", "city": "City",
+                  "postal_code": "Postal code", "country": "Country"}
+NOT_RELOADED = "window.notReloaded"
+
+
+async def place_order(page: Page, quantities: dict[str, int], expedited: bool = False,
+                      failure: tuple[str, int] | None = None) -> str:
+    """Fill in the dashboard's order form and place it; the tracker page opens. Returns the order id."""
+    await page.goto("/orders")
+    await page.get_by_label("Customer id").fill(f"cust-{uuid.uuid4().hex[:10]}")
+    await page.get_by_label("Customer email").fill("ada@example.com")
+    for product, quantity in quantities.items():
+        await page.get_by_label(product, exact=True).fill(str(quantity))
+    for part, label in ADDRESS_LABELS.items():
+        await page.get_by_label(label, exact=True).fill(ADDRESS[part])
+    if expedited:
+        await page.get_by_label("Expedited shipping").check()
+    if failure:
+        await page.locator("summary", has_text="Simulate failures").click()
+        await page.get_by_label("Step", exact=True).select_option(failure[0])
+        await page.get_by_label(re.compile(r"^Failing attempts")).fill(str(failure[1]))
+    await page.get_by_role("button", name="Place order").click()
+    await expect(page).to_have_url(re.compile(r"/orders/[0-9a-f]{12}$"))  # the banner is flashed, not in the URL
+    await expect(page.locator("#notice")).to_contain_text("We are emailing a confirmation to ada@example.com.")
+    return page.url.split("?")[0].rsplit("/", 1)[1]
+
+
+async def watch_without_reload(page: Page) -> None:
+    """Mark the page: a reload would lose the mark, so `still_not_reloaded` tells whether the tracker
+    changed the page by itself."""
+    await page.evaluate(f"{NOT_RELOADED} = true")
+
+
+async def still_not_reloaded(page: Page) -> bool:
+    return await page.evaluate(f"{NOT_RELOADED} === true")
+
+
+# Timeline entries whose kind ("compensation", ...) is wider than its column, so it runs into the message.
+CROWDED_TIMELINE = """() => [...document.querySelectorAll('#order-timeline li.event .event-kind')].filter(kind => {
+    const text = document.createRange();  // the text's own box, which may spill out of its grid cell
+    text.selectNodeContents(kind);
+    return text.getBoundingClientRect().right > kind.getBoundingClientRect().right + 0.5;
+}).map(kind => kind.textContent)"""
+
+
+async def timeline(page: Page) -> list[str]:
+    return await page.locator("#order-timeline .event-message").all_text_contents()
+
+
+async def test_an_order_placed_on_the_dashboard_is_approved_on_its_tracker_and_delivered(operator):
+    order_id = await place_order(operator, {"14-inch laptop": 1}, expedited=True)
+    await expect(operator.locator("#order-title")).to_contain_text(order_id)
+    status = operator.locator("#order-status")
+    await watch_without_reload(operator)
+    await expect(status).to_have_text(ORDER_TEXTS["status_awaiting_review"], timeout=STEP_TIMEOUT_MS)
+    await expect(operator.locator('[data-milestone="validated"]')).to_have_class(re.compile("milestone-reached"))
+    await expect(operator.locator('[data-field="total"]')).to_have_text("$1,249")  # as the server writes it
+    assert await still_not_reloaded(operator), "the tracker reloaded the page instead of updating it"
+    await screenshot(operator, "order-awaiting-review-desktop")
+
+    await operator.get_by_role("button", name="Approve the order").click()
+    await expect(operator.locator("#notice")).to_contain_text(ORDER_TEXTS["done_approve"])
+    await watch_without_reload(operator)
+    await expect(status).to_have_text(ORDER_TEXTS["status_completed"], timeout=STEP_TIMEOUT_MS)
+    assert await still_not_reloaded(operator), "the tracker reloaded the page instead of updating it"
+    await expect(operator.locator("#notice")).to_be_hidden()  # "approved" told what had just happened, no more
+    await expect(operator.locator("#order-milestones .milestone-reached")).to_have_count(6)
+    await expect(operator.locator('[data-field="shipment.stage"]')).to_have_text("delivered")
+    await expect(operator.locator('[data-field="payment.status"]')).to_have_text("charged")
+    await expect(operator.locator("#no-actions")).to_be_visible()
+    await expect(operator.get_by_role("button", name="Approve the order")).to_be_hidden()
+    await expect(operator.locator("#order-timeline")).to_contain_text("Order completed")
+    steps = await timeline(operator)
+    expected = ["Order received", "Validated", "Inventory reserved", "Awaiting operator review", "Approved by",
+                "Payment charged", "Shipping started", "Shipment prepared", "Dispatched with",
+                "Delivered", "Order completed"]
+    found = [next((n for n, text in enumerate(steps) if text.startswith(step)), None) for step in expected]
+    assert None not in found and found == sorted(found), f"timeline {steps} lacks or misorders {expected}"
+    await screenshot(operator, "order-delivered-desktop")
+
+
+async def test_the_order_tracker_fills_in_the_review_deadline_to_the_second(operator):
+    # Inventory fails twice first (retried after 1 s, then 2 s): the tracker opens before the review is recorded.
+    await place_order(operator, {"14-inch laptop": 1}, failure=("inventory", 2))
+    review_by = operator.locator("#order-review-by")
+    await expect(review_by).to_be_hidden()
+    await watch_without_reload(operator)
+    await expect(operator.get_by_role("button", name="Approve the order")).to_be_visible(timeout=STEP_TIMEOUT_MS)
+    await expect(review_by).to_be_visible()
+    # To the second: the review SLA is minutes.
+    await expect(review_by).to_have_text(
+        re.compile(r"^: review it by\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, or it is cancelled$"))
+    assert await still_not_reloaded(operator), "the tracker reloaded the page instead of updating it"
+
+
+async def test_the_order_tracker_stops_refreshing_and_says_so_once_signed_out(browser, site, operator_state):
+    context, watched = await new_page(browser, site, operator_state=operator_state)
+    try:
+        tracker = watched.page
+        order_id = await place_order(tracker, {"14-inch laptop": 1})  # waits for review: the page keeps refreshing
+        other_tab = await context.new_page()
+        await other_tab.goto("/orders")
+        await other_tab.get_by_role("button", name="Sign out").click()
+        signed_out = tracker.locator("#order-signed-out")
+        await expect(signed_out).to_be_visible(timeout=STEP_TIMEOUT_MS)
+        await expect(signed_out).to_contain_text(ORDER_TEXTS["signed_out_live"])
+        await expect(signed_out.get_by_role("link", name="Sign in")).to_have_attribute(
+            "href", f"/signin?next=/orders/{order_id}")
+    finally:
+        await context.close()
+    # The refresh's 401 is the point of the test; anything else is a problem.
+    problems = [p for p in watched.problems if not (p.startswith("GET ") and p.endswith("answered 401"))]
+    assert not problems, "\n".join(problems)
+
+
+async def test_an_order_cancelled_after_the_charge_is_refunded(operator):
+    # The carrier fails to pick up (retried for a while): the order is charged and not yet shipped.
+    await place_order(operator, {"Wireless mouse": 2}, failure=("shipping", 5))
+    await watch_without_reload(operator)
+    await expect(operator.locator('[data-milestone="charged"]')).to_have_class(re.compile("milestone-reached"),
+                                                                             timeout=STEP_TIMEOUT_MS)
+    assert await still_not_reloaded(operator)
+    await operator.get_by_label("Reason for cancelling").fill("The customer changed their mind")
+    await operator.get_by_role("button", name="Cancel the order").click()
+
+    await expect(operator.locator("#notice")).to_contain_text(ORDER_TEXTS["done_cancel"])
+    await expect(operator.locator("#order-status")).to_have_text(ORDER_TEXTS["status_cancelled"])
+    await expect(operator.locator("#order-compensations li")).to_have_text(
+        ["stop shipment", "refund payment", "release inventory"])
+    await expect(operator.locator('[data-field="payment.status"]')).to_have_text("refunded")
+    await expect(operator.locator("#order-timeline")).to_contain_text("Compensation: refund payment")
+    await expect(operator.locator("#order-timeline")).to_contain_text("The customer changed their mind")
+    assert await operator.evaluate(CROWDED_TIMELINE) == [], "timeline kinds run into their messages"
+    await screenshot(operator, "order-refunded-desktop")
+
+
+async def test_a_payment_failure_injected_on_the_tracker_is_retried_in_sight(operator):
+    await place_order(operator, {"14-inch laptop": 1})
+    await expect(operator.locator("#order-status")).to_have_text(ORDER_TEXTS["status_awaiting_review"],
+                                                               timeout=STEP_TIMEOUT_MS)
+    await operator.locator("summary", has_text="Simulate a failure").click()
+    await operator.get_by_label("Step", exact=True).select_option("payment")
+    await operator.get_by_label(re.compile(r"^Failing attempts")).fill("2")
+    await operator.get_by_role("button", name="Inject the failure").click()
+    await expect(operator.locator("#notice")).to_contain_text(ORDER_TEXTS["done_simulate_failure"])
+    await expect(operator.locator("#order-timeline")).to_contain_text("Failure injected: payment")
+    await operator.get_by_role("button", name="Approve the order").click()
+
+    await watch_without_reload(operator)
+    charged = operator.locator('[data-milestone="charged"]')
+    await expect(charged).to_have_class(re.compile("milestone-reached"), timeout=STEP_TIMEOUT_MS)
+    await expect(charged.locator(".milestone-attempts")).to_have_text("3 attempts")
+    events = operator.locator("#order-timeline .event-retry")
+    await expect(events).to_have_count(2)
+    await expect(events.nth(0)).to_contain_text("payment attempt 1 failed")
+    await expect(events.nth(1)).to_contain_text("payment attempt 2 failed")
+    await expect(operator.locator("#order-attempts")).to_contain_text("charge payment: 3 attempts")
+    assert await still_not_reloaded(operator)
+    await screenshot(operator, "order-payment-retried-desktop")
+
+
+# Price and stock cells of the order form whose text takes more than one line.
+BROKEN_PRICES = """() => [...document.querySelectorAll('.catalog-table td.num:not(:has(input))')].filter(cell => {
+    const text = document.createRange();
+    text.selectNodeContents(cell);
+    return text.getClientRects().length > 1;
+}).map(cell => cell.textContent.trim())"""
+
+
+async def test_an_invalid_order_shows_its_errors_in_view_with_what_was_typed_kept(operator):
+    await operator.goto("/orders")
+    await operator.get_by_label("Customer id").fill("ada lovelace")
+    await operator.get_by_label("Customer email").fill("ada@")
+    await operator.get_by_label("Mechanical keyboard", exact=True).fill("three")
+    await operator.get_by_label("City", exact=True).fill("Londres")
+    await operator.get_by_role("button", name="Place order").click()
+
+    banner = operator.locator("#notice")
+    await expect(banner).to_contain_text(ORDER_TEXTS["invalid_order"])
+    await expect(banner).to_be_focused()  # and so scrolled to, below the orders table
+    await expect(banner).to_be_in_viewport()
+    await expect(operator.locator("#customer_id-error")).to_have_text(ORDER_TEXTS["customer_id"])
+    await expect(operator.locator("#sku_KB-100-error")).to_have_text(ORDER_TEXTS["quantity"])
+    await expect(operator.get_by_label("Customer id")).to_have_value("ada lovelace")
+    await expect(operator.locator("#customer_email-error")).to_have_text(ORDER_TEXTS["customer_email"])
+    await expect(operator.get_by_label("Customer email")).to_have_value("ada@")
+    await expect(operator.get_by_label("Mechanical keyboard", exact=True)).to_have_value("three")
+    await expect(operator.get_by_label("City", exact=True)).to_have_value("Londres")
+    assert await operator.evaluate(BROKEN_PRICES) == [], "prices broken over two lines beside a quantity's error"
+    await screenshot(operator, "order-form-errors-desktop")

@@ -1,0 +1,238 @@
+"""Who may do what, against a real dev server and worker: sign-in, bearer tokens, CSRF, headers, privacy.
+
+Every rule has its negative case: no token, a wrong token, a cross-site POST
+without the CSRF token, another applicant's data; and each checks that
+nothing changed.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import replace
+
+import pytest
+
+from core.rules import load_messages
+from tests.fixtures import ADDRESS, HERE, JOHN, make_app, signed_in, wait_until
+from web.auth import PUBLIC_ENDPOINTS
+
+MESSAGES = load_messages(HERE / "messages.json")
+# What an applicant, with no account, may reach; everything else is the operator's.
+APPLICANT_ENDPOINTS = {
+    "pages.form", "pages.apply", "pages.application", "pages.contact",
+    "api.evaluate", "api.application", "api.contact_api",
+}
+
+
+@pytest.fixture
+def app(order_app):
+    return order_app
+
+
+@pytest.fixture
+def settings(order_stack):
+    return order_stack[0]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def operator_routes(app):
+    """(method, url) for every operator-only route, with placeholder IDs."""
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in PUBLIC_ENDPOINTS:
+            continue
+        url = rule.build({name: "0123456789ab" for name in rule.arguments}, append_unknown=False)[1]
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            yield method, url
+
+
+def test_the_public_endpoints_are_exactly_the_applicants():
+    assert PUBLIC_ENDPOINTS - {"static", "health.healthz", "health.readyz", "docs.openapi_document", "auth.signin",
+                               "auth.signin_submit", "auth.signout"} == APPLICANT_ENDPOINTS
+
+
+@pytest.mark.parametrize("credentials", [{}, bearer("wrong-token-of-enough-length"), {"Authorization": "Basic x"}])
+def test_every_operator_route_refuses_missing_or_wrong_credentials(app, credentials):
+    client = app.test_client()
+    routes = list(operator_routes(app))
+    assert len(routes) >= 15  # the orders API and pages, the applications list, the codec
+    for method, url in routes:
+        response = client.open(url, method=method, headers=credentials, raw=True)
+        if url.startswith(("/api/", "/codec/")) or url == "/metrics":
+            assert response.status_code == 401, (method, url)
+            assert response.json == {"error": MESSAGES.errors["operator_only"]}, (method, url)
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        else:
+            assert response.status_code == 303, (method, url)
+            assert response.headers["Location"].startswith("/signin?next="), (method, url)
+
+
+def place_for_review(client, settings) -> str:
+    body = {"customer_id": f"cust-{uuid.uuid4().hex[:8]}", "items": [{"sku": "LP-140", "quantity": 2}],
+            "address": ADDRESS, "customer_email": "ada@example.com", "expedited": True}
+    response = client.post("/api/orders", json=body, headers=bearer(settings.operator_token))
+    assert response.status_code == 201, response.json
+    order_id = response.json["order_id"]
+    wait_until(lambda: client.get(f"/api/orders/{order_id}", headers=bearer(settings.operator_token))
+               .json["status"] == "awaiting_review", what="the order to await review")
+    return order_id
+
+
+def test_refused_actions_change_nothing_and_the_right_token_acts(app, settings):
+    client = app.test_client()
+    order_id = place_for_review(client, settings)
+    operator_browser = signed_in(app.test_client(), settings)
+    attempts = [
+        client.post(f"/api/orders/{order_id}/approve", raw=True),
+        client.post(f"/api/orders/{order_id}/approve", headers=bearer("x" * 40), raw=True),
+        client.post(f"/api/orders/{order_id}/cancel", json={"reason": "no"}, headers=bearer("x" * 40)),
+        client.post(f"/orders/{order_id}/approve", raw=True),
+        # Signed in, but the form was posted by another site: no CSRF token.
+        operator_browser.post(f"/orders/{order_id}/approve", data={}, raw=True),
+        operator_browser.post(f"/api/orders/{order_id}/approve", raw=True),
+    ]
+    assert [r.status_code for r in attempts] == [401, 401, 401, 303, 400, 400]
+    status = client.get(f"/api/orders/{order_id}", headers=bearer(settings.operator_token)).json
+    assert status["status"] == "awaiting_review" and status["approved"] is False
+
+    approved = client.post(f"/api/orders/{order_id}/approve", headers=bearer(settings.operator_token), raw=True)
+    assert approved.status_code == 200, approved.json
+    assert approved.json["approved"] is True
+
+
+def test_sign_in_sets_a_strict_session_cookie_and_sign_out_ends_it(app, settings):
+    client = app.test_client()
+    assert client.get("/orders").headers["Location"] == "/signin?next=/orders"
+    wrong = client.post("/signin", data={"token": "not-the-token", "next": "/orders"})
+    assert wrong.status_code == 401
+    assert MESSAGES.errors["wrong_operator_token"] in wrong.get_data(as_text=True)
+    assert client.get("/orders").status_code == 303
+
+    right = client.post("/signin", data={"token": settings.operator_token, "next": "/orders?page=1"})
+    assert right.status_code == 303 and right.headers["Location"] == "/orders?page=1"
+    cookie = right.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    assert client.get("/orders").status_code == 200
+    assert client.get("/api/orders").status_code == 200
+
+    assert client.post("/signout").status_code == 303
+    assert client.get("/orders").status_code == 303
+
+
+def test_the_sign_in_page_says_where_this_deployment_keeps_the_token(order_stack, monkeypatch, tmp_path):
+    settings, address = order_stack
+    generated = make_app(replace(settings, operator_token=None, data_dir=tmp_path / "elsewhere"), address, monkeypatch)
+    page = generated.test_client().get("/signin").get_data(as_text=True)
+    assert f"cat {tmp_path / 'elsewhere' / 'secrets' / 'operator.token'}" in page  # DATA_DIR, not ./data
+    assert "cat data/secrets" not in page
+    given = make_app(settings, address, monkeypatch).test_client().get("/signin").get_data(as_text=True)
+    assert "OPERATOR_TOKEN" in given and "cat " not in given
+    # The token field is styled like the other text fields.
+    css = generated.test_client().get("/static/style.css").get_data(as_text=True)
+    assert '.field input[type="password"]' in css
+
+
+def test_the_session_cookie_is_secure_over_https(app, settings):
+    client = app.test_client()
+    response = client.post("/signin", data={"token": settings.operator_token}, base_url="https://localhost",
+                           headers={"Referer": "https://localhost/signin"})
+    assert response.status_code == 303
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
+def test_sign_in_redirects_only_within_the_site(app, settings):
+    for target in ["https://evil.example/", "//evil.example/x", "javascript:alert(1)", "orders"]:
+        client = app.test_client()
+        response = client.post("/signin", data={"token": settings.operator_token, "next": target})
+        assert response.headers["Location"] == "/orders", target
+
+
+def test_a_new_token_signs_every_browser_out(order_stack, monkeypatch):
+    settings, address = order_stack
+    browser = signed_in(make_app(settings, address, monkeypatch).test_client(), settings)
+    cookie = browser.get_cookie("session")
+    rotated = make_app(settings.__class__(**{**settings.__dict__, "operator_token": f"new-{uuid.uuid4().hex}"}),
+                       address, monkeypatch).test_client()
+    rotated.set_cookie("session", cookie.value)
+    assert rotated.get("/orders").status_code == 303
+
+
+def test_a_cross_site_loan_form_post_is_refused_and_starts_nothing(app, settings):
+    client = app.test_client()
+    email = f"csrf-{uuid.uuid4().hex[:8]}@example.com"
+    form = {**{k: str(v) for k, v in JOHN.items()}, "email": email, "has_bankruptcy": "no"}
+    refused = client.post("/apply", data=form, raw=True)
+    assert refused.status_code == 400
+    # Refused, and said as a person would understand it: the form comes back as it was typed.
+    assert "Your session expired" in refused.get_data(as_text=True)
+    assert f'value="{email}"' in refused.get_data(as_text=True)
+    # Nothing was started: the same applicant can apply now, once.
+    assert client.post("/api/evaluate", json={**JOHN, "email": email}).status_code == 200
+
+
+def test_applicants_see_only_their_own_application(app, settings):
+    client = app.test_client()
+    mine = client.post("/api/evaluate", json={**JOHN, "email": f"me-{uuid.uuid4().hex[:8]}@example.com"})
+    theirs = client.post("/api/evaluate", json={**JOHN, "name": "Other Person",
+                                                "email": f"other-{uuid.uuid4().hex[:8]}@example.com"})
+    assert mine.status_code == theirs.status_code == 200
+    assert client.get("/api/applications").status_code == 401
+    assert client.get("/applications").status_code == 303
+    page = client.get(f"/applications/{mine.json['workflow_id']}").get_data(as_text=True)
+    assert "John Doe" in page and "Other Person" not in page and theirs.json["workflow_id"] not in page
+    # The IDs are HMACs under this deployment's secret: not an email, not computable without the key.
+    assert re.fullmatch(r"loan-[0-9a-f]{32}", mine.json["workflow_id"])
+
+
+def test_every_response_carries_the_security_headers(app, settings):
+    client = app.test_client()
+    operator = signed_in(app.test_client(), settings)
+    responses = [client.get("/"), client.get("/signin"), client.get("/static/style.css"), client.get("/nowhere"),
+                 client.get("/api/orders"), client.post("/api/evaluate", json={}), operator.get("/orders"),
+                 operator.get("/applications")]
+    for response in responses:
+        policy = response.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in policy and "unsafe-inline" not in policy, response.request.path
+        assert "frame-ancestors 'none'" in policy
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "same-origin"
+        assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_pages_have_no_inline_script_and_no_external_resources(app, settings):
+    operator = signed_in(app.test_client(), settings)
+    order_id = place_for_review(operator, settings)
+    for url in ["/", "/signin", "/orders", f"/orders/{order_id}", "/applications"]:
+        html = operator.get(url).get_data(as_text=True)
+        for tag in re.findall(r"<script\b[^>]*>", html):
+            assert 'src="/static/' in tag or 'type="application/json"' in tag, (url, tag)
+        assert not re.search(r"\son[a-z]+=", html), url  # no inline event handlers
+        assert not re.search(r'(src|href)="(https?:)?//(?!localhost)', html.replace(
+            operator.application.config["SETTINGS"].temporal_ui_url, "")), url
+
+
+def test_the_codec_server_decrypts_for_operators_and_the_temporal_ui_only(app, settings):
+    client = app.test_client()
+    ui_origin = settings.temporal_ui_url
+    preflight = client.open("/codec/decode", method="OPTIONS", headers={
+        "Origin": ui_origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,x-namespace"})
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == ui_origin
+    assert preflight.headers["Access-Control-Allow-Credentials"] == "true"
+
+    encoded = client.post("/codec/encode", json={"payloads": [{"metadata": {"encoding": "YmluYXJ5L3BsYWlu"},
+                                                               "data": "c2VjcmV0"}]},
+                          headers={**bearer(settings.operator_token), "Origin": ui_origin})
+    assert encoded.status_code == 200, encoded.json
+    assert encoded.json["payloads"][0]["data"] != "c2VjcmV0"
+    request = {"json": encoded.json, "headers": {"Origin": ui_origin, "X-Namespace": "default"}}
+    assert client.post("/codec/decode", **request).status_code == 401
+    operator_browser = signed_in(app.test_client(), settings)
+    decoded = operator_browser.post("/codec/decode", **request)
+    assert decoded.status_code == 200 and decoded.json["payloads"][0]["data"] == "c2VjcmV0"
+    other_site = operator_browser.post("/codec/decode", json=encoded.json, headers={"Origin": "http://evil.example"})
+    assert other_site.status_code == 403

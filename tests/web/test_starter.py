@@ -1,0 +1,78 @@
+"""The app factory's own parts: health and readiness, and gunicorn serving the app as `make run` does."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import httpx
+import pytest
+
+from tests.fixtures import JOHN, free_port, gunicorn, make_app
+
+
+@pytest.fixture
+def client(loan_stack, monkeypatch):
+    settings, address = loan_stack
+    app = make_app(replace(settings, secret_key=uuid.uuid4().hex), address, monkeypatch)
+    yield app.test_client()
+    app.extensions["temporal"].reset()
+
+
+def test_readyz_is_503_while_temporal_is_unreachable(loan_stack, monkeypatch):
+    settings, _ = loan_stack
+    closed_port = free_port()
+    app = make_app(settings, f"127.0.0.1:{closed_port}", monkeypatch)
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503 and response.json["status"] == "unavailable"
+    # Anyone may ask: a generic reason, never the connection error's text (addresses, ports); that is logged.
+    assert response.json["error"] == app.extensions["messages"].errors["not_ready"]
+    assert str(closed_port) not in response.get_data(as_text=True)
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/readyz").json == {"status": "ready"}
+
+
+@pytest.mark.timeout(90)
+def test_gunicorn_serves_the_app_with_a_client_per_process(loan_stack, tmp_path):
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(*loan_stack, log) as (base, server):
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            bodies = [{**JOHN, "email": f"gunicorn-{n}@example.com"} for n in range(24)]
+            responses = list(pool.map(lambda b: httpx.post(f"{base}/api/evaluate", json=b, timeout=30), bodies))
+        assert [r.status_code for r in responses] == [200] * 24, log.read_text()
+        output = log.read_text()
+        assert "Loan application form" in output
+        # Each worker process connected once, after the fork (never the master),
+        # however many requests and event loops it served.
+        pids = [int(pid) for pid in re.findall(r"Temporal client connected in process (\d+)", output)]
+        assert pids and len(pids) == len(set(pids)) <= 2, output
+        assert server.pid not in pids
+
+        # Both processes' request counts add up on /metrics, by route and status; operators only.
+        assert httpx.get(f"{base}/metrics", timeout=10).status_code == 401
+        scraped = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {loan_stack[0].operator_token}"},
+                            timeout=10).text
+        assert re.search(r'web_requests_total\{method="POST",route="/api/evaluate",status="200"\} 24\.0', scraped), scraped
+        assert 'web_request_duration_seconds_count{method="POST",route="/api/evaluate"} 24.0' in scraped
+
+
+@pytest.mark.timeout(90)
+def test_chunked_bodies_are_read_and_held_to_the_size_limit(loan_stack, tmp_path):
+    def chunks(*parts: bytes):
+        yield from parts
+
+    with gunicorn(*loan_stack, tmp_path / "gunicorn.log", workers=1) as (base, _):
+        json_type = {"Content-Type": "application/json"}
+        small = json.dumps({**JOHN, "email": f"chunked-{uuid.uuid4().hex[:8]}@example.com"}).encode()
+        decided = httpx.post(f"{base}/api/evaluate", content=chunks(small[:20], small[20:]), headers=json_type,
+                             timeout=30)
+        assert decided.status_code == 200, decided.text
+        huge = httpx.post(f"{base}/api/evaluate", content=chunks(*[b"x" * 1024] * 1024), headers=json_type,
+                          timeout=30)
+        assert huge.status_code == 413 and huge.json()["error"] == "The request body is too large."
