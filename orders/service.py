@@ -39,6 +39,8 @@ from core.settings import Settings, temporal_connect_config
 from core.store import Store
 from core.temporal_client import ProcessClient, TemporalUnavailable
 from core.validation import PAGE_SIZE
+from orders.actions import HANDED_TO_CARRIER
+from orders.actions import available_actions as actions_by_rule
 from orders.activities import order_events
 from orders.model import (
     ACTION_REFUSED,
@@ -59,7 +61,7 @@ from orders.model import (
 )
 from orders.rewards import RewardsWorkflow
 from orders.validation import CUSTOMER_ID_PATTERN, NewOrder
-from orders.workflow import HANDED_TO_CARRIER, OrderWorkflow
+from orders.workflow import OrderWorkflow
 
 # Order IDs are 12 hex characters (`create`); anything outside this shape (the
 # shipping child's ID, a loan's, a path trick) is unknown without asking
@@ -441,14 +443,8 @@ class OrderService:
 
 def available_actions(status: dict[str, Any]) -> list[str]:
     """The operator actions the order can still take, as the workflow says (OrderStatus.actions);
-    pages offer only these. Views stored before the workflow said so fall back to the rule."""
+    pages offer only these. Records written before the workflow said so fall back to the same rule."""
     if "actions" in status:
         return list(status["actions"])
-    if status["status"] in FINAL_ORDER_STATUSES:
-        return []
-    actions = ["approve"] if status["status"] == "awaiting_review" else []
-    if (status.get("shipment") or {}).get("stage") not in HANDED_TO_CARRIER:
-        actions += ["cancel", "address"]
-    if not status.get("expedited"):
-        actions.append("expedite")
-    return [*actions, "simulate-failure"]
+    stage = (status.get("shipment") or {}).get("stage") or "not_started"
+    return actions_by_rule(status["status"], stage, bool(status.get("expedited")), released=stage in HANDED_TO_CARRIER)

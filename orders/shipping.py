@@ -1,4 +1,4 @@
-"""TODO docstring (from workflows.py)."""
+"""ShippingWorkflow: an order's shipment, a child workflow on its own task queue."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from orders.policies import MUST_FINISH_RETRY, ORDER_STEP_RETRY, ORDER_STEP_TIME
 with workflow.unsafe.imports_passed_through():
     from orders.activities import ShippingActivities
     from orders.model import (
-        Address,
         DispatchPermit,
         FailureInjection,
         Shipment,
@@ -29,10 +28,8 @@ with workflow.unsafe.imports_passed_through():
     )
 
 
-# Shipments since: the carrier's steps after the dispatch permit (dispatch, deliver), which
-# nothing stops and which take milliseconds, run as local activities in the shipment's own
-# workflow tasks. Preparing the package stays an activity: a stop cancels it at once, and a
-# local activity would hold the shipment's workflow task (and the stop) while it retries.
+# Retired (docs/versioning.md): the carrier's steps after the dispatch permit run as local
+# activities, now the only code; `deprecate_patch` keeps version 7 shipments replaying.
 SHIPPING_LOCAL_CARRIER_PATCH = "shipping-carrier-steps-local"
 
 
@@ -62,13 +59,11 @@ class ShippingWorkflow:
         self._permit: DispatchPermit | None = None
         self._stop_requested = False
         self._speed_changed = False
-        self._dispatched = False
         self._preparing: workflow.ActivityHandle | None = None
-        self._carrier_steps_local = False  # set by run (SHIPPING_LOCAL_CARRIER_PATCH)
 
     @workflow.run
     async def run(self, request: ShippingRequest) -> Shipment:
-        self._carrier_steps_local = workflow.patched(SHIPPING_LOCAL_CARRIER_PATCH)  # before any command
+        workflow.deprecate_patch(SHIPPING_LOCAL_CARRIER_PATCH)  # before any command, as version 7 asked
         try:
             permit = await self._prepare_and_wait_for_pickup()
         except (Exception, asyncio.CancelledError) as err:
@@ -101,8 +96,6 @@ class ShippingWorkflow:
             pass
         if self._stop_requested:
             return None
-        if not self._request.order_releases_dispatch:
-            return DispatchPermit(self._address, self._expedited)
         await self._report_ready()
         await workflow.wait_condition(lambda: self._permit is not None or self._stop_requested)
         return self._permit
@@ -111,7 +104,6 @@ class ShippingWorkflow:
         self._address = permit.address
         self._expedited = self._expedited or permit.expedited
         dispatch = await self._must_finish(ShippingActivities.dispatch_carrier, "Dispatch carrier")
-        self._dispatched = True
         await self._report(
             ShipmentProgress("dispatched", dispatch.attempt, workflow.now().isoformat(), dispatch.carrier, dispatch.tracking_number)
         )
@@ -142,13 +134,9 @@ class ShippingWorkflow:
         return ShipmentStepRequest(step, self._address, self._expedited)
 
     async def _must_finish(self, activity, summary: str):
-        """Steps after dispatch: the parcel is with the carrier, so they retry until done."""
-        if self._carrier_steps_local:
-            return await workflow.execute_local_activity_method(
-                activity, self._step_request(), start_to_close_timeout=ORDER_STEP_TIMEOUT,
-                retry_policy=MUST_FINISH_RETRY, summary=summary,
-            )
-        return await workflow.execute_activity_method(
+        """Steps after dispatch: the parcel is with the carrier, so they retry until done. Local
+        activities (milliseconds, nothing stops them), in the shipment's own workflow tasks."""
+        return await workflow.execute_local_activity_method(
             activity, self._step_request(), start_to_close_timeout=ORDER_STEP_TIMEOUT,
             retry_policy=MUST_FINISH_RETRY, summary=summary,
         )
@@ -174,12 +162,6 @@ class ShippingWorkflow:
     def expedite(self) -> None:
         self._expedited = True
         self._speed_changed = True
-
-    @workflow.signal
-    def update_address(self, address: Address) -> None:
-        """For shipments that dispatch on their own (version 2 orders)."""
-        if not self._dispatched:
-            self._address = address
 
     @workflow.signal
     def inject_failure(self, failure: FailureInjection) -> None:

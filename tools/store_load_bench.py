@@ -30,8 +30,8 @@ from pathlib import Path
 
 import httpx
 
-from tools.net import free_port
 from tools import pg_server
+from tools.net import free_port
 
 HERE = Path(__file__).resolve().parent.parent  # the repository root
 BIN = Path(sys.executable).parent

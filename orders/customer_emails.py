@@ -1,0 +1,78 @@
+"""An order's emails to its customer, from the workflow's side: each kind started once, none waited for.
+
+The order moves on while an email is sent; `finished` waits for them all
+before the order closes. How each went (sending, sent, refused, failed) is kept
+on the order's status and recorded, so the pages show it. Workflow code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+from core.email_policy import EMAIL_GIVE_UP, EMAIL_REFUSED, EMAIL_RETRY, EMAIL_TIMEOUT
+from core.workflow_helpers import business_error, root_message
+from orders.emails import OrderEmailActivities
+from orders.model import OrderEmailRequest, OrderEmailState, OrderRequest, OrderStatus
+from orders.timeline import Timeline
+
+
+class CustomerEmails:
+    def __init__(self, order: OrderRequest, status: OrderStatus, timeline: Timeline):
+        self._order = order
+        self._status = status
+        self._timeline = timeline
+        self.address = order.customer_email  # None: the customer is not emailed
+        self._sending: list[asyncio.Task] = []
+
+    def start(self, kind: str, after: str = "", **values: Any) -> None:
+        """Start the `kind` email (once per order). `after` is a paragraph added to the text (the refund)."""
+        if self.address is None or kind in self._status.emails:
+            return
+        subject = self._order.texts.get(f"email_{kind}_subject")
+        text = self._order.texts.get(f"email_{kind}")
+        values["order_id"] = self._order.order_id
+        try:
+            request = OrderEmailRequest(self._order.order_id, kind, self.address, subject.format(**values),
+                                        text.format(**values) + (f"\n\n{after}" if after else ""))
+        except (AttributeError, KeyError, IndexError, ValueError) as err:
+            # The texts are the order's own (copied when placed): one missing or malformed
+            # there is recorded, never a failed workflow task.
+            self._set_state(kind, OrderEmailState("failed", f"no usable text for the {kind} email ({err!r})",
+                                                  workflow.now().isoformat()))
+            return
+        self._set_state(kind, OrderEmailState("sending", at=workflow.now().isoformat()))
+        self._sending.append(asyncio.ensure_future(self._send(request)))
+
+    async def finished(self) -> None:
+        """Wait for the emails still being sent (each records how it went)."""
+        await asyncio.gather(*self._sending)
+
+    async def _send(self, request: OrderEmailRequest) -> None:
+        try:
+            status = await workflow.execute_activity_method(
+                OrderEmailActivities.send_order_email,
+                request,
+                start_to_close_timeout=EMAIL_TIMEOUT,
+                schedule_to_close_timeout=EMAIL_GIVE_UP,
+                retry_policy=EMAIL_RETRY,
+                summary=f"Email the customer: {request.kind}",
+            )
+            state = OrderEmailState(status, at=workflow.now().isoformat())
+        except ActivityError as err:
+            # Refused for good, or given up after a day: recorded; the order's outcome is unchanged.
+            refusal = business_error(err, EMAIL_REFUSED)
+            reason = str(refusal.details[0]) if refusal is not None and refusal.details else root_message(err)
+            state = OrderEmailState("refused" if refusal else "failed", reason, workflow.now().isoformat())
+            # The kind and status only: the reason can quote the customer's address.
+            workflow.logger.warning("Order email %s not delivered: %s", request.kind, state.status)
+            self._timeline.event("failure", f"Email to the customer ({request.kind}) {state.status}: {state.reason}")
+        self._set_state(request.kind, state)
+        await self._timeline.record()  # the pages read the record: they show how each email went as soon as it is known
+
+    def _set_state(self, kind: str, state: OrderEmailState) -> None:
+        # A new dict, not a change in place: a projection being recorded keeps its own.
+        self._status.emails = {**self._status.emails, kind: state}
