@@ -46,6 +46,7 @@ from loans.model import (
     record_key,
 )
 from loans.workflow import LoanApplicationWorkflow
+from tests.fixtures import plain_history_json
 from worker import build_worker
 
 HERE = Path(__file__).resolve().parent
@@ -293,7 +294,7 @@ def replay_in_fresh_processes(paths: list[Path]) -> None:
 
 
 async def test_loan_histories_replay_in_fresh_processes_with_other_hash_seeds(
-    time_skipping_env, settings, worker, tmp_path
+    time_skipping_env, settings, worker, tmp_path, payload_codec
 ):
     """The workflow runs unsandboxed for speed, so replay is what shows it deterministic: the
     committed histories and fresh ones replay in new processes under other hash seeds."""
@@ -304,7 +305,7 @@ async def test_loan_histories_replay_in_fresh_processes_with_other_hash_seeds(
         fresh.append(tmp_path / f"loan_{kind}.json")
         fresh[-1].write_text(history.to_json())
         if os.environ.get("RECORD_LOAN_HISTORIES") == "1":
-            (HISTORIES / f"loan_{kind}.json").write_text(history.to_json())
+            (HISTORIES / f"loan_{kind}.json").write_text(await plain_history_json(history, payload_codec))
     committed = sorted(HISTORIES.glob("loan_*.json"))
     assert [p.name for p in committed] == sorted(f"loan_{kind}.json" for kind in LOAN_SCENARIOS)
     replay_in_fresh_processes(committed + fresh)

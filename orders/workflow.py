@@ -7,7 +7,8 @@ the helpers it leans on depend one way: the undo stack (orders/compensation.py),
 the link to the shipment (orders/shipment_link.py), the steps' activities
 (orders/steps.py), the timeline and record (orders/timeline.py), the customer's
 emails (orders/customer_emails.py) and the actions an order offers
-(orders/actions.py).
+(orders/actions.py). What operators and the shipment tell the order arrives
+through its message handlers (orders/messages.py, the class's base).
 """
 
 from __future__ import annotations
@@ -18,22 +19,17 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import ActivityError, ChildWorkflowError
 
-from core.workflow_helpers import business_error, root_message, uninterrupted
-from orders.actions import available_actions
+from core.workflow_helpers import root_message, uninterrupted
 from orders.activities import OrderActivities
 from orders.compensation import UndoStack
 from orders.customer_emails import CustomerEmails
+from orders.messages import OrderMessages
 from orders.model import (
-    ACTION_REFUSED,
-    FINAL_ORDER_STATUSES,
     INVALID_ORDER,
-    MAX_FAILURES_PER_ORDER,
     OUT_OF_STOCK,
     PAYMENT_DECLINED,
-    AddressChange,
-    ApproveRequest,
     AwardRequest,
     CancelRequest,
     ChargeRequest,
@@ -43,7 +39,6 @@ from orders.model import (
     OrderRequest,
     OrderStatus,
     Shipment,
-    ShipmentProgress,
     ShippingRequest,
     ValidatedOrder,
     ValidateOrderRequest,
@@ -51,8 +46,9 @@ from orders.model import (
 )
 from orders.policies import MUST_FINISH_RETRY, ORDER_STEP_TIMEOUT
 from orders.shipment_link import ShipmentLink
-from orders.shipping import PROGRESS_SIGNAL, READY_SIGNAL, ShippingWorkflow
+from orders.shipping import ShippingWorkflow
 from orders.steps import OrderSteps
+from orders.stops import OrderStopped, refusal_as_stop
 from orders.timeline import Timeline
 
 # Patches of versions 2 to 7, retired (docs/versioning.md): each branch they chose is
@@ -67,22 +63,12 @@ RETIRED_PATCHES = (
     "order-bookkeeping-local",
     "record-stop-decided",
 )
-# Asked by `inject_failure` when the order holds MAX_FAILURES_PER_ORDER already (retired too).
-BOUNDED_FAILURES_PATCH = "bounded-injected-failures"
+# `bounded-injected-failures` (orders/messages.py) is retired the same way.
 
-
-class OrderStopped(Exception):
-    """Ends the order early: rejected, cancelled or failed, with the reason shown to people."""
-
-    def __init__(self, status: str, reason: str, email_kind: str | None = None):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.email_kind = email_kind or status  # which email tells the customer (ORDER_EMAIL_KINDS)
 
 
 @workflow.defn(sandboxed=False)
-class OrderWorkflow:
+class OrderWorkflow(OrderMessages):
     """The rule for every exit: until the order releases the parcel to the
     carrier, whatever stops it (a business refusal, a step out of retries, an
     operator's cancel, a cancellation requested through Temporal) ends it in a
@@ -330,157 +316,6 @@ class OrderWorkflow:
             return OrderStopped("failed", root_message(outcome))
         return OrderStopped("failed", str(outcome))
 
-    # --- operator messages ---------------------------------------------------
-
-    @workflow.update
-    async def approve(self, request: ApproveRequest) -> OrderStatus:
-        if self._status.approved:
-            # Two approves accepted in one workflow task pass both validators (they run
-            # before any handler): the second is refused here, so one approve counts.
-            raise self._refused(self._text("already_approved", operator=self._status.approved_by))
-        self._approve(request.operator)
-        self._timeline.event("operator", f"Approved by {request.operator}")
-        await self._timeline.record()
-        return self._status
-
-    @approve.validator
-    def _check_approve(self, request: ApproveRequest) -> None:
-        # An operator approved it (in review, or since: processing, shipping): say so and by whom.
-        # Auto-approved orders were never in review; ended ones say how they ended.
-        reviewed_and_approved = self._status.approved and self._status.needs_review
-        if reviewed_and_approved and self._status.status not in FINAL_ORDER_STATUSES:
-            raise self._refused(self._text("already_approved", operator=self._status.approved_by))
-        if self._status.status != "awaiting_review":
-            raise self._refused(self._text("not_awaiting_review", status=self._status.status.replace("_", " ")))
-        self._refuse_unless_possible("approve")
-
-    @workflow.update
-    async def cancel(self, request: CancelRequest) -> OrderStatus:
-        """Cancels and waits for the undo steps, so the answer shows them. Once
-        accepted, the cancel wins: the order ends cancelled."""
-        if self._cancel_request is None:
-            self._cancel_request = request
-            self._timeline.event("operator", f"Cancel requested by {request.operator}: {request.reason}")
-        await workflow.wait_condition(lambda: self._status.status in FINAL_ORDER_STATUSES)
-        return self._status
-
-    @cancel.validator
-    def _check_cancel(self, request: CancelRequest) -> None:
-        self._refuse_unless_possible("cancel")
-        if not request.reason.strip():
-            raise self._refused(self._text("cancel_reason"))
-
-    @workflow.update
-    async def update_address(self, change: AddressChange) -> OrderStatus:
-        # Taken by the shipment with the dispatch permit, so it cannot race the dispatch.
-        self._status.address = change.address
-        where = f"{change.address.city}, {change.address.country}"
-        self._timeline.event("operator", f"Shipping address changed by {change.operator} to {where}")
-        await self._timeline.record()
-        return self._status
-
-    @update_address.validator
-    def _check_address(self, change: AddressChange) -> None:
-        self._refuse_unless_possible("address")
-        if change.address.missing_fields():
-            raise self._refused(self._text("address_field") + f" ({', '.join(change.address.missing_fields())})")
-
-    @workflow.signal
-    async def expedite(self) -> None:
-        if "expedite" not in self._actions():
-            return
-        self._status.expedited = True
-        self._timeline.event("operator", "Expedited shipping requested")
-        if self._shipment.released:
-            await self._shipment.tell(ShippingWorkflow.expedite)
-        await self._timeline.record()
-
-    @workflow.signal
-    async def inject_failure(self, failure: FailureInjection) -> None:
-        """Simulate trouble in a later step (for demos and tests)."""
-        if "simulate-failure" not in self._actions():
-            return
-        if len(self._failures) >= MAX_FAILURES_PER_ORDER:
-            workflow.deprecate_patch(BOUNDED_FAILURES_PATCH)
-            # Signals are not validated; a bound keeps a scripted client from growing the state for ever.
-            self._timeline.event("operator", self._text("failures_full", maximum=MAX_FAILURES_PER_ORDER))
-            await self._timeline.record()
-            return
-        self._failures.append(failure)
-        kind = "permanent" if failure.permanent else f"{failure.times} attempt(s)"
-        self._timeline.event("operator", f"Failure injected: {failure.step}, {kind}")
-        await self._shipment.tell(ShippingWorkflow.inject_failure, failure)
-        await self._timeline.record()
-
-    @workflow.signal(name=PROGRESS_SIGNAL)
-    def shipment_progress(self, progress: ShipmentProgress) -> None:
-        shipment = self._status.shipment
-        self._status.shipment = Shipment(
-            stage=progress.stage, carrier=progress.carrier or shipment.carrier,
-            tracking_number=progress.tracking_number or shipment.tracking_number,
-            expedited=self._status.expedited, updated_at=progress.at,
-        )
-        self._status.attempts[progress.stage] = progress.attempt
-        if progress.stage == "dispatched":
-            self._timeline.reach("shipped", f"Dispatched with {progress.carrier}, tracking {progress.tracking_number}")
-            self._emails.start("shipped", carrier=progress.carrier, tracking_number=progress.tracking_number)
-        elif progress.stage == "delivered":
-            self._timeline.reach("delivered", "Delivered")
-        else:
-            self._timeline.event("step", f"Shipment {progress.stage}")
-        self._shipment.news = True
-
-    @workflow.signal(name=READY_SIGNAL)
-    def shipment_ready(self) -> None:
-        """The package is at the carrier's pickup: the shipment waits for dispatch or stop."""
-        self._shipment.ready = True
-
-    @workflow.query
-    def status(self) -> OrderStatus:
-        return dataclasses.replace(self._status, actions=self._actions())
-
-    # --- what the order can still do ------------------------------------------
-
-    def _actions(self) -> list[str]:
-        status = self._status
-        return available_actions(status.status, status.shipment.stage, status.expedited,
-                                 ending=self._ending_as is not None, cancel_requested=self._cancel_request is not None,
-                                 released=self._shipment.released)
-
-    def _refuse_unless_possible(self, action: str) -> None:
-        if action in self._actions():
-            return
-        if self._status.status in FINAL_ORDER_STATUSES:
-            raise self._refused(self._text("already_final", status=self._status.status))
-        if self._ending_as not in (None, "cancelled"):
-            # Undoing: the outcome is decided, though the status still shows the step.
-            raise self._refused(self._text("already_final", status=self._ending_as))
-        if self._ending_as is not None or self._cancel_request is not None:
-            raise self._refused(self._text("being_cancelled"))
-        raise self._refused(self._text("already_dispatched"))
-
-    def _check_cancelled(self) -> None:
-        if workflow.cancellation_reason() is not None:
-            self._cancelled_through_temporal()
-        if self._cancel_request is not None:
-            raise OrderStopped("cancelled", self._cancel_request.reason)
-
-    def _cancelled_through_temporal(self) -> None:
-        """A cancellation requested through Temporal (UI, CLI, API) follows the
-        cancel update's rule: before the release it is a cancel request; after
-        it, too late (the order completes, and says so in its timeline)."""
-        if self._ending_as is not None:
-            return  # already undoing: the outcome is the same
-        if self._shipment.released:
-            if not self._late_cancel_noted:
-                self._late_cancel_noted = True
-                self._timeline.event("operator", self._text("cancel_too_late"))
-            return
-        if self._cancel_request is None:
-            reason = workflow.cancellation_reason() or ""
-            self._cancel_request = CancelRequest(self._text("cancelled_through_temporal", reason=reason).strip(), "Temporal")
-            self._timeline.event("operator", f"Cancel requested through Temporal: {self._cancel_request.reason}")
-
     # --- small helpers -----------------------------------------------------------
 
     async def _must_finish(self, awaitable: Any) -> Any:
@@ -489,21 +324,3 @@ class OrderWorkflow:
     def _begin(self, step: str) -> None:
         self._check_cancelled()
         self._status.step = step
-
-    def _approve(self, approved_by: str) -> None:
-        self._status.approved, self._status.approved_by = True, approved_by
-        # The caller records who approved and why, once, in the timeline.
-        self._status.milestones["approved"] = workflow.now().isoformat()
-
-    def _refused(self, message: str) -> ApplicationError:
-        """An operator action the order cannot take now; the caller is told why."""
-        return ApplicationError(message, type=ACTION_REFUSED, non_retryable=True)
-
-    def _text(self, key: str, **values: Any) -> str:
-        return self._order.texts[key].format(**values)
-
-
-def refusal_as_stop(err: ActivityError, error_type: str, status: str) -> Exception:
-    """A step's business refusal of `error_type` as the order's stop; any other error as it is."""
-    refusal = business_error(err, error_type)
-    return OrderStopped(status, refusal.message) if refusal is not None else err

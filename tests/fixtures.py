@@ -32,7 +32,9 @@ import httpx
 import pytest
 from flask.testing import FlaskClient
 from playwright.async_api import async_playwright
+from temporalio.api.common.v1 import Payload
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
 from core.codec import EncryptionCodec
@@ -418,3 +420,25 @@ def pytest_runtest_makereport(item, call):
         except SystemError as err:
             if "AST constructor recursion depth mismatch" not in str(err) or attempt == AST_RACE_ATTEMPTS:
                 raise
+
+
+async def plain_history_json(history: WorkflowHistory, codec) -> str:
+    """The history as JSON with every payload decrypted: committed histories are plain, so they
+    replay under any key (the session's key is random)."""
+    async def decrypt(message) -> None:
+        for field, value in message.ListFields():
+            if field.message_type is None:
+                continue
+            if field.message_type.GetOptions().map_entry:
+                items = list(value.values()) if field.message_type.fields_by_name["value"].message_type else []
+            else:
+                items = list(value) if field.is_repeated else [value]
+            for item in items:
+                if isinstance(item, Payload):
+                    item.CopyFrom((await codec.decode([item]))[0])
+                else:
+                    await decrypt(item)
+
+    for event in history.events:
+        await decrypt(event)
+    return history.to_json()

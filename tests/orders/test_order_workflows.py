@@ -17,7 +17,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from temporalio.api.common.v1 import Payload
 from temporalio.client import (
     Client,
     WorkflowHandle,
@@ -60,6 +59,7 @@ from orders.model import (
 from orders.rewards import RewardsWorkflow
 from orders.shipping import ShippingWorkflow
 from orders.workflow import OrderWorkflow
+from tests.fixtures import plain_history_json
 from worker import build_order_workers
 
 HERE = Path(__file__).resolve().parents[2]  # the repository root
@@ -487,28 +487,6 @@ async def record_order_scenario(client: Client, settings, kind: str) -> list[tup
     if status.status == "completed":
         histories.append(("rewards", await client.get_workflow_handle(rewards_workflow_id(request.customer_id)).fetch_history()))
     return histories
-
-
-async def plain_history_json(history: WorkflowHistory, codec) -> str:
-    """The history as JSON with every payload decrypted: committed histories are plain, so they
-    replay under any key (the session's key is random)."""
-    async def decrypt(message) -> None:
-        for field, value in message.ListFields():
-            if field.message_type is None:
-                continue
-            if field.message_type.GetOptions().map_entry:
-                items = list(value.values()) if field.message_type.fields_by_name["value"].message_type else []
-            else:
-                items = list(value) if field.is_repeated else [value]
-            for item in items:
-                if isinstance(item, Payload):
-                    item.CopyFrom((await codec.decode([item]))[0])
-                else:
-                    await decrypt(item)
-
-    for event in history.events:
-        await decrypt(event)
-    return history.to_json()
 
 
 async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(

@@ -13,21 +13,10 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 
 import load_test
-from load_test import (
-    PROFILES,
-    Applicants,
-    Progress,
-    Result,
-    apply,
-    check_targets,
-    compare,
-    headline,
-    latency_stats,
-    make_applicants,
-    percentile,
-    run_app,
-    summarize,
-)
+from tools.loadtest import bench, loans, soak
+from tools.loadtest.bench import check_targets, compare, headline
+from tools.loadtest.loans import PROFILES, Applicants, Progress, apply, make_applicants, run_app
+from tools.loadtest.stats import Result, latency_stats, percentile, summarize
 
 BASE_URL = "http://app.test"
 
@@ -151,9 +140,9 @@ def test_benchmark_figures_are_medians_and_ratios():
 
 
 def test_bench_count_defaults_depend_on_concurrency():
-    assert load_test.bench_count_for(1, None) == load_test.BENCH_COUNT_SEQUENTIAL
-    assert load_test.bench_count_for(32, None) == load_test.BENCH_COUNT
-    assert load_test.bench_count_for(1, 7) == 7
+    assert bench.bench_count_for(1, None) == bench.BENCH_COUNT_SEQUENTIAL
+    assert bench.bench_count_for(32, None) == bench.BENCH_COUNT
+    assert bench.bench_count_for(1, 7) == 7
 
 
 def test_levels_argument():
@@ -185,7 +174,7 @@ def mock_client(handler) -> httpx.AsyncClient:
 
 async def test_decision_in_the_first_answer(monkeypatch):
     clock = [1000.0]  # a clock that moves only while the app "works" on the request
-    monkeypatch.setattr(load_test.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(loans.time, "perf_counter", lambda: clock[0])
 
     def handler(request: httpx.Request) -> httpx.Response:
         assert (request.method, request.url.path) == ("POST", "/api/evaluate")
@@ -263,18 +252,18 @@ async def test_run_counts_duplicates_as_errors():
 def test_soak_rows_and_the_memory_of_the_watched_processes():
     import psutil
 
-    usage = load_test.process_usage({"tests": "pytest", "nothing": "no-such-command-line"}, [psutil.Process()])
+    usage = soak.process_usage({"tests": "pytest", "nothing": "no-such-command-line"}, [psutil.Process()])
     assert usage["tests"].rss_mb > 10 and usage["tests"].cpu_seconds > 0 and usage["nothing"] is None
-    assert load_test.cpu_ms_per_app(load_test.Usage(100, 2.0), load_test.Usage(100, 5.0), 1000) == 3.0
-    assert load_test.cpu_ms_per_app(load_test.Usage(100, 2.0), load_test.Usage(100, 1.0), 1000) is None  # restarted
+    assert soak.cpu_ms_per_app(soak.Usage(100, 2.0), soak.Usage(100, 5.0), 1000) == 3.0
+    assert soak.cpu_ms_per_app(soak.Usage(100, 2.0), soak.Usage(100, 1.0), 1000) is None  # restarted
     row = {"sent": 2000, "throughput": 55.25, "p50_ms": 500.0, "p99_ms": 900.5, "failed": 0,
            "rss_mb": {"temporal": 300.4, "worker": 120.0, "web": None, "mail": 40.2},
            "cpu_ms_per_app": {"temporal": 20.04, "worker": 25.0, "web": None, "mail": 2.75}}
-    units, header, line = load_test.format_soak_row(row, header=True).splitlines()
+    units, header, line = soak.format_soak_row(row, header=True).splitlines()
     assert units.split() == ["resident", "memory,", "MB", "CPU", "per", "application,", "ms"]
     assert header.split() == ["sent", "apps/s", "p50", "ms", "p99", "ms", "failed", *["temporal", "worker", "web", "mail"] * 2]
     assert line.split() == ["2000", "55.2", "500.0", "900.5", "0", "300", "120", "-", "40", "20.0", "25.0", "-", "2.8"]
-    failing = load_test.format_soak_row({**row, "failed": 2, "errors": {"HTTP 503": 1, "timeout": 1}}, header=False)
+    failing = soak.format_soak_row({**row, "failed": 2, "errors": {"HTTP 503": 1, "timeout": 1}}, header=False)
     assert failing.endswith("2.8  HTTP 503: 1  timeout: 1")  # what failed is on the block's line
 
 
@@ -297,10 +286,10 @@ def test_the_soak_watches_the_stack_behind_its_url_only(tmp_path):
     supervisor = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {fork!r}, 'honcho'])",
                                    "honcho"])
     try:
-        watched = wait_until(lambda: load_test.stack_processes(f"http://127.0.0.1:{port}"), timeout=10,
+        watched = wait_until(lambda: soak.stack_processes(f"http://127.0.0.1:{port}"), timeout=10,
                              what="the listener under its supervisor")
         assert len(watched) == 2 and watched[0].ppid() == supervisor.pid  # the fork and the listener
-        assert load_test.stack_processes(f"http://127.0.0.1:{free_port()}") is None  # nobody listens there
+        assert soak.stack_processes(f"http://127.0.0.1:{free_port()}") is None  # nobody listens there
     finally:
         for child in psutil.Process(supervisor.pid).children(recursive=True):
             child.kill()
@@ -346,17 +335,17 @@ async def test_the_breakdown_splits_the_first_task_by_its_local_activities():
               _marker(t + 0.7, {"activity_type": steps[3][0], "original_schedule_time": _stamp(t + 0.5),
                                 "complete_time": _stamp(t + 0.6)})]
     client = types.SimpleNamespace(data_converter=types.SimpleNamespace(payload_codec=None))
-    markers = await load_test.first_task_markers(client, events)
+    markers = await bench.first_task_markers(client, events)
     assert [m["activity_type"] for m in markers] == ["validate_application", "decide", "persist_application"]
 
-    sample = load_test.breakdown_of(t + 0.005, t + 0.035, events, markers)
+    sample = bench.breakdown_of(t + 0.005, t + 0.035, events, markers)
     expected = {"task started -> validate and decide done": 3.0, "-> persist done (the record fsynced)": 11.0,
                 "persist done -> task completed": 4.0, "task started -> task completed (local activities)": 18.0}
     for label, ms in expected.items():
         assert sample[label] == pytest.approx(ms, abs=0.01), label  # event times are whole microseconds
-    summary = load_test.summarize_breakdown([sample])
+    summary = bench.summarize_breakdown([sample])
     assert summary["total_ms"] == pytest.approx(30.0, abs=0.01)  # sent -> answered, the split not counted twice
-    text = load_test.format_benchmark({"url": "http://app", "run_id": "r", "seed": 1, "repeat": 1, "levels": [],
+    text = bench.format_benchmark({"url": "http://app", "run_id": "r", "seed": 1, "repeat": 1, "levels": [],
                                        "breakdown": summary})
     lines = text.splitlines()
     task_line = next(n for n, line in enumerate(lines) if "task started -> task completed" in line)

@@ -25,7 +25,6 @@ from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 import tests.fixtures as conftest
-from load_test import PROFILES
 from tests.fixtures import (
     ADDRESS,
     HERE,
@@ -34,6 +33,7 @@ from tests.fixtures import (
     fresh_settings,
     gunicorn,
 )
+from tools.loadtest.loans import PROFILES
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
