@@ -51,6 +51,8 @@ IO_STEP_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=0,
 )
+# Retired patches (docs/versioning.md): the branch each chose is now the only code, and
+# `deprecate_patch` keeps the recorded histories, which carry their markers, replaying.
 # The decision email is sent while the duplicate window is held.
 DECISION_EMAIL_PATCH = "decision-email"
 # Validate and decide run side by side (see LoanApplicationWorkflow._validate_and_decide).
@@ -92,12 +94,10 @@ class LoanApplicationWorkflow:
         await asyncio.gather(*follow_ups)
         # After the first workflow task (the decision is already answered), as a
         # regular activity: the email runs while the window is held.
-        emailing = (
-            asyncio.ensure_future(self._send_decision_email(outcome)) if workflow.patched(DECISION_EMAIL_PATCH) else None
-        )
+        workflow.deprecate_patch(DECISION_EMAIL_PATCH)
+        emailing = asyncio.ensure_future(self._send_decision_email(outcome))
         await self._hold_duplicate_window(outcome)
-        if emailing is not None:
-            await emailing
+        await emailing
         return outcome
 
     # --- steps -------------------------------------------------------------
@@ -105,7 +105,7 @@ class LoanApplicationWorkflow:
     async def _validate_and_decide(self, submitted: LoanApplication) -> tuple[LoanApplication, CreditDecision]:
         """Validate, and decide on the validated application.
 
-        Runs since VALIDATE_BESIDE_DECIDE_PATCH: both local activities are scheduled
+        Both local activities are scheduled
         together, decide on the application as submitted, so the workflow waits for
         one round trip to them instead of two. The decision is kept only when
         validation returns the application unchanged (the web layer sends it
@@ -113,9 +113,7 @@ class LoanApplicationWorkflow:
         validated one, and an invalid application's decision is never used. Both
         stay separate steps in the history and the UI.
         """
-        if not workflow.patched(VALIDATE_BESIDE_DECIDE_PATCH):
-            application = await self._validate(submitted)  # runs recorded before the patch
-            return application, await self._decide(application)
+        workflow.deprecate_patch(VALIDATE_BESIDE_DECIDE_PATCH)
         # gather waits for both, so no step is left running when validation fails.
         validated, decided = await asyncio.gather(
             self._validate(submitted), self._decide(submitted), return_exceptions=True
