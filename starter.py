@@ -103,7 +103,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json = StrictJSONProvider(app)
     if test_config:
         app.config.from_mapping(test_config)
-    app.wsgi_app = sized_chunked_bodies(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])
+    app.wsgi_app = sized_chunked_bodies(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])  # type: ignore[method-assign]
     settings: Settings = app.config.get("SETTINGS") or Settings.from_env()
     rules = load_rules(settings.rules_file)
     app.extensions["messages"] = app_messages = load_messages(settings.messages_file)
@@ -140,7 +140,7 @@ def handle_http_error(err: HTTPException):
     """JSON errors under /api, an HTML page elsewhere; never a bare 500 page."""
     if request.path.startswith("/api/"):
         message = messages().errors["too_large"] if err.code == 413 else err.description
-        return json_error(err.code or 500, message)
+        return json_error(err.code or 500, message or err.name)
     return error_page(err.code or 500, err.name, err.description or "")
 
 

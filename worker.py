@@ -27,6 +27,7 @@ import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import TypedDict
 
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
@@ -100,7 +101,6 @@ def build_order_workers(
     `shipping-carrier-steps-local`) local activities, so its slots are split in half.
     """
     activities = activities or build_activities(settings, client, identity, store)
-    common = dict(activity_executor=executor, identity=identity, graceful_shutdown_timeout=timedelta(seconds=10))
     order_threads = max(2, min(concurrency - 2, concurrency * 3 // 4))  # shipping keeps at least 2
     return [
         Worker(
@@ -109,7 +109,9 @@ def build_order_workers(
             workflows=ORDER_WORKFLOWS,
             activities=activities.for_orders(),
             **slots(order_threads, activity_share=0.5),
-            **common,
+            activity_executor=executor,
+            identity=identity,
+            graceful_shutdown_timeout=timedelta(seconds=10),
         ),
         Worker(
             client,
@@ -117,12 +119,19 @@ def build_order_workers(
             workflows=SHIPPING_WORKFLOWS,
             activities=activities.for_shipping(),
             **slots(max(2, concurrency - order_threads), activity_share=0.5),
-            **common,
+            activity_executor=executor,
+            identity=identity,
+            graceful_shutdown_timeout=timedelta(seconds=10),
         ),
     ]
 
 
-def slots(threads: int, activity_share: float) -> dict[str, int]:
+class Slots(TypedDict):
+    max_concurrent_activities: int
+    max_concurrent_local_activities: int
+
+
+def slots(threads: int, activity_share: float) -> Slots:
     """Activity and local activity slots that add up to `threads` (at least one of each)."""
     activities = min(threads - 1, max(1, round(threads * activity_share)))
     return {"max_concurrent_activities": activities, "max_concurrent_local_activities": threads - activities}

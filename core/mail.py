@@ -102,6 +102,7 @@ def without_address(text: str, address: str) -> str:
 
 def send(smtp: SmtpSettings, message: EmailMessage) -> None:
     """One SMTP conversation. Raises smtplib errors as they come (the caller classifies them)."""
+    client: smtplib.SMTP
     if smtp.implicit_tls:
         client = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout, context=ssl.create_default_context())
     else:

@@ -31,8 +31,8 @@ def business_error(err: Exception, *error_types: str) -> ApplicationError | None
 
 def root_message(err: BaseException) -> str:
     """The innermost cause's message: what actually went wrong, for people."""
-    while getattr(err, "cause", None) is not None:
-        err = err.cause
+    while (cause := getattr(err, "cause", None)) is not None:
+        err = cause
     return getattr(err, "message", None) or str(err) or type(err).__name__
 
 

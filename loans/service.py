@@ -138,7 +138,8 @@ class LoanService:
         except TimeoutError:
             result = None
         except WorkflowUpdateFailedError as err:
-            cause = err.cause.cause if isinstance(err.cause.cause, ApplicationError) else err.cause
+            inner = getattr(err.cause, "cause", None)
+            cause = inner if isinstance(inner, ApplicationError) else err.cause
             fields = cause.details[0] if isinstance(cause, ApplicationError) and cause.details else {}
             raise InvalidApplication(fields or {"application": str(cause)}) from err
         except RPCError as err:

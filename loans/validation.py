@@ -124,6 +124,7 @@ def parse_form_application(form: Mapping[str, str], messages: Messages) -> LoanA
         if not raw.strip():
             fields[name] = messages.validation["required"]
             continue
+        value: float | int | bool | str | None
         if name in ("loan_amount", "annual_income"):
             value = _form_amount(raw.strip())
         elif name == "credit_score":

@@ -271,7 +271,7 @@ def session_expired(err: CSRFError):
         notice = {"kind": "invalid", "title": messages().errors["session_expired"], "text": ""}
         return render_template("loans/form.html", values=values, errors={}, notice=notice), 400
     if request.endpoint == "pages.contact":
-        page = url_for("pages.application", workflow_id=request.view_args["workflow_id"])
+        page = url_for("pages.application", workflow_id=(request.view_args or {}).get("workflow_id"))
         return error_page(400, "Session expired", messages().errors["session_expired"],
                           back_url=page, back_text="Back to your application")
     return error_page(400, err.name, err.description)

@@ -215,6 +215,8 @@ class LoanApplicationWorkflow:
                 if self._pending_contact is None:
                     break
             answer, self._pending_contact = self._pending_contact, None
+            if answer is None:
+                break  # unreachable: the wait above returns only with an answer or at the window's end
             await workflow.execute_activity_method(
                 LoanActivities.record_contact_preference,
                 ContactPreferenceRequest(outcome.workflow_id, outcome.run_id, answer, workflow.now().isoformat()),

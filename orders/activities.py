@@ -140,7 +140,7 @@ class OrderActivities(_OrderStepActivities):
         status = record.status
         for event in record.events:
             write_event(self.store, event)
-        self.store.put(ORDERS, status.order_id, dataclasses.asdict(status), sort_key=sort_key_for(status.placed_at))
+        self.store.put(ORDERS, status.order_id, dataclasses.asdict(status), sort_key=sort_key_for(status.placed_at or status.updated_at or ""))
 
     @activity.defn
     def validate_order(self, request: ValidateOrderRequest) -> ValidatedOrder:

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from flask import current_app
@@ -81,7 +81,7 @@ def cli_call(as_json: bool, call: Callable[[], Awaitable[T]]) -> T:
         fail(as_json, texts()["unavailable"], 1)
 
 
-def fail(as_json: bool, error: str, code: int, fields: dict[str, str] | None = None):
+def fail(as_json: bool, error: str, code: int, fields: dict[str, str] | None = None) -> NoReturn:
     if as_json:
         click.echo(json.dumps({"error": error, **({"fields": fields} if fields else {})}, indent=2))
     else:

@@ -36,6 +36,8 @@ class CustomerEmails:
         text = self._order.texts.get(f"email_{kind}")
         values["order_id"] = self._order.order_id
         try:
+            if subject is None or text is None:
+                raise KeyError(f"email_{kind}")
             request = OrderEmailRequest(self._order.order_id, kind, self.address, subject.format(**values),
                                         text.format(**values) + (f"\n\n{after}" if after else ""))
         except (AttributeError, KeyError, IndexError, ValueError) as err:

@@ -99,7 +99,7 @@ class _LineModel(_OrderPart):
     @field_validator("sku")
     @classmethod
     def _in_catalog(cls, sku: str, info: ValidationInfo) -> str:
-        if sku not in info.context["catalog"]:
+        if sku not in (info.context or {}).get("catalog", ()):
             raise ValueError("unknown sku")
         return sku
 

@@ -283,13 +283,13 @@ async def tracker(order_id: str):
 
 def flash_done(order_id: str, title: str, text: str = "") -> None:
     """The banner the order's page shows once, on the redirect after an action that succeeded."""
-    flash({"order_id": order_id, "title": title, "text": text}, ORDER_DONE)
+    flash({"order_id": order_id, "title": title, "text": text}, ORDER_DONE)  # type: ignore[arg-type]  # a dict: Flask keeps any JSON value
 
 
 def flashed_done(order_id: str) -> dict | None:
     """The banner flashed for this order, if any (read once: a reload shows none)."""
-    done = [message for message in get_flashed_messages(category_filter=[ORDER_DONE])
-            if isinstance(message, dict) and message.get("order_id") == order_id]
+    flashed: list[Any] = get_flashed_messages(category_filter=[ORDER_DONE])  # dicts (see flash_done)
+    done = [message for message in flashed if isinstance(message, dict) and message.get("order_id") == order_id]
     if not done:
         return None
     return {"kind": "success", "title": done[-1]["title"], "text": done[-1]["text"]}

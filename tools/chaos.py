@@ -273,6 +273,8 @@ async def inject_faults(stack: Stack, clients: Clients, figures: Figures, worker
             pass
         process = {"worker": stack.workers[index] if stack.workers else None, "temporal": stack.temporal,
                    "web": stack.web}[kind]
+        if process is None:
+            continue
         killed_at = time.monotonic()
         process.kill()
         figures.faults.append(kind)

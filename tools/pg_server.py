@@ -29,6 +29,14 @@ def bin_dir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
+def binaries() -> Path:
+    """The server's binaries; exits with what to install when there are none."""
+    found = bin_dir()
+    if found is None:
+        raise SystemExit("PostgreSQL's server binaries are not installed (apt-get install postgresql)")
+    return found
+
+
 def _as_server_user(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
@@ -67,13 +75,13 @@ def server_options(data: Path, port: int, fsync: bool = True) -> list[str]:
 def start(data: Path, port: int, fsync: bool = True) -> None:
     """Start in the background (pg_ctl), waiting until it accepts connections."""
     options = " ".join(server_options(data, port, fsync))
-    subprocess.run(_as_server_user([str(bin_dir() / "pg_ctl"), "-D", str(data / "cluster"), "-o", options,
+    subprocess.run(_as_server_user([str(binaries() / "pg_ctl"), "-D", str(data / "cluster"), "-o", options,
                                     "-l", str(data / "server.log"), "-w", "-t", "60", "start"]),
                    check=True, capture_output=True)
 
 
 def stop(data: Path, mode: str = "fast") -> None:
-    subprocess.run(_as_server_user([str(bin_dir() / "pg_ctl"), "-D", str(data / "cluster"), "-m", mode, "-w", "stop"]),
+    subprocess.run(_as_server_user([str(binaries() / "pg_ctl"), "-D", str(data / "cluster"), "-m", mode, "-w", "stop"]),
                    check=True, capture_output=True)
 
 
@@ -85,7 +93,7 @@ def run(data: Path, port: int) -> None:
     """Initialise if needed, then become the server in the foreground (for a supervisor)."""
     if not (data / "cluster" / "PG_VERSION").exists():
         init(data)
-    os.execvp(_as_server_user(["x"])[0], _as_server_user([str(bin_dir() / "postgres"), "-D", str(data / "cluster"),
+    os.execvp(_as_server_user(["x"])[0], _as_server_user([str(binaries() / "postgres"), "-D", str(data / "cluster"),
                                                           *server_options(data, port)]))
 
 

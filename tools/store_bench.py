@@ -26,6 +26,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from unittest import mock
@@ -54,6 +55,11 @@ def median_ms(action, runs: int = 50) -> float:
         action()
         times.append((time.perf_counter() - began) * 1000)
     return statistics.median(times)
+
+
+@contextmanager
+def nothing_to_change() -> Iterator[None]:
+    yield
 
 
 def measure(name: str, store, collection: str, sizes: list[int], fast_fill) -> list[tuple]:
@@ -101,7 +107,7 @@ def measure_writes(count: int, folder: str) -> None:
     files = os.path.join(folder, "fsync-test")
     os.makedirs(files)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        for label, sync in (("one after another", lambda fds: [os.fsync(fd) for fd in fds]),
+        for label, sync in (("one after another", lambda fds: list(map(os.fsync, fds))),
                             ("all at once (threads)", lambda fds: list(pool.map(os.fsync, fds)))):
             times = []
             for n in range(count):
@@ -149,7 +155,7 @@ def main() -> None:
         collection = f"bench-{uuid.uuid4().hex[:8]}"
         pg = PostgresStore(os.environ["DATABASE_URL"], counted_fields={collection: ("decision",)})
         try:
-            rows += measure("postgresql", pg, collection, sizes, contextmanager(lambda: (yield)))
+            rows += measure("postgresql", pg, collection, sizes, nothing_to_change)
             pg.delete_collection(collection)
         finally:
             pg.close()

@@ -55,7 +55,12 @@ def _object(pairs: list[tuple[str, Any]]) -> _Object:
     decoded = _Object(pairs)
     if len(decoded) != len(pairs):
         seen: set[str] = set()
-        decoded.duplicates = tuple(dict.fromkeys(k for k, _ in pairs if k in seen or seen.add(k)))
+        repeated = []
+        for key, _ in pairs:
+            if key in seen:
+                repeated.append(key)
+            seen.add(key)
+        decoded.duplicates = tuple(dict.fromkeys(repeated))
     return decoded
 
 

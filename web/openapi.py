@@ -49,7 +49,7 @@ PAGE = {"name": "page", "in": "query", "required": False, "description": "Page o
 APPLICATION_ID = _parameter("workflow_id", LOAN_WORKFLOW_ID.pattern, "The application's workflow ID")
 ORDER = _parameter("order_id", ORDER_ID.pattern, "The order's ID")
 CUSTOMER = _parameter("customer_id", CUSTOMER_ID_PATTERN, "The customer's ID")
-OPERATOR_ONLY = [{"operatorToken": []}]
+OPERATOR_ONLY: list[dict[str, list[str]]] = [{"operatorToken": []}]
 IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
                    "description": "Any string the client keeps for this order (1-128 of A-Z a-z 0-9 . _ : -)",
                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}}

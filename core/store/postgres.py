@@ -236,7 +236,7 @@ class PostgresStore:
             if seq is None and sort_key is not None:
                 seq = connection.execute(
                     "INSERT INTO collection_totals (collection, total) VALUES (%s, 1) ON CONFLICT (collection)"
-                    " DO UPDATE SET total = collection_totals.total + 1 RETURNING total", (collection,)).fetchone()[0]
+                    " DO UPDATE SET total = collection_totals.total + 1 RETURNING total", (collection,)).fetchone()[0]  # type: ignore[index]  # RETURNING gives a row
             for field in counted:
                 before, after = old_counted.get(field), counted[field]
                 if before == after:

@@ -332,7 +332,7 @@ def format_benchmark(report: dict[str, Any]) -> str:
             lines.append(f"  c={level:<3} {check['target']:<32} {number(check['value'], 2, suffix):>8}  {verdict}")
     for level in report["levels"]:
         for name in ("floor0", "floor", "app"):
-            errors = Counter()
+            errors: Counter[str] = Counter()
             for run in level[f"{name}_runs"]:
                 errors.update(run["errors"])
             if errors:

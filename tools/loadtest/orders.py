@@ -98,7 +98,7 @@ async def tasks_per_order(client: Client, order_ids: list[str]) -> dict[str, flo
     """Median workflow tasks, activities, markers and history events of an order with its shipment."""
     counts: dict[str, list[int]] = {name: [] for name in COUNTED_EVENTS}
     for order_id in order_ids:
-        events = []
+        events: list = []
         for workflow_id in (f"order-{order_id}", f"order-{order_id}-shipping"):
             with contextlib.suppress(Exception):  # an order stopped before its shipment has none
                 events += (await client.get_workflow_handle(workflow_id).fetch_history()).events
@@ -111,8 +111,11 @@ def cpu_ms_per_order(before: dict[str, Usage | None], after: dict[str, Usage | N
     """CPU milliseconds per completed order, by process of the stack (and in all)."""
     if not orders:
         return None
-    per_role = {role: (after[role].cpu_seconds - before[role].cpu_seconds) * 1000 / orders
-                for role in before if before[role] is not None and after.get(role) is not None}
+    per_role = {}
+    for role, start in before.items():
+        end = after.get(role)
+        if start is not None and end is not None:
+            per_role[role] = (end.cpu_seconds - start.cpu_seconds) * 1000 / orders
     return {**per_role, "total": sum(per_role.values())}
 
 
