@@ -46,9 +46,11 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
-# Lint (ruff: undefined and unused names, import order; settings in pyproject.toml).
+# Lint, format and types (ruff and mypy; settings in pyproject.toml). `ruff format .` fixes the format.
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # A longer crash run than the one in `make test`: its own processes, prints its figures.
 chaos: install

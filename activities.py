@@ -35,15 +35,30 @@ class Activities:
 
     def for_loans(self) -> list[Callable]:
         loans = self.loans
-        return [loans.validate_application, loans.decide, loans.persist_application, loans.notify_agent,
-                loans.record_contact_preference, self.loan_emails.send_decision_email]
+        return [
+            loans.validate_application,
+            loans.decide,
+            loans.persist_application,
+            loans.notify_agent,
+            loans.record_contact_preference,
+            self.loan_emails.send_decision_email,
+        ]
 
     def for_orders(self) -> list[Callable]:
         """The order's steps and the customers' rewards (one task queue)."""
         orders = self.orders
-        return [orders.record_progress, orders.validate_order, orders.reserve_inventory, orders.release_inventory,
-                orders.charge_payment, orders.refund_payment, orders.notify_customer, orders.award_rewards,
-                self.order_emails.send_order_email, self.rewards.save_rewards]
+        return [
+            orders.record_progress,
+            orders.validate_order,
+            orders.reserve_inventory,
+            orders.release_inventory,
+            orders.charge_payment,
+            orders.refund_payment,
+            orders.notify_customer,
+            orders.award_rewards,
+            self.order_emails.send_order_email,
+            self.rewards.save_rewards,
+        ]
 
     def for_shipping(self) -> list[Callable]:
         shipping = self.shipping

@@ -96,21 +96,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--url",
         default=os.environ.get("LOAD_TEST_URL", DEFAULT_URL),
         help=f"the app's base URL (default $LOAD_TEST_URL or {DEFAULT_URL}); --benchmark's and --orders'"
-             " floors reach Temporal at $TEMPORAL_ADDRESS (default localhost:7233), not through it",
+        " floors reach Temporal at $TEMPORAL_ADDRESS (default localhost:7233), not through it",
     )
     parser.add_argument("--seed", type=int, default=1, help="fixes the mix of applicant profiles (default 1)")
-    parser.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds per application, polling included (default 30)"
-    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per application, polling included (default 30)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument(
-        "--benchmark", action="store_true",
+        "--benchmark",
+        action="store_true",
         help="compare the app with a bare Temporal workflow on the same server: the floor connects to"
-             " $TEMPORAL_ADDRESS (default localhost:7233), the app's server, not --url",
+        " $TEMPORAL_ADDRESS (default localhost:7233), the app's server, not --url",
     )
-    parser.add_argument(
-        "--levels", type=level_list, default="1,32", help="benchmark concurrency levels (default 1,32)"
-    )
+    parser.add_argument("--levels", type=level_list, default="1,32", help="benchmark concurrency levels (default 1,32)")
     parser.add_argument(
         "--bench-count",
         type=positive_int,
@@ -119,20 +116,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=positive_int, default=1, help="benchmark runs per level; figures are their median (default 1)"
     )
-    parser.add_argument("--orders", type=positive_int, metavar="N",
-                        help="place N auto-approved orders and follow each to the end; compare with the floor"
-                             " (on $TEMPORAL_ADDRESS, default localhost:7233, not --url)")
-    parser.add_argument("--poll-interval", type=float, default=1.0,
-                        help="with --orders: seconds between status reads of one order (default 1, a tracker page's pace)")
-    parser.add_argument("--token", help="the operator token (default $OPERATOR_TOKEN or the data folder's): needed with"
-                                        " --orders; for applications it shows which worker decided each")
-    parser.add_argument("--soak", type=positive_int, metavar="TOTAL",
-                        help="send TOTAL applications in blocks; print throughput, latency and memory per block")
-    parser.add_argument("--every", type=positive_int, default=1000, metavar="BLOCK",
-                        help="with --soak: applications per block (default 1000)")
     parser.add_argument(
-        "--breakdown", type=int, default=20, metavar="N",
-        help="after the benchmark, where the time of N sequential applications goes (default 20; 0 for none)"
+        "--orders",
+        type=positive_int,
+        metavar="N",
+        help="place N auto-approved orders and follow each to the end; compare with the floor"
+        " (on $TEMPORAL_ADDRESS, default localhost:7233, not --url)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        help="with --orders: seconds between status reads of one order (default 1, a tracker page's pace)",
+    )
+    parser.add_argument(
+        "--token",
+        help="the operator token (default $OPERATOR_TOKEN or the data folder's): needed with"
+        " --orders; for applications it shows which worker decided each",
+    )
+    parser.add_argument(
+        "--soak",
+        type=positive_int,
+        metavar="TOTAL",
+        help="send TOTAL applications in blocks; print throughput, latency and memory per block",
+    )
+    parser.add_argument(
+        "--every", type=positive_int, default=1000, metavar="BLOCK", help="with --soak: applications per block (default 1000)"
+    )
+    parser.add_argument(
+        "--breakdown",
+        type=int,
+        default=20,
+        metavar="N",
+        help="after the benchmark, where the time of N sequential applications goes (default 20; 0 for none)",
     )
     return parser.parse_args(argv)
 
@@ -167,8 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({**settings, **summary._asdict()}, indent=2))
     else:
         title = (
-            f"Load test: {args.count} applications, concurrency {args.concurrency}, {args.url}"
-            f" (run {run_id}, seed {args.seed})"
+            f"Load test: {args.count} applications, concurrency {args.concurrency}, {args.url} (run {run_id}, seed {args.seed})"
         )
         print(format_summary(summary, title))
     return 1 if summary.failed else 0
@@ -181,4 +196,3 @@ if __name__ == "__main__":
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
-

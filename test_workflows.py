@@ -137,10 +137,15 @@ def activity_attempts(history) -> list[tuple[str, int]]:
             data = json.loads(marker.details["data"].payloads[0].data)
             attempts.append((data["activity_type"], data["attempt"]))
         elif event.HasField("activity_task_started_event_attributes"):
-            scheduled = next(e for e in history.events
-                             if e.event_id == event.activity_task_started_event_attributes.scheduled_event_id)
-            attempts.append((scheduled.activity_task_scheduled_event_attributes.activity_type.name,
-                             event.activity_task_started_event_attributes.attempt))
+            scheduled = next(
+                e for e in history.events if e.event_id == event.activity_task_started_event_attributes.scheduled_event_id
+            )
+            attempts.append(
+                (
+                    scheduled.activity_task_scheduled_event_attributes.activity_type.name,
+                    event.activity_task_started_event_attributes.attempt,
+                )
+            )
     return attempts
 
 
@@ -160,8 +165,7 @@ async def test_compliance_failure_becomes_a_denied_compliance_decision(time_skip
     assert failures == []
 
 
-async def test_an_application_validation_changes_is_decided_again_on_the_validated_one(time_skipping_env, settings,
-                                                                                      worker):
+async def test_an_application_validation_changes_is_decided_again_on_the_validated_one(time_skipping_env, settings, worker):
     """Decide runs beside validate on the application as submitted; when validation changes it
     (here it normalizes the email), that decision is dropped and decide runs on the validated one."""
     handle = await start(time_skipping_env.client, settings, application(email="  Ada.Lovelace@Example.COM "))
@@ -199,13 +203,24 @@ def email_sent(_outcome: LoanOutcome) -> str:
 
 async def test_validate_and_decide_run_at_the_same_time(time_skipping_env, settings):
     """One round trip from the workflow to its local activities instead of two (issue 15)."""
-    loans = OverlapCheckingActivities(JsonStore(settings.data_dir), load_rules(settings.rules_file),
-                                      load_messages(settings.messages_file), "worker-test")
+    loans = OverlapCheckingActivities(
+        JsonStore(settings.data_dir), load_rules(settings.rules_file), load_messages(settings.messages_file), "worker-test"
+    )
     with ThreadPoolExecutor(max_workers=4) as executor:
-        async with Worker(time_skipping_env.client, task_queue=settings.task_queue, workflows=[LoanApplicationWorkflow],
-                          activities=[loans.validate_application, loans.decide, loans.persist_application,
-                                      loans.notify_agent, loans.record_contact_preference, email_sent],
-                          activity_executor=executor):
+        async with Worker(
+            time_skipping_env.client,
+            task_queue=settings.task_queue,
+            workflows=[LoanApplicationWorkflow],
+            activities=[
+                loans.validate_application,
+                loans.decide,
+                loans.persist_application,
+                loans.notify_agent,
+                loans.record_contact_preference,
+                email_sent,
+            ],
+            activity_executor=executor,
+        ):
             handle = await start(time_skipping_env.client, settings, application())
             # To the end (time skipping runs out the window): an open workflow would hold time still.
             outcome = await handle.result()
@@ -287,7 +302,11 @@ def replay_in_fresh_processes(paths: list[Path]) -> None:
     for seed in HASH_SEEDS:
         replayed = subprocess.run(
             [sys.executable, "-m", "tools.replay_check", *map(str, paths)],
-            env={**os.environ, "PYTHONHASHSEED": seed}, cwd=HERE, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert replayed.returncode == 0, f"PYTHONHASHSEED={seed}:\n{replayed.stdout}{replayed.stderr}"
         assert replayed.stdout.count("ok ") == len(paths), replayed.stdout

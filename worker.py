@@ -137,8 +137,9 @@ def slots(threads: int, activity_share: float) -> Slots:
     return {"max_concurrent_activities": activities, "max_concurrent_local_activities": threads - activities}
 
 
-def build_all_workers(client: Client, settings: Settings, identity: str, threads: int, pollers: int,
-                      stack: contextlib.ExitStack) -> list[Worker]:
+def build_all_workers(
+    client: Client, settings: Settings, identity: str, threads: int, pollers: int, stack: contextlib.ExitStack
+) -> list[Worker]:
     """The process's workers: loans with a pool of `threads`, the order process with another."""
     loans = stack.enter_context(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loan-activity"))
     orders = stack.enter_context(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="order-activity"))
@@ -170,11 +171,13 @@ def metrics_runtime(address: str | None) -> Runtime | None:
     if address is None:
         return None
     try:
-        return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(
-            bind_address=address, unit_suffix=True, durations_as_seconds=True)))
+        return Runtime(
+            telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address, unit_suffix=True, durations_as_seconds=True))
+        )
     except ValueError as err:  # the port is taken: say which variable to change
-        raise SystemExit(f"Cannot serve the worker's metrics on {address} ({err}); "
-                         "set WORKER_METRICS_PORT to a free port, or unset it") from err
+        raise SystemExit(
+            f"Cannot serve the worker's metrics on {address} ({err}); set WORKER_METRICS_PORT to a free port, or unset it"
+        ) from err
 
 
 async def connect_with_retry(deadline_seconds: float, runtime: Runtime | None = None) -> Client:

@@ -1,7 +1,5 @@
 """TODO docstring (from shared.py)."""
 
-
-
 import unicodedata
 
 from email_validator import validate_email
@@ -42,4 +40,3 @@ def normalize_email(raw: str) -> str:
     if len(checked.local_part.encode("utf-8")) > MAX_LOCAL_PART_OCTETS:
         raise ValueError(f"the part before the @ has more than {MAX_LOCAL_PART_OCTETS} octets")
     return f"{checked.local_part}@{checked.domain}"
-

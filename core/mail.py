@@ -87,7 +87,7 @@ def _fix_boundary(message: EmailMessage) -> None:
 
 
 def parse_mailbox(text: str) -> Address:
-    """"Name <user@domain>" or "user@domain" -> Address (which refuses CR/LF)."""
+    """ "Name <user@domain>" or "user@domain" -> Address (which refuses CR/LF)."""
     from email.utils import parseaddr
 
     name, addr = parseaddr(text)
@@ -142,8 +142,9 @@ class Mailer:
     def unaddressable(self, err: Exception, record: Recorder) -> str:
         now = datetime.now(timezone.utc).isoformat()
         record({"status": "refused", "reason": f"not a deliverable message: {err}", "at": now})
-        raise ApplicationError(f"cannot address the email: {err}", f"not a deliverable message: {err}", type=EMAIL_REFUSED,
-                               non_retryable=True) from None
+        raise ApplicationError(
+            f"cannot address the email: {err}", f"not a deliverable message: {err}", type=EMAIL_REFUSED, non_retryable=True
+        ) from None
 
     def deliver(self, message: EmailMessage, address: str, record: Recorder) -> str:
         """Send over SMTP and record how it went; a temporary failure is raised for the retry policy."""
@@ -163,8 +164,8 @@ class Mailer:
                 raise ApplicationError(f"email not sent yet: {text}", type=EMAIL_NOT_SENT_YET) from None
             reason = without_address(reason, address)
             record({"status": "refused", "reason": reason, "at": now, "message_id": message["Message-ID"]})
-            raise ApplicationError(f"the mail server refused the email: {reason}", reason, type=EMAIL_REFUSED,
-                                   non_retryable=True) from None
+            raise ApplicationError(
+                f"the mail server refused the email: {reason}", reason, type=EMAIL_REFUSED, non_retryable=True
+            ) from None
         record({"status": "sent", "at": now, "message_id": message["Message-ID"]})
         return "sent"
-

@@ -125,4 +125,3 @@ def load_messages(path: Path) -> Messages:
     if unexplained:
         raise ValueError(f"{path}: no text for reasons {unexplained}")
     return messages
-

@@ -103,8 +103,9 @@ def parse_payload_key(text: str, source: str) -> bytes:
     except (binascii.Error, ValueError):
         raise SystemExit(f"{source} is not base64 (make one with: openssl rand -base64 32)") from None
     if len(key) != KEY_BYTES:
-        raise SystemExit(f"{source} must be base64 of {KEY_BYTES} bytes, got {len(key)} bytes "
-                         "(make one with: openssl rand -base64 32)")
+        raise SystemExit(
+            f"{source} must be base64 of {KEY_BYTES} bytes, got {len(key)} bytes (make one with: openssl rand -base64 32)"
+        )
     return key
 
 
@@ -178,4 +179,3 @@ async def connect_temporal(**overrides):
 
     overrides.setdefault("data_converter", payload_data_converter())
     return await Client.connect(**{**temporal_connect_config(), **overrides})
-

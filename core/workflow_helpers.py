@@ -57,4 +57,3 @@ async def uninterrupted(awaitable: Awaitable[Any], on_cancel: Callable[[], None]
                 current.uncancel()  # so the next await is not cancelled again
             if on_cancel is not None:
                 on_cancel()
-

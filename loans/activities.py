@@ -73,8 +73,7 @@ class LoanActivities:
         if application.credit_score < limits.min_credit_score:
             return "denied_compliance", "credit_below_minimum", f"credit score below {limits.min_credit_score}"
         if application.loan_amount > limits.max_loan_amount:
-            return ("denied_compliance", "loan_above_maximum",
-                    f"loan amount above {format_amount(limits.max_loan_amount)}")
+            return ("denied_compliance", "loan_above_maximum", f"loan amount above {format_amount(limits.max_loan_amount)}")
         return None
 
     def _credit_decision(self, application: LoanApplication) -> tuple[str, str, str]:
@@ -85,15 +84,17 @@ class LoanActivities:
         ratio = loan_to_income(application)
         ratio_at_most = lambda limit: ratio is not None and ratio <= limit  # noqa: E731
         if application.has_bankruptcy and score < rules.bankruptcy.min_credit_score:
-            return ("denied", "bankruptcy_credit_below_minimum",
-                    f"bankruptcy with credit score below {rules.bankruptcy.min_credit_score}")
+            return (
+                "denied",
+                "bankruptcy_credit_below_minimum",
+                f"bankruptcy with credit score below {rules.bankruptcy.min_credit_score}",
+            )
         if score >= rules.prime.min_credit_score:
             if application.has_bankruptcy:
                 return "conditional", "bankruptcy_review", "prior bankruptcy needs an agent's review"
             if ratio_at_most(rules.prime.max_loan_to_income):
                 return "pre_approved", "strong_and_affordable", "strong credit and affordable loan"
-            return ("conditional", "loan_to_income_above_limit",
-                    f"loan-to-income above {rules.prime.max_loan_to_income:.2f}")
+            return ("conditional", "loan_to_income_above_limit", f"loan-to-income above {rules.prime.max_loan_to_income:.2f}")
         if score >= rules.near_prime.min_credit_score and ratio_at_most(rules.near_prime.max_loan_to_income):
             return "conditional", "fair_credit_review", "fair credit needs an agent's review"
         return "denied", "does_not_qualify", "credit score and loan-to-income do not qualify"
@@ -149,17 +150,19 @@ class LoanActivities:
         self.store.update(
             AGENT_NOTIFICATIONS,
             key,
-            lambda existing: existing
-            or {
-                "kind": request.kind,
-                "workflow_id": outcome.workflow_id,
-                "run_id": outcome.run_id,
-                "decision": outcome.decision,
-                "applicant_name": outcome.application.name,
-                "applicant_email": outcome.application.email,
-                "loan_amount": outcome.application.loan_amount,
-                "created_at": activity.info().current_attempt_scheduled_time.isoformat(),
-            },
+            lambda existing: (
+                existing
+                or {
+                    "kind": request.kind,
+                    "workflow_id": outcome.workflow_id,
+                    "run_id": outcome.run_id,
+                    "decision": outcome.decision,
+                    "applicant_name": outcome.application.name,
+                    "applicant_email": outcome.application.email,
+                    "loan_amount": outcome.application.loan_amount,
+                    "created_at": activity.info().current_attempt_scheduled_time.isoformat(),
+                }
+            ),
             sort_key=sort_key_for(outcome.submitted_at),
         )
 
@@ -174,4 +177,3 @@ class LoanActivities:
             return {**existing, "contact_preference": request.answer, "contact_answered_at": request.answered_at}
 
         self.store.update(APPLICATIONS, key, change)
-

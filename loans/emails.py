@@ -40,8 +40,7 @@ def decision_email(outcome: LoanOutcome, public_url: str, mail_from: str, date: 
     steps_text = "\n".join(f"- {step}" for step in text.next_steps)
     body = "\n\n".join(paragraphs)
     message.set_content(
-        f"Dear {application.name},\n\n{body}\n\nNext steps:\n{steps_text}\n\n"
-        f"Your application and its decision: {link}\n"
+        f"Dear {application.name},\n\n{body}\n\nNext steps:\n{steps_text}\n\nYour application and its decision: {link}\n"
     )
     paragraphs_html = "".join(f"<p>{html.escape(paragraph)}</p>" for paragraph in paragraphs)
     steps_html = "".join(f"<li>{html.escape(step)}</li>" for step in text.next_steps)

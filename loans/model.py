@@ -168,4 +168,3 @@ class ApplicationStatus:
 def record_key(workflow_id: str, run_id: str) -> str:
     """Store key of one application: one workflow run is one application."""
     return f"{workflow_id}.{run_id}"
-

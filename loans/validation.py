@@ -148,7 +148,7 @@ def parse_form_application(form: Mapping[str, str], messages: Messages) -> LoanA
 
 
 def _form_amount(raw: str) -> float | None:
-    """"$100,000.50" -> 100000.5; None unless ASCII digits in that shape (no "1e3", "inf", "١٠٠")."""
+    """ "$100,000.50" -> 100000.5; None unless ASCII digits in that shape (no "1e3", "inf", "١٠٠")."""
     if not _FORM_AMOUNT.fullmatch(raw):
         return None
     return float(raw.lstrip("$").replace(",", ""))
@@ -164,8 +164,6 @@ def _to_application(model: _ApplicationModel) -> LoanApplication:
 
 
 # --- the applicant's contact answer ------------------------------------------------
-
-
 
 
 class _ContactModel(BaseModel):
@@ -185,4 +183,3 @@ def parse_json_contact(data: Any, messages: Messages) -> str:
         return _ContactModel.model_validate(data).answer
     except ValidationError:
         raise InvalidApplication({"answer": messages.validation["contact_answer"]}) from None
-

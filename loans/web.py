@@ -255,8 +255,13 @@ async def contact(workflow_id: str):
         flash(messages().errors["contact_closed"], "invalid")
         return redirect(page, code=303)
     except TemporalUnavailable:
-        return error_page(503, "Temporarily unavailable", messages().errors["contact_unavailable"],
-                          back_url=page, back_text="Back to your application")
+        return error_page(
+            503,
+            "Temporarily unavailable",
+            messages().errors["contact_unavailable"],
+            back_url=page,
+            back_text="Back to your application",
+        )
     flash(messages().contact["recorded"], "success")
     session[CONTACT_ANSWERED] = {"workflow_id": workflow_id, "answer": answer}
     return redirect(page, code=303)
@@ -272,8 +277,9 @@ def session_expired(err: CSRFError):
         return render_template("loans/form.html", values=values, errors={}, notice=notice), 400
     if request.endpoint == "pages.contact":
         page = url_for("pages.application", workflow_id=(request.view_args or {}).get("workflow_id"))
-        return error_page(400, "Session expired", messages().errors["session_expired"],
-                          back_url=page, back_text="Back to your application")
+        return error_page(
+            400, "Session expired", messages().errors["session_expired"], back_url=page, back_text="Back to your application"
+        )
     return error_page(400, err.name, err.description)
 
 
@@ -281,8 +287,9 @@ def session_expired(err: CSRFError):
 def applications():
     page = page_argument()
     records, total, page_count = service().recent(page)
-    return render_template("loans/list.html", records=records, page=page, pages=page_count, total=total,
-                           counts=service().counts())
+    return render_template(
+        "loans/list.html", records=records, page=page, pages=page_count, total=total, counts=service().counts()
+    )
 
 
 def init_app(app, service_: LoanService) -> None:

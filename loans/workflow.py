@@ -115,9 +115,7 @@ class LoanApplicationWorkflow:
         """
         workflow.deprecate_patch(VALIDATE_BESIDE_DECIDE_PATCH)
         # gather waits for both, so no step is left running when validation fails.
-        validated, decided = await asyncio.gather(
-            self._validate(submitted), self._decide(submitted), return_exceptions=True
-        )
+        validated, decided = await asyncio.gather(self._validate(submitted), self._decide(submitted), return_exceptions=True)
         if isinstance(validated, BaseException):
             raise validated
         if validated != submitted:
@@ -163,9 +161,7 @@ class LoanApplicationWorkflow:
         )
         self._stage = "decided"
         workflow.upsert_search_attributes([LOAN_DECISION.value_set(decision.decision)])
-        workflow.set_current_details(
-            f"Decision: **{decision.decision}** ({decision.reason}); amount band {request.amount_band}."
-        )
+        workflow.set_current_details(f"Decision: **{decision.decision}** ({decision.reason}); amount band {request.amount_band}.")
         return self._outcome
 
     async def _persist(self, outcome: LoanOutcome) -> None:
@@ -254,4 +250,3 @@ class LoanApplicationWorkflow:
             error=self._error,
             window_ends_at=self._window_ends_at.isoformat(),
         )
-

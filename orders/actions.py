@@ -11,8 +11,15 @@ from orders.model import FINAL_ORDER_STATUSES
 HANDED_TO_CARRIER = ("dispatching", "dispatched", "delivered")
 
 
-def available_actions(status: str, shipment_stage: str, expedited: bool, *, ending: bool = False,
-                      cancel_requested: bool = False, released: bool = False) -> list[str]:
+def available_actions(
+    status: str,
+    shipment_stage: str,
+    expedited: bool,
+    *,
+    ending: bool = False,
+    cancel_requested: bool = False,
+    released: bool = False,
+) -> list[str]:
     """The operator actions that can still take effect (orders.model.ORDER_ACTIONS), in that order.
 
     `ending`: the order is undoing what it did; `released`: it has handed the

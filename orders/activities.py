@@ -140,7 +140,12 @@ class OrderActivities(_OrderStepActivities):
         status = record.status
         for event in record.events:
             write_event(self.store, event)
-        self.store.put(ORDERS, status.order_id, dataclasses.asdict(status), sort_key=sort_key_for(status.placed_at or status.updated_at or ""))
+        self.store.put(
+            ORDERS,
+            status.order_id,
+            dataclasses.asdict(status),
+            sort_key=sort_key_for(status.placed_at or status.updated_at or ""),
+        )
 
     @activity.defn
     def validate_order(self, request: ValidateOrderRequest) -> ValidatedOrder:
@@ -257,22 +262,33 @@ class OrderActivities(_OrderStepActivities):
             with self.store.locked(PAYMENTS, key):
                 charge = self.store.get(PAYMENTS, key)
                 if charge is None:
-                    charge = {"payment_key": key, "order_id": request.step.order_id, "amount": request.amount,
-                              "status": "charged", "charged_at": utc_now(), "refunded_at": None}
+                    charge = {
+                        "payment_key": key,
+                        "order_id": request.step.order_id,
+                        "amount": request.amount,
+                        "status": "charged",
+                        "charged_at": utc_now(),
+                        "refunded_at": None,
+                    }
                     self.store.write_locked(PAYMENTS, key, charge, sort_key=key)
                     outcome = "charged"
                 else:
                     outcome = "refused" if charge["status"] == "voided" else "found"
                 self._log_request(key, attempt, request.amount, outcome)
             self._inject(request.step, "payment", attempt, self._text("declined"))
-            return ChargeResult(Payment(key, charge["amount"], charge["status"], charge["charged_at"], charge["refunded_at"]), attempt)
+            return ChargeResult(
+                Payment(key, charge["amount"], charge["status"], charge["charged_at"], charge["refunded_at"]), attempt
+            )
 
     def _log_request(self, key: str, attempt: int, amount: float, outcome: str) -> None:
         """The provider's log: the same attempt logs the same record (idempotent).
         Written under the payment key's lock (held by the caller): taking a second
         lock could pick the same lock stripe and wait on itself."""
-        self.store.write_locked(PAYMENT_REQUESTS, f"{key}.attempt-{attempt}",
-                                {"payment_key": key, "attempt": attempt, "amount": amount, "outcome": outcome, "at": utc_now()})
+        self.store.write_locked(
+            PAYMENT_REQUESTS,
+            f"{key}.attempt-{attempt}",
+            {"payment_key": key, "attempt": attempt, "amount": amount, "outcome": outcome, "at": utc_now()},
+        )
 
     @activity.defn
     def refund_payment(self, request: ChargeRequest) -> Payment | None:
@@ -284,9 +300,19 @@ class OrderActivities(_OrderStepActivities):
         with self.store.locked(PAYMENTS, key):
             charge = self.store.get(PAYMENTS, key)
             if charge is None:
-                self.store.write_locked(PAYMENTS, key, {"payment_key": key, "order_id": request.step.order_id, "amount": 0.0,
-                                                        "status": "voided", "charged_at": None, "refunded_at": utc_now()},
-                                        sort_key=key)
+                self.store.write_locked(
+                    PAYMENTS,
+                    key,
+                    {
+                        "payment_key": key,
+                        "order_id": request.step.order_id,
+                        "amount": 0.0,
+                        "status": "voided",
+                        "charged_at": None,
+                        "refunded_at": utc_now(),
+                    },
+                    sort_key=key,
+                )
                 return None
             if charge["status"] == "charged":
                 charge = {**charge, "status": "refunded", "refunded_at": utc_now()}
@@ -328,8 +354,13 @@ class ShippingActivities(_OrderStepActivities):
         # The tracking number derives from the order, so a retried dispatch books the same parcel.
         carrier = "Express Air" if request.expedited else "Ground Freight"
         tracking = "TRK" + hashlib.sha256(request.step.order_id.encode()).hexdigest()[:12].upper()
-        label = {"order_id": request.step.order_id, "carrier": carrier, "tracking_number": tracking,
-                 "address": dataclasses.asdict(request.address), "expedited": request.expedited}
+        label = {
+            "order_id": request.step.order_id,
+            "carrier": carrier,
+            "tracking_number": tracking,
+            "address": dataclasses.asdict(request.address),
+            "expedited": request.expedited,
+        }
         self.store.put(SHIPMENTS, request.step.order_id, label)
         return DispatchResult(carrier, tracking, activity.info().attempt)
 
@@ -346,4 +377,3 @@ class RewardsActivities:
     def save_rewards(self, state: RewardsState) -> None:
         """The customer's rewards projection, read by the API when the workflow is closed."""
         self.store.put(REWARDS, state.customer_id, dataclasses.asdict(state))
-

@@ -118,11 +118,18 @@ def failure_spec(spec: str) -> dict[str, Any]:
 @orders_cli.command("create")
 @click.option("--customer", required=True, help="Customer id (letters, digits, '-', '_').")
 @click.option("--email", required=True, help="The customer's email address: the order's emails go there.")
-@click.option("--item", "items", multiple=True, required=True, metavar="SKU[:QTY]", help="A product and its quantity; repeat for more.")
+@click.option(
+    "--item", "items", multiple=True, required=True, metavar="SKU[:QTY]", help="A product and its quantity; repeat for more."
+)
 @address_options
 @click.option("--expedited", is_flag=True, help="Ship with the express carrier.")
-@click.option("--fail", "failures", multiple=True, metavar="STEP[:TIMES][:permanent]",
-              help="Simulate failures of inventory, payment or shipping; repeat for more.")
+@click.option(
+    "--fail",
+    "failures",
+    multiple=True,
+    metavar="STEP[:TIMES][:permanent]",
+    help="Simulate failures of inventory, payment or shipping; repeat for more.",
+)
 @json_option
 def create_command(customer, email, items, expedited, failures, as_json, **address):
     """Place an order."""
@@ -175,8 +182,7 @@ def events_command(order_id, as_json):
 @json_option
 def approve_command(order_id, operator, as_json):
     """Approve an order that awaits review."""
-    view = cli_call(as_json, lambda: service().approve(
-        order_id, parse_json_approve({"operator": operator}, service().messages)))
+    view = cli_call(as_json, lambda: service().approve(order_id, parse_json_approve({"operator": operator}, service().messages)))
     echo_order(view, as_json)
 
 
@@ -187,8 +193,10 @@ def approve_command(order_id, operator, as_json):
 @json_option
 def cancel_command(order_id, reason, operator, as_json):
     """Cancel an order (before it is handed to the carrier); undoes what was done."""
-    view = cli_call(as_json, lambda: service().cancel(
-        order_id, parse_json_cancel({"reason": reason, "operator": operator}, service().messages)))
+    view = cli_call(
+        as_json,
+        lambda: service().cancel(order_id, parse_json_cancel({"reason": reason, "operator": operator}, service().messages)),
+    )
     echo_order(view, as_json)
 
 
@@ -198,8 +206,7 @@ def cancel_command(order_id, reason, operator, as_json):
 @json_option
 def address_command(order_id, as_json, **address):
     """Change the shipping address (before the parcel is handed to the carrier)."""
-    view = cli_call(as_json, lambda: service().change_address(
-        order_id, parse_json_address_change(address, service().messages)))
+    view = cli_call(as_json, lambda: service().change_address(order_id, parse_json_address_change(address, service().messages)))
     echo_order(view, as_json)
 
 
@@ -209,13 +216,14 @@ def echo_order(view: OrderView, as_json: bool) -> None:
         click.echo(json.dumps(order_, indent=2))
         return
     click.echo(f"Order {order_['order_id']}: {order_['status_label']} (step: {order_['step']})")
-    click.echo(f"  customer: {order_['customer_id']}   total: {money(order_['total'])}"
-               f"   expedited: {'yes' if order_['expedited'] else 'no'}")
+    click.echo(
+        f"  customer: {order_['customer_id']}   total: {money(order_['total'])}"
+        f"   expedited: {'yes' if order_['expedited'] else 'no'}"
+    )
     if order_["reason"]:
         click.echo(f"  reason: {order_['reason']}")
     reached = order_["milestones"]
-    click.echo("  milestones: " + "  ".join(
-        f"[{'x' if name in reached else ' '}] {name}" for name in ORDER_MILESTONES))
+    click.echo("  milestones: " + "  ".join(f"[{'x' if name in reached else ' '}] {name}" for name in ORDER_MILESTONES))
     if order_["attempts"]:
         click.echo("  attempts: " + ", ".join(f"{step} {count}" for step, count in order_["attempts"].items()))
     if order_["payment"]:

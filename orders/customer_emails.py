@@ -38,13 +38,19 @@ class CustomerEmails:
         try:
             if subject is None or text is None:
                 raise KeyError(f"email_{kind}")
-            request = OrderEmailRequest(self._order.order_id, kind, self.address, subject.format(**values),
-                                        text.format(**values) + (f"\n\n{after}" if after else ""))
+            request = OrderEmailRequest(
+                self._order.order_id,
+                kind,
+                self.address,
+                subject.format(**values),
+                text.format(**values) + (f"\n\n{after}" if after else ""),
+            )
         except (AttributeError, KeyError, IndexError, ValueError) as err:
             # The texts are the order's own (copied when placed): one missing or malformed
             # there is recorded, never a failed workflow task.
-            self._set_state(kind, OrderEmailState("failed", f"no usable text for the {kind} email ({err!r})",
-                                                  workflow.now().isoformat()))
+            self._set_state(
+                kind, OrderEmailState("failed", f"no usable text for the {kind} email ({err!r})", workflow.now().isoformat())
+            )
             return
         self._set_state(kind, OrderEmailState("sending", at=workflow.now().isoformat()))
         self._sending.append(asyncio.ensure_future(self._send(request)))

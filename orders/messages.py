@@ -38,7 +38,6 @@ from orders.timeline import Timeline
 BOUNDED_FAILURES_PATCH = "bounded-injected-failures"
 
 
-
 class OrderMessages:
     _order: OrderRequest
     _status: OrderStatus
@@ -134,9 +133,11 @@ class OrderMessages:
     def shipment_progress(self, progress: ShipmentProgress) -> None:
         shipment = self._status.shipment
         self._status.shipment = Shipment(
-            stage=progress.stage, carrier=progress.carrier or shipment.carrier,
+            stage=progress.stage,
+            carrier=progress.carrier or shipment.carrier,
             tracking_number=progress.tracking_number or shipment.tracking_number,
-            expedited=self._status.expedited, updated_at=progress.at,
+            expedited=self._status.expedited,
+            updated_at=progress.at,
         )
         self._status.attempts[progress.stage] = progress.attempt
         if progress.stage == "dispatched":
@@ -161,9 +162,14 @@ class OrderMessages:
 
     def _actions(self) -> list[str]:
         status = self._status
-        return available_actions(status.status, status.shipment.stage, status.expedited,
-                                 ending=self._ending_as is not None, cancel_requested=self._cancel_request is not None,
-                                 released=self._shipment.released)
+        return available_actions(
+            status.status,
+            status.shipment.stage,
+            status.expedited,
+            ending=self._ending_as is not None,
+            cancel_requested=self._cancel_request is not None,
+            released=self._shipment.released,
+        )
 
     def _refuse_unless_possible(self, action: str) -> None:
         if action in self._actions():

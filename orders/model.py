@@ -1,8 +1,5 @@
 """TODO docstring (from shared.py)."""
 
-
-
-
 from dataclasses import dataclass, field
 
 # --- orders ------------------------------------------------------------------
@@ -47,8 +44,7 @@ SHIPMENT_STAGES = ("not_started", "preparing", "prepared", "dispatching", "dispa
 MAX_FAILURES_PER_ORDER = 10
 ORDER_ACTIONS = ("approve", "cancel", "address", "expedite", "simulate-failure")
 # The emails an order sends its customer, each once (messages.json: email_<kind>, email_<kind>_subject).
-ORDER_EMAIL_KINDS = ("received", "awaiting_review", "shipped", "delivered", "cancelled", "review_expired", "rejected",
-                     "failed")
+ORDER_EMAIL_KINDS = ("received", "awaiting_review", "shipped", "delivered", "cancelled", "review_expired", "rejected", "failed")
 
 
 def order_workflow_id(order_id: str) -> str:
@@ -431,4 +427,3 @@ class RewardsInput:
     max_history_events: int
     # Awards received but not yet applied when the previous run continued as new.
     pending: list[AwardPoints] = field(default_factory=list)
-

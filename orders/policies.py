@@ -40,4 +40,3 @@ MUST_FINISH_RETRY = RetryPolicy(
     maximum_attempts=0,
 )
 BOOKKEEPING_TIMEOUT = timedelta(seconds=10)
-

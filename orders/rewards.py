@@ -91,4 +91,3 @@ class RewardsWorkflow:
 
 # Order IDs remembered per customer to count a repeated award once.
 RECENT_AWARDS_KEPT = 500
-

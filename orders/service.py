@@ -144,8 +144,7 @@ class CreatedOrder:
 
 
 class OrderService:
-    def __init__(self, settings: Settings, rules: Rules, messages: Messages, temporal: ProcessClient,
-                 store: Store):
+    def __init__(self, settings: Settings, rules: Rules, messages: Messages, temporal: ProcessClient, store: Store):
         self.settings = settings
         self.rules = rules.orders
         self.messages = messages

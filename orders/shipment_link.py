@@ -30,8 +30,7 @@ class ShipmentLink:
     def done(self) -> bool:
         return self.handle is not None and self.handle.done()
 
-    async def start(self, request: ShippingRequest, workflow_id: str, task_queue: str,
-                    on_cancel: Callable[[], None]) -> None:
+    async def start(self, request: ShippingRequest, workflow_id: str, task_queue: str, on_cancel: Callable[[], None]) -> None:
         """The start runs to its end even if the order is cancelled meanwhile, so a
         started shipment always has a handle to be stopped by."""
         self.handle = await uninterrupted(

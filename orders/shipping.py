@@ -78,8 +78,11 @@ class ShippingWorkflow:
     async def _prepare_and_wait_for_pickup(self) -> DispatchPermit | None:
         """None when stopped before dispatch."""
         prepare = self._preparing = workflow.start_activity_method(
-            ShippingActivities.prepare_package, self._step_request(), start_to_close_timeout=ORDER_STEP_TIMEOUT,
-            retry_policy=ORDER_STEP_RETRY, summary="Prepare package",
+            ShippingActivities.prepare_package,
+            self._step_request(),
+            start_to_close_timeout=ORDER_STEP_TIMEOUT,
+            retry_policy=ORDER_STEP_RETRY,
+            summary="Prepare package",
         )
         await workflow.wait_condition(lambda: prepare.done() or self._stop_requested)
         if not prepare.done():
@@ -89,7 +92,8 @@ class ShippingWorkflow:
         # Until the carrier collects the parcel, the order can still change or be cancelled.
         try:
             await workflow.wait_condition(
-                lambda: self._stop_requested, timeout=timedelta(seconds=self._request.timing.prepare_seconds),
+                lambda: self._stop_requested,
+                timeout=timedelta(seconds=self._request.timing.prepare_seconds),
                 timeout_summary="Awaiting carrier pickup",
             )
         except asyncio.TimeoutError:
@@ -105,7 +109,9 @@ class ShippingWorkflow:
         self._expedited = self._expedited or permit.expedited
         dispatch = await self._must_finish(ShippingActivities.dispatch_carrier, "Dispatch carrier")
         await self._report(
-            ShipmentProgress("dispatched", dispatch.attempt, workflow.now().isoformat(), dispatch.carrier, dispatch.tracking_number)
+            ShipmentProgress(
+                "dispatched", dispatch.attempt, workflow.now().isoformat(), dispatch.carrier, dispatch.tracking_number
+            )
         )
         dispatched_at = workflow.now()
         while True:
@@ -137,8 +143,11 @@ class ShippingWorkflow:
         """Steps after dispatch: the parcel is with the carrier, so they retry until done. Local
         activities (milliseconds, nothing stops them), in the shipment's own workflow tasks."""
         return await workflow.execute_local_activity_method(
-            activity, self._step_request(), start_to_close_timeout=ORDER_STEP_TIMEOUT,
-            retry_policy=MUST_FINISH_RETRY, summary=summary,
+            activity,
+            self._step_request(),
+            start_to_close_timeout=ORDER_STEP_TIMEOUT,
+            retry_policy=MUST_FINISH_RETRY,
+            summary=summary,
         )
 
     async def _report(self, progress: ShipmentProgress) -> None:
@@ -166,4 +175,3 @@ class ShippingWorkflow:
     @workflow.signal
     def inject_failure(self, failure: FailureInjection) -> None:
         self._failures.append(failure)
-

@@ -34,8 +34,13 @@ from orders.policies import (
 
 
 class OrderSteps:
-    def __init__(self, order: OrderRequest, failures: list[FailureInjection], cancel_requested: Callable[[], bool],
-                 on_temporal_cancel: Callable[[], None]):
+    def __init__(
+        self,
+        order: OrderRequest,
+        failures: list[FailureInjection],
+        cancel_requested: Callable[[], bool],
+        on_temporal_cancel: Callable[[], None],
+    ):
         self._order = order
         self._failures = failures  # shared with the workflow: injected failures reach later steps
         self._cancel_requested = cancel_requested
@@ -69,15 +74,21 @@ class OrderSteps:
 
     async def release(self, request: InventoryRequest) -> bool:
         released = await workflow.execute_activity_method(
-            OrderActivities.release_inventory, request, start_to_close_timeout=ORDER_STEP_TIMEOUT,
-            retry_policy=MUST_FINISH_RETRY, summary="Compensate: release inventory",
+            OrderActivities.release_inventory,
+            request,
+            start_to_close_timeout=ORDER_STEP_TIMEOUT,
+            retry_policy=MUST_FINISH_RETRY,
+            summary="Compensate: release inventory",
         )
         return released.changed
 
     async def refund(self, request: ChargeRequest) -> Payment | None:
         return await workflow.execute_activity_method(
-            OrderActivities.refund_payment, request, start_to_close_timeout=ORDER_STEP_TIMEOUT,
-            retry_policy=MUST_FINISH_RETRY, summary="Compensate: refund payment",
+            OrderActivities.refund_payment,
+            request,
+            start_to_close_timeout=ORDER_STEP_TIMEOUT,
+            retry_policy=MUST_FINISH_RETRY,
+            summary="Compensate: refund payment",
         )
 
     async def notify(self, kind: str, message: str) -> None:
@@ -85,5 +96,7 @@ class OrderSteps:
         await workflow.execute_local_activity_method(
             OrderActivities.notify_customer,
             NotificationRequest(self._order.order_id, self._order.customer_id, kind, message),
-            start_to_close_timeout=BOOKKEEPING_TIMEOUT, retry_policy=MUST_FINISH_RETRY, summary=f"Notify customer: {kind}",
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=MUST_FINISH_RETRY,
+            summary=f"Notify customer: {kind}",
         )

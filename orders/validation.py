@@ -179,8 +179,9 @@ def _order_error_text(loc: tuple, kind: str, fallback: str, messages: Messages) 
     return fallback
 
 
-def _validated(model: type[BaseModel], data: Any, messages: Messages, *, catalog: Collection[str] = (),
-               body_field: str = "body") -> Any:
+def _validated(
+    model: type[BaseModel], data: Any, messages: Messages, *, catalog: Collection[str] = (), body_field: str = "body"
+) -> Any:
     """Validate strictly; every error is keyed by its path ("items.0.sku") and has its text."""
     if not isinstance(data, dict):
         raise InvalidOrder({body_field: messages.errors["not_object"]})
@@ -381,4 +382,3 @@ def parse_idempotency_key(raw: str | None, messages: Messages) -> str | None:
     if not _IDEMPOTENCY_KEY.fullmatch(raw):
         raise InvalidOrder({"Idempotency-Key": messages.orders["idempotency_key"]})
     return raw
-

@@ -168,13 +168,15 @@ async def create_order():
 def list_orders():
     page = page_argument()
     orders, total, pages = service().recent(page)
-    return jsonify({
-        "orders": [order_json(OrderView(order, "store")) for order in orders],
-        "page": page,
-        "pages": pages,
-        "total": total,
-        "counts": service().counts(),
-    })
+    return jsonify(
+        {
+            "orders": [order_json(OrderView(order, "store")) for order in orders],
+            "page": page,
+            "pages": pages,
+            "total": total,
+            "counts": service().counts(),
+        }
+    )
 
 
 @orders_api.get("/orders/<order_id>")
@@ -295,8 +297,13 @@ def flashed_done(order_id: str) -> dict | None:
     return {"kind": "success", "title": done[-1]["title"], "text": done[-1]["text"]}
 
 
-async def render_tracker(order_id: str, notice: dict | None = None, errors: dict[str, str] | None = None,
-                         values: dict[str, str] | None = None, status_code: int = 200):
+async def render_tracker(
+    order_id: str,
+    notice: dict | None = None,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+    status_code: int = 200,
+):
     try:
         view = await service().status(order_id)
         timeline = await service().events(order_id)

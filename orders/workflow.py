@@ -66,7 +66,6 @@ RETIRED_PATCHES = (
 # `bounded-injected-failures` (orders/messages.py) is retired the same way.
 
 
-
 @workflow.defn(sandboxed=False)
 class OrderWorkflow(OrderMessages):
     """The rule for every exit: until the order releases the parcel to the
@@ -91,8 +90,9 @@ class OrderWorkflow(OrderMessages):
         self._shipment = ShipmentLink()
         self._timeline = Timeline(self._status, self._actions)
         self._emails = CustomerEmails(order, self._status, self._timeline)
-        self._steps = OrderSteps(order, self._failures, lambda: self._cancel_request is not None,
-                                 self._cancelled_through_temporal)
+        self._steps = OrderSteps(
+            order, self._failures, lambda: self._cancel_request is not None, self._cancelled_through_temporal
+        )
 
     @workflow.run
     async def run(self, order: OrderRequest) -> OrderStatus:
@@ -129,8 +129,9 @@ class OrderWorkflow(OrderMessages):
         self._begin("validate")
         request = ValidateOrderRequest(self._steps.request(), self._order.lines, self._status.address)
         try:
-            validated = await self._steps.run(OrderActivities.validate_order, request,
-                                              summary="Validate: products, quantities, address, order total")
+            validated = await self._steps.run(
+                OrderActivities.validate_order, request, summary="Validate: products, quantities, address, order total"
+            )
         except ActivityError as err:
             raise refusal_as_stop(err, INVALID_ORDER, "rejected")
         self._status.lines, self._status.total = validated.lines, validated.total
@@ -167,8 +168,9 @@ class OrderWorkflow(OrderMessages):
         await self._timeline.record()
         self._emails.start("awaiting_review", total=f"${validated.total:,.2f}", minutes=minutes)
         try:
-            await workflow.wait_condition(lambda: self._status.approved or self._cancel_request is not None,
-                                          timeout=sla, timeout_summary="Review SLA")
+            await workflow.wait_condition(
+                lambda: self._status.approved or self._cancel_request is not None, timeout=sla, timeout_summary="Review SLA"
+            )
         except asyncio.TimeoutError:
             pass
         self._check_cancelled()
@@ -183,8 +185,9 @@ class OrderWorkflow(OrderMessages):
         request = ChargeRequest(self._steps.request(), validated.total)
         self._undos.push("refund payment", lambda: self._refund(request))
         try:
-            result = await self._steps.run(OrderActivities.charge_payment, request,
-                                           summary=f"Charge payment {validated.total:,.2f}")
+            result = await self._steps.run(
+                OrderActivities.charge_payment, request, summary=f"Charge payment {validated.total:,.2f}"
+            )
         except ActivityError as err:
             raise refusal_as_stop(err, PAYMENT_DECLINED, "failed")
         self._status.payment = result.payment
@@ -198,13 +201,19 @@ class OrderWorkflow(OrderMessages):
         self._begin("ship")
         self._status.status = "shipping"
         request = ShippingRequest(
-            order_id=self._order.order_id, parent_workflow_id=workflow.info().workflow_id,
-            address=self._status.address, expedited=self._status.expedited, timing=self._order.shipping,
-            failures=list(self._failures), policy=self._order.policy, order_releases_dispatch=True,
+            order_id=self._order.order_id,
+            parent_workflow_id=workflow.info().workflow_id,
+            address=self._status.address,
+            expedited=self._status.expedited,
+            timing=self._order.shipping,
+            failures=list(self._failures),
+            policy=self._order.policy,
+            order_releases_dispatch=True,
         )
         self._undos.push("stop shipment", self._stop_shipment)
-        await self._shipment.start(request, shipping_workflow_id(self._order.order_id),
-                                   self._order.shipping_task_queue, self._cancelled_through_temporal)
+        await self._shipment.start(
+            request, shipping_workflow_id(self._order.order_id), self._order.shipping_task_queue, self._cancelled_through_temporal
+        )
         self._timeline.event("step", "Shipping started")
         await self._timeline.record()
         shipment = self._shipment
@@ -238,8 +247,10 @@ class OrderWorkflow(OrderMessages):
         # An activity, not a local one: it calls the Temporal server, which can be slow, and a local
         # activity holds the order's workflow task (an operator's message would wait for it).
         await workflow.execute_activity_method(
-            OrderActivities.award_rewards, AwardRequest(self._order.customer_id, self._order.order_id, points),
-            start_to_close_timeout=ORDER_STEP_TIMEOUT, retry_policy=MUST_FINISH_RETRY,
+            OrderActivities.award_rewards,
+            AwardRequest(self._order.customer_id, self._order.order_id, points),
+            start_to_close_timeout=ORDER_STEP_TIMEOUT,
+            retry_policy=MUST_FINISH_RETRY,
             summary=f"Award {points} reward points",
         )
         self._status.points_awarded = points
@@ -305,8 +316,7 @@ class OrderWorkflow(OrderMessages):
     async def _stop_shipment(self) -> bool:
         outcome = await self._shipment.stop()
         if isinstance(outcome, Shipment):
-            self._status.shipment = dataclasses.replace(self._status.shipment, stage=outcome.stage,
-                                                        updated_at=outcome.updated_at)
+            self._status.shipment = dataclasses.replace(self._status.shipment, stage=outcome.stage, updated_at=outcome.updated_at)
         return outcome is not None
 
     def _shipment_ended(self, outcome: Shipment | BaseException) -> OrderStopped:

@@ -208,8 +208,9 @@ class WorkerProcess:
         self.process = subprocess.Popen(
             [sys.executable, str(HERE / "worker.py")], env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=HERE
         )
-        wait_until(lambda: b"polling task queue" in log_path.read_bytes() or self.process.poll() is not None,
-                   what="the worker to start")
+        wait_until(
+            lambda: b"polling task queue" in log_path.read_bytes() or self.process.poll() is not None, what="the worker to start"
+        )
         assert self.process.poll() is None, log_path.read_text()
 
     def kill(self) -> None:
@@ -242,8 +243,9 @@ def start_worker(dev_server: WorkflowEnvironment, tmp_path: Path) -> Iterator[Ca
     workers: list[WorkerProcess] = []
 
     def start(settings: Settings) -> WorkerProcess:
-        worker = WorkerProcess(settings, dev_server.client.service_client.config.target_host,
-                               tmp_path / f"worker-{len(workers)}.log")
+        worker = WorkerProcess(
+            settings, dev_server.client.service_client.config.target_host, tmp_path / f"worker-{len(workers)}.log"
+        )
         workers.append(worker)
         return worker
 
@@ -274,7 +276,10 @@ def gunicorn(settings: Settings, address: str, log: Path, workers: int = 2):
     with open(log, "wb") as out:
         server = subprocess.Popen(
             [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "starter:create_app()"],
-            cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=HERE,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
 
@@ -346,8 +351,16 @@ ADDRESS = {"name": "Ada Lovelace", "street": "12 Analytical Way", "city": "Londo
 
 # Headless, and quiet on the network: without the background-networking flags
 # Chromium calls home at start, which a closed network refuses.
-BROWSER_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = HERE / "test-artifacts" / "screenshots"
 NO_BROWSER = "no browser for the browser tests"
@@ -379,8 +392,7 @@ async def browser():
             if os.environ.get("REQUIRE_BROWSER") == "1":
                 pytest.fail(f"REQUIRE_BROWSER=1 and {message}", pytrace=False)
             pytest.skip(message)
-        chromium = await playwright.chromium.launch(
-            executable_path=str(executable) if executable else None, args=BROWSER_ARGS)
+        chromium = await playwright.chromium.launch(executable_path=str(executable) if executable else None, args=BROWSER_ARGS)
         yield chromium
         await chromium.close()
 
@@ -425,6 +437,7 @@ def pytest_runtest_makereport(item, call):
 async def plain_history_json(history: WorkflowHistory, codec) -> str:
     """The history as JSON with every payload decrypted: committed histories are plain, so they
     replay under any key (the session's key is random)."""
+
     async def decrypt(message) -> None:
         for field, value in message.ListFields():
             if field.message_type is None:

@@ -73,8 +73,15 @@ class Figures:
 
     @property
     def ok(self) -> bool:
-        return (self.accepted > 0 and self.lost == 0 and self.duplicated == 0 and self.torn == 0
-                and self.decided == self.accepted and not self.order_problems and self.orders_final == self.orders)
+        return (
+            self.accepted > 0
+            and self.lost == 0
+            and self.duplicated == 0
+            and self.torn == 0
+            and self.decided == self.accepted
+            and not self.order_problems
+            and self.orders_final == self.orders
+        )
 
 
 class Process:
@@ -87,8 +94,9 @@ class Process:
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(self.command, env=self.env, cwd=HERE, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            self.command, env=self.env, cwd=HERE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
 
     def kill(self) -> None:
@@ -136,18 +144,47 @@ class Stack:
         }
         logs = root / "logs"
         logs.mkdir(exist_ok=True)
-        self.temporal = Process("temporal", [
-            str(BIN / "temporal"), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(self.temporal_port),
-            "--headless", "--db-filename", str(self.data_dir / "temporal.db"),
-            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
-            "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
-            "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
-            "--search-attribute", "LoanDecision=Keyword", "--search-attribute", "LoanAmountBand=Keyword",
-            "--log-level", "error"], self.env, logs)
-        self.workers = [Process(f"worker-{n}", [sys.executable, str(HERE / "worker.py")],
-                                {**self.env, "WORKER_IDENTITY": f"chaos-worker-{n}"}, logs) for n in range(workers)]
-        self.web = Process("web", [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "starter:create_app()"],
-                           self.env, logs)
+        self.temporal = Process(
+            "temporal",
+            [
+                str(BIN / "temporal"),
+                "server",
+                "start-dev",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(self.temporal_port),
+                "--headless",
+                "--db-filename",
+                str(self.data_dir / "temporal.db"),
+                "--sqlite-pragma",
+                "journal_mode=wal",
+                "--sqlite-pragma",
+                "synchronous=normal",
+                "--dynamic-config-value",
+                "matching.numTaskqueueReadPartitions=1",
+                "--dynamic-config-value",
+                "matching.numTaskqueueWritePartitions=1",
+                "--search-attribute",
+                "LoanDecision=Keyword",
+                "--search-attribute",
+                "LoanAmountBand=Keyword",
+                "--log-level",
+                "error",
+            ],
+            self.env,
+            logs,
+        )
+        self.workers = [
+            Process(
+                f"worker-{n}",
+                [sys.executable, str(HERE / "worker.py")],
+                {**self.env, "WORKER_IDENTITY": f"chaos-worker-{n}"},
+                logs,
+            )
+            for n in range(workers)
+        ]
+        self.web = Process("web", [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "starter:create_app()"], self.env, logs)
         self.base_url = f"http://127.0.0.1:{self.web_port}"
 
     def start(self) -> None:
@@ -198,10 +235,17 @@ class Clients:
 
     async def apply(self, http: httpx.AsyncClient, n: int) -> None:
         email = f"chaos-{self.run_id}-{n}@example.com"
-        profile = self.random.choice([(50_000, 750, 150_000), (45_000, 700, 100_000), (30_000, 650, 80_000),
-                                      (30_000, 550, 80_000)])
-        body = {"name": f"Chaos Applicant {n}", "email": email, "loan_amount": profile[0], "credit_score": profile[1],
-                "annual_income": profile[2], "has_bankruptcy": False}
+        profile = self.random.choice(
+            [(50_000, 750, 150_000), (45_000, 700, 100_000), (30_000, 650, 80_000), (30_000, 550, 80_000)]
+        )
+        body = {
+            "name": f"Chaos Applicant {n}",
+            "email": email,
+            "loan_amount": profile[0],
+            "credit_score": profile[1],
+            "annual_income": profile[2],
+            "has_bankruptcy": False,
+        }
         response = await self.request(http, "POST", "/api/evaluate", json=body)
         if response is not None and response.status_code in (200, 202, 409):
             self.emails.append(email)  # accepted now, or by an earlier try whose answer was lost
@@ -211,11 +255,13 @@ class Clients:
     async def order(self, http: httpx.AsyncClient, n: int) -> None:
         kind = n % 4  # auto-approved; needs review (approved); payment fails twice; cancelled once charged
         sku, quantity = ("LP-140", 1) if kind == 1 else ("CB-010", 1)
-        body = {"customer_id": f"chaos-{self.run_id}", "customer_email": "chaos@example.com",
-                "items": [{"sku": sku, "quantity": quantity}],
-                "address": {"name": "Chaos", "street": "1 Fault Line", "city": "Crashville", "postal_code": "C9",
-                            "country": "UK"},
-                "failures": [{"step": "payment", "times": 2}] if kind == 2 else []}
+        body = {
+            "customer_id": f"chaos-{self.run_id}",
+            "customer_email": "chaos@example.com",
+            "items": [{"sku": sku, "quantity": quantity}],
+            "address": {"name": "Chaos", "street": "1 Fault Line", "city": "Crashville", "postal_code": "C9", "country": "UK"},
+            "failures": [{"step": "payment", "times": 2}] if kind == 2 else [],
+        }
         headers = {**self.operator, "Idempotency-Key": f"chaos-{self.run_id}-{n}"}
         response = await self.request(http, "POST", "/api/orders", json=body, headers=headers)
         if response is None:
@@ -232,11 +278,11 @@ class Clients:
             order = status.json()
             if order["status"] in ("completed", "cancelled", "rejected", "failed"):
                 return
-            ready = order["status"] == "awaiting_review" if action[2] == "awaiting_review" else (
-                "charged" in order["milestones"])
+            ready = order["status"] == "awaiting_review" if action[2] == "awaiting_review" else ("charged" in order["milestones"])
             if ready:
-                done = await self.request(http, "POST", f"/api/orders/{order_id}/{action[0]}", json=action[1],
-                                          headers=self.operator)
+                done = await self.request(
+                    http, "POST", f"/api/orders/{order_id}/{action[0]}", json=action[1], headers=self.operator
+                )
                 if done is not None and done.status_code in (200, 409):  # 409: too late, or done by a lost try
                     return
             await asyncio.sleep(0.2)
@@ -258,8 +304,9 @@ class Clients:
             await asyncio.gather(*(paced(index, job) for index, job in enumerate(jobs)))
 
 
-async def inject_faults(stack: Stack, clients: Clients, figures: Figures, worker_kills: int, stop: asyncio.Event,
-                        duration: float) -> None:
+async def inject_faults(
+    stack: Stack, clients: Clients, figures: Figures, worker_kills: int, stop: asyncio.Event, duration: float
+) -> None:
     """kill -9 evenly over the load: the workers (one at a time), the dev server and the web app among them."""
     plan = [("worker", n % len(stack.workers)) for n in range(worker_kills)]
     plan.insert(len(plan) // 2, ("temporal", 0))
@@ -271,8 +318,7 @@ async def inject_faults(stack: Stack, clients: Clients, figures: Figures, worker
             return  # the load finished first
         except TimeoutError:
             pass
-        process = {"worker": stack.workers[index] if stack.workers else None, "temporal": stack.temporal,
-                   "web": stack.web}[kind]
+        process = {"worker": stack.workers[index] if stack.workers else None, "temporal": stack.temporal, "web": stack.web}[kind]
         if process is None:
             continue
         killed_at = time.monotonic()
@@ -333,8 +379,7 @@ async def check(stack: Stack, clients: Clients, figures: Figures, settle_seconds
 
     # The stack's own key, passed explicitly: this process's environment is not the stack's.
     codec = EncryptionCodec(parse_payload_key(stack.env["PAYLOAD_KEY"], "PAYLOAD_KEY"))
-    client = await connect_temporal(target_host=stack.env["TEMPORAL_ADDRESS"],
-                                    data_converter=payload_data_converter(codec))
+    client = await connect_temporal(target_host=stack.env["TEMPORAL_ADDRESS"], data_converter=payload_data_converter(codec))
     problems: list[str] = []
     for order_id in clients.order_ids:
         while True:
@@ -348,8 +393,9 @@ async def check(stack: Stack, clients: Clients, figures: Figures, settle_seconds
     figures.order_problems = problems
 
 
-async def run(root: Path, loans: int, orders: int, worker_kills: int, concurrency: int, seed: int,
-              time_limit: float, duration: float) -> Figures:
+async def run(
+    root: Path, loans: int, orders: int, worker_kills: int, concurrency: int, seed: int, time_limit: float, duration: float
+) -> Figures:
     figures = Figures()
     stack = Stack(root)
     stack.start()
@@ -381,8 +427,9 @@ def main() -> None:
 
     root = args.root or Path(tempfile.mkdtemp(prefix="chaos-"))
     started = time.monotonic()
-    figures = asyncio.run(run(root, args.loans, args.orders, args.worker_kills, args.concurrency, args.seed,
-                              args.time_limit, args.duration))
+    figures = asyncio.run(
+        run(root, args.loans, args.orders, args.worker_kills, args.concurrency, args.seed, args.time_limit, args.duration)
+    )
     print(f"chaos run in {root} ({time.monotonic() - started:.0f} s)")
     for line in figures.lines():
         print("  " + line)

@@ -44,7 +44,9 @@ async def order_problems(client: Client, store: Store, order_id: str) -> list[st
     problems = []
     if execution != WorkflowExecutionStatus.COMPLETED:
         held = [what for what, held in (("money", charged), ("stock", reserved)) if held]
-        problems.append(f"workflow {execution.name if execution else 'unknown'}" + (f" holding {' and '.join(held)}" if held else ""))
+        problems.append(
+            f"workflow {execution.name if execution else 'unknown'}" + (f" holding {' and '.join(held)}" if held else "")
+        )
         return [f"order {order_id}: {p}" for p in problems]
     status: OrderStatus = await handle.result()
     delivered = status.status == "completed"
@@ -58,7 +60,9 @@ async def order_problems(client: Client, store: Store, order_id: str) -> list[st
         problems.append(f"completed without charge, reservation or delivery (payment {payment}, reservation {reservation})")
     if not delivered and (status.shipment.stage in ("dispatched", "delivered") or store.get(SHIPMENTS, order_id)):
         problems.append(f"{status.status} but the parcel went to the carrier")
-    charges = [r for r in store.list_all(PAYMENT_REQUESTS) if r["payment_key"] == payment_key(order_id) and r["outcome"] == "charged"]
+    charges = [
+        r for r in store.list_all(PAYMENT_REQUESTS) if r["payment_key"] == payment_key(order_id) and r["outcome"] == "charged"
+    ]
     if len(charges) > 1:
         problems.append(f"charged {len(charges)} times")
     stored = store.get(ORDERS, order_id)

@@ -55,8 +55,18 @@ def init(data: Path, fsync: bool = True) -> None:
     data.chmod(0o700)
     _hand_over(data)
     socket_dir = data / "socket"
-    args = [str(binaries / "initdb"), "-D", str(data / "cluster"), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-            "--no-instructions"]
+    args = [
+        str(binaries / "initdb"),
+        "-D",
+        str(data / "cluster"),
+        "-U",
+        "postgres",
+        "-A",
+        "trust",
+        "-E",
+        "UTF8",
+        "--no-instructions",
+    ]
     if not fsync:
         args.append("--no-sync")
     subprocess.run(_as_server_user(args), check=True, capture_output=True)
@@ -65,8 +75,16 @@ def init(data: Path, fsync: bool = True) -> None:
 
 
 def server_options(data: Path, port: int, fsync: bool = True) -> list[str]:
-    options = ["-c", f"port={port}", "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data / 'socket'}",
-               "-c", "max_connections=200"]
+    options = [
+        "-c",
+        f"port={port}",
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        f"unix_socket_directories={data / 'socket'}",
+        "-c",
+        "max_connections=200",
+    ]
     # Tests turn fsync off (the machine does not crash under them), never synchronous_commit:
     # `pg_ctl stop -m immediate` would lose commits still in the WAL buffers.
     return options + ([] if fsync else ["-c", "fsync=off", "-c", "full_page_writes=off"])
@@ -75,14 +93,33 @@ def server_options(data: Path, port: int, fsync: bool = True) -> list[str]:
 def start(data: Path, port: int, fsync: bool = True) -> None:
     """Start in the background (pg_ctl), waiting until it accepts connections."""
     options = " ".join(server_options(data, port, fsync))
-    subprocess.run(_as_server_user([str(binaries() / "pg_ctl"), "-D", str(data / "cluster"), "-o", options,
-                                    "-l", str(data / "server.log"), "-w", "-t", "60", "start"]),
-                   check=True, capture_output=True)
+    subprocess.run(
+        _as_server_user(
+            [
+                str(binaries() / "pg_ctl"),
+                "-D",
+                str(data / "cluster"),
+                "-o",
+                options,
+                "-l",
+                str(data / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
 
 
 def stop(data: Path, mode: str = "fast") -> None:
-    subprocess.run(_as_server_user([str(binaries() / "pg_ctl"), "-D", str(data / "cluster"), "-m", mode, "-w", "stop"]),
-                   check=True, capture_output=True)
+    subprocess.run(
+        _as_server_user([str(binaries() / "pg_ctl"), "-D", str(data / "cluster"), "-m", mode, "-w", "stop"]),
+        check=True,
+        capture_output=True,
+    )
 
 
 def url(data: Path, port: int, database: str = "postgres") -> str:
@@ -93,8 +130,10 @@ def run(data: Path, port: int) -> None:
     """Initialise if needed, then become the server in the foreground (for a supervisor)."""
     if not (data / "cluster" / "PG_VERSION").exists():
         init(data)
-    os.execvp(_as_server_user(["x"])[0], _as_server_user([str(binaries() / "postgres"), "-D", str(data / "cluster"),
-                                                          *server_options(data, port)]))
+    os.execvp(
+        _as_server_user(["x"])[0],
+        _as_server_user([str(binaries() / "postgres"), "-D", str(data / "cluster"), *server_options(data, port)]),
+    )
 
 
 def wait(database_url: str, timeout: float = 60.0) -> None:

@@ -29,8 +29,10 @@ from orders.workflow import OrderWorkflow
 async def replay(paths: list[Path]) -> int:
     # The app's converter: encrypted histories decrypt with PAYLOAD_KEY; plain ones pass through.
     # Each history replays on the workflow class of its type; all four run unsandboxed.
-    replayer = Replayer(workflows=[LoanApplicationWorkflow, OrderWorkflow, ShippingWorkflow, RewardsWorkflow],
-                        data_converter=payload_data_converter())
+    replayer = Replayer(
+        workflows=[LoanApplicationWorkflow, OrderWorkflow, ShippingWorkflow, RewardsWorkflow],
+        data_converter=payload_data_converter(),
+    )
     failed = 0
     for path in paths:
         history = WorkflowHistory.from_json(path.stem, path.read_text())

@@ -44,8 +44,7 @@ def no_fsync():
 
 def fill(store, collection: str, start: int, stop: int) -> None:
     for n in range(start, stop):
-        store.put(collection, f"rec-{n:07d}", {"n": n, "decision": DECISIONS[n % 4], "pad": "x" * 200},
-                  sort_key=f"{n:010d}")
+        store.put(collection, f"rec-{n:07d}", {"n": n, "decision": DECISIONS[n % 4], "pad": "x" * 200}, sort_key=f"{n:010d}")
 
 
 def median_ms(action, runs: int = 50) -> float:
@@ -75,8 +74,10 @@ def measure(name: str, store, collection: str, sizes: list[int], fast_fill) -> l
         assert total == size and page[0]["n"] == size - 1, (total, page[0]["n"])
         assert sum(store.count_by(collection, "decision").values()) == size
         rows.append((name, size, first, middle, counts))
-        print(f"{name:10} {size:>8,} records: first page {first:7.3f} ms, middle page {middle:7.3f} ms, "
-              f"count_by {counts:7.3f} ms", flush=True)
+        print(
+            f"{name:10} {size:>8,} records: first page {first:7.3f} ms, middle page {middle:7.3f} ms, count_by {counts:7.3f} ms",
+            flush=True,
+        )
     return rows
 
 
@@ -99,20 +100,25 @@ def measure_writes(count: int, folder: str) -> None:
             fsyncs.clear()
             for n in range(count):
                 began = time.perf_counter()
-                store.put("bench", f"rec-{n:07d}", {"n": n, "decision": DECISIONS[n % 4], "pad": "x" * 1200},
-                          sort_key=f"{n:010d}")
+                store.put(
+                    "bench", f"rec-{n:07d}", {"n": n, "decision": DECISIONS[n % 4], "pad": "x" * 1200}, sort_key=f"{n:010d}"
+                )
                 times.append(time.perf_counter() - began)
-        print(f"put, {label:34} p50 {statistics.median(times) * 1000:6.2f} ms  p95 {percentile_ms(times, 95):6.2f} ms"
-              f"  fsync calls per put {len(fsyncs) / count:.1f}", flush=True)
+        print(
+            f"put, {label:34} p50 {statistics.median(times) * 1000:6.2f} ms  p95 {percentile_ms(times, 95):6.2f} ms"
+            f"  fsync calls per put {len(fsyncs) / count:.1f}",
+            flush=True,
+        )
     files = os.path.join(folder, "fsync-test")
     os.makedirs(files)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        for label, sync in (("one after another", lambda fds: list(map(os.fsync, fds))),
-                            ("all at once (threads)", lambda fds: list(pool.map(os.fsync, fds)))):
+        for label, sync in (
+            ("one after another", lambda fds: list(map(os.fsync, fds))),
+            ("all at once (threads)", lambda fds: list(pool.map(os.fsync, fds))),
+        ):
             times = []
             for n in range(count):
-                fds = [os.open(os.path.join(files, f"{label[:3]}-{n}-{i}"), os.O_WRONLY | os.O_CREAT, 0o600)
-                       for i in range(5)]
+                fds = [os.open(os.path.join(files, f"{label[:3]}-{n}-{i}"), os.O_WRONLY | os.O_CREAT, 0o600) for i in range(5)]
                 for fd in fds:
                     os.write(fd, b"x" * 300)
                 began = time.perf_counter()
@@ -120,8 +126,11 @@ def measure_writes(count: int, folder: str) -> None:
                 times.append(time.perf_counter() - began)
                 for fd in fds:
                     os.close(fd)
-            print(f"5 new files fsynced {label:23} p50 {statistics.median(times) * 1000:6.2f} ms"
-                  f"  p95 {percentile_ms(times, 95):6.2f} ms", flush=True)
+            print(
+                f"5 new files fsynced {label:23} p50 {statistics.median(times) * 1000:6.2f} ms"
+                f"  p95 {percentile_ms(times, 95):6.2f} ms",
+                flush=True,
+            )
     creates, syncs = [], []
     for n in range(count):
         began = time.perf_counter()
@@ -132,8 +141,11 @@ def measure_writes(count: int, folder: str) -> None:
         os.fsync(fd)
         syncs.append(time.perf_counter() - began)
         os.close(fd)
-    print(f"creating one new file                       p50 {statistics.median(creates) * 1000:6.2f} ms;"
-          f" fsyncing it p50 {statistics.median(syncs) * 1000:6.2f} ms", flush=True)
+    print(
+        f"creating one new file                       p50 {statistics.median(creates) * 1000:6.2f} ms;"
+        f" fsyncing it p50 {statistics.median(syncs) * 1000:6.2f} ms",
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -56,8 +56,9 @@ def json_records(root: Path) -> Iterator[tuple[str, str, dict, bool]]:
 
 def postgres_records(store) -> Iterator[tuple[str, str, dict, bool]]:
     with store.pool.connection() as connection:
-        rows = connection.execute("SELECT collection, key, doc, seq IS NOT NULL FROM documents"
-                                  " ORDER BY collection, seq NULLS LAST, key").fetchall()
+        rows = connection.execute(
+            "SELECT collection, key, doc, seq IS NOT NULL FROM documents ORDER BY collection, seq NULLS LAST, key"
+        ).fetchall()
     yield from rows
 
 

@@ -54,36 +54,78 @@ def ready(url: str) -> bool:
 
 def start_dev_server(folder: Path, port: int, processes: list) -> str:
     log = open(folder / "temporal.log", "wb")
-    processes.append(subprocess.Popen(
-        [str(BIN / "temporal"), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--ui-port",
-         str(free_port()), "--db-filename", str(folder / "temporal.db"), "--sqlite-pragma", "journal_mode=wal",
-         "--sqlite-pragma", "synchronous=normal", "--dynamic-config-value", "history.shardIOConcurrency=8",
-         "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
-         "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
-         "--search-attribute", "LoanDecision=Keyword", "--search-attribute", "LoanAmountBand=Keyword",
-         "--log-level", "error"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    processes.append(
+        subprocess.Popen(
+            [
+                str(BIN / "temporal"),
+                "server",
+                "start-dev",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--ui-port",
+                str(free_port()),
+                "--db-filename",
+                str(folder / "temporal.db"),
+                "--sqlite-pragma",
+                "journal_mode=wal",
+                "--sqlite-pragma",
+                "synchronous=normal",
+                "--dynamic-config-value",
+                "history.shardIOConcurrency=8",
+                "--dynamic-config-value",
+                "matching.numTaskqueueReadPartitions=1",
+                "--dynamic-config-value",
+                "matching.numTaskqueueWritePartitions=1",
+                "--search-attribute",
+                "LoanDecision=Keyword",
+                "--search-attribute",
+                "LoanAmountBand=Keyword",
+                "--log-level",
+                "error",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    )
     return f"127.0.0.1:{port}"
 
 
 def start_stack(name: str, folder: Path, temporal: str, env: dict, processes: list) -> str:
     """A worker and the web app for one store; the app's URL."""
     web_port = free_port()
-    env = {**env, "DATA_DIR": str(folder / name), "TEMPORAL_ADDRESS": temporal, "WEB_PORT": str(web_port),
-           "LOAN_TASK_QUEUE": f"bench-{name}-{uuid.uuid4().hex[:8]}", "ORDER_TASK_QUEUE": f"bench-orders-{name}",
-           "SHIPPING_TASK_QUEUE": f"bench-shipping-{name}"}
-    for command in ([sys.executable, "worker.py"],
-                    [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "starter:create_app()"]):
+    env = {
+        **env,
+        "DATA_DIR": str(folder / name),
+        "TEMPORAL_ADDRESS": temporal,
+        "WEB_PORT": str(web_port),
+        "LOAN_TASK_QUEUE": f"bench-{name}-{uuid.uuid4().hex[:8]}",
+        "ORDER_TASK_QUEUE": f"bench-orders-{name}",
+        "SHIPPING_TASK_QUEUE": f"bench-shipping-{name}",
+    }
+    for command in (
+        [sys.executable, "worker.py"],
+        [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "starter:create_app()"],
+    ):
         log = open(folder / f"{name}-{Path(command[1]).stem}.log", "wb")
-        processes.append(subprocess.Popen(command, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
+        processes.append(
+            subprocess.Popen(command, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        )
     url = f"http://127.0.0.1:{web_port}"
     wait_for(lambda: ready(url), 60, f"the {name} web app")
     return url
 
 
 def load(url: str, count: int, concurrency: int) -> dict:
-    done = subprocess.run([sys.executable, "load_test.py", "--url", url, "--count", str(count), "--concurrency",
-                           str(concurrency), "--json"], cwd=HERE, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "load_test.py", "--url", url, "--count", str(count), "--concurrency", str(concurrency), "--json"],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     report = json.loads(done.stdout)
     if report["failed"]:
         print(f"  {report['failed']} failed requests: {report['errors']}", flush=True)
@@ -103,29 +145,41 @@ def main() -> None:
     processes: list[subprocess.Popen] = []
     pg_data, pg_port = folder / "postgres", free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "DATABASE_URL"))}
-    env.update(PAYLOAD_KEY=base64.b64encode(os.urandom(32)).decode(), APP_SECRET_KEY=uuid.uuid4().hex,
-               OPERATOR_TOKEN=uuid.uuid4().hex, WEB_WORKERS="2")
+    env.update(
+        PAYLOAD_KEY=base64.b64encode(os.urandom(32)).decode(),
+        APP_SECRET_KEY=uuid.uuid4().hex,
+        OPERATOR_TOKEN=uuid.uuid4().hex,
+        WEB_WORKERS="2",
+    )
     try:
         temporal = start_dev_server(folder, free_port(), processes)
         pg_server.init(pg_data)
         pg_server.start(pg_data, pg_port)
-        urls = {"json": start_stack("json", folder, temporal, env, processes),
-                "postgresql": start_stack("postgresql", folder, temporal,
-                                          {**env, "DATABASE_URL": pg_server.url(pg_data, pg_port)}, processes)}
+        urls = {
+            "json": start_stack("json", folder, temporal, env, processes),
+            "postgresql": start_stack(
+                "postgresql", folder, temporal, {**env, "DATABASE_URL": pg_server.url(pg_data, pg_port)}, processes
+            ),
+        }
         for url in urls.values():
             load(url, 50, args.concurrency)  # warm up: connections, caches, the sandbox
         figures: dict[str, list[dict]] = {name: [] for name in urls}
         for round_number in range(1, args.rounds + 1):
-            for name, url in (urls.items() if round_number % 2 else reversed(urls.items())):
+            for name, url in urls.items() if round_number % 2 else reversed(urls.items()):
                 report = load(url, args.count, args.concurrency)
                 figures[name].append(report)
-                print(f"round {round_number} {name:10}: {report['throughput']:6.1f} decisions/s, "
-                      f"p50 {report['latency_ms']['p50']:6.0f} ms, p99 {report['latency_ms']['p99']:6.0f} ms", flush=True)
+                print(
+                    f"round {round_number} {name:10}: {report['throughput']:6.1f} decisions/s, "
+                    f"p50 {report['latency_ms']['p50']:6.0f} ms, p99 {report['latency_ms']['p99']:6.0f} ms",
+                    flush=True,
+                )
         medians = {name: statistics.median(r["throughput"] for r in reports) for name, reports in figures.items()}
         for name, reports in figures.items():
-            print(f"median {name:10}: {medians[name]:6.1f} decisions/s, "
-                  f"p50 {statistics.median(r['latency_ms']['p50'] for r in reports):6.0f} ms, "
-                  f"p99 {statistics.median(r['latency_ms']['p99'] for r in reports):6.0f} ms")
+            print(
+                f"median {name:10}: {medians[name]:6.1f} decisions/s, "
+                f"p50 {statistics.median(r['latency_ms']['p50'] for r in reports):6.0f} ms, "
+                f"p99 {statistics.median(r['latency_ms']['p99'] for r in reports):6.0f} ms"
+            )
         print(f"postgresql / json throughput: {medians['postgresql'] / medians['json']:.2f} (target: at least 0.90)")
     finally:
         for process in reversed(processes):

@@ -44,22 +44,24 @@ from core.secret_files import read_or_create_secret
 from core.settings import Settings
 
 # Endpoints anyone may call; every other endpoint needs an operator.
-PUBLIC_ENDPOINTS = frozenset({
-    "static",
-    "health.healthz",
-    "health.readyz",
-    "docs.openapi_document",
-    "auth.signin",
-    "auth.signin_submit",
-    "auth.signout",
-    "pages.form",
-    "pages.apply",
-    "pages.application",
-    "pages.contact",
-    "api.evaluate",
-    "api.application",
-    "api.contact_api",
-})
+PUBLIC_ENDPOINTS = frozenset(
+    {
+        "static",
+        "health.healthz",
+        "health.readyz",
+        "docs.openapi_document",
+        "auth.signin",
+        "auth.signin_submit",
+        "auth.signout",
+        "pages.form",
+        "pages.apply",
+        "pages.application",
+        "pages.contact",
+        "api.evaluate",
+        "api.application",
+        "api.contact_api",
+    }
+)
 SESSION_KEY = "operator"
 MIN_TOKEN_LENGTH = 16
 CONTENT_SECURITY_POLICY = {
@@ -92,8 +94,7 @@ def signin_hint(settings: Settings) -> str:
 
 def load_operator_token(settings: Settings) -> str:
     """The configured token, else the one generated into the data folder (0600) on first start."""
-    token = settings.operator_token or read_or_create_secret(
-        operator_token_path(settings), lambda: secrets.token_urlsafe(32))
+    token = settings.operator_token or read_or_create_secret(operator_token_path(settings), lambda: secrets.token_urlsafe(32))
     if len(token) < MIN_TOKEN_LENGTH:
         raise SystemExit(f"OPERATOR_TOKEN must be at least {MIN_TOKEN_LENGTH} characters")
     return token
@@ -180,8 +181,7 @@ def local_path(target: str | None) -> str:
 
 def signin_page(target: str, error: str | None):
     # Where this deployment keeps the token (its DATA_DIR, or the OPERATOR_TOKEN it was given).
-    return render_template("auth/signin.html", next=target, error=error,
-                           token_hint=current_app.extensions["signin_hint"])
+    return render_template("auth/signin.html", next=target, error=error, token_hint=current_app.extensions["signin_hint"])
 
 
 @auth.get("/signin")

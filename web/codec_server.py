@@ -43,8 +43,7 @@ def create_codec_blueprint(codec_provider: Callable[[], PayloadCodec], allowed_o
     """`/codec/encode` and `/codec/decode`; CORS for `allowed_origin` only (e.g. `origin_of(TEMPORAL_UI_URL)`)."""
     allowed_origin = origin_of(allowed_origin)
     codec = Blueprint("codec", __name__, url_prefix="/codec")
-    CORS(codec, origins=[allowed_origin], supports_credentials=True, allow_headers=ALLOWED_HEADERS,
-         methods=["POST"], max_age=600)
+    CORS(codec, origins=[allowed_origin], supports_credentials=True, allow_headers=ALLOWED_HEADERS, methods=["POST"], max_age=600)
 
     @codec.before_request
     def refuse_other_origins():

@@ -105,8 +105,9 @@ def json_body(not_json: str, optional: bool = False) -> Any:
         return loads_strictly(request.get_data(cache=True))
     except DuplicateKey as err:
         field = str(err)
-        raise BadBody(400, messages().errors["duplicate_key"].format(field=field),
-                      fields={field: messages().validation["duplicate_key"]}) from None
+        raise BadBody(
+            400, messages().errors["duplicate_key"].format(field=field), fields={field: messages().validation["duplicate_key"]}
+        ) from None
     # ValueError: not JSON, or not UTF-8; RecursionError: nesting deeper than the parser goes
     except (ValueError, RecursionError):
         raise BadBody(400, messages().errors["invalid_json"]) from None

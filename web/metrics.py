@@ -25,8 +25,12 @@ from prometheus_client import (
 )
 
 REQUESTS = Counter("web_requests_total", "HTTP requests answered", ["method", "route", "status"])
-LATENCY = Histogram("web_request_duration_seconds", "Time to answer an HTTP request", ["method", "route"],
-                    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+LATENCY = Histogram(
+    "web_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 metrics = Blueprint("metrics", __name__)
 

@@ -23,8 +23,11 @@ ERROR = {"$ref": "#/components/schemas/Error"}
 # (status, description) for the answers every route can give.
 UNAVAILABLE = (503, "Temporal is unreachable; nothing was changed")
 NOT_OPERATOR = (401, "No operator credentials, or wrong ones")
-BAD_BODY = [(400, "Invalid fields, named in `fields`, or a body that is not valid JSON"),
-            (413, "The body is over 16 KB"), (415, "The body is not JSON")]
+BAD_BODY = [
+    (400, "Invalid fields, named in `fields`, or a body that is not valid JSON"),
+    (413, "The body is over 16 KB"),
+    (415, "The body is not JSON"),
+]
 
 
 def _answers(*answers: tuple[int, str], ok: dict[int, str] | None = None) -> dict[str, Any]:
@@ -35,60 +38,137 @@ def _answers(*answers: tuple[int, str], ok: dict[int, str] | None = None) -> dic
 
 
 def _body(model: str, required: bool = True) -> dict[str, Any]:
-    return {"required": required,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}
+    return {"required": required, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}
 
 
 def _parameter(name: str, pattern: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "description": description,
-            "schema": {"type": "string", "pattern": pattern}}
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", "pattern": pattern},
+    }
 
 
-PAGE = {"name": "page", "in": "query", "required": False, "description": "Page of 20, newest first",
-        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}}
+PAGE = {
+    "name": "page",
+    "in": "query",
+    "required": False,
+    "description": "Page of 20, newest first",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+}
 APPLICATION_ID = _parameter("workflow_id", LOAN_WORKFLOW_ID.pattern, "The application's workflow ID")
 ORDER = _parameter("order_id", ORDER_ID.pattern, "The order's ID")
 CUSTOMER = _parameter("customer_id", CUSTOMER_ID_PATTERN, "The customer's ID")
 OPERATOR_ONLY: list[dict[str, list[str]]] = [{"operatorToken": []}]
-IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
-                   "description": "Any string the client keeps for this order (1-128 of A-Z a-z 0-9 . _ : -)",
-                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Any string the client keeps for this order (1-128 of A-Z a-z 0-9 . _ : -)",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+}
 
 # path -> method -> (summary, parameters, body model or None, body required, success answers, error answers, operator)
 OPERATIONS: dict[str, dict[str, tuple]] = {
-    "/api/evaluate": {"post": (
-        "Apply for a loan pre-approval: the decision at once (200), or later (202)", [], "LoanApplication", True,
-        {200: "Decided", 202: "Accepted; the decision is not ready yet: poll the Location"},
-        [*BAD_BODY, (409, "An application from this email is in its 7-day window"), UNAVAILABLE], False)},
-    "/api/applications/{workflow_id}": {"get": (
-        "One application: decided (200) or pending (202)", [APPLICATION_ID], None, False,
-        {200: "Decided (also once its workflow is gone, or Temporal unreachable: the stored record)", 202: "Pending"},
-        [(404, "No such application"), (503, "Temporal is unreachable and nothing is stored for this ID yet")], False)},
-    "/api/applications/{workflow_id}/contact": {"post": (
-        "Answer whether a loan agent may call", [APPLICATION_ID], "ContactAnswer", True,
-        {202: "Recorded on the application"},
-        [*BAD_BODY, (404, "No such application"), (409, "The application's window has ended: not recorded"),
-         UNAVAILABLE], False)},
-    "/api/applications": {"get": (
-        "Recent applications, newest first", [PAGE], None, False, {200: "A page of applications"},
-        [(400, "A bad page number"), NOT_OPERATOR], True)},
-    "/api/orders": {
-        "post": ("Place an order; with an Idempotency-Key, a retry gets the same order back", [IDEMPOTENCY_KEY],
-                 "Order", True, {201: "Placed; follow the Location", 200: "Placed before with this Idempotency-Key"},
-                 [*BAD_BODY, NOT_OPERATOR, (422, "The Idempotency-Key was used before for a different order"),
-                  UNAVAILABLE], True),
-        "get": ("Recent orders, newest first", [PAGE], None, False, {200: "A page of orders"},
-                [(400, "A bad page number"), NOT_OPERATOR], True),
+    "/api/evaluate": {
+        "post": (
+            "Apply for a loan pre-approval: the decision at once (200), or later (202)",
+            [],
+            "LoanApplication",
+            True,
+            {200: "Decided", 202: "Accepted; the decision is not ready yet: poll the Location"},
+            [*BAD_BODY, (409, "An application from this email is in its 7-day window"), UNAVAILABLE],
+            False,
+        )
     },
-    "/api/orders/{order_id}": {"get": (
-        "An order's live status", [ORDER], None, False, {200: "The order"},
-        [(404, "No such order"), NOT_OPERATOR, UNAVAILABLE], True)},
-    "/api/orders/{order_id}/events": {"get": (
-        "An order's timeline, oldest first", [ORDER], None, False, {200: "The events"},
-        [(404, "No such order"), NOT_OPERATOR, UNAVAILABLE], True)},
-    "/api/customers/{customer_id}/rewards": {"get": (
-        "A customer's reward points and tier", [CUSTOMER], None, False, {200: "The rewards"},
-        [(404, "No rewards for this customer"), NOT_OPERATOR, UNAVAILABLE], True)},
+    "/api/applications/{workflow_id}": {
+        "get": (
+            "One application: decided (200) or pending (202)",
+            [APPLICATION_ID],
+            None,
+            False,
+            {200: "Decided (also once its workflow is gone, or Temporal unreachable: the stored record)", 202: "Pending"},
+            [(404, "No such application"), (503, "Temporal is unreachable and nothing is stored for this ID yet")],
+            False,
+        )
+    },
+    "/api/applications/{workflow_id}/contact": {
+        "post": (
+            "Answer whether a loan agent may call",
+            [APPLICATION_ID],
+            "ContactAnswer",
+            True,
+            {202: "Recorded on the application"},
+            [*BAD_BODY, (404, "No such application"), (409, "The application's window has ended: not recorded"), UNAVAILABLE],
+            False,
+        )
+    },
+    "/api/applications": {
+        "get": (
+            "Recent applications, newest first",
+            [PAGE],
+            None,
+            False,
+            {200: "A page of applications"},
+            [(400, "A bad page number"), NOT_OPERATOR],
+            True,
+        )
+    },
+    "/api/orders": {
+        "post": (
+            "Place an order; with an Idempotency-Key, a retry gets the same order back",
+            [IDEMPOTENCY_KEY],
+            "Order",
+            True,
+            {201: "Placed; follow the Location", 200: "Placed before with this Idempotency-Key"},
+            [*BAD_BODY, NOT_OPERATOR, (422, "The Idempotency-Key was used before for a different order"), UNAVAILABLE],
+            True,
+        ),
+        "get": (
+            "Recent orders, newest first",
+            [PAGE],
+            None,
+            False,
+            {200: "A page of orders"},
+            [(400, "A bad page number"), NOT_OPERATOR],
+            True,
+        ),
+    },
+    "/api/orders/{order_id}": {
+        "get": (
+            "An order's live status",
+            [ORDER],
+            None,
+            False,
+            {200: "The order"},
+            [(404, "No such order"), NOT_OPERATOR, UNAVAILABLE],
+            True,
+        )
+    },
+    "/api/orders/{order_id}/events": {
+        "get": (
+            "An order's timeline, oldest first",
+            [ORDER],
+            None,
+            False,
+            {200: "The events"},
+            [(404, "No such order"), NOT_OPERATOR, UNAVAILABLE],
+            True,
+        )
+    },
+    "/api/customers/{customer_id}/rewards": {
+        "get": (
+            "A customer's reward points and tier",
+            [CUSTOMER],
+            None,
+            False,
+            {200: "The rewards"},
+            [(404, "No rewards for this customer"), NOT_OPERATOR, UNAVAILABLE],
+            True,
+        )
+    },
 }
 ACTIONS = {
     "approve": ("Approve an order awaiting review", "Approval", False, 200),
@@ -98,11 +178,25 @@ ACTIONS = {
     "simulate-failure": ("Make a step of the order fail, for demonstrations", "FailureInjection", True, 202),
 }
 for _action, (_summary, _model, _required, _ok) in ACTIONS.items():
-    OPERATIONS[f"/api/orders/{{order_id}}/{_action}"] = {"post": (
-        _summary, [ORDER], _model, _required, {_ok: "Done" if _ok == 200 else "Sent to the order"},
-        [*BAD_BODY, (404, "No such order"), (409, "The order refuses this action now; `error` says why"),
-         (502, "The order failed the action"), (504, "No answer in time; it may still apply"),
-         NOT_OPERATOR, UNAVAILABLE], True)}
+    OPERATIONS[f"/api/orders/{{order_id}}/{_action}"] = {
+        "post": (
+            _summary,
+            [ORDER],
+            _model,
+            _required,
+            {_ok: "Done" if _ok == 200 else "Sent to the order"},
+            [
+                *BAD_BODY,
+                (404, "No such order"),
+                (409, "The order refuses this action now; `error` says why"),
+                (502, "The order failed the action"),
+                (504, "No answer in time; it may still apply"),
+                NOT_OPERATOR,
+                UNAVAILABLE,
+            ],
+            True,
+        )
+    }
 
 
 def _schemas(catalog: list[str]) -> dict[str, dict[str, Any]]:
@@ -119,13 +213,21 @@ def _schemas(catalog: list[str]) -> dict[str, dict[str, Any]]:
 
 def build_openapi(catalog: list[str]) -> dict[str, Any]:
     """The document for this deployment (its catalog's SKUs)."""
-    spec = APISpec(title="Loans and orders on Temporal", version="1", openapi_version="3.0.3",
-                   info={"description": "Loan pre-approval for applicants; orders for operators. See README.md."})
+    spec = APISpec(
+        title="Loans and orders on Temporal",
+        version="1",
+        openapi_version="3.0.3",
+        info={"description": "Loan pre-approval for applicants; orders for operators. See README.md."},
+    )
     spec.components.security_scheme("operatorToken", {"type": "http", "scheme": "bearer"})
-    spec.components.schema("Error", {
-        "type": "object", "required": ["error"],
-        "properties": {"error": {"type": "string"},
-                       "fields": {"type": "object", "additionalProperties": {"type": "string"}}}})
+    spec.components.schema(
+        "Error",
+        {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "string"}, "fields": {"type": "object", "additionalProperties": {"type": "string"}}},
+        },
+    )
     for name, schema in _schemas(catalog).items():
         spec.components.schema(name, schema)
     for path, methods in OPERATIONS.items():

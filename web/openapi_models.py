@@ -26,4 +26,3 @@ JSON_BODY_MODELS: dict[str, type[BaseModel]] = {
     "AddressChange": _AddressChangeModel,
     "FailureInjection": _FailureModel,
 }
-

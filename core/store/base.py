@@ -61,8 +61,9 @@ class Store(Protocol):
         """Create or replace a document (idempotent); a `sort_key` lists it."""
         ...
 
-    def update(self, collection: str, key: str, change: Callable[[dict[str, Any] | None], dict[str, Any]],
-               sort_key: str | None = None) -> dict[str, Any]:
+    def update(
+        self, collection: str, key: str, change: Callable[[dict[str, Any] | None], dict[str, Any]], sort_key: str | None = None
+    ) -> dict[str, Any]:
         """Read, change and write one document atomically across processes."""
         ...
 

@@ -76,8 +76,9 @@ GROUPS_DONE = "groups.json"  # in `_index`: every listed record of the collectio
 class JsonStore:
     """The `Store` contract on JSON files under one folder (see the module docstring)."""
 
-    def __init__(self, root: Path | str, counted_fields: dict[str, tuple[str, ...]] | None = None,
-                 grouped: tuple[str, ...] | None = None):
+    def __init__(
+        self, root: Path | str, counted_fields: dict[str, tuple[str, ...]] | None = None, grouped: tuple[str, ...] | None = None
+    ):
         self.root = Path(root)
         self.counted_fields = DEFAULT_COUNTED_FIELDS if counted_fields is None else counted_fields
         self.grouped = DEFAULT_GROUPED if grouped is None else tuple(grouped)
@@ -199,8 +200,10 @@ class JsonStore:
             entry = _read_json(entry_path, None)
             if entry is not None and entry["counted"] == counted:
                 return
-            new_state = {"total": state["total"] + (0 if entry else 1),
-                         "counts": {f: dict(v) for f, v in state["counts"].items()}}
+            new_state = {
+                "total": state["total"] + (0 if entry else 1),
+                "counts": {f: dict(v) for f, v in state["counts"].items()},
+            }
             for field, value in counted.items():
                 counts = new_state["counts"].setdefault(field, {})
                 old = entry["counted"].get(field) if entry else None
@@ -215,8 +218,7 @@ class JsonStore:
             # The journal and the index files are written and fsynced at once (one wait for the
             # disk, not four); the renames then go in the order that keeps a crash recoverable:
             # the journal, then the index files, each made durable by the folder's fsync.
-            staged = _stage([(index / "journal.json", json.dumps(journal).encode()),
-                             *self._index_files(index, journal)])
+            staged = _stage([(index / "journal.json", json.dumps(journal).encode()), *self._index_files(index, journal)])
             try:
                 _commit(staged[:1])
                 self._apply(index, journal, staged[1:])
@@ -225,10 +227,12 @@ class JsonStore:
 
     def _index_files(self, index: Path, journal: dict[str, Any]) -> list[tuple[Path, bytes]]:
         key, entry = journal["key"], journal["entry"]
-        return [(index / f"{key}.key", json.dumps(entry).encode()),
-                (index / f"{entry['seq']}.seq", key.encode()),
-                *self._group_pointer(index, key, entry["seq"]),
-                (index / "state.json", json.dumps(journal["state"]).encode())]
+        return [
+            (index / f"{key}.key", json.dumps(entry).encode()),
+            (index / f"{entry['seq']}.seq", key.encode()),
+            *self._group_pointer(index, key, entry["seq"]),
+            (index / "state.json", json.dumps(journal["state"]).encode()),
+        ]
 
     def _apply(self, index: Path, journal: dict[str, Any], staged: list[tuple[Path, str]] | None = None) -> None:
         """Apply a journaled index change (`staged`: its files, already written and fsynced).
@@ -272,7 +276,7 @@ class JsonStore:
                             newest[path] = pointer
             files = [(path, json.dumps(pointer).encode()) for path, pointer in newest.items()]
             for start in range(0, len(files), POINTER_BATCH):  # a bounded number of open files at once
-                _atomic_write_all(files[start:start + POINTER_BATCH])
+                _atomic_write_all(files[start : start + POINTER_BATCH])
             _atomic_write(index / GROUPS_DONE, b"{}")  # last: its presence is what counts
 
     def _recover(self, index: Path) -> None:
@@ -367,7 +371,7 @@ def _stage(files: list[tuple[Path, bytes]]) -> list[tuple[Path, str]]:
             staged.append((path, tmp))
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         _fsync_all(fds)
     except BaseException:
         _discard(staged)

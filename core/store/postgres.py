@@ -76,8 +76,10 @@ def migrate(connection: psycopg.Connection) -> list[int]:
     applied = []
     connection.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
-        connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY,"
-                           " applied_at timestamptz NOT NULL DEFAULT now())")
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         done = {row[0] for row in connection.execute("SELECT version FROM schema_version")}
         for number, path in migration_files():
             if number in done:
@@ -93,17 +95,27 @@ def migrate(connection: psycopg.Connection) -> list[int]:
 
 
 class PostgresStore:
-    def __init__(self, url: str, counted_fields: dict[str, tuple[str, ...]] | None = None, max_connections: int = 10,
-                 grouped: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        url: str,
+        counted_fields: dict[str, tuple[str, ...]] | None = None,
+        max_connections: int = 10,
+        grouped: tuple[str, ...] | None = None,
+    ):
         self.counted_fields = DEFAULT_COUNTED_FIELDS if counted_fields is None else counted_fields
         self.grouped = DEFAULT_GROUPED if grouped is None else tuple(grouped)
         self._unreachable_until = 0.0  # a circuit breaker: while the server is down, fail at once
         self._breaker = threading.Lock()
         # The connection of the transaction this thread or task is in (`locked`), if any.
         self._current: contextvars.ContextVar[psycopg.Connection | None] = contextvars.ContextVar(
-            f"pg_store_{id(self)}", default=None)
+            f"pg_store_{id(self)}", default=None
+        )
         self.pool = ConnectionPool(
-            url, min_size=1, max_size=max_connections, timeout=CONNECT_TIMEOUT_SECONDS, open=False,
+            url,
+            min_size=1,
+            max_size=max_connections,
+            timeout=CONNECT_TIMEOUT_SECONDS,
+            open=False,
             kwargs={"connect_timeout": int(CONNECT_TIMEOUT_SECONDS)},
             check=ConnectionPool.check_connection,  # a connection broken by a server restart is replaced
             # Give up a reconnection attempt (backoff 1, 2, 4 s) after 10 s, so the next request starts
@@ -164,8 +176,7 @@ class PostgresStore:
     def get(self, collection: str, key: str) -> dict[str, Any] | None:
         _check(collection, key)
         with self._transaction() as connection:
-            row = connection.execute("SELECT doc FROM documents WHERE collection = %s AND key = %s",
-                                     (collection, key)).fetchone()
+            row = connection.execute("SELECT doc FROM documents WHERE collection = %s AND key = %s", (collection, key)).fetchone()
         return None if row is None else row[0]
 
     def list_recent(self, collection: str, offset: int = 0, limit: int = 20) -> tuple[list[dict], int]:
@@ -176,7 +187,8 @@ class PostgresStore:
             newest = total - max(offset, 0)
             rows = connection.execute(
                 "SELECT doc FROM documents WHERE collection = %s AND seq <= %s AND seq > %s ORDER BY seq DESC",
-                (collection, newest, newest - max(limit, 0))).fetchall()
+                (collection, newest, newest - max(limit, 0)),
+            ).fetchall()
         return [r[0] for r in rows], total
 
     def newest_in_group(self, collection: str, group: str) -> dict[str, Any] | None:
@@ -188,25 +200,28 @@ class PostgresStore:
         # a key with a further dot after the group's belongs to a longer group.
         with self._transaction() as connection:
             row = connection.execute(
-                'SELECT doc FROM documents WHERE collection = %s AND seq IS NOT NULL'
+                "SELECT doc FROM documents WHERE collection = %s AND seq IS NOT NULL"
                 ' AND key COLLATE "C" >= %s AND key COLLATE "C" < %s AND strpos(substr(key, %s), \'.\') = 0'
-                ' ORDER BY seq DESC LIMIT 1',
-                (collection, f"{group}.", f"{group}/", len(group) + 2)).fetchone()
+                " ORDER BY seq DESC LIMIT 1",
+                (collection, f"{group}.", f"{group}/", len(group) + 2),
+            ).fetchone()
         return None if row is None else row[0]
 
     def list_all(self, collection: str) -> list[dict[str, Any]]:
         _check(collection)
         with self._transaction() as connection:
-            rows = connection.execute("SELECT doc FROM documents WHERE collection = %s ORDER BY key COLLATE \"C\"",
-                                      (collection,)).fetchall()
+            rows = connection.execute(
+                'SELECT doc FROM documents WHERE collection = %s ORDER BY key COLLATE "C"', (collection,)
+            ).fetchall()
         return [r[0] for r in rows]
 
     def count_by(self, collection: str, field: str) -> dict[str, int]:
         if field not in self.counted_fields.get(collection, ()):
             raise ValueError(f"{collection!r} is not counted by {field!r}")
         with self._transaction() as connection:
-            rows = connection.execute("SELECT value, n FROM field_counts WHERE collection = %s AND field = %s AND n > 0",
-                                      (collection, field)).fetchall()
+            rows = connection.execute(
+                "SELECT value, n FROM field_counts WHERE collection = %s AND field = %s AND n > 0", (collection, field)
+            ).fetchall()
         return {value: n for value, n in rows}
 
     # --- writes ------------------------------------------------------------
@@ -214,12 +229,14 @@ class PostgresStore:
     def put(self, collection: str, key: str, document: dict[str, Any], sort_key: str | None = None) -> None:
         self.update(collection, key, lambda _existing: document, sort_key)
 
-    def update(self, collection: str, key: str, change: Callable[[dict[str, Any] | None], dict[str, Any]],
-               sort_key: str | None = None) -> dict[str, Any]:
+    def update(
+        self, collection: str, key: str, change: Callable[[dict[str, Any] | None], dict[str, Any]], sort_key: str | None = None
+    ) -> dict[str, Any]:
         _check(collection, key, sort_key)
         with self.locked(collection, key), self._transaction() as connection:
-            row = connection.execute("SELECT doc FROM documents WHERE collection = %s AND key = %s FOR UPDATE",
-                                     (collection, key)).fetchone()
+            row = connection.execute(
+                "SELECT doc FROM documents WHERE collection = %s AND key = %s FOR UPDATE", (collection, key)
+            ).fetchone()
             document = change(None if row is None else row[0])
             self.write_locked(collection, key, document, sort_key)
             return document
@@ -228,31 +245,38 @@ class PostgresStore:
         """Write a document whose lock the caller holds (inside `locked`), in that transaction."""
         _check(collection, key, sort_key)
         with self._transaction() as connection:
-            old = connection.execute("SELECT seq, counted FROM documents WHERE collection = %s AND key = %s FOR UPDATE",
-                                     (collection, key)).fetchone()
+            old = connection.execute(
+                "SELECT seq, counted FROM documents WHERE collection = %s AND key = %s FOR UPDATE", (collection, key)
+            ).fetchone()
             seq, old_counted = (old[0], old[1]) if old else (None, {})
             listed = seq is not None or sort_key is not None
             counted = {f: count_value(document.get(f)) for f in self.counted_fields.get(collection, ())} if listed else {}
             if seq is None and sort_key is not None:
                 seq = connection.execute(
                     "INSERT INTO collection_totals (collection, total) VALUES (%s, 1) ON CONFLICT (collection)"
-                    " DO UPDATE SET total = collection_totals.total + 1 RETURNING total", (collection,)).fetchone()[0]  # type: ignore[index]  # RETURNING gives a row
+                    " DO UPDATE SET total = collection_totals.total + 1 RETURNING total",
+                    (collection,),
+                ).fetchone()[0]  # type: ignore[index]  # RETURNING gives a row
             for field in counted:
                 before, after = old_counted.get(field), counted[field]
                 if before == after:
                     continue
                 if before is not None:
-                    connection.execute("UPDATE field_counts SET n = n - 1 WHERE collection = %s AND field = %s AND value = %s",
-                                       (collection, field, before))
+                    connection.execute(
+                        "UPDATE field_counts SET n = n - 1 WHERE collection = %s AND field = %s AND value = %s",
+                        (collection, field, before),
+                    )
                 if after is not None:
                     connection.execute(
                         "INSERT INTO field_counts (collection, field, value, n) VALUES (%s, %s, %s, 1)"
                         " ON CONFLICT (collection, field, value) DO UPDATE SET n = field_counts.n + 1",
-                        (collection, field, after))
+                        (collection, field, after),
+                    )
             connection.execute(
                 "INSERT INTO documents (collection, key, doc, seq, counted) VALUES (%s, %s, %s, %s, %s)"
                 " ON CONFLICT (collection, key) DO UPDATE SET doc = EXCLUDED.doc, seq = EXCLUDED.seq, counted = EXCLUDED.counted",
-                (collection, key, Jsonb(document), seq, Jsonb(counted)))
+                (collection, key, Jsonb(document), seq, Jsonb(counted)),
+            )
 
     def delete_collection(self, collection: str) -> None:
         """Remove a collection entirely (the benchmark's scratch collections)."""

@@ -152,15 +152,12 @@ async def test_a_history_written_under_an_old_key_decodes_and_replays_after_rota
     rotated = EncryptionCodec(KEY_B, old_keys=[KEY_A])
     decoded = await rotated.decode(encrypted)
     assert any(b"conditional" in p.data for p in decoded)  # the decision, readable again
-    await Replayer(workflows=[LoanApplicationWorkflow], data_converter=payload_data_converter(rotated)).replay_workflow(
-        history
-    )
+    await Replayer(workflows=[LoanApplicationWorkflow], data_converter=payload_data_converter(rotated)).replay_workflow(history)
 
     # Without the old key the same history is unreadable: rotation is what keeps it.
     with pytest.raises(PayloadDecryptionError):
         await EncryptionCodec(KEY_B).decode(encrypted)
-    without_old_key = Replayer(workflows=[LoanApplicationWorkflow],
-                               data_converter=payload_data_converter(EncryptionCodec(KEY_B)))
+    without_old_key = Replayer(workflows=[LoanApplicationWorkflow], data_converter=payload_data_converter(EncryptionCodec(KEY_B)))
     with pytest.raises(RuntimeError, match="PayloadDecryptionError"):
         await without_old_key.replay_workflow(history)
 
@@ -194,10 +191,20 @@ def applicants() -> list[dict]:
     base = {"loan_amount": 50_000, "credit_score": 750, "has_bankruptcy": False}
     return [
         {**base, "name": f"Zelda Quillfeather {tag}", "email": f"zelda.{tag}@example.com", "annual_income": 173_219},
-        {**base, "name": f"Yusuf Marchbanks {tag}", "email": f"yusuf.{tag}@example.com", "annual_income": 61_437,
-         "loan_amount": 100_000},  # conditional: an agent notification too
-        {**base, "name": f"Xenia Oakhollow {tag}", "email": f"xenia.{tag}@example.com", "annual_income": 94_871,
-         "credit_score": 550},  # denied for compliance
+        {
+            **base,
+            "name": f"Yusuf Marchbanks {tag}",
+            "email": f"yusuf.{tag}@example.com",
+            "annual_income": 61_437,
+            "loan_amount": 100_000,
+        },  # conditional: an agent notification too
+        {
+            **base,
+            "name": f"Xenia Oakhollow {tag}",
+            "email": f"xenia.{tag}@example.com",
+            "annual_income": 94_871,
+            "credit_score": 550,
+        },  # denied for compliance
     ]
 
 
@@ -236,8 +243,7 @@ async def start_rejected_application(dev_server, settings: Settings) -> Rejected
     Started by a client made like the app's (`config.connect_temporal`), not the fixture's.
     """
     invalid = application(name=f"Walter Invalidson {uuid.uuid4().hex[:8]}", credit_score=200)
-    client = await config.connect_temporal(target_host=dev_server.client.service_client.config.target_host,
-                                           namespace="default")
+    client = await config.connect_temporal(target_host=dev_server.client.service_client.config.target_host, namespace="default")
     handle = await start(client, settings, invalid)
     with pytest.raises(WorkflowFailureError):
         await asyncio.wait_for(handle.result(), timeout=30)
@@ -282,9 +288,11 @@ async def test_histories_memos_search_attributes_summaries_and_ids_carry_no_appl
 async def test_the_worker_log_of_real_applications_has_no_applicant_data(dev_server, privacy_stack, monkeypatch):
     settings, worker = privacy_stack
     people = applicants()
-    await asyncio.to_thread(submit_through_the_web, settings, dev_server.client.service_client.config.target_host,
-                            monkeypatch, people, contact=True)
+    await asyncio.to_thread(
+        submit_through_the_web, settings, dev_server.client.service_client.config.target_host, monkeypatch, people, contact=True
+    )
     invalid = await start_rejected_application(dev_server, settings)
+
     # The log is this run's: the rejected application's failure is logged, by workflow ID (an HMAC or random ID).
     def log_with_the_rejection() -> str | None:
         text = worker.log_path.read_text()
@@ -389,8 +397,10 @@ def test_processes_generating_the_key_at_once_end_with_the_same_key(tmp_path):
     context = multiprocessing.get_context("fork")
     count = 8
     start_together, results = context.Barrier(count), context.Queue()
-    processes = [context.Process(target=_generate_payload_key, args=(start_together, str(tmp_path / "data"), results))
-                 for _ in range(count)]
+    processes = [
+        context.Process(target=_generate_payload_key, args=(start_together, str(tmp_path / "data"), results))
+        for _ in range(count)
+    ]
     for process in processes:
         process.start()
     key_ids = [results.get(timeout=30) for _ in processes]
@@ -450,11 +460,14 @@ def test_codec_endpoints_answer_bad_input_with_clear_4xx():
 
 def test_cors_allows_the_temporal_ui_origin_with_credentials_and_no_other():
     web = codec_app(EncryptionCodec(KEY_A)).test_client()
-    preflight = web.options("/codec/decode", headers={
-        "Origin": UI_ORIGIN,
-        "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type,x-namespace,authorization",
-    })
+    preflight = web.options(
+        "/codec/decode",
+        headers={
+            "Origin": UI_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,x-namespace,authorization",
+        },
+    )
     assert preflight.status_code == 200
     assert preflight.headers["Access-Control-Allow-Origin"] == UI_ORIGIN
     assert preflight.headers["Access-Control-Allow-Credentials"] == "true"
@@ -507,9 +520,7 @@ def codec_http_server(payload_codec) -> Iterator[tuple[str, list]]:
     thread.join(10)
 
 
-async def test_the_temporal_cli_reads_encrypted_histories_through_the_codec_endpoint(
-    dev_server, settings, codec_http_server
-):
+async def test_the_temporal_cli_reads_encrypted_histories_through_the_codec_endpoint(dev_server, settings, codec_http_server):
     endpoint, seen_headers = codec_http_server
     person: LoanApplication = application(name=f"Vera Cliworthy {uuid.uuid4().hex[:8]}")
     with ThreadPoolExecutor(max_workers=4) as executor:
@@ -518,8 +529,18 @@ async def test_the_temporal_cli_reads_encrypted_histories_through_the_codec_endp
             await wait_for_stage(handle, "persisted")
 
     def show(*codec_flags: str) -> str:
-        command = [str(BIN / "temporal"), "workflow", "show", "--workflow-id", handle.id, "--output", "json",
-                   "--address", dev_server.client.service_client.config.target_host, *codec_flags]
+        command = [
+            str(BIN / "temporal"),
+            "workflow",
+            "show",
+            "--workflow-id",
+            handle.id,
+            "--output",
+            "json",
+            "--address",
+            dev_server.client.service_client.config.target_host,
+            *codec_flags,
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         return done.stdout

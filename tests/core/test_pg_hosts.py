@@ -37,8 +37,14 @@ STOCK = 15  # of CB-010, for 20 orders of one each: five must be refused, none o
 
 
 def applicant(n: int, run: str) -> dict:
-    return {"name": f"Host Person {n}", "email": f"hosts-{run}-{n}@example.com", "loan_amount": 20000 + n,
-            "credit_score": 600 + n % 250, "annual_income": 90000, "has_bankruptcy": False}
+    return {
+        "name": f"Host Person {n}",
+        "email": f"hosts-{run}-{n}@example.com",
+        "loan_amount": 20000 + n,
+        "credit_score": 600 + n % 250,
+        "annual_income": 90000,
+        "has_bankruptcy": False,
+    }
 
 
 @pytest.fixture
@@ -55,8 +61,9 @@ def hosts(dev_server, postgres_server, tmp_path, monkeypatch):
     rules_file.write_text(json.dumps(rules))
     web = fresh_settings(tmp_path / "web-host", rules_file=rules_file, database_url=url, decision_wait_seconds=5.0)
     address = dev_server.client.service_client.config.target_host
-    workers = [WorkerProcess(replace(web, data_dir=tmp_path / f"worker-host-{n}"), address, tmp_path / f"worker-{n}.log")
-               for n in (1, 2)]
+    workers = [
+        WorkerProcess(replace(web, data_dir=tmp_path / f"worker-host-{n}"), address, tmp_path / f"worker-{n}.log") for n in (1, 2)
+    ]
     app = make_app(web, address, monkeypatch)
     try:
         yield web, signed_in(app.test_client(), web), workers, url
@@ -98,16 +105,27 @@ def test_two_worker_hosts_and_a_web_host_on_one_postgresql_keep_every_record_onc
 
     order_ids = []
     for n in range(20):
-        body = {"customer_id": f"host-{run}-{n % 4}", "customer_email": "host@example.com", "items": [{"sku": "CB-010", "quantity": 1}], "address": ADDRESS,
-                "expedited": True}
+        body = {
+            "customer_id": f"host-{run}-{n % 4}",
+            "customer_email": "host@example.com",
+            "items": [{"sku": "CB-010", "quantity": 1}],
+            "address": ADDRESS,
+            "expedited": True,
+        }
         placed = client.post("/api/orders", json=body)
         assert placed.status_code == 201, placed.json
         order_ids.append(placed.json["order_id"])
 
     def settled():
-        return (sql(url, "SELECT total FROM collection_totals WHERE collection = 'applications'") == [(200,)]
-                and sum(n for status, n in sql(url, "SELECT value, n FROM field_counts WHERE collection = 'orders'"
-                                                    " AND field = 'status'") if status in FINAL_ORDER_STATUSES) == 20)
+        return (
+            sql(url, "SELECT total FROM collection_totals WHERE collection = 'applications'") == [(200,)]
+            and sum(
+                n
+                for status, n in sql(url, "SELECT value, n FROM field_counts WHERE collection = 'orders' AND field = 'status'")
+                if status in FINAL_ORDER_STATUSES
+            )
+            == 20
+        )
 
     wait_until(settled, timeout=90, interval=0.5, what="200 applications and 20 finished orders in PostgreSQL")
 
@@ -124,10 +142,13 @@ def test_two_worker_hosts_and_a_web_host_on_one_postgresql_keep_every_record_onc
 
     # Stock and payments consistent: 15 sold, 5 refused, one charge per sold order, none below zero.
     stock = sql(url, "SELECT doc FROM documents WHERE collection = 'inventory' AND key = 'stock'")[0][0]
-    reserved = {row[0] for row in sql(url, "SELECT key FROM documents WHERE collection = 'reservations'"
-                                           " AND doc->>'status' = 'reserved'")}
-    charged = {row[0] for row in sql(url, "SELECT doc->>'order_id' FROM documents WHERE collection = 'payments'"
-                                          " AND doc->>'status' = 'charged'")}
+    reserved = {
+        row[0] for row in sql(url, "SELECT key FROM documents WHERE collection = 'reservations' AND doc->>'status' = 'reserved'")
+    }
+    charged = {
+        row[0]
+        for row in sql(url, "SELECT doc->>'order_id' FROM documents WHERE collection = 'payments' AND doc->>'status' = 'charged'")
+    }
     assert stock["levels"]["CB-010"] == 0 and len(reserved) == STOCK and charged == reserved
     finished = {o["order_id"]: o["status"] for o in orders}
     assert sorted(finished.values()).count("completed") == STOCK and set(reserved) <= set(order_ids)

@@ -53,8 +53,12 @@ def test_migration_files_are_numbered_without_gaps():
 def _fill_json(root) -> JsonStore:
     store = JsonStore(root)
     for n in range(30):
-        store.put("orders", f"o{n:02d}", {"order_id": f"o{n:02d}", "status": ["placed", "delivered"][n % 2]},
-                  sort_key=f"2026-11-{n:02d}")
+        store.put(
+            "orders",
+            f"o{n:02d}",
+            {"order_id": f"o{n:02d}", "status": ["placed", "delivered"][n % 2]},
+            sort_key=f"2026-11-{n:02d}",
+        )
     store.put("orders", "o03", {"order_id": "o03", "status": "cancelled"}, sort_key="2026-11-03")
     for key in ("e2", "e1"):
         store.put("order-o01-events", key, {"key": key})
@@ -62,8 +66,13 @@ def _fill_json(root) -> JsonStore:
 
 
 def _run_copy(source, target) -> str:
-    done = subprocess.run([sys.executable, "-m", "tools.store_copy", str(source), str(target)], cwd=HERE,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.store_copy", str(source), str(target)],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -75,8 +84,11 @@ def test_copy_json_to_postgresql_and_back_keeps_every_record_the_order_and_the_c
     pg = pg_store.PostgresStore(database_url)
     try:
         assert pg.list_recent("orders", limit=100) == original.list_recent("orders", limit=100)
-        assert pg.count_by("orders", "status") == original.count_by("orders", "status") == {
-            "placed": 15, "delivered": 14, "cancelled": 1}
+        assert (
+            pg.count_by("orders", "status")
+            == original.count_by("orders", "status")
+            == {"placed": 15, "delivered": 14, "cancelled": 1}
+        )
         assert pg.list_all("order-o01-events") == [{"key": "e1"}, {"key": "e2"}]
     finally:
         pg.close()
@@ -131,8 +143,10 @@ def test_a_stopped_server_raises_store_unavailable_and_a_restarted_one_serves_ag
 def test_without_postgresql_the_tests_skip_loudly_and_ci_fails(monkeypatch):
     monkeypatch.setattr(pg_server, "bin_dir", lambda: None)
     monkeypatch.delenv("REQUIRE_POSTGRES", raising=False)
-    with pytest.warns(UserWarning, match="apt-get install -y postgresql"), \
-            pytest.raises(pytest.skip.Exception, match=r"\*\*\* SKIPPED: .*apt-get install -y postgresql"):
+    with (
+        pytest.warns(UserWarning, match="apt-get install -y postgresql"),
+        pytest.raises(pytest.skip.Exception, match=r"\*\*\* SKIPPED: .*apt-get install -y postgresql"),
+    ):
         pg_testing.require_server_binaries()
     monkeypatch.setenv("REQUIRE_POSTGRES", "1")
     with pytest.raises(pytest.fail.Exception, match="REQUIRE_POSTGRES=1 and no server"):

@@ -79,21 +79,31 @@ def test_every_file_is_fsynced_before_its_rename_and_durable_before_the_write_re
     events = []
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: real_fsync(fd) or events.append(("fsync", os.fstat(fd).st_ino)))
-    monkeypatch.setattr(os, "replace", lambda src, dst: events.append(("rename", os.stat(src).st_ino, Path(dst)))
-                        or real_replace(src, dst))
+    monkeypatch.setattr(
+        os, "replace", lambda src, dst: events.append(("rename", os.stat(src).st_ino, Path(dst))) or real_replace(src, dst)
+    )
     store.put("applications", "a1", {"decision": "pre_approved"}, sort_key="2026")
     monkeypatch.undo()
 
     folder, index = tmp_path / "applications", tmp_path / "applications" / "_index"
     renames = [(n, event[1], event[2]) for n, event in enumerate(events) if event[0] == "rename"]
     assert [target.relative_to(folder).as_posix() for _n, _ino, target in renames] == [
-        "a1.json", "_index/journal.json", "_index/a1.key", "_index/2.seq", "_index/state.json"]
-    synced = lambda inode, after=-1, before=len(events): any(  # noqa: E731
-        event == ("fsync", inode) for event in events[after + 1:before])
+        "a1.json",
+        "_index/journal.json",
+        "_index/a1.key",
+        "_index/2.seq",
+        "_index/state.json",
+    ]
+    synced = (
+        lambda inode, after=-1, before=len(events): any(  # noqa: E731
+            event == ("fsync", inode) for event in events[after + 1 : before]
+        )
+    )
     for n, inode, target in renames:
         assert synced(inode, before=n), f"{target.name} renamed before its content was fsynced"
     folder_synced_at = lambda folder_path, after: next(  # noqa: E731
-        m for m in range(after + 1, len(events)) if events[m] == ("fsync", os.stat(folder_path).st_ino))
+        m for m in range(after + 1, len(events)) if events[m] == ("fsync", os.stat(folder_path).st_ino)
+    )
     document, journal, *index_files = renames
     assert folder_synced_at(folder, document[0]) < journal[0], "the journal became visible before the document was durable"
     assert folder_synced_at(index, journal[0]) < index_files[0][0], "the index changed before its journal was durable"
@@ -157,8 +167,7 @@ def test_several_processes_lose_no_update_and_readers_never_see_a_torn_write(tmp
     start, writers_done, results = context.Event(), context.Event(), context.Queue()
     writers = [context.Process(target=_hammer, args=(str(tmp_path), w, start)) for w in range(PROCESSES)]
     readers = [
-        context.Process(target=_read_while_writing, args=(str(tmp_path), start, writers_done, results))
-        for _ in range(READERS)
+        context.Process(target=_read_while_writing, args=(str(tmp_path), start, writers_done, results)) for _ in range(READERS)
     ]
     for process in writers + readers:
         process.start()

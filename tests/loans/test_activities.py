@@ -120,7 +120,8 @@ RULES = load_rules(HERE / "rules.json")
 
 @pytest.mark.parametrize(("credit_score", "loan_amount", "has_bankruptcy", "decision", "code"), REASON_CASES)
 def test_the_page_says_what_happens_and_the_email_explains_in_its_own_words(
-        activities, credit_score, loan_amount, has_bankruptcy, decision, code):
+    activities, credit_score, loan_amount, has_bankruptcy, decision, code
+):
     decided = activities.decide(applicant(credit_score, float(loan_amount), 100_000.0, has_bankruptcy))
     assert decided.decision == decision
     page = " ".join([decided.message.message, *decided.message.next_steps])
@@ -134,8 +135,12 @@ def test_the_page_says_what_happens_and_the_email_explains_in_its_own_words(
     said = " ".join([email.message, email.explanation, *email.next_steps])
     for untrue in ("emailing", "letter", "will contact you", "business days"):
         assert untrue not in said, (untrue, said)
-    values = {"min_credit_score": 600, "max_loan_amount": "$500,000", "bankruptcy_min_credit_score": 680,
-              "prime_max_loan_to_income": "40%"}
+    values = {
+        "min_credit_score": 600,
+        "max_loan_amount": "$500,000",
+        "bankruptcy_min_credit_score": 680,
+        "prime_max_loan_to_income": "40%",
+    }
     assert email.explanation == MESSAGES.reasons[code].format(**values)
     # Never the applicant's own score or income (as whole numbers: thresholds like 600 may appear).
     for secret in (str(credit_score), "100,000", "100000"):

@@ -192,8 +192,10 @@ def test_form_submission_shows_the_decision_and_records_the_contact_answer(clien
 
     answered = client.post(f"{page_url}/contact", data={"answer": "yes"})
     assert answered.status_code == 303
-    wait_until(lambda: (records_for(app, workflow_id) or [{}])[0].get("contact_preference") == "yes",
-               what="the contact answer to be recorded")
+    wait_until(
+        lambda: (records_for(app, workflow_id) or [{}])[0].get("contact_preference") == "yes",
+        what="the contact answer to be recorded",
+    )
     assert client.post(f"{page_url}/contact", data={"answer": "maybe"}).status_code == 400
 
 
@@ -245,14 +247,25 @@ def test_temporal_down_is_503_and_keeps_the_form_values(loan_stack, monkeypatch)
         app.extensions["temporal"].reset()
 
 
-
-
 def test_ids_of_other_kinds_are_unknown_applications(client, loan_stack):
-    order = signed_in(client.application.test_client(), loan_stack[0]).post("/api/orders", json={
-        "customer_id": "kind-check", "customer_email": "kind@example.com", "items": [{"sku": "CB-010", "quantity": 1}], "address": ADDRESS})
+    order = signed_in(client.application.test_client(), loan_stack[0]).post(
+        "/api/orders",
+        json={
+            "customer_id": "kind-check",
+            "customer_email": "kind@example.com",
+            "items": [{"sku": "CB-010", "quantity": 1}],
+            "address": ADDRESS,
+        },
+    )
     assert order.status_code == 201, order.json
-    for other in [order.json["workflow_id"], f"{order.json['workflow_id']}-shipping", "rewards-kind-check",
-                  "loan-" + "0" * 32, "loan-..", "x" * 300]:
+    for other in [
+        order.json["workflow_id"],
+        f"{order.json['workflow_id']}-shipping",
+        "rewards-kind-check",
+        "loan-" + "0" * 32,
+        "loan-..",
+        "x" * 300,
+    ]:
         assert client.get(f"/api/applications/{other}").status_code == 404, other
         assert client.get(f"/applications/{other}").status_code == 404, other
         contact = client.post(f"/api/applications/{other}/contact", json={"answer": "yes"})
@@ -263,8 +276,7 @@ def test_deeply_nested_json_is_a_400(client):
     nested = "[" * 5000 + "]" * 5000
     response = client.post("/api/evaluate", data=nested, content_type="application/json")
     assert response.status_code == 400 and response.json["error"] == MESSAGES.errors["invalid_json"]
-    contact = client.post("/api/applications/loan-" + "0" * 32 + "/contact", data=nested,
-                          content_type="application/json")
+    contact = client.post("/api/applications/loan-" + "0" * 32 + "/contact", data=nested, content_type="application/json")
     assert contact.status_code == 400
 
 
@@ -295,8 +307,9 @@ def decided(client, app, body: dict) -> str:
 async def delete_workflow(app, workflow_id: str) -> None:
     """What the server does on its own once the namespace's retention has passed after the window."""
     client = await app.extensions["temporal"].get()
-    await client.workflow_service.delete_workflow_execution(DeleteWorkflowExecutionRequest(
-        namespace=client.namespace, workflow_execution=WorkflowExecution(workflow_id=workflow_id)))
+    await client.workflow_service.delete_workflow_execution(
+        DeleteWorkflowExecutionRequest(namespace=client.namespace, workflow_execution=WorkflowExecution(workflow_id=workflow_id))
+    )
 
 
 async def workflow_is_gone(app, workflow_id: str) -> bool:
@@ -364,8 +377,9 @@ def test_with_temporal_down_a_result_link_shows_the_stored_decision(client, app,
 @pytest.mark.timeout(60)
 def test_right_after_an_answer_the_page_shows_it_and_the_url_cannot_fake_it(loan_stack, monkeypatch, tmp_path):
     settings, address = loan_stack
-    settings = replace(settings, task_queue=f"answer-{uuid.uuid4().hex[:8]}", data_dir=tmp_path / "data",
-                       secret_key=uuid.uuid4().hex)
+    settings = replace(
+        settings, task_queue=f"answer-{uuid.uuid4().hex[:8]}", data_dir=tmp_path / "data", secret_key=uuid.uuid4().hex
+    )
     app = make_app(settings, address, monkeypatch)
     client = app.test_client()
     worker = WorkerProcess(settings, address, tmp_path / "worker.log")
@@ -417,8 +431,9 @@ def test_the_worker_that_decided_is_shown_to_operators_only(client, app):
     operator = signed_in(app.test_client(), app.config["SETTINGS"])
     assert "Decided by" in operator.get(f"/applications/{workflow_id}").get_data(as_text=True)
     assert operator.get("/api/applications").json["applications"][0]["processed_by"].startswith("worker-")
-    evaluated = client.post("/api/evaluate", headers=bearer(app),
-                            json={**JOHN, "email": f"who-{uuid.uuid4().hex[:8]}@example.com"}).json
+    evaluated = client.post(
+        "/api/evaluate", headers=bearer(app), json={**JOHN, "email": f"who-{uuid.uuid4().hex[:8]}@example.com"}
+    ).json
     assert evaluated["processed_by"].startswith("worker-")
 
 
@@ -444,20 +459,29 @@ def test_the_contact_api_names_the_values_it_takes(client, app):
 
 def test_a_json_key_sent_twice_is_a_400_naming_it_on_every_json_route(client, app):
     email = f"twice-{uuid.uuid4().hex[:8]}@example.com"
-    body = '{"name": "A", "email": "%s", "loan_amount": 50000, "credit_score": 750, "annual_income": 150000,' \
-           ' "has_bankruptcy": false, "name": "B"}' % email
+    body = (
+        '{"name": "A", "email": "%s", "loan_amount": 50000, "credit_score": 750, "annual_income": 150000,'
+        ' "has_bankruptcy": false, "name": "B"}' % email
+    )
     refused = client.post("/api/evaluate", data=body, content_type="application/json")
     assert refused.status_code == 400
-    assert refused.json == {"error": MESSAGES.errors["duplicate_key"].format(field="name"),
-                            "fields": {"name": MESSAGES.validation["duplicate_key"]}}
+    assert refused.json == {
+        "error": MESSAGES.errors["duplicate_key"].format(field="name"),
+        "fields": {"name": MESSAGES.validation["duplicate_key"]},
+    }
     assert records_for(app, "loan-" + "0" * 32) == []
     assert client.post("/api/evaluate", json={**JOHN, "email": email}).status_code == 200  # nothing was started
-    contact = client.post("/api/applications/loan-" + "0" * 32 + "/contact", data='{"answer": "yes", "answer": "no"}',
-                          content_type="application/json")
+    contact = client.post(
+        "/api/applications/loan-" + "0" * 32 + "/contact",
+        data='{"answer": "yes", "answer": "no"}',
+        content_type="application/json",
+    )
     assert contact.status_code == 400 and contact.json["fields"] == {"answer": MESSAGES.validation["duplicate_key"]}
-    order = ('{"customer_id": "twice", "customer_email": "twice@example.com", "items": [{"sku": "CB-010", "quantity": 1}],'
-             ' "address": {"name": "A", "street": "S", "city": "London", "city": "Paris", "postal_code": "P",'
-             ' "country": "UK"}}')
+    order = (
+        '{"customer_id": "twice", "customer_email": "twice@example.com", "items": [{"sku": "CB-010", "quantity": 1}],'
+        ' "address": {"name": "A", "street": "S", "city": "London", "city": "Paris", "postal_code": "P",'
+        ' "country": "UK"}}'
+    )
     placed = client.post("/api/orders", data=order, content_type="application/json", headers=bearer(app))
     assert placed.status_code == 400
     assert placed.json["fields"] == {"address.city": MESSAGES.validation["duplicate_key"]}

@@ -57,7 +57,12 @@ CASES = {
 def stack(dev_server, smtp_sink, tmp_path, monkeypatch):
     settings = fresh_settings(tmp_path / "data")
     address = dev_server.client.service_client.config.target_host
-    env = {"SMTP_URL": smtp_sink.url, "EMAIL_RETRY_INITIAL_SECONDS": "0.2", "EMAIL_ATTEMPT_TIMEOUT_SECONDS": "3", "MAIL_FROM": "Loans <no-reply@loans.test>"}
+    env = {
+        "SMTP_URL": smtp_sink.url,
+        "EMAIL_RETRY_INITIAL_SECONDS": "0.2",
+        "EMAIL_ATTEMPT_TIMEOUT_SECONDS": "3",
+        "MAIL_FROM": "Loans <no-reply@loans.test>",
+    }
     worker = WorkerProcess(settings, address, tmp_path / "worker.log", extra_env=env)
     app = make_app(settings, address, monkeypatch)
     yield app, settings, worker
@@ -162,8 +167,12 @@ def test_kill_9_while_sending_delivers_once_or_twice_with_one_message_id(stack, 
     worker.process.wait(10)
     smtp_sink.mail.data_delay = 0.0
     address = dev_server.client.service_client.config.target_host
-    env = {"SMTP_URL": smtp_sink.url, "EMAIL_RETRY_INITIAL_SECONDS": "0.2", "EMAIL_ATTEMPT_TIMEOUT_SECONDS": "3",
-           "MAIL_FROM": "Loans <no-reply@loans.test>"}
+    env = {
+        "SMTP_URL": smtp_sink.url,
+        "EMAIL_RETRY_INITIAL_SECONDS": "0.2",
+        "EMAIL_ATTEMPT_TIMEOUT_SECONDS": "3",
+        "MAIL_FROM": "Loans <no-reply@loans.test>",
+    }
     second = WorkerProcess(settings, address, tmp_path / "worker-2.log", extra_env=env)
     try:
         wait_until(lambda: email_record(settings, workflow_id).get("status") == "sent", timeout=30, what="sent")
@@ -176,26 +185,37 @@ def test_kill_9_while_sending_delivers_once_or_twice_with_one_message_id(stack, 
 
 
 def outcome_for(name: str, email: str) -> LoanOutcome:
-    application = LoanApplication(name=name, email=email, loan_amount=1000, credit_score=700, annual_income=50000,
-                                  has_bankruptcy=False)
-    return LoanOutcome(workflow_id="loan-abc", run_id="r", submitted_at="2026-01-01T00:00:00", application=application,
-                       decision="denied", reason="r", loan_to_income_ratio=0.1,
-                       message=DecisionMessage(title="Not approved", message="m", next_steps=["s"]), decided_by="t",
-                       email_text=DecisionEmail(message="em", explanation="because", next_steps=["es"]))
+    application = LoanApplication(
+        name=name, email=email, loan_amount=1000, credit_score=700, annual_income=50000, has_bankruptcy=False
+    )
+    return LoanOutcome(
+        workflow_id="loan-abc",
+        run_id="r",
+        submitted_at="2026-01-01T00:00:00",
+        application=application,
+        decision="denied",
+        reason="r",
+        loan_to_income_ratio=0.1,
+        message=DecisionMessage(title="Not approved", message="m", next_steps=["s"]),
+        decided_by="t",
+        email_text=DecisionEmail(message="em", explanation="because", next_steps=["es"]),
+    )
 
 
 DECIDED_AT = datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("name, email", [
-    ("Eve\r\nBcc: victim@example.com", "eve@example.com"),
-    ("Eve", "eve@example.com\r\nBcc: victim@example.com"),
-    ("Eve", "eve@example.com>, victim@example.com"),
-])
+@pytest.mark.parametrize(
+    "name, email",
+    [
+        ("Eve\r\nBcc: victim@example.com", "eve@example.com"),
+        ("Eve", "eve@example.com\r\nBcc: victim@example.com"),
+        ("Eve", "eve@example.com>, victim@example.com"),
+    ],
+)
 def test_header_injection_through_the_name_or_address_is_refused(name, email):
     try:
-        message = decision_email(outcome_for(name, email), "http://localhost:5001", "Loans <no-reply@loans.test>",
-                                 DECIDED_AT)
+        message = decision_email(outcome_for(name, email), "http://localhost:5001", "Loans <no-reply@loans.test>", DECIDED_AT)
     except ValueError:
         return  # refused
     rendered = message.as_string()
@@ -212,8 +232,7 @@ def test_an_encoded_word_in_the_name_never_reaches_the_to_header_as_a_name():
     """A record validated elsewhere (validation refuses the name): mail clients would show the decoded
     "Bcc: x@evil.com" as the recipient's name, so the email goes out without one."""
     name = "=?utf-8?q?Bcc=3A_x=40evil.com?="
-    message = decision_email(outcome_for(name, "eve@example.com"), "http://localhost:5001", "Loans <x@l.test>",
-                             DECIDED_AT)
+    message = decision_email(outcome_for(name, "eve@example.com"), "http://localhost:5001", "Loans <x@l.test>", DECIDED_AT)
     received = message_from_bytes(message.as_bytes(), policy=policy.default)
     addresses = received["To"].addresses
     assert [(a.display_name, a.addr_spec) for a in addresses] == [("", "eve@example.com")]
@@ -234,17 +253,18 @@ def test_a_retry_re_sends_the_same_message_byte_for_byte_with_its_date(tmp_path)
     controller.start()
     try:
         store = JsonStore(tmp_path / "data")
-        emails = LoanEmailActivities(store, Mailer(SmtpSettings.from_url(f"smtp://127.0.0.1:{port}"), "Loans <x@l.test>"),
-                                     "http://localhost:5001")
+        emails = LoanEmailActivities(
+            store, Mailer(SmtpSettings.from_url(f"smtp://127.0.0.1:{port}"), "Loans <x@l.test>"), "http://localhost:5001"
+        )
         outcome = outcome_for("Eve", "eve@example.com")
         first = ActivityEnvironment()
-        first.info = dataclasses.replace(first.info, attempt=1, scheduled_time=DECIDED_AT,
-                                         current_attempt_scheduled_time=DECIDED_AT)
+        first.info = dataclasses.replace(
+            first.info, attempt=1, scheduled_time=DECIDED_AT, current_attempt_scheduled_time=DECIDED_AT
+        )
         with pytest.raises(ApplicationError, match="not sent yet"):
             first.run(emails.send_decision_email, outcome)
         retry = ActivityEnvironment()
-        retry.info = dataclasses.replace(first.info, attempt=2,
-                                         current_attempt_scheduled_time=DECIDED_AT + timedelta(minutes=3))
+        retry.info = dataclasses.replace(first.info, attempt=2, current_attempt_scheduled_time=DECIDED_AT + timedelta(minutes=3))
         assert retry.run(emails.send_decision_email, outcome) == "sent"
     finally:
         controller.stop()

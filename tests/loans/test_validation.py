@@ -212,8 +212,7 @@ def test_empty_form_lists_every_field_in_order():
 
 @pytest.mark.parametrize("field", ["loan_amount", "annual_income"])
 def test_form_amounts_in_the_accepted_shapes(field):
-    shapes = [("1000", 1000.0), ("$1,000", 1000.0), ("$100,000.50", 100000.5), ("1,234,567.89", 1234567.89),
-              (" 2500.5 ", 2500.5)]
+    shapes = [("1000", 1000.0), ("$1,000", 1000.0), ("$100,000.50", 100000.5), ("1,234,567.89", 1234567.89), (" 2500.5 ", 2500.5)]
     for text, value in shapes:
         assert getattr(parse_form_application({**FORM, field: text}, MESSAGES), field) == value
 
@@ -269,8 +268,11 @@ def test_ascii_emails_keep_the_workflow_id_they_had():
     import hashlib
     import hmac
 
-    for typed, stored in (("John.Doe@Example.com", "john.doe@example.com"), (" a+b@x.org ", "a+b@x.org"),
-                          ("Z" * 64 + "@EXAMPLE.COM", "z" * 64 + "@example.com")):
+    for typed, stored in (
+        ("John.Doe@Example.com", "john.doe@example.com"),
+        (" a+b@x.org ", "a+b@x.org"),
+        ("Z" * 64 + "@EXAMPLE.COM", "z" * 64 + "@example.com"),
+    ):
         digest = hmac.new(SECRET, stored.encode(), hashlib.sha256).hexdigest()
         assert loan_workflow_id(typed, SECRET) == f"loan-{digest[:32]}"
 
@@ -309,8 +311,10 @@ def test_the_contact_answer_error_names_the_field_and_the_values_it_takes():
 
 
 def test_different_mailboxes_keep_different_ids():
-    ids = {loan_workflow_id(email, SECRET) for email in
-           ("john@example.com", "john+loans@example.com", "jo.hn@example.com", "john@example.org", "jos@example.com")}
+    ids = {
+        loan_workflow_id(email, SECRET)
+        for email in ("john@example.com", "john+loans@example.com", "jo.hn@example.com", "john@example.org", "jos@example.com")
+    }
     assert len(ids) == 5
 
 
@@ -341,9 +345,23 @@ def test_normalizing_twice_changes_nothing():
 # --- text: control, invisible and line-break characters are refused -------------
 
 REFUSED_CHARACTERS = [
-    "\x00", "\x1f", "\n", "\r", "\t", "\x7f", "\x85", "\x9b",  # C0, DEL, C1
-    "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u202e",  # zero-width, BOM, soft hyphen, bidi
-    "\u2028", "\u2029",  # line and paragraph separators
+    "\x00",
+    "\x1f",
+    "\n",
+    "\r",
+    "\t",
+    "\x7f",
+    "\x85",
+    "\x9b",  # C0, DEL, C1
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\u2060",
+    "\ufeff",
+    "\u00ad",
+    "\u202e",  # zero-width, BOM, soft hyphen, bidi
+    "\u2028",
+    "\u2029",  # line and paragraph separators
     "\ud800",  # a lone surrogate: not encodable as UTF-8
 ]
 
@@ -364,9 +382,18 @@ def test_ordinary_text_is_accepted():
 
 
 ADDRESS = {"name": "Ada Lovelace", "street": "12 Analytical Way", "city": "London", "postal_code": "N1 9GU", "country": "UK"}
-ORDER = {"customer_id": "ada-1", "customer_email": "ada@example.com", "items": [{"sku": "KB-100", "quantity": 2}],
-         "address": ADDRESS}
-ORDER_FORM = {"customer_id": "ada-1", "customer_email": "ada@example.com", "sku_KB-100": "2", **{f"address.{k}": v for k, v in ADDRESS.items()}}
+ORDER = {
+    "customer_id": "ada-1",
+    "customer_email": "ada@example.com",
+    "items": [{"sku": "KB-100", "quantity": 2}],
+    "address": ADDRESS,
+}
+ORDER_FORM = {
+    "customer_id": "ada-1",
+    "customer_email": "ada@example.com",
+    "sku_KB-100": "2",
+    **{f"address.{k}": v for k, v in ADDRESS.items()},
+}
 
 
 def order_errors(data) -> dict[str, str]:
@@ -400,8 +427,11 @@ def test_operator_actions_refuse_invisible_characters(char):
         (parse_json_address_change, {**ADDRESS, "operator": f"{char}grace"}, "operator"),
         (parse_json_failure, {"step": f"payment{char}"}, "step"),
         (parse_form_cancel, {"reason": f"changed my mind{char}"}, "reason"),
-        (parse_form_address_change, {**{f"address.{k}": v for k, v in ADDRESS.items()}, "address.city": f"Paris{char}"},
-         "address.city"),
+        (
+            parse_form_address_change,
+            {**{f"address.{k}": v for k, v in ADDRESS.items()}, "address.city": f"Paris{char}"},
+            "address.city",
+        ),
         (parse_form_failure, {"step": f"payment{char}"}, "step"),
     ]
     for parse, body, field in cases:
@@ -483,12 +513,18 @@ DASHBOARD_FORM = {
 }
 
 
-
 def test_a_valid_order_is_trimmed_and_typed():
     order = parse_json_order(
-        {**ORDER, "customer_id": " ada-1 ", "customer_email": " Ada@Example.COM ", "address": {**ADDRESS, "city": "  London "}, "expedited": True,
-         "failures": [{"step": "payment"}, {"step": "shipping", "times": 3, "permanent": True}]},
-        CATALOG, MESSAGES,
+        {
+            **ORDER,
+            "customer_id": " ada-1 ",
+            "customer_email": " Ada@Example.COM ",
+            "address": {**ADDRESS, "city": "  London "},
+            "expedited": True,
+            "failures": [{"step": "payment"}, {"step": "shipping", "times": 3, "permanent": True}],
+        },
+        CATALOG,
+        MESSAGES,
     )
     assert order.customer_id == "ada-1"
     assert order.address.city == "London"
@@ -578,12 +614,11 @@ def test_the_total_is_not_checked_here():
     assert order.lines[0].quantity == 100
 
 
-
-
 def test_the_order_form_is_parsed():
     order = parse_form_order(
         {**DASHBOARD_FORM, "expedited": "yes", "failure_step": "payment", "failure_times": "2", "failure_permanent": "yes"},
-        CATALOG, MESSAGES,
+        CATALOG,
+        MESSAGES,
     )
     assert [(line.sku, line.quantity) for line in order.lines] == [("KB-100", 2)]
     assert order.expedited is True
@@ -626,7 +661,9 @@ def test_operator_action_bodies():
     assert change.address.city == "Paris" and change.operator == "operator"
     assert parse_json_failure({"step": "inventory"}, MESSAGES) == FailureInjection("inventory", 1, False)
     assert parse_form_address_change({f"address.{k}": v for k, v in ADDRESS.items()}, MESSAGES).address.name == "Ada Lovelace"
-    assert parse_form_failure({"step": "shipping", "times": "3", "permanent": "yes"}, MESSAGES) == FailureInjection("shipping", 3, True)
+    assert parse_form_failure({"step": "shipping", "times": "3", "permanent": "yes"}, MESSAGES) == FailureInjection(
+        "shipping", 3, True
+    )
 
 
 @pytest.mark.parametrize(
@@ -642,8 +679,11 @@ def test_operator_action_bodies():
         (parse_json_cancel, {"reason": "x" * 501}, {"reason": TEXTS["cancel_reason"]}),
         (parse_json_cancel, "changed my mind", {"body": MESSAGES.errors["not_object"]}),
         (parse_json_address_change, {**ADDRESS, "city": ""}, {"address.city": TEXTS["address_field"]}),
-        (parse_json_address_change, {"address": ADDRESS}, {
-            "address": MESSAGES.validation["unknown_field"], **{f"address.{k}": TEXTS["address_field"] for k in ADDRESS}}),
+        (
+            parse_json_address_change,
+            {"address": ADDRESS},
+            {"address": MESSAGES.validation["unknown_field"], **{f"address.{k}": TEXTS["address_field"] for k in ADDRESS}},
+        ),
         (parse_json_failure, {"step": "delivery"}, {"step": TEXTS["failure_step"]}),
         (parse_json_failure, {"step": "payment", "times": 0}, {"times": TEXTS["failure_times"]}),
         (parse_json_failure, {"step": "payment", "permanent": 1}, {"permanent": TEXTS["failure_permanent"]}),

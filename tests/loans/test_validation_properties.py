@@ -63,19 +63,62 @@ CATALOG = [item.sku for item in load_rules(HERE / "rules.json").orders.catalog]
 
 # Fixed examples every run; no deadline (the first example pays for imports).
 PROPERTY_SETTINGS = settings(
-    derandomize=True, max_examples=300, deadline=None, database=None,
+    derandomize=True,
+    max_examples=300,
+    deadline=None,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 
 # Characters that broke things or must be refused, mixed into arbitrary text.
-REFUSED_SAMPLES = ["\x00", "\n", "\r", "\t", "\x7f", "\x85", "\u200b", "\u200d", "\u2060", "\ufeff", "\u2028",
-                   "\u2029", "\u202e", "\u00ad", "\ud800"]
-TRICKY = ["\u00b2", "\u0663", "\uff17", *REFUSED_SAMPLES, "\u00e9", "e\u0301", "\uff20", "$", ",", ".",
-          "e", "E", "-", "+", "_", "@", " ", "nan", "inf", "yes", "no", "0", "1", "9"]
+REFUSED_SAMPLES = [
+    "\x00",
+    "\n",
+    "\r",
+    "\t",
+    "\x7f",
+    "\x85",
+    "\u200b",
+    "\u200d",
+    "\u2060",
+    "\ufeff",
+    "\u2028",
+    "\u2029",
+    "\u202e",
+    "\u00ad",
+    "\ud800",
+]
+TRICKY = [
+    "\u00b2",
+    "\u0663",
+    "\uff17",
+    *REFUSED_SAMPLES,
+    "\u00e9",
+    "e\u0301",
+    "\uff20",
+    "$",
+    ",",
+    ".",
+    "e",
+    "E",
+    "-",
+    "+",
+    "_",
+    "@",
+    " ",
+    "nan",
+    "inf",
+    "yes",
+    "no",
+    "0",
+    "1",
+    "9",
+]
 any_char = st.characters(exclude_categories=())  # every code point, lone surrogates included
 texts = st.lists(st.one_of(any_char, st.sampled_from(TRICKY)), max_size=30).map("".join)
 numbers = st.one_of(
-    st.integers(), st.integers(min_value=10**300, max_value=10**400),
+    st.integers(),
+    st.integers(min_value=10**300, max_value=10**400),
     st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True),
     st.sampled_from([5e-324, 0.0, -0.0, 0.5, 1.0, 999.99, MIN_LOAN_AMOUNT, MAX_LOAN_AMOUNT, MAX_LOAN_AMOUNT + 1]),
 )
@@ -90,10 +133,12 @@ json_values = st.recursive(
 # Printable text of letters, marks, digits, punctuation, symbols and spaces: what
 # a person types into a text field.
 plain_texts = st.text(st.characters(categories=("L", "M", "N", "P", "S", "Zs")), min_size=1, max_size=40).filter(
-    lambda text: text.strip())
+    lambda text: text.strip()
+)
 # Ordinary text with one character that must be refused somewhere in it.
 tainted_texts = st.tuples(plain_texts, st.sampled_from(REFUSED_SAMPLES), st.integers(0, 40)).map(
-    lambda parts: parts[0][:parts[2]] + parts[1] + parts[0][parts[2]:])
+    lambda parts: parts[0][: parts[2]] + parts[1] + parts[0][parts[2] :]
+)
 junk = st.one_of(json_values, texts, numbers, tainted_texts)
 
 
@@ -107,12 +152,15 @@ def objects(valid_fields: dict[str, st.SearchStrategy], junk_fields: dict[str, s
     junk_fields = junk_fields or {}
     valid = st.fixed_dictionaries(valid_fields)
     replaced = st.sampled_from(names).flatmap(
-        lambda name: st.tuples(valid, junk_fields.get(name, junk)).map(lambda parts: {**parts[0], name: parts[1]}))
+        lambda name: st.tuples(valid, junk_fields.get(name, junk)).map(lambda parts: {**parts[0], name: parts[1]})
+    )
     dropped = st.tuples(valid, st.sampled_from(names)).map(
-        lambda parts: {key: value for key, value in parts[0].items() if key != parts[1]})
+        lambda parts: {key: value for key, value in parts[0].items() if key != parts[1]}
+    )
     extra = st.tuples(valid, texts, json_values).map(lambda parts: {**parts[0], parts[1]: parts[2]})
-    scrambled = st.fixed_dictionaries({name: st.one_of(strategy, junk_fields.get(name, junk))
-                                       for name, strategy in valid_fields.items()})
+    scrambled = st.fixed_dictionaries(
+        {name: st.one_of(strategy, junk_fields.get(name, junk)) for name, strategy in valid_fields.items()}
+    )
     return st.one_of(valid, replaced, dropped, extra, scrambled)
 
 
@@ -147,27 +195,68 @@ def assert_strict_json(value) -> None:
 
 # --- loans ------------------------------------------------------------------------
 
-emails = st.one_of(st.emails(), st.sampled_from([
-    "jose\u0301@example.com", "JOS\u00c9@Example.COM", "\uff4a@\uff45\uff58.com", "a@xn--bcher-kva.de", "A@B\u00dcCHER.de"]))
+emails = st.one_of(
+    st.emails(),
+    st.sampled_from(
+        ["jose\u0301@example.com", "JOS\u00c9@Example.COM", "\uff4a@\uff45\uff58.com", "a@xn--bcher-kva.de", "A@B\u00dcCHER.de"]
+    ),
+)
 amounts = st.one_of(st.integers(MIN_LOAN_AMOUNT, MAX_LOAN_AMOUNT), st.floats(MIN_LOAN_AMOUNT, MAX_LOAN_AMOUNT))
-incomes = st.one_of(st.just(0), st.integers(MIN_POSITIVE_INCOME, MAX_ANNUAL_INCOME),
-                    st.floats(MIN_POSITIVE_INCOME, MAX_ANNUAL_INCOME))
-out_of_bounds = st.sampled_from([5e-324, -0.0, 0.5, MIN_LOAN_AMOUNT - 0.01, MAX_LOAN_AMOUNT + 1, MAX_ANNUAL_INCOME + 1,
-                                 10**400, float("nan"), float("inf"), -1])
+incomes = st.one_of(
+    st.just(0), st.integers(MIN_POSITIVE_INCOME, MAX_ANNUAL_INCOME), st.floats(MIN_POSITIVE_INCOME, MAX_ANNUAL_INCOME)
+)
+out_of_bounds = st.sampled_from(
+    [
+        5e-324,
+        -0.0,
+        0.5,
+        MIN_LOAN_AMOUNT - 0.01,
+        MAX_LOAN_AMOUNT + 1,
+        MAX_ANNUAL_INCOME + 1,
+        10**400,
+        float("nan"),
+        float("inf"),
+        -1,
+    ]
+)
 application_json = objects(
     {
-        "name": plain_texts, "email": emails, "loan_amount": amounts, "credit_score": st.integers(300, 850),
-        "annual_income": incomes, "has_bankruptcy": st.booleans(),
+        "name": plain_texts,
+        "email": emails,
+        "loan_amount": amounts,
+        "credit_score": st.integers(300, 850),
+        "annual_income": incomes,
+        "has_bankruptcy": st.booleans(),
     },
-    {"loan_amount": st.one_of(out_of_bounds, junk), "annual_income": st.one_of(out_of_bounds, junk),
-     "credit_score": st.one_of(st.sampled_from([299, 851, 700.0, True]), junk)},
+    {
+        "loan_amount": st.one_of(out_of_bounds, junk),
+        "annual_income": st.one_of(out_of_bounds, junk),
+        "credit_score": st.one_of(st.sampled_from([299, 851, 700.0, True]), junk),
+    },
 )
 
 # Form text that must be refused as a number: non-ASCII digits, exponents, words...
 form_junk = st.one_of(
-    texts, numbers.map(str), st.decimals(allow_nan=True, allow_infinity=True).map(str),
-    st.sampled_from(["\u00b2", "\uff11\uff10\uff10\uff10", "\u0665\u0660\u0660\u0660", "1e5", "1_000", "inf",
-                     "5e-324", "1,0,0", "9" * 5000, "+1000", "-1000", " ", "0x10"]),
+    texts,
+    numbers.map(str),
+    st.decimals(allow_nan=True, allow_infinity=True).map(str),
+    st.sampled_from(
+        [
+            "\u00b2",
+            "\uff11\uff10\uff10\uff10",
+            "\u0665\u0660\u0660\u0660",
+            "1e5",
+            "1_000",
+            "inf",
+            "5e-324",
+            "1,0,0",
+            "9" * 5000,
+            "+1000",
+            "-1000",
+            " ",
+            "0x10",
+        ]
+    ),
 )
 
 
@@ -178,13 +267,17 @@ def form_numbers(values: st.SearchStrategy) -> st.SearchStrategy:
 
 application_form = objects(
     {
-        "name": plain_texts, "email": emails, "loan_amount": form_numbers(amounts),
-        "credit_score": st.integers(300, 850).map(str), "annual_income": form_numbers(incomes),
+        "name": plain_texts,
+        "email": emails,
+        "loan_amount": form_numbers(amounts),
+        "credit_score": st.integers(300, 850).map(str),
+        "annual_income": form_numbers(incomes),
         "has_bankruptcy": st.sampled_from(["yes", "no"]),
     },
     dict.fromkeys(FIELDS, form_junk),
-).map(lambda form: {key: value if isinstance(value, str) else json.dumps(value, default=repr)
-                    for key, value in form.items()})  # a form holds text only
+).map(
+    lambda form: {key: value if isinstance(value, str) else json.dumps(value, default=repr) for key, value in form.items()}
+)  # a form holds text only
 
 
 def assert_valid_application(application) -> None:
@@ -258,25 +351,31 @@ def test_page_is_a_bounded_int_or_a_page_error(raw):
 
 customer_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", fullmatch=True)
 line_fields = {"sku": st.sampled_from(CATALOG), "quantity": st.integers(1, MAX_QUANTITY)}
-valid_lines = st.lists(st.fixed_dictionaries(line_fields), min_size=1, max_size=len(CATALOG),
-                       unique_by=lambda line: line["sku"])
+valid_lines = st.lists(st.fixed_dictionaries(line_fields), min_size=1, max_size=len(CATALOG), unique_by=lambda line: line["sku"])
 address_fields = dict.fromkeys(ADDRESS_FIELDS, plain_texts)
-failure_fields = {"step": st.sampled_from(FAILURE_STEPS), "times": st.integers(1, MAX_FAILURE_TIMES),
-                  "permanent": st.booleans()}
+failure_fields = {"step": st.sampled_from(FAILURE_STEPS), "times": st.integers(1, MAX_FAILURE_TIMES), "permanent": st.booleans()}
 valid_failures = st.lists(st.fixed_dictionaries(failure_fields), max_size=MAX_FAILURES)
 order_json = objects(
-    {"customer_id": customer_ids, "customer_email": emails, "items": valid_lines, "address": st.fixed_dictionaries(address_fields),
-     "expedited": st.booleans(), "failures": valid_failures},
+    {
+        "customer_id": customer_ids,
+        "customer_email": emails,
+        "items": valid_lines,
+        "address": st.fixed_dictionaries(address_fields),
+        "expedited": st.booleans(),
+        "failures": valid_failures,
+    },
     {
         "items": st.one_of(
             st.lists(objects(line_fields, {"quantity": st.integers(-2, MAX_QUANTITY + 2)}), max_size=4),
             st.lists(st.fixed_dictionaries(line_fields), min_size=MAX_ORDER_LINES + 1, max_size=MAX_ORDER_LINES + 3),
-            junk),
+            junk,
+        ),
         "address": st.one_of(objects(address_fields), junk),
         "failures": st.one_of(
             st.lists(objects(failure_fields, {"times": st.integers(-1, MAX_FAILURE_TIMES + 1)}), max_size=3),
             st.lists(st.fixed_dictionaries(failure_fields), min_size=MAX_FAILURES + 1, max_size=MAX_FAILURES + 3),
-            junk),
+            junk,
+        ),
     },
 )
 quantity_texts = st.one_of(st.just(""), st.just("0"), st.integers(1, MAX_QUANTITY).map(str))
@@ -292,8 +391,8 @@ order_form_fields = {
 }
 form_texts = st.one_of(form_junk, st.sampled_from(["on", "true", "no", "11", "\uff12"]))
 order_form = objects(order_form_fields, dict.fromkeys(order_form_fields, form_texts)).map(
-    lambda form: {key: value if isinstance(value, str) else json.dumps(value, default=repr)
-                  for key, value in form.items()})
+    lambda form: {key: value if isinstance(value, str) else json.dumps(value, default=repr) for key, value in form.items()}
+)
 
 
 def assert_valid_order(order) -> None:
@@ -346,7 +445,7 @@ def check_action(parse_and_input) -> str:
         assert err.fields and all(isinstance(text, str) and text for text in err.fields.values())
         return "refused"
     for value in dataclasses.asdict(action).values():
-        for text in (value.values() if isinstance(value, dict) else [value]):
+        for text in value.values() if isinstance(value, dict) else [value]:
             if isinstance(text, str):
                 assert_clean(text, 500)
     if isinstance(action, FailureInjection):
@@ -364,14 +463,24 @@ action_bodies = st.one_of(
 )
 action_forms = st.one_of(
     st.tuples(st.just(parse_form_cancel), objects({"reason": plain_texts}, {"reason": form_texts})),
-    st.tuples(st.just(parse_form_address_change),
-              objects({f"address.{part}": plain_texts for part in ADDRESS_FIELDS}, {})),
-    st.tuples(st.just(parse_form_failure), objects(
-        {"step": st.sampled_from(FAILURE_STEPS), "times": st.one_of(st.just(""), st.integers(1, MAX_FAILURE_TIMES).map(str)),
-         "permanent": st.sampled_from(["", "yes"])},
-        {"step": form_texts, "times": form_texts, "permanent": form_texts})),
-).map(lambda pair: (pair[0], {key: value if isinstance(value, str) else json.dumps(value, default=repr)
-                              for key, value in pair[1].items()}))
+    st.tuples(st.just(parse_form_address_change), objects({f"address.{part}": plain_texts for part in ADDRESS_FIELDS}, {})),
+    st.tuples(
+        st.just(parse_form_failure),
+        objects(
+            {
+                "step": st.sampled_from(FAILURE_STEPS),
+                "times": st.one_of(st.just(""), st.integers(1, MAX_FAILURE_TIMES).map(str)),
+                "permanent": st.sampled_from(["", "yes"]),
+            },
+            {"step": form_texts, "times": form_texts, "permanent": form_texts},
+        ),
+    ),
+).map(
+    lambda pair: (
+        pair[0],
+        {key: value if isinstance(value, str) else json.dumps(value, default=repr) for key, value in pair[1].items()},
+    )
+)
 
 
 def test_json_orders_are_refused_by_field_or_clean():
@@ -391,8 +500,13 @@ def test_operator_forms_are_refused_by_field_or_clean():
 
 
 def test_form_checkboxes_are_their_value_or_empty():
-    valid_form = {"customer_id": "ada-1", "customer_email": "ada@example.com", "sku_KB-100": "1", **{f"address.{part}": "x" for part in ADDRESS_FIELDS},
-                  "failure_step": "payment"}
+    valid_form = {
+        "customer_id": "ada-1",
+        "customer_email": "ada@example.com",
+        "sku_KB-100": "1",
+        **{f"address.{part}": "x" for part in ADDRESS_FIELDS},
+        "failure_step": "payment",
+    }
 
     def check(name_and_value) -> str:
         name, value = name_and_value
@@ -405,6 +519,10 @@ def test_form_checkboxes_are_their_value_or_empty():
         assert (order.expedited if name == "expedited" else order.failures[0].permanent) == (value == "yes")
         return "accepted"
 
-    run_property(st.tuples(st.sampled_from(["expedited", "failure_permanent"]),
-                           st.one_of(st.sampled_from(["", "yes"]), form_texts.map(str))),  # map: one branch, not flattened
-                 check, minimum=4)  # only four accepted inputs exist, and hypothesis does not repeat inputs
+    run_property(
+        st.tuples(
+            st.sampled_from(["expedited", "failure_permanent"]), st.one_of(st.sampled_from(["", "yes"]), form_texts.map(str))
+        ),  # map: one branch, not flattened
+        check,
+        minimum=4,
+    )  # only four accepted inputs exist, and hypothesis does not repeat inputs

@@ -129,16 +129,19 @@ class Faults:
             if not hasattr(method, "__temporal_activity_definition"):
                 continue
             if inspect.iscoroutinefunction(method):
+
                 async def wrapper(self, request, _method=method, _name=name):
                     await asyncio.to_thread(faults.before, _name)
                     return await _method(self, request)
             else:
+
                 def wrapper(self, request, _method=method, _name=name):
                     try:
                         faults.before(_name)
                         return _method(self, request)
                     finally:
                         faults.exited.setdefault(_name, threading.Event()).set()
+
             wrapped = functools.wraps(method)(wrapper)
             del wrapped.__dict__["__temporal_activity_definition"]  # copied by wraps; defined anew below
             overrides[name] = activity.defn(name=name)(wrapped)
@@ -160,8 +163,12 @@ async def faulty_workers(time_skipping_env, order_settings, monkeypatch):
 
 # --- how to bring an order to a step, and what to do there ---------------------
 
-ACTIVITY_OF_STEP = {"validate": "validate_order", "reserve": "reserve_inventory", "charge": "charge_payment",
-                    "complete": "award_rewards"}
+ACTIVITY_OF_STEP = {
+    "validate": "validate_order",
+    "reserve": "reserve_inventory",
+    "charge": "charge_payment",
+    "complete": "award_rewards",
+}
 
 
 @dataclass
@@ -194,9 +201,21 @@ ROWS = [
     # the payment is charged on the first attempt, its answer lost); after the
     # release to the carrier it is too late and the order completes.
     Row("validate", "temporal_cancel", "cancelled", reason="Cancelled through Temporal"),
-    Row("reserve", "temporal_cancel", "cancelled", failures=[FailureInjection("inventory", times=8)], reason="Cancelled through Temporal"),
+    Row(
+        "reserve",
+        "temporal_cancel",
+        "cancelled",
+        failures=[FailureInjection("inventory", times=8)],
+        reason="Cancelled through Temporal",
+    ),
     Row("review", "temporal_cancel", "cancelled", lines=LARGE, reason="Cancelled through Temporal"),
-    Row("charge", "temporal_cancel", "cancelled", failures=[FailureInjection("payment", times=8)], reason="Cancelled through Temporal"),
+    Row(
+        "charge",
+        "temporal_cancel",
+        "cancelled",
+        failures=[FailureInjection("payment", times=8)],
+        reason="Cancelled through Temporal",
+    ),
     Row("prepare", "temporal_cancel", "cancelled", reason="Cancelled through Temporal"),
     Row("transit", "temporal_cancel", "completed"),
     Row("complete", "temporal_cancel", "completed"),
@@ -204,7 +223,9 @@ ROWS = [
     # case where waiting for the step would answer too late); refused once the
     # carrier has the parcel.
     Row("validate", "operator_cancel", "cancelled", reason="operator says stop"),
-    Row("reserve", "operator_cancel", "cancelled", failures=[FailureInjection("inventory", times=8)], reason="operator says stop"),
+    Row(
+        "reserve", "operator_cancel", "cancelled", failures=[FailureInjection("inventory", times=8)], reason="operator says stop"
+    ),
     Row("review", "operator_cancel", "cancelled", lines=LARGE, reason="operator says stop"),
     Row("charge", "operator_cancel", "cancelled", failures=[FailureInjection("payment", times=8)], reason="operator says stop"),
     Row("prepare", "operator_cancel", "cancelled", reason="operator says stop"),
@@ -248,7 +269,9 @@ async def operator_cancel(row: Row, handle, faults: Faults) -> None:
         faults.release_all()
         return
     update = await asyncio.wait_for(
-        handle.start_update(OrderWorkflow.cancel, CancelRequest("operator says stop"), wait_for_stage=WorkflowUpdateStage.ACCEPTED),
+        handle.start_update(
+            OrderWorkflow.cancel, CancelRequest("operator says stop"), wait_for_stage=WorkflowUpdateStage.ACCEPTED
+        ),
         UPDATE_DEADLINE,
     )
     faults.release_all()  # the attempt in flight ends; the cancel takes effect
@@ -306,8 +329,7 @@ async def test_every_exit_leaves_money_and_stock_right(time_skipping_env, order_
     assert await assert_orders_right(env.client, order_settings.data_dir, {i.sku: i.stock for i in catalog}) == 1
 
 
-async def test_changes_while_a_cancel_is_undone_are_refused_as_being_cancelled(time_skipping_env, order_settings,
-                                                                                faulty_workers):
+async def test_changes_while_a_cancel_is_undone_are_refused_as_being_cancelled(time_skipping_env, order_settings, faulty_workers):
     """Between an accepted cancel and its end, a second cancel or an address change is
     told the order is being cancelled (not "already shipping", the step it was in)."""
     faults = faulty_workers
@@ -329,8 +351,7 @@ async def test_changes_while_a_cancel_is_undone_are_refused_as_being_cancelled(t
     assert answer.status == "cancelled" and answer.cancel_reason == "first" and answer.address == ADDRESS
 
 
-async def test_the_record_shows_an_accepted_cancel_before_its_first_undo_ends(time_skipping_env, order_settings,
-                                                                             faulty_workers):
+async def test_the_record_shows_an_accepted_cancel_before_its_first_undo_ends(time_skipping_env, order_settings, faulty_workers):
     """Pages read the stored record, not the workflow: from the moment the order has taken a
     cancel, the record offers no action and names the cancel, while the undo steps still run
     (version 7; before, it kept offering "cancel" until the first undo was done)."""
@@ -383,8 +404,9 @@ def test_a_charge_or_reservation_arriving_after_its_undo_changes_nothing(order_s
 
 
 @pytest.mark.parametrize("refused_step", ["reserve_inventory", "charge_payment"], ids=["out_of_stock", "card_declined"])
-async def test_a_cancel_overtaken_by_a_rejection_still_answers_cancelled(time_skipping_env, order_settings, faulty_workers,
-                                                                          refused_step):
+async def test_a_cancel_overtaken_by_a_rejection_still_answers_cancelled(
+    time_skipping_env, order_settings, faulty_workers, refused_step
+):
     """Accepted while the step runs, which then refuses (out of stock, card declined):
     the accepted cancel wins, and its answer is the cancelled order (not the
     "already dispatched" text)."""
@@ -428,12 +450,20 @@ async def test_worker_slots_fit_their_threads_and_a_burst_of_loans_is_decided(de
         async with contextlib.AsyncExitStack() as started:
             for running in workers:
                 await started.enter_async_context(running)
-            applications = [LoanApplication("Burst", f"burst-{n}@example.com", 20_000.0, 700 + n, 90_000.0, False) for n in range(40)]
-            handles = await asyncio.gather(*(
-                env.client.start_workflow(LoanApplicationWorkflow.run, LoanRequest(app, 0, "10k-50k"),
-                                          id=f"loan-burst-{uuid.uuid4().hex}", task_queue=settings.task_queue)
-                for app in applications
-            ))
+            applications = [
+                LoanApplication("Burst", f"burst-{n}@example.com", 20_000.0, 700 + n, 90_000.0, False) for n in range(40)
+            ]
+            handles = await asyncio.gather(
+                *(
+                    env.client.start_workflow(
+                        LoanApplicationWorkflow.run,
+                        LoanRequest(app, 0, "10k-50k"),
+                        id=f"loan-burst-{uuid.uuid4().hex}",
+                        task_queue=settings.task_queue,
+                    )
+                    for app in applications
+                )
+            )
             outcomes = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 60)
     assert len({o.workflow_id for o in outcomes}) == 40 and all(o.decision for o in outcomes)
 
@@ -482,12 +512,17 @@ async def poll_until(check, what: str, timeout: float = 10.0):
 
 async def wait_until_waiting_on_its_timer(client, handle: WorkflowHandle) -> None:
     """The timer is started and the workflow has nothing else to do (no task, no activity)."""
+
     async def idle() -> bool:
         described = await client.workflow_service.describe_workflow_execution(
             DescribeWorkflowExecutionRequest(namespace=client.namespace, execution=WorkflowExecution(workflow_id=handle.id))
         )
-        return (not described.HasField("pending_workflow_task") and not described.pending_activities
-                and EventType.EVENT_TYPE_TIMER_STARTED in await history_types(handle))
+        return (
+            not described.HasField("pending_workflow_task")
+            and not described.pending_activities
+            and EventType.EVENT_TYPE_TIMER_STARTED in await history_types(handle)
+        )
+
     await poll_until(idle, "the workflow to wait on its timer")
 
 
@@ -522,8 +557,10 @@ async def test_an_approve_in_the_same_task_as_the_review_deadline_counts(dev_ser
     finally:
         approve.cancel()
     types = await history_types(handle)
-    assert tasks_started_between(types, EventType.EVENT_TYPE_TIMER_FIRED,
-                                 EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED) == 1, "not one workflow task"
+    assert (
+        tasks_started_between(types, EventType.EVENT_TYPE_TIMER_FIRED, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED)
+        == 1
+    ), "not one workflow task"
     assert answer.approved and answer.approved_by == "dana"
     assert final.status == "completed" and not final.cancelled, f"{final.status}: {final.reason}"
     catalog = load_rules(order_settings.rules_file).orders.catalog
@@ -543,8 +580,9 @@ async def test_a_contact_answer_in_the_same_task_as_the_window_end_is_recorded(t
         async with worker.build_worker(env.client, settings, executor, "worker-test", concurrency=4):
             outcome = await asyncio.wait_for(handle.result(), 20)
     types = await history_types(handle)
-    assert tasks_started_between(types, EventType.EVENT_TYPE_TIMER_FIRED,
-                                 EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED) == 0, "not one workflow task"
+    assert (
+        tasks_started_between(types, EventType.EVENT_TYPE_TIMER_FIRED, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED) == 0
+    ), "not one workflow task"
     store = JsonStore(settings.data_dir)
     assert store.get(APPLICATIONS, record_key(handle.id, outcome.run_id))["contact_preference"] == "yes"
     notifications, _ = store.list_recent(AGENT_NOTIFICATIONS)
@@ -553,8 +591,15 @@ async def test_a_contact_answer_in_the_same_task_as_the_window_end_is_recorded(t
 
 # --- the cancel race (issue 11): the moment of the cancel over an order's life -------
 
-MOMENTS = ("before_review", "right_after_approve", "during_charge", "while_shipment_starts",
-           "during_pickup_wait", "after_dispatch", "after_delivery")
+MOMENTS = (
+    "before_review",
+    "right_after_approve",
+    "during_charge",
+    "while_shipment_starts",
+    "during_pickup_wait",
+    "after_dispatch",
+    "after_delivery",
+)
 
 
 async def cancel_at(handle) -> tuple[bool, str]:
@@ -630,8 +675,9 @@ async def test_address_change_and_expedite_at_every_moment(time_skipping_env, or
     refusals = {texts["already_dispatched"], texts["already_final"].format(status="completed")}
     try:
         offered = (await handle.query(OrderWorkflow.status)).actions
-        answer = await asyncio.wait_for(handle.execute_update(OrderWorkflow.update_address, AddressChange(NEW_ADDRESS, "erin")),
-                                        UPDATE_DEADLINE)
+        answer = await asyncio.wait_for(
+            handle.execute_update(OrderWorkflow.update_address, AddressChange(NEW_ADDRESS, "erin")), UPDATE_DEADLINE
+        )
         accepted, said = True, answer.address
     except WorkflowUpdateFailedError as err:
         assert isinstance(err.cause, ApplicationError) and err.cause.type == ACTION_REFUSED, err.cause
@@ -653,7 +699,7 @@ async def test_address_change_and_expedite_at_every_moment(time_skipping_env, or
     label = JsonStore(order_settings.data_dir).get(SHIPMENTS, final.order_id)
     expected = NEW_ADDRESS if accepted else ADDRESS
     assert final.address == expected and Address(**label["address"]) == expected, f"{moment}: label to {label['address']}"
-    assert accepted == (moment in MOMENTS[:MOMENTS.index("after_dispatch")]), f"{moment}: accepted {accepted} ({said})"
+    assert accepted == (moment in MOMENTS[: MOMENTS.index("after_dispatch")]), f"{moment}: accepted {accepted} ({said})"
     if "expedite" in offered:  # applied: the parcel travels the fast way, even when expedited in transit
         transit = datetime.fromisoformat(final.milestones["delivered"]) - datetime.fromisoformat(final.milestones["shipped"])
         assert final.expedited and transit < timedelta(seconds=order_request(order_settings, LARGE).shipping.transit_seconds)
@@ -697,6 +743,7 @@ async def test_cancel_swept_over_an_order_life_on_the_dev_server(dev_server, ord
     outcomes = {accepted for _, accepted, _, _ in results}
     assert outcomes == {True, False}, f"the sweep should see both sides of the dispatch: {results}"
     catalog = load_rules(order_settings.rules_file).orders.catalog
-    assert await assert_orders_right(dev_server.client, order_settings.data_dir,
-                                     {i.sku: i.stock for i in catalog}) == len(delays) + 1
-
+    assert (
+        await assert_orders_right(dev_server.client, order_settings.data_dir, {i.sku: i.stock for i in catalog})
+        == len(delays) + 1
+    )

@@ -88,8 +88,12 @@ class Sink:
 
 
 def email_env(sink: Sink) -> dict[str, str]:
-    return {"SMTP_URL": sink.url, "MAIL_FROM": MAIL_FROM, "EMAIL_RETRY_INITIAL_SECONDS": "0.2",
-            "EMAIL_ATTEMPT_TIMEOUT_SECONDS": "3"}
+    return {
+        "SMTP_URL": sink.url,
+        "MAIL_FROM": MAIL_FROM,
+        "EMAIL_RETRY_INITIAL_SECONDS": "0.2",
+        "EMAIL_ATTEMPT_TIMEOUT_SECONDS": "3",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +105,9 @@ def email_stack(dev_server, tmp_path_factory):
     rules["orders"]["shipping"] = {"prepare_seconds": 0, "transit_seconds": 0.3, "expedited_transit_seconds": 0.3}
     (root / "rules.json").write_text(json.dumps(rules))
     settings = fresh_settings(root / "data", rules_file=root / "rules.json")
-    worker = WorkerProcess(settings, dev_server.client.service_client.config.target_host, root / "worker.log",
-                           extra_env=email_env(sink))
+    worker = WorkerProcess(
+        settings, dev_server.client.service_client.config.target_host, root / "worker.log", extra_env=email_env(sink)
+    )
     yield settings, sink, worker
     worker.kill()
     sink.controller.stop()
@@ -168,8 +173,9 @@ async def test_an_auto_approved_order_emails_placed_shipped_delivered_in_that_or
     history = await raw.get_workflow_handle(order_workflow_id(order_id)).fetch_history()
     assert email not in history.to_json() and email.encode() not in b"".join(e.SerializeToString() for e in history.events)
     assert email not in worker.log_path.read_text()
-    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow],
-                        data_converter=dev_server.client.data_converter)
+    replayer = Replayer(
+        workflows=[OrderWorkflow, ShippingWorkflow, RewardsWorkflow], data_converter=dev_server.client.data_converter
+    )
     await replayer.replay_workflow(await dev_server.client.get_workflow_handle(order_workflow_id(order_id)).fetch_history())
 
 
@@ -209,10 +215,12 @@ def test_an_order_for_review_emails_that_it_waits_then_ships(email_stack, operat
     assert operator.get(f"/api/orders/{order_id}").json["status"] == "awaiting_review"  # the email came while it waits
 
     assert operator.post(f"/api/orders/{order_id}/approve", json={"operator": "alice"}).status_code == 200
-    order_when(operator, order_id, all_emails(("received", "awaiting_review", "shipped", "delivered"), "sent"),
-               "four emails sent")
+    order_when(
+        operator, order_id, all_emails(("received", "awaiting_review", "shipped", "delivered"), "sent"), "four emails sent"
+    )
     assert [m["Subject"] for m in sink.mails_to(email)] == [
-        subject(kind, order_id) for kind in ("received", "awaiting_review", "shipped", "delivered")]
+        subject(kind, order_id) for kind in ("received", "awaiting_review", "shipped", "delivered")
+    ]
 
 
 def test_a_550_is_one_attempt_per_email_recorded_and_shown_and_the_order_completes(email_stack, operator):
@@ -230,7 +238,7 @@ def test_a_550_is_one_attempt_per_email_recorded_and_shown_and_the_order_complet
     record = JsonStore(settings.data_dir).get(ORDER_EMAILS, f"{order_id}.shipped")
     assert record["status"] == "refused" and "550" in record["reason"]
     page = operator.get(f"/orders/{order_id}").get_data(as_text=True)
-    assert "shipped: refused (550 5.1.1 mailbox unavailable)" in page, page[page.find("order-emails"):][:800]
+    assert "shipped: refused (550 5.1.1 mailbox unavailable)" in page, page[page.find("order-emails") :][:800]
     events = operator.get(f"/api/orders/{order_id}/events").json["events"]
     assert sum(e["kind"] == "failure" and "refused" in e["message"] for e in events) == 3
     assert email not in worker.log_path.read_text()
@@ -254,8 +262,12 @@ async def test_an_order_placed_without_an_email_completes_and_sends_nothing(emai
 
 
 def test_the_order_form_requires_an_email_keeps_what_was_typed_and_says_where_it_emails(email_stack, operator):
-    form = {"customer_id": "ada", "customer_email": "ada@", "sku_CB-010": "1",
-            **{f"address.{part}": value for part, value in ADDRESS.items()}}
+    form = {
+        "customer_id": "ada",
+        "customer_email": "ada@",
+        "sku_CB-010": "1",
+        **{f"address.{part}": value for part, value in ADDRESS.items()},
+    }
     refused = operator.post("/orders", data=form)
     html = refused.get_data(as_text=True)
     assert refused.status_code == 400
@@ -270,12 +282,18 @@ def test_the_order_form_requires_an_email_keeps_what_was_typed_and_says_where_it
     assert TEXTS["placed_emailing"].format(email=email) in page  # normalised, as stored
 
 
-@pytest.mark.parametrize(("change", "text"), [
-    ({"customer_email": None}, TEXTS["customer_email"]),
-    ({"customer_email": "not an address"}, TEXTS["customer_email"]),
-    ({"customer_email": "ada@example.com, eve@example.com"}, TEXTS["customer_email"]),
-    ({"customer_email": "ada@example.com\r\nBcc: eve@example.com"}, load_messages(HERE / "messages.json").validation["text_characters"]),
-])
+@pytest.mark.parametrize(
+    ("change", "text"),
+    [
+        ({"customer_email": None}, TEXTS["customer_email"]),
+        ({"customer_email": "not an address"}, TEXTS["customer_email"]),
+        ({"customer_email": "ada@example.com, eve@example.com"}, TEXTS["customer_email"]),
+        (
+            {"customer_email": "ada@example.com\r\nBcc: eve@example.com"},
+            load_messages(HERE / "messages.json").validation["text_characters"],
+        ),
+    ],
+)
 def test_the_api_refuses_a_bad_customer_email_by_name(operator, change, text):
     body = {"customer_id": "ada", "items": [{"sku": "CB-010", "quantity": 1}], "address": ADDRESS, **change}
     body = {key: value for key, value in body.items() if value is not None}
@@ -296,8 +314,7 @@ def mailing_sink(tmp_path, monkeypatch):
     sink.controller.stop()
 
 
-async def test_a_cancel_after_the_charge_emails_the_cancellation_with_the_refund(
-        time_skipping_env, order_settings, mailing_sink):
+async def test_a_cancel_after_the_charge_emails_the_cancellation_with_the_refund(time_skipping_env, order_settings, mailing_sink):
     sink = mailing_sink
     email = a_customer_email()
     request = dataclasses.replace(order_request(order_settings, SMALL), customer_email=email)
@@ -336,17 +353,21 @@ async def test_the_review_sla_expiring_emails_the_customer(time_skipping_env, or
 
 
 def email_request(**change) -> OrderEmailRequest:
-    return dataclasses.replace(OrderEmailRequest("abc123def456", "received", "ada@example.com", "Order received",
-                                                 "Shipped to Ada Lovelace"), **change)
+    return dataclasses.replace(
+        OrderEmailRequest("abc123def456", "received", "ada@example.com", "Order received", "Shipped to Ada Lovelace"), **change
+    )
 
 
-@pytest.mark.parametrize("change", [
-    {"to": "ada@example.com\r\nBcc: eve@example.com"},
-    {"to": "ada@example.com>, eve@example.com"},
-    {"to": "Ada <ada@example.com>, eve@example.com"},
-    {"subject": "Order received\r\nBcc: eve@example.com"},
-    {"text": "Shipped to Ada\r\nBcc: eve@example.com\r\n\r\nhello"},  # any order field, in the body
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"to": "ada@example.com\r\nBcc: eve@example.com"},
+        {"to": "ada@example.com>, eve@example.com"},
+        {"to": "Ada <ada@example.com>, eve@example.com"},
+        {"subject": "Order received\r\nBcc: eve@example.com"},
+        {"text": "Shipped to Ada\r\nBcc: eve@example.com\r\n\r\nhello"},  # any order field, in the body
+    ],
+)
 def test_header_injection_through_the_address_subject_or_an_order_field_is_refused_or_neutralised(change):
     try:
         message = order_email(email_request(**change), MAIL_FROM, parsedate_to_datetime("Thu, 01 Jan 2026 00:00:00 +0000"))

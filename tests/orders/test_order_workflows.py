@@ -98,8 +98,9 @@ def store(settings) -> JsonStore:
     return JsonStore(settings.data_dir)
 
 
-def order_request(settings, lines: list[OrderLine], failures: list[FailureInjection] | None = None,
-                  expedited: bool = False) -> OrderRequest:
+def order_request(
+    settings, lines: list[OrderLine], failures: list[FailureInjection] | None = None, expedited: bool = False
+) -> OrderRequest:
     rules = load_rules(settings.rules_file).orders
     return OrderRequest(
         order_id=uuid.uuid4().hex[:12],
@@ -107,8 +108,12 @@ def order_request(settings, lines: list[OrderLine], failures: list[FailureInject
         lines=lines,
         address=ADDRESS,
         expedited=expedited,
-        policy=OrderPolicy(rules.max_order_total, rules.auto_approve_limit, rules.review_sla_seconds,
-                           reward_points_per_dollar=rules.rewards.points_per_dollar),
+        policy=OrderPolicy(
+            rules.max_order_total,
+            rules.auto_approve_limit,
+            rules.review_sla_seconds,
+            reward_points_per_dollar=rules.rewards.points_per_dollar,
+        ),
         shipping=ShippingTiming(**rules.shipping.model_dump()),
         placed_at=datetime.now(timezone.utc).isoformat(),
         failures=failures or [],
@@ -372,7 +377,9 @@ async def dev_server_order_workers(dev_server, order_settings):
         yield
 
 
-async def test_concurrent_awards_across_continue_as_new_count_each_order_once(dev_server, order_settings, dev_server_order_workers):
+async def test_concurrent_awards_across_continue_as_new_count_each_order_once(
+    dev_server, order_settings, dev_server_order_workers
+):
     """60 orders' awards at once, each sent twice, on a history of at most 40 events:
     several continue-as-new boundaries; pending awards travel in the next run's input.
 
@@ -383,8 +390,10 @@ async def test_concurrent_awards_across_continue_as_new_count_each_order_once(de
     tiers = [RewardTierRule(t.name, t.min_points) for t in load_rules(order_settings.rules_file).orders.rewards.tiers]
     client = dev_server.client
     started = await client.start_workflow(
-        RewardsWorkflow.run, RewardsInput(RewardsState(customer), tiers, max_history_events=40),
-        id=rewards_workflow_id(customer), task_queue=order_settings.order_task_queue,
+        RewardsWorkflow.run,
+        RewardsInput(RewardsState(customer), tiers, max_history_events=40),
+        id=rewards_workflow_id(customer),
+        task_queue=order_settings.order_task_queue,
     )
     handle = client.get_workflow_handle(rewards_workflow_id(customer))
     awards = [AwardPoints(f"order-{n}", 10 + n) for n in range(60)]
@@ -498,8 +507,9 @@ async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
     other hash seeds."""
     from test_workflows import replay_in_fresh_processes
 
-    assert not any(getattr(cls, "__temporal_workflow_definition").sandboxed
-                   for cls in (OrderWorkflow, ShippingWorkflow, RewardsWorkflow))
+    assert not any(
+        getattr(cls, "__temporal_workflow_definition").sandboxed for cls in (OrderWorkflow, ShippingWorkflow, RewardsWorkflow)
+    )
     fresh = []
     for kind in ORDER_SCENARIOS:
         for workflow_kind, history in await record_order_scenario(time_skipping_env.client, order_settings, kind):
@@ -508,8 +518,10 @@ async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
             fresh[-1].write_text(history.to_json())
             if os.environ.get("RECORD_ORDER_HISTORIES") == "1" and workflow_kind != "rewards":
                 (HERE / "tests" / "histories" / f"{workflow_kind}_workflow_{ORDER_VERSION}_{kind}.json").write_text(
-                    await plain_history_json(history, payload_codec))
+                    await plain_history_json(history, payload_codec)
+                )
     committed = sorted((HERE / "tests" / "histories").glob("order_workflow_*.json")) + sorted(
-        (HERE / "tests" / "histories").glob("shipping_workflow_*.json"))
+        (HERE / "tests" / "histories").glob("shipping_workflow_*.json")
+    )
     assert len(committed) >= 4
     replay_in_fresh_processes(committed + fresh)

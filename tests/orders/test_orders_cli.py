@@ -34,13 +34,27 @@ def test_cli_item_and_failure_options_are_parsed():
     assert orders_cli.failure_spec("shipping:1:forever") == {"step": "shipping", "times": 1, "permanent": "forever"}
 
 
-
-
 def test_cli_places_shows_and_operates_orders(app, customer):
     runner = app.test_cli_runner()
     address = ["--name", "Ada", "--street", "1 Way", "--city", "London", "--postal-code", "N1", "--country", "UK"]
-    created = runner.invoke(args=["orders", "create", "--customer", customer, "--email", "ada@example.com", "--item", "LP-140:1", "--item", "CB-010",
-                                  *address, "--fail", "payment:1", "--json"])
+    created = runner.invoke(
+        args=[
+            "orders",
+            "create",
+            "--customer",
+            customer,
+            "--email",
+            "ada@example.com",
+            "--item",
+            "LP-140:1",
+            "--item",
+            "CB-010",
+            *address,
+            "--fail",
+            "payment:1",
+            "--json",
+        ]
+    )
     assert created.exit_code == 0, created.output
     order_id = json.loads(created.output)["order_id"]
 
@@ -67,11 +81,15 @@ def test_cli_places_shows_and_operates_orders(app, customer):
     events = runner.invoke(args=["orders", "events", order_id])
     assert events.exit_code == 0 and "Approved by cli-test" in events.output
 
-    second = runner.invoke(args=["orders", "create", "--customer", customer, "--email", "ada@example.com", "--item", "LP-140:1", *address])
+    second = runner.invoke(
+        args=["orders", "create", "--customer", customer, "--email", "ada@example.com", "--item", "LP-140:1", *address]
+    )
     assert second.exit_code == 0, second.output
     second_id = re.search(r"Order (\w+) placed", second.output).group(1)
-    wait_until(lambda: runner.invoke(args=["orders", "status", second_id]).output.count(TEXTS["status_awaiting_review"]),
-               what="the second order to await review")
+    wait_until(
+        lambda: runner.invoke(args=["orders", "status", second_id]).output.count(TEXTS["status_awaiting_review"]),
+        what="the second order to await review",
+    )
     cancelled = runner.invoke(args=["orders", "cancel", second_id, "--reason", "changed my mind", "--json"])
     assert cancelled.exit_code == 0, cancelled.output
     assert json.loads(cancelled.output)["status"] == "cancelled"
@@ -80,8 +98,23 @@ def test_cli_places_shows_and_operates_orders(app, customer):
 def test_cli_input_errors_and_unknown_orders(app):
     runner = app.test_cli_runner()
     address = ["--name", "Ada", "--street", "1 Way", "--city", "London", "--postal-code", "N1", "--country", "UK"]
-    invalid = runner.invoke(args=["orders", "create", "--customer", "ada", "--email", "ada@example.com", "--item", "NOPE:x", *address,
-                                  "--fail", "payment:lots", "--fail", "shipping:1:forever"])
+    invalid = runner.invoke(
+        args=[
+            "orders",
+            "create",
+            "--customer",
+            "ada",
+            "--email",
+            "ada@example.com",
+            "--item",
+            "NOPE:x",
+            *address,
+            "--fail",
+            "payment:lots",
+            "--fail",
+            "shipping:1:forever",
+        ]
+    )
     assert invalid.exit_code == 2
     assert f"items.0.sku: {TEXTS['unknown_sku']}" in invalid.output
     assert f"items.0.quantity: {TEXTS['quantity']}" in invalid.output
@@ -98,9 +131,29 @@ def test_cli_status_says_when_only_the_start_input_answers(order_stack, monkeypa
     app = make_app(settings, address, monkeypatch)
     try:
         runner = app.test_cli_runner()
-        created = runner.invoke(args=["orders", "create", "--customer", customer, "--email", "ada@example.com",
-                                      "--item", "CB-010", "--name", "Ada", "--street", "1 Way", "--city", "London",
-                                      "--postal-code", "N1", "--country", "UK", "--json"])
+        created = runner.invoke(
+            args=[
+                "orders",
+                "create",
+                "--customer",
+                customer,
+                "--email",
+                "ada@example.com",
+                "--item",
+                "CB-010",
+                "--name",
+                "Ada",
+                "--street",
+                "1 Way",
+                "--city",
+                "London",
+                "--postal-code",
+                "N1",
+                "--country",
+                "UK",
+                "--json",
+            ]
+        )
         assert created.exit_code == 0, created.output
         shown = runner.invoke(args=["orders", "status", json.loads(created.output)["order_id"]])
         assert shown.exit_code == 0, shown.output

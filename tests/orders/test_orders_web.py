@@ -30,8 +30,12 @@ from tests.fixtures import ADDRESS, HERE, free_port, make_app, signed_in, wait_u
 MESSAGES = load_messages(HERE / "messages.json")
 TEXTS = MESSAGES.orders
 CATALOG = [item.sku for item in load_rules(HERE / "rules.json").orders.catalog]
-ORDER = {"customer_id": "ada-1", "customer_email": "ada@example.com", "items": [{"sku": "KB-100", "quantity": 2}],
-         "address": ADDRESS}
+ORDER = {
+    "customer_id": "ada-1",
+    "customer_email": "ada@example.com",
+    "items": [{"sku": "KB-100", "quantity": 2}],
+    "address": ADDRESS,
+}
 
 
 FORM = {
@@ -92,9 +96,16 @@ def in_transit(order: dict) -> bool:
 
 @pytest.mark.timeout(60)
 def test_a_big_order_waits_for_review_then_is_approved_and_delivered(client, customer):
-    response = client.post("/api/orders", json={
-        "customer_id": customer, "customer_email": "ada@example.com", "items": [{"sku": "LP-140", "quantity": 2}],
-        "address": ADDRESS, "expedited": True})
+    response = client.post(
+        "/api/orders",
+        json={
+            "customer_id": customer,
+            "customer_email": "ada@example.com",
+            "items": [{"sku": "LP-140", "quantity": 2}],
+            "address": ADDRESS,
+            "expedited": True,
+        },
+    )
     assert response.status_code == 201, response.json
     order_id = response.json["order_id"]
     assert response.json["workflow_id"] == f"order-{order_id}"
@@ -120,8 +131,9 @@ def test_a_big_order_waits_for_review_then_is_approved_and_delivered(client, cus
     assert [e["at"] for e in events] == sorted(e["at"] for e in events)
     assert any(e["kind"] == "operator" and "grace" in e["message"] for e in events)
 
-    rewards = wait_until(lambda: (r := client.get(f"/api/customers/{customer}/rewards")).status_code == 200 and r.json,
-                         what="the rewards")
+    rewards = wait_until(
+        lambda: (r := client.get(f"/api/customers/{customer}/rewards")).status_code == 200 and r.json, what="the rewards"
+    )
     assert rewards["customer_id"] == customer and rewards["points"] == 2498
 
 
@@ -149,8 +161,16 @@ def test_status_reads_the_recorded_projection_never_the_workflow(app, client, cu
     recorded itself, status comes from the store, as fresh as the live query."""
     order_id = place(client, customer, [("LP-140", 2)])  # above the auto-approve limit: waits for review
     # Once it is quiet: awaiting review, and its emails recorded as done (each records itself when done).
-    waiting = wait_for(client, order_id, lambda order: order["status"] == "awaiting_review" and len(order["emails"]) == 2
-                       and all(e["status"] != "sending" for e in order["emails"].values()), "the order to await review")
+    waiting = wait_for(
+        client,
+        order_id,
+        lambda order: (
+            order["status"] == "awaiting_review"
+            and len(order["emails"]) == 2
+            and all(e["status"] != "sending" for e in order["emails"].values())
+        ),
+        "the order to await review",
+    )
 
     async def live():
         temporal = await app.extensions["temporal"].get()
@@ -194,8 +214,13 @@ def test_a_closed_order_refuses_every_action(app, client, customer):
     assert client.get(f"/api/orders/{order_id}").json["status"] == "rejected"
 
     already = TEXTS["already_final"].format(status="rejected")
-    for path, body in [("approve", None), ("cancel", {"reason": "x"}), ("address", ADDRESS),
-                       ("expedite", None), ("simulate-failure", {"step": "payment"})]:
+    for path, body in [
+        ("approve", None),
+        ("cancel", {"reason": "x"}),
+        ("address", ADDRESS),
+        ("expedite", None),
+        ("simulate-failure", {"step": "payment"}),
+    ]:
         response = client.post(f"/api/orders/{order_id}/{path}", json=body)
         assert response.status_code == 409, path
         assert response.json == {"error": already}, path
@@ -222,9 +247,10 @@ def test_simulated_failures_are_retried_or_stop_the_order(client, customer):
     injected = client.post(f"/api/orders/{declined}/simulate-failure", json={"step": "payment", "permanent": True})
     assert injected.status_code == 202
     assert injected.json["failure"] == {"step": "payment", "times": 1, "permanent": True}
-    wait_until(lambda: any("Failure injected" in e["message"]
-                           for e in client.get(f"/api/orders/{declined}/events").json["events"]),
-               what="the failure to be recorded")
+    wait_until(
+        lambda: any("Failure injected" in e["message"] for e in client.get(f"/api/orders/{declined}/events").json["events"]),
+        what="the failure to be recorded",
+    )
     assert client.post(f"/api/orders/{declined}/approve").status_code == 200
 
     done = wait_for(client, retried, lambda o: o["final"], "the retried order to finish")
@@ -263,8 +289,10 @@ def test_unknown_orders_and_customers_are_404(client):
 def test_bad_requests_are_4xx_never_500(client, customer):
     invalid = client.post("/api/orders", json={**ORDER, "customer_id": customer, "items": [{"sku": "NOPE", "quantity": 0}]})
     assert invalid.status_code == 400
-    assert invalid.json == {"error": TEXTS["invalid_order"], "fields": {
-        "items.0.sku": TEXTS["unknown_sku"], "items.0.quantity": TEXTS["quantity"]}}
+    assert invalid.json == {
+        "error": TEXTS["invalid_order"],
+        "fields": {"items.0.sku": TEXTS["unknown_sku"], "items.0.quantity": TEXTS["quantity"]},
+    }
     form = client.post("/api/orders", data={"customer_id": customer})
     assert form.status_code == 415 and form.json["error"] == TEXTS["not_json"]
     broken = client.post("/api/orders", data="{", content_type="application/json")
@@ -284,8 +312,9 @@ def test_bad_requests_are_4xx_never_500(client, customer):
     assert bad_address.status_code == 400 and bad_address.json["fields"] == {"address.country": TEXTS["address_field"]}
     bad_failure = client.post(f"/api/orders/{order_id}/simulate-failure", json={"step": "payment", "times": 99})
     assert bad_failure.status_code == 400 and bad_failure.json["fields"] == {"times": TEXTS["failure_times"]}
-    not_json = client.post(f"/api/orders/{order_id}/approve", data="operator=grace",
-                           content_type="application/x-www-form-urlencoded")
+    not_json = client.post(
+        f"/api/orders/{order_id}/approve", data="operator=grace", content_type="application/x-www-form-urlencoded"
+    )
     assert not_json.status_code == 415
     # None of that touched the order.
     assert wait_for(client, order_id, status_is("awaiting_review"), "the order to await review")["cancelled"] is False
@@ -295,8 +324,9 @@ def test_the_list_shows_stored_orders_newest_first(client, customer):
     # The list is ordered by when an order was first stored (the store's numbered index),
     # which for two orders placed at once is the worker's order: place them apart.
     first = place(client, customer, [("CB-010", 1)])
-    wait_until(lambda: first in [o["order_id"] for o in client.get("/api/orders").json["orders"]],
-               what="the first order in the list")
+    wait_until(
+        lambda: first in [o["order_id"] for o in client.get("/api/orders").json["orders"]], what="the first order in the list"
+    )
     second = place(client, customer, [("CB-010", 2)])
 
     def listed():
@@ -337,8 +367,10 @@ def test_pages_place_track_and_act_on_an_order(client, customer):
 
     no_reason = client.post(f"{page_url}/cancel", data={"reason": " "})
     assert no_reason.status_code == 400 and TEXTS["cancel_reason"] in no_reason.get_data(as_text=True)
-    bad_address = client.post(f"{page_url}/address", data={**{f"address.{k}": v for k, v in ADDRESS.items()},
-                                                           "address.city": "", "address.street": "1 Typed Street"})
+    bad_address = client.post(
+        f"{page_url}/address",
+        data={**{f"address.{k}": v for k, v in ADDRESS.items()}, "address.city": "", "address.street": "1 Typed Street"},
+    )
     assert bad_address.status_code == 400
     assert 'value="1 Typed Street"' in bad_address.get_data(as_text=True)  # what was typed is kept
     bad_failure = client.post(f"{page_url}/simulate-failure", data={"step": "payment", "times": "zz"})
@@ -431,21 +463,38 @@ def test_temporal_down_is_503_and_the_form_keeps_its_values(order_stack, monkeyp
 def test_ids_of_other_kinds_are_unknown_orders(client, customer):
     order_id = place(client, customer, [("CB-010", 1)])
     wait_for(client, order_id, status_is("completed"), "the order to be delivered")
-    loan = client.post("/api/evaluate", json={"name": "Kind Check", "email": f"{customer}@example.com",
-                                              "loan_amount": 5000, "credit_score": 750, "annual_income": 90000,
-                                              "has_bankruptcy": False}).json["workflow_id"]
+    loan = client.post(
+        "/api/evaluate",
+        json={
+            "name": "Kind Check",
+            "email": f"{customer}@example.com",
+            "loan_amount": 5000,
+            "credit_score": 750,
+            "annual_income": 90000,
+            "has_bankruptcy": False,
+        },
+    ).json["workflow_id"]
     for other in [f"{order_id}-shipping", loan, loan.removeprefix("loan-"), order_id.upper(), f"order-{order_id}"]:
         assert client.get(f"/api/orders/{other}").status_code == 404, other
         assert client.get(f"/api/orders/{other}/events").status_code == 404, other
         assert client.get(f"/orders/{other}").status_code == 404, other
-        for action, body in [("approve", None), ("cancel", {"reason": "x"}), ("expedite", None),
-                             ("simulate-failure", {"step": "payment"})]:
+        for action, body in [
+            ("approve", None),
+            ("cancel", {"reason": "x"}),
+            ("expedite", None),
+            ("simulate-failure", {"step": "payment"}),
+        ]:
             assert client.post(f"/api/orders/{other}/{action}", json=body).status_code == 404, (other, action)
 
 
 def test_an_idempotency_key_makes_a_retried_order_the_same_order(client, customer):
-    body = {"customer_id": customer, "customer_email": "ada@example.com", "items": [{"sku": "CB-010", "quantity": 1}],
-            "address": ADDRESS, "expedited": True}
+    body = {
+        "customer_id": customer,
+        "customer_email": "ada@example.com",
+        "items": [{"sku": "CB-010", "quantity": 1}],
+        "address": ADDRESS,
+        "expedited": True,
+    }
     first = client.post("/api/orders", json=body, headers={"Idempotency-Key": "checkout-1"})
     assert first.status_code == 201, first.json
     again = client.post("/api/orders", json=body, headers={"Idempotency-Key": "checkout-1"})
@@ -460,8 +509,12 @@ def test_an_idempotency_key_makes_a_retried_order_the_same_order(client, custome
 
 
 def test_an_idempotency_key_reused_for_a_different_order_is_refused(client, customer):
-    body = {"customer_id": customer, "customer_email": "ada@example.com", "items": [{"sku": "LP-140", "quantity": 2}],
-            "address": ADDRESS}
+    body = {
+        "customer_id": customer,
+        "customer_email": "ada@example.com",
+        "items": [{"sku": "LP-140", "quantity": 2}],
+        "address": ADDRESS,
+    }
     first = client.post("/api/orders", json=body, headers={"Idempotency-Key": "checkout-1"})
     assert first.status_code == 201, first.json
     # The same order with its keys in another order and padded text is a retry, not another order.
@@ -471,7 +524,10 @@ def test_an_idempotency_key_reused_for_a_different_order_is_refused(client, cust
     other = {**body, "items": [{"sku": "CB-010", "quantity": 1}], "address": {**ADDRESS, "city": "Paris"}}
     reused = client.post("/api/orders", json=other, headers={"Idempotency-Key": "checkout-1"})
     assert reused.status_code == 422, reused.json
-    assert reused.json == {"error": TEXTS["idempotency_key_reused"], "fields": {"Idempotency-Key": TEXTS["idempotency_key_reused"]}}
+    assert reused.json == {
+        "error": TEXTS["idempotency_key_reused"],
+        "fields": {"Idempotency-Key": TEXTS["idempotency_key_reused"]},
+    }
     assert "Idempotency-Key" in reused.json["error"]
     assert client.get(f"/api/orders/{first.json['order_id']}").json["address"]["city"] == ADDRESS["city"]  # untouched
 
@@ -491,8 +547,7 @@ def test_two_approves_at_once_approve_once(app, client, customer):
     assert sorted(answer.status_code for answer in answers) == [200, 409], [a.json for a in answers]
     refused = next(answer for answer in answers if answer.status_code == 409)
     assert "(it is awaiting review)" not in refused.json["error"]
-    approvals = [e for e in client.get(f"/api/orders/{order_id}/events").json["events"]
-                 if e["message"].startswith("Approved by")]
+    approvals = [e for e in client.get(f"/api/orders/{order_id}/events").json["events"] if e["message"].startswith("Approved by")]
     assert len(approvals) == 1, approvals
 
 

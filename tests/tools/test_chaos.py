@@ -17,8 +17,9 @@ from tools import chaos
 
 @pytest.mark.timeout(240)
 def test_nothing_is_lost_duplicated_or_torn_when_every_process_is_killed(tmp_path):
-    figures = asyncio.run(chaos.run(tmp_path, loans=200, orders=20, worker_kills=5, concurrency=8, seed=7,
-                                    time_limit=150, duration=40))
+    figures = asyncio.run(
+        chaos.run(tmp_path, loans=200, orders=20, worker_kills=5, concurrency=8, seed=7, time_limit=150, duration=40)
+    )
     report = "\n".join(figures.lines() + figures.order_problems)
     assert sorted(set(figures.faults)) == ["temporal", "web", "worker"] and len(figures.faults) == 7, report
     assert figures.accepted == 200 and figures.orders == 20, report

@@ -128,9 +128,7 @@ def test_benchmark_figures_are_medians_and_ratios():
     floor, app = headline(floor_runs), headline(app_runs)
     assert floor == pytest.approx({"throughput": 5.0, "p50_ms": 200.0, "p99_ms": 200.0})
     ratios = compare(floor, app)
-    assert ratios == pytest.approx(
-        {"app_over_floor_throughput": 4.0, "app_over_floor_p50": 0.25, "app_p99_over_p50": 1.0}
-    )
+    assert ratios == pytest.approx({"app_over_floor_throughput": 4.0, "app_over_floor_p50": 0.25, "app_p99_over_p50": 1.0})
     assert [check["met"] for check in check_targets(32, ratios)] == [True, True]
     floor0 = headline([summarize([Result(0.04)] * 10, 0.4)])
     with_floor0 = compare(floor, app, floor0)
@@ -256,9 +254,15 @@ def test_soak_rows_and_the_memory_of_the_watched_processes():
     assert usage["tests"].rss_mb > 10 and usage["tests"].cpu_seconds > 0 and usage["nothing"] is None
     assert soak.cpu_ms_per_app(soak.Usage(100, 2.0), soak.Usage(100, 5.0), 1000) == 3.0
     assert soak.cpu_ms_per_app(soak.Usage(100, 2.0), soak.Usage(100, 1.0), 1000) is None  # restarted
-    row = {"sent": 2000, "throughput": 55.25, "p50_ms": 500.0, "p99_ms": 900.5, "failed": 0,
-           "rss_mb": {"temporal": 300.4, "worker": 120.0, "web": None, "mail": 40.2},
-           "cpu_ms_per_app": {"temporal": 20.04, "worker": 25.0, "web": None, "mail": 2.75}}
+    row = {
+        "sent": 2000,
+        "throughput": 55.25,
+        "p50_ms": 500.0,
+        "p99_ms": 900.5,
+        "failed": 0,
+        "rss_mb": {"temporal": 300.4, "worker": 120.0, "web": None, "mail": 40.2},
+        "cpu_ms_per_app": {"temporal": 20.04, "worker": 25.0, "web": None, "mail": 2.75},
+    }
     units, header, line = soak.format_soak_row(row, header=True).splitlines()
     assert units.split() == ["resident", "memory,", "MB", "CPU", "per", "application,", "ms"]
     assert header.split() == ["sent", "apps/s", "p50", "ms", "p99", "ms", "failed", *["temporal", "worker", "web", "mail"] * 2]
@@ -283,11 +287,13 @@ def test_the_soak_watches_the_stack_behind_its_url_only(tmp_path):
     # A stand-in supervisor: "honcho" on its command line, running the listener under a fork
     # of its own, also called honcho, as honcho does.
     fork = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {listener!r}])"
-    supervisor = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {fork!r}, 'honcho'])",
-                                   "honcho"])
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {fork!r}, 'honcho'])", "honcho"]
+    )
     try:
-        watched = wait_until(lambda: soak.stack_processes(f"http://127.0.0.1:{port}"), timeout=10,
-                             what="the listener under its supervisor")
+        watched = wait_until(
+            lambda: soak.stack_processes(f"http://127.0.0.1:{port}"), timeout=10, what="the listener under its supervisor"
+        )
         assert len(watched) == 2 and watched[0].ppid() == supervisor.pid  # the fork and the listener
         assert soak.stack_processes(f"http://127.0.0.1:{free_port()}") is None  # nobody listens there
     finally:
@@ -322,31 +328,47 @@ def _stamp(at: float) -> dict:
 async def test_the_breakdown_splits_the_first_task_by_its_local_activities():
     """The decision's task, split by its local activities' markers; the split is not added to the total."""
     t = 1_800_000_000.0
-    steps = [("validate_application", 0.0125, 0.0140), ("decide", 0.0126, 0.0150), ("persist_application", 0.0160, 0.0260),
-             ("record_contact_preference", 0.5, 0.6)]  # a later task's: not the decision's
-    events = [_event(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED, t + 0.010),
-              _event(EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, t + 0.0101),
-              _event(EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED, t + 0.012),
-              _event(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED, t + 0.030),
-              *[_marker(t + 0.030, {"activity_type": kind, "original_schedule_time": _stamp(t + at),
-                                    "complete_time": _stamp(t + done)}) for kind, at, done in steps[:3]],
-              _event(EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, t + 0.4),
-              _event(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED, t + 0.7),
-              _marker(t + 0.7, {"activity_type": steps[3][0], "original_schedule_time": _stamp(t + 0.5),
-                                "complete_time": _stamp(t + 0.6)})]
+    steps = [
+        ("validate_application", 0.0125, 0.0140),
+        ("decide", 0.0126, 0.0150),
+        ("persist_application", 0.0160, 0.0260),
+        ("record_contact_preference", 0.5, 0.6),
+    ]  # a later task's: not the decision's
+    events = [
+        _event(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED, t + 0.010),
+        _event(EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, t + 0.0101),
+        _event(EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED, t + 0.012),
+        _event(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED, t + 0.030),
+        *[
+            _marker(
+                t + 0.030, {"activity_type": kind, "original_schedule_time": _stamp(t + at), "complete_time": _stamp(t + done)}
+            )
+            for kind, at, done in steps[:3]
+        ],
+        _event(EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, t + 0.4),
+        _event(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED, t + 0.7),
+        _marker(
+            t + 0.7, {"activity_type": steps[3][0], "original_schedule_time": _stamp(t + 0.5), "complete_time": _stamp(t + 0.6)}
+        ),
+    ]
     client = types.SimpleNamespace(data_converter=types.SimpleNamespace(payload_codec=None))
     markers = await bench.first_task_markers(client, events)
     assert [m["activity_type"] for m in markers] == ["validate_application", "decide", "persist_application"]
 
     sample = bench.breakdown_of(t + 0.005, t + 0.035, events, markers)
-    expected = {"task started -> validate and decide done": 3.0, "-> persist done (the record fsynced)": 11.0,
-                "persist done -> task completed": 4.0, "task started -> task completed (local activities)": 18.0}
+    expected = {
+        "task started -> validate and decide done": 3.0,
+        "-> persist done (the record fsynced)": 11.0,
+        "persist done -> task completed": 4.0,
+        "task started -> task completed (local activities)": 18.0,
+    }
     for label, ms in expected.items():
         assert sample[label] == pytest.approx(ms, abs=0.01), label  # event times are whole microseconds
     summary = bench.summarize_breakdown([sample])
     assert summary["total_ms"] == pytest.approx(30.0, abs=0.01)  # sent -> answered, the split not counted twice
-    text = bench.format_benchmark({"url": "http://app", "run_id": "r", "seed": 1, "repeat": 1, "levels": [],
-                                       "breakdown": summary})
+    text = bench.format_benchmark(
+        {"url": "http://app", "run_id": "r", "seed": 1, "repeat": 1, "levels": [], "breakdown": summary}
+    )
     lines = text.splitlines()
     task_line = next(n for n, line in enumerate(lines) if "task started -> task completed" in line)
     assert lines[task_line + 2].startswith("    -> persist done (the record fsynced)")

@@ -25,16 +25,23 @@ def test_the_run_sink_keeps_messages_on_disk_only(tmp_path):
     """The sink `make run` starts writes each message as it came, byte for byte but the line ends."""
     port = free_port()
     maildir = tmp_path / "mail"
-    sink = subprocess.Popen([sys.executable, "-m", "tools.mail_sink", "--port", str(port), "--maildir", str(maildir)],
-                            cwd=HERE, stdout=subprocess.PIPE, text=True)
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "tools.mail_sink", "--port", str(port), "--maildir", str(maildir)],
+        cwd=HERE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "SMTP sink on" in sink.stdout.readline()  # listening
         sent = [message(n) for n in range(3)]
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
             for mail in sent:
                 client.send_message(mail)
-        stored = wait_until(lambda: len(mailbox.Maildir(maildir)) == 3 and mailbox.Maildir(maildir), timeout=10,
-                            what="three messages in the Maildir")
+        stored = wait_until(
+            lambda: len(mailbox.Maildir(maildir)) == 3 and mailbox.Maildir(maildir),
+            timeout=10,
+            what="three messages in the Maildir",
+        )
         by_id = {m["Message-ID"]: bytes(m) for m in stored}
         for mail in sent:
             assert by_id[mail["Message-ID"]] == mail.as_bytes()

@@ -52,14 +52,26 @@ def group_alive(pgid: int) -> bool:
 def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(tmp_path):
     dev_port, ui_port, web_port, smtp_port, metrics_port = (free_port() for _ in range(5))
     env = {key: value for key, value in os.environ.items() if not key.startswith("TEMPORAL_")}
-    env.update(DATA_DIR=str(tmp_path / "data"), TEMPORAL_DEV_PORT=str(dev_port), TEMPORAL_UI_PORT=str(ui_port),
-               WEB_PORT=str(web_port), WEB_WORKERS="1", SMTP_SINK_PORT=str(smtp_port),
-               WORKER_METRICS_PORT=str(metrics_port))
+    env.update(
+        DATA_DIR=str(tmp_path / "data"),
+        TEMPORAL_DEV_PORT=str(dev_port),
+        TEMPORAL_UI_PORT=str(ui_port),
+        WEB_PORT=str(web_port),
+        WEB_WORKERS="1",
+        SMTP_SINK_PORT=str(smtp_port),
+        WORKER_METRICS_PORT=str(metrics_port),
+    )
     env.pop("SMTP_URL", None)
     log = tmp_path / "make-run.log"
     with open(log, "wb") as out:
-        make = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=HERE, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        make = subprocess.Popen(
+            ["make", "--no-print-directory", "run"],
+            cwd=HERE,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{web_port}"
     try:
         wait_until(lambda: web_is_ready(base) or make.poll() is not None, timeout=60, what="make run to be ready")
@@ -73,16 +85,25 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
         before = wait_until(lambda: scrape(worker_metrics), timeout=60, what="the worker's metrics endpoint").text
         loans = {"task_queue": "loan-applications", "workflow_type": "LoanApplicationWorkflow"}
 
-        applicant = {"name": "Run Person", "email": f"run-{uuid.uuid4().hex[:8]}@example.com", "loan_amount": 50000,
-                     "credit_score": 750, "annual_income": 150000, "has_bankruptcy": False}
+        applicant = {
+            "name": "Run Person",
+            "email": f"run-{uuid.uuid4().hex[:8]}@example.com",
+            "loan_amount": 50000,
+            "credit_score": 750,
+            "annual_income": 150000,
+            "has_bankruptcy": False,
+        }
         decided = httpx.post(f"{base}/api/evaluate", json=applicant, timeout=30)
         assert decided.status_code == 200, (decided.text, log.read_text())
         assert decided.json()["decision"] == "pre_approved"
         assert (tmp_path / "data" / "temporal.db").exists()
         # No SMTP_URL: the local sink received the applicant's email into the data folder's Maildir.
         maildir = tmp_path / "data" / "mail" / "new"
-        message = wait_until(lambda: maildir.exists() and next(iter(maildir.iterdir()), None), timeout=30,
-                             what="the decision email in the local Maildir")
+        message = wait_until(
+            lambda: maildir.exists() and next(iter(maildir.iterdir()), None),
+            timeout=30,
+            what="the decision email in the local Maildir",
+        )
         assert applicant["email"] in message.read_text()
 
         # No OPERATOR_TOKEN: one was generated into the data folder, private, and make run says where.
@@ -100,17 +121,22 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
 
         # The worker's SDK metrics moved with that one application: its workflow
         # tasks, the decision (a local activity) and the email (an activity).
-        moving = [("temporal_workflow_task_execution_latency_seconds_count", loans),
-                  ("temporal_workflow_task_schedule_to_start_latency_seconds_count", {"task_queue": "loan-applications"}),
-                  ("temporal_local_activity_total", {**loans, "activity_type": "decide"}),
-                  ("temporal_activity_execution_latency_seconds_count", {**loans, "activity_type": "send_decision_email"})]
+        moving = [
+            ("temporal_workflow_task_execution_latency_seconds_count", loans),
+            ("temporal_workflow_task_schedule_to_start_latency_seconds_count", {"task_queue": "loan-applications"}),
+            ("temporal_local_activity_total", {**loans, "activity_type": "decide"}),
+            ("temporal_activity_execution_latency_seconds_count", {**loans, "activity_type": "send_decision_email"}),
+        ]
 
         def still(scraped: str) -> list[str]:
             return [name for name, labels in moving if sample(scraped, name, **labels) <= sample(before, name, **labels)]
 
         # The email's activity is counted when it completes, just after the sink has the message.
-        wait_until(lambda: not still(httpx.get(worker_metrics, timeout=10).text), timeout=20,
-                   what=f"the worker's metrics to move ({', '.join(name for name, _ in moving)})")
+        wait_until(
+            lambda: not still(httpx.get(worker_metrics, timeout=10).text),
+            timeout=20,
+            what=f"the worker's metrics to move ({', '.join(name for name, _ in moving)})",
+        )
         # The web app counts each route it answered, by its rule, not the raw path; operators only.
         assert httpx.get(f"{base}/metrics", timeout=10).status_code == 401
         web = httpx.get(f"{base}/metrics", headers=operator, timeout=10).text

@@ -33,13 +33,25 @@ def test_make_run_postgres_stores_a_decision_in_postgresql_and_ctrl_c_stops_ever
     data = folder / "data"
     dev_port, ui_port, web_port, pg_port = free_port(), free_port(), free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("TEMPORAL_", "DATABASE_URL"))}
-    env.update(DATA_DIR=str(data), TEMPORAL_DEV_PORT=str(dev_port), TEMPORAL_UI_PORT=str(ui_port),
-               WEB_PORT=str(web_port), WEB_WORKERS="1", PG_PORT=str(pg_port),
-               WORKER_METRICS_PORT="")  # no metrics endpoint: 9464 may be taken (test_make_run scrapes one)
+    env.update(
+        DATA_DIR=str(data),
+        TEMPORAL_DEV_PORT=str(dev_port),
+        TEMPORAL_UI_PORT=str(ui_port),
+        WEB_PORT=str(web_port),
+        WEB_WORKERS="1",
+        PG_PORT=str(pg_port),
+        WORKER_METRICS_PORT="",
+    )  # no metrics endpoint: 9464 may be taken (test_make_run scrapes one)
     log = folder / "make-run-postgres.log"
     with open(log, "wb") as out:
-        make = subprocess.Popen(["make", "--no-print-directory", "-o", ".venv/.installed", "run-postgres"], cwd=HERE,
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        make = subprocess.Popen(
+            ["make", "--no-print-directory", "-o", ".venv/.installed", "run-postgres"],
+            cwd=HERE,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{web_port}"
     try:
         wait_until(lambda: web_is_ready(base) or make.poll() is not None, timeout=90, what="make run-postgres to be ready")
@@ -48,15 +60,23 @@ def test_make_run_postgres_stores_a_decision_in_postgresql_and_ctrl_c_stops_ever
         assert f"PostgreSQL: {database_url}" in log.read_text()
 
         email = f"pg-{uuid.uuid4().hex[:8]}@example.com"
-        applicant = {"name": "Pg Person", "email": email, "loan_amount": 50000,
-                     "credit_score": 750, "annual_income": 150000, "has_bankruptcy": False}
+        applicant = {
+            "name": "Pg Person",
+            "email": email,
+            "loan_amount": 50000,
+            "credit_score": 750,
+            "annual_income": 150000,
+            "has_bankruptcy": False,
+        }
         decided = httpx.post(f"{base}/api/evaluate", json=applicant, timeout=30)
         assert decided.status_code == 200, (decided.text, log.read_text())
 
         def stored():
             with psycopg.connect(database_url) as connection:
-                return connection.execute("SELECT count(*) FROM documents WHERE collection = 'applications'"
-                                          " AND doc->'application'->>'email' = %s", (email,)).fetchone()[0]
+                return connection.execute(
+                    "SELECT count(*) FROM documents WHERE collection = 'applications' AND doc->'application'->>'email' = %s",
+                    (email,),
+                ).fetchone()[0]
 
         assert wait_until(stored, timeout=30, what="the application in PostgreSQL") == 1
         assert not (data / "applications").exists()  # nothing went to the JSON files

@@ -24,7 +24,7 @@ def tour_blocks() -> list[str]:
     readme = (HERE / "README.md").read_text()
     start = readme.index(TOUR_HEADING) + len(TOUR_HEADING)
     end = readme.find("\n## ", start)
-    section = readme[start:end if end != -1 else None]
+    section = readme[start : end if end != -1 else None]
     return re.findall(r"```sh\n(.*?)```", section, flags=re.S)
 
 
@@ -41,26 +41,50 @@ def test_every_command_of_the_readme_tour_runs(tmp_path):
     dev_port, ui_port, web_port, smtp_port = (free_port() for _ in range(4))
     data = tmp_path / "data"
     env = {key: value for key, value in os.environ.items() if not key.startswith("TEMPORAL_")}
-    env.update(DATA_DIR=str(data), TEMPORAL_DEV_PORT=str(dev_port), TEMPORAL_UI_PORT=str(ui_port),
-               WEB_PORT=str(web_port), WEB_WORKERS="1", SMTP_SINK_PORT=str(smtp_port), WORKER_METRICS_PORT="")
+    env.update(
+        DATA_DIR=str(data),
+        TEMPORAL_DEV_PORT=str(dev_port),
+        TEMPORAL_UI_PORT=str(ui_port),
+        WEB_PORT=str(web_port),
+        WEB_WORKERS="1",
+        SMTP_SINK_PORT=str(smtp_port),
+        WORKER_METRICS_PORT="",
+    )
     env.pop("SMTP_URL", None)
     env.pop("OPERATOR_TOKEN", None)
     log = tmp_path / "make-run.log"
     with open(log, "wb") as out:
-        make = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=HERE, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        make = subprocess.Popen(
+            ["make", "--no-print-directory", "run"],
+            cwd=HERE,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        wait_until(lambda: web_is_ready(f"http://127.0.0.1:{web_port}") or make.poll() is not None, timeout=90,
-                   what="make run to be ready")
+        wait_until(
+            lambda: web_is_ready(f"http://127.0.0.1:{web_port}") or make.poll() is not None,
+            timeout=90,
+            what="make run to be ready",
+        )
         assert make.poll() is None, log.read_text()
         # What a shell in the checkout has: the CLI reaches the same server and data folder.
         shell_env = {**env, "TEMPORAL_ADDRESS": f"127.0.0.1:{dev_port}"}
         for number, block in enumerate(tour_blocks(), 1):
-            script = (block.replace("localhost:5001", f"localhost:{web_port}")
-                      .replace("localhost:8233", f"localhost:{ui_port}")
-                      .replace("data/", f"{data}/"))
-            done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=HERE, env=shell_env,
-                                  capture_output=True, text=True, timeout=120)
+            script = (
+                block.replace("localhost:5001", f"localhost:{web_port}")
+                .replace("localhost:8233", f"localhost:{ui_port}")
+                .replace("data/", f"{data}/")
+            )
+            done = subprocess.run(
+                ["bash", "-e", "-o", "pipefail", "-c", script],
+                cwd=HERE,
+                env=shell_env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert done.returncode == 0, f"block {number}:\n{block}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
     finally:
         os.killpg(make.pid, signal.SIGINT)

@@ -154,8 +154,13 @@ async def operator(browser, site, operator_state):
 
 
 def applicant(profile: str, **changes) -> dict:
-    return {"name": "Ada Lovelace", "email": f"{profile}-{uuid.uuid4().hex[:8]}@example.com",
-            **PROFILES[profile], "has_bankruptcy": False, **changes}
+    return {
+        "name": "Ada Lovelace",
+        "email": f"{profile}-{uuid.uuid4().hex[:8]}@example.com",
+        **PROFILES[profile],
+        "has_bankruptcy": False,
+        **changes,
+    }
 
 
 async def screenshot(page: Page, name: str) -> None:
@@ -176,10 +181,18 @@ def sample(site):
     """
     decided = httpx.post(f"{site.base}/api/evaluate", json=applicant("pre_approved"), timeout=30)
     assert decided.status_code == 200, decided.text
-    placed = httpx.post(f"{site.base}/api/orders", timeout=30, headers={"Authorization": f"Bearer {site.operator_token}"},
-                        json={"customer_id": f"customer-{uuid.uuid4().hex}", "customer_email": "ada@example.com", "expedited": True,
-                              "address": ADDRESS,
-                              "items": [{"sku": "LP-140", "quantity": 1}, {"sku": "CB-010", "quantity": 3}]})
+    placed = httpx.post(
+        f"{site.base}/api/orders",
+        timeout=30,
+        headers={"Authorization": f"Bearer {site.operator_token}"},
+        json={
+            "customer_id": f"customer-{uuid.uuid4().hex}",
+            "customer_email": "ada@example.com",
+            "expedited": True,
+            "address": ADDRESS,
+            "items": [{"sku": "LP-140", "quantity": 1}, {"sku": "CB-010", "quantity": 3}],
+        },
+    )
     assert placed.status_code == 201, placed.text
     return {"workflow_id": decided.json()["workflow_id"], "order_id": placed.json()["order_id"]}
 
@@ -206,14 +219,14 @@ SERIOUS = ("serious", "critical")
 
 
 def axe_report(violations: list[dict]) -> str:
-    return "\n".join(
-        f"{v['id']} ({v['impact']}): {v['help']} at {[node['target'] for node in v['nodes']]}" for v in violations)
+    return "\n".join(f"{v['id']} ({v['impact']}): {v['help']} at {[node['target'] for node in v['nodes']]}" for v in violations)
 
 
 @pytest.mark.parametrize("viewport_name", VIEWPORTS)
 @pytest.mark.parametrize("name", PAGES)
 async def test_every_page_is_clean_labelled_accessible_and_fits_the_screen(
-        browser, site, sample, operator_state, name, viewport_name):
+    browser, site, sample, operator_state, name, viewport_name
+):
     path, signed_in, status = PAGES[name]
     context, watched = await new_page(browser, site, VIEWPORTS[viewport_name], operator_state if signed_in else None)
     page = watched.page
@@ -241,10 +254,19 @@ async def test_every_page_is_clean_labelled_accessible_and_fits_the_screen(
 
 # --- the loan form -----------------------------------------------------------------------
 
-DECISION_LABELS = {"pre_approved": "Pre-approved", "conditional": "Conditional", "denied": "Denied",
-                   "denied_compliance": "Denied (requirements)"}
-FIELD_LABELS = {"name": "Full name", "email": "Email", "loan_amount": "Loan amount ($)",
-                "credit_score": "Credit score (300–850)", "annual_income": "Annual income ($)"}
+DECISION_LABELS = {
+    "pre_approved": "Pre-approved",
+    "conditional": "Conditional",
+    "denied": "Denied",
+    "denied_compliance": "Denied (requirements)",
+}
+FIELD_LABELS = {
+    "name": "Full name",
+    "email": "Email",
+    "loan_amount": "Loan amount ($)",
+    "credit_score": "Credit score (300–850)",
+    "annual_income": "Annual income ($)",
+}
 
 
 async def fill_loan_form(page: Page, values: dict) -> None:
@@ -286,8 +308,7 @@ async def test_an_invalid_email_and_a_missing_field_are_shown_next_to_them_and_t
     await submit_loan_form(visitor)
 
     await expect(visitor.locator("#notice")).to_contain_text(MESSAGES["errors"]["invalid_application"])
-    for field, message in [("email", MESSAGES["validation"]["email"]),
-                           ("annual_income", MESSAGES["validation"]["required"])]:
+    for field, message in [("email", MESSAGES["validation"]["email"]), ("annual_income", MESSAGES["validation"]["required"])]:
         field_input = visitor.get_by_label(FIELD_LABELS[field], exact=True)
         error = visitor.locator(f"#{field}-error")
         await expect(error).to_have_text(message)
@@ -295,8 +316,9 @@ async def test_an_invalid_email_and_a_missing_field_are_shown_next_to_them_and_t
         await expect(field_input).to_have_attribute("aria-describedby", f"{field}-error")
         # Next to the field: right under it, aligned with it.
         box, below = await field_input.bounding_box(), await error.bounding_box()
-        assert 0 <= below["y"] - (box["y"] + box["height"]) <= 24 and abs(below["x"] - box["x"]) <= 4, \
+        assert 0 <= below["y"] - (box["y"] + box["height"]) <= 24 and abs(below["x"] - box["x"]) <= 4, (
             f"the {field} error is not right under its field: field at {box}, error at {below}"
+        )
     for field in ("name", "email", "loan_amount", "credit_score"):
         await expect(visitor.get_by_label(FIELD_LABELS[field], exact=True)).to_have_value(str(values[field]))
     await expect(visitor.get_by_label("No", exact=True)).to_be_checked()
@@ -404,13 +426,19 @@ async def test_the_loan_form_works_with_the_keyboard_alone(visitor):
 
 # --- the orders dashboard and tracker ----------------------------------------------------------
 
-ADDRESS_LABELS = {"name": "Recipient name", "street": "Street and number", "city": "City",
-                  "postal_code": "Postal code", "country": "Country"}
+ADDRESS_LABELS = {
+    "name": "Recipient name",
+    "street": "Street and number",
+    "city": "City",
+    "postal_code": "Postal code",
+    "country": "Country",
+}
 NOT_RELOADED = "window.notReloaded"
 
 
-async def place_order(page: Page, quantities: dict[str, int], expedited: bool = False,
-                      failure: tuple[str, int] | None = None) -> str:
+async def place_order(
+    page: Page, quantities: dict[str, int], expedited: bool = False, failure: tuple[str, int] | None = None
+) -> str:
     """Fill in the dashboard's order form and place it; the tracker page opens. Returns the order id."""
     await page.goto("/orders")
     await page.get_by_label("Customer id").fill(f"cust-{uuid.uuid4().hex[:10]}")
@@ -477,9 +505,19 @@ async def test_an_order_placed_on_the_dashboard_is_approved_on_its_tracker_and_d
     await expect(operator.get_by_role("button", name="Approve the order")).to_be_hidden()
     await expect(operator.locator("#order-timeline")).to_contain_text("Order completed")
     steps = await timeline(operator)
-    expected = ["Order received", "Validated", "Inventory reserved", "Awaiting operator review", "Approved by",
-                "Payment charged", "Shipping started", "Shipment prepared", "Dispatched with",
-                "Delivered", "Order completed"]
+    expected = [
+        "Order received",
+        "Validated",
+        "Inventory reserved",
+        "Awaiting operator review",
+        "Approved by",
+        "Payment charged",
+        "Shipping started",
+        "Shipment prepared",
+        "Dispatched with",
+        "Delivered",
+        "Order completed",
+    ]
     found = [next((n for n, text in enumerate(steps) if text.startswith(step)), None) for step in expected]
     assert None not in found and found == sorted(found), f"timeline {steps} lacks or misorders {expected}"
     await screenshot(operator, "order-delivered-desktop")
@@ -494,8 +532,7 @@ async def test_the_order_tracker_fills_in_the_review_deadline_to_the_second(oper
     await expect(operator.get_by_role("button", name="Approve the order")).to_be_visible(timeout=STEP_TIMEOUT_MS)
     await expect(review_by).to_be_visible()
     # To the second: the review SLA is minutes.
-    await expect(review_by).to_have_text(
-        re.compile(r"^: review it by\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, or it is cancelled$"))
+    await expect(review_by).to_have_text(re.compile(r"^: review it by\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, or it is cancelled$"))
     assert await still_not_reloaded(operator), "the tracker reloaded the page instead of updating it"
 
 
@@ -510,8 +547,7 @@ async def test_the_order_tracker_stops_refreshing_and_says_so_once_signed_out(br
         signed_out = tracker.locator("#order-signed-out")
         await expect(signed_out).to_be_visible(timeout=STEP_TIMEOUT_MS)
         await expect(signed_out).to_contain_text(ORDER_TEXTS["signed_out_live"])
-        await expect(signed_out.get_by_role("link", name="Sign in")).to_have_attribute(
-            "href", f"/signin?next=/orders/{order_id}")
+        await expect(signed_out.get_by_role("link", name="Sign in")).to_have_attribute("href", f"/signin?next=/orders/{order_id}")
     finally:
         await context.close()
     # The refresh's 401 is the point of the test; anything else is a problem.
@@ -523,8 +559,9 @@ async def test_an_order_cancelled_after_the_charge_is_refunded(operator):
     # The carrier fails to pick up (retried for a while): the order is charged and not yet shipped.
     await place_order(operator, {"Wireless mouse": 2}, failure=("shipping", 5))
     await watch_without_reload(operator)
-    await expect(operator.locator('[data-milestone="charged"]')).to_have_class(re.compile("milestone-reached"),
-                                                                             timeout=STEP_TIMEOUT_MS)
+    await expect(operator.locator('[data-milestone="charged"]')).to_have_class(
+        re.compile("milestone-reached"), timeout=STEP_TIMEOUT_MS
+    )
     assert await still_not_reloaded(operator)
     await operator.get_by_label("Reason for cancelling").fill("The customer changed their mind")
     await operator.get_by_role("button", name="Cancel the order").click()
@@ -532,7 +569,8 @@ async def test_an_order_cancelled_after_the_charge_is_refunded(operator):
     await expect(operator.locator("#notice")).to_contain_text(ORDER_TEXTS["done_cancel"])
     await expect(operator.locator("#order-status")).to_have_text(ORDER_TEXTS["status_cancelled"])
     await expect(operator.locator("#order-compensations li")).to_have_text(
-        ["stop shipment", "refund payment", "release inventory"])
+        ["stop shipment", "refund payment", "release inventory"]
+    )
     await expect(operator.locator('[data-field="payment.status"]')).to_have_text("refunded")
     await expect(operator.locator("#order-timeline")).to_contain_text("Compensation: refund payment")
     await expect(operator.locator("#order-timeline")).to_contain_text("The customer changed their mind")
@@ -542,8 +580,7 @@ async def test_an_order_cancelled_after_the_charge_is_refunded(operator):
 
 async def test_a_payment_failure_injected_on_the_tracker_is_retried_in_sight(operator):
     await place_order(operator, {"14-inch laptop": 1})
-    await expect(operator.locator("#order-status")).to_have_text(ORDER_TEXTS["status_awaiting_review"],
-                                                               timeout=STEP_TIMEOUT_MS)
+    await expect(operator.locator("#order-status")).to_have_text(ORDER_TEXTS["status_awaiting_review"], timeout=STEP_TIMEOUT_MS)
     await operator.locator("summary", has_text="Simulate a failure").click()
     await operator.get_by_label("Step", exact=True).select_option("payment")
     await operator.get_by_label(re.compile(r"^Failing attempts")).fill("2")

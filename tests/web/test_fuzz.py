@@ -47,8 +47,9 @@ def fuzz_stack(dev_server, tmp_path_factory):
     rules = json.loads((HERE / "rules.json").read_text())
     rules["orders"]["shipping"] = {"prepare_seconds": 0, "transit_seconds": 0, "expedited_transit_seconds": 0}
     (root / "rules.json").write_text(json.dumps(rules))
-    yield from worker_stack(dev_server, root, fresh_settings(root / "data", rules_file=root / "rules.json",
-                                                             decision_wait_seconds=10.0))
+    yield from worker_stack(
+        dev_server, root, fresh_settings(root / "data", rules_file=root / "rules.json", decision_wait_seconds=10.0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +87,13 @@ def test_generated_requests_never_fail_the_server_and_bad_input_starts_nothing(f
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @hypothesis_settings(max_examples=EXAMPLES_PER_MODE, derandomize=True, deadline=None, database=None,
-                                 suppress_health_check=list(HealthCheck))
+            @hypothesis_settings(
+                max_examples=EXAMPLES_PER_MODE,
+                derandomize=True,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
             def exchange(case):
                 nonlocal sent
                 response = case.call(app=fuzz_app, headers=operator)
@@ -110,12 +116,18 @@ def test_generated_requests_never_fail_the_server_and_bad_input_starts_nothing(f
     # Exactly what was accepted started workflows and wrote records.
     loans = f"WorkflowType='LoanApplicationWorkflow' AND TaskQueue='{settings_.task_queue}'"
     orders = f"WorkflowType='OrderWorkflow' AND TaskQueue='{settings_.order_task_queue}'"
-    wait_until(lambda: asyncio.run(workflow_ids(fuzz_app, loans)) == accepted_loans, timeout=30,
-               what="one loan workflow per accepted application, no other")
+    wait_until(
+        lambda: asyncio.run(workflow_ids(fuzz_app, loans)) == accepted_loans,
+        timeout=30,
+        what="one loan workflow per accepted application, no other",
+    )
     assert asyncio.run(workflow_ids(fuzz_app, orders)) == {f"order-{order_id}" for order_id in accepted_orders}
     store = fuzz_app.extensions["loan_service"].store
-    wait_until(lambda: {r["workflow_id"] for r in store.list_all(APPLICATIONS)} == accepted_loans, timeout=30,
-               what="one record per accepted application, no other")
+    wait_until(
+        lambda: {r["workflow_id"] for r in store.list_all(APPLICATIONS)} == accepted_loans,
+        timeout=30,
+        what="one record per accepted application, no other",
+    )
     assert {o["order_id"] for o in store.list_all(ORDERS)} <= accepted_orders
 
 
@@ -126,8 +138,12 @@ def client(fuzz_app, fuzz_stack):
     return client
 
 
-BODY_ROUTES = ["/api/evaluate", "/api/orders", "/api/orders/0123456789ab/cancel",
-               "/api/applications/loan-" + "0" * 32 + "/contact"]
+BODY_ROUTES = [
+    "/api/evaluate",
+    "/api/orders",
+    "/api/orders/0123456789ab/cancel",
+    "/api/applications/loan-" + "0" * 32 + "/contact",
+]
 
 
 @pytest.mark.parametrize("path", BODY_ROUTES)
@@ -146,10 +162,17 @@ def test_bodies_a_generator_does_not_make_get_clear_4xx(client, path):
         assert isinstance(strict_json(response.text)["error"], str)
 
 
-@pytest.mark.parametrize("template", [
-    "/api/applications/{id}", "/applications/{id}", "/api/orders/{id}", "/api/orders/{id}/events", "/orders/{id}",
-    "/api/customers/{id}/rewards",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "/api/applications/{id}",
+        "/applications/{id}",
+        "/api/orders/{id}",
+        "/api/orders/{id}/events",
+        "/orders/{id}",
+        "/api/customers/{id}/rewards",
+    ],
+)
 def test_ids_with_path_characters_are_refused_before_the_file_system(client, fuzz_app, template, monkeypatch):
     store = fuzz_app.extensions["loan_service"].store
     reached = []
@@ -187,17 +210,21 @@ def test_the_loan_form_never_fails_and_only_what_it_accepts_starts_an_applicatio
     before = asyncio.run(count(fuzz_app, query))
     started = 0
     form = st.fixed_dictionaries(
-        {"name": mostly(st.sampled_from(["Ada Lovelace", "Grace Hopper"])),
-         "email": mostly(st.integers(0, 10**9).map(lambda n: f"form-{n}@example.com")),
-         "loan_amount": mostly(st.integers(1_000, 600_000).map(str), st.sampled_from(["²", "1e5", "-5", "$1,000.50"])),
-         "credit_score": mostly(st.integers(300, 850).map(str), st.sampled_from(["٣٠٠", "7½", "900"])),
-         "annual_income": mostly(st.integers(0, 10**6).map(str)),
-         "has_bankruptcy": mostly(st.sampled_from(["yes", "no"]), st.sampled_from(["", "maybe", "on"]))},
-        optional={"extra": FORM_TEXT})
+        {
+            "name": mostly(st.sampled_from(["Ada Lovelace", "Grace Hopper"])),
+            "email": mostly(st.integers(0, 10**9).map(lambda n: f"form-{n}@example.com")),
+            "loan_amount": mostly(st.integers(1_000, 600_000).map(str), st.sampled_from(["²", "1e5", "-5", "$1,000.50"])),
+            "credit_score": mostly(st.integers(300, 850).map(str), st.sampled_from(["٣٠٠", "7½", "900"])),
+            "annual_income": mostly(st.integers(0, 10**6).map(str)),
+            "has_bankruptcy": mostly(st.sampled_from(["yes", "no"]), st.sampled_from(["", "maybe", "on"])),
+        },
+        optional={"extra": FORM_TEXT},
+    )
 
     @given(data=form)
-    @hypothesis_settings(max_examples=150, derandomize=True, deadline=None, database=None,
-                         suppress_health_check=list(HealthCheck))
+    @hypothesis_settings(
+        max_examples=150, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     def submit(data):
         nonlocal started
         response = browser.post("/apply", data=data)
@@ -206,8 +233,11 @@ def test_the_loan_form_never_fails_and_only_what_it_accepts_starts_an_applicatio
 
     submit()
     assert started > 0  # valid forms were generated too
-    wait_until(lambda: asyncio.run(count(fuzz_app, query)) - before == started, timeout=30,
-               what="one application per accepted form and none for a refused one")
+    wait_until(
+        lambda: asyncio.run(count(fuzz_app, query)) - before == started,
+        timeout=30,
+        what="one application per accepted form and none for a refused one",
+    )
 
 
 @pytest.mark.timeout(120)
@@ -217,19 +247,22 @@ def test_the_order_form_never_fails_and_only_what_it_accepts_starts_an_order(fuz
     query = f"WorkflowType='OrderWorkflow' AND TaskQueue='{settings_.order_task_queue}'"
     before = asyncio.run(count(fuzz_app, query))
     started = 0
-    fields = {f"address.{part}": mostly(st.just("Somewhere 1")) for part in ("name", "street", "city", "postal_code",
-                                                                              "country")}
-    fields |= {f"sku_{sku}": mostly(st.sampled_from(["", "0", "1", "2"]), st.sampled_from(["²", "-1", "99999", "x"]))
-               for sku in CATALOG}
-    fields |= {"customer_id": mostly(st.just("fuzz-customer")),
-               "customer_email": mostly(st.just("fuzz@example.com"), st.sampled_from(["", "not-an-address"])),
-               "expedited": mostly(st.sampled_from(["", "yes"]), st.just("on")),
-               "failure_step": mostly(st.sampled_from(["", "payment"]), st.just("nowhere")),
-               "failure_times": mostly(st.sampled_from(["1", "2"]), st.sampled_from(["11", "²"]))}
+    fields = {f"address.{part}": mostly(st.just("Somewhere 1")) for part in ("name", "street", "city", "postal_code", "country")}
+    fields |= {
+        f"sku_{sku}": mostly(st.sampled_from(["", "0", "1", "2"]), st.sampled_from(["²", "-1", "99999", "x"])) for sku in CATALOG
+    }
+    fields |= {
+        "customer_id": mostly(st.just("fuzz-customer")),
+        "customer_email": mostly(st.just("fuzz@example.com"), st.sampled_from(["", "not-an-address"])),
+        "expedited": mostly(st.sampled_from(["", "yes"]), st.just("on")),
+        "failure_step": mostly(st.sampled_from(["", "payment"]), st.just("nowhere")),
+        "failure_times": mostly(st.sampled_from(["1", "2"]), st.sampled_from(["11", "²"])),
+    }
 
     @given(data=st.fixed_dictionaries(fields))
-    @hypothesis_settings(max_examples=150, derandomize=True, deadline=None, database=None,
-                         suppress_health_check=list(HealthCheck))
+    @hypothesis_settings(
+        max_examples=150, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     def place(data):
         nonlocal started
         response = operator.post("/orders", data=data)
@@ -238,21 +271,32 @@ def test_the_order_form_never_fails_and_only_what_it_accepts_starts_an_order(fuz
 
     place()
     assert started > 0  # valid forms were generated too
-    wait_until(lambda: asyncio.run(count(fuzz_app, query)) - before == started, timeout=30,
-               what="one order per accepted form and none for a refused one")
+    wait_until(
+        lambda: asyncio.run(count(fuzz_app, query)) - before == started,
+        timeout=30,
+        what="one order per accepted form and none for a refused one",
+    )
 
 
 @pytest.mark.timeout(120)
 def test_any_id_in_any_route_is_a_clean_4xx(fuzz_app, fuzz_stack):
     operator = signed_in(fuzz_app.test_client(), fuzz_stack[0])
-    routes = [("GET", "/api/applications/{}"), ("GET", "/applications/{}"), ("GET", "/api/orders/{}"),
-              ("GET", "/api/orders/{}/events"), ("GET", "/orders/{}"), ("GET", "/api/customers/{}/rewards"),
-              ("POST", "/api/applications/{}/contact"), ("POST", "/api/orders/{}/expedite"),
-              ("POST", "/orders/{}/approve")]
+    routes = [
+        ("GET", "/api/applications/{}"),
+        ("GET", "/applications/{}"),
+        ("GET", "/api/orders/{}"),
+        ("GET", "/api/orders/{}/events"),
+        ("GET", "/orders/{}"),
+        ("GET", "/api/customers/{}/rewards"),
+        ("POST", "/api/applications/{}/contact"),
+        ("POST", "/api/orders/{}/expedite"),
+        ("POST", "/orders/{}/approve"),
+    ]
 
     @given(raw=st.text(st.characters(codec="utf-8"), min_size=1, max_size=300), route=st.sampled_from(routes))
-    @hypothesis_settings(max_examples=300, derandomize=True, deadline=None, database=None,
-                         suppress_health_check=list(HealthCheck))
+    @hypothesis_settings(
+        max_examples=300, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     def visit(raw, route):
         method, template = route
         path = template.format(urllib.parse.quote(raw, safe=""))

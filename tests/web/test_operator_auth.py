@@ -20,8 +20,13 @@ from web.auth import PUBLIC_ENDPOINTS
 MESSAGES = load_messages(HERE / "messages.json")
 # What an applicant, with no account, may reach; everything else is the operator's.
 APPLICANT_ENDPOINTS = {
-    "pages.form", "pages.apply", "pages.application", "pages.contact",
-    "api.evaluate", "api.application", "api.contact_api",
+    "pages.form",
+    "pages.apply",
+    "pages.application",
+    "pages.contact",
+    "api.evaluate",
+    "api.application",
+    "api.contact_api",
 }
 
 
@@ -50,8 +55,19 @@ def operator_routes(app):
 
 
 def test_the_public_endpoints_are_exactly_the_applicants():
-    assert PUBLIC_ENDPOINTS - {"static", "health.healthz", "health.readyz", "docs.openapi_document", "auth.signin",
-                               "auth.signin_submit", "auth.signout"} == APPLICANT_ENDPOINTS
+    assert (
+        PUBLIC_ENDPOINTS
+        - {
+            "static",
+            "health.healthz",
+            "health.readyz",
+            "docs.openapi_document",
+            "auth.signin",
+            "auth.signin_submit",
+            "auth.signout",
+        }
+        == APPLICANT_ENDPOINTS
+    )
 
 
 @pytest.mark.parametrize("credentials", [{}, bearer("wrong-token-of-enough-length"), {"Authorization": "Basic x"}])
@@ -71,13 +87,22 @@ def test_every_operator_route_refuses_missing_or_wrong_credentials(app, credenti
 
 
 def place_for_review(client, settings) -> str:
-    body = {"customer_id": f"cust-{uuid.uuid4().hex[:8]}", "items": [{"sku": "LP-140", "quantity": 2}],
-            "address": ADDRESS, "customer_email": "ada@example.com", "expedited": True}
+    body = {
+        "customer_id": f"cust-{uuid.uuid4().hex[:8]}",
+        "items": [{"sku": "LP-140", "quantity": 2}],
+        "address": ADDRESS,
+        "customer_email": "ada@example.com",
+        "expedited": True,
+    }
     response = client.post("/api/orders", json=body, headers=bearer(settings.operator_token))
     assert response.status_code == 201, response.json
     order_id = response.json["order_id"]
-    wait_until(lambda: client.get(f"/api/orders/{order_id}", headers=bearer(settings.operator_token))
-               .json["status"] == "awaiting_review", what="the order to await review")
+    wait_until(
+        lambda: (
+            client.get(f"/api/orders/{order_id}", headers=bearer(settings.operator_token)).json["status"] == "awaiting_review"
+        ),
+        what="the order to await review",
+    )
     return order_id
 
 
@@ -137,8 +162,12 @@ def test_the_sign_in_page_says_where_this_deployment_keeps_the_token(order_stack
 
 def test_the_session_cookie_is_secure_over_https(app, settings):
     client = app.test_client()
-    response = client.post("/signin", data={"token": settings.operator_token}, base_url="https://localhost",
-                           headers={"Referer": "https://localhost/signin"})
+    response = client.post(
+        "/signin",
+        data={"token": settings.operator_token},
+        base_url="https://localhost",
+        headers={"Referer": "https://localhost/signin"},
+    )
     assert response.status_code == 303
     assert "Secure" in response.headers["Set-Cookie"]
 
@@ -154,8 +183,9 @@ def test_a_new_token_signs_every_browser_out(order_stack, monkeypatch):
     settings, address = order_stack
     browser = signed_in(make_app(settings, address, monkeypatch).test_client(), settings)
     cookie = browser.get_cookie("session")
-    rotated = make_app(settings.__class__(**{**settings.__dict__, "operator_token": f"new-{uuid.uuid4().hex}"}),
-                       address, monkeypatch).test_client()
+    rotated = make_app(
+        settings.__class__(**{**settings.__dict__, "operator_token": f"new-{uuid.uuid4().hex}"}), address, monkeypatch
+    ).test_client()
     rotated.set_cookie("session", cookie.value)
     assert rotated.get("/orders").status_code == 303
 
@@ -176,8 +206,9 @@ def test_a_cross_site_loan_form_post_is_refused_and_starts_nothing(app, settings
 def test_applicants_see_only_their_own_application(app, settings):
     client = app.test_client()
     mine = client.post("/api/evaluate", json={**JOHN, "email": f"me-{uuid.uuid4().hex[:8]}@example.com"})
-    theirs = client.post("/api/evaluate", json={**JOHN, "name": "Other Person",
-                                                "email": f"other-{uuid.uuid4().hex[:8]}@example.com"})
+    theirs = client.post(
+        "/api/evaluate", json={**JOHN, "name": "Other Person", "email": f"other-{uuid.uuid4().hex[:8]}@example.com"}
+    )
     assert mine.status_code == theirs.status_code == 200
     assert client.get("/api/applications").status_code == 401
     assert client.get("/applications").status_code == 303
@@ -190,9 +221,16 @@ def test_applicants_see_only_their_own_application(app, settings):
 def test_every_response_carries_the_security_headers(app, settings):
     client = app.test_client()
     operator = signed_in(app.test_client(), settings)
-    responses = [client.get("/"), client.get("/signin"), client.get("/static/style.css"), client.get("/nowhere"),
-                 client.get("/api/orders"), client.post("/api/evaluate", json={}), operator.get("/orders"),
-                 operator.get("/applications")]
+    responses = [
+        client.get("/"),
+        client.get("/signin"),
+        client.get("/static/style.css"),
+        client.get("/nowhere"),
+        client.get("/api/orders"),
+        client.post("/api/evaluate", json={}),
+        operator.get("/orders"),
+        operator.get("/applications"),
+    ]
     for response in responses:
         policy = response.headers["Content-Security-Policy"]
         assert "script-src 'self'" in policy and "unsafe-inline" not in policy, response.request.path
@@ -210,23 +248,32 @@ def test_pages_have_no_inline_script_and_no_external_resources(app, settings):
         for tag in re.findall(r"<script\b[^>]*>", html):
             assert 'src="/static/' in tag or 'type="application/json"' in tag, (url, tag)
         assert not re.search(r"\son[a-z]+=", html), url  # no inline event handlers
-        assert not re.search(r'(src|href)="(https?:)?//(?!localhost)', html.replace(
-            operator.application.config["SETTINGS"].temporal_ui_url, "")), url
+        assert not re.search(
+            r'(src|href)="(https?:)?//(?!localhost)', html.replace(operator.application.config["SETTINGS"].temporal_ui_url, "")
+        ), url
 
 
 def test_the_codec_server_decrypts_for_operators_and_the_temporal_ui_only(app, settings):
     client = app.test_client()
     ui_origin = settings.temporal_ui_url
-    preflight = client.open("/codec/decode", method="OPTIONS", headers={
-        "Origin": ui_origin, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type,x-namespace"})
+    preflight = client.open(
+        "/codec/decode",
+        method="OPTIONS",
+        headers={
+            "Origin": ui_origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,x-namespace",
+        },
+    )
     assert preflight.status_code == 200
     assert preflight.headers["Access-Control-Allow-Origin"] == ui_origin
     assert preflight.headers["Access-Control-Allow-Credentials"] == "true"
 
-    encoded = client.post("/codec/encode", json={"payloads": [{"metadata": {"encoding": "YmluYXJ5L3BsYWlu"},
-                                                               "data": "c2VjcmV0"}]},
-                          headers={**bearer(settings.operator_token), "Origin": ui_origin})
+    encoded = client.post(
+        "/codec/encode",
+        json={"payloads": [{"metadata": {"encoding": "YmluYXJ5L3BsYWlu"}, "data": "c2VjcmV0"}]},
+        headers={**bearer(settings.operator_token), "Origin": ui_origin},
+    )
     assert encoded.status_code == 200, encoded.json
     assert encoded.json["payloads"][0]["data"] != "c2VjcmV0"
     request = {"json": encoded.json, "headers": {"Origin": ui_origin, "X-Namespace": "default"}}

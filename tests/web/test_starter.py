@@ -56,8 +56,9 @@ def test_gunicorn_serves_the_app_with_a_client_per_process(loan_stack, tmp_path)
 
         # Both processes' request counts add up on /metrics, by route and status; operators only.
         assert httpx.get(f"{base}/metrics", timeout=10).status_code == 401
-        scraped = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {loan_stack[0].operator_token}"},
-                            timeout=10).text
+        scraped = httpx.get(
+            f"{base}/metrics", headers={"Authorization": f"Bearer {loan_stack[0].operator_token}"}, timeout=10
+        ).text
         assert re.search(r'web_requests_total\{method="POST",route="/api/evaluate",status="200"\} 24\.0', scraped), scraped
         assert 'web_request_duration_seconds_count{method="POST",route="/api/evaluate"} 24.0' in scraped
 
@@ -70,9 +71,7 @@ def test_chunked_bodies_are_read_and_held_to_the_size_limit(loan_stack, tmp_path
     with gunicorn(*loan_stack, tmp_path / "gunicorn.log", workers=1) as (base, _):
         json_type = {"Content-Type": "application/json"}
         small = json.dumps({**JOHN, "email": f"chunked-{uuid.uuid4().hex[:8]}@example.com"}).encode()
-        decided = httpx.post(f"{base}/api/evaluate", content=chunks(small[:20], small[20:]), headers=json_type,
-                             timeout=30)
+        decided = httpx.post(f"{base}/api/evaluate", content=chunks(small[:20], small[20:]), headers=json_type, timeout=30)
         assert decided.status_code == 200, decided.text
-        huge = httpx.post(f"{base}/api/evaluate", content=chunks(*[b"x" * 1024] * 1024), headers=json_type,
-                          timeout=30)
+        huge = httpx.post(f"{base}/api/evaluate", content=chunks(*[b"x" * 1024] * 1024), headers=json_type, timeout=30)
         assert huge.status_code == 413 and huge.json()["error"] == "The request body is too large."

@@ -50,16 +50,15 @@ def floor_worker(client: Client, task_queue: str) -> Worker:
     return Worker(client, task_queue=task_queue, workflows=[FloorWorkflow, EmptyWorkflow], activities=[floor_activity])
 
 
-async def run_floor(client: Client, task_queue: str, count: int, concurrency: int, progress: Progress,
-                    workflow_run=FloorWorkflow.run) -> Summary:
+async def run_floor(
+    client: Client, task_queue: str, count: int, concurrency: int, progress: Progress, workflow_run=FloorWorkflow.run
+) -> Summary:
     """`count` floor workflows (floor 1 by default; `EmptyWorkflow.run` for floor 0), started and awaited."""
 
     async def execute(n: int) -> Result:
         started = time.perf_counter()
         try:
-            await client.execute_workflow(
-                workflow_run, n, id=f"{task_queue}-{uuid.uuid4().hex[:12]}", task_queue=task_queue
-            )
+            await client.execute_workflow(workflow_run, n, id=f"{task_queue}-{uuid.uuid4().hex[:12]}", task_queue=task_queue)
         except Exception as err:
             return Result(time.perf_counter() - started, error=type(err).__name__)
         return Result(time.perf_counter() - started)
@@ -133,16 +132,21 @@ def breakdown_of(sent: float, answered: float, events, markers: Sequence[dict[st
     `markers` (its local activities' marker data) split that task's time (LOCAL_ACTIVITY_SEGMENTS).
     """
     marks = {"sent": sent, "answered": answered, **local_activity_marks(markers)}
-    names = {EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED: "started",
-             EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED: "scheduled",
-             EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED: "task_started",
-             EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED: "task_completed"}
+    names = {
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED: "started",
+        EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED: "scheduled",
+        EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED: "task_started",
+        EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED: "task_completed",
+    }
     for event in events:
         name = names.get(event.event_type)
         if name and name not in marks:
             marks[name] = event.event_time.ToDatetime().timestamp()
-    return {label: (marks[end] - marks[start]) * 1000 for label, start, end in BREAKDOWN_SEGMENTS
-            + LOCAL_ACTIVITY_SEGMENTS if start in marks and end in marks}
+    return {
+        label: (marks[end] - marks[start]) * 1000
+        for label, start, end in BREAKDOWN_SEGMENTS + LOCAL_ACTIVITY_SEGMENTS
+        if start in marks and end in marks
+    }
 
 
 async def breakdown(client: Client, http: httpx.AsyncClient, applicants: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -165,10 +169,12 @@ def summarize_breakdown(samples: Sequence[dict[str, float]]) -> dict[str, Any]:
     return {
         "samples": len(samples),
         "segments_ms": {label: median_or_none(sample.get(label) for sample in samples) for label in main},
-        "local_activities_ms": {label: median_or_none(sample.get(label) for sample in samples)
-                                for label, _, _ in LOCAL_ACTIVITY_SEGMENTS},
-        "total_ms": median_or_none(sum(sample[label] for label in main if label in sample) if sample else None
-                                   for sample in samples),
+        "local_activities_ms": {
+            label: median_or_none(sample.get(label) for sample in samples) for label, _, _ in LOCAL_ACTIVITY_SEGMENTS
+        },
+        "total_ms": median_or_none(
+            sum(sample[label] for label in main if label in sample) if sample else None for sample in samples
+        ),
     }
 
 
@@ -190,8 +196,9 @@ def headline(runs: Sequence[Summary]) -> dict[str, float | None]:
     }
 
 
-def compare(floor: dict[str, float | None], app: dict[str, float | None],
-            floor0: dict[str, float | None] | None = None) -> dict[str, float | None]:
+def compare(
+    floor: dict[str, float | None], app: dict[str, float | None], floor0: dict[str, float | None] | None = None
+) -> dict[str, float | None]:
     """The app against floor 1 (one activity) and, when measured, floor 0 (an empty workflow)."""
     ratios = {
         "app_over_floor_throughput": ratio(app["throughput"], floor["throughput"]),
@@ -238,23 +245,19 @@ async def benchmark(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
             app_runs: list[Summary] = []
             async with http_client(args.url, level, args.timeout, token) as http:
                 await run_floor(client, task_queue, warmup, level, Progress(f"c={level} floor warm-up", warmup))
-                await run_floor(client, task_queue, warmup, level, Progress(f"c={level} floor 0 warm-up", warmup),
-                                EmptyWorkflow.run)
-                await run_app(
-                    http, applicants.batch(warmup), level, args.timeout, Progress(f"c={level} app warm-up", warmup)
+                await run_floor(
+                    client, task_queue, warmup, level, Progress(f"c={level} floor 0 warm-up", warmup), EmptyWorkflow.run
                 )
+                await run_app(http, applicants.batch(warmup), level, args.timeout, Progress(f"c={level} app warm-up", warmup))
                 # Floors and app alternate, so a slow spell of the machine hits all three.
                 for run in range(1, args.repeat + 1):
                     label = f"c={level} run {run}/{args.repeat}"
-                    floor0_runs.append(await run_floor(client, task_queue, count, level,
-                                                       Progress(f"{label} floor 0", count), EmptyWorkflow.run))
-                    floor_runs.append(
-                        await run_floor(client, task_queue, count, level, Progress(f"{label} floor", count))
+                    floor0_runs.append(
+                        await run_floor(client, task_queue, count, level, Progress(f"{label} floor 0", count), EmptyWorkflow.run)
                     )
+                    floor_runs.append(await run_floor(client, task_queue, count, level, Progress(f"{label} floor", count)))
                     app_runs.append(
-                        await run_app(
-                            http, applicants.batch(count), level, args.timeout, Progress(f"{label} app", count)
-                        )
+                        await run_app(http, applicants.batch(count), level, args.timeout, Progress(f"{label} app", count))
                     )
             floor0, floor, app = headline(floor0_runs), headline(floor_runs), headline(app_runs)
             ratios = compare(floor, app, floor0)
@@ -284,8 +287,9 @@ async def benchmark(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
         "breakdown": split,
         "floor_task_queue": task_queue,
         "levels": levels,
-        "failed": sum(run["failed"] for level in levels
-                      for run in level["floor0_runs"] + level["floor_runs"] + level["app_runs"]),
+        "failed": sum(
+            run["failed"] for level in levels for run in level["floor0_runs"] + level["floor_runs"] + level["app_runs"]
+        ),
     }
 
 
@@ -314,8 +318,11 @@ def format_benchmark(report: dict[str, Any]) -> str:
         )
     split = report.get("breakdown")
     if split:
-        lines += ["", f"Where a c=1 request's time goes (median of {split['samples']}, ms; client clock and the"
-                      " workflow history's timestamps):"]
+        lines += [
+            "",
+            f"Where a c=1 request's time goes (median of {split['samples']}, ms; client clock and the"
+            " workflow history's timestamps):",
+        ]
         for label, value in split["segments_ms"].items():
             lines.append(f"  {label:<52} {number(value):>7}")
             if label.startswith("task started -> task completed"):
@@ -338,4 +345,3 @@ def format_benchmark(report: dict[str, Any]) -> str:
             if errors:
                 lines.append(f"  c={level['concurrency']} {name} errors: {dict(errors.most_common())}")
     return "\n".join(lines)
-

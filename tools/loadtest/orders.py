@@ -25,10 +25,9 @@ from tools.loadtest.stats import Result, number, ratio, summarize
 FINAL_ORDER = ("completed", "cancelled", "rejected", "failed")
 
 
-
-
-async def place_and_follow(client: httpx.AsyncClient, body: dict[str, Any], timeout: float,
-                           poll_interval: float, placed_ids: list[str] | None = None) -> tuple[Result, int]:
+async def place_and_follow(
+    client: httpx.AsyncClient, body: dict[str, Any], timeout: float, poll_interval: float, placed_ids: list[str] | None = None
+) -> tuple[Result, int]:
     """One order from placing to a final status, polling like a tracker page; the result and its retries."""
     started = time.perf_counter()
     try:
@@ -58,9 +57,12 @@ async def run_orders(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
 
     async def one(n: int) -> Result:
         nonlocal retries
-        body = {"customer_id": f"load-{run_id}-{n % 50}", "customer_email": "load@example.com", "items": [{"sku": "CB-010", "quantity": 1}],
-                "address": {"name": "Load Test", "street": "1 Bench Road", "city": "Testville", "postal_code": "T1",
-                            "country": "UK"}}
+        body = {
+            "customer_id": f"load-{run_id}-{n % 50}",
+            "customer_email": "load@example.com",
+            "items": [{"sku": "CB-010", "quantity": 1}],
+            "address": {"name": "Load Test", "street": "1 Bench Road", "city": "Testville", "postal_code": "T1", "country": "UK"},
+        }
         result, seen = await place_and_follow(http, body, args.timeout, args.poll_interval, placed_ids)
         retries += seen
         return result
@@ -70,8 +72,7 @@ async def run_orders(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
     stack = stack_processes(args.url)
     before = process_usage(processes=stack) if stack else None
     async with httpx.AsyncClient(base_url=args.url, limits=limits, timeout=args.timeout, headers=headers) as http:
-        results, wall = await run_concurrently(range(args.orders), args.concurrency, one,
-                                               Progress("orders", args.orders))
+        results, wall = await run_concurrently(range(args.orders), args.concurrency, one, Progress("orders", args.orders))
     orders = summarize(results, wall)
     cpu = cpu_ms_per_order(before, process_usage(processes=stack), orders.succeeded) if stack and before else None
     client = await connect_temporal()
@@ -79,9 +80,14 @@ async def run_orders(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
     task_queue = f"bench-floor-{uuid.uuid4()}"
     async with floor_worker(client, task_queue):
         floor = await run_floor(client, task_queue, BENCH_COUNT, args.concurrency, Progress("floor 1", BENCH_COUNT))
-    return {"orders": orders._asdict(), "retries": retries, "floor": floor._asdict(),
-            "orders_over_floor": ratio(orders.throughput, floor.throughput), "cpu_ms_per_order": cpu,
-            "per_order": tasks}
+    return {
+        "orders": orders._asdict(),
+        "retries": retries,
+        "floor": floor._asdict(),
+        "orders_over_floor": ratio(orders.throughput, floor.throughput),
+        "cpu_ms_per_order": cpu,
+        "per_order": tasks,
+    }
 
 
 # Orders whose histories (the order's and its shipment's) are read for the counts per order.
@@ -121,20 +127,26 @@ def cpu_ms_per_order(before: dict[str, Usage | None], after: dict[str, Usage | N
 
 def format_orders(report: dict[str, Any], concurrency: int) -> str:
     orders, floor = report["orders"], report["floor"]
-    return "\n".join([
-        f"Orders: {orders['requests']} auto-approved orders at concurrency {concurrency}, placed through the API"
-        " and followed to the end",
-        "",
-        f"  final         {orders['succeeded']:>7}  {dict(orders['decisions'])}",
-        f"  failed        {orders['failed']:>7}  {dict(orders['errors'])}",
-        f"  throughput    {orders['throughput']:>7.2f} orders/s",
-        "  to the end ms " + "  ".join(f"{name} {number(value)}" for name, value in orders["latency_ms"].items()),
-        f"  step retries  {report['retries']:>7}",
-        f"  floor 1       {floor['throughput']:>7.1f} workflows/s (same server, same run)",
-        f"  orders/floor  {number(report['orders_over_floor'], 2, 'x'):>8}   (target >= 0.5x)",
-        "  CPU ms/order  " + ("  ".join(f"{role} {value:.0f}" for role, value in report["cpu_ms_per_order"].items())
-                              if report.get("cpu_ms_per_order") else "(no make run stack found behind --url)"),
-        "  per order     " + ("  ".join(f"{name} {value:g}" for name, value in report["per_order"].items())
-                              if report.get("per_order") else "-") + "  (medians: the order and its shipment)",
-    ])
-
+    return "\n".join(
+        [
+            f"Orders: {orders['requests']} auto-approved orders at concurrency {concurrency}, placed through the API"
+            " and followed to the end",
+            "",
+            f"  final         {orders['succeeded']:>7}  {dict(orders['decisions'])}",
+            f"  failed        {orders['failed']:>7}  {dict(orders['errors'])}",
+            f"  throughput    {orders['throughput']:>7.2f} orders/s",
+            "  to the end ms " + "  ".join(f"{name} {number(value)}" for name, value in orders["latency_ms"].items()),
+            f"  step retries  {report['retries']:>7}",
+            f"  floor 1       {floor['throughput']:>7.1f} workflows/s (same server, same run)",
+            f"  orders/floor  {number(report['orders_over_floor'], 2, 'x'):>8}   (target >= 0.5x)",
+            "  CPU ms/order  "
+            + (
+                "  ".join(f"{role} {value:.0f}" for role, value in report["cpu_ms_per_order"].items())
+                if report.get("cpu_ms_per_order")
+                else "(no make run stack found behind --url)"
+            ),
+            "  per order     "
+            + ("  ".join(f"{name} {value:g}" for name, value in report["per_order"].items()) if report.get("per_order") else "-")
+            + "  (medians: the order and its shipment)",
+        ]
+    )

@@ -24,8 +24,11 @@ def stack_processes(url: str) -> list | None:
 
     port = urlsplit(url).port or (443 if url.startswith("https:") else 80)
     try:
-        listening = {c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN
-                     and c.laddr and c.laddr.port == port and c.pid}
+        listening = {
+            c.pid
+            for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
+        }
     except psutil.Error:
         return None
     for pid in listening:
@@ -54,7 +57,8 @@ def process_usage(roles: dict[str, str] = SOAK_PROCESSES, processes: list | None
         supervisors = [p for p in psutil.process_iter(["cmdline"]) if "honcho" in " ".join(p.info["cmdline"] or [])]
         # honcho's forks are supervisors' descendants too: each process once.
         processes = list({child.pid: child for p in supervisors for child in p.children(recursive=True)}.values()) or [
-            p for p in psutil.process_iter() if p.pid != os.getpid()]
+            p for p in psutil.process_iter() if p.pid != os.getpid()
+        ]
     totals: dict[str, Usage | None] = dict.fromkeys(roles)
     for process in processes:
         try:
@@ -77,13 +81,20 @@ async def soak(args: argparse.Namespace, run_id: str) -> list[dict[str, Any]]:
         usage = process_usage(processes=stack_processes(args.url))
         for first in range(0, args.soak, args.every):
             count = min(args.every, args.soak - first)
-            summary = await run_app(http, applicants.batch(count), args.concurrency, args.timeout,
-                                    Progress(f"block {first // args.every + 1}", count))
+            summary = await run_app(
+                http, applicants.batch(count), args.concurrency, args.timeout, Progress(f"block {first // args.every + 1}", count)
+            )
             before, usage = usage, process_usage(processes=stack_processes(args.url))
-            row = {"sent": first + count, "throughput": summary.throughput, "p50_ms": summary.latency_ms["p50"],
-                   "p99_ms": summary.latency_ms["p99"], "failed": summary.failed, "errors": dict(summary.errors),
-                   "rss_mb": {role: now and now.rss_mb for role, now in usage.items()},
-                   "cpu_ms_per_app": {role: cpu_ms_per_app(before[role], now, count) for role, now in usage.items()}}
+            row = {
+                "sent": first + count,
+                "throughput": summary.throughput,
+                "p50_ms": summary.latency_ms["p50"],
+                "p99_ms": summary.latency_ms["p99"],
+                "failed": summary.failed,
+                "errors": dict(summary.errors),
+                "rss_mb": {role: now and now.rss_mb for role, now in usage.items()},
+                "cpu_ms_per_app": {role: cpu_ms_per_app(before[role], now, count) for role, now in usage.items()},
+            }
             rows.append(row)
             if not args.json:
                 print(format_soak_row(row, header=first == 0), flush=True)
@@ -98,14 +109,18 @@ def cpu_ms_per_app(before: Usage | None, now: Usage | None, count: int) -> float
 
 
 def format_soak_row(row: dict[str, Any], header: bool) -> str:
-    line = (f"{row['sent']:>9}  {number(row['throughput']):>8}  {number(row['p50_ms']):>8}  "
-            f"{number(row['p99_ms']):>8}  {row['failed']:>6}  "
-            + "  ".join(f"{number(row['rss_mb'][role], 0):>8}" for role in SOAK_PROCESSES) + "  "
-            + "  ".join(f"{number(row['cpu_ms_per_app'][role]):>8}" for role in SOAK_PROCESSES)
-            + "".join(f"  {error}: {count}" for error, count in row.get("errors", {}).items()))
+    line = (
+        f"{row['sent']:>9}  {number(row['throughput']):>8}  {number(row['p50_ms']):>8}  "
+        f"{number(row['p99_ms']):>8}  {row['failed']:>6}  "
+        + "  ".join(f"{number(row['rss_mb'][role], 0):>8}" for role in SOAK_PROCESSES)
+        + "  "
+        + "  ".join(f"{number(row['cpu_ms_per_app'][role]):>8}" for role in SOAK_PROCESSES)
+        + "".join(f"  {error}: {count}" for error, count in row.get("errors", {}).items())
+    )
     if not header:
         return line
     roles = "  ".join(f"{role:>8}" for role in SOAK_PROCESSES)
-    return (f"{'':>47}  {'resident memory, MB':<{len(roles)}}  CPU per application, ms\n"
-            f"{'sent':>9}  {'apps/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'failed':>6}  {roles}  {roles}\n{line}")
-
+    return (
+        f"{'':>47}  {'resident memory, MB':<{len(roles)}}  CPU per application, ms\n"
+        f"{'sent':>9}  {'apps/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'failed':>6}  {roles}  {roles}\n{line}"
+    )

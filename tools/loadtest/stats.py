@@ -110,4 +110,3 @@ def format_summary(summary: Summary, title: str) -> str:
         *count_table("error", summary.errors),
     ]
     return "\n".join(lines)
-
