@@ -89,9 +89,9 @@ mutate: install
 		"loans.validation.x_parse_json_application__*" "loans.validation.x_parse_form_application__*" \
 		"loans.validation.x_revalidate__*" "loans.validation.x__errors_by_field__*" "loans.validation.x__parse_number__*" \
 		"loans.validation.x__to_application__*" "loans.validation.x*_ApplicationModel*" "loans.validation.x*InvalidApplication*" \
-		"loans.activities.x_loan_to_income__*" "loans.activities.x*LoanActivities*decide__*" \
-		"loans.activities.x*LoanActivities*_compliance_denial__*" "loans.activities.x*LoanActivities*_credit_decision__*" \
-		"loans.activities.x*LoanActivities*_decision__*" > mutants/run.log 2>&1 || (tail -50 mutants/run.log; exit 1)
+		"loans.decision.x_loan_to_income__*" "loans.decision.x*CreditRules*decide__*" \
+		"loans.decision.x*CreditRules*_compliance_denial__*" "loans.decision.x*CreditRules*_credit_decision__*" \
+		"loans.decision.x*CreditRules*_decision__*" > mutants/run.log 2>&1 || (tail -50 mutants/run.log; exit 1)
 	$(BIN)/mutmut results | grep -E ": (survived|no tests|suspicious|timeout)" || true
 	@$(BIN)/mutmut export-cicd-stats > /dev/null
 	@$(BIN)/python -c 'import json; s = json.load(open("mutants/mutmut-cicd-stats.json")); \

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from temporalio.client import Client
 
-from core.mail import Mailer, SmtpSettings, mail_from_env
+from core.mail import Mailer, SmtpSettings
 from core.rules import load_messages, load_rules
 from core.settings import Settings
 from core.store import Store, open_store
@@ -70,7 +70,7 @@ def build_activities(settings: Settings, client: Client | None, identity: str, s
     store = store or open_store(settings)
     rules = load_rules(settings.rules_file)
     messages = load_messages(settings.messages_file)
-    mailer = Mailer(SmtpSettings.from_env(), mail_from_env())
+    mailer = Mailer(SmtpSettings.from_settings(settings), settings.mail_from)
     return Activities(
         loans=LoanActivities(store=store, rules=rules, messages=messages, identity=identity),
         loan_emails=LoanEmailActivities(store, mailer, settings.public_url),

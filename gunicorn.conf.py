@@ -3,7 +3,7 @@
 Threaded workers: a request mostly waits on Temporal, so threads are cheap
 concurrency; each async view runs in an event loop of its own (Flask[async]).
 Each worker process creates its own Temporal client on its first request,
-after the fork (temporal_client.py), and logs it once.
+after the fork (core/temporal_client.py), and logs it once.
 """
 
 import logging
@@ -13,7 +13,7 @@ import shutil
 from core.settings import Settings
 
 settings = Settings.from_env()
-# Each worker process writes its request metrics here; /metrics adds them up (web_metrics.py).
+# Each worker process writes its request metrics here; /metrics adds them up (web/metrics.py).
 metrics_dir = settings.data_dir / "prometheus"
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
 bind = f"{settings.web_host}:{settings.web_port}"

@@ -3,15 +3,15 @@
 `create_app()` builds the Flask app (tests pass a config mapping) the way
 Flask's tutorial does: nothing connects at import time. It wires
 
-- one `ProcessClient` (temporal_client.py): the process's Temporal client,
+- one `ProcessClient` (core/temporal_client.py): the process's Temporal client,
   created on the first request, after gunicorn forks;
-- the loan half: `LoanService` (loan_service.py) and its routes (loans_web.py);
-- the order half: `OrderService` (order_service.py), its routes
-  (orders_web.py) and the `flask --app starter orders` CLI (orders_cli.py);
-- who may do what: operator sign-in, CSRF and security headers (operator_auth.py);
-- request metrics for Prometheus at /metrics (web_metrics.py);
-- the codec server (codec_server.py) that decrypts payloads for the Temporal UI and CLI;
-- `/healthz`, `/readyz`, the API's OpenAPI document at `/openapi.json` (openapi.py),
+- the loan half: `LoanService` (loans/service.py) and its routes (loans/web.py);
+- the order half: `OrderService` (orders/service.py), its routes
+  (orders/web.py) and the `flask --app starter orders` CLI (orders/cli.py);
+- who may do what: operator sign-in, CSRF and security headers (web/auth.py);
+- request metrics for Prometheus at /metrics (web/metrics.py);
+- the codec server (web/codec_server.py) that decrypts payloads for the Temporal UI and CLI;
+- `/healthz`, `/readyz`, the API's OpenAPI document at `/openapi.json` (web/openapi.py),
   and the error pages: JSON under /api, HTML elsewhere.
 
 Views that talk to Temporal are `async def` (Flask[async]). Serve the app with
@@ -91,7 +91,7 @@ docs = Blueprint("docs", __name__)
 
 @docs.get("/openapi.json")
 def openapi_document():
-    """The JSON API described for clients and for the fuzz tests (openapi.py)."""
+    """The JSON API described for clients and for the fuzz tests (web/openapi.py)."""
     return jsonify(current_app.extensions["openapi"])
 
 
@@ -118,7 +118,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(health)
     app.extensions["openapi"] = build_openapi([item.sku for item in rules.orders.catalog])
     app.register_blueprint(docs)
-    # Operator-only like every non-public route (operator_auth.py); its CORS admits the Temporal UI.
+    # Operator-only like every non-public route (web/auth.py); its CORS admits the Temporal UI.
     codec = payload_codec_from_env()
     app.register_blueprint(create_codec_blueprint(lambda: codec, settings.temporal_ui_url))
     app.register_error_handler(InvalidInput, handle_invalid_input)
@@ -145,7 +145,7 @@ def handle_http_error(err: HTTPException):
 
 
 def handle_store_unavailable(err: StoreUnavailable):
-    """The database is down (pg_store.py): a 503 saying so, never a 500; the workflows carry on."""
+    """The database is down (core/store/postgres.py): a 503 saying so, never a 500; the workflows carry on."""
     current_app.logger.warning("Store unavailable on %s %s: %s", request.method, request.path, err)
     text = "The records database is unreachable right now; nothing was lost, please try again in a moment."
     if request.path.startswith("/api/"):

@@ -34,6 +34,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 
 from activities import Activities, build_activities
+from core import email_policy
 from core.settings import Settings, connect_temporal
 from core.store import Store
 from workflows import LOAN_WORKFLOWS, ORDER_WORKFLOWS, SHIPPING_WORKFLOWS
@@ -41,8 +42,8 @@ from workflows import LOAN_WORKFLOWS, ORDER_WORKFLOWS, SHIPPING_WORKFLOWS
 log = logging.getLogger("worker")
 
 
-def worker_identity() -> str:
-    return os.environ.get("WORKER_IDENTITY") or f"worker-{os.getpid()}@{socket.gethostname()}"
+def worker_identity(settings: Settings) -> str:
+    return settings.worker_identity or f"worker-{os.getpid()}@{socket.gethostname()}"
 
 
 def build_worker(
@@ -150,14 +151,14 @@ def build_all_workers(
     ]
 
 
-def metrics_address() -> str | None:
+def metrics_address(settings: Settings) -> str | None:
     """Where the SDK's Prometheus endpoint listens (WORKER_METRICS_HOST:WORKER_METRICS_PORT), or None when unset."""
-    port = os.environ.get("WORKER_METRICS_PORT", "").strip()
+    port = settings.worker_metrics_port
     if not port:
         return None
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise SystemExit(f"WORKER_METRICS_PORT={port!r} is not a port number (1-65535; unset serves no metrics)")
-    return f"{os.environ.get('WORKER_METRICS_HOST', '').strip() or '127.0.0.1'}:{port}"
+    return f"{settings.worker_metrics_host}:{port}"
 
 
 def metrics_runtime(address: str | None) -> Runtime | None:
@@ -196,14 +197,14 @@ async def connect_with_retry(deadline_seconds: float, runtime: Runtime | None = 
 
 async def main() -> None:
     settings = Settings.from_env()
-    address = metrics_address()
+    email_policy.configure(settings.email_retry_initial_seconds, settings.email_attempt_timeout_seconds)
+    address = metrics_address(settings)
     runtime = metrics_runtime(address)
     if address:
         log.info("Worker metrics (Prometheus): http://%s/metrics", address)
-    client = await connect_with_retry(float(os.environ.get("WORKER_CONNECT_TIMEOUT", "60")), runtime)
-    identity = worker_identity()
-    threads = int(os.environ.get("WORKER_ACTIVITY_THREADS", "32"))
-    pollers = int(os.environ.get("WORKER_POLLERS", "8"))
+    client = await connect_with_retry(settings.worker_connect_timeout, runtime)
+    identity = worker_identity(settings)
+    threads, pollers = settings.worker_activity_threads, settings.worker_pollers
     with contextlib.ExitStack() as pools:
         workers = build_all_workers(client, settings, identity, threads, pollers, pools)
         stop = asyncio.Event()

@@ -4,7 +4,7 @@ Workflow inputs, results, activity arguments, signals, updates and queries hold
 applicants' names, emails and incomes; with this codec on the client, the
 Temporal server (its database, the Web UI, `temporal workflow show`) only ever
 sees ciphertext. Only processes holding the key read them: the worker, the web
-app, and the codec server (`codec_server.py`) that decrypts for signed-in operators.
+app, and the codec server (`web/codec_server.py`) that decrypts for signed-in operators.
 
 Each encrypted payload names its key by id in its metadata, so keys can rotate:
 new payloads use the current key, and payloads written under an old key still

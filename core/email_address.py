@@ -1,4 +1,4 @@
-"""TODO docstring (from shared.py)."""
+"""The one spelling of an email address, for both halves: what is stored, compared and hashed."""
 
 import unicodedata
 

@@ -3,11 +3,11 @@
 Workflow-safe (no I/O): imported by the workflows and by `core.mail`.
 SMTP down or a 4xx is retried with backoff for a day; a 5xx is final
 (non-retryable, recorded). The initial interval and the attempt's timeout are
-read once when the worker starts (the tests shorten them); they only shape
-retries, which are not part of a workflow's history, so replay is unaffected.
+set once when the worker starts, from its Settings (the tests shorten them); they
+only shape retries, which are not part of a workflow's history, so replay is
+unaffected.
 """
 
-import os
 from datetime import timedelta
 
 from temporalio.common import RetryPolicy
@@ -17,13 +17,27 @@ EMAIL_REFUSED = "EmailRefused"
 # SMTP down, a timeout or a 4xx: retried by the activity's retry policy.
 EMAIL_NOT_SENT_YET = "EmailNotSentYet"
 
-EMAIL_RETRY_INITIAL = timedelta(seconds=float(os.environ.get("EMAIL_RETRY_INITIAL_SECONDS", "5")))
-EMAIL_RETRY = RetryPolicy(
-    initial_interval=EMAIL_RETRY_INITIAL,
-    backoff_coefficient=2.0,
-    maximum_interval=min(timedelta(minutes=10), EMAIL_RETRY_INITIAL * 120),
-    maximum_attempts=0,
-    non_retryable_error_types=[EMAIL_REFUSED],
-)
-EMAIL_TIMEOUT = timedelta(seconds=float(os.environ.get("EMAIL_ATTEMPT_TIMEOUT_SECONDS", "30")))
 EMAIL_GIVE_UP = timedelta(hours=24)
+# Set once by the worker from its Settings (EMAIL_RETRY_INITIAL_SECONDS, EMAIL_ATTEMPT_TIMEOUT_SECONDS).
+_timing = {"initial": timedelta(seconds=5), "attempt": timedelta(seconds=30)}
+
+
+def configure(initial_seconds: float, attempt_timeout_seconds: float) -> None:
+    """The first retry's interval and one attempt's timeout, for every email scheduled from now on."""
+    _timing["initial"] = timedelta(seconds=initial_seconds)
+    _timing["attempt"] = timedelta(seconds=attempt_timeout_seconds)
+
+
+def email_retry() -> RetryPolicy:
+    initial = _timing["initial"]
+    return RetryPolicy(
+        initial_interval=initial,
+        backoff_coefficient=2.0,
+        maximum_interval=min(timedelta(minutes=10), initial * 120),
+        maximum_attempts=0,
+        non_retryable_error_types=[EMAIL_REFUSED],
+    )
+
+
+def email_timeout() -> timedelta:
+    return _timing["attempt"]

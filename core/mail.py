@@ -12,7 +12,6 @@ went, so a retry after success sends nothing.
 from __future__ import annotations
 
 import hashlib
-import os
 import smtplib
 import ssl
 from collections.abc import Callable
@@ -26,8 +25,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core.email_policy import EMAIL_NOT_SENT_YET, EMAIL_REFUSED
-
-DEFAULT_MAIL_FROM = "Loan pre-approval <no-reply@loans.invalid>"
+from core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -59,13 +57,9 @@ class SmtpSettings:
         )
 
     @classmethod
-    def from_env(cls) -> SmtpSettings | None:
-        url = os.environ.get("SMTP_URL", "").strip()
-        return cls.from_url(url) if url else None
-
-
-def mail_from_env() -> str:
-    return os.environ.get("MAIL_FROM", DEFAULT_MAIL_FROM)
+    def from_settings(cls, settings: Settings) -> SmtpSettings | None:
+        """SMTP_URL's server, or None when none is set (then nothing is sent)."""
+        return cls.from_url(settings.smtp_url) if settings.smtp_url else None
 
 
 def message_id(workflow_id: str, kind: str, mail_from: str) -> str:

@@ -1,4 +1,8 @@
-"""TODO docstring (from config.py)."""
+"""The rules (rules.json) and the texts (messages.json), as strict models loaded once per process.
+
+A misspelt key or a wrong type stops the process at start with the path of the
+mistake, rather than a decision taken on a default.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,16 @@
-"""TODO docstring (from config.py)."""
+"""Settings: every environment knob of every process, read once; the Temporal connection; the secrets.
+
+Every process (web app, worker, load test, tests) reads its settings here, so
+one table (docs/operations.md) documents them all. The Temporal connection
+comes from `temporalio.envconfig` (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
+TEMPORAL_API_KEY, TLS settings or a TOML profile), so the same code reaches a
+local dev server, a self-hosted cluster or Temporal Cloud. Every client it
+creates encrypts payloads with the key from PAYLOAD_KEY (core/codec.py).
+
+Secrets: APP_SECRET_KEY (the HMAC key of loan workflow IDs) and PAYLOAD_KEY
+are read from the environment; when unset, each is generated once into
+DATA_DIR/secrets/ (mode 0600) and reused by every process sharing that folder.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +25,8 @@ from pathlib import Path
 from core.codec import KEY_BYTES, EncryptionCodec
 from core.secret_files import read_or_create_secret
 
+# Who the emails come from unless MAIL_FROM says otherwise.
+DEFAULT_MAIL_FROM = "Loan pre-approval <no-reply@loans.invalid>"
 HERE = Path(__file__).resolve().parent.parent  # the repository root
 
 
@@ -49,10 +63,24 @@ class Settings:
     decision_wait_seconds: float
     order_task_queue: str = "orders"
     shipping_task_queue: str = "shipping"
-    # None: generated into the data folder on first start (operator_auth.py).
+    # None: generated into the data folder on first start (web/auth.py).
     operator_token: str | None = None
-    # postgresql://... : the records in PostgreSQL (pg_store.py); None: JSON files in data_dir (store.py).
+    # postgresql://... : the records in PostgreSQL (core/store/postgres.py); None: JSON files in data_dir.
     database_url: str | None = None
+    # Mail: where it is sent (smtp://, smtps://; None sends nothing) and from whom.
+    smtp_url: str | None = None
+    mail_from: str = DEFAULT_MAIL_FROM
+    # How the workflows retry an email (core/email_policy.py; the tests shorten them).
+    email_retry_initial_seconds: float = 5.0
+    email_attempt_timeout_seconds: float = 30.0
+    # The worker process (worker.py): its name in the histories, its metrics endpoint (no port: none),
+    # how long it waits for the server at start, its threads per pool and pollers.
+    worker_identity: str | None = None
+    worker_metrics_port: str = ""
+    worker_metrics_host: str = "127.0.0.1"
+    worker_connect_timeout: float = 60.0
+    worker_activity_threads: int = 32
+    worker_pollers: int = 8
 
     @property
     def public_url(self) -> str:
@@ -78,6 +106,16 @@ class Settings:
             shipping_task_queue=os.environ.get("SHIPPING_TASK_QUEUE", "shipping"),
             operator_token=os.environ.get("OPERATOR_TOKEN") or None,
             database_url=os.environ.get("DATABASE_URL", "").strip() or None,
+            smtp_url=os.environ.get("SMTP_URL", "").strip() or None,
+            mail_from=os.environ.get("MAIL_FROM", "").strip() or DEFAULT_MAIL_FROM,
+            email_retry_initial_seconds=_env_float("EMAIL_RETRY_INITIAL_SECONDS", 5.0),
+            email_attempt_timeout_seconds=_env_float("EMAIL_ATTEMPT_TIMEOUT_SECONDS", 30.0),
+            worker_identity=os.environ.get("WORKER_IDENTITY", "").strip() or None,
+            worker_metrics_port=os.environ.get("WORKER_METRICS_PORT", "").strip(),
+            worker_metrics_host=os.environ.get("WORKER_METRICS_HOST", "").strip() or "127.0.0.1",
+            worker_connect_timeout=_env_float("WORKER_CONNECT_TIMEOUT", 60.0),
+            worker_activity_threads=_env_int("WORKER_ACTIVITY_THREADS", 32),
+            worker_pollers=_env_int("WORKER_POLLERS", 8),
         )
 
 

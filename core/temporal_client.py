@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote
 
 from temporalio.client import Client
 
@@ -63,3 +64,9 @@ class ProcessClient:
         with self._lock:
             self._client = None
             self._pid = None
+
+
+def workflow_ui_url(ui_base: str, namespace: str, workflow_id: str, run_id: str | None = None) -> str:
+    """A workflow's page in the Temporal Web UI (its run's history when `run_id` is given)."""
+    path = f"{ui_base}/namespaces/{quote(namespace)}/workflows/{quote(workflow_id)}"
+    return f"{path}/{quote(run_id)}/history" if run_id else path

@@ -1,4 +1,4 @@
-"""TODO docstring (from validation.py)."""
+"""Input rules both halves share: text without control characters, whole numbers, pages, the invalid-input error."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _clean_text(value: Any) -> Any:
     return value
 
 
-# The same rule for the OpenAPI document (openapi.py), where a JSON schema can
+# The same rule for the OpenAPI document (web/openapi.py), where a JSON schema can
 # only list characters: the common refused ones (all of Cc, Zl and Zp, and the
 # usual Cf: soft hyphen, zero-width, bidi controls, word joiners, BOM). The
 # categories above stay the rule; this is what clients and fuzzers are told.

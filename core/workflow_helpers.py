@@ -1,4 +1,4 @@
-"""TODO docstring (from workflows.py)."""
+"""Small helpers both halves' workflows share: reading an activity's business error, the root cause, must-finish awaits."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from temporalio import activity
 
 from core.mail import Mailer, _fix_boundary, message_id, parse_mailbox
 from core.store import Store
-from loans.model import APPLICATIONS, DecisionEmail, LoanOutcome, record_key
+from loans.model import APPLICATIONS, SEND_DECISION_EMAIL, DecisionEmail, LoanOutcome, record_key
 
 
 def decision_email(outcome: LoanOutcome, public_url: str, mail_from: str, date: datetime) -> EmailMessage:
@@ -68,7 +68,7 @@ class LoanEmailActivities:
 
         self.store.update(APPLICATIONS, record_key(outcome.workflow_id, outcome.run_id), change)
 
-    @activity.defn
+    @activity.defn(name=SEND_DECISION_EMAIL)
     def send_decision_email(self, outcome: LoanOutcome) -> str:
         """Send the decision email once; returns its status ("sent", "refused", "not_configured")."""
         record = self.store.get(APPLICATIONS, record_key(outcome.workflow_id, outcome.run_id)) or {}

@@ -1,5 +1,13 @@
-"""TODO docstring (from shared.py)."""
+"""Types and names of the loan half: what the workflow, its activities and the web layer pass each other.
 
+Everything passed to or returned from a workflow or activity is one typed
+dataclass (with real annotations, not `from __future__ import annotations`: the
+data converter resolves them for every payload), so fields can be added without
+breaking running workflows. The loan's workflow ID, its search attributes and
+its store collections are decided here, once.
+"""
+
+import dataclasses
 import hashlib
 import hmac
 from dataclasses import dataclass, field
@@ -30,6 +38,9 @@ SEARCH_ATTRIBUTES = (LOAN_DECISION, LOAN_AMOUNT_BAND)
 
 # Error type raised by the validate step; the workflow and retry policies name it.
 INVALID_APPLICATION = "InvalidApplication"
+
+# The decision email's activity (loans/emails.py), called by name: the workflow module imports no mail code.
+SEND_DECISION_EMAIL = "send_decision_email"
 
 # Store collections of the loan half.
 APPLICATIONS = "applications"  # one record per application (workflow and run)
@@ -120,7 +131,11 @@ class CreditDecision:
 
 @dataclass(frozen=True)
 class LoanOutcome:
-    """What the applicant is told; the workflow's update and query result."""
+    """What the applicant is told; the workflow's update and query result.
+
+    The decision's fields, flat, after the application's: the payload and the stored
+    record have this shape, so it stays; `decided` builds one from a CreditDecision.
+    """
 
     workflow_id: str
     run_id: str
@@ -133,6 +148,13 @@ class LoanOutcome:
     decided_by: str
     # The email's wording, fixed with the decision (None: decided before it had its own).
     email_text: DecisionEmail | None = None
+
+    @classmethod
+    def decided(
+        cls, workflow_id: str, run_id: str, submitted_at: str, application: LoanApplication, decision: CreditDecision
+    ) -> "LoanOutcome":
+        decided = {f.name: getattr(decision, f.name) for f in dataclasses.fields(CreditDecision)}
+        return cls(workflow_id=workflow_id, run_id=run_id, submitted_at=submitted_at, application=application, **decided)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 reads an application (the stored record, else the live workflow), and sends
 the applicant's contact answer. It knows nothing of Flask: it takes typed
 input and returns `Decided`, `Pending` or `Duplicate`, or raises one of the
-errors below, which `loans_web.py` maps to HTTP answers.
+errors below, which `loans/web.py` maps to HTTP answers.
 
 A result link outlives the workflow: once the workflow is gone (the server
 deletes a closed one when the namespace's retention has passed) or while
@@ -22,7 +22,6 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 from temporalio.client import (
     WithStartWorkflowOperation,
@@ -42,8 +41,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core.rules import Rules
 from core.settings import Settings, temporal_connect_config
-from core.store import Store
-from core.temporal_client import ProcessClient, TemporalUnavailable
+from core.store import Store, page_of
+from core.temporal_client import ProcessClient, TemporalUnavailable, workflow_ui_url
 from core.validation import PAGE_SIZE
 from loans.model import (
     APPLICATIONS,
@@ -256,12 +255,11 @@ class LoanService:
             raise TemporalUnavailable("timed out sending the answer") from err
 
     def temporal_url(self, workflow_id: str, run_id: str | None = None) -> str:
-        path = f"{self.settings.temporal_ui_url}/namespaces/{quote(self.namespace)}/workflows/{quote(workflow_id)}"
-        return f"{path}/{quote(run_id)}/history" if run_id else path
+        return workflow_ui_url(self.settings.temporal_ui_url, self.namespace, workflow_id, run_id)
 
     def recent(self, page: int) -> tuple[list[dict], int, int]:
-        records, total = self.store.list_recent(APPLICATIONS, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-        return records, total, max(1, math.ceil(total / PAGE_SIZE))
+        """One page of applications, newest first; the total and the page count."""
+        return page_of(self.store, APPLICATIONS, page, PAGE_SIZE)
 
     def counts(self) -> dict[str, int]:
         """Applications by decision, kept by the store on every write (no scan)."""

@@ -1,4 +1,10 @@
-"""TODO docstring (from validation.py)."""
+"""What a loan application must be, from the JSON API and from the form: parsed once, refused by field.
+
+Pydantic models validate; errors come back keyed by the field the client sent,
+worded from messages.json. The workflow's validate step runs `revalidate` on
+what the web layer already validated, so a start from elsewhere is held to the
+same rules.
+"""
 
 from __future__ import annotations
 

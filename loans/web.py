@@ -1,7 +1,7 @@
 """The loan half's HTTP routes: the JSON API under /api and the browser pages.
 
 Each view parses its input (validation.py), awaits `LoanService`
-(loan_service.py), and turns the outcome into an answer: 200 decided, 202
+(loans/service.py), and turns the outcome into an answer: 200 decided, 202
 pending, 409 duplicate, 400 invalid, 404 unknown, 503 Temporal unreachable
 (each worded for what was attempted: submitting, reading, answering).
 

@@ -1,4 +1,16 @@
-"""TODO docstring (from workflows.py)."""
+"""LoanApplicationWorkflow: validate -> decide -> persist -> notify, then hold the email's slot.
+
+One workflow per applicant email (the ID comes from `loans.model.loan_workflow_id`).
+The application is the workflow's start input, so it is durable the moment the
+server accepts the start; the web layer attaches a `wait_for_decision` update
+to that start (update-with-start) to answer the applicant as soon as the
+decision exists, while persisting and notifying carry on durably afterwards.
+
+After the decision the workflow stays open for the duplicate window (7 days by
+default): while it runs, the server itself refuses a second start with the
+same ID, which is how duplicates are refused without a look-up. During the
+window the applicant's "contact me" answer arrives as a signal.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +24,12 @@ from temporalio.exceptions import (
     ApplicationError,
 )
 
-from core.email_policy import EMAIL_GIVE_UP, EMAIL_REFUSED, EMAIL_RETRY, EMAIL_TIMEOUT
+from core.email_policy import EMAIL_GIVE_UP, EMAIL_REFUSED, email_retry, email_timeout
 from core.workflow_helpers import business_error, root_message
-from loans.model import CONTACT_ANSWERS
+from loans.model import CONTACT_ANSWERS, SEND_DECISION_EMAIL
 
 with workflow.unsafe.imports_passed_through():
     from loans.activities import LoanActivities
-    from loans.emails import LoanEmailActivities
     from loans.model import (
         INVALID_APPLICATION,
         LOAN_DECISION,
@@ -147,18 +158,8 @@ class LoanApplicationWorkflow:
     def _announce(self, application: LoanApplication, decision: CreditDecision, request: LoanRequest) -> LoanOutcome:
         """Make the decision visible: to the waiting update, the query and the UI."""
         info = workflow.info()
-        self._outcome = LoanOutcome(
-            workflow_id=info.workflow_id,
-            run_id=info.run_id,
-            submitted_at=info.workflow_start_time.isoformat(timespec="microseconds"),
-            application=application,
-            decision=decision.decision,
-            reason=decision.reason,
-            loan_to_income_ratio=decision.loan_to_income_ratio,
-            message=decision.message,
-            decided_by=decision.decided_by,
-            email_text=decision.email_text,
-        )
+        submitted_at = info.workflow_start_time.isoformat(timespec="microseconds")
+        self._outcome = LoanOutcome.decided(info.workflow_id, info.run_id, submitted_at, application, decision)
         self._stage = "decided"
         workflow.upsert_search_attributes([LOAN_DECISION.value_set(decision.decision)])
         workflow.set_current_details(f"Decision: **{decision.decision}** ({decision.reason}); amount band {request.amount_band}.")
@@ -185,12 +186,13 @@ class LoanApplicationWorkflow:
 
     async def _send_decision_email(self, outcome: LoanOutcome) -> None:
         try:
-            self._email_status = await workflow.execute_activity_method(
-                LoanEmailActivities.send_decision_email,
+            self._email_status = await workflow.execute_activity(
+                SEND_DECISION_EMAIL,
                 outcome,
-                start_to_close_timeout=EMAIL_TIMEOUT,
+                result_type=str,
+                start_to_close_timeout=email_timeout(),
                 schedule_to_close_timeout=EMAIL_GIVE_UP,
-                retry_policy=EMAIL_RETRY,
+                retry_policy=email_retry(),
                 summary="Email the decision to the applicant",
             )
         except ActivityError as err:

@@ -1,4 +1,11 @@
-"""TODO docstring (from activities.py)."""
+"""The order steps' side effects: validate, reserve and release stock, charge and refund, the carrier, records.
+
+`OrderActivities` (the order's steps and its recorded projection),
+`ShippingActivities` (the carrier's) and `RewardsActivities` (the customer's
+points) are bound to the store. Each step is idempotent under retries and each
+undo is safe to run twice: a second release or refund changes nothing. Failures
+can be injected per order (demos and tests) or at a seeded random rate.
+"""
 
 from __future__ import annotations
 

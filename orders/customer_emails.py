@@ -13,10 +13,9 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
-from core.email_policy import EMAIL_GIVE_UP, EMAIL_REFUSED, EMAIL_RETRY, EMAIL_TIMEOUT
+from core.email_policy import EMAIL_GIVE_UP, EMAIL_REFUSED, email_retry, email_timeout
 from core.workflow_helpers import business_error, root_message
-from orders.emails import OrderEmailActivities
-from orders.model import OrderEmailRequest, OrderEmailState, OrderRequest, OrderStatus
+from orders.model import SEND_ORDER_EMAIL, OrderEmailRequest, OrderEmailState, OrderRequest, OrderStatus
 from orders.timeline import Timeline
 
 
@@ -61,12 +60,13 @@ class CustomerEmails:
 
     async def _send(self, request: OrderEmailRequest) -> None:
         try:
-            status = await workflow.execute_activity_method(
-                OrderEmailActivities.send_order_email,
+            status = await workflow.execute_activity(
+                SEND_ORDER_EMAIL,
                 request,
-                start_to_close_timeout=EMAIL_TIMEOUT,
+                result_type=str,
+                start_to_close_timeout=email_timeout(),
                 schedule_to_close_timeout=EMAIL_GIVE_UP,
-                retry_policy=EMAIL_RETRY,
+                retry_policy=email_retry(),
                 summary=f"Email the customer: {request.kind}",
             )
             state = OrderEmailState(status, at=workflow.now().isoformat())

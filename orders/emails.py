@@ -13,7 +13,7 @@ from temporalio import activity
 
 from core.mail import Mailer, _fix_boundary, message_id, parse_mailbox
 from core.store import Store
-from orders.model import ORDER_EMAILS, OrderEmailRequest, order_workflow_id
+from orders.model import ORDER_EMAILS, SEND_ORDER_EMAIL, OrderEmailRequest, order_workflow_id
 
 
 def order_email(request: OrderEmailRequest, mail_from: str, date: datetime) -> EmailMessage:
@@ -44,7 +44,7 @@ class OrderEmailActivities:
         self.store = store
         self.mailer = mailer
 
-    @activity.defn
+    @activity.defn(name=SEND_ORDER_EMAIL)
     def send_order_email(self, request: OrderEmailRequest) -> str:
         """Send one of an order's emails once; returns its status ("sent", "refused", "not_configured")."""
         key = f"{request.order_id}.{request.kind}"

@@ -1,4 +1,10 @@
-"""TODO docstring (from shared.py)."""
+"""Types and names of the order half: the order, its steps' requests and results, the shipment and rewards.
+
+As for loans (loans/model.py): one typed dataclass per payload, with real
+annotations, so fields can be added without breaking running workflows; the
+workflow IDs, business error types, statuses and store collections of orders
+are decided here, once.
+"""
 
 from dataclasses import dataclass, field
 
@@ -14,6 +20,9 @@ INJECTED_FAILURE = "InjectedFailure"
 # An operator action (update) refused by its validator, e.g. approving an order
 # that is not awaiting review; the message says why.
 ACTION_REFUSED = "OrderActionRefused"
+
+# The customer email's activity (orders/emails.py), called by name: the workflow modules import no mail code.
+SEND_ORDER_EMAIL = "send_order_email"
 
 # Store collections of the order process.
 ORDERS = "orders"  # OrderStatus projection per order, for the dashboard

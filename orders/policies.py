@@ -1,4 +1,12 @@
-"""TODO docstring (from workflows.py)."""
+"""How the order process retries: business steps, the steps that must finish, and bookkeeping.
+
+Business steps retry transient trouble with backoff, never a business failure.
+When the order stops while one runs, it does not wait for the attempt in flight:
+the undo may run first, and the activities make a step that arrives after its
+undo a no-op (a refund voids the payment key, a release marks the reservation
+released). Undoing, bookkeeping and what follows the carrier's pickup retry
+until they are done.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring (from workflows.py)."""
+"""RewardsWorkflow: one per customer, long-running; each order's points counted once, tiers from the rules."""
 
 from __future__ import annotations
 

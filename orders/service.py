@@ -5,7 +5,7 @@ the projection the workflow records at every step (querying it only before the
 first record), sends the operator's updates (approve, cancel, change the address) and
 signals (expedite, simulate a failure). Lists, timelines and fallbacks read the
 projections the activities write to the JSON store. It knows nothing of Flask:
-`orders_web.py` and `orders_cli.py` map its errors to HTTP answers and exit
+`orders/web.py` and `orders/cli.py` map its errors to HTTP answers and exit
 codes (404 unknown order, 409 an action the order refuses, in the workflow's
 own words, 504 unconfirmed, 503 Temporal unreachable).
 """
@@ -16,13 +16,11 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import math
 import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 from temporalio.client import (
     Client,
@@ -36,8 +34,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core.rules import Messages, Rules
 from core.settings import Settings, temporal_connect_config
-from core.store import Store
-from core.temporal_client import ProcessClient, TemporalUnavailable
+from core.store import Store, page_of
+from core.temporal_client import ProcessClient, TemporalUnavailable, workflow_ui_url
 from core.validation import PAGE_SIZE
 from orders.actions import HANDED_TO_CARRIER
 from orders.actions import available_actions as actions_by_rule
@@ -248,8 +246,7 @@ class OrderService:
 
     def recent(self, page: int) -> tuple[list[dict], int, int]:
         """One page of stored orders, newest first; the total and the page count."""
-        orders, total = self.store.list_recent(ORDERS, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-        return orders, total, max(1, math.ceil(total / PAGE_SIZE))
+        return page_of(self.store, ORDERS, page, PAGE_SIZE)
 
     def counts(self) -> dict[str, int]:
         """Orders by status, kept by the store on every write (no scan)."""
@@ -417,7 +414,7 @@ class OrderService:
         return {status: self.status_label(status) for status in ORDER_STATUSES}
 
     def temporal_url(self, workflow_id: str) -> str:
-        return f"{self.settings.temporal_ui_url}/namespaces/{quote(self.namespace)}/workflows/{quote(workflow_id)}"
+        return workflow_ui_url(self.settings.temporal_ui_url, self.namespace, workflow_id)
 
     # --- helpers ---------------------------------------------------------------------
 

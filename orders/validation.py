@@ -1,4 +1,9 @@
-"""TODO docstring (from validation.py)."""
+"""What an order and each operator action on one must be, from the JSON API, the form and the CLI.
+
+Errors come back keyed by the field's path as the client sent it
+("items.0.sku"), worded from messages.json; an order's idempotency key is
+checked here too.
+"""
 
 from __future__ import annotations
 

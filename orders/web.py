@@ -5,7 +5,7 @@
   tracker page (/orders/<id>) with the operator's action forms.
 
 Each view parses its input (validation.py), awaits `OrderService`
-(order_service.py), and renders the outcome. The service's errors map to
+(orders/service.py), and renders the outcome. The service's errors map to
 answers in one place per blueprint: 404 unknown order, 409 an action the order
 refuses (the workflow's own words), 504 unconfirmed, 503 Temporal unreachable.
 """

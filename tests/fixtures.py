@@ -222,7 +222,7 @@ class WorkerProcess:
 
 @pytest.fixture
 def smtp_sink(tmp_path: Path):
-    """A real aiosmtpd server on a free loopback port writing into a Maildir (mail_sink.py)."""
+    """A real aiosmtpd server on a free loopback port writing into a Maildir (tools/mail_sink.py)."""
     from aiosmtpd.controller import Controller
 
     from tools.mail_sink import MaildirHandler

@@ -1,7 +1,7 @@
 """Test fixtures for a real PostgreSQL server (imported by the PostgreSQL test files).
 
 `postgres_server`: one server per test session, started from Debian's binaries
-in a temporary folder (`pg_server.py`). Without the binaries the PostgreSQL
+in a temporary folder (`tools/pg_server.py`). Without the binaries the PostgreSQL
 tests are skipped with a message saying how to install them, unless
 REQUIRE_POSTGRES=1 (CI), where that is a failure. `database_url`: a fresh
 database per test.

@@ -7,11 +7,11 @@ with the same payload (orders with the same Idempotency-Key) whenever an
 answer is lost; meanwhile faults are injected on a schedule. Afterwards,
 checked from outside: every accepted application has exactly one record and
 one decision; every order is in a final state with money and stock right
-(order_invariants.py); the stock equals the starting stock minus what was
+(tools/order_invariants.py); the stock equals the starting stock minus what was
 delivered; no JSON file under the data folder is unreadable.
 
-    python chaos.py                       # make chaos: a longer run, prints its figures
-    python chaos.py --loans 200 --orders 20 --worker-kills 5 --duration 40
+    python -m tools.chaos                       # make chaos: a longer run, prints its figures
+    python -m tools.chaos --loans 200 --orders 20 --worker-kills 5 --duration 40
 
 `test_chaos.py` runs a short one inside `make test`. Loopback only; every loop
 is bounded in count and time.

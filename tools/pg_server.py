@@ -6,8 +6,8 @@ every command runs as the `postgres` system user (`runuser -u postgres --`),
 and the data folder is handed to that user. The server listens on a Unix
 socket in its own folder and on a loopback port; `url()` is what DATABASE_URL gets.
 
-    python pg_server.py run DATA_DIR/postgres PORT   # init if needed, then run in the foreground (Procfile.postgres)
-    python pg_server.py wait DATABASE_URL            # until it accepts connections (60 s at most)
+    python tools/pg_server.py run DATA_DIR/postgres PORT   # init if needed, then run in the foreground (Procfile.postgres)
+    python tools/pg_server.py wait DATABASE_URL            # until it accepts connections (60 s at most)
 """
 
 from __future__ import annotations
@@ -157,4 +157,4 @@ if __name__ == "__main__":
     elif len(sys.argv) == 3 and sys.argv[1] == "wait":
         wait(sys.argv[2])
     else:
-        raise SystemExit("usage: python pg_server.py run DATA_FOLDER PORT | wait DATABASE_URL")
+        raise SystemExit("usage: python -m tools.pg_server run DATA_FOLDER PORT | wait DATABASE_URL")

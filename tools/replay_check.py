@@ -1,6 +1,6 @@
 """Replay recorded histories (loan, order, shipping, rewards workflows) against the current code, in this process.
 
-    python replay_check.py histories/loan_*.json histories/order_*.json
+    python -m tools.replay_check tests/histories/loan_*.json tests/histories/order_*.json
 
 The tests run it as a fresh process with a chosen PYTHONHASHSEED, so a workflow
 that depends on anything that differs between processes (hash seeds, set or
@@ -47,7 +47,7 @@ async def replay(paths: list[Path]) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
-        sys.exit("usage: python replay_check.py HISTORY.json...")
+        sys.exit("usage: python -m tools.replay_check HISTORY.json...")
     code = asyncio.run(replay([Path(arg) for arg in sys.argv[1:]]))
     sys.stdout.flush()
     # The SDK's native runtime threads can still be running while the interpreter

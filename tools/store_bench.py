@@ -1,8 +1,8 @@
 """How long a list page and the counts take as a collection grows: prints a table.
 
-    .venv/bin/python store_bench.py                        # JSON files, 100 / 10,000 / 100,000 records
-    DATABASE_URL=postgresql://... .venv/bin/python store_bench.py   # the same on PostgreSQL, beside JSON
-    .venv/bin/python store_bench.py --writes 300           # what one write of a listed record costs on this disk
+    .venv/bin/python -m tools.store_bench                        # JSON files, 100 / 10,000 / 100,000 records
+    DATABASE_URL=postgresql://... .venv/bin/python -m tools.store_bench   # the same on PostgreSQL, beside JSON
+    .venv/bin/python -m tools.store_bench --writes 300           # what one write of a listed record costs on this disk
 
 --writes N times N `put`s of new listed records and N rewrites of them (fsync
 on, in a temporary folder under DATA_DIR), counts the fsync calls per put, and

@@ -1,7 +1,7 @@
 """Copy every record from one store to another: a JSON data folder into PostgreSQL, or back.
 
-    .venv/bin/python store_copy.py data postgresql://user@host/db      # JSON files -> PostgreSQL
-    .venv/bin/python store_copy.py postgresql://user@host/db data2     # PostgreSQL -> JSON files
+    .venv/bin/python -m tools.store_copy data postgresql://user@host/db      # JSON files -> PostgreSQL
+    .venv/bin/python -m tools.store_copy postgresql://user@host/db data2     # PostgreSQL -> JSON files
 
 Each side is a folder or a `postgresql://` URL. Every document is written with
 the target store's own `put`, listed records oldest first so the newest-first

@@ -1,10 +1,10 @@
 """Loans at concurrency 32 on PostgreSQL against the JSON files, in the same run.
 
-    .venv/bin/python store_load_bench.py                  # 3 rounds of 300 applications per store
-    .venv/bin/python store_load_bench.py --count 500 --rounds 5
+    .venv/bin/python -m tools.store_load_bench                  # 3 rounds of 300 applications per store
+    .venv/bin/python -m tools.store_load_bench --count 500 --rounds 5
 
 Starts, on free ports in a temporary folder: one Temporal dev server (as
-`make run` does), one PostgreSQL (`pg_server.py`, fsync on), and for each store
+`make run` does), one PostgreSQL (`tools/pg_server.py`, fsync on), and for each store
 a worker process and the web app under gunicorn with its own data folder and
 task queue (DATABASE_URL set for one of them only). Then `load_test.py` runs
 against each in turn, alternating, so that both see the same machine load;

@@ -37,6 +37,7 @@ metrics = Blueprint("metrics", __name__)
 
 @metrics.get("/metrics")
 def exposition():
+    # prometheus_client's own switch: gunicorn.conf.py sets it so that every web worker's counts add up.
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -1,4 +1,4 @@
-"""TODO docstring (from validation.py)."""
+"""The model behind each JSON request body, by the name the OpenAPI document gives it (web/openapi.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from orders.validation import (
 )
 
 # The model behind each JSON request body, by the name the OpenAPI document
-# gives it (openapi.py): the document is generated from what validates.
+# gives it (web/openapi.py): the document is generated from what validates.
 JSON_BODY_MODELS: dict[str, type[BaseModel]] = {
     "LoanApplication": _ApplicationModel,
     "ContactAnswer": _ContactModel,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from core.settings import Settings
 from core.store.base import Store, StoreUnavailable
 
-__all__ = ["Store", "StoreUnavailable", "open_store"]
+__all__ = ["Store", "StoreUnavailable", "open_store", "page_of"]
 
 
 def open_store(settings: Settings) -> Store:
@@ -19,3 +21,9 @@ def open_store(settings: Settings) -> Store:
     from core.store.files import JsonStore
 
     return JsonStore(settings.data_dir)
+
+
+def page_of(store: Store, collection: str, page: int, size: int) -> tuple[list[dict], int, int]:
+    """One page (from 1) of a listed collection, newest first; the total and the number of pages."""
+    records, total = store.list_recent(collection, (page - 1) * size, size)
+    return records, total, max(1, math.ceil(total / size))

@@ -361,7 +361,7 @@ def _stage(files: list[tuple[Path, bytes]]) -> list[tuple[Path, str]]:
 
     Nothing is visible until `_commit` renames them. The fsyncs run in parallel threads: the
     file system flushes them in one journal commit, so five cost about what one does
-    (store_bench.py --writes measures it on this disk)."""
+    (tools/store_bench.py --writes measures it on this disk)."""
     staged: list[tuple[Path, str]] = []
     fds: list[int] = []
     try:

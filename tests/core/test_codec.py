@@ -1,6 +1,6 @@
 """The payload codec, its keys, the codec server, and what the Temporal server gets to see.
 
-- `codec.py`: round trip, a wrong or unknown key fails with a clear error,
+- `core/codec.py`: round trip, a wrong or unknown key fails with a clear error,
   unencrypted payloads pass through, old keys still decrypt;
 - a history written under an old key decodes and replays after rotation
   (time-skipping server);
@@ -9,7 +9,7 @@
   search attribute, summary or workflow ID as the server stores them, nor in
   the worker's log;
 - generated keys: 0600, reused, the same for processes racing to create them;
-- `codec_server.py`: the remote codec protocol, CORS for the Temporal UI's
+- `web/codec_server.py`: the remote codec protocol, CORS for the Temporal UI's
   origin only, and the `temporal` CLI reading a history through it.
 """
 

@@ -2,7 +2,7 @@
 
 Concurrency included: 20 updates of one document at once from threads and from
 processes, the oversell race on stock, a retry after a crash between the
-write and the answer. The PostgreSQL half needs a server (pg_testing.py).
+write and the answer. The PostgreSQL half needs a server (tests/pg.py).
 """
 
 from __future__ import annotations

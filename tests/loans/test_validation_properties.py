@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from core.email_address import normalize_email
 from core.rules import load_messages, load_rules
 from core.validation import MAX_PAGE, InvalidInput, parse_page
-from loans.activities import loan_to_income
+from loans.decision import loan_to_income
 from loans.model import loan_workflow_id
 from loans.validation import (
     FIELDS,

@@ -305,17 +305,22 @@ def test_the_api_refuses_a_bad_customer_email_by_name(operator, change, text):
 
 
 @pytest.fixture
-def mailing_sink(tmp_path, monkeypatch):
-    """A sink, and SMTP settings in the environment for the workers the test builds."""
+def mailing_sink(tmp_path):
     sink = Sink(tmp_path)
-    for name, value in email_env(sink).items():
-        monkeypatch.setenv(name, value)
     yield sink
     sink.controller.stop()
 
 
-async def test_a_cancel_after_the_charge_emails_the_cancellation_with_the_refund(time_skipping_env, order_settings, mailing_sink):
-    sink = mailing_sink
+@pytest.fixture
+def mailing_settings(order_settings, mailing_sink):
+    """The order settings with the sink as the SMTP server, for the workers the test builds."""
+    return dataclasses.replace(order_settings, smtp_url=mailing_sink.url, mail_from=MAIL_FROM)
+
+
+async def test_a_cancel_after_the_charge_emails_the_cancellation_with_the_refund(
+    time_skipping_env, mailing_settings, mailing_sink
+):
+    sink, order_settings = mailing_sink, mailing_settings
     email = a_customer_email()
     request = dataclasses.replace(order_request(order_settings, SMALL), customer_email=email)
     async with running_order_workers(time_skipping_env.client, order_settings):
@@ -332,8 +337,8 @@ async def test_a_cancel_after_the_charge_emails_the_cancellation_with_the_refund
     assert "customer asked" in text and TEXTS["email_refunded"].format(amount="$214.00") in text
 
 
-async def test_the_review_sla_expiring_emails_the_customer(time_skipping_env, order_settings, mailing_sink):
-    sink = mailing_sink
+async def test_the_review_sla_expiring_emails_the_customer(time_skipping_env, mailing_settings, mailing_sink):
+    sink, order_settings = mailing_sink, mailing_settings
     email = a_customer_email()
     request = dataclasses.replace(order_request(order_settings, LARGE), customer_email=email)
     async with running_order_workers(time_skipping_env.client, order_settings):

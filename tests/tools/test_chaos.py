@@ -1,6 +1,6 @@
 """The crash test inside `make test`: kill -9 of workers, dev server and web app under a load of loans and orders.
 
-A short run of chaos.py (`make chaos` runs a longer one and prints its figures):
+A short run of tools/chaos.py (`make chaos` runs a longer one and prints its figures):
 200 applications and 20 orders over 40 s, three workers on one data folder,
 five worker kills, one dev-server kill (restarted on its SQLite file) and one
 web-app kill, every client retrying with the same payload.

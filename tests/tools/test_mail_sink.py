@@ -1,4 +1,4 @@
-"""The local SMTP sink (mail_sink.py): `make run`'s process keeps every message on disk and nothing in memory."""
+"""The local SMTP sink (tools/mail_sink.py): `make run`'s process keeps every message on disk and nothing in memory."""
 
 from __future__ import annotations
 

@@ -153,17 +153,18 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
 def test_the_worker_metrics_port_is_off_unless_set_and_a_taken_one_is_refused(monkeypatch):
     import socket
 
+    from core.settings import Settings
     from worker import metrics_address, metrics_runtime
 
     monkeypatch.delenv("WORKER_METRICS_PORT", raising=False)
     monkeypatch.delenv("WORKER_METRICS_HOST", raising=False)
-    assert metrics_address() is None and metrics_runtime(None) is None
+    assert metrics_address(Settings.from_env()) is None and metrics_runtime(None) is None
     monkeypatch.setenv("WORKER_METRICS_PORT", "9464")
-    assert metrics_address() == "127.0.0.1:9464"  # loopback unless WORKER_METRICS_HOST says otherwise
+    assert metrics_address(Settings.from_env()) == "127.0.0.1:9464"  # loopback unless WORKER_METRICS_HOST says otherwise
     for wrong in ("0", "70000", "nine"):
         monkeypatch.setenv("WORKER_METRICS_PORT", wrong)
         with pytest.raises(SystemExit, match="WORKER_METRICS_PORT"):
-            metrics_address()
+            metrics_address(Settings.from_env())
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

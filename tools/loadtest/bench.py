@@ -233,7 +233,7 @@ async def benchmark(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
         # Creating the worker imported the floor's module in the sandbox, which caches its bytecode if it may.
         if not os.path.exists(importlib.util.cache_from_source(floor_workflow.__file__)):
             print(
-                "warning: no bytecode cache for floor_workflow.py (PYTHONDONTWRITEBYTECODE?): the sandbox"
+                "warning: no bytecode cache for tools/loadtest/floor.py (PYTHONDONTWRITEBYTECODE?): the sandbox"
                 " compiles it for every floor workflow, so the floor comes out lower than it is",
                 file=sys.stderr,
             )
