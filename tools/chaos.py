@@ -35,6 +35,7 @@ from pathlib import Path
 
 import httpx
 
+from tools import dev_server
 from tools.net import free_port
 
 HERE = Path(__file__).resolve().parent.parent  # the repository root
@@ -146,32 +147,7 @@ class Stack:
         logs.mkdir(exist_ok=True)
         self.temporal = Process(
             "temporal",
-            [
-                str(BIN / "temporal"),
-                "server",
-                "start-dev",
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                str(self.temporal_port),
-                "--headless",
-                "--db-filename",
-                str(self.data_dir / "temporal.db"),
-                "--sqlite-pragma",
-                "journal_mode=wal",
-                "--sqlite-pragma",
-                "synchronous=normal",
-                "--dynamic-config-value",
-                "matching.numTaskqueueReadPartitions=1",
-                "--dynamic-config-value",
-                "matching.numTaskqueueWritePartitions=1",
-                "--search-attribute",
-                "LoanDecision=Keyword",
-                "--search-attribute",
-                "LoanAmountBand=Keyword",
-                "--log-level",
-                "error",
-            ],
+            dev_server.command(self.data_dir / "temporal.db", self.temporal_port),
             self.env,
             logs,
         )

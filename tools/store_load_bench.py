@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from tools import pg_server
+from tools import dev_server, pg_server
 from tools.net import free_port
 
 HERE = Path(__file__).resolve().parent.parent  # the repository root
@@ -56,35 +56,7 @@ def start_dev_server(folder: Path, port: int, processes: list) -> str:
     log = open(folder / "temporal.log", "wb")
     processes.append(
         subprocess.Popen(
-            [
-                str(BIN / "temporal"),
-                "server",
-                "start-dev",
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--ui-port",
-                str(free_port()),
-                "--db-filename",
-                str(folder / "temporal.db"),
-                "--sqlite-pragma",
-                "journal_mode=wal",
-                "--sqlite-pragma",
-                "synchronous=normal",
-                "--dynamic-config-value",
-                "history.shardIOConcurrency=8",
-                "--dynamic-config-value",
-                "matching.numTaskqueueReadPartitions=1",
-                "--dynamic-config-value",
-                "matching.numTaskqueueWritePartitions=1",
-                "--search-attribute",
-                "LoanDecision=Keyword",
-                "--search-attribute",
-                "LoanAmountBand=Keyword",
-                "--log-level",
-                "error",
-            ],
+            dev_server.command(folder / "temporal.db", port, ui_port=free_port()),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
