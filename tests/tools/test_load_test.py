@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import types
+import uuid
 
 import httpx
 import pytest
@@ -373,3 +374,25 @@ async def test_the_breakdown_splits_the_first_task_by_its_local_activities():
     task_line = next(n for n, line in enumerate(lines) if "task started -> task completed" in line)
     assert lines[task_line + 2].startswith("    -> persist done (the record fsynced)")
     assert lines[task_line + 2].split()[-1] == "11.0"
+
+
+# --- the order floor: the same steps done plainly -------------------------------------
+
+
+async def test_the_order_floor_runs_each_step_once_and_counts_its_tasks(dev_server, tmp_path, monkeypatch):
+    from tools.loadtest.order_floor import FloorWorkerProcess, run_plain_orders
+    from tools.loadtest.order_floor_workflows import ORDER_STEPS, SHIPPING_STEPS
+    from tools.loadtest.orders import tasks_per_order
+
+    monkeypatch.setenv("TEMPORAL_ADDRESS", dev_server.client.service_client.config.target_host)
+    task_queue = f"order-floor-test-{uuid.uuid4().hex[:8]}"
+    worker = FloorWorkerProcess(task_queue, tmp_path)
+    try:
+        summary, workflow_ids = await run_plain_orders(dev_server.client, task_queue, count=3, concurrency=2)
+    finally:
+        worker.stop()
+    assert (summary.succeeded, summary.failed) == (3, 0)
+    steps = (*ORDER_STEPS, *SHIPPING_STEPS, "complete")
+    assert sorted(path.name for path in tmp_path.glob("*.json")) == sorted(f"{w}.{s}.json" for w in workflow_ids for s in steps)
+    counts = await tasks_per_order(dev_server.client, [(w, f"{w}-shipping") for w in workflow_ids])
+    assert counts is not None and counts["activities"] == len(steps) and counts["markers"] == 0

@@ -6,8 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import statistics
+import tempfile
 import time
 import uuid
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +20,8 @@ from temporalio.client import Client
 from core.settings import connect_temporal
 from tools.loadtest.bench import BENCH_COUNT, floor_worker, run_floor
 from tools.loadtest.loans import Progress, operator_token, run_concurrently
-from tools.loadtest.soak import Usage, process_usage, stack_processes
+from tools.loadtest.order_floor import FloorWorkerProcess, run_plain_orders
+from tools.loadtest.soak import SOAK_PROCESSES, Usage, process_usage, stack_processes
 from tools.loadtest.stats import Result, number, ratio, summarize
 
 # --- orders: placed through the API and followed to the end ------------------------
@@ -76,10 +80,12 @@ async def run_orders(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
     orders = summarize(results, wall)
     cpu = cpu_ms_per_order(before, process_usage(processes=stack), orders.succeeded) if stack and before else None
     client = await connect_temporal()
-    tasks = await tasks_per_order(client, placed_ids[:HISTORY_SAMPLE])
+    tasks = await tasks_per_order(client, [(f"order-{i}", f"order-{i}-shipping") for i in placed_ids[:HISTORY_SAMPLE]])
+    plain = await order_floor(client, args.orders, args.concurrency, stack)
     task_queue = f"bench-floor-{uuid.uuid4()}"
     async with floor_worker(client, task_queue):
         floor = await run_floor(client, task_queue, BENCH_COUNT, args.concurrency, Progress("floor 1", BENCH_COUNT))
+    app_cpu, plain_cpu = (cpu or {}).get("total"), (plain["cpu_ms_per_order"] or {}).get("total")
     return {
         "orders": orders._asdict(),
         "retries": retries,
@@ -87,7 +93,38 @@ async def run_orders(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
         "orders_over_floor": ratio(orders.throughput, floor.throughput),
         "cpu_ms_per_order": cpu,
         "per_order": tasks,
+        "plain": plain,
+        "cpu_over_plain": ratio(app_cpu, plain_cpu),
     }
+
+
+async def order_floor(client: Client, count: int, concurrency: int, stack: list | None) -> dict[str, Any]:
+    """The same steps done plainly (order_floor.py), on the same server at the same concurrency:
+    throughput, the server's and the floor worker's CPU per order, and tasks per order."""
+    task_queue = f"order-floor-{uuid.uuid4().hex[:8]}"
+    server = {"temporal": SOAK_PROCESSES["temporal"]}
+    with tempfile.TemporaryDirectory() as folder:
+        worker = FloorWorkerProcess(task_queue, Path(folder))
+        try:
+            import psutil
+
+            floor_worker_process = psutil.Process(worker.popen.pid)
+            before = {**(process_usage(server, stack) if stack else {}), "floor worker": usage_of(floor_worker_process)}
+            summary, workflow_ids = await run_plain_orders(client, task_queue, count, concurrency)
+            after = {**(process_usage(server, stack) if stack else {}), "floor worker": usage_of(floor_worker_process)}
+        finally:
+            worker.stop()
+    groups = [(workflow_id, f"{workflow_id}-shipping") for workflow_id in workflow_ids[:HISTORY_SAMPLE]]
+    return {
+        "orders": summary._asdict(),
+        "cpu_ms_per_order": cpu_ms_per_order(before, after, summary.succeeded),
+        "per_order": await tasks_per_order(client, groups),
+    }
+
+
+def usage_of(process: Any) -> Usage:
+    times = process.cpu_times()
+    return Usage(process.memory_info().rss / 2**20, times.user + times.system)
 
 
 # Orders whose histories (the order's and its shipment's) are read for the counts per order.
@@ -100,17 +137,18 @@ COUNTED_EVENTS = {
 }
 
 
-async def tasks_per_order(client: Client, order_ids: list[str]) -> dict[str, float] | None:
-    """Median workflow tasks, activities, markers and history events of an order with its shipment."""
+async def tasks_per_order(client: Client, orders: Sequence[tuple[str, ...]]) -> dict[str, float] | None:
+    """Median workflow tasks, activities, markers and history events of an order with its shipment
+    (each order given by its workflow IDs)."""
     counts: dict[str, list[int]] = {name: [] for name in COUNTED_EVENTS}
-    for order_id in order_ids:
+    for workflow_ids in orders:
         events: list = []
-        for workflow_id in (f"order-{order_id}", f"order-{order_id}-shipping"):
+        for workflow_id in workflow_ids:
             with contextlib.suppress(Exception):  # an order stopped before its shipment has none
                 events += (await client.get_workflow_handle(workflow_id).fetch_history()).events
         for name, event_type in COUNTED_EVENTS.items():
             counts[name].append(len(events) if event_type is None else sum(e.event_type == event_type for e in events))
-    return {name: statistics.median(values) for name, values in counts.items()} if order_ids else None
+    return {name: statistics.median(values) for name, values in counts.items()} if orders else None
 
 
 def cpu_ms_per_order(before: dict[str, Usage | None], after: dict[str, Usage | None], orders: int) -> dict[str, float] | None:
@@ -148,5 +186,19 @@ def format_orders(report: dict[str, Any], concurrency: int) -> str:
             "  per order     "
             + ("  ".join(f"{name} {value:g}" for name, value in report["per_order"].items()) if report.get("per_order") else "-")
             + "  (medians: the order and its shipment)",
+            *format_plain(report.get("plain"), report.get("cpu_over_plain")),
         ]
     )
+
+
+def format_plain(plain: dict[str, Any] | None, cpu_over_plain: float | None) -> list[str]:
+    if not plain:
+        return []
+    cpu, per_order = plain["cpu_ms_per_order"], plain["per_order"]
+    return [
+        "",
+        f"  plain orders  {plain['orders']['throughput']:>7.2f} orders/s  (the same steps done plainly: same server, same run)",
+        "  CPU ms/order  " + ("  ".join(f"{role} {value:.0f}" for role, value in cpu.items()) if cpu else "-"),
+        "  per order     " + ("  ".join(f"{name} {value:g}" for name, value in per_order.items()) if per_order else "-"),
+        f"  app CPU/plain {number(cpu_over_plain, 2, 'x'):>8}   (target <= 1.5x)",
+    ]
