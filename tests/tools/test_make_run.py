@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -48,20 +49,13 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-@pytest.mark.timeout(120)
-def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(tmp_path):
-    dev_port, ui_port, web_port, smtp_port, metrics_port = (free_port() for _ in range(5))
+def start_make_run(tmp_path: Path, **settings: str) -> tuple[subprocess.Popen, Path]:
+    """`make run` as a person starts it, in its own process group, with a data folder under
+    `tmp_path`, the local mail sink and `settings` (ports) over this environment; it and its log."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("TEMPORAL_")}
-    env.update(
-        DATA_DIR=str(tmp_path / "data"),
-        TEMPORAL_DEV_PORT=str(dev_port),
-        TEMPORAL_UI_PORT=str(ui_port),
-        WEB_PORT=str(web_port),
-        WEB_WORKERS="1",
-        SMTP_SINK_PORT=str(smtp_port),
-        WORKER_METRICS_PORT=str(metrics_port),
-    )
+    env.update(DATA_DIR=str(tmp_path / "data"), WEB_WORKERS="1", **settings)
     env.pop("SMTP_URL", None)
+    env.pop("OPERATOR_TOKEN", None)  # the token is generated into the data folder, as on a first run
     log = tmp_path / "make-run.log"
     with open(log, "wb") as out:
         make = subprocess.Popen(
@@ -72,6 +66,27 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    return make, log
+
+
+def stop_make_run(make: subprocess.Popen) -> None:
+    """Ctrl+C, as a terminal sends it to the whole foreground process group; then every process gone."""
+    os.killpg(make.pid, signal.SIGINT)
+    make.wait(30)
+    wait_until(lambda: not group_alive(make.pid), timeout=30, what="every process of make run to stop")
+
+
+@pytest.mark.timeout(120)
+def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(tmp_path):
+    dev_port, ui_port, web_port, smtp_port, metrics_port = (free_port() for _ in range(5))
+    make, log = start_make_run(
+        tmp_path,
+        TEMPORAL_DEV_PORT=str(dev_port),
+        TEMPORAL_UI_PORT=str(ui_port),
+        WEB_PORT=str(web_port),
+        SMTP_SINK_PORT=str(smtp_port),
+        WORKER_METRICS_PORT=str(metrics_port),
+    )
     base = f"http://127.0.0.1:{web_port}"
     try:
         wait_until(lambda: web_is_ready(base) or make.poll() is not None, timeout=60, what="make run to be ready")
@@ -144,10 +159,7 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
             assert sample(web, "web_requests_total", method=method, route=route) >= 1, (route, web)
         assert sample(web, "web_requests_total", route="/applications/<workflow_id>") == 2
     finally:
-        # Ctrl+C in a terminal signals the whole foreground process group.
-        os.killpg(make.pid, signal.SIGINT)
-        make.wait(30)
-        wait_until(lambda: not group_alive(make.pid), timeout=30, what="every process of make run to stop")
+        stop_make_run(make)
 
 
 def test_the_worker_metrics_port_is_off_unless_set_and_a_taken_one_is_refused(monkeypatch):

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 
 import pytest
 
 from tests.fixtures import HERE, free_port, wait_until, web_is_ready
-from tests.tools.test_make_run import group_alive
+from tests.tools.test_make_run import start_make_run, stop_make_run
 
 TOUR_HEADING = "## First ten minutes"
 
@@ -40,28 +39,14 @@ def test_the_tour_has_blocks_and_distinct_example_emails():
 def test_every_command_of_the_readme_tour_runs(tmp_path):
     dev_port, ui_port, web_port, smtp_port = (free_port() for _ in range(4))
     data = tmp_path / "data"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("TEMPORAL_")}
-    env.update(
-        DATA_DIR=str(data),
+    make, log = start_make_run(
+        tmp_path,
         TEMPORAL_DEV_PORT=str(dev_port),
         TEMPORAL_UI_PORT=str(ui_port),
         WEB_PORT=str(web_port),
-        WEB_WORKERS="1",
         SMTP_SINK_PORT=str(smtp_port),
         WORKER_METRICS_PORT="",
     )
-    env.pop("SMTP_URL", None)
-    env.pop("OPERATOR_TOKEN", None)
-    log = tmp_path / "make-run.log"
-    with open(log, "wb") as out:
-        make = subprocess.Popen(
-            ["make", "--no-print-directory", "run"],
-            cwd=HERE,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     try:
         wait_until(
             lambda: web_is_ready(f"http://127.0.0.1:{web_port}") or make.poll() is not None,
@@ -70,7 +55,7 @@ def test_every_command_of_the_readme_tour_runs(tmp_path):
         )
         assert make.poll() is None, log.read_text()
         # What a shell in the checkout has: the CLI reaches the same server and data folder.
-        shell_env = {**env, "TEMPORAL_ADDRESS": f"127.0.0.1:{dev_port}"}
+        shell_env = {**os.environ, "DATA_DIR": str(data), "TEMPORAL_ADDRESS": f"127.0.0.1:{dev_port}"}
         for number, block in enumerate(tour_blocks(), 1):
             script = (
                 block.replace("localhost:5001", f"localhost:{web_port}")
@@ -87,6 +72,4 @@ def test_every_command_of_the_readme_tour_runs(tmp_path):
             )
             assert done.returncode == 0, f"block {number}:\n{block}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
     finally:
-        os.killpg(make.pid, signal.SIGINT)
-        make.wait(30)
-        wait_until(lambda: not group_alive(make.pid), timeout=30, what="every process of make run to stop")
+        stop_make_run(make)

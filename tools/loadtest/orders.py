@@ -102,16 +102,17 @@ async def order_floor(client: Client, count: int, concurrency: int, stack: list 
     """The same steps done plainly (order_floor.py), on the same server at the same concurrency:
     throughput, the server's and the floor worker's CPU per order, and tasks per order."""
     task_queue = f"order-floor-{uuid.uuid4().hex[:8]}"
-    server = {"temporal": SOAK_PROCESSES["temporal"]}
+    # The server's processes (when a `make run` is behind --url) and the floor's worker, by their command lines.
+    roles = {"temporal": SOAK_PROCESSES["temporal"], "floor worker": "tools.loadtest.order_floor"}
     with tempfile.TemporaryDirectory() as folder:
         worker = FloorWorkerProcess(task_queue, Path(folder))
         try:
             import psutil
 
-            floor_worker_process = psutil.Process(worker.popen.pid)
-            before = {**(process_usage(server, stack) if stack else {}), "floor worker": usage_of(floor_worker_process)}
+            processes = [*(stack or []), psutil.Process(worker.popen.pid)]
+            before = process_usage(roles, processes)
             summary, workflow_ids = await run_plain_orders(client, task_queue, count, concurrency)
-            after = {**(process_usage(server, stack) if stack else {}), "floor worker": usage_of(floor_worker_process)}
+            after = process_usage(roles, processes)
         finally:
             worker.stop()
     groups = [(workflow_id, f"{workflow_id}-shipping") for workflow_id in workflow_ids[:HISTORY_SAMPLE]]
@@ -120,11 +121,6 @@ async def order_floor(client: Client, count: int, concurrency: int, stack: list 
         "cpu_ms_per_order": cpu_ms_per_order(before, after, summary.succeeded),
         "per_order": await tasks_per_order(client, groups),
     }
-
-
-def usage_of(process: Any) -> Usage:
-    times = process.cpu_times()
-    return Usage(process.memory_info().rss / 2**20, times.user + times.system)
 
 
 # Orders whose histories (the order's and its shipment's) are read for the counts per order.
