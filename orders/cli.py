@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import click
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, ScriptInfo
 
 from core.temporal_client import TemporalUnavailable
 from core.validation import ascii_whole_number
@@ -49,7 +51,39 @@ def texts() -> dict[str, str]:
     return service().messages.orders
 
 
-orders_cli = AppGroup("orders", help="Place, follow and operate orders (the same service as the web pages).")
+class OrdersGroup(AppGroup):
+    """The commands' group; in a real terminal run it ends the process itself once a command is done.
+
+    The Temporal SDK's native threads can still call into Python while the
+    interpreter finalizes, which sometimes aborted a finished command with
+    "Fatal Python error: PyGILState_Release" (exit 134) after its answer was
+    printed. The answer and the exit status are known by then: flush and leave
+    without finalizing (as tools/replay_check.py does). Under a test app
+    (TESTING) the group behaves as any other, so tests can run commands in-process.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        if _testing(ctx):
+            return super().invoke(ctx)
+        try:
+            super().invoke(ctx)
+            code = 0
+        except click.exceptions.Exit as done:
+            code = done.exit_code
+        except click.ClickException as err:
+            err.show()
+            code = err.exit_code
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _testing(ctx: click.Context) -> bool:
+    info = ctx.find_object(ScriptInfo)
+    return info is None or info.load_app().testing
+
+
+orders_cli = OrdersGroup("orders", help="Place, follow and operate orders (the same service as the web pages).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
