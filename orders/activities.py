@@ -77,9 +77,42 @@ def write_event(store: Store, event: OrderEvent) -> None:
     store.put(order_events_collection(event.order_id), event.key, dataclasses.asdict(event))
 
 
+def write_progress(store: Store, record: ProgressRecord) -> None:
+    """Write an order's record: its new events and notices (written late or twice, the same), then
+    its projection, unless a newer revision is stored already (an attempt that ends after its order
+    moved on never hides the newer state)."""
+    status = record.status
+    if record.events:
+        # One document for the record's events, named by the first and last: one write however many.
+        # A record's events can go again in a later record (orders/timeline.py): the reader keeps one of each.
+        keys = f"{record.events[0].key}..{record.events[-1].key}"
+        store.put(order_events_collection(status.order_id), keys, {"events": [dataclasses.asdict(e) for e in record.events]})
+    for notice in record.notices:
+        write_notice(store, notice)
+    stored = store.get(ORDERS, status.order_id)
+    if stored is not None and stored.get("revision", 0) >= status.revision:
+        return  # a newer record (or this one: a retry) is stored
+    projection = dataclasses.asdict(status)
+    store.update(
+        ORDERS,
+        status.order_id,
+        lambda current: projection if current is None or current.get("revision", 0) < status.revision else current,
+        sort_key=sort_key_for(status.placed_at or status.updated_at or ""),
+    )
+
+
+def write_notice(store: Store, request: NotificationRequest) -> None:
+    """Record a customer notification (the stand-in for an email); once per order and kind."""
+    store.put(NOTIFICATIONS, f"{request.order_id}-{request.kind}", {**dataclasses.asdict(request), "sent_at": utc_now()})
+
+
 def order_events(store: Store, order_id: str) -> list[dict]:
-    """An order's audit trail, oldest first."""
-    return sorted(store.list_all(order_events_collection(order_id)), key=lambda e: (e["at"], e["key"]))
+    """An order's audit trail, oldest first: single events (a step's failed attempt) and the records' batches."""
+    events: dict[str, dict] = {}
+    for document in store.list_all(order_events_collection(order_id)):
+        for event in document["events"] if "events" in document else [document]:
+            events[event["key"]] = event
+    return sorted(events.values(), key=lambda e: (e["at"], e["key"]))
 
 
 class _OrderStepActivities:
@@ -111,6 +144,11 @@ class _OrderStepActivities:
                 ),
             )
             raise
+
+    def _write_carried_record(self, step: StepRequest) -> None:
+        """The order's record as this step starts, if the workflow sent one (lean bookkeeping)."""
+        if step.record is not None:
+            write_progress(self.store, step.record)
 
     def _inject(self, step: StepRequest, name: str, attempt: int, permanent_message: str) -> None:
         """Fail like the real thing would, if this step has a failure injected or drawn."""
@@ -144,18 +182,11 @@ class OrderActivities(_OrderStepActivities):
     @activity.defn
     def record_progress(self, record: ProgressRecord) -> None:
         """The order's projection (for the dashboard) and its new audit events."""
-        status = record.status
-        for event in record.events:
-            write_event(self.store, event)
-        self.store.put(
-            ORDERS,
-            status.order_id,
-            dataclasses.asdict(status),
-            sort_key=sort_key_for(status.placed_at or status.updated_at or ""),
-        )
+        write_progress(self.store, record)
 
     @activity.defn
     def validate_order(self, request: ValidateOrderRequest) -> ValidatedOrder:
+        self._write_carried_record(request.step)
         catalog = self.rules.orders
         problems = []
         lines = []
@@ -190,6 +221,7 @@ class OrderActivities(_OrderStepActivities):
         every change first completes the previous one's reservation document,
         so a crash between the two writes never double-counts.
         """
+        self._write_carried_record(request.step)
         with self._audited(request.step, "inventory") as attempt:
             self._inject(request.step, "inventory", attempt, "inventory unavailable")
             order_id = request.step.order_id
@@ -261,6 +293,7 @@ class OrderActivities(_OrderStepActivities):
         provider has answered, like a response lost on the way back: the retry
         finds the charge by its key.
         """
+        self._write_carried_record(request.step)
         with self._audited(request.step, "payment") as attempt:
             key = payment_key(request.step.order_id)
             declined = any(f.step == "payment" and f.permanent for f in request.step.failures)
@@ -329,7 +362,7 @@ class OrderActivities(_OrderStepActivities):
     @activity.defn
     def notify_customer(self, request: NotificationRequest) -> None:
         """Record a customer notification (the stand-in for an email); once per order and kind."""
-        self.store.put(NOTIFICATIONS, f"{request.order_id}-{request.kind}", {**dataclasses.asdict(request), "sent_at": utc_now()})
+        write_notice(self.store, request)
 
     @activity.defn
     async def award_rewards(self, request: AwardRequest) -> None:

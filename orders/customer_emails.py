@@ -79,7 +79,9 @@ class CustomerEmails:
             workflow.logger.warning("Order email %s not delivered: %s", request.kind, state.status)
             self._timeline.event("failure", f"Email to the customer ({request.kind}) {state.status}: {state.reason}")
         self._set_state(request.kind, state)
-        await self._timeline.record()  # the pages read the record: they show how each email went as soon as it is known
+        # The pages read the record: they show how each email went as soon as it is known
+        # (v9: with the record of the step running, if one runs).
+        await self._timeline.record_news()
 
     def _set_state(self, kind: str, state: OrderEmailState) -> None:
         # A new dict, not a change in place: a projection being recorded keeps its own.

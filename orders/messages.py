@@ -34,9 +34,6 @@ from orders.shipping import PROGRESS_SIGNAL, READY_SIGNAL, ShippingWorkflow
 from orders.stops import OrderStopped
 from orders.timeline import Timeline
 
-# Asked by `inject_failure` when the order holds MAX_FAILURES_PER_ORDER already (retired too).
-BOUNDED_FAILURES_PATCH = "bounded-injected-failures"
-
 
 class OrderMessages:
     _order: OrderRequest
@@ -118,7 +115,6 @@ class OrderMessages:
         if "simulate-failure" not in self._actions():
             return
         if len(self._failures) >= MAX_FAILURES_PER_ORDER:
-            workflow.deprecate_patch(BOUNDED_FAILURES_PATCH)
             # Signals are not validated; a bound keeps a scripted client from growing the state for ever.
             self._timeline.event("operator", self._text("failures_full", maximum=MAX_FAILURES_PER_ORDER))
             await self._timeline.record()

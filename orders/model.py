@@ -182,6 +182,9 @@ class Shipment:
     tracking_number: str | None = None
     expedited: bool = False
     updated_at: str | None = None
+    # The attempts the carrier's delivery took: a shipment that ends delivered says so in its
+    # result instead of a progress signal (orders started with lean bookkeeping, v9).
+    delivered_attempt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,9 @@ class OrderStatus:
     customer_email: str | None = None
     # Each email sent to the customer (ORDER_EMAIL_KINDS) and how it went.
     emails: dict[str, OrderEmailState] = field(default_factory=dict)
+    # Counts the order's records: a record older than the one stored is never written
+    # over it (an attempt that finishes after its order moved on writes nothing).
+    revision: int = 0
 
     @classmethod
     def accepted(cls, order: OrderRequest) -> "OrderStatus":
@@ -265,6 +271,9 @@ class StepRequest:
     workflow_id: str
     failures: list[FailureInjection]
     policy: OrderPolicy
+    # The order's record as the step starts, written by the step's activity before its
+    # work (lean bookkeeping): no workflow task or local activity of its own.
+    record: "ProgressRecord | None" = None
 
 
 @dataclass(frozen=True)
@@ -301,10 +310,11 @@ class ChargeResult:
 
 @dataclass(frozen=True)
 class ProgressRecord:
-    """Written after every change: the order's projection and new audit events."""
+    """The order's projection, its new audit events and the customer notices reached since the last record."""
 
     status: OrderStatus
     events: list[OrderEvent]
+    notices: "list[NotificationRequest]" = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -366,6 +376,9 @@ class ShippingRequest:
     # waits at pickup for the order's DispatchPermit. False for shipments started
     # before that rule, which dispatch on their own.
     order_releases_dispatch: bool = False
+    # False for orders with lean bookkeeping: the delivery is told by the shipment's
+    # result (Shipment.delivered_attempt), not by a progress signal before it.
+    report_delivered: bool = True
 
 
 @dataclass(frozen=True)

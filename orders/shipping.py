@@ -28,11 +28,6 @@ with workflow.unsafe.imports_passed_through():
     )
 
 
-# Retired (docs/versioning.md): the carrier's steps after the dispatch permit run as local
-# activities, now the only code; `deprecate_patch` keeps version 7 shipments replaying.
-SHIPPING_LOCAL_CARRIER_PATCH = "shipping-carrier-steps-local"
-
-
 # The signals a shipment sends the order that started it. The shipment owns their
 # names; the order's handlers take them (orders/workflow.py imports this module, never the reverse).
 PROGRESS_SIGNAL = "shipment_progress"  # a stage reached (ShipmentProgress)
@@ -63,7 +58,6 @@ class ShippingWorkflow:
 
     @workflow.run
     async def run(self, request: ShippingRequest) -> Shipment:
-        workflow.deprecate_patch(SHIPPING_LOCAL_CARRIER_PATCH)  # before any command, as version 7 asked
         try:
             permit = await self._prepare_and_wait_for_pickup()
         except (Exception, asyncio.CancelledError) as err:
@@ -125,8 +119,16 @@ class ShippingWorkflow:
                 break
             self._speed_changed = False
         delivered = await self._must_finish(ShippingActivities.deliver, "Deliver")
-        await self._report(ShipmentProgress("delivered", delivered.attempt, workflow.now().isoformat()))
-        return Shipment("delivered", dispatch.carrier, dispatch.tracking_number, self._expedited, workflow.now().isoformat())
+        if self._request.report_delivered:  # v8 orders; v9 orders read the delivery from the result
+            await self._report(ShipmentProgress("delivered", delivered.attempt, workflow.now().isoformat()))
+        return Shipment(
+            "delivered",
+            dispatch.carrier,
+            dispatch.tracking_number,
+            self._expedited,
+            workflow.now().isoformat(),
+            delivered_attempt=delivered.attempt,
+        )
 
     async def _abandon_preparation(self) -> None:
         if self._preparing is not None and not self._preparing.done():

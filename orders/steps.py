@@ -8,6 +8,7 @@ and the bookkeeping retry until they are done.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,7 @@ from orders.policies import (
     ORDER_STEP_RETRY,
     ORDER_STEP_TIMEOUT,
 )
+from orders.timeline import Timeline
 
 
 class OrderSteps:
@@ -40,8 +42,10 @@ class OrderSteps:
         failures: list[FailureInjection],
         cancel_requested: Callable[[], bool],
         on_temporal_cancel: Callable[[], None],
+        timeline: Timeline,
     ):
         self._order = order
+        self._timeline = timeline
         self._failures = failures  # shared with the workflow: injected failures reach later steps
         self._cancel_requested = cancel_requested
         self._on_temporal_cancel = on_temporal_cancel
@@ -55,7 +59,12 @@ class OrderSteps:
 
         TRY_CANCEL rather than waiting for the attempt in flight: the undo is
         safe either way (see ORDER_STEP_RETRY), and waiting hung the
-        time-skipping test server when the attempt completed during the cancel."""
+        time-skipping test server when the attempt completed during the cancel.
+
+        With lean bookkeeping the step's activity writes the order's record first."""
+        record = self._timeline.carry()
+        if record is not None:
+            request = dataclasses.replace(request, step=dataclasses.replace(request.step, record=record))
         step = workflow.start_activity_method(
             activity,
             request,
@@ -64,13 +73,18 @@ class OrderSteps:
             summary=summary,
             cancellation_type=ActivityCancellationType.TRY_CANCEL,
         )
-        try:
-            await workflow.wait_condition(lambda: step.done() or self._cancel_requested())
-        except asyncio.CancelledError:  # a cancellation through Temporal
-            self._on_temporal_cancel()
-        if not step.done():
-            step.cancel()
-        return await uninterrupted(step, self._on_temporal_cancel)
+        with self._timeline.moving():
+            try:
+                await workflow.wait_condition(lambda: step.done() or self._cancel_requested())
+            except asyncio.CancelledError:  # a cancellation through Temporal
+                self._on_temporal_cancel()
+            if not step.done():
+                step.cancel()
+            try:
+                return await uninterrupted(step, self._on_temporal_cancel)
+            except BaseException:
+                self._timeline.not_carried(record)
+                raise
 
     async def release(self, request: InventoryRequest) -> bool:
         released = await workflow.execute_activity_method(
@@ -92,10 +106,15 @@ class OrderSteps:
         )
 
     async def notify(self, kind: str, message: str) -> None:
-        """The customer's notice: a record written in milliseconds, run in the workflow task it is reached in."""
+        """The customer's notice: a record written in milliseconds, run in the workflow task it is
+        reached in (v8); with lean bookkeeping, written with the order's next record."""
+        notice = NotificationRequest(self._order.order_id, self._order.customer_id, kind, message)
+        if self._timeline.lean:
+            self._timeline.notice(notice)
+            return
         await workflow.execute_local_activity_method(
             OrderActivities.notify_customer,
-            NotificationRequest(self._order.order_id, self._order.customer_id, kind, message),
+            notice,
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,
             retry_policy=MUST_FINISH_RETRY,
             summary=f"Notify customer: {kind}",

@@ -51,19 +51,10 @@ from orders.steps import OrderSteps
 from orders.stops import OrderStopped, refusal_as_stop
 from orders.timeline import Timeline
 
-# Patches of versions 2 to 7, retired (docs/versioning.md): each branch they chose is
-# now the only code, and `deprecate_patch` keeps the histories of version 7 (which
-# carry their markers) replaying. Asked in this order, before any command, as
-# version 7 asked `patched`. Remove them once no order of version 7 can be open.
-RETIRED_PATCHES = (
-    "confirm-receipt-to-customer",
-    "order-releases-dispatch",
-    "record-stages-in-transit",
-    "order-customer-emails",
-    "order-bookkeeping-local",
-    "record-stop-decided",
-)
-# `bounded-injected-failures` (orders/messages.py) is retired the same way.
+# Version 9 (docs/versioning.md): lean bookkeeping. The order's record is carried by the
+# step that follows a change (orders/timeline.py), the customer's notices ride with it,
+# and the shipment's delivery is told by its result. Orders started before keep recording as version 8 did.
+LEAN_BOOKKEEPING_PATCH = "order-lean-bookkeeping"
 
 
 @workflow.defn(sandboxed=False)
@@ -86,18 +77,18 @@ class OrderWorkflow(OrderMessages):
         self._cancel_request: CancelRequest | None = None
         self._ending_as: str | None = None  # set when the order stops: the final status its undo steps lead to
         self._late_cancel_noted = False
+        self._lean = False  # v9 bookkeeping, decided when the run starts (LEAN_BOOKKEEPING_PATCH)
         self._undos = UndoStack()
         self._shipment = ShipmentLink()
         self._timeline = Timeline(self._status, self._actions)
         self._emails = CustomerEmails(order, self._status, self._timeline)
         self._steps = OrderSteps(
-            order, self._failures, lambda: self._cancel_request is not None, self._cancelled_through_temporal
+            order, self._failures, lambda: self._cancel_request is not None, self._cancelled_through_temporal, self._timeline
         )
 
     @workflow.run
     async def run(self, order: OrderRequest) -> OrderStatus:
-        for patch_id in RETIRED_PATCHES:
-            workflow.deprecate_patch(patch_id)
+        self._lean = self._timeline.lean = workflow.patched(LEAN_BOOKKEEPING_PATCH)
         try:
             await self._receive()
             validated = await self._validate()
@@ -120,7 +111,7 @@ class OrderWorkflow(OrderMessages):
         self._timeline.reach("received", f"Order received: {lines} line(s) for customer {self._order.customer_id}")
         if self._emails.address is None:
             self._timeline.event("step", "No customer email on this order: the customer is not emailed")
-        await self._timeline.record()
+        await self._timeline.record_soon()
         await self._steps.notify("received", self._text("notify_received", order_id=self._order.order_id, lines=lines))
         address = self._order.address
         self._emails.start("received", lines=lines, ship_to=f"{address.name}, {address.city}, {address.country}")
@@ -137,7 +128,7 @@ class OrderWorkflow(OrderMessages):
         self._status.lines, self._status.total = validated.lines, validated.total
         self._status.attempts["validate"] = validated.attempt
         self._timeline.reach("validated", f"Validated: total {validated.total:,.2f}")
-        await self._timeline.record()
+        await self._timeline.record_soon()
         return validated
 
     async def _reserve_inventory(self, validated: ValidatedOrder) -> None:
@@ -151,7 +142,7 @@ class OrderWorkflow(OrderMessages):
         self._status.attempts["reserve_inventory"] = result.attempt
         self._timeline.event("step", "Inventory reserved")
         if validated.total > self._order.policy.auto_approve_limit:
-            await self._timeline.record()  # otherwise the auto-approval records it, next in this workflow task
+            await self._timeline.record_soon()  # otherwise the auto-approval records it, next in this workflow task
 
     async def _review(self, validated: ValidatedOrder) -> None:
         self._check_cancelled()
@@ -159,7 +150,7 @@ class OrderWorkflow(OrderMessages):
         if validated.total <= policy.auto_approve_limit:
             self._approve("auto")
             self._timeline.event("step", f"Approved automatically (total within {policy.auto_approve_limit:,.2f})")
-            await self._timeline.record()
+            await self._timeline.record_soon()
             return
         sla, minutes = timedelta(seconds=policy.review_sla_seconds), max(1, round(policy.review_sla_seconds / 60))
         self._status.step, self._status.status, self._status.needs_review = "review", "awaiting_review", True
@@ -178,7 +169,7 @@ class OrderWorkflow(OrderMessages):
         if not self._status.approved:
             raise OrderStopped("cancelled", self._text("review_timeout", minutes=minutes), email_kind="review_expired")
         self._status.status = "processing"
-        await self._timeline.record()
+        await self._timeline.record_soon()
 
     async def _charge(self, validated: ValidatedOrder) -> None:
         self._begin("charge_payment")
@@ -193,7 +184,7 @@ class OrderWorkflow(OrderMessages):
         self._status.payment = result.payment
         self._status.attempts["charge_payment"] = result.attempt
         self._timeline.reach("charged", f"Payment charged: {validated.total:,.2f} (key {result.payment.payment_key})")
-        await self._timeline.record()
+        await self._timeline.record_soon()
 
     async def _prepare_shipment(self) -> None:
         """Start the shipment and wait until the package is at the carrier's pickup;
@@ -209,11 +200,16 @@ class OrderWorkflow(OrderMessages):
             failures=list(self._failures),
             policy=self._order.policy,
             order_releases_dispatch=True,
+            report_delivered=not self._lean,
         )
         self._undos.push("stop shipment", self._stop_shipment)
-        await self._shipment.start(
-            request, shipping_workflow_id(self._order.order_id), self._order.shipping_task_queue, self._cancelled_through_temporal
-        )
+        with self._timeline.moving():
+            await self._shipment.start(
+                request,
+                shipping_workflow_id(self._order.order_id),
+                self._order.shipping_task_queue,
+                self._cancelled_through_temporal,
+            )
         self._timeline.event("step", "Shipping started")
         await self._timeline.record()
         shipment = self._shipment
@@ -237,22 +233,30 @@ class OrderWorkflow(OrderMessages):
     async def _deliver_and_complete(self, validated: ValidatedOrder) -> None:
         """After the release: the carrier delivers, then points and the customer's notice."""
         await self._shipment.tell(ShippingWorkflow.dispatch, DispatchPermit(self._status.address, self._status.expedited))
-        await self._timeline.record()
+        await self._timeline.record_soon()  # v9: the carrier's first news records it
         outcome = await self._shipment.follow(self._timeline.record)
         if not isinstance(outcome, Shipment) or outcome.stage != "delivered":
             await self._stop(self._shipment_ended(outcome))  # only if someone ended the shipment itself
             return
+        if self._lean:  # the shipment's result tells the delivery (v8: its progress signal did)
+            self._status.shipment = Shipment(
+                "delivered", outcome.carrier, outcome.tracking_number, self._status.expedited, outcome.updated_at
+            )
+            if outcome.delivered_attempt is not None:
+                self._status.attempts["delivered"] = outcome.delivered_attempt
+            self._timeline.reach("delivered", "Delivered")
         self._status.step = "complete"
         points = int(validated.total * self._order.policy.reward_points_per_dollar)
         # An activity, not a local one: it calls the Temporal server, which can be slow, and a local
         # activity holds the order's workflow task (an operator's message would wait for it).
-        await workflow.execute_activity_method(
-            OrderActivities.award_rewards,
-            AwardRequest(self._order.customer_id, self._order.order_id, points),
-            start_to_close_timeout=ORDER_STEP_TIMEOUT,
-            retry_policy=MUST_FINISH_RETRY,
-            summary=f"Award {points} reward points",
-        )
+        with self._timeline.moving():
+            await workflow.execute_activity_method(
+                OrderActivities.award_rewards,
+                AwardRequest(self._order.customer_id, self._order.order_id, points),
+                start_to_close_timeout=ORDER_STEP_TIMEOUT,
+                retry_policy=MUST_FINISH_RETRY,
+                summary=f"Award {points} reward points",
+            )
         self._status.points_awarded = points
         await self._steps.notify("completed", self._text("notify_completed", order_id=self._order.order_id, points=points))
         self._status.status = "completed"

@@ -57,6 +57,7 @@ from orders.activities import OrderActivities, ShippingActivities, order_events
 from orders.model import (
     ACTION_REFUSED,
     INVENTORY,
+    NOTIFICATIONS,
     ORDERS,
     PAYMENT_REQUESTS,
     SHIPMENTS,
@@ -747,3 +748,27 @@ async def test_cancel_swept_over_an_order_life_on_the_dev_server(dev_server, ord
         await assert_orders_right(dev_server.client, order_settings.data_dir, {i.sku: i.stock for i in catalog})
         == len(delays) + 1
     )
+
+
+async def test_a_record_carried_by_a_step_that_never_ran_goes_with_the_next_one(
+    time_skipping_env, order_settings, faulty_workers
+):
+    """Version 9: validate carries the order's first record (its receipt and the customer's
+    notice). When no attempt of validate ever runs its body and the order is cancelled, that
+    record's events and notice are written with the stop's record: nothing the order said is lost."""
+    faults = faulty_workers
+    faults.failing.add("validate_order")  # every attempt fails before the activity's body
+    request = order_request(order_settings, SMALL)
+    handle = await start(time_skipping_env.client, order_settings, request)
+    await faults.wait_entered("validate_order")
+    store = JsonStore(order_settings.data_dir)
+    assert store.get(ORDERS, request.order_id) is None  # nothing written yet
+    answer: OrderStatus = await asyncio.wait_for(
+        handle.execute_update(OrderWorkflow.cancel, CancelRequest("ordered twice")), UPDATE_DEADLINE
+    )
+    assert answer.status == "cancelled"
+    saved = store.get(ORDERS, request.order_id)
+    assert saved["status"] == "cancelled" and saved["revision"] == (await handle.result()).revision
+    messages = [event["message"] for event in order_events(store, request.order_id)]
+    assert messages[0].startswith("Order received") and "Order cancelled: ordered twice" in messages
+    assert store.get(NOTIFICATIONS, f"{request.order_id}-received") is not None
