@@ -31,6 +31,12 @@ class TemporalUnavailable(Exception):
     """The Temporal server could not be reached."""
 
 
+class OutcomeUnknown(Exception):
+    """A request failed after it was sent (a deadline, a dropped connection), and Temporal could
+    not say afterwards whether it took effect. Sending it again is safe where the request is
+    idempotent (a loan's email, an order's Idempotency-Key): it never takes effect twice."""
+
+
 class ProcessClient:
     """The process's Temporal client, created on first use (after any fork)."""
 

@@ -19,6 +19,8 @@ import contextlib
 import dataclasses
 import math
 import re
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,10 +41,11 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from core.idempotency import IdempotencyKeyReused, fingerprint
 from core.rules import Rules
 from core.settings import Settings, temporal_connect_config
 from core.store import Store, page_of
-from core.temporal_client import ProcessClient, TemporalUnavailable, workflow_ui_url
+from core.temporal_client import OutcomeUnknown, ProcessClient, TemporalUnavailable, workflow_ui_url
 from core.validation import PAGE_SIZE
 from loans.model import (
     APPLICATIONS,
@@ -72,6 +75,24 @@ class Decided:
     # Whether the contact question can still be answered: True while the workflow runs, False once
     # it has closed (or is gone), None when Temporal could not say (unreachable).
     window_open: bool | None = True
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One call to `submit`: its own random ID, the application's fingerprint, the client's key."""
+
+    id: str
+    fingerprint: str
+    idempotency_key: str | None
+
+    def memo(self) -> dict[str, str]:
+        memo = {"submission": self.id, "fingerprint": self.fingerprint}
+        return memo | ({"idempotency_key": self.idempotency_key} if self.idempotency_key else {})
+
+    def retries(self, memo: Mapping[str, Any]) -> bool:
+        """Whether the workflow with this memo was started by the same application under the same key."""
+        key = self.idempotency_key
+        return key is not None and memo.get("idempotency_key") == key and memo.get("fingerprint") == self.fingerprint
 
 
 @dataclass(frozen=True)
@@ -105,14 +126,25 @@ class LoanService:
     def workflow_id(self, application: LoanApplication) -> str:
         return loan_workflow_id(application.email, self.settings.secret_key.encode())
 
-    async def submit(self, application: LoanApplication) -> Decided | Pending | Duplicate:
+    async def submit(self, application: LoanApplication, idempotency_key: str | None = None) -> Decided | Pending | Duplicate:
         """Start the application's workflow and wait a short while for its decision.
 
         The start and the wait are one call (update-with-start). The server
         refuses a second start while the email's workflow runs (conflict policy
         FAIL): that refusal, not a look-up, is what makes duplicates impossible.
+
+        Every answer is true. The workflow's memo names the submission that started
+        it (a random ID per call), the application's fingerprint and the client's
+        idempotency key, so after an error or a refusal the workflow that exists
+        says whose it is: this submission's (an answer lost on the way: 202, or its
+        decision), a retry of the same application under the same key (its
+        decision), the same key with another application (`IdempotencyKeyReused`),
+        or another application from this email (`Duplicate`). "Not submitted"
+        (TemporalUnavailable) only when known: no connection, or no such workflow
+        after the error; `OutcomeUnknown` when Temporal cannot say.
         """
         workflow_id = self.workflow_id(application)
+        submission = Submission(uuid.uuid4().hex, fingerprint(application), idempotency_key)
         band = amount_band(application.loan_amount, self.rules.amount_bands)
         start = WithStartWorkflowOperation(
             LoanApplicationWorkflow.run,
@@ -122,16 +154,16 @@ class LoanService:
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             search_attributes=TypedSearchAttributes([SearchAttributePair(LOAN_AMOUNT_BAND, band)]),
-            memo={"duplicate_window_days": self.rules.duplicate_window_days},
+            memo={"duplicate_window_days": self.rules.duplicate_window_days, **submission.memo()},
             static_summary=f"Loan application, amount {band}",
         )
         try:
             # The margin covers connecting and the duplicate look-up.
             async with asyncio.timeout(self.settings.decision_wait_seconds + 5):
                 try:
-                    result: LoanOutcome | Duplicate | None = await self._execute(start)
+                    result: LoanOutcome | Decided | Pending | Duplicate | None = await self._execute(start)
                 except WorkflowAlreadyStartedError:
-                    result = await self._duplicate(workflow_id)
+                    result = await self._existing(workflow_id, submission)
                 except WorkflowUpdateRPCTimeoutOrCancelledError:
                     result = None  # no decision in time (no worker?); checked below
         except TimeoutError:
@@ -141,13 +173,13 @@ class LoanService:
             cause = inner if isinstance(inner, ApplicationError) else err.cause
             fields = cause.details[0] if isinstance(cause, ApplicationError) and cause.details else {}
             raise InvalidApplication(fields or {"application": str(cause)}) from err
-        except RPCError as err:
-            raise TemporalUnavailable(str(err)) from err
+        except RPCError:
+            result = None  # sent, then failed (a deadline, a dropped connection): it may have started
         if result is None:
-            return await self._pending_if_started(workflow_id)
-        if isinstance(result, Duplicate):
-            return result
-        return Decided(dataclasses.asdict(result), persisted=False)
+            return await self._after_no_answer(workflow_id, submission)
+        if isinstance(result, LoanOutcome):
+            return Decided(dataclasses.asdict(result), persisted=False)
+        return result
 
     async def _execute(self, start: WithStartWorkflowOperation) -> LoanOutcome:
         client = await self.temporal.get()
@@ -164,18 +196,34 @@ class LoanService:
                 await start.workflow_handle()
             raise
 
-    async def _pending_if_started(self, workflow_id: str) -> Pending:
-        """After a timeout: the application is safe only if its workflow exists."""
+    async def _after_no_answer(self, workflow_id: str, submission: Submission) -> Decided | Pending | Duplicate:
+        """After an error or a timeout on the start: whatever workflow now exists says what happened."""
         try:
-            await self._describe(workflow_id)
-        except (TimeoutError, RPCError) as err:
-            raise TemporalUnavailable(f"no decision and no workflow for {workflow_id}") from err
-        return Pending(workflow_id)
+            description = await self._describe(workflow_id)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise TemporalUnavailable(f"no workflow {workflow_id} after the error") from err
+            raise OutcomeUnknown(workflow_id) from err
+        except (TimeoutError, TemporalUnavailable) as err:
+            raise OutcomeUnknown(workflow_id) from err
+        return await self._answer_for(description, submission)
 
-    async def _duplicate(self, workflow_id: str) -> Duplicate:
-        client = await self.temporal.get()
-        description = await client.get_workflow_handle(workflow_id).describe()
+    async def _existing(self, workflow_id: str, submission: Submission) -> Decided | Pending | Duplicate:
+        """The server refused the start: a workflow of this email runs."""
+        return await self._answer_for(await self._describe(workflow_id), submission)
+
+    async def _answer_for(
+        self, description: WorkflowExecutionDescription, submission: Submission
+    ) -> Decided | Pending | Duplicate:
         memo = await description.memo()
+        if memo.get("submission") == submission.id or submission.retries(memo):
+            # This submission's workflow (its answer was lost), or the same application under the same key.
+            try:
+                return await self.status(description.id)
+            except (NotFound, TemporalUnavailable):
+                return Pending(description.id)
+        if submission.idempotency_key is not None and memo.get("idempotency_key") == submission.idempotency_key:
+            raise IdempotencyKeyReused(description.id)
         window = timedelta(days=memo.get("duplicate_window_days", self.rules.duplicate_window_days))
         left = description.start_time + window - datetime.now(UTC)
         days = min(max(math.ceil(left / timedelta(days=1)), 1), window.days)

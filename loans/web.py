@@ -12,6 +12,7 @@ a link. Which worker decided (`processed_by`) is shown to operators only.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from flask import (
@@ -27,7 +28,8 @@ from flask import (
 )
 from flask_wtf.csrf import CSRFError
 
-from core.temporal_client import TemporalUnavailable
+from core.idempotency import IdempotencyKeyReused, valid_idempotency_key
+from core.temporal_client import OutcomeUnknown, TemporalUnavailable
 from loans.model import CONTACT_ANSWERS
 from loans.service import (
     Decided,
@@ -96,6 +98,9 @@ def duplicate_body(duplicate: Duplicate) -> dict[str, Any]:
     }
 
 
+# The form's hidden field carrying its idempotency key (one per form shown).
+SUBMISSION_KEY = "submission_key"
+
 # --- JSON API -------------------------------------------------------------------
 
 
@@ -108,10 +113,20 @@ def _bad_body(err: BadBody):
 async def evaluate():
     data = json_body(messages().errors["not_json"])
     try:
+        key = valid_idempotency_key(request.headers.get("Idempotency-Key"))
+    except ValueError:
+        error = messages().errors["idempotency_key"]
+        return json_error(400, error, fields={"Idempotency-Key": error})
+    try:
         application = parse_json_application(data, messages())
-        outcome = await service().submit(application)
+        outcome = await service().submit(application, idempotency_key=key)
     except InvalidApplication as err:
         return json_error(400, messages().errors["invalid_application"], fields=err.fields)
+    except IdempotencyKeyReused:
+        error = messages().errors["idempotency_key_reused"]
+        return json_error(422, error, fields={"Idempotency-Key": error})
+    except OutcomeUnknown:
+        return json_error(503, messages().errors["submission_unknown"])
     except TemporalUnavailable:
         return json_error(503, messages().errors["unavailable"])
     if isinstance(outcome, Duplicate):
@@ -179,18 +194,33 @@ def applications_api():
 
 @pages.get("/")
 def form():
-    return render_template("loans/form.html", values={}, errors={}, notice=None)
+    return render_template("loans/form.html", values={SUBMISSION_KEY: uuid.uuid4().hex}, errors={}, notice=None)
 
 
 @pages.post("/apply")
 async def apply():
     values = {name: request.form.get(name, "") for name in request.form}
+    # The form's own idempotency key: a second press, a reload or a retry after an error sends
+    # the same one, and gets this application's decision, not "already applied". Re-rendered with it.
+    try:
+        key = valid_idempotency_key(values.get(SUBMISSION_KEY) or None)
+    except ValueError:
+        key = None
+    values[SUBMISSION_KEY] = key or uuid.uuid4().hex
     try:
         application = parse_form_application(values, messages())
-        outcome = await service().submit(application)
+        outcome = await service().submit(application, idempotency_key=key)
     except InvalidApplication as err:
         notice = {"kind": "invalid", "title": messages().errors["invalid_application"], "text": ""}
         return render_template("loans/form.html", values=values, errors=err.fields, notice=notice), 400
+    except IdempotencyKeyReused:
+        # The same form sent again with other answers: a new application, which this email already has.
+        values[SUBMISSION_KEY] = uuid.uuid4().hex
+        notice = {"kind": "duplicate", "title": messages().errors["form_changed_after_submit"], "text": ""}
+        return render_template("loans/form.html", values=values, errors={}, notice=notice), 409
+    except OutcomeUnknown:
+        notice = {"kind": "unavailable", "title": "Please try again", "text": messages().errors["submission_unknown"]}
+        return render_template("loans/form.html", values=values, errors={}, notice=notice), 503
     except TemporalUnavailable:
         notice = {"kind": "unavailable", "title": "Please try again", "text": messages().errors["unavailable"]}
         return render_template("loans/form.html", values=values, errors={}, notice=notice), 503

@@ -354,6 +354,8 @@ class OrderActivities(_OrderStepActivities):
                     sort_key=key,
                 )
                 return None
+            if charge["status"] == "voided":
+                return None  # voided by an earlier call: still nothing charged, the same answer as then
             if charge["status"] == "charged":
                 charge = {**charge, "status": "refunded", "refunded_at": utc_now()}
                 self.store.write_locked(PAYMENTS, key, charge)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -32,10 +31,11 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from core.idempotency import IdempotencyKeyReused, fingerprint
 from core.rules import Messages, Rules
 from core.settings import Settings, temporal_connect_config
 from core.store import Store, page_of
-from core.temporal_client import ProcessClient, TemporalUnavailable, workflow_ui_url
+from core.temporal_client import OutcomeUnknown, ProcessClient, TemporalUnavailable, workflow_ui_url
 from core.validation import PAGE_SIZE
 from orders.actions import HANDED_TO_CARRIER
 from orders.actions import available_actions as actions_by_rule
@@ -81,13 +81,8 @@ def idempotent_order_id(customer_id: str, idempotency_key: str) -> str:
 
 
 def order_fingerprint(order: NewOrder) -> str:
-    """A digest of the order as validated: what a retry with the same idempotency key must repeat.
-
-    Taken after parsing, so a client that resends the same order with its JSON
-    keys in another order or other spacing is still retrying, not placing another.
-    """
-    canonical = json.dumps(dataclasses.asdict(order), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """A digest of the order as validated: what a retry with the same idempotency key must repeat."""
+    return fingerprint(order)
 
 
 class OrderNotFound(Exception):
@@ -96,10 +91,6 @@ class OrderNotFound(Exception):
 
 class NoRewards(Exception):
     """The customer has no rewards: no order of theirs was delivered yet (or no such customer)."""
-
-
-class IdempotencyKeyReused(Exception):
-    """The idempotency key was used before for an order with other contents: not a retry."""
 
 
 class ActionRefused(Exception):
@@ -188,12 +179,15 @@ class OrderService:
                 raise  # a random ID that collided: not expected in practice
             await self._check_same_order(workflow_id, fingerprint)
             return CreatedOrder(order_id, workflow_id, created=False)
-        except RPCError as err:
-            raise TemporalUnavailable(str(err)) from err
-        except TimeoutError as err:
-            # The start may have reached the server before the deadline.
-            if not await self._exists(workflow_id):
-                raise TemporalUnavailable(f"no answer starting {workflow_id}") from err
+        except (RPCError, TimeoutError) as err:
+            # Sent, then no answer (a deadline, a dropped connection): the order may have started.
+            # Whether its workflow exists now says; "nothing was changed" only when it does not.
+            try:
+                exists = await self._exists(workflow_id)
+            except TemporalUnavailable:
+                raise OutcomeUnknown(workflow_id) from err
+            if not exists:
+                raise TemporalUnavailable(f"no order {workflow_id} after: {err}") from err
             if fingerprint is not None:
                 await self._check_same_order(workflow_id, fingerprint)  # ours, or an earlier order's key
         return CreatedOrder(order_id, workflow_id)

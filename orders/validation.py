@@ -7,7 +7,6 @@ checked here too.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from pydantic import (
 )
 
 from core.email_address import normalize_email
+from core.idempotency import valid_idempotency_key
 from core.rules import Messages
 from core.validation import (
     FORM_CHECKBOX_VALUE,
@@ -377,13 +377,9 @@ def parse_form_failure(form: Mapping[str, str], messages: Messages) -> FailureIn
     return failure
 
 
-_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
 def parse_idempotency_key(raw: str | None, messages: Messages) -> str | None:
-    """The optional Idempotency-Key header: 1 to 128 letters, digits and . _ : -."""
-    if raw is None:
-        return None
-    if not _IDEMPOTENCY_KEY.fullmatch(raw):
-        raise InvalidOrder({"Idempotency-Key": messages.orders["idempotency_key"]})
-    return raw
+    """The optional Idempotency-Key header (core/idempotency.py)."""
+    try:
+        return valid_idempotency_key(raw)
+    except ValueError:
+        raise InvalidOrder({"Idempotency-Key": messages.orders["idempotency_key"]}) from None

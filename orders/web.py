@@ -13,6 +13,7 @@ refuses (the workflow's own words), 504 unconfirmed, 503 Temporal unreachable.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from typing import Any
 
 from flask import (
@@ -27,7 +28,8 @@ from flask import (
     url_for,
 )
 
-from core.temporal_client import TemporalUnavailable
+from core.idempotency import IdempotencyKeyReused, valid_idempotency_key
+from core.temporal_client import OutcomeUnknown, TemporalUnavailable
 from orders.model import (
     FAILURE_STEPS,
     ORDER_EMAIL_KINDS,
@@ -38,7 +40,6 @@ from orders.service import (
     ActionFailed,
     ActionRefused,
     ActionUnconfirmed,
-    IdempotencyKeyReused,
     NoRewards,
     OrderNotFound,
     OrderService,
@@ -151,6 +152,11 @@ def _unavailable(_err: TemporalUnavailable):
     return json_error(503, texts()["unavailable"])
 
 
+@orders_api.errorhandler(OutcomeUnknown)
+def _outcome_unknown(_err: OutcomeUnknown):
+    return json_error(503, texts()["placement_unknown"])
+
+
 @orders_api.post("/orders")
 async def create_order():
     """201 for a new order; 200 with the same order when its Idempotency-Key was used before for
@@ -238,18 +244,35 @@ async def rewards(customer_id: str):
 
 @orders_pages.get("/orders")
 def dashboard():
-    return render_dashboard(values={}, errors={}, notice=None)
+    return render_dashboard(values={SUBMISSION_KEY: uuid.uuid4().hex}, errors={}, notice=None)
+
+
+# The order form's hidden idempotency key (one per form shown): pressing twice, or sending again
+# after an error, places one order.
+SUBMISSION_KEY = "submission_key"
 
 
 @orders_pages.post("/orders")
 async def place_order():
     values = request.form.to_dict()
     try:
+        key = valid_idempotency_key(values.get(SUBMISSION_KEY) or None)
+    except ValueError:
+        key = None
+    values[SUBMISSION_KEY] = key or uuid.uuid4().hex
+    try:
         order = parse_form_order(values, service().catalog_skus, service().messages)
-        created = await service().create(order)
+        created = await service().create(order, idempotency_key=key)
     except InvalidOrder as err:
         notice = {"kind": "invalid", "title": texts()["invalid_order"], "text": ""}
         return render_dashboard(values, err.fields, notice), 400
+    except IdempotencyKeyReused:
+        values[SUBMISSION_KEY] = uuid.uuid4().hex  # other contents: a new order, placed by sending again
+        notice = {"kind": "invalid", "title": texts()["form_changed_after_submit"], "text": ""}
+        return render_dashboard(values, {}, notice), 409
+    except OutcomeUnknown:
+        notice = {"kind": "unavailable", "title": "Please try again", "text": texts()["placement_unknown_form"]}
+        return render_dashboard(values, {}, notice), 503
     except TemporalUnavailable:
         notice = {"kind": "unavailable", "title": "Please try again", "text": texts()["unavailable"]}
         return render_dashboard(values, {}, notice), 503

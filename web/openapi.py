@@ -13,6 +13,7 @@ from typing import Any
 
 from apispec import APISpec
 
+from core.idempotency import IDEMPOTENCY_KEY as IDEMPOTENCY_KEY_PATTERN
 from core.validation import MAX_PAGE
 from loans.service import LOAN_WORKFLOW_ID
 from orders.service import ORDER_ID
@@ -66,20 +67,29 @@ IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "description": "Any string the client keeps for this order (1-128 of A-Z a-z 0-9 . _ : -)",
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+    "description": "Any string the client keeps for this request (1-128 of A-Z a-z 0-9 . _ : -)",
+    "schema": {"type": "string", "pattern": "^" + IDEMPOTENCY_KEY_PATTERN.pattern + "$"},
 }
 
 # path -> method -> (summary, parameters, body model or None, body required, success answers, error answers, operator)
 OPERATIONS: dict[str, dict[str, tuple]] = {
     "/api/evaluate": {
         "post": (
-            "Apply for a loan pre-approval: the decision at once (200), or later (202)",
-            [],
+            "Apply for a loan pre-approval: the decision at once (200), or later (202); "
+            "with an Idempotency-Key, a retry of the same application gets its decision",
+            [IDEMPOTENCY_KEY],
             "LoanApplication",
             True,
-            {200: "Decided", 202: "Accepted; the decision is not ready yet: poll the Location"},
-            [*BAD_BODY, (409, "An application from this email is in its 7-day window"), UNAVAILABLE],
+            {
+                200: "Decided (also a retry with the same Idempotency-Key and application)",
+                202: "Accepted; the decision is not ready yet: poll the Location",
+            },
+            [
+                *BAD_BODY,
+                (409, "An application from this email is in its 7-day window"),
+                (422, "The Idempotency-Key was used before for a different application"),
+                (503, "Not submitted (Temporal unreachable), or not known whether it arrived: sending again is safe"),
+            ],
             False,
         )
     },

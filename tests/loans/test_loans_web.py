@@ -22,6 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.rules import load_messages
 from core.store.files import JsonStore
 from loans.model import APPLICATIONS
+from loans.service import LoanService
 from tests.fixtures import (
     ADDRESS,
     HERE,
@@ -497,3 +498,76 @@ def test_a_form_posted_without_a_session_comes_back_filled_in_and_starts_nothing
     assert f'value="{email}"' in html and 'value="John Doe"' in html and 'value="no" checked' in html
     assert 'name="csrf_token"' in html  # a fresh token: submitting again works
     assert client.post("/api/evaluate", json={**JOHN, "email": email}).status_code == 200  # nothing was started
+
+
+# --- true answers after errors, and retries (issue 25) ---------------------------------
+
+
+def lose_answers(monkeypatch, start: bool, describe_fails: bool = False) -> None:
+    """The start call fails with a deadline, as it did under load: after starting the workflow
+    (`start`: the answer was lost on the way back) or before it reached the server."""
+    original = LoanService._execute
+
+    async def execute(self, operation):
+        if start:
+            await original(self, operation)
+        raise RPCError("deadline exceeded", RPCStatusCode.DEADLINE_EXCEEDED, b"")
+
+    monkeypatch.setattr(LoanService, "_execute", execute)
+    if describe_fails:
+
+        async def describe(self, workflow_id):
+            raise RPCError("unavailable", RPCStatusCode.UNAVAILABLE, b"")
+
+        monkeypatch.setattr(LoanService, "_describe", describe)
+
+
+def test_an_application_started_before_its_answer_was_lost_is_never_called_not_submitted(client, app, monkeypatch):
+    lose_answers(monkeypatch, start=True)
+    response = client.post("/api/evaluate", json=JOHN)
+    # Its workflow exists and is this submission's: the decision (or 202 with the link), never 503.
+    assert response.status_code in (200, 202), response.json
+    workflow_id = response.json["workflow_id"]
+    status = client.get(f"/api/applications/{workflow_id}")
+    assert status.status_code in (200, 202) and status.json["workflow_id"] == workflow_id
+    wait_until(lambda: records_for(app, workflow_id), what="the record")
+    assert len(records_for(app, workflow_id)) == 1
+
+
+def test_not_submitted_only_when_known_and_unknown_says_so(client, monkeypatch):
+    lose_answers(monkeypatch, start=False)
+    refused = client.post("/api/evaluate", json=JOHN)
+    assert refused.status_code == 503 and refused.json["error"] == MESSAGES.errors["unavailable"]  # no workflow: known
+    lose_answers(monkeypatch, start=False, describe_fails=True)
+    unknown = client.post("/api/evaluate", json=JOHN)
+    assert unknown.status_code == 503 and unknown.json["error"] == MESSAGES.errors["submission_unknown"]
+    monkeypatch.undo()
+    assert client.post("/api/evaluate", json=JOHN).status_code == 200  # nothing had started
+
+
+def test_the_same_idempotency_key_gets_the_first_decision_and_another_application_a_422(client):
+    key = {"Idempotency-Key": f"retry-{uuid.uuid4().hex}"}
+    first = client.post("/api/evaluate", json=JOHN, headers=key)
+    assert first.status_code == 200
+    again = client.post("/api/evaluate", json={**JOHN, "email": " JOHN.DOE@example.com"}, headers=key)
+    assert again.status_code == 200, again.json
+    assert (again.json["workflow_id"], again.json["decision"]) == (first.json["workflow_id"], first.json["decision"])
+    other = client.post("/api/evaluate", json={**JOHN, "annual_income": 90000}, headers=key)
+    assert other.status_code == 422 and other.json["fields"] == {"Idempotency-Key": MESSAGES.errors["idempotency_key_reused"]}
+    assert client.post("/api/evaluate", json=JOHN).status_code == 409  # without the key: a new application
+    bad = client.post("/api/evaluate", json=JOHN, headers={"Idempotency-Key": "no spaces allowed"})
+    assert bad.status_code == 400 and set(bad.json["fields"]) == {"Idempotency-Key"}
+
+
+def test_a_form_sent_twice_shows_its_decision_both_times(client):
+    page = client.get("/").get_data(as_text=True)
+    key = page.split('name="submission_key" value="', 1)[1].split('"', 1)[0]
+    assert len(key) == 32
+    form = {**{k: str(v) for k, v in JOHN.items()}, "has_bankruptcy": "no", "submission_key": key}
+    first = client.post("/apply", data=form)
+    second = client.post("/apply", data=form)  # a second press, or a reload after a lost answer
+    assert first.status_code == second.status_code == 303
+    assert first.headers["Location"] == second.headers["Location"]
+    changed = client.post("/apply", data={**form, "annual_income": "95000"})
+    assert changed.status_code == 409
+    assert shown(MESSAGES.errors["form_changed_after_submit"]) in changed.get_data(as_text=True)

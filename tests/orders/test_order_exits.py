@@ -60,6 +60,7 @@ from orders.model import (
     NOTIFICATIONS,
     ORDERS,
     PAYMENT_REQUESTS,
+    PAYMENTS,
     SHIPMENTS,
     STOCK,
     Address,
@@ -399,6 +400,43 @@ def test_a_charge_or_reservation_arriving_after_its_undo_changes_nothing(order_s
     env.run(activities.reserve_inventory, InventoryRequest(step, SMALL))
     stock = JsonStore(order_settings.data_dir).get(INVENTORY, STOCK)
     assert stock is None or stock["levels"]["KB-100"] == rules.orders.item("KB-100").stock, "a late reservation took stock"
+
+
+def data_folder(settings) -> dict[str, bytes]:
+    """Every file of the data folder and its bytes: money, stock, the provider's log, the records."""
+    root = settings.data_dir
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("step_happened", [True, False], ids=["after_the_step", "step_never_happened"])
+def test_each_compensation_called_twice_changes_nothing_the_second_time(order_settings, step_happened):
+    """Refund and release, called again (a retried undo, a replayed saga), leave every file of the
+    data folder as the first call left it: money, stock, the provider's log. (Emails are the
+    workflow's, sent once per kind; these activities send none.)"""
+    rules = load_rules(order_settings.rules_file)
+    activities = OrderActivities(JsonStore(order_settings.data_dir), rules, {"declined": "declined"})
+    request = order_request(order_settings, SMALL)
+    step = StepRequest(request.order_id, f"order-{request.order_id}", [], request.policy)
+    env = ActivityEnvironment()
+    if step_happened:
+        env.run(activities.reserve_inventory, InventoryRequest(step, SMALL))
+        env.run(activities.charge_payment, ChargeRequest(step, 214.0))
+    for undo, undo_request in (
+        (activities.refund_payment, ChargeRequest(step, 214.0)),
+        (activities.release_inventory, InventoryRequest(step, SMALL)),
+    ):
+        first = env.run(undo, undo_request)
+        after_first = data_folder(order_settings)
+        second = env.run(undo, undo_request)
+        assert data_folder(order_settings) == after_first, f"the second {undo.__name__} changed the data folder"
+        if undo.__name__ == "release_inventory":
+            assert first.changed is step_happened and second.changed is False
+        else:
+            assert first == second  # the same payment (refunded, or None: voided before any charge)
+    payments = JsonStore(order_settings.data_dir).list_all(PAYMENTS)
+    assert [p["status"] for p in payments] == (["refunded"] if step_happened else ["voided"])
+    stock = JsonStore(order_settings.data_dir).get(INVENTORY, STOCK)
+    assert stock is None or stock["levels"]["KB-100"] == rules.orders.item("KB-100").stock
 
 
 # --- found by reading (issue 13) ---------------------------------------------------

@@ -564,3 +564,55 @@ def test_injected_failures_are_bounded(client, customer):
 
     messages = wait_until(injected, what="two refused injections in the timeline")
     assert sum(m.startswith("Failure injected") for m in messages) == 10
+
+
+def lose_start_answers(monkeypatch, start: bool, describe_fails: bool = False) -> None:
+    """The start call fails with a deadline: after the server started the order (`start`), or before."""
+    from temporalio.client import Client
+    from temporalio.service import RPCError, RPCStatusCode
+
+    original = Client.start_workflow
+
+    async def start_workflow(self, *args, **kwargs):
+        if start:
+            await original(self, *args, **kwargs)
+        raise RPCError("deadline exceeded", RPCStatusCode.DEADLINE_EXCEEDED, b"")
+
+    monkeypatch.setattr(Client, "start_workflow", start_workflow)
+    if describe_fails:
+
+        async def exists(self, workflow_id):
+            raise order_service.TemporalUnavailable("unavailable")
+
+        monkeypatch.setattr(order_service.OrderService, "_exists", exists)
+
+
+def test_an_order_started_before_its_answer_was_lost_is_placed_not_refused(client, customer, monkeypatch):
+    body = {
+        "customer_id": customer,
+        "customer_email": "ada@example.com",
+        "items": [{"sku": "CB-010", "quantity": 1}],
+        "address": ADDRESS,
+    }
+    lose_start_answers(monkeypatch, start=True)
+    placed = client.post("/api/orders", json=body)
+    assert placed.status_code == 201, placed.json
+    assert client.get(f"/api/orders/{placed.json['order_id']}").status_code == 200
+    lose_start_answers(monkeypatch, start=False)
+    refused = client.post("/api/orders", json=body)
+    assert refused.status_code == 503 and refused.json["error"] == TEXTS["unavailable"]  # known: nothing started
+    lose_start_answers(monkeypatch, start=False, describe_fails=True)
+    unknown = client.post("/api/orders", json=body, headers={"Idempotency-Key": "lost-1"})
+    assert unknown.status_code == 503 and unknown.json["error"] == TEXTS["placement_unknown"]
+
+
+def test_the_order_form_sent_twice_places_one_order(client, customer):
+    page = client.get("/orders").get_data(as_text=True)
+    key = page.split('name="submission_key" value="', 1)[1].split('"', 1)[0]
+    form = {**FORM, "customer_id": customer, "submission_key": key}
+    first = client.post("/orders", data=form)
+    second = client.post("/orders", data=form)  # a second press, or sent again after an error
+    assert first.status_code == second.status_code == 303
+    assert first.headers["Location"] == second.headers["Location"]  # the same order
+    changed = client.post("/orders", data={**form, "sku_CB-010": "3"})
+    assert changed.status_code == 409 and TEXTS["form_changed_after_submit"] in changed.get_data(as_text=True)
