@@ -63,10 +63,10 @@ import uuid
 from collections.abc import Sequence
 
 from tools.loadtest.bench import BENCH_COUNT, BENCH_COUNT_SEQUENTIAL, benchmark, format_benchmark
-from tools.loadtest.loans import DEFAULT_URL, Applicants, Progress, http_client, run_app
+from tools.loadtest.loans import DEFAULT_URL, Applicants, Progress, apply, http_client, run_concurrently, workflows_of_refused
 from tools.loadtest.orders import format_orders, operator_token, run_orders
 from tools.loadtest.soak import soak
-from tools.loadtest.stats import Summary, format_summary
+from tools.loadtest.stats import Summary, format_summary, summarize
 
 # --- command line --------------------------------------------------------------
 
@@ -170,22 +170,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(report, indent=2) if args.json else format_benchmark(report))
         return 1 if report["failed"] else 0
 
-    async def load_test() -> Summary:
+    async def load_test() -> tuple[Summary, int, int | None]:
         applicants = Applicants(args.seed, run_id).batch(args.count)
         token = operator_token(args.token, required=False)
+        refused: list[str] = []  # the emails of applications answered 5xx ("not submitted")
+
+        async def one(payload):
+            result = await apply(http, payload, args.timeout)
+            if result.error and result.error.startswith("HTTP 5"):
+                refused.append(payload["email"])
+            return result
+
         async with http_client(args.url, args.concurrency, args.timeout, token) as http:
             progress = Progress("applications", args.count)
-            return await run_app(http, applicants, args.concurrency, args.timeout, progress)
+            results, wall = await run_concurrently(applicants, args.concurrency, one, progress)
+        return summarize(results, wall), len(refused), await workflows_of_refused(refused)
 
-    summary = asyncio.run(load_test())
+    summary, refused, false_refusals = asyncio.run(load_test())
     if args.json:
         settings = {"url": args.url, "run_id": run_id, "seed": args.seed, "concurrency": args.concurrency}
-        print(json.dumps({**settings, **summary._asdict()}, indent=2))
+        checks = {"refused_5xx": refused, "false_refusals": false_refusals}
+        print(json.dumps({**settings, **summary._asdict(), **checks}, indent=2))
     else:
         title = (
             f"Load test: {args.count} applications, concurrency {args.concurrency}, {args.url} (run {run_id}, seed {args.seed})"
         )
         print(format_summary(summary, title))
+        checked = "not checked: set APP_SECRET_KEY or DATA_DIR" if false_refusals is None else f"{false_refusals} had a workflow"
+        print(f"  answered 5xx      {refused}  ({checked})")
     return 1 if summary.failed else 0
 
 

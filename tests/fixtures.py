@@ -35,6 +35,7 @@ from playwright.async_api import async_playwright
 from temporalio.api.common.v1 import Payload
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowHistory
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 
 from core.codec import EncryptionCodec
@@ -42,6 +43,23 @@ from core.settings import Settings, payload_codec_from_env, payload_data_convert
 from loans.model import SEARCH_ATTRIBUTES
 from starter import create_app
 from tools.net import free_port
+
+# The time-skipping test server is older than the SDK, and every worker on it warns once that
+# heartbeat details may be lost on failure (`temporalio_sdk_core::worker`): noise between the
+# progress dots. The SDK's default filter otherwise, and the workflow tasks' warnings
+# (nondeterminism, a failing task) still shown.
+Runtime.set_default(
+    Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(
+                filter="ERROR,temporalio_common=WARN,temporalio_sdk_core=WARN,temporalio_sdk_core::worker=ERROR,"
+                "temporalio_sdk_core::worker::workflow=WARN,temporalio_client=WARN,temporalio_sdk=WARN,"
+                "temporal_sdk_bridge=WARN"
+            )
+        )
+    ),
+    error_if_already_set=False,
+)
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent.parent  # the repository root

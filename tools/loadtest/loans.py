@@ -171,6 +171,35 @@ async def run_app(
     return summarize(results, wall_seconds)
 
 
+async def workflows_of_refused(emails: Sequence[str]) -> int | None:
+    """How many of the applications answered 5xx ("not submitted") have a workflow after all: each one
+    a false answer. None when the app's secret (APP_SECRET_KEY, or the data folder's) is unknown here."""
+    secret = os.environ.get("APP_SECRET_KEY", "").strip()
+    path = os.path.join(os.environ.get("DATA_DIR", "data"), "secrets", "app_secret.key")
+    if not secret and os.path.exists(path):
+        with open(path) as file:
+            secret = file.read().strip()
+    if not secret:
+        return None
+    if not emails:
+        return 0
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from core.settings import connect_temporal
+    from loans.model import loan_workflow_id
+
+    client = await connect_temporal()
+    found = 0
+    for email in emails:
+        try:
+            await client.get_workflow_handle(loan_workflow_id(email, secret.encode())).describe()
+            found += 1
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+    return found
+
+
 def operator_token(explicit: str | None, required: bool = True) -> str | None:
     """--token, else OPERATOR_TOKEN, else the token make run generated into the data folder.
 
