@@ -29,11 +29,13 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from core.rules import load_messages, load_rules
+from core.search_attributes import missing_search_attributes, registration_command
 from core.settings import Settings, payload_codec_from_env
 from core.store import StoreUnavailable, open_store
 from core.temporal_client import ProcessClient
 from core.validation import InvalidInput
 from loans import web as loans_web
+from loans.model import SEARCH_ATTRIBUTES
 from loans.service import LoanService
 from orders import web as orders_web
 from orders.cli import orders_cli
@@ -58,10 +60,25 @@ async def readyz():
         async with asyncio.timeout(2.0):
             client = await current_app.extensions["temporal"].get()
             await client.service_client.check_health()
+            # Checked (and registered where allowed) until they exist once; then never again.
+            missing = (
+                []
+                if current_app.extensions.get("search_attributes_ok")
+                else await missing_search_attributes(client, SEARCH_ATTRIBUTES)
+            )
     except Exception as err:  # noqa: BLE001 - any failure means "not ready"
         # The detail (addresses, gRPC text) is for the log; anyone may call /readyz.
         current_app.logger.warning("Not ready: Temporal is unreachable: %s", str(err) or type(err).__name__)
         return jsonify({"status": "unavailable", "error": messages().errors["not_ready"]}), 503
+    if missing:
+        current_app.logger.error(
+            "Not ready: namespace %s lacks the search attributes %s; register them: %s",
+            client.namespace,
+            ", ".join(key.name for key in missing),
+            registration_command(client.namespace, missing),
+        )
+        return jsonify({"status": "unavailable", "error": messages().errors["search_attributes_missing"]}), 503
+    current_app.extensions["search_attributes_ok"] = True
     return jsonify({"status": "ready"})
 
 

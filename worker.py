@@ -35,8 +35,10 @@ from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 
 from activities import Activities, build_activities
 from core import email_policy
+from core.search_attributes import missing_search_attributes, registration_command
 from core.settings import Settings, connect_temporal
 from core.store import Store
+from loans.model import SEARCH_ATTRIBUTES
 from workflows import LOAN_WORKFLOWS, ORDER_WORKFLOWS, SHIPPING_WORKFLOWS
 
 log = logging.getLogger("worker")
@@ -203,6 +205,13 @@ async def main() -> None:
     if address:
         log.info("Worker metrics (Prometheus): http://%s/metrics", address)
     client = await connect_with_retry(settings.worker_connect_timeout, runtime)
+    missing = await missing_search_attributes(client, SEARCH_ATTRIBUTES)
+    if missing:
+        names = ", ".join(key.name for key in missing)
+        raise SystemExit(
+            f"Namespace {client.namespace} lacks the search attributes {names}, and the server did not let this worker "
+            f"register them. Register them, then start the worker again: {registration_command(client.namespace, missing)}"
+        )
     identity = worker_identity(settings)
     threads, pollers = settings.worker_activity_threads, settings.worker_pollers
     with contextlib.ExitStack() as pools:

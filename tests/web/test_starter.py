@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -31,6 +32,44 @@ def test_readyz_is_503_while_temporal_is_unreachable(loan_stack, monkeypatch):
     # Anyone may ask: a generic reason, never the connection error's text (addresses, ports); that is logged.
     assert response.json["error"] == app.extensions["messages"].errors["not_ready"]
     assert str(closed_port) not in response.get_data(as_text=True)
+
+
+@pytest.mark.timeout(60)
+def test_readyz_names_missing_search_attributes_and_registers_them_where_allowed(loan_stack, monkeypatch, caplog):
+    """A namespace without LoanDecision and LoanAmountBand refuses every loan start. Where the
+    server does not let the app register them, /readyz is 503 and the log names the command;
+    where it does, they are registered and the app is ready."""
+    from temporalio.service import OperatorService, RPCError, RPCStatusCode
+
+    from core.search_attributes import registration_command
+    from loans.model import SEARCH_ATTRIBUTES
+    from tests.fixtures import BIN, wait_until
+
+    settings, address = loan_stack
+    namespace = f"bare-{uuid.uuid4().hex[:8]}"
+    create = [str(BIN / "temporal"), "operator", "namespace", "create", "--namespace", namespace, "--address", address]
+    subprocess.run(create, check=True, capture_output=True, timeout=30)
+    app = make_app(settings, address, monkeypatch)
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", namespace)  # read when the app first connects
+    client = app.test_client()
+
+    async def refused(self, *args, **kwargs):
+        raise RPCError("registering search attributes is not allowed", RPCStatusCode.PERMISSION_DENIED, b"")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(OperatorService, "add_search_attributes", refused)
+        # A new namespace reaches the server's cache within seconds: until then, unreachable.
+        response = wait_until(
+            lambda: (
+                (r := client.get("/readyz")).json.get("error") == app.extensions["messages"].errors["search_attributes_missing"]
+                and r
+            ),
+            what="/readyz to name the missing search attributes",
+        )
+        assert response.status_code == 503
+        assert registration_command(namespace, list(SEARCH_ATTRIBUTES)) in caplog.text
+    assert client.get("/readyz").json == {"status": "ready"}  # registered by the app
+    app.extensions["temporal"].reset()
 
 
 def test_health_and_readiness(client):
