@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import uuid
 from typing import Any
 
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -30,6 +31,26 @@ def valid_idempotency_key(raw: str | None) -> str | None:
     if not IDEMPOTENCY_KEY.fullmatch(raw):
         raise ValueError(raw)
     return raw
+
+
+# A form's hidden field carrying its own idempotency key (one per form shown): a second press,
+# a reload or a retry after an error sends the same one, and gets the first answer.
+FORM_KEY_FIELD = "submission_key"
+
+
+def new_form_key() -> str:
+    return uuid.uuid4().hex
+
+
+def form_key(values: dict[str, str]) -> str | None:
+    """The key a posted form carries (None without a valid one); `values` keeps a key to render
+    the form again with: the same one, or a new one."""
+    try:
+        key = valid_idempotency_key(values.get(FORM_KEY_FIELD) or None)
+    except ValueError:
+        key = None
+    values[FORM_KEY_FIELD] = key or new_form_key()
+    return key
 
 
 def fingerprint(request: Any) -> str:

@@ -12,7 +12,6 @@ a link. Which worker decided (`processed_by`) is shown to operators only.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from flask import (
@@ -28,7 +27,7 @@ from flask import (
 )
 from flask_wtf.csrf import CSRFError
 
-from core.idempotency import IdempotencyKeyReused, valid_idempotency_key
+from core.idempotency import FORM_KEY_FIELD, IdempotencyKeyReused, form_key, new_form_key, valid_idempotency_key
 from core.temporal_client import OutcomeUnknown, TemporalUnavailable
 from loans.model import CONTACT_ANSWERS
 from loans.service import (
@@ -97,9 +96,6 @@ def duplicate_body(duplicate: Duplicate) -> dict[str, Any]:
         "days_remaining": duplicate.days_remaining,
     }
 
-
-# The form's hidden field carrying its idempotency key (one per form shown).
-SUBMISSION_KEY = "submission_key"
 
 # --- JSON API -------------------------------------------------------------------
 
@@ -194,19 +190,13 @@ def applications_api():
 
 @pages.get("/")
 def form():
-    return render_template("loans/form.html", values={SUBMISSION_KEY: uuid.uuid4().hex}, errors={}, notice=None)
+    return render_template("loans/form.html", values={FORM_KEY_FIELD: new_form_key()}, errors={}, notice=None)
 
 
 @pages.post("/apply")
 async def apply():
     values = {name: request.form.get(name, "") for name in request.form}
-    # The form's own idempotency key: a second press, a reload or a retry after an error sends
-    # the same one, and gets this application's decision, not "already applied". Re-rendered with it.
-    try:
-        key = valid_idempotency_key(values.get(SUBMISSION_KEY) or None)
-    except ValueError:
-        key = None
-    values[SUBMISSION_KEY] = key or uuid.uuid4().hex
+    key = form_key(values)  # a second press gets this application's decision, not "already applied"
     try:
         application = parse_form_application(values, messages())
         outcome = await service().submit(application, idempotency_key=key)
@@ -215,7 +205,7 @@ async def apply():
         return render_template("loans/form.html", values=values, errors=err.fields, notice=notice), 400
     except IdempotencyKeyReused:
         # The same form sent again with other answers: a new application, which this email already has.
-        values[SUBMISSION_KEY] = uuid.uuid4().hex
+        values[FORM_KEY_FIELD] = new_form_key()
         notice = {"kind": "duplicate", "title": messages().errors["form_changed_after_submit"], "text": ""}
         return render_template("loans/form.html", values=values, errors={}, notice=notice), 409
     except OutcomeUnknown:

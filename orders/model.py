@@ -182,8 +182,7 @@ class Shipment:
     tracking_number: str | None = None
     expedited: bool = False
     updated_at: str | None = None
-    # The attempts the carrier's delivery took: a shipment that ends delivered says so in its
-    # result instead of a progress signal (orders started with lean bookkeeping, v9).
+    # The delivery's attempts, told by the result (v9 orders), not by a progress signal.
     delivered_attempt: int | None = None
 
 
@@ -376,8 +375,7 @@ class ShippingRequest:
     # waits at pickup for the order's DispatchPermit. False for shipments started
     # before that rule, which dispatch on their own.
     order_releases_dispatch: bool = False
-    # False for orders with lean bookkeeping: the delivery is told by the shipment's
-    # result (Shipment.delivered_attempt), not by a progress signal before it.
+    # False for v9 orders: the result tells the delivery (Shipment.delivered_attempt).
     report_delivered: bool = True
 
 

@@ -13,7 +13,6 @@ refuses (the workflow's own words), 504 unconfirmed, 503 Temporal unreachable.
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from typing import Any
 
 from flask import (
@@ -28,7 +27,7 @@ from flask import (
     url_for,
 )
 
-from core.idempotency import IdempotencyKeyReused, valid_idempotency_key
+from core.idempotency import FORM_KEY_FIELD, IdempotencyKeyReused, form_key, new_form_key
 from core.temporal_client import OutcomeUnknown, TemporalUnavailable
 from orders.model import (
     FAILURE_STEPS,
@@ -244,22 +243,13 @@ async def rewards(customer_id: str):
 
 @orders_pages.get("/orders")
 def dashboard():
-    return render_dashboard(values={SUBMISSION_KEY: uuid.uuid4().hex}, errors={}, notice=None)
-
-
-# The order form's hidden idempotency key (one per form shown): pressing twice, or sending again
-# after an error, places one order.
-SUBMISSION_KEY = "submission_key"
+    return render_dashboard(values={FORM_KEY_FIELD: new_form_key()}, errors={}, notice=None)
 
 
 @orders_pages.post("/orders")
 async def place_order():
     values = request.form.to_dict()
-    try:
-        key = valid_idempotency_key(values.get(SUBMISSION_KEY) or None)
-    except ValueError:
-        key = None
-    values[SUBMISSION_KEY] = key or uuid.uuid4().hex
+    key = form_key(values)  # pressing twice, or sending again after an error, places one order
     try:
         order = parse_form_order(values, service().catalog_skus, service().messages)
         created = await service().create(order, idempotency_key=key)
@@ -267,7 +257,7 @@ async def place_order():
         notice = {"kind": "invalid", "title": texts()["invalid_order"], "text": ""}
         return render_dashboard(values, err.fields, notice), 400
     except IdempotencyKeyReused:
-        values[SUBMISSION_KEY] = uuid.uuid4().hex  # other contents: a new order, placed by sending again
+        values[FORM_KEY_FIELD] = new_form_key()  # other contents: a new order, placed by sending again
         notice = {"kind": "invalid", "title": texts()["form_changed_after_submit"], "text": ""}
         return render_dashboard(values, {}, notice), 409
     except OutcomeUnknown:
