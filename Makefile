@@ -12,36 +12,29 @@ unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test lint bench chaos install clean reset
 
-# With TEMPORAL_ADDRESS set, the worker and web app use that server and no dev
-# server starts. Otherwise the dev server starts on TEMPORAL_DEV_IP:TEMPORAL_DEV_PORT
-# and the worker and web app are pointed at it (and the UI links at TEMPORAL_UI_PORT).
-# The worker serves the SDK's Prometheus metrics on WORKER_METRICS_PORT (9464
-# unless set; set it empty for none); the web app serves its own at /metrics.
-WORKER_METRICS = export WORKER_METRICS_PORT="$${WORKER_METRICS_PORT-9464}"; \
-	if [ -n "$$WORKER_METRICS_PORT" ]; then \
-		echo "Worker metrics (Prometheus): http://$${WORKER_METRICS_HOST:-127.0.0.1}:$$WORKER_METRICS_PORT/metrics  Web app metrics: $$web/metrics (operators)"; \
-	fi
-
+# `make run` starts the product under supervisord (tools/stack.py): the Temporal dev
+# server (unless TEMPORAL_ADDRESS is set) on TEMPORAL_DEV_IP:TEMPORAL_DEV_PORT with its
+# UI on TEMPORAL_UI_PORT, the worker (its SDK metrics on WORKER_METRICS_PORT, 9464
+# unless set; empty for none), the web app on WEB_PORT and the local mail sink (unless
+# SMTP_URL is set). A process that dies is started again; the others keep serving.
+# Each process's log is in DATA_DIR/logs. Ctrl+C stops everything.
 run: install
-	@mkdir -p "$(DATA_DIR)"
-	@web="http://localhost:$${WEB_PORT:-5001}"; \
-	$(WORKER_METRICS); \
-	if [ -n "$$SMTP_URL" ]; then \
-		mail=""; echo "Email: SMTP_URL is set, sending through it"; \
-	else \
-		mail="mail"; export SMTP_URL="smtp://127.0.0.1:$${SMTP_SINK_PORT:-2525}"; \
-		echo "Email: a local SMTP sink on $$SMTP_URL keeps every message in the Maildir $(abspath $(DATA_DIR))/mail (nothing leaves this machine)"; \
-	fi; \
-	if [ -n "$$TEMPORAL_ADDRESS" ]; then \
-		echo "TEMPORAL_ADDRESS=$$TEMPORAL_ADDRESS: using that server, not starting a dev server"; \
-		echo "Loan form: $$web/  Orders: $$web/orders  (Ctrl+C stops everything)"; \
-		exec $(BIN)/honcho start worker web $$mail; \
-	else \
-		export TEMPORAL_ADDRESS="$${TEMPORAL_DEV_IP:-127.0.0.1}:$${TEMPORAL_DEV_PORT:-7233}"; \
-		export TEMPORAL_UI_URL="$${TEMPORAL_UI_URL:-http://localhost:$${TEMPORAL_UI_PORT:-8233}}"; \
-		echo "Loan form: $$web/  Orders: $$web/orders  Temporal UI: $$TEMPORAL_UI_URL  (Ctrl+C stops everything)"; \
-		exec $(BIN)/honcho start temporal worker web $$mail; \
-	fi
+	@exec $(BIN)/python -m tools.stack run
+
+# While `make run` runs, in a second terminal: stop or start the worker, run N workers,
+# see each process's state, follow every log.
+SUPERVISORCTL = $(BIN)/supervisorctl -c "$(DATA_DIR)/run/supervisord.conf"
+.PHONY: worker-stop worker-start workers status logs
+worker-stop:
+	@$(SUPERVISORCTL) stop worker 'more-workers:*'
+worker-start:
+	@$(SUPERVISORCTL) start worker
+workers:
+	@$(BIN)/python -m tools.stack workers $(or $(N),1)
+status:
+	@$(BIN)/python -m tools.stack status
+logs:
+	@tail -n 20 -F "$(DATA_DIR)"/logs/*.log
 
 test: install
 	$(BIN)/python -m pytest
@@ -100,22 +93,8 @@ mutate: install
 
 # The whole product on PostgreSQL (DATABASE_URL) instead of the JSON files: a local
 # server in DATA_DIR/postgres from the machine's binaries (apt-get install postgresql),
-# on PG_PORT (default 5433) and a Unix socket, started with the dev server, the worker
-# and the web app from Procfile.postgres. With DATABASE_URL set, that server is used
-# and no local one starts.
+# on PG_PORT (default 5433) and a Unix socket, supervised with the rest as in `make run`.
+# With DATABASE_URL set, that server is used and no local one starts.
 .PHONY: run-postgres
 run-postgres: install
-	@mkdir -p "$(DATA_DIR)"
-	@web="http://localhost:$${WEB_PORT:-5001}"; \
-	$(WORKER_METRICS); \
-	export TEMPORAL_ADDRESS="$${TEMPORAL_ADDRESS:-$${TEMPORAL_DEV_IP:-127.0.0.1}:$${TEMPORAL_DEV_PORT:-7233}}"; \
-	export TEMPORAL_UI_URL="$${TEMPORAL_UI_URL:-http://localhost:$${TEMPORAL_UI_PORT:-8233}}"; \
-	if [ -n "$$DATABASE_URL" ]; then \
-		echo "DATABASE_URL is set: using that PostgreSQL, not starting one"; processes="temporal worker web"; \
-	else \
-		export DATABASE_URL="postgresql://postgres@/postgres?host=$(abspath $(DATA_DIR))/postgres/socket&port=$${PG_PORT:-5433}"; \
-		processes=""; \
-	fi; \
-	echo "PostgreSQL: $$DATABASE_URL"; \
-	echo "Loan form: $$web/  Orders: $$web/orders  Temporal UI: $$TEMPORAL_UI_URL  (Ctrl+C stops everything)"; \
-	exec $(BIN)/honcho -f Procfile.postgres start $$processes
+	@exec $(BIN)/python -m tools.stack run --postgres

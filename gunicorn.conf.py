@@ -1,4 +1,4 @@
-"""gunicorn settings for the web app (read by `make run` and the Procfile).
+"""gunicorn settings for the web app (`make run` starts gunicorn with it: tools/stack.py).
 
 Threaded workers: a request mostly waits on Temporal, so threads are cheap
 concurrency; each async view runs in an event loop of its own (Flask[async]).

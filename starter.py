@@ -15,7 +15,7 @@ Flask's tutorial does: nothing connects at import time. It wires
   and the error pages: JSON under /api, HTML elsewhere.
 
 Views that talk to Temporal are `async def` (Flask[async]). Serve the app with
-gunicorn (see the Makefile / Procfile); `python starter.py` runs Flask's
+gunicorn (see tools/stack.py); `python starter.py` runs Flask's
 development server for quick experiments.
 """
 

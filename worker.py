@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import TypedDict
@@ -230,4 +231,16 @@ async def main() -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+        status = 0
+    except SystemExit as refused:
+        if isinstance(refused.code, str):  # why this worker will not start
+            print(refused.code, file=sys.stderr)
+        status = refused.code if isinstance(refused.code, int) else 0 if refused.code is None else 1
+    # The SDK's native threads can call into Python while the interpreter finalizes and abort
+    # a worker that stopped cleanly (PyGILState_Release, SIGABRT): leave without finalizing.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -157,15 +157,16 @@ class LoanService:
             memo={"duplicate_window_days": self.rules.duplicate_window_days, **submission.memo()},
             static_summary=f"Loan application, amount {band}",
         )
+        waited = False
         try:
-            # The margin covers connecting and the duplicate look-up.
+            # The margin covers connecting and the duplicate look-up; the decision has its own wait.
             async with asyncio.timeout(self.settings.decision_wait_seconds + 5):
                 try:
                     result: LoanOutcome | Decided | Pending | Duplicate | None = await self._execute(start)
                 except WorkflowAlreadyStartedError:
                     result = await self._existing(workflow_id, submission)
-                except WorkflowUpdateRPCTimeoutOrCancelledError:
-                    result = None  # no decision in time (no worker?); checked below
+                except (WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError):
+                    result, waited = None, True  # no decision in time (no worker?); checked below
         except TimeoutError:
             result = None
         except WorkflowUpdateFailedError as err:
@@ -176,7 +177,7 @@ class LoanService:
         except RPCError:
             result = None  # sent, then failed (a deadline, a dropped connection): it may have started
         if result is None:
-            return await self._after_no_answer(workflow_id, submission)
+            return await self._after_no_answer(workflow_id, submission, waited)
         if isinstance(result, LoanOutcome):
             return Decided(dataclasses.asdict(result), persisted=False)
         return result
@@ -184,11 +185,13 @@ class LoanService:
     async def _execute(self, start: WithStartWorkflowOperation) -> LoanOutcome:
         client = await self.temporal.get()
         try:
-            return await client.execute_update_with_start_workflow(
-                LoanApplicationWorkflow.wait_for_decision,
-                start_workflow_operation=start,
-                rpc_timeout=timedelta(seconds=self.settings.decision_wait_seconds),
-            )
+            # The SDK asks again until the update is accepted, then polls for its outcome: bound it all.
+            async with asyncio.timeout(self.settings.decision_wait_seconds):
+                return await client.execute_update_with_start_workflow(
+                    LoanApplicationWorkflow.wait_for_decision,
+                    start_workflow_operation=start,
+                    rpc_timeout=timedelta(seconds=self.settings.decision_wait_seconds),
+                )
         except BaseException:
             # The operation's own future holds the same error: retrieve it, or
             # asyncio logs it as "never retrieved" when the loop closes.
@@ -196,8 +199,13 @@ class LoanService:
                 await start.workflow_handle()
             raise
 
-    async def _after_no_answer(self, workflow_id: str, submission: Submission) -> Decided | Pending | Duplicate:
-        """After an error or a timeout on the start: whatever workflow now exists says what happened."""
+    async def _after_no_answer(
+        self, workflow_id: str, submission: Submission, waited: bool = False
+    ) -> Decided | Pending | Duplicate:
+        """After an error or a timeout on the start: whatever workflow now exists says what happened.
+
+        `waited`: the decision did not come within the wait, so this submission's workflow is
+        answered as pending at once (asking it again would wait for a worker that may be down)."""
         try:
             description = await self._describe(workflow_id)
         except RPCError as err:
@@ -206,16 +214,18 @@ class LoanService:
             raise OutcomeUnknown(workflow_id) from err
         except (TimeoutError, TemporalUnavailable) as err:
             raise OutcomeUnknown(workflow_id) from err
-        return await self._answer_for(description, submission)
+        return await self._answer_for(description, submission, ask=not waited)
 
     async def _existing(self, workflow_id: str, submission: Submission) -> Decided | Pending | Duplicate:
         """The server refused the start: a workflow of this email runs."""
         return await self._answer_for(await self._describe(workflow_id), submission)
 
     async def _answer_for(
-        self, description: WorkflowExecutionDescription, submission: Submission
+        self, description: WorkflowExecutionDescription, submission: Submission, ask: bool = True
     ) -> Decided | Pending | Duplicate:
         memo = await description.memo()
+        if memo.get("submission") == submission.id and not ask:
+            return Pending(description.id)
         if memo.get("submission") == submission.id or submission.retries(memo):
             # This submission's workflow (its answer was lost), or the same application under the same key.
             try:

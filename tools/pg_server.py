@@ -6,7 +6,7 @@ every command runs as the `postgres` system user (`runuser -u postgres --`),
 and the data folder is handed to that user. The server listens on a Unix
 socket in its own folder and on a loopback port; `url()` is what DATABASE_URL gets.
 
-    python tools/pg_server.py run DATA_DIR/postgres PORT   # init if needed, then run in the foreground (Procfile.postgres)
+    python tools/pg_server.py run DATA_DIR/postgres PORT   # init if needed, then run in the foreground (tools/stack.py, `make run-postgres`)
     python tools/pg_server.py wait DATABASE_URL            # until it accepts connections (60 s at most)
 """
 
@@ -137,7 +137,7 @@ def run(data: Path, port: int) -> None:
 
 
 def wait(database_url: str, timeout: float = 60.0) -> None:
-    """Until the server accepts connections: the worker and web app start beside it under honcho."""
+    """Until the server accepts connections: the worker and web app start beside it under supervisord."""
     import psycopg
 
     deadline = time.monotonic() + timeout

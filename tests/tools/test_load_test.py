@@ -274,7 +274,7 @@ def test_soak_rows_and_the_memory_of_the_watched_processes():
 
 def test_the_soak_watches_the_stack_behind_its_url_only(tmp_path):
     """With two `make run`s on the machine, the soak's memory is the one serving --url's:
-    the processes under the supervisor (honcho) of whatever listens on its port."""
+    the processes under the supervisor (supervisord) of whatever listens on its port."""
     import subprocess
     import sys
 
@@ -285,17 +285,15 @@ def test_the_soak_watches_the_stack_behind_its_url_only(tmp_path):
 
     port = free_port()
     listener = f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(60)"
-    # A stand-in supervisor: "honcho" on its command line, running the listener under a fork
-    # of its own, also called honcho, as honcho does.
-    fork = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {listener!r}])"
+    # A stand-in supervisor: "supervisord" on its command line, the listener its child.
     supervisor = subprocess.Popen(
-        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {fork!r}, 'honcho'])", "honcho"]
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {listener!r}])", "supervisord"]
     )
     try:
         watched = wait_until(
             lambda: soak.stack_processes(f"http://127.0.0.1:{port}"), timeout=10, what="the listener under its supervisor"
         )
-        assert len(watched) == 2 and watched[0].ppid() == supervisor.pid  # the fork and the listener
+        assert len(watched) == 1 and watched[0].ppid() == supervisor.pid  # the listener
         assert soak.stack_processes(f"http://127.0.0.1:{free_port()}") is None  # nobody listens there
     finally:
         for child in psutil.Process(supervisor.pid).children(recursive=True):

@@ -1,4 +1,5 @@
-"""`make run` as a person runs it: every process up on the ports asked for, a decision, Ctrl+C stops all.
+"""`make run` as a person runs it: every process up on the ports asked for, a decision, a process killed
+and started again while the others serve, Ctrl+C stops all with status 0.
 
 The dev server is started on free ports (TEMPORAL_DEV_PORT, TEMPORAL_UI_PORT),
 so the test also proves the worker and the web app dial the port the dev
@@ -10,15 +11,16 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
+import sys
 import uuid
-from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.fixtures import HERE, free_port, wait_until, web_is_ready
+from tests.tools.make_run import ready, start_make_run, stop_make_run
 
 
 def sample(scraped: str, name: str, **labels: str) -> float:
@@ -41,41 +43,6 @@ def scrape(url: str) -> httpx.Response | None:
         return None
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def start_make_run(tmp_path: Path, **settings: str) -> tuple[subprocess.Popen, Path]:
-    """`make run` as a person starts it, in its own process group, with a data folder under
-    `tmp_path`, the local mail sink and `settings` (ports) over this environment; it and its log."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("TEMPORAL_")}
-    env.update(DATA_DIR=str(tmp_path / "data"), WEB_WORKERS="1", **settings)
-    env.pop("SMTP_URL", None)
-    env.pop("OPERATOR_TOKEN", None)  # the token is generated into the data folder, as on a first run
-    log = tmp_path / "make-run.log"
-    with open(log, "wb") as out:
-        make = subprocess.Popen(
-            ["make", "--no-print-directory", "run"],
-            cwd=HERE,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return make, log
-
-
-def stop_make_run(make: subprocess.Popen) -> None:
-    """Ctrl+C, as a terminal sends it to the whole foreground process group; then every process gone."""
-    os.killpg(make.pid, signal.SIGINT)
-    make.wait(30)
-    wait_until(lambda: not group_alive(make.pid), timeout=30, what="every process of make run to stop")
-
-
 @pytest.mark.timeout(120)
 def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(tmp_path):
     dev_port, ui_port, web_port, smtp_port, metrics_port = (free_port() for _ in range(5))
@@ -89,13 +56,23 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
     )
     base = f"http://127.0.0.1:{web_port}"
     try:
-        wait_until(lambda: web_is_ready(base) or make.poll() is not None, timeout=60, what="make run to be ready")
-        assert make.poll() is None, log.read_text()
-        output = log.read_text()
-        assert f"Temporal UI: http://localhost:{ui_port}" in output
-        assert f"Loan form: http://localhost:{web_port}/" in output
+        wait_until(lambda: ready(make, log), timeout=90, what="make run's ready line")
+        assert web_is_ready(base)
+        lines = log.read_text().splitlines()
+        # One line says where everything is.
+        [line] = [line for line in lines if line.startswith("Ready in ")]
+        token_file = tmp_path / "data" / "secrets" / "operator.token"
         worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
-        assert f"Worker metrics (Prometheus): {worker_metrics}" in output
+        for part in (
+            f"Loan form: http://localhost:{web_port}/",
+            f"Orders: http://localhost:{web_port}/orders",
+            f"Operator sign-in: http://localhost:{web_port}/signin (token: cat {token_file})",
+            f"Emails: kept in {tmp_path / 'data' / 'mail'}",
+            f"Temporal UI: http://localhost:{ui_port}",
+            f"Worker metrics: {worker_metrics}",
+            f"Logs: {tmp_path / 'data' / 'logs'}",
+        ):
+            assert part in line, (part, line)
         # The web app can be ready before the worker has imported its workflows and bound the port.
         before = wait_until(lambda: scrape(worker_metrics), timeout=60, what="the worker's metrics endpoint").text
         loans = {"task_queue": "loan-applications", "workflow_type": "LoanApplicationWorkflow"}
@@ -121,9 +98,7 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
         )
         assert applicant["email"] in message.read_text()
 
-        # No OPERATOR_TOKEN: one was generated into the data folder, private, and make run says where.
-        token_file = tmp_path / "data" / "secrets" / "operator.token"
-        assert f"Operator sign-in:      http://localhost:{web_port}/signin  (token: cat {token_file})" in log.read_text()
+        # No OPERATOR_TOKEN: one was generated into the data folder, private, and the ready line says where.
         # The dev server's UI decrypts through this web app's codec endpoint.
         ui_settings = httpx.get(f"http://localhost:{ui_port}/api/v1/settings", timeout=10).json()
         assert ui_settings["Codec"]["Endpoint"] == f"http://localhost:{web_port}/codec", ui_settings
@@ -158,8 +133,25 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
         for method, route in [("POST", "/api/evaluate"), ("GET", "/readyz"), ("GET", "/applications/<workflow_id>")]:
             assert sample(web, "web_requests_total", method=method, route=route) >= 1, (route, web)
         assert sample(web, "web_requests_total", route="/applications/<workflow_id>") == 2
+        # supervisord's control socket and its folder are this user's only; a second make run on the
+        # same data folder is refused while this one runs.
+        run_dir = tmp_path / "data" / "run"
+        assert run_dir.stat().st_mode & 0o777 == 0o700
+        assert (run_dir / "supervisor.sock").stat().st_mode & 0o777 == 0o700
+        second = subprocess.run(
+            [sys.executable, "-m", "tools.stack", "run"],
+            cwd=HERE,
+            env={**os.environ, "DATA_DIR": str(tmp_path / "data")},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 1 and "make run is already running on" in second.stderr, second
     finally:
-        stop_make_run(make)
+        stop_make_run(make, log)
+    # Every process stopped cleanly: the worker too (no abort in the SDK's native threads at exit).
+    for name in ("worker", "web", "mail", "temporal"):
+        assert f"stopped: {name} (exit status 0)" in log.read_text(), log.read_text()
 
 
 def test_the_worker_metrics_port_is_off_unless_set_and_a_taken_one_is_refused(monkeypatch):
@@ -182,3 +174,73 @@ def test_the_worker_metrics_port_is_off_unless_set_and_a_taken_one_is_refused(mo
         taken.listen()
         with pytest.raises(SystemExit, match="set WORKER_METRICS_PORT to a free port"):
             metrics_runtime(f"127.0.0.1:{taken.getsockname()[1]}")
+
+
+def supervised(data, name: str) -> psutil.Process:
+    """The process supervisord runs as `name` (its pid from supervisord itself)."""
+    from tools.stack import control
+
+    info = control(data / "run").supervisor.getProcessInfo(name)
+    assert info["statename"] == "RUNNING", info
+    return psutil.Process(info["pid"])
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_process_is_started_again_and_the_others_keep_serving(tmp_path):
+    dev_port, ui_port, web_port, smtp_port = (free_port() for _ in range(4))
+    make, log = start_make_run(
+        tmp_path,
+        TEMPORAL_DEV_PORT=str(dev_port),
+        TEMPORAL_UI_PORT=str(ui_port),
+        WEB_PORT=str(web_port),
+        SMTP_SINK_PORT=str(smtp_port),
+        WORKER_METRICS_PORT="",
+    )
+    base, data = f"http://127.0.0.1:{web_port}", tmp_path / "data"
+    try:
+        wait_until(lambda: ready(make, log), timeout=90, what="make run's ready line")
+        for number, name in enumerate(["worker", "mail", "temporal", "web"]):
+            killed = supervised(data, name)
+            killed.kill()  # kill -9: no chance to clean up
+            killed.wait(10)
+            if name != "web":  # the web app answers while another process is down
+                assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+            # supervisord starts it again, under a new pid; the product answers through it.
+            wait_until(lambda: supervised_or_none(data, name, killed.pid), timeout=30, what=f"{name} to be started again")
+            wait_until(lambda: web_is_ready(base), timeout=60, what=f"the web app to be ready after {name} was killed")
+            applicant = {
+                "name": "Kill Person",
+                "email": f"kill-{number}-{uuid.uuid4().hex[:8]}@example.com",
+                "loan_amount": 20000,
+                "credit_score": 720,
+                "annual_income": 90000,
+                "has_bankruptcy": False,
+            }
+            answer = httpx.post(f"{base}/api/evaluate", json=applicant, timeout=30)
+            assert answer.status_code in (200, 202), (name, answer.text)
+            status_url = f"{base}/api/applications/{answer.json()['workflow_id']}"
+            decided = wait_until(
+                lambda: httpx.get(status_url, timeout=10).json().get("decision"),
+                timeout=60,
+                what=f"a decision after {name} was killed",
+            )
+            assert decided == "pre_approved"
+            # Its email reached the sink (the sink too may have been started again).
+            wait_until(
+                lambda: any(applicant["email"] in m.read_text() for m in (data / "mail" / "new").iterdir()),
+                timeout=60,
+                what=f"the decision email after {name} was killed",
+            )
+        console = log.read_text()
+        for name in ("worker", "mail", "temporal", "web"):
+            assert f"exited: {name} (terminated by SIGKILL; not expected)" in console, console
+    finally:
+        stop_make_run(make, log)
+
+
+def supervised_or_none(data, name: str, not_pid: int) -> psutil.Process | None:
+    try:
+        process = supervised(data, name)
+    except AssertionError:
+        return None
+    return process if process.pid != not_pid else None

@@ -1,15 +1,12 @@
 """`make run-postgres` as a person runs it: PostgreSQL initialised in the data folder, the
 product up on it, a decision stored there (not in JSON files), Ctrl+C stops everything.
 
-Runs `make -o .venv/.installed` so that the shared virtualenv is used as it is.
+Runs `make -o .venv/.installed` so that the shared virtualenv is used as it is (tests/tools/make_run.py).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -18,9 +15,9 @@ import httpx
 import psycopg
 import pytest
 
-from tests.fixtures import HERE, free_port, wait_until, web_is_ready
+from tests.fixtures import free_port, wait_until, web_is_ready
 from tests.pg import require_server_binaries
-from tests.tools.test_make_run import group_alive
+from tests.tools.make_run import ready, start_make_run, stop_make_run
 from tools import pg_server
 
 
@@ -32,30 +29,19 @@ def test_make_run_postgres_stores_a_decision_in_postgresql_and_ctrl_c_stops_ever
     folder.chmod(0o755)
     data = folder / "data"
     dev_port, ui_port, web_port, pg_port = free_port(), free_port(), free_port(), free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("TEMPORAL_", "DATABASE_URL"))}
-    env.update(
-        DATA_DIR=str(data),
-        TEMPORAL_DEV_PORT=str(dev_port),
-        TEMPORAL_UI_PORT=str(ui_port),
-        WEB_PORT=str(web_port),
-        WEB_WORKERS="1",
-        PG_PORT=str(pg_port),
-        WORKER_METRICS_PORT="",
-    )  # no metrics endpoint: 9464 may be taken (test_make_run scrapes one)
-    log = folder / "make-run-postgres.log"
-    with open(log, "wb") as out:
-        make = subprocess.Popen(
-            ["make", "--no-print-directory", "-o", ".venv/.installed", "run-postgres"],
-            cwd=HERE,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    settings = {
+        "TEMPORAL_DEV_PORT": str(dev_port),
+        "TEMPORAL_UI_PORT": str(ui_port),
+        "WEB_PORT": str(web_port),
+        "PG_PORT": str(pg_port),
+        "SMTP_SINK_PORT": str(free_port()),
+        "WORKER_METRICS_PORT": "",  # no metrics endpoint: 9464 may be taken (test_make_run scrapes one)
+    }
+    make, log = start_make_run(folder, "run-postgres", data=data, **settings)
     base = f"http://127.0.0.1:{web_port}"
     try:
-        wait_until(lambda: web_is_ready(base) or make.poll() is not None, timeout=90, what="make run-postgres to be ready")
-        assert make.poll() is None, log.read_text()
+        wait_until(lambda: ready(make, log), timeout=90, what="make run-postgres's ready line")
+        assert web_is_ready(base)
         database_url = pg_server.url(data / "postgres", pg_port)
         assert f"PostgreSQL: {database_url}" in log.read_text()
 
@@ -81,7 +67,5 @@ def test_make_run_postgres_stores_a_decision_in_postgresql_and_ctrl_c_stops_ever
         assert wait_until(stored, timeout=30, what="the application in PostgreSQL") == 1
         assert not (data / "applications").exists()  # nothing went to the JSON files
     finally:
-        os.killpg(make.pid, signal.SIGINT)
-        make.wait(30)
-        wait_until(lambda: not group_alive(make.pid), timeout=30, what="every process of make run-postgres to stop")
+        stop_make_run(make, log)
         shutil.rmtree(folder, ignore_errors=True)

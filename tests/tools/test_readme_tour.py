@@ -1,4 +1,5 @@
-"""The README's "First ten minutes", pasted as a new user would: every command block runs and exits 0.
+"""The README's "First ten minutes" and "When a process dies", pasted as a new user would: every
+command block runs and exits 0, and the demos print what the README says they print.
 
 `make run` starts on free ports with its own data folder; the blocks are run
 in order by bash with `-e -o pipefail`, with the README's default addresses
@@ -13,18 +14,42 @@ import subprocess
 
 import pytest
 
-from tests.fixtures import HERE, free_port, wait_until, web_is_ready
-from tests.tools.test_make_run import start_make_run, stop_make_run
+from tests.fixtures import HERE, free_port, wait_until
+from tests.tools.make_run import ready, start_make_run, stop_make_run
 
 TOUR_HEADING = "## First ten minutes"
+DEMOS_HEADING = "## When a process dies"
 
 
-def tour_blocks() -> list[str]:
+def tour_blocks(heading: str = TOUR_HEADING) -> list[str]:
     readme = (HERE / "README.md").read_text()
-    start = readme.index(TOUR_HEADING) + len(TOUR_HEADING)
+    start = readme.index(heading) + len(heading)
     end = readme.find("\n## ", start)
     section = readme[start : end if end != -1 else None]
     return re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+
+
+def run_blocks(blocks: list[str], data, web_port: int, ui_port: int, dev_port: int, **replace: str) -> list[str]:
+    """Each block in bash, in order, in the checkout, pointed at this run; their outputs (stdout and stderr as a terminal shows them)."""
+    shell_env = {**os.environ, "DATA_DIR": str(data), "TEMPORAL_ADDRESS": f"127.0.0.1:{dev_port}"}
+    outputs = []
+    for number, block in enumerate(blocks, 1):
+        script = block.replace("localhost:5001", f"localhost:{web_port}").replace("localhost:8233", f"localhost:{ui_port}")
+        script = script.replace("data/", f"{data}/")
+        for old, new in replace.items():
+            script = script.replace(old, new)
+        done = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", script],
+            cwd=HERE,
+            env=shell_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # in the order a terminal shows them
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, f"block {number}:\n{block}\n--- output\n{done.stdout}"
+        outputs.append(done.stdout)
+    return outputs
 
 
 def test_the_tour_has_blocks_and_distinct_example_emails():
@@ -48,28 +73,40 @@ def test_every_command_of_the_readme_tour_runs(tmp_path):
         WORKER_METRICS_PORT="",
     )
     try:
-        wait_until(
-            lambda: web_is_ready(f"http://127.0.0.1:{web_port}") or make.poll() is not None,
-            timeout=90,
-            what="make run to be ready",
-        )
-        assert make.poll() is None, log.read_text()
+        wait_until(lambda: ready(make, log), timeout=90, what="make run's ready line")
         # What a shell in the checkout has: the CLI reaches the same server and data folder.
-        shell_env = {**os.environ, "DATA_DIR": str(data), "TEMPORAL_ADDRESS": f"127.0.0.1:{dev_port}"}
-        for number, block in enumerate(tour_blocks(), 1):
-            script = (
-                block.replace("localhost:5001", f"localhost:{web_port}")
-                .replace("localhost:8233", f"localhost:{ui_port}")
-                .replace("data/", f"{data}/")
-            )
-            done = subprocess.run(
-                ["bash", "-e", "-o", "pipefail", "-c", script],
-                cwd=HERE,
-                env=shell_env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert done.returncode == 0, f"block {number}:\n{block}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+        run_blocks(tour_blocks(), data, web_port, ui_port, dev_port)
     finally:
-        stop_make_run(make)
+        stop_make_run(make, log)
+
+
+@pytest.mark.timeout(240)
+def test_the_durability_demos_run_and_print_what_the_readme_shows(tmp_path):
+    dev_port, ui_port, web_port, smtp_port = (free_port() for _ in range(4))
+    data = tmp_path / "data"
+    make, log = start_make_run(
+        tmp_path,
+        TEMPORAL_DEV_PORT=str(dev_port),
+        TEMPORAL_UI_PORT=str(ui_port),
+        WEB_PORT=str(web_port),
+        SMTP_SINK_PORT=str(smtp_port),
+        WORKER_METRICS_PORT="",
+    )
+    try:
+        wait_until(lambda: ready(make, log), timeout=90, what="make run's ready line")
+        blocks = tour_blocks(DEMOS_HEADING)
+        assert len(blocks) == 2
+        # The load test's size is cut for the suite; everything else as written.
+        stopped, more = run_blocks(blocks, data, web_port, ui_port, dev_port, **{"--count 300": "--count 24"})
+        assert [line for line in stopped.splitlines() if line] == [
+            "worker: stopped",
+            "pending",  # the API's answer while no worker ran
+            "worker: started",
+            "decided pre_approved email sent",
+        ], stopped
+        assert "3 worker processes running: worker, worker-2, worker-3" in more, more
+        running = {line.split()[0] for line in more.splitlines() if " RUNNING " in line}
+        assert running == {"mail", "temporal", "web", "worker", "worker-2", "worker-3"}, more
+        assert more.count("throughput") == 2 and "1 worker process running: worker" in more, more
+    finally:
+        stop_make_run(make, log)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -18,8 +19,8 @@ SOAK_PROCESSES = {"temporal": "server start-dev", "worker": "worker.py", "web": 
 
 
 def stack_processes(url: str) -> list | None:
-    """The processes of the `make run` that serves `url`: the supervisor (honcho) above the
-    process listening on its port, and all it started; None when no such supervisor is found."""
+    """The processes of the `make run` that serves `url`: all that the supervisor (supervisord)
+    above the process listening on its port started; None when no such supervisor is found."""
     import psutil
 
     port = urlsplit(url).port or (443 if url.startswith("https:") else 80)
@@ -33,11 +34,15 @@ def stack_processes(url: str) -> list | None:
         return None
     for pid in listening:
         with contextlib.suppress(psutil.Error):
-            # honcho runs each process under a fork of its own: the outermost honcho is the supervisor.
-            supervisors = [parent for parent in psutil.Process(pid).parents() if "honcho" in " ".join(parent.cmdline())]
+            supervisors = [parent for parent in psutil.Process(pid).parents() if _is_supervisor(parent.cmdline())]
             if supervisors:
-                return supervisors[-1].children(recursive=True)
+                return supervisors[0].children(recursive=True)
     return None
+
+
+def _is_supervisor(command: list[str]) -> bool:
+    """supervisord, as `make run` starts it (tools/stack.py)."""
+    return any(Path(part).name == "supervisord" for part in command)
 
 
 class Usage(NamedTuple):
@@ -49,13 +54,12 @@ def process_usage(roles: dict[str, str] = SOAK_PROCESSES, processes: list | None
     """Resident memory and CPU time of each role's processes, summed (gunicorn's master and workers).
 
     Pass the processes of the stack under test (`stack_processes`); without them,
-    those of every `make run` (honcho's descendants) on the machine, else all.
+    those of every `make run` (supervisord's descendants) on the machine, else all.
     """
     import psutil
 
     if processes is None:
-        supervisors = [p for p in psutil.process_iter(["cmdline"]) if "honcho" in " ".join(p.info["cmdline"] or [])]
-        # honcho's forks are supervisors' descendants too: each process once.
+        supervisors = [p for p in psutil.process_iter(["cmdline"]) if _is_supervisor(p.info["cmdline"] or [])]
         processes = list({child.pid: child for p in supervisors for child in p.children(recursive=True)}.values()) or [
             p for p in psutil.process_iter() if p.pid != os.getpid()
         ]
