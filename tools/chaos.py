@@ -314,6 +314,8 @@ def unreadable_json_files(data_dir: Path) -> list[Path]:
     for path in data_dir.rglob("*.json"):
         try:
             json.loads(path.read_text())
+        except FileNotFoundError:
+            continue  # gone since the listing: an index's journal is removed once applied (core/store/files.py)
         except (ValueError, UnicodeDecodeError):
             broken.append(path)
     return broken

@@ -35,7 +35,13 @@ def start_make_run(
     the local mail sink and `settings` (ports) over this environment; it and its log.
 
     `make -o .venv/.installed`: the suite's virtualenv is used as it is."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("TEMPORAL_", "DATABASE_URL"))}
+    # As from a new terminal: none of the suite's Temporal or database settings, nor make's own
+    # variables when the suite runs under `make test`.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("TEMPORAL_", "DATABASE_URL", "MAKE")) and key != "MFLAGS"
+    }
     env.update(DATA_DIR=str(data or tmp_path / "data"), WEB_WORKERS="1", **settings)
     env.pop("SMTP_URL", None)
     env.pop("OPERATOR_TOKEN", None)  # the token is generated into the data folder, as on a first run

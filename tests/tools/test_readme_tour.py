@@ -19,6 +19,7 @@ from tests.tools.make_run import ready, start_make_run, stop_make_run
 
 TOUR_HEADING = "## First ten minutes"
 DEMOS_HEADING = "## When a process dies"
+MAKE_VARIABLES = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
 
 
 def tour_blocks(heading: str = TOUR_HEADING) -> list[str]:
@@ -31,7 +32,9 @@ def tour_blocks(heading: str = TOUR_HEADING) -> list[str]:
 
 def run_blocks(blocks: list[str], data, web_port: int, ui_port: int, dev_port: int, **replace: str) -> list[str]:
     """Each block in bash, in order, in the checkout, pointed at this run; their outputs (stdout and stderr as a terminal shows them)."""
-    shell_env = {**os.environ, "DATA_DIR": str(data), "TEMPORAL_ADDRESS": f"127.0.0.1:{dev_port}"}
+    # A new terminal's environment: nothing of the `make test` this may run under (make's own variables).
+    shell_env = {key: value for key, value in os.environ.items() if key not in MAKE_VARIABLES}
+    shell_env.update(DATA_DIR=str(data), TEMPORAL_ADDRESS=f"127.0.0.1:{dev_port}")
     outputs = []
     for number, block in enumerate(blocks, 1):
         script = block.replace("localhost:5001", f"localhost:{web_port}").replace("localhost:8233", f"localhost:{ui_port}")
