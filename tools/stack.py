@@ -284,11 +284,19 @@ def run(postgres: bool) -> int:
 
     began = time.monotonic()
     env = os.environ
+    # Every file the processes create (supervisord's children inherit it) is this user's only:
+    # records, emails, Temporal's history, logs; an open data folder let another local user
+    # read them, or lock them and stop every write.
+    os.umask(0o077)
     data = Path(env.get("DATA_DIR") or HERE / "data").resolve()
     run_dir, logs = data / "run", data / "logs"
     for folder in (data, run_dir, logs):
         folder.mkdir(parents=True, exist_ok=True)
+    # The data folder is this user's only; as root with a local PostgreSQL, others may pass
+    # through it (not list it), because the server runs as the `postgres` user in data/postgres.
+    data.chmod(0o711 if postgres and os.geteuid() == 0 and not env.get("DATABASE_URL") else 0o700)
     run_dir.chmod(0o700)
+    logs.chmod(0o700)
     if running(run_dir):
         print(f"make run is already running on {data}: stop it (Ctrl+C in its terminal) first", file=sys.stderr)
         return 1

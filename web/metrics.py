@@ -6,7 +6,9 @@ its samples to files in `PROMETHEUS_MULTIPROC_DIR` (gunicorn.conf.py makes it
 under the data folder and clears it at start), and /metrics adds them up.
 Without that variable (tests, `python starter.py`) the process counts alone.
 Routes are labelled by their rule (`/api/orders/<order_id>`), never by the
-raw path, so the number of series stays fixed. /metrics is operator-only.
+raw path, and methods by their standard name or `other` (a client may send
+any word as its method), so the number of series stays fixed. /metrics is
+operator-only.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+# RFC 9110's methods; any other word a client sends is counted as "other".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
 metrics = Blueprint("metrics", __name__)
 
 
@@ -53,9 +58,10 @@ def _started():
 
 def _answered(response):
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+    method = request.method if request.method in KNOWN_METHODS else "other"
+    REQUESTS.labels(method, route, str(response.status_code)).inc()
     if "request_started" in g:
-        LATENCY.labels(request.method, route).observe(time.perf_counter() - g.request_started)
+        LATENCY.labels(method, route).observe(time.perf_counter() - g.request_started)
     return response
 
 

@@ -69,6 +69,9 @@ from core.store.base import (
 )
 
 LOCK_STRIPES = 64
+# filelock sets a lock file's mode itself (0644 by default, whatever the umask): another local
+# user who could open one could flock it and hold every write of its stripe (issue 26).
+LOCK_FILE_MODE = 0o600
 POINTER_BATCH = 64  # pointers written at once by the one-time pass over an older folder
 GROUPS_DONE = "groups.json"  # in `_index`: every listed record of the collection has its group's pointer
 
@@ -315,13 +318,13 @@ class JsonStore:
             mutex = self._index_mutexes.setdefault(index, threading.Lock())
         with mutex:
             index.mkdir(parents=True, exist_ok=True)
-            with FileLock(index / ".lock", timeout=30, thread_local=False, poll_interval=0.002):
+            with FileLock(index / ".lock", timeout=30, thread_local=False, poll_interval=0.002, mode=LOCK_FILE_MODE):
                 yield
 
     def _lock(self, collection: str, key: str) -> FileLock:
         stripe = zlib.crc32(f"{collection}/{key}".encode()) % LOCK_STRIPES
         # thread_local=False: one FileLock object may be shared by a thread pool.
-        return FileLock(self.root / "_locks" / f"{stripe}.lock", timeout=30, thread_local=False)
+        return FileLock(self.root / "_locks" / f"{stripe}.lock", timeout=30, thread_local=False, mode=LOCK_FILE_MODE)
 
 
 def _checked_key(key: str) -> str:

@@ -251,6 +251,30 @@ def test_locks_are_a_fixed_set_of_numbered_files_under_locks(tmp_path):
     assert LOCK_STRIPES // 2 < len(names) <= LOCK_STRIPES  # striped by key: 300 keys spread over the stripes
 
 
+def test_no_file_or_folder_of_the_store_is_open_to_other_users(tmp_path):
+    """Under the umask `make run` sets (077) nothing is readable by others; the lock files, whose mode
+    filelock sets itself, are the store's own to keep private whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        store = JsonStore(tmp_path / "store")
+        store.put("applications", "a.1", {"status": "decided"})
+        store.update("orders", "o1", lambda doc: {**(doc or {}), "status": "placed"})
+        locks = [path for path in (tmp_path / "store").rglob("*") if path.name.endswith(".lock")]
+        assert len(locks) >= 2  # a record's stripe and an index
+        assert {oct(path.stat().st_mode & 0o777) for path in locks} == {oct(0o600)}
+    finally:
+        os.umask(old)
+    os.umask(0o077)
+    try:
+        store = JsonStore(tmp_path / "private")
+        store.put("applications", "a.1", {"status": "decided"})
+        store.update("orders", "o1", lambda doc: {**(doc or {}), "status": "placed"})
+        opened = [path for path in (tmp_path / "private").rglob("*") if path.stat().st_mode & 0o077]
+        assert not opened, opened
+    finally:
+        os.umask(old)
+
+
 def test_update_waits_for_the_documents_lock(tmp_path):
     """`update` and `locked` take the same lock for the same document, so a change
     spanning several documents (inventory) never interleaves with an update."""

@@ -133,6 +133,13 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
         for method, route in [("POST", "/api/evaluate"), ("GET", "/readyz"), ("GET", "/applications/<workflow_id>")]:
             assert sample(web, "web_requests_total", method=method, route=route) >= 1, (route, web)
         assert sample(web, "web_requests_total", route="/applications/<workflow_id>") == 2
+        # Nothing in the data folder is open to other local users: records, emails, locks,
+        # Temporal's history, logs, secrets (the umask supervisord gives every process, and the
+        # store's lock files' own mode).
+        data = tmp_path / "data"
+        assert data.stat().st_mode & 0o777 == 0o700
+        opened = [f"{oct(p.stat().st_mode & 0o777)} {p}" for p in data.rglob("*") if p.stat().st_mode & 0o077]
+        assert not opened, opened
         # supervisord's control socket and its folder are this user's only; a second make run on the
         # same data folder is refused while this one runs.
         run_dir = tmp_path / "data" / "run"

@@ -114,3 +114,23 @@ def test_chunked_bodies_are_read_and_held_to_the_size_limit(loan_stack, tmp_path
         assert decided.status_code == 200, decided.text
         huge = httpx.post(f"{base}/api/evaluate", content=chunks(*[b"x" * 1024] * 1024), headers=json_type, timeout=30)
         assert huge.status_code == 413 and huge.json()["error"] == "The request body is too large."
+
+
+def test_invented_methods_are_counted_as_other_so_metrics_stay_small(client, loan_stack):
+    """A client may send any word as its HTTP method: each must not become a series of its own."""
+    operator = {"Authorization": f"Bearer {loan_stack[0].operator_token}"}
+
+    def other_requests(scraped: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in scraped.splitlines()
+            if line.startswith("web_requests_total{") and 'method="other"' in line
+        )
+
+    before = client.get("/metrics", headers=operator).text
+    for n in range(40):
+        assert client.open("/healthz", method=f"INVENTED{n}").status_code == 405
+    after = client.get("/metrics", headers=operator).text
+    assert "INVENTED" not in after
+    assert other_requests(after) - other_requests(before) == 40
+    assert 'web_requests_total{method="GET",route="/metrics",status="200"}' in after  # the standard ones by name
