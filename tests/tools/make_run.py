@@ -15,10 +15,11 @@ import pty
 import subprocess
 import termios
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
-from tests.fixtures import HERE, wait_until
+from tests.fixtures import HERE, free_port, wait_until
 
 CTRL_C = b"\x03"
 
@@ -61,6 +62,28 @@ def start_make_run(
     os.close(its_end)
     make.terminal = terminal  # type: ignore[attr-defined]
     return make, log
+
+
+class Ports(NamedTuple):
+    dev: int
+    ui: int
+    web: int
+    smtp: int
+    metrics: int | None  # the worker's metrics endpoint; None: none served
+
+
+def start_on_free_ports(tmp_path: Path, worker_metrics: bool = False) -> tuple[subprocess.Popen, Path, Ports]:
+    """`make run` with every port free (a second stack beside any other), as `start_make_run`."""
+    ports = Ports(free_port(), free_port(), free_port(), free_port(), free_port() if worker_metrics else None)
+    make, log = start_make_run(
+        tmp_path,
+        TEMPORAL_DEV_PORT=str(ports.dev),
+        TEMPORAL_UI_PORT=str(ports.ui),
+        WEB_PORT=str(ports.web),
+        SMTP_SINK_PORT=str(ports.smtp),
+        WORKER_METRICS_PORT=str(ports.metrics or ""),
+    )
+    return make, log, ports
 
 
 def ready(make: subprocess.Popen, log: Path) -> bool:

@@ -19,8 +19,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.fixtures import HERE, free_port, wait_until, web_is_ready
-from tests.tools.make_run import ready, start_make_run, stop_make_run
+from tests.fixtures import HERE, wait_until, web_is_ready
+from tests.tools.make_run import ready, start_on_free_ports, stop_make_run
 
 
 def sample(scraped: str, name: str, **labels: str) -> float:
@@ -45,15 +45,8 @@ def scrape(url: str) -> httpx.Response | None:
 
 @pytest.mark.timeout(120)
 def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(tmp_path):
-    dev_port, ui_port, web_port, smtp_port, metrics_port = (free_port() for _ in range(5))
-    make, log = start_make_run(
-        tmp_path,
-        TEMPORAL_DEV_PORT=str(dev_port),
-        TEMPORAL_UI_PORT=str(ui_port),
-        WEB_PORT=str(web_port),
-        SMTP_SINK_PORT=str(smtp_port),
-        WORKER_METRICS_PORT=str(metrics_port),
-    )
+    make, log, ports = start_on_free_ports(tmp_path, worker_metrics=True)
+    web_port, ui_port, metrics_port = ports.web, ports.ui, ports.metrics
     base = f"http://127.0.0.1:{web_port}"
     try:
         wait_until(lambda: ready(make, log), timeout=90, what="make run's ready line")
@@ -194,15 +187,8 @@ def supervised(data, name: str) -> psutil.Process:
 
 @pytest.mark.timeout(180)
 def test_a_killed_process_is_started_again_and_the_others_keep_serving(tmp_path):
-    dev_port, ui_port, web_port, smtp_port = (free_port() for _ in range(4))
-    make, log = start_make_run(
-        tmp_path,
-        TEMPORAL_DEV_PORT=str(dev_port),
-        TEMPORAL_UI_PORT=str(ui_port),
-        WEB_PORT=str(web_port),
-        SMTP_SINK_PORT=str(smtp_port),
-        WORKER_METRICS_PORT="",
-    )
+    make, log, ports = start_on_free_ports(tmp_path)
+    web_port = ports.web
     base, data = f"http://127.0.0.1:{web_port}", tmp_path / "data"
     try:
         wait_until(lambda: ready(make, log), timeout=90, what="make run's ready line")

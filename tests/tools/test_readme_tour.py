@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from tests.fixtures import HERE, free_port, wait_until
-from tests.tools.make_run import ready, start_make_run, stop_make_run
+from tests.fixtures import HERE, wait_until
+from tests.tools.make_run import ready, start_on_free_ports, stop_make_run
 
 TOUR_HEADING = "## First ten minutes"
 DEMOS_HEADING = "## When a process dies"
@@ -66,16 +66,9 @@ def test_the_tour_has_blocks_and_distinct_example_emails():
 @pytest.mark.timeout(300)
 def test_every_command_of_the_tour_and_the_durability_demos_runs_as_the_readme_shows(tmp_path):
     """Both sections on one `make run`, the tour first, as a new user would go on."""
-    dev_port, ui_port, web_port, smtp_port = (free_port() for _ in range(4))
     data = tmp_path / "data"
-    make, log = start_make_run(
-        tmp_path,
-        TEMPORAL_DEV_PORT=str(dev_port),
-        TEMPORAL_UI_PORT=str(ui_port),
-        WEB_PORT=str(web_port),
-        SMTP_SINK_PORT=str(smtp_port),
-        WORKER_METRICS_PORT="",
-    )
+    make, log, ports = start_on_free_ports(tmp_path)
+    dev_port, ui_port, web_port = ports.dev, ports.ui, ports.web
     try:
         wait_until(lambda: ready(make, log), timeout=90, what="make run's ready line")
         # What a shell in the checkout has: the CLI reaches the same server and data folder.
