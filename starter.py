@@ -136,7 +136,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["openapi"] = build_openapi([item.sku for item in rules.orders.catalog])
     app.register_blueprint(docs)
     # Operator-only like every non-public route (web/auth.py); its CORS admits the Temporal UI.
-    codec = payload_codec_from_env()
+    # It shows what Temporal holds, plain payloads included (a worker refuses those).
+    codec = payload_codec_from_env(accept_plain=True)
     app.register_blueprint(create_codec_blueprint(lambda: codec, settings.temporal_ui_url))
     app.register_error_handler(InvalidInput, handle_invalid_input)
     app.register_error_handler(HTTPException, handle_http_error)

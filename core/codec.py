@@ -8,8 +8,15 @@ app, and the codec server (`web/codec_server.py`) that decrypts for signed-in op
 
 Each encrypted payload names its key by id in its metadata, so keys can rotate:
 new payloads use the current key, and payloads written under an old key still
-decrypt as long as that key is in the old-keys list. Payloads that are not
-encrypted (histories recorded before the codec existed) pass through unchanged.
+decrypt as long as that key is in the old-keys list.
+
+A payload that is not encrypted is refused: it decodes to one the converter
+cannot read, so a plain start, signal or update sent straight to Temporal (the
+`temporal` CLI, the Web UI) never reaches a workflow as an operator's action —
+the SDK drops such a signal, rejects such an update and fails such a start's
+workflow task. Only replay of recorded histories (`tools/replay_check.py`, the
+tests' histories, written before the codec or in plain JSON) and the codec server
+(which shows operators what Temporal holds) accept plain payloads (`accept_plain`).
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ from temporalio.converter import PayloadCodec
 
 ENCODING = b"binary/encrypted"
 KEY_ID_METADATA = "encryption-key-id"
+# What a plain payload decodes to when it is refused: the converter knows no such encoding, so the
+# value never reaches a workflow or activity, and the error names why.
+REFUSED_ENCODING = b"refused/not-encrypted-with-the-payload-key"
 KEY_BYTES = 32  # AES-256
 NONCE_BYTES = 12  # the size GCM is specified for
 
@@ -39,14 +49,16 @@ def key_id(key: bytes) -> str:
 
 
 class EncryptionCodec(PayloadCodec):
-    """Encrypts with `key`; decrypts with `key` or any of `old_keys`."""
+    """Encrypts with `key`; decrypts with `key` or any of `old_keys`; refuses plain payloads
+    unless `accept_plain` (replay of recorded histories, the codec server)."""
 
-    def __init__(self, key: bytes, old_keys: Sequence[bytes] = ()) -> None:
+    def __init__(self, key: bytes, old_keys: Sequence[bytes] = (), accept_plain: bool = False) -> None:
         super().__init__()
         for candidate in (key, *old_keys):
             if len(candidate) != KEY_BYTES:
                 raise ValueError(f"an AES-256 key is {KEY_BYTES} bytes, got {len(candidate)}")
         self.key_id = key_id(key)
+        self.accept_plain = accept_plain
         # AESGCM directly (rather than Fernet): the same format as the Go and TypeScript samples' codecs.
         self._encryptor = AESGCM(key)
         self._decryptors = {key_id(k): AESGCM(k) for k in old_keys} | {self.key_id: self._encryptor}
@@ -66,7 +78,7 @@ class EncryptionCodec(PayloadCodec):
 
     def _decrypt(self, payload: Payload) -> Payload:
         if payload.metadata.get("encoding") != ENCODING:
-            return payload
+            return payload if self.accept_plain else Payload(metadata={"encoding": REFUSED_ENCODING})
         payload_key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace")
         decryptor = self._decryptors.get(payload_key_id)
         if decryptor is None:

@@ -147,8 +147,9 @@ def parse_payload_key(text: str, source: str) -> bytes:
     return key
 
 
-def payload_codec_from_env() -> EncryptionCodec:
+def payload_codec_from_env(accept_plain: bool = False) -> EncryptionCodec:
     """The payload codec every client uses, with its keys from the environment.
+    Plain payloads are refused unless `accept_plain` (replaying recorded histories, the codec server).
 
     The current key: PAYLOAD_KEY, or the file named by PAYLOAD_KEY_FILE, or (neither
     set) DATA_DIR/secrets/payload.key, generated on first use. PAYLOAD_OLD_KEYS,
@@ -174,7 +175,7 @@ def payload_codec_from_env() -> EncryptionCodec:
         for number, text in enumerate(os.environ.get("PAYLOAD_OLD_KEYS", "").split(","), start=1)
         if text.strip()
     ]
-    return EncryptionCodec(key, old_keys)
+    return EncryptionCodec(key, old_keys, accept_plain=accept_plain)
 
 
 def payload_data_converter(codec: EncryptionCodec | None = None):

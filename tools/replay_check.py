@@ -19,7 +19,7 @@ from pathlib import Path
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from core.settings import payload_data_converter
+from core.settings import payload_codec_from_env, payload_data_converter
 from loans.workflow import LoanApplicationWorkflow
 from orders.rewards import RewardsWorkflow
 from orders.shipping import ShippingWorkflow
@@ -27,11 +27,12 @@ from orders.workflow import OrderWorkflow
 
 
 async def replay(paths: list[Path]) -> int:
-    # The app's converter: encrypted histories decrypt with PAYLOAD_KEY; plain ones pass through.
+    # The app's converter: encrypted histories decrypt with PAYLOAD_KEY; plain ones (the recorded
+    # histories in tests/histories) pass through, as they do for no worker.
     # Each history replays on the workflow class of its type; all four run unsandboxed.
     replayer = Replayer(
         workflows=[LoanApplicationWorkflow, OrderWorkflow, ShippingWorkflow, RewardsWorkflow],
-        data_converter=payload_data_converter(),
+        data_converter=payload_data_converter(payload_codec_from_env(accept_plain=True)),
     )
     failed = 0
     for path in paths:

@@ -1,7 +1,9 @@
 """The payload codec, its keys, the codec server, and what the Temporal server gets to see.
 
 - `core/codec.py`: round trip, a wrong or unknown key fails with a clear error,
-  unencrypted payloads pass through, old keys still decrypt;
+  unencrypted payloads are refused (but replay), old keys still decrypt;
+- Temporal is no back door: a plain start, signal or update sent straight to
+  the server (no key) changes nothing;
 - a history written under an old key decodes and replays after rotation
   (time-skipping server);
 - real loan applications on the dev server, through the web app and a
@@ -34,6 +36,7 @@ from flask import Flask, request
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.converter import DataConverter
 from temporalio.worker import Replayer
@@ -43,13 +46,14 @@ import core.settings as config
 from core.codec import (
     ENCODING,
     KEY_ID_METADATA,
+    REFUSED_ENCODING,
     EncryptionCodec,
     PayloadDecryptionError,
     key_id,
 )
 from core.secret_files import read_or_create_secret
 from core.settings import Settings, payload_codec_from_env, payload_data_converter
-from loans.model import LoanApplication
+from loans.model import LoanApplication, LoanRequest
 from loans.workflow import LoanApplicationWorkflow
 from test_workflows import application, start, wait_for_stage
 from tests.fixtures import BIN, WorkerProcess, make_app, wait_until
@@ -121,10 +125,15 @@ async def test_a_wrong_or_unknown_key_fails_clearly():
         EncryptionCodec(b"too short")
 
 
-async def test_unencrypted_payloads_pass_through_decode():
-    """Histories recorded before the codec (histories/*.json) stay readable."""
+async def test_unencrypted_payloads_are_refused_except_for_replay():
+    """A plain payload decodes to one no converter reads (a worker never acts on it); the replay
+    of recorded histories (tests/histories, plain JSON) and the codec server still read them."""
     plain = [plain_payload("ada@example.com")]
-    assert await EncryptionCodec(KEY_A).decode(plain) == plain
+    refused = await EncryptionCodec(KEY_A).decode(plain)
+    assert [p.metadata["encoding"] for p in refused] == [REFUSED_ENCODING] and refused[0].data == b""
+    with pytest.raises(KeyError, match="refused/not-encrypted"):
+        DataConverter.default.payload_converter.from_payloads(refused)
+    assert await EncryptionCodec(KEY_A, accept_plain=True).decode(plain) == plain
 
 
 async def test_old_keys_still_decrypt_and_new_payloads_use_the_current_key():
@@ -160,6 +169,66 @@ async def test_a_history_written_under_an_old_key_decodes_and_replays_after_rota
     without_old_key = Replayer(workflows=[LoanApplicationWorkflow], data_converter=payload_data_converter(EncryptionCodec(KEY_B)))
     with pytest.raises(RuntimeError, match="PayloadDecryptionError"):
         await without_old_key.replay_workflow(history)
+
+
+# --- Temporal is no back door ---------------------------------------------------------------
+
+
+async def history_after(handle, done, what: str, timeout: float = 10.0):
+    """The history once `done(events)` holds (polled with a deadline)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        history = await handle.fetch_history()
+        if done(history.events):
+            return history
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def event_names(events) -> list[str]:
+    return [EventType.Name(event.event_type) for event in events]
+
+
+async def test_plain_signals_and_starts_sent_straight_to_temporal_change_nothing(time_skipping_env, settings):
+    """Without the payload key, `temporal workflow signal/start` with JSON input (what a plain
+    client sends) reaches no workflow code: the signal is dropped, the start never runs a step."""
+    client = time_skipping_env.client
+    plain = with_converter(client, DataConverter.default)
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        async with build_worker(client, settings, executor, "worker-no-back-door", concurrency=4):
+            handle = await start(client, settings, application(loan_amount=100_000.0, annual_income=80_000.0))
+            await wait_for_stage(handle, "persisted")
+            await plain.get_workflow_handle(handle.id).signal("contact_preference", "yes")
+
+            def signal_handled(events) -> bool:
+                names = event_names(events)
+                signalled = (
+                    names.index("EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED")
+                    if "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED" in names
+                    else None
+                )
+                return signalled is not None and "EVENT_TYPE_WORKFLOW_TASK_COMPLETED" in names[signalled:]
+
+            await history_after(handle, signal_handled, "the workflow task after the plain signal")
+            assert (await handle.query(LoanApplicationWorkflow.status)).contact_preference is None
+            # The same answer from a client with the key is taken.
+            await handle.signal(LoanApplicationWorkflow.contact_preference, "yes")
+            deadline = asyncio.get_running_loop().time() + 10
+            while (await handle.query(LoanApplicationWorkflow.status)).contact_preference != "yes":
+                assert asyncio.get_running_loop().time() < deadline, "the encrypted answer was not taken"
+                await asyncio.sleep(0.05)
+
+            request = json.loads(json.dumps(dataclasses.asdict(LoanRequest(application(), 7, "10k-50k"))))
+            forged = await plain.start_workflow(
+                "LoanApplicationWorkflow", request, id=f"loan-forged-{uuid.uuid4().hex}", task_queue=settings.task_queue
+            )
+            history = await history_after(
+                forged, lambda events: "EVENT_TYPE_WORKFLOW_TASK_FAILED" in event_names(events), "the forged start's task to fail"
+            )
+            names = event_names(history.events)
+            assert not any(n in names for n in ("EVENT_TYPE_MARKER_RECORDED", "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED")), names
+            # No step ran: validation, the decision and the record are local activities (markers).
+            await forged.terminate("forged start")
 
 
 # --- what the Temporal server and the logs see -------------------------------------------

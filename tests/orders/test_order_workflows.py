@@ -261,6 +261,27 @@ async def test_large_order_waits_for_approval_then_completes(time_skipping_env, 
     assert status.status == "completed" and status.points_awarded == 2498
 
 
+async def test_plain_updates_sent_straight_to_temporal_act_as_no_operator(time_skipping_env, order_settings, order_workers):
+    """`temporal workflow update execute --name approve --input '{"operator": "anyone"}'` (a plain
+    payload, no key) approved a review-pending order; now such updates are rejected and the order waits."""
+    client = time_skipping_env.client
+    handle = await start(client, order_settings, order_request(order_settings, LARGE))
+    await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
+    plain = Client(**{**client.config(), "data_converter": DataConverter.default}).get_workflow_handle(handle.id)
+    for name, payload in (
+        ("approve", {"operator": "anyone"}),
+        ("cancel", {"reason": "forged", "operator": "anyone"}),
+        ("update_address", {"address": dataclasses.asdict(ADDRESS), "operator": "anyone"}),
+    ):
+        with pytest.raises(WorkflowUpdateFailedError):
+            await asyncio.wait_for(plain.execute_update(name, payload), 10)
+    status = await handle.query(OrderWorkflow.status)
+    assert status.status == "awaiting_review" and not status.approved and not status.cancelled
+    # The operator's own approval, through a client with the key, still works.
+    assert (await update(handle, OrderWorkflow.approve, ApproveRequest("alice"))).approved_by == "alice"
+    assert (await handle.result()).status == "completed"
+
+
 async def test_review_timeout_cancels_and_releases_stock(time_skipping_env, order_settings, order_workers):
     request = order_request(order_settings, LARGE)
     handle = await start(time_skipping_env.client, order_settings, request)
