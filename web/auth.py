@@ -242,9 +242,18 @@ def init_app(app: Flask, settings: Settings) -> None:
     )
     app.before_request(require_operator)
     app.before_request(check_csrf)
+    app.after_request(never_stored)
     app.register_blueprint(auth)
     app.jinja_env.globals["csrf_field"] = csrf_field
     app.context_processor(lambda: {"is_operator": operator_auth().is_operator()})
+
+
+def never_stored(response):
+    """`Cache-Control: no-store` on every answer but the static files: pages and API answers
+    hold applicants' and customers' data, which no browser cache or proxy should keep."""
+    if request.endpoint != "static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 __all__ = ["CSRFError", "PUBLIC_ENDPOINTS", "init_app", "operator_auth"]

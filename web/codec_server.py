@@ -65,12 +65,15 @@ def create_codec_blueprint(codec_provider: Callable[[], PayloadCodec], allowed_o
 
 
 async def _convert(convert: Callable[[Iterable[Payload]], Awaitable[list[Payload]]]):
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        return _bad_request("The JSON is nested too deeply.")
     if not isinstance(body, dict) or not isinstance(body.get("payloads"), list):
         return _bad_request('Send a JSON object {"payloads": [...]}, payloads in protobuf JSON.')
     try:
         payloads = json_format.ParseDict(body, Payloads())
-    except json_format.ParseError as err:
+    except (json_format.ParseError, RecursionError) as err:
         return _bad_request(f"Not Temporal payloads in protobuf JSON: {err}")
     try:
         converted = await convert(payloads.payloads)

@@ -525,6 +525,10 @@ def test_codec_endpoints_answer_bad_input_with_clear_4xx():
     unreadable = web.post("/codec/decode", json=as_json(other_key))
     assert unreadable.status_code == 422 and key_id(KEY_B) in unreadable.json["error"]
     assert web.get("/codec/decode").status_code == 405
+    # 3,000-deep JSON, around the payloads and inside one: 400, never a 500.
+    for deep in ("[" * 3000 + "]" * 3000, '{"payloads": [' + '{"data": ' * 3000 + "1" + "}" * 3000 + "]}"):
+        nested = web.post("/codec/decode", data=deep, content_type="application/json")
+        assert nested.status_code == 400 and "payloads" in nested.json["fields"], nested.data[:200]
 
 
 def test_cors_allows_the_temporal_ui_origin_with_credentials_and_no_other():

@@ -238,6 +238,12 @@ def test_every_response_carries_the_security_headers(app, settings):
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["Referrer-Policy"] == "same-origin"
         assert response.headers["X-Frame-Options"] == "DENY"
+        # Personal data is in pages and answers: no cache keeps them; the static files may be cached.
+        stored = response.headers.get("Cache-Control")
+        if response.request.path.startswith("/static/"):
+            assert stored != "no-store"
+        else:
+            assert stored == "no-store", response.request.path
 
 
 def test_pages_have_no_inline_script_and_no_external_resources(app, settings):
