@@ -84,12 +84,16 @@ def operator_token_path(settings: Settings):
     return settings.data_dir / "secrets" / "operator.token"
 
 
+TOKEN_IN_DATA_FOLDER = "secrets/operator.token"
+
+
 def signin_hint(settings: Settings) -> str:
-    """Where the operator finds the token: printed by `make run` (never the token itself)."""
+    """Where the operator finds the token, as the sign-in page tells anyone: never the token, nor
+    the data folder's absolute path (`make run` prints the whole command to its operator)."""
     if settings.operator_token:
         return "the OPERATOR_TOKEN you set"
     load_operator_token(settings)
-    return f"cat {operator_token_path(settings)}"
+    return TOKEN_IN_DATA_FOLDER
 
 
 def load_operator_token(settings: Settings) -> str:

@@ -147,12 +147,15 @@ def test_sign_in_sets_a_strict_session_cookie_and_sign_out_ends_it(app, settings
     assert client.get("/orders").status_code == 303
 
 
-def test_the_sign_in_page_says_where_this_deployment_keeps_the_token(order_stack, monkeypatch, tmp_path):
+def test_the_sign_in_page_says_where_the_token_is_without_the_data_folders_path(order_stack, monkeypatch, tmp_path):
+    """Anyone can read the sign-in page: it names the file in the data folder, never the folder's
+    absolute path (which `make run` prints to its operator)."""
     settings, address = order_stack
     generated = make_app(replace(settings, operator_token=None, data_dir=tmp_path / "elsewhere"), address, monkeypatch)
     page = generated.test_client().get("/signin").get_data(as_text=True)
-    assert f"cat {tmp_path / 'elsewhere' / 'secrets' / 'operator.token'}" in page  # DATA_DIR, not ./data
-    assert "cat data/secrets" not in page
+    assert (tmp_path / "elsewhere" / "secrets" / "operator.token").exists()
+    assert "<code>secrets/operator.token</code>" in page and "make run" in page
+    assert str(tmp_path) not in page and "cat " not in page
     given = make_app(settings, address, monkeypatch).test_client().get("/signin").get_data(as_text=True)
     assert "OPERATOR_TOKEN" in given and "cat " not in given
     # The token field is styled like the other text fields.
