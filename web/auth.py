@@ -88,8 +88,16 @@ TOKEN_IN_DATA_FOLDER = "secrets/operator.token"
 
 
 def signin_hint(settings: Settings) -> str:
-    """Where the operator finds the token, as the sign-in page tells anyone: never the token, nor
-    the data folder's absolute path (`make run` prints the whole command to its operator)."""
+    """Where the operator finds the token, for the operator's console (`make run`'s ready line):
+    the whole command, never the token itself."""
+    if settings.operator_token:
+        return "the OPERATOR_TOKEN you set"
+    load_operator_token(settings)
+    return f"cat {operator_token_path(settings)}"
+
+
+def public_signin_hint(settings: Settings) -> str:
+    """The same, as the sign-in page tells anyone: the file inside the data folder, not its absolute path."""
     if settings.operator_token:
         return "the OPERATOR_TOKEN you set"
     load_operator_token(settings)
@@ -222,7 +230,7 @@ def csrf_field() -> Markup:
 def init_app(app: Flask, settings: Settings) -> None:
     """Sign-in routes, the operator check, CSRF and security headers for every request."""
     app.extensions["operator_auth"] = OperatorAuth(load_operator_token(settings))
-    app.extensions["signin_hint"] = signin_hint(settings)
+    app.extensions["signin_hint"] = public_signin_hint(settings)
     # Sessions are signed with a key derived from the deployment's secret, apart
     # from the one that makes workflow IDs.
     app.secret_key = hmac.new(settings.secret_key.encode(), b"flask-session", hashlib.sha256).hexdigest()
