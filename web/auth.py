@@ -80,11 +80,12 @@ auth = Blueprint("auth", __name__)
 csrf = CSRFProtect()
 
 
+# Where a generated token is kept, inside the data folder; the sign-in page names only this.
+TOKEN_FILE = "secrets/operator.token"
+
+
 def operator_token_path(settings: Settings):
-    return settings.data_dir / "secrets" / "operator.token"
-
-
-TOKEN_IN_DATA_FOLDER = "secrets/operator.token"
+    return settings.data_dir / TOKEN_FILE
 
 
 def signin_hint(settings: Settings) -> str:
@@ -94,14 +95,6 @@ def signin_hint(settings: Settings) -> str:
         return "the OPERATOR_TOKEN you set"
     load_operator_token(settings)
     return f"cat {operator_token_path(settings)}"
-
-
-def public_signin_hint(settings: Settings) -> str:
-    """The same, as the sign-in page tells anyone: the file inside the data folder, not its absolute path."""
-    if settings.operator_token:
-        return "the OPERATOR_TOKEN you set"
-    load_operator_token(settings)
-    return TOKEN_IN_DATA_FOLDER
 
 
 def load_operator_token(settings: Settings) -> str:
@@ -193,7 +186,7 @@ def local_path(target: str | None) -> str:
 
 def signin_page(target: str, error: str | None):
     # Where this deployment keeps the token (its DATA_DIR, or the OPERATOR_TOKEN it was given).
-    return render_template("auth/signin.html", next=target, error=error, token_hint=current_app.extensions["signin_hint"])
+    return render_template("auth/signin.html", next=target, error=error, token_file=current_app.extensions["token_file"])
 
 
 @auth.get("/signin")
@@ -230,7 +223,8 @@ def csrf_field() -> Markup:
 def init_app(app: Flask, settings: Settings) -> None:
     """Sign-in routes, the operator check, CSRF and security headers for every request."""
     app.extensions["operator_auth"] = OperatorAuth(load_operator_token(settings))
-    app.extensions["signin_hint"] = public_signin_hint(settings)
+    # The sign-in page, which anyone reads, names the token's file inside the data folder, not its path.
+    app.extensions["token_file"] = None if settings.operator_token else TOKEN_FILE
     # Sessions are signed with a key derived from the deployment's secret, apart
     # from the one that makes workflow IDs.
     app.secret_key = hmac.new(settings.secret_key.encode(), b"flask-session", hashlib.sha256).hexdigest()

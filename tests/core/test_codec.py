@@ -175,18 +175,18 @@ async def test_a_history_written_under_an_old_key_decodes_and_replays_after_rota
 
 
 async def history_after(handle, done, what: str, timeout: float = 10.0):
-    """The history once `done(events)` holds (polled with a deadline)."""
+    """The history once `done(event names)` holds (polled with a deadline)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         history = await handle.fetch_history()
-        if done(history.events):
+        if done([EventType.Name(event.event_type) for event in history.events]):
             return history
         assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)
 
 
-def event_names(events) -> list[str]:
-    return [EventType.Name(event.event_type) for event in events]
+async def contact_preference_of(handle) -> str | None:
+    return (await handle.query(LoanApplicationWorkflow.status)).contact_preference
 
 
 async def test_plain_signals_and_starts_sent_straight_to_temporal_change_nothing(time_skipping_env, settings):
@@ -200,32 +200,29 @@ async def test_plain_signals_and_starts_sent_straight_to_temporal_change_nothing
             await wait_for_stage(handle, "persisted")
             await plain.get_workflow_handle(handle.id).signal("contact_preference", "yes")
 
-            def signal_handled(events) -> bool:
-                names = event_names(events)
-                signalled = (
-                    names.index("EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED")
-                    if "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED" in names
-                    else None
-                )
-                return signalled is not None and "EVENT_TYPE_WORKFLOW_TASK_COMPLETED" in names[signalled:]
+            def task_after_the_signal(names: list[str]) -> bool:
+                signalled = "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED"
+                return signalled in names and "EVENT_TYPE_WORKFLOW_TASK_COMPLETED" in names[names.index(signalled) :]
 
-            await history_after(handle, signal_handled, "the workflow task after the plain signal")
-            assert (await handle.query(LoanApplicationWorkflow.status)).contact_preference is None
+            await history_after(handle, task_after_the_signal, "the workflow task after the plain signal")
+            assert await contact_preference_of(handle) is None
             # The same answer from a client with the key is taken.
             await handle.signal(LoanApplicationWorkflow.contact_preference, "yes")
             deadline = asyncio.get_running_loop().time() + 10
-            while (await handle.query(LoanApplicationWorkflow.status)).contact_preference != "yes":
+            while await contact_preference_of(handle) != "yes":
                 assert asyncio.get_running_loop().time() < deadline, "the encrypted answer was not taken"
                 await asyncio.sleep(0.05)
 
-            request = json.loads(json.dumps(dataclasses.asdict(LoanRequest(application(), 7, "10k-50k"))))
             forged = await plain.start_workflow(
-                "LoanApplicationWorkflow", request, id=f"loan-forged-{uuid.uuid4().hex}", task_queue=settings.task_queue
+                "LoanApplicationWorkflow",
+                dataclasses.asdict(LoanRequest(application(), 7, "10k-50k")),
+                id=f"loan-forged-{uuid.uuid4().hex}",
+                task_queue=settings.task_queue,
             )
             history = await history_after(
-                forged, lambda events: "EVENT_TYPE_WORKFLOW_TASK_FAILED" in event_names(events), "the forged start's task to fail"
+                forged, lambda names: "EVENT_TYPE_WORKFLOW_TASK_FAILED" in names, "the forged start's task to fail"
             )
-            names = event_names(history.events)
+            names = [EventType.Name(event.event_type) for event in history.events]
             assert not any(n in names for n in ("EVENT_TYPE_MARKER_RECORDED", "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED")), names
             # No step ran: validation, the decision and the record are local activities (markers).
             await forged.terminate("forged start")
