@@ -71,11 +71,14 @@ def build_activities(settings: Settings, client: Client | None, identity: str, s
     rules = load_rules(settings.rules_file)
     messages = load_messages(settings.messages_file)
     mailer = Mailer(SmtpSettings.from_settings(settings), settings.mail_from)
+    order_emails = OrderEmailActivities(store, mailer)
     return Activities(
         loans=LoanActivities(store=store, rules=rules, messages=messages, identity=identity),
         loan_emails=LoanEmailActivities(store, mailer, settings.public_url),
-        orders=OrderActivities(store, rules, messages.orders, client=client, rewards_task_queue=settings.order_task_queue),
-        order_emails=OrderEmailActivities(store, mailer),
+        orders=OrderActivities(
+            store, rules, messages.orders, client=client, rewards_task_queue=settings.order_task_queue, emails=order_emails
+        ),
+        order_emails=order_emails,
         shipping=ShippingActivities(store, rules, messages.orders),
         rewards=RewardsActivities(store),
     )

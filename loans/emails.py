@@ -11,7 +11,7 @@ from email.utils import format_datetime
 from email_validator import EmailNotValidError, validate_email
 from temporalio import activity
 
-from core.mail import Mailer, _fix_boundary, message_id, parse_mailbox
+from core.mail import Mailer, _fix_boundary, message_id, new_message, parse_mailbox
 from core.store import Store
 from loans.model import APPLICATIONS, SEND_DECISION_EMAIL, DecisionEmail, LoanOutcome, record_key
 
@@ -24,7 +24,7 @@ def decision_email(outcome: LoanOutcome, public_url: str, mail_from: str, date: 
     link = f"{public_url.rstrip('/')}/applications/{outcome.workflow_id}"
     # Decided before the email had its own wording: the page's texts, as such emails always were.
     text = outcome.email_text or DecisionEmail(outcome.message.message, "", outcome.message.next_steps)
-    message = EmailMessage()
+    message = new_message()
     message["Subject"] = outcome.message.title
     message["From"] = parse_mailbox(mail_from)
     # The address is checked as one addr-spec (no second recipient hidden in it), and

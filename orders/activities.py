@@ -22,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 from core.formatting import format_amount, sort_key_for
 from core.rules import Rules
 from core.store import Store
+from orders.emails import OrderEmailActivities
 from orders.model import (
     FAILURE_STEPS,
     INJECTED_FAILURE,
@@ -38,20 +39,18 @@ from orders.model import (
     SHIPMENTS,
     SHIPPING_FAILED,
     STOCK,
-    AwardPoints,
     AwardRequest,
     ChargeRequest,
     ChargeResult,
     DispatchResult,
     InventoryRequest,
     NotificationRequest,
+    OrderEmailRequest,
+    OrderEmailState,
     OrderEvent,
     Payment,
     PricedLine,
     ProgressRecord,
-    RewardsInput,
-    RewardsState,
-    RewardTierRule,
     ShipmentStepRequest,
     StepRequest,
     StepResult,
@@ -61,6 +60,7 @@ from orders.model import (
     payment_key,
     rewards_workflow_id,
 )
+from orders.rewards_model import AwardPoints, RewardsInput, RewardsState, RewardTierRule
 
 # --- orders ------------------------------------------------------------------
 
@@ -173,11 +173,24 @@ class _OrderStepActivities:
 class OrderActivities(_OrderStepActivities):
     """The order steps: validation, inventory, payment, projections, notifications, rewards."""
 
-    def __init__(self, store: Store, rules: Rules, texts: dict[str, str], client=None, rewards_task_queue: str = ""):
+    def __init__(
+        self,
+        store: Store,
+        rules: Rules,
+        texts: dict[str, str],
+        client=None,
+        rewards_task_queue: str = "",
+        emails: OrderEmailActivities | None = None,
+    ):
         super().__init__(store, rules, texts)
         # The Temporal client, for signal-with-start of the customer's rewards workflow.
         self.client = client
         self.rewards_task_queue = rewards_task_queue
+        # Sends the emails a step carries (v10); without it, each goes by its own activity.
+        self.emails = emails
+
+    def _send_carried(self, email: OrderEmailRequest | None) -> OrderEmailState | None:
+        return self.emails.send_carried(email) if email is not None and self.emails is not None else None
 
     @activity.defn
     def record_progress(self, record: ProgressRecord) -> None:
@@ -187,6 +200,7 @@ class OrderActivities(_OrderStepActivities):
     @activity.defn
     def validate_order(self, request: ValidateOrderRequest) -> ValidatedOrder:
         self._write_carried_record(request.step)
+        email = self._send_carried(request.email)  # the "received" email goes whatever the validation finds
         catalog = self.rules.orders
         problems = []
         lines = []
@@ -210,7 +224,7 @@ class OrderActivities(_OrderStepActivities):
             )
         if problems:
             raise ApplicationError("; ".join(problems), type=INVALID_ORDER, non_retryable=True)
-        return ValidatedOrder(lines, total, activity.info().attempt)
+        return ValidatedOrder(lines, total, activity.info().attempt, email)
 
     @activity.defn
     def reserve_inventory(self, request: InventoryRequest) -> StepResult:
@@ -367,8 +381,10 @@ class OrderActivities(_OrderStepActivities):
         write_notice(self.store, request)
 
     @activity.defn
-    async def award_rewards(self, request: AwardRequest) -> None:
-        """Signal-with-start the customer's rewards workflow; it counts each order once."""
+    async def award_rewards(self, request: AwardRequest) -> OrderEmailState | None:
+        """Signal-with-start the customer's rewards workflow; it counts each order once. Then (v10)
+        send the email the request carries and write the completed order's record, saying how the
+        email went; returns that (None: not sent, or no email)."""
         saved = await asyncio.to_thread(self.store.get, REWARDS, request.customer_id)
         state = RewardsState(**{**saved, "closed": False}) if saved else RewardsState(request.customer_id)
         rewards = self.rules.orders.rewards
@@ -380,6 +396,14 @@ class OrderActivities(_OrderStepActivities):
             start_signal="award",
             start_signal_args=[AwardPoints(request.order_id, request.points)],
         )
+        email = await asyncio.to_thread(self._send_carried, request.email)
+        record = request.record
+        if record is not None:
+            if email is not None and request.email is not None:
+                emails = {**record.status.emails, request.email.kind: email}
+                record = dataclasses.replace(record, status=dataclasses.replace(record.status, emails=emails))
+            await asyncio.to_thread(write_progress, self.store, record)
+        return email
 
 
 class ShippingActivities(_OrderStepActivities):

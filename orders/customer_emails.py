@@ -29,8 +29,25 @@ class CustomerEmails:
 
     def start(self, kind: str, after: str = "", **values: Any) -> None:
         """Start the `kind` email (once per order). `after` is a paragraph added to the text (the refund)."""
-        if self.address is None or kind in self._status.emails:
+        request = self.prepare(kind, after, **values)
+        if request is not None:
+            self._sending.append(asyncio.ensure_future(self._send(request)))
+
+    def carried(self, request: OrderEmailRequest, outcome: OrderEmailState | None) -> None:
+        """How the step that carried `request` sent it (v10). None (not sent yet, or the step did not
+        complete): the email's own activity sends it, and finds it sent if the step did after all."""
+        if outcome is None:
+            self._sending.append(asyncio.ensure_future(self._send(request)))
             return
+        if outcome.status == "refused":
+            self._timeline.event("failure", f"Email to the customer ({request.kind}) refused: {outcome.reason}")
+        self._set_state(request.kind, outcome)
+
+    def prepare(self, kind: str, after: str = "", **values: Any) -> OrderEmailRequest | None:
+        """The `kind` email's request, its state set to sending; None if the order sends no such email
+        (no address, sent already, or no usable text: recorded)."""
+        if self.address is None or kind in self._status.emails:
+            return None
         subject = self._order.texts.get(f"email_{kind}_subject")
         text = self._order.texts.get(f"email_{kind}")
         values["order_id"] = self._order.order_id
@@ -43,6 +60,7 @@ class CustomerEmails:
                 self.address,
                 subject.format(**values),
                 text.format(**values) + (f"\n\n{after}" if after else ""),
+                workflow.now().isoformat(),
             )
         except (AttributeError, KeyError, IndexError, ValueError) as err:
             # The texts are the order's own (copied when placed): one missing or malformed
@@ -50,9 +68,9 @@ class CustomerEmails:
             self._set_state(
                 kind, OrderEmailState("failed", f"no usable text for the {kind} email ({err!r})", workflow.now().isoformat())
             )
-            return
+            return None
         self._set_state(kind, OrderEmailState("sending", at=workflow.now().isoformat()))
-        self._sending.append(asyncio.ensure_future(self._send(request)))
+        return request
 
     async def finished(self) -> None:
         """Wait for the emails still being sent (each records how it went)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from datetime import datetime, timezone
 from email.headerregistry import Address
@@ -10,10 +11,14 @@ from email.utils import format_datetime
 
 from email_validator import EmailNotValidError, validate_email
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
-from core.mail import Mailer, _fix_boundary, message_id, parse_mailbox
+from core.email_policy import EMAIL_REFUSED
+from core.mail import Mailer, _fix_boundary, message_id, new_message, parse_mailbox
 from core.store import Store
-from orders.model import ORDER_EMAILS, SEND_ORDER_EMAIL, OrderEmailRequest, order_workflow_id
+from orders.model import ORDER_EMAILS, SEND_ORDER_EMAIL, OrderEmailRequest, OrderEmailState, order_workflow_id
+
+CARRIED_SMTP_TIMEOUT = 5.0  # seconds
 
 
 def order_email(request: OrderEmailRequest, mail_from: str, date: datetime) -> EmailMessage:
@@ -23,7 +28,7 @@ def order_email(request: OrderEmailRequest, mail_from: str, date: datetime) -> E
     Raises ValueError for a subject or an address that could add a header
     (CR/LF) or a recipient; the body may hold any order field (it is no header).
     """
-    message = EmailMessage()
+    message = new_message()
     message["Subject"] = request.subject  # the policy refuses CR/LF in a header value
     message["From"] = parse_mailbox(mail_from)
     recipient = validate_email(request.to, check_deliverability=False)
@@ -43,20 +48,50 @@ class OrderEmailActivities:
     def __init__(self, store: Store, mailer: Mailer):
         self.store = store
         self.mailer = mailer
+        # A step that carries an email (v10) waits for the mail server this long at most per
+        # exchange; then the email's own activity retries it, and the step goes on.
+        smtp = mailer.smtp
+        quick = dataclasses.replace(smtp, timeout=min(smtp.timeout, CARRIED_SMTP_TIMEOUT)) if smtp else None
+        self.carried_mailer = Mailer(quick, mailer.mail_from)
 
     @activity.defn(name=SEND_ORDER_EMAIL)
     def send_order_email(self, request: OrderEmailRequest) -> str:
         """Send one of an order's emails once; returns its status ("sent", "refused", "not_configured")."""
-        key = f"{request.order_id}.{request.kind}"
-        previous = (self.store.get(ORDER_EMAILS, key) or {}).get("status")
-        if previous in ("sent", "refused"):
-            return previous  # a retry after success (or a final refusal) sends nothing
+        return self._send_once(request, self.mailer)
 
-        def record(email: dict) -> None:
-            self.store.put(ORDER_EMAILS, key, {"order_id": request.order_id, "kind": request.kind, **email})
-
+    def send_carried(self, request: OrderEmailRequest) -> OrderEmailState | None:
+        """Send one of an order's emails from the activity of the step that carries it: how it went, or
+        None when it is not sent yet (the mail server down or slow: the email's own activity retries it)."""
         try:
-            message = order_email(request, self.mailer.mail_from, activity.info().scheduled_time)
-        except (ValueError, EmailNotValidError) as err:
-            return self.mailer.unaddressable(err, record)
-        return self.mailer.deliver(message, request.to, record)
+            status = self._send_once(request, self.carried_mailer)
+        except ApplicationError as err:
+            if err.type != EMAIL_REFUSED:
+                return None
+            reason = str(err.details[0]) if err.details else err.message
+            return OrderEmailState("refused", reason, _now())
+        except Exception:  # noqa: BLE001 - whatever it was, the email's own activity retries it and says why
+            return None
+        return OrderEmailState(status, at=_now())
+
+    def _send_once(self, request: OrderEmailRequest, mailer: Mailer) -> str:
+        key = f"{request.order_id}.{request.kind}"
+        # Held while sending: a step's attempt that carries the email and the email's own
+        # activity may run at once (the step abandoned by a cancel); the second finds it sent.
+        with self.store.locked(ORDER_EMAILS, key):
+            previous = (self.store.get(ORDER_EMAILS, key) or {}).get("status")
+            if previous in ("sent", "refused"):
+                return previous  # a retry after success (or a final refusal) sends nothing
+
+            def record(email: dict) -> None:
+                self.store.write_locked(ORDER_EMAILS, key, {"order_id": request.order_id, "kind": request.kind, **email})
+
+            asked = datetime.fromisoformat(request.requested_at) if request.requested_at else activity.info().scheduled_time
+            try:
+                message = order_email(request, mailer.mail_from, asked)
+            except (ValueError, EmailNotValidError) as err:
+                return mailer.unaddressable(err, record)
+            return mailer.deliver(message, request.to, record)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()

@@ -146,8 +146,11 @@ class OrderMessages:
         self._shipment.news = True
 
     @workflow.signal(name=READY_SIGNAL)
-    def shipment_ready(self) -> None:
-        """The package is at the carrier's pickup: the shipment waits for dispatch or stop."""
+    def shipment_ready(self, progress: ShipmentProgress | None = None) -> None:
+        """The package is at the carrier's pickup: the shipment waits for dispatch or stop.
+        With no wait before the pickup, the "prepared" progress comes with it (v10 orders)."""
+        if progress is not None:
+            self.shipment_progress(progress)
         self._shipment.ready = True
 
     @workflow.query

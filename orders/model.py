@@ -164,6 +164,7 @@ class ValidatedOrder:
     lines: list[PricedLine]
     total: float
     attempt: int = 1
+    email: "OrderEmailState | None" = None  # how the email the step carried went (None: not sent)
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,7 @@ class ValidateOrderRequest:
     step: StepRequest
     lines: list[OrderLine]
     address: Address
+    email: "OrderEmailRequest | None" = None  # sent before validating (v10: the "received" email)
 
 
 @dataclass(frozen=True)
@@ -333,6 +335,8 @@ class OrderEmailRequest:
     to: str
     subject: str
     text: str
+    # When the workflow asked for it (the Date header): the same whichever activity sends it.
+    requested_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -340,6 +344,10 @@ class AwardRequest:
     customer_id: str
     order_id: str
     points: int
+    # v10: the completed order's record, written once the points are awarded, and its
+    # "delivered" email, sent then (the record says how it went).
+    record: ProgressRecord | None = None
+    email: OrderEmailRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -377,6 +385,9 @@ class ShippingRequest:
     order_releases_dispatch: bool = False
     # False for v9 orders: the result tells the delivery (Shipment.delivered_attempt).
     report_delivered: bool = True
+    # True for v10 orders: with no wait for the carrier's pickup, `shipment_ready` carries the
+    # "prepared" progress (one signal instead of two).
+    ready_carries_progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -411,39 +422,3 @@ class DispatchResult:
     carrier: str
     tracking_number: str
     attempt: int
-
-
-# --- rewards (one long-running workflow per customer) ------------------------
-
-
-@dataclass(frozen=True)
-class RewardTierRule:
-    name: str
-    min_points: int
-
-
-@dataclass
-class RewardsState:
-    customer_id: str
-    points: int = 0
-    tier: str = "basic"
-    orders: int = 0
-    # Recent awarded order IDs, so a repeated award signal counts once (bounded).
-    recent_order_ids: list[str] = field(default_factory=list)
-    closed: bool = False
-    updated_at: str | None = None
-
-
-@dataclass(frozen=True)
-class AwardPoints:
-    order_id: str
-    points: int
-
-
-@dataclass(frozen=True)
-class RewardsInput:
-    state: RewardsState
-    tiers: list[RewardTierRule]
-    max_history_events: int
-    # Awards received but not yet applied when the previous run continued as new.
-    pending: list[AwardPoints] = field(default_factory=list)

@@ -8,7 +8,7 @@ from orders.policies import BOOKKEEPING_TIMEOUT, MUST_FINISH_RETRY
 
 with workflow.unsafe.imports_passed_through():
     from orders.activities import RewardsActivities
-    from orders.model import (
+    from orders.rewards_model import (
         AwardPoints,
         RewardsInput,
         RewardsState,

@@ -82,19 +82,24 @@ class ShippingWorkflow:
         if not prepare.done():
             return None
         prepared = prepare.result()
-        await self._report(ShipmentProgress("prepared", prepared.attempt, workflow.now().isoformat()))
+        prepared_at = ShipmentProgress("prepared", prepared.attempt, workflow.now().isoformat())
+        pickup_wait = self._request.timing.prepare_seconds
+        progress: ShipmentProgress | None = prepared_at
+        if pickup_wait > 0 or not self._request.ready_carries_progress:
+            await self._report(prepared_at)  # the order shows "prepared" while the parcel waits
+            progress = None
         # Until the carrier collects the parcel, the order can still change or be cancelled.
         try:
             await workflow.wait_condition(
                 lambda: self._stop_requested,
-                timeout=timedelta(seconds=self._request.timing.prepare_seconds),
+                timeout=timedelta(seconds=pickup_wait),
                 timeout_summary="Awaiting carrier pickup",
             )
         except asyncio.TimeoutError:
             pass
         if self._stop_requested:
             return None
-        await self._report_ready()
+        await self._report_ready(progress)
         await workflow.wait_condition(lambda: self._permit is not None or self._stop_requested)
         return self._permit
 
@@ -156,9 +161,10 @@ class ShippingWorkflow:
         parent = workflow.get_external_workflow_handle(self._request.parent_workflow_id)
         await parent.signal(PROGRESS_SIGNAL, progress)
 
-    async def _report_ready(self) -> None:
+    async def _report_ready(self, progress: ShipmentProgress | None) -> None:
+        """At the pickup; with no wait before it, the same signal carries the "prepared" progress (v10 orders)."""
         parent = workflow.get_external_workflow_handle(self._request.parent_workflow_id)
-        await parent.signal(READY_SIGNAL)
+        await parent.signal(READY_SIGNAL, *([progress] if progress is not None else []))
 
     @workflow.signal
     def dispatch(self, permit: DispatchPermit) -> None:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from temporalio import workflow
 
@@ -39,6 +40,7 @@ class Timeline:
         self._lock = asyncio.Lock()
         self.lean = False  # set by the order when it starts: v9 bookkeeping
         self._moving = 0  # steps in flight after which the order records (see `moving`)
+        self.stale = False  # news left to the next record (`record_news` during a step) since the last one
 
     def event(self, kind: str, message: str) -> None:
         self._count += 1
@@ -76,6 +78,8 @@ class Timeline:
         that follows the step in flight, if one is (see `moving`), and records it now otherwise."""
         if not self.lean or self._moving == 0:
             await self.record()
+        else:
+            self.stale = True
 
     @contextlib.contextmanager
     def moving(self) -> Iterator[None]:
@@ -87,9 +91,16 @@ class Timeline:
         finally:
             self._moving -= 1
 
-    def carry(self) -> ProgressRecord | None:
-        """The record for the step about to start to write (v9), or None (v8)."""
-        return self._take() if self.lean else None
+    @property
+    def pending(self) -> bool:
+        """Anything not recorded yet: events, notices, or news left to the next record."""
+        return self.stale or bool(self._new_events) or bool(self._notices)
+
+    def carry(self, **after: Any) -> ProgressRecord | None:
+        """The record for the step about to start to write (v9), or None (v8). `after`: fields of
+        the status that the record shows and the order takes on only once the step has done its
+        work (v10's award of points, which writes its record after the award)."""
+        return self._take(**after) if self.lean else None
 
     def not_carried(self, record: ProgressRecord | None) -> None:
         """The step that carried `record` did not complete, so its activity may never have written
@@ -98,10 +109,11 @@ class Timeline:
             self._new_events[:0] = record.events
             self._notices[:0] = record.notices
 
-    def _take(self) -> ProgressRecord:
+    def _take(self, **after: Any) -> ProgressRecord:
         events, self._new_events = self._new_events, []
         notices, self._notices = self._notices, []
+        self.stale = False
         self._status.updated_at = workflow.now().isoformat()
         self._status.actions = self._actions()
         self._status.revision += 1
-        return ProgressRecord(dataclasses.replace(self._status), events, notices)
+        return ProgressRecord(dataclasses.replace(self._status, **after), events, notices)

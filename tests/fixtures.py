@@ -41,7 +41,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 
-from core.codec import EncryptionCodec
+from core.codec import ENCODING, EncryptionCodec
 from core.settings import Settings, payload_codec_from_env, payload_data_converter
 from loans.model import SEARCH_ATTRIBUTES
 from starter import create_app
@@ -498,7 +498,9 @@ async def plain_history_json(history: WorkflowHistory, codec) -> str:
                 items = list(value) if field.is_repeated else [value]
             for item in items:
                 if isinstance(item, Payload):
-                    item.CopyFrom((await codec.decode([item]))[0])
+                    # Only encrypted ones: what the SDK writes itself (a patch marker's details) is plain.
+                    if item.metadata.get("encoding") == ENCODING:
+                        item.CopyFrom((await codec.decode([item]))[0])
                 else:
                     await decrypt(item)
 

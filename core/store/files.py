@@ -152,7 +152,8 @@ class JsonStore:
 
     def put(self, collection: str, key: str, document: dict[str, Any], sort_key: str | None = None) -> None:
         """Create or replace a document (idempotent)."""
-        self.update(collection, key, lambda _existing: document, sort_key)
+        with self._lock(collection, key):  # as `update`, without reading the document it replaces
+            self.write_locked(collection, key, document, sort_key)
 
     def update(
         self,

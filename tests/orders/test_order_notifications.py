@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from email import message_from_bytes, policy
 from email.utils import parsedate_to_datetime
 
@@ -397,6 +399,29 @@ def test_a_retry_after_success_sends_nothing(tmp_path):
         assert len(sink.handler.received) == 1
         assert sink.handler.received[0].strip() == "<order-abc123def456.received@shop.test>"
         assert store.get(ORDER_EMAILS, "abc123def456.received")["status"] == "sent"
+    finally:
+        sink.controller.stop()
+
+
+def test_an_email_carried_by_a_step_and_its_own_activity_at_once_goes_once(tmp_path):
+    """Version 10: a step's attempt that carries an email may still run when the email's own activity
+    starts (the step abandoned by a cancel). Eight senders at once, half of each kind: one message."""
+    sink = Sink(tmp_path)
+    try:
+        emails = OrderEmailActivities(JsonStore(tmp_path / "data"), Mailer(SmtpSettings.from_url(sink.url), MAIL_FROM))
+        request = dataclasses.replace(email_request(), requested_at="2026-01-01T00:00:00+00:00")
+        start = threading.Barrier(8)
+
+        def send(carried: bool):
+            start.wait()
+            if carried:
+                return emails.send_carried(request).status
+            return ActivityEnvironment().run(emails.send_order_email, request)
+
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(send, [True, False] * 4))
+        assert outcomes == ["sent"] * 8
+        assert len(sink.handler.received) == 1
     finally:
         sink.controller.stop()
 

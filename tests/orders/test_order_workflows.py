@@ -46,21 +46,18 @@ from orders.model import (
     Address,
     AddressChange,
     ApproveRequest,
-    AwardPoints,
     CancelRequest,
     FailureInjection,
     OrderLine,
     OrderPolicy,
     OrderRequest,
     OrderStatus,
-    RewardsInput,
-    RewardsState,
-    RewardTierRule,
     ShippingTiming,
     order_workflow_id,
     rewards_workflow_id,
 )
 from orders.rewards import RewardsWorkflow
+from orders.rewards_model import AwardPoints, RewardsInput, RewardsState, RewardTierRule
 from orders.shipping import ShippingWorkflow
 from orders.workflow import OrderWorkflow
 from tests.fixtures import plain_history_json
@@ -220,6 +217,46 @@ async def test_lean_bookkeeping_writes_fewer_records_and_loses_nothing(time_skip
     ]
     for kind in ("received", "completed"):
         assert store(order_settings).get(NOTIFICATIONS, f"{request.order_id}-{kind}") is not None
+
+
+async def test_version_10_runs_fewer_tasks_and_loses_nothing(time_skipping_env, order_settings, order_workers, tmp_path):
+    """Version 10: validation sends the "received" email, the award of points sends "delivered" and
+    writes the completed record, and a shipment with no wait for the pickup tells "prepared" with
+    its "ready" signal. Each email still goes once, the record is the final state, every event is kept."""
+    from test_workflows import activity_attempts
+
+    request = dataclasses.replace(order_request(order_settings, SMALL), customer_email="ada@example.com")
+    request = dataclasses.replace(request, shipping=ShippingTiming(0, 0, 0))
+    handle = await start(time_skipping_env.client, order_settings, request)
+    status: OrderStatus = await handle.result()
+    assert status.status == "completed" and status.attempts["prepared"] == 1
+
+    history = await handle.fetch_history()
+    names = [name for name, _ in activity_attempts(history)]
+    assert names.count("send_order_email") == 1, names  # "shipped" only: the other two rode with steps
+    shipping = await time_skipping_env.client.get_workflow_handle(f"{handle.id}-shipping").fetch_history()
+    signals = [
+        e.signal_external_workflow_execution_initiated_event_attributes.signal_name
+        for e in shipping.events
+        if e.HasField("signal_external_workflow_execution_initiated_event_attributes")
+    ]
+    assert signals == ["shipment_ready", "shipment_progress"], signals  # ready (with "prepared"), dispatched
+    saved = store(order_settings).get(ORDERS, request.order_id)
+    assert saved == json.loads(json.dumps(dataclasses.asdict(status)))
+    assert {kind: state["status"] for kind, state in saved["emails"].items()} == dict.fromkeys(
+        ("received", "shipped", "delivered"), "not_configured"
+    )
+    messages = [e["message"] for e in order_events(store(order_settings), request.order_id)]
+    for expected in ("Order received", "Validated", "Shipment prepared", "Released to the carrier", "Order completed"):
+        assert any(m.startswith(expected) for m in messages), (expected, messages)
+    assert [e["key"] for e in order_events(store(order_settings), request.order_id)] == [
+        f"wf-{n:04d}" for n in range(1, len(messages) + 1)
+    ]
+    from test_workflows import replay_in_fresh_processes
+
+    (tmp_path / "order.json").write_text(history.to_json())
+    (tmp_path / "shipping.json").write_text(shipping.to_json())
+    replay_in_fresh_processes([tmp_path / "order.json", tmp_path / "shipping.json"])
 
 
 def test_a_record_never_hides_a_newer_one_and_its_events_are_always_written(tmp_path):
@@ -562,7 +599,7 @@ def with_customer_email(history: WorkflowHistory, email: str) -> WorkflowHistory
 # RECORD_ORDER_HISTORIES=1 also writes them, the order's and its shipment's, to
 # histories/{order,shipping}_workflow_<ORDER_VERSION>_<kind>.json (for a version that changes
 # the commands, as each earlier version has a recording).
-ORDER_VERSION = "v9"
+ORDER_VERSION = "v10"
 ORDER_SCENARIOS = ("completed", "reviewed", "review_expired", "cancelled_after_charge")
 
 
@@ -614,6 +651,17 @@ async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
     )
     assert len(committed) >= 4
     replay_in_fresh_processes(committed + fresh)
+
+
+async def test_version_9_orders_replay_only_through_their_own_branch():
+    """Version 10's patch guards a change of commands: a version 9 order replayed as if it had
+    passed the patch fails with a nondeterminism error; through its own branch it replays."""
+    histories = HERE / "tests" / "histories"
+    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow], data_converter=DataConverter.default)
+    history = WorkflowHistory.from_json("order-v9", (histories / "order_workflow_v9_completed.json").read_text())
+    with mock.patch("temporalio.workflow.patched", return_value=True), pytest.raises(NondeterminismError):
+        await replayer.replay_workflow(history)
+    await replayer.replay_workflow(history)
 
 
 async def test_version_8_orders_replay_only_through_their_own_branch():
