@@ -179,18 +179,20 @@ def payload_codec_from_env(accept_plain: bool = False) -> EncryptionCodec:
 
 
 def payload_data_converter(codec: EncryptionCodec | None = None):
-    """The default converter with the payload codec: what every client and worker uses.
+    """The SDK's pydantic converter with the payload codec: what every client and worker uses.
 
-    Failure messages and stack traces are moved into an encrypted payload too
-    (`DefaultFailureConverterWithEncodedAttributes`): an error's text can quote its input.
+    JSON through pydantic (`temporalio.contrib.pydantic`) rather than the default
+    converter: the same JSON, read into the same dataclasses, at a quarter of the
+    CPU to read and a tenth to write (docs/performance.md), and every order step
+    and record is a payload. Failure messages and stack traces are moved into an
+    encrypted payload too (`DefaultFailureConverterWithEncodedAttributes`): an
+    error's text can quote its input.
     """
-    from temporalio.converter import (
-        DataConverter,
-        DefaultFailureConverterWithEncodedAttributes,
-    )
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
 
     return dataclasses.replace(
-        DataConverter.default,
+        pydantic_data_converter,
         payload_codec=codec or payload_codec_from_env(),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
