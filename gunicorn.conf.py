@@ -18,7 +18,8 @@ metrics_dir = settings.data_dir / "prometheus"
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
 bind = f"{settings.web_host}:{settings.web_port}"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
-worker_class = "gthread"
+# gunicorn's gthread with a read timeout (WEB_READ_TIMEOUT): a client that stops mid-request loses its thread.
+worker_class = "web.gunicorn_worker.ReadTimeoutThreadWorker"
 threads = int(os.environ.get("WEB_THREADS", "32"))
 timeout = 30
 graceful_timeout = 10
@@ -44,6 +45,9 @@ def post_fork(server, worker):
     # The app's own loggers (the Temporal client's connection line) go to
     # stderr beside gunicorn's.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+    from web.gunicorn_worker import StalledClientFilter
+
+    logging.getLogger("gunicorn.error").addFilter(StalledClientFilter())
 
 
 def when_ready(server):

@@ -5,7 +5,9 @@ Load test (the default): sends --count applications to POST /api/evaluate with
 errors, decisions, latency percentiles, throughput and which worker decided
 each application (`processed_by`, which the app shows operators only: the
 load test sends the operator token when it finds one, see --token), so adding a
-worker shows in the table.
+worker shows in the table. The token also exempts its requests from the public
+endpoints' abuse limits; without one, start the stack with PUBLIC_RATE_LIMIT=off
+(docs/security.md), or the limits answer most of the applications with 429.
 
 Benchmark (--benchmark): for each --levels concurrency, first measures the
 floor, a bare workflow with one no-op activity started and awaited with

@@ -26,7 +26,8 @@ import io
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask_limiter import RateLimitExceeded
+from werkzeug.exceptions import HTTPException, SecurityError
 
 from core.rules import load_messages, load_rules
 from core.search_attributes import missing_search_attributes, registration_command
@@ -41,9 +42,11 @@ from orders import web as orders_web
 from orders.cli import orders_cli
 from orders.service import OrderService
 from web import auth as operator_auth
+from web import limits as web_limits
 from web import metrics as web_metrics
 from web.codec_server import create_codec_blueprint
 from web.common import StrictJSONProvider, error_page, json_error, messages
+from web.limits import retry_after
 from web.openapi import build_openapi
 
 health = Blueprint("health", __name__)
@@ -127,6 +130,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     temporal = app.extensions["temporal"] = ProcessClient()
     store = open_store(settings)
 
+    if app.config.get("TRUSTED_HOSTS") is None:  # Flask's default is None: every host
+        app.config["TRUSTED_HOSTS"] = settings.trusted_hosts  # any other Host header: 400
     web_metrics.init_app(app)  # first: it times every request, refused ones too
     operator_auth.init_app(app, settings)
     loans_web.init_app(app, LoanService(settings, rules, temporal, store))
@@ -139,12 +144,31 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # It shows what Temporal holds, plain payloads included (a worker refuses those).
     codec = payload_codec_from_env(accept_plain=True)
     app.register_blueprint(create_codec_blueprint(lambda: codec, settings.temporal_ui_url))
+    web_limits.init_app(app, settings)  # last: it wraps the public views
+    app.register_error_handler(SecurityError, handle_untrusted_host)
+    app.register_error_handler(RateLimitExceeded, handle_rate_limited)
     app.register_error_handler(InvalidInput, handle_invalid_input)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(StoreUnavailable, handle_store_unavailable)
     app.register_error_handler(Exception, handle_unexpected_error)
     app.context_processor(lambda: {"temporal_ui_url": settings.temporal_ui_url})
     return app
+
+
+def handle_untrusted_host(err: SecurityError):
+    """A Host header not in ALLOWED_HOSTS: a plain 400 (no page: its links would be built from that host)."""
+    return "Bad request: this server does not answer to that host name.\n", 400, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+def handle_rate_limited(err: RateLimitExceeded):
+    """Over a public limit (web/limits.py): 429 with Retry-After, JSON under /api, a page elsewhere."""
+    seconds = retry_after(err)
+    text = messages().errors["rate_limited"].format(seconds=seconds)
+    if request.path.startswith("/api/"):
+        response = json_error(429, text, retry_after=seconds)
+    else:
+        response = error_page(429, "Too many requests", text)
+    return response[0], 429, {"Retry-After": str(seconds)}
 
 
 def handle_invalid_input(err: InvalidInput):

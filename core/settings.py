@@ -50,6 +50,15 @@ def _env_float(name: str, default: float) -> float:
         raise SystemExit(f"{name} must be a number, got {raw!r}") from None
 
 
+def _env_switch(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("on", "off"):
+        raise SystemExit(f"{name} must be on or off, got {raw!r}")
+    return raw == "on"
+
+
 @dataclass(frozen=True)
 class Settings:
     task_queue: str  # the loan workflow's
@@ -81,6 +90,13 @@ class Settings:
     worker_connect_timeout: float = 60.0
     worker_activity_threads: int = 32
     worker_pollers: int = 8
+    # The web app's abuse limits (web/limits.py): on unless PUBLIC_RATE_LIMIT=off (load tests,
+    # benchmarks); where their counts live (memory: per web process; redis://... : shared).
+    public_rate_limit: bool = True
+    rate_limit_storage_uri: str = "memory://"
+    # Host names the web app answers to (ALLOWED_HOSTS, comma-separated; ".example.com" takes its
+    # subdomains too); empty: the loopback names and WEB_HOST (see `trusted_hosts`).
+    allowed_hosts: tuple[str, ...] = ()
 
     @property
     def public_url(self) -> str:
@@ -88,6 +104,16 @@ class Settings:
         cookie also reaches the codec endpoint the Temporal UI calls (same site)."""
         host = "localhost" if self.web_host in ("127.0.0.1", "0.0.0.0", "::1", "localhost") else self.web_host
         return f"http://{host}:{self.web_port}"
+
+    @property
+    def trusted_hosts(self) -> list[str]:
+        """The Host header values the web app serves (Flask's TRUSTED_HOSTS); any other gets 400."""
+        if self.allowed_hosts:
+            return list(self.allowed_hosts)
+        names = ["localhost", "127.0.0.1", "::1"]
+        if self.web_host not in ("0.0.0.0", "::", *names):
+            names.append(self.web_host)
+        return names
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -116,6 +142,9 @@ class Settings:
             worker_connect_timeout=_env_float("WORKER_CONNECT_TIMEOUT", 60.0),
             worker_activity_threads=_env_int("WORKER_ACTIVITY_THREADS", 32),
             worker_pollers=_env_int("WORKER_POLLERS", 8),
+            public_rate_limit=_env_switch("PUBLIC_RATE_LIMIT", True),
+            rate_limit_storage_uri=os.environ.get("RATE_LIMIT_STORAGE_URI", "").strip() or "memory://",
+            allowed_hosts=tuple(h.strip() for h in os.environ.get("ALLOWED_HOSTS", "").split(",") if h.strip()),
         )
 
 

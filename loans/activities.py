@@ -104,6 +104,14 @@ class LoanActivities:
             if existing is None:
                 # The workflow persists before it records answers; retry until it is there.
                 raise ApplicationError(f"application {key} is not persisted yet")
-            return {**existing, "contact_preference": request.answer, "contact_answered_at": request.answered_at}
+            # Answers recorded so far (service.MAX_CONTACT_ANSWERS bounds them); a retry of this
+            # answer, already written, has its time and counts nothing more.
+            answers = existing.get("contact_answers", 0) + (existing.get("contact_answered_at") != request.answered_at)
+            return {
+                **existing,
+                "contact_preference": request.answer,
+                "contact_answered_at": request.answered_at,
+                "contact_answers": answers,
+            }
 
         self.store.update(APPLICATIONS, key, change)

@@ -115,6 +115,16 @@ class WindowClosed(Exception):
     """The application exists but its workflow is no longer running (its window ended)."""
 
 
+class AnsweredTooOften(Exception):
+    """The application's contact answer was recorded MAX_CONTACT_ANSWERS times: no more (each one
+    grows the workflow's history, which Temporal caps)."""
+
+
+# Contact answers recorded per application before more are refused; with the per-client
+# limit on answers (web/limits.py), a few more may be in flight when it is reached.
+MAX_CONTACT_ANSWERS = 20
+
+
 class LoanService:
     def __init__(self, settings: Settings, rules: Rules, temporal: ProcessClient, store: Store):
         self.settings = settings
@@ -299,6 +309,9 @@ class LoanService:
         workflow has closed (or is gone), NotFound if nothing is known of it."""
         if not LOAN_WORKFLOW_ID.match(workflow_id):
             raise NotFound(workflow_id)
+        recorded = self.store.newest_in_group(APPLICATIONS, workflow_id)
+        if recorded is not None and recorded.get("contact_answers", 0) >= MAX_CONTACT_ANSWERS:
+            raise AnsweredTooOften(workflow_id)
         try:
             async with asyncio.timeout(STATUS_QUERY_TIMEOUT):
                 client = await self.temporal.get()

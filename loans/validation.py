@@ -49,6 +49,13 @@ MAX_ANNUAL_INCOME = 1_000_000_000
 # would be shown decoded ("Bcc: x@evil.com"). No name needs it, so the applicant's name refuses it.
 ENCODED_WORD = "=?"
 ENCODED_WORD_ERROR = "name_encoded_word"
+# The name is the decision email's greeting: a web or email address there turns the product's
+# email into someone else's message (issue 26). "St.John" and "J. R. R." stay names.
+LINK_IN_NAME = re.compile(
+    r"://|\bwww\.|@|\b[\w-]+\.(?:com|net|org|info|biz|io|co|me|ly|xyz|top|app|dev|link|site|online|club|shop|ru|cn|uk|de)\b",
+    re.IGNORECASE,
+)
+LINK_IN_NAME_ERROR = "name_link"
 
 # Form numbers: ASCII digits only (str.isdigit() also accepts "²" or "٣",
 # which int() refuses or reads as another number). Amounts may have a leading
@@ -75,6 +82,8 @@ class _ApplicationModel(BaseModel):
     def _no_encoded_word(cls, value: str) -> str:
         if ENCODED_WORD in value:
             raise PydanticCustomError(ENCODED_WORD_ERROR, "an email header's encoded-word marker")
+        if LINK_IN_NAME.search(value):
+            raise PydanticCustomError(LINK_IN_NAME_ERROR, "a web or email address")
         return value
 
     @field_validator("email")
@@ -101,7 +110,7 @@ def _errors_by_field(err: ValidationError, messages: Messages) -> dict[str, str]
             text = messages.validation["required"]
         elif problem["type"] == "extra_forbidden":
             text = messages.validation["unknown_field"]
-        elif problem["type"] in (TEXT_CHARACTERS_ERROR, ENCODED_WORD_ERROR):
+        elif problem["type"] in (TEXT_CHARACTERS_ERROR, ENCODED_WORD_ERROR, LINK_IN_NAME_ERROR):
             text = messages.validation[problem["type"]]
         else:
             text = messages.validation.get(name, problem["msg"])

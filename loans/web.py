@@ -25,12 +25,15 @@ from flask import (
     session,
     url_for,
 )
+from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 
 from core.idempotency import FORM_KEY_FIELD, IdempotencyKeyReused, form_key, new_form_key, valid_idempotency_key
 from core.temporal_client import OutcomeUnknown, TemporalUnavailable
 from loans.model import CONTACT_ANSWERS
 from loans.service import (
+    MAX_CONTACT_ANSWERS,
+    AnsweredTooOften,
     Decided,
     Duplicate,
     LoanService,
@@ -54,6 +57,7 @@ from web.common import (
     messages,
     page_argument,
 )
+from web.limits import retry_after
 
 # The session entry holding the contact answer this browser has just sent, for the page the
 # answer redirects to: the workflow records it a moment later (record_contact_preference).
@@ -165,6 +169,8 @@ async def contact_api(workflow_id: str):
         return json_error(404, messages().errors["not_found"])
     except WindowClosed:
         return json_error(409, messages().errors["contact_closed"])
+    except AnsweredTooOften:
+        return json_error(409, messages().errors["contact_too_often"].format(count=MAX_CONTACT_ANSWERS))
     except TemporalUnavailable:
         return json_error(503, messages().errors["contact_unavailable"])
     return jsonify({"workflow_id": workflow_id, "contact_preference": answer}), 202
@@ -221,6 +227,18 @@ async def apply():
     return redirect(url_for("pages.application", workflow_id=workflow_id), code=303)
 
 
+@pages.errorhandler(RateLimitExceeded)
+def _form_over_limit(err: RateLimitExceeded):
+    """Over a limit on the form: the form again, with what was typed and when to try again."""
+    seconds = retry_after(err)
+    text = messages().errors["rate_limited"].format(seconds=seconds)
+    if request.endpoint != "pages.apply":
+        return error_page(429, "Too many requests", text)[0], 429, {"Retry-After": str(seconds)}
+    values = {name: request.form.get(name, "") for name in request.form}
+    notice = {"kind": "unavailable", "title": "Please wait a moment", "text": text}
+    return render_template("loans/form.html", values=values, errors={}, notice=notice), 429, {"Retry-After": str(seconds)}
+
+
 @pages.get("/applications/<workflow_id>", endpoint="application")
 async def application_page(workflow_id: str):
     try:
@@ -273,6 +291,9 @@ async def contact(workflow_id: str):
         return error_page(404, "Application not found", messages().errors["not_found"])
     except WindowClosed:
         flash(messages().errors["contact_closed"], "invalid")
+        return redirect(page, code=303)
+    except AnsweredTooOften:
+        flash(messages().errors["contact_too_often"].format(count=MAX_CONTACT_ANSWERS), "invalid")
         return redirect(page, code=303)
     except TemporalUnavailable:
         return error_page(

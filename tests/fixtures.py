@@ -99,6 +99,8 @@ def payload_codec() -> Iterator[EncryptionCodec]:
         session_env.setenv("APP_SECRET_KEY", uuid.uuid4().hex)
         session_env.delenv("PAYLOAD_KEY_FILE", raising=False)
         session_env.delenv("PAYLOAD_OLD_KEYS", raising=False)
+        # The tests send many applications from one address; tests/web/test_limits.py turns the limits on.
+        session_env.setenv("PUBLIC_RATE_LIMIT", "off")
         yield payload_codec_from_env()
 
 
@@ -313,7 +315,7 @@ def worker_stack(dev_server: WorkflowEnvironment, root: Path, settings: Settings
 
 
 @contextlib.contextmanager
-def gunicorn(settings: Settings, address: str, log: Path, workers: int = 2):
+def gunicorn(settings: Settings, address: str, log: Path, workers: int = 2, **extra_env: str):
     """The app under gunicorn as `make run` serves it, on a free port; yields its base URL and process."""
     port = free_port()
     env = {
@@ -322,6 +324,7 @@ def gunicorn(settings: Settings, address: str, log: Path, workers: int = 2):
         "OPERATOR_TOKEN": settings.operator_token,
         "WEB_PORT": str(port),
         "WEB_WORKERS": str(workers),
+        **extra_env,
     }
     with open(log, "wb") as out:
         server = subprocess.Popen(

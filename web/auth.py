@@ -198,6 +198,8 @@ def signin():
 def signin_submit():
     target = local_path(request.form.get("next"))
     if not operator_auth().token_matches(request.form.get("token", "")):
+        # One line per failure, for whoever watches the logs (the token typed is never logged).
+        current_app.logger.warning("Operator sign-in refused: wrong token from %s", request.remote_addr)
         error = current_app.extensions["messages"].errors["wrong_operator_token"]
         return signin_page(target, error), 401
     session.clear()  # a new session on sign-in: nothing from before carries over

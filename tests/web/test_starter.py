@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -134,3 +135,27 @@ def test_invented_methods_are_counted_as_other_so_metrics_stay_small(client, loa
     assert "INVENTED" not in after
     assert other_requests(after) - other_requests(before) == 40
     assert 'web_requests_total{method="GET",route="/metrics",status="200"}' in after  # the standard ones by name
+
+
+def test_a_client_that_stops_mid_request_loses_its_thread(loan_stack, tmp_path):
+    """Issue 26: as many clients as gunicorn has threads, each stopped in the middle of its headers,
+    no longer stop the app: after WEB_READ_TIMEOUT their threads are back, and a request is answered
+    (on plain gthread it waited for as long as they kept their connections open)."""
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(*loan_stack, log, workers=1, WEB_THREADS="2", WEB_READ_TIMEOUT="1") as (base, _):
+        port = int(base.rsplit(":", 1)[1])
+        stalled = []
+        for _ in range(2):
+            client = socket.create_connection(("127.0.0.1", port))
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Half: ")  # never finished
+            stalled.append(client)
+        try:
+            # Both threads are held; without the read timeout this waits until the stalled clients go
+            # (after it: httpx gives up first). With it, their threads come back after 1 s.
+            answer = httpx.get(f"{base}/healthz", timeout=15)
+            assert answer.status_code == 200
+            output = log.read_text()
+            assert "sent nothing for 1 s mid-request" in output and "Traceback" not in output, output
+        finally:
+            for client in stalled:
+                client.close()

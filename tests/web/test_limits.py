@@ -1,0 +1,167 @@
+"""Abuse limits (issue 26): public endpoints answer 429 with Retry-After past their limits, PUBLIC_RATE_LIMIT=off
+lifts them, operators are not limited; names carrying addresses, unbounded contact answers and unknown hosts are refused.
+
+The session runs with PUBLIC_RATE_LIMIT=off (tests/fixtures.py); these tests turn the limits on for their app.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import pytest
+from temporalio.testing import ActivityEnvironment
+
+from core.formatting import sort_key_for
+from core.rules import load_messages, load_rules
+from core.settings import Settings
+from core.store.files import JsonStore
+from loans.activities import LoanActivities
+from loans.model import APPLICATIONS, ContactPreferenceRequest
+from loans.service import MAX_CONTACT_ANSWERS
+from loans.validation import InvalidApplication, parse_json_application
+from tests.fixtures import HERE, fresh_settings, make_app
+from web.limits import APPLY_PER_CLIENT, APPLY_PER_EMAIL
+
+NO_TEMPORAL = "127.0.0.1:1"  # nothing these requests do reaches Temporal
+MESSAGES = load_messages(HERE / "messages.json")
+
+
+def per_minute(limit: str) -> int:
+    return int(limit.split(";")[0].split()[0])
+
+
+@pytest.fixture
+def limited(tmp_path, monkeypatch):
+    settings = dataclasses.replace(fresh_settings(tmp_path / "data"), public_rate_limit=True)
+    return settings, make_app(settings, NO_TEMPORAL, monkeypatch)
+
+
+def application(email: str, name: str = "Ada Lovelace") -> dict:
+    # Refused by validation (no income): counted by the limits, never sent to Temporal.
+    return {"name": name, "email": email, "loan_amount": 5000, "credit_score": 700, "has_bankruptcy": False}
+
+
+def test_applying_past_the_limit_answers_429_with_retry_after(limited):
+    _, app = limited
+    client = app.test_client()
+    allowed = per_minute(APPLY_PER_CLIENT)
+    answers = [client.post("/api/evaluate", json=application(f"a{n}@example.com")).status_code for n in range(allowed)]
+    assert answers == [400] * allowed
+    refused = client.post("/api/evaluate", json=application("late@example.com"))
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["Retry-After"]) <= 61  # the minute's window, rounded up
+    assert refused.json["retry_after"] == int(refused.headers["Retry-After"])
+    assert "Try again in" in refused.json["error"]
+    # Another client is not affected.
+    other = app.test_client()
+    other.environ_base["REMOTE_ADDR"] = "192.0.2.7"
+    assert other.post("/api/evaluate", json=application("b@example.com")).status_code == 400
+
+
+def test_the_form_past_the_limit_comes_back_with_what_was_typed(limited):
+    _, app = limited
+    client = app.test_client()
+    form = {"name": "Grace Hopper", "email": "grace@example.com", "loan_amount": "", "credit_score": "700"}
+    for n in range(per_minute(APPLY_PER_CLIENT)):
+        client.post("/apply", data={**form, "email": f"g{n}@example.com"})
+    page = client.post("/apply", data=form)
+    assert page.status_code == 429 and page.headers["Retry-After"]
+    text = page.get_data(as_text=True)
+    assert 'value="Grace Hopper"' in text and "Try again in" in text
+
+
+def test_one_email_address_is_limited_whoever_sends_it(limited):
+    _, app = limited
+    for n in range(per_minute(APPLY_PER_EMAIL)):
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = f"192.0.2.{n + 10}"
+        assert client.post("/api/evaluate", json=application("Target@Example.com")).status_code == 400
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = "192.0.2.99"
+    assert client.post("/api/evaluate", json=application("target@example.com")).status_code == 429
+
+
+def test_operators_are_not_limited(limited):
+    settings, app = limited
+    client = app.test_client()
+    bearer = {"Authorization": f"Bearer {settings.operator_token}"}
+    answers = {
+        client.post("/api/evaluate", json=application(f"o{n}@example.com"), headers=bearer).status_code
+        for n in range(per_minute(APPLY_PER_CLIENT) + 5)
+    }
+    assert answers == {400}
+
+
+def test_sign_in_guesses_are_limited_and_logged(limited, caplog):
+    settings, app = limited
+    client = app.test_client()
+    answers = [client.post("/signin", data={"token": "a" * 16, "next": "/orders"}).status_code for _ in range(11)]
+    assert answers == [401] * 10 + [429]
+    assert sum("Operator sign-in refused" in r.getMessage() for r in caplog.records) == 10
+    assert "a" * 16 not in caplog.text
+
+
+def test_public_rate_limit_off_lifts_every_limit(tmp_path, monkeypatch):
+    settings = fresh_settings(tmp_path / "data")
+    assert settings.public_rate_limit is False  # the session's PUBLIC_RATE_LIMIT=off
+    client = make_app(settings, NO_TEMPORAL, monkeypatch).test_client()
+    answers = {client.post("/api/evaluate", json=application(f"x{n}@example.com")).status_code for n in range(30)}
+    assert answers == {400}
+
+
+def test_limits_are_on_unless_switched_off(monkeypatch):
+    monkeypatch.delenv("PUBLIC_RATE_LIMIT")
+    assert Settings.from_env().public_rate_limit is True
+    monkeypatch.setenv("PUBLIC_RATE_LIMIT", "sometimes")
+    with pytest.raises(SystemExit, match="PUBLIC_RATE_LIMIT must be on or off"):
+        Settings.from_env()
+
+
+@pytest.mark.parametrize(
+    "name", ["Visit https://evil.example", "www.bit-ly.example", "mail eve@evil.example", "Claim at evil.com now", "see BIT.LY/x"]
+)
+def test_names_carrying_a_web_or_email_address_are_refused(name):
+    with pytest.raises(InvalidApplication) as refused:
+        parse_json_application({**application("a@example.com", name), "annual_income": 50000}, MESSAGES)
+    assert refused.value.fields == {"name": MESSAGES.validation["name_link"]}
+
+
+@pytest.mark.parametrize("name", ["St.John Smith", "J. R. R. Tolkien", "Mary-Jane O'Neil", "Dr. Zoë Comm"])
+def test_names_with_dots_are_still_names(name):
+    assert parse_json_application({**application("a@example.com", name), "annual_income": 50000}, MESSAGES).name == name
+
+
+def test_contact_answers_are_counted_once_each_and_refused_past_the_bound(limited):
+    settings, app = limited
+    store = JsonStore(settings.data_dir)
+    workflow_id = f"loan-{uuid.uuid4().hex}"
+    key = f"{workflow_id}.run-1"
+    store.put(APPLICATIONS, key, {"workflow_id": workflow_id, "run_id": "run-1"}, sort_key=sort_key_for("2026-12-05T00:00:00"))
+    activities = LoanActivities(store=store, rules=load_rules(HERE / "rules.json"), messages=MESSAGES, identity="test")
+    env = ActivityEnvironment()
+    first = ContactPreferenceRequest(workflow_id, "run-1", "yes", "2026-12-05T00:01:00")
+    env.run(activities.record_contact_preference, first)
+    env.run(activities.record_contact_preference, first)  # a retry of the same answer
+    assert store.get(APPLICATIONS, key)["contact_answers"] == 1
+    env.run(activities.record_contact_preference, dataclasses.replace(first, answer="not_yet", answered_at="2026-12-05T00:02:00"))
+    assert store.get(APPLICATIONS, key)["contact_answers"] == 2
+
+    store.update(APPLICATIONS, key, lambda record: {**record, "contact_answers": MAX_CONTACT_ANSWERS})
+    refused = app.test_client().post(f"/api/applications/{workflow_id}/contact", json={"answer": "yes"})
+    assert refused.status_code == 409
+    assert refused.json["error"] == MESSAGES.errors["contact_too_often"].format(count=MAX_CONTACT_ANSWERS)
+
+
+def test_only_allowed_host_names_are_served(tmp_path, monkeypatch):
+    settings = fresh_settings(tmp_path / "data")
+    client = make_app(settings, NO_TEMPORAL, monkeypatch).test_client()
+    assert client.get("/healthz", headers={"Host": "localhost:5001"}).status_code == 200
+    assert client.get("/healthz", headers={"Host": "127.0.0.1:5001"}).status_code == 200
+    refused = client.get("/healthz", headers={"Host": "evil.example"})
+    assert refused.status_code == 400 and "host name" in refused.get_data(as_text=True)
+    assert client.get("/", headers={"Host": "evil.example"}).status_code == 400
+    shop = dataclasses.replace(fresh_settings(tmp_path / "other"), allowed_hosts=("shop.example.com",))
+    client = make_app(shop, NO_TEMPORAL, monkeypatch).test_client()
+    assert client.get("/healthz", headers={"Host": "shop.example.com"}).status_code == 200
+    assert client.get("/healthz", headers={"Host": "localhost"}).status_code == 400

@@ -1,0 +1,92 @@
+"""Abuse limits on the public endpoints (issue 26): how often one client may apply, answer, read and sign in.
+
+Anyone can reach the loan form, `POST /api/evaluate`, an application's page and
+its contact question, and the sign-in form. Each of those has limits per client
+address, and applying has one per applicant email too (the duplicate window
+already stops a second decision email to one address for 7 days). Operators
+(signed in, or with the bearer token) are not limited. A request over a limit
+gets `429` with `Retry-After`: a JSON error under /api, the form again with what
+was typed under /apply, a page elsewhere.
+
+Counts live in each web process's memory by default (`make run` has 2, so a
+client gets up to twice the figures below across them); RATE_LIMIT_STORAGE_URI
+(`redis://…`, `memcached://…`) shares them between processes and hosts.
+`PUBLIC_RATE_LIMIT=off` lifts every limit, for load tests and benchmarks.
+Flask-Limiter does the counting (moving windows).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, current_app, request
+from flask_limiter import Limiter, RateLimitExceeded
+from flask_limiter.util import get_remote_address
+
+from core.email_address import normalize_email
+from core.settings import Settings
+
+# Per client address.
+APPLY_PER_CLIENT = "10 per minute;60 per hour"
+ANSWER_PER_CLIENT = "20 per minute;100 per hour"
+READ_PER_CLIENT = "240 per minute"
+SIGNIN_PER_CLIENT = "10 per minute;50 per hour"
+# Per applicant email, whoever sends it.
+APPLY_PER_EMAIL = "5 per hour"
+
+
+def _is_operator() -> bool:
+    return bool(current_app.extensions["operator_auth"].is_operator())
+
+
+def applicant_email() -> str:
+    """The application's email, normalised (the limit's key); the client's address if there is none."""
+    data = request.get_json(silent=True) if request.is_json else request.form
+    email = data.get("email") if data is not None and hasattr(data, "get") else None
+    if isinstance(email, str):
+        try:
+            return "email:" + normalize_email(email.strip())
+        except ValueError:
+            pass
+    return "client:" + get_remote_address()
+
+
+# Each public endpoint's limits: (limit, scope shared by the endpoints that count together, key).
+PUBLIC_LIMITS: dict[str, list[tuple[str, str, Callable[[], str] | None]]] = {
+    "api.evaluate": [(APPLY_PER_CLIENT, "apply", None), (APPLY_PER_EMAIL, "apply-email", applicant_email)],
+    "pages.apply": [(APPLY_PER_CLIENT, "apply", None), (APPLY_PER_EMAIL, "apply-email", applicant_email)],
+    "api.application": [(READ_PER_CLIENT, "read", None)],
+    "pages.application": [(READ_PER_CLIENT, "read", None)],
+    "api.contact_api": [(ANSWER_PER_CLIENT, "answer", None)],
+    "pages.contact": [(ANSWER_PER_CLIENT, "answer", None)],
+    "auth.signin_submit": [(SIGNIN_PER_CLIENT, "signin", None)],
+}
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """A limiter of the app's own (after every blueprint is registered), its public views wrapped."""
+    limiter = Limiter(
+        get_remote_address,
+        app=app,
+        enabled=app.config.get("RATELIMIT_ENABLED", settings.public_rate_limit),
+        storage_uri=settings.rate_limit_storage_uri,
+        headers_enabled=False,  # the 429's Retry-After is set by the app's handler, from the limit itself
+        strategy="moving-window",
+    )
+    for endpoint, limits in PUBLIC_LIMITS.items():
+        view: Any = app.view_functions[endpoint]
+        for limit, scope, key in limits:
+            view = limiter.shared_limit(limit, scope=scope, key_func=key, exempt_when=_is_operator)(view)
+        app.view_functions[endpoint] = view
+    app.extensions["limiter"] = limiter
+
+
+def retry_after(err: RateLimitExceeded) -> int:
+    """Whole seconds until the limit that refused the request lets one through again."""
+    limit = current_app.extensions["limiter"].current_limit
+    if limit is None:
+        return 60
+    return max(1, math.ceil(limit.reset_at - time.time()))
