@@ -390,7 +390,12 @@ class OrderActivities(_OrderStepActivities):
         rewards = self.rules.orders.rewards
         await self.client.start_workflow(
             "RewardsWorkflow",
-            RewardsInput(state, [RewardTierRule(t.name, t.min_points) for t in rewards.tiers], rewards.max_history_events),
+            RewardsInput(
+                state,
+                [RewardTierRule(t.name, t.min_points) for t in rewards.tiers],
+                rewards.max_history_events,
+                close_needs_sender=True,
+            ),
             id=rewards_workflow_id(request.customer_id),
             task_queue=self.rewards_task_queue,
             start_signal="award",

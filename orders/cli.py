@@ -18,10 +18,13 @@ from typing import Any, NoReturn, TypeVar
 import click
 from flask import current_app
 from flask.cli import AppGroup, ScriptInfo
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.temporal_client import TemporalUnavailable
 from core.validation import ascii_whole_number
-from orders.model import ORDER_MILESTONES, ApproveRequest, CancelRequest
+from orders.model import ORDER_MILESTONES, ApproveRequest, CancelRequest, MessageFrom, rewards_workflow_id
+from orders.rewards import RewardsWorkflow
+from orders.rewards_model import RewardsState
 from orders.service import (
     ActionFailed,
     ActionRefused,
@@ -242,6 +245,29 @@ def address_command(order_id, as_json, **address):
     """Change the shipping address (before the parcel is handed to the carrier)."""
     view = cli_call(as_json, lambda: service().change_address(order_id, parse_json_address_change(address, service().messages)))
     echo_order(view, as_json)
+
+
+@orders_cli.command("close-rewards")
+@click.argument("customer_id")
+@json_option
+def close_rewards_command(customer_id, as_json):
+    """Close a customer's rewards workflow (its points are saved; their next order starts a new run)."""
+
+    async def close() -> RewardsState:
+        client = await service().temporal.get()
+        handle = client.get_workflow_handle(rewards_workflow_id(customer_id))
+        try:
+            return await handle.execute_update(RewardsWorkflow.close, MessageFrom("operator CLI"))
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                fail(as_json, texts()["no_rewards"], 1)
+            raise TemporalUnavailable(str(err)) from err
+
+    state = cli_call(as_json, close)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(state), indent=2))
+    else:
+        click.echo(f"Closed: {state.points} points, {state.tier} tier, {state.orders} orders")
 
 
 def echo_order(view: OrderView, as_json: bool) -> None:

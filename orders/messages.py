@@ -29,7 +29,7 @@ from orders.model import (
     Shipment,
     ShipmentProgress,
 )
-from orders.shipment_link import ShipmentLink
+from orders.shipment_link import ORDER, ShipmentLink
 from orders.shipping import PROGRESS_SIGNAL, READY_SIGNAL, ShippingWorkflow
 from orders.stops import OrderStopped
 from orders.timeline import Timeline
@@ -106,7 +106,7 @@ class OrderMessages:
         self._status.expedited = True
         self._timeline.event("operator", "Expedited shipping requested")
         if self._shipment.released:
-            await self._shipment.tell(ShippingWorkflow.expedite)
+            await self._shipment.tell(ShippingWorkflow.expedite, ORDER)
         await self._timeline.record()
 
     @workflow.signal

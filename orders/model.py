@@ -388,6 +388,17 @@ class ShippingRequest:
     # True for v10 orders: with no wait for the carrier's pickup, `shipment_ready` carries the
     # "prepared" progress (one signal instead of two).
     ready_carries_progress: bool = False
+    # True for shipments started since messages carry their sender: `stop` and `expedite` without
+    # one (a plain signal sent straight to Temporal) are ignored.
+    messages_need_sender: bool = False
+
+
+@dataclass(frozen=True)
+class MessageFrom:
+    """The argument of a message that has nothing else to say (stop, expedite, close): encrypted like
+    every payload, so only a holder of the payload key can send one (docs/security.md)."""
+
+    sender: str
 
 
 @dataclass(frozen=True)

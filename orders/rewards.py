@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 
 from orders.policies import BOOKKEEPING_TIMEOUT, MUST_FINISH_RETRY
 
 with workflow.unsafe.imports_passed_through():
     from orders.activities import RewardsActivities
+    from orders.model import MessageFrom
     from orders.rewards_model import (
         AwardPoints,
         RewardsInput,
@@ -30,6 +32,7 @@ class RewardsWorkflow:
         self._max_history_events = rewards.max_history_events
         self._awards: list[AwardPoints] = list(rewards.pending)
         self._close_requested = False
+        self._close_needs_sender = rewards.close_needs_sender
 
     @workflow.run
     async def run(self, rewards: RewardsInput) -> RewardsState:
@@ -46,7 +49,10 @@ class RewardsWorkflow:
             await workflow.wait_condition(workflow.all_handlers_finished)
             # Awards that arrived during that wait go along explicitly: the next run
             # applies them first, so none depends on when the server takes the signal.
-            workflow.continue_as_new(RewardsInput(self._state, self._tiers, self._max_history_events, list(self._awards)))
+            workflow.continue_as_new(
+                # Runs started before `close` carried its sender need it from here on (input only, no command).
+                RewardsInput(self._state, self._tiers, self._max_history_events, list(self._awards), close_needs_sender=True)
+            )
 
     def _apply_awards(self) -> None:
         while self._awards:
@@ -83,10 +89,16 @@ class RewardsWorkflow:
         return self._state
 
     @workflow.update
-    async def close(self) -> RewardsState:
+    async def close(self, sender: MessageFrom | None = None) -> RewardsState:
         self._close_requested = True
         await workflow.wait_condition(lambda: self._state.closed)
         return self._state
+
+    @close.validator
+    def _check_close(self, sender: MessageFrom | None = None) -> None:
+        # Ours carry a sender, encrypted; one without is a plain update sent straight to Temporal.
+        if sender is None and self._close_needs_sender:
+            raise ApplicationError("close needs its sender (MessageFrom)", type="MessageWithoutSender", non_retryable=True)
 
 
 # Order IDs remembered per customer to count a repeated award once.

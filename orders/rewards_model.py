@@ -36,3 +36,6 @@ class RewardsInput:
     max_history_events: int
     # Awards received but not yet applied when the previous run continued as new.
     pending: list[AwardPoints] = field(default_factory=list)
+    # True for runs started since `close` carries its sender: a `close` without one (a plain
+    # update sent straight to Temporal) is rejected.
+    close_needs_sender: bool = False

@@ -15,7 +15,9 @@ from temporalio import workflow
 from temporalio.workflow import ChildWorkflowCancellationType
 
 from core.workflow_helpers import uninterrupted
-from orders.model import Shipment, ShippingRequest
+from orders.model import MessageFrom, Shipment, ShippingRequest
+
+ORDER = MessageFrom("order")  # the sender of the order's messages to its shipment
 from orders.shipping import ShippingWorkflow
 
 
@@ -70,7 +72,7 @@ class ShipmentLink:
         """Undo of starting the shipment: tell it to stop and wait until it has; None if there was nothing to stop."""
         if self.handle is None or self.released or self.handle.done():
             return None
-        await self.tell(ShippingWorkflow.stop)
+        await self.tell(ShippingWorkflow.stop, ORDER)
         return await self.outcome()
 
     async def follow(self, record: Callable[[], Awaitable[None]]) -> Shipment | BaseException:

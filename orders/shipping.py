@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from orders.model import (
         DispatchPermit,
         FailureInjection,
+        MessageFrom,
         Shipment,
         ShipmentProgress,
         ShipmentStepRequest,
@@ -171,14 +172,23 @@ class ShippingWorkflow:
         self._permit = permit
 
     @workflow.signal
-    def stop(self) -> None:
-        if self._permit is None:
+    def stop(self, sender: MessageFrom | None = None) -> None:
+        if self._permit is None and self._from_someone("stop", sender):
             self._stop_requested = True
 
     @workflow.signal
-    def expedite(self) -> None:
-        self._expedited = True
-        self._speed_changed = True
+    def expedite(self, sender: MessageFrom | None = None) -> None:
+        if self._from_someone("expedite", sender):
+            self._expedited = True
+            self._speed_changed = True
+
+    def _from_someone(self, message: str, sender: MessageFrom | None) -> bool:
+        """A message with no sender is a plain one sent straight to Temporal (ours carry one, encrypted):
+        ignored by a shipment started since messages carry their sender."""
+        if sender is None and self._request.messages_need_sender:
+            workflow.logger.warning("Ignoring %s without a sender (not sent by the order)", message)
+            return False
+        return True
 
     @workflow.signal
     def inject_failure(self, failure: FailureInjection) -> None:

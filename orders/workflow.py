@@ -223,6 +223,7 @@ class OrderWorkflow(OrderMessages):
             order_releases_dispatch=True,
             report_delivered=not self._lean,
             ready_carries_progress=self._fewer_tasks,
+            messages_need_sender=True,  # the input only, no command: every order's new shipments
         )
         self._undos.push("stop shipment", self._stop_shipment)
         with self._timeline.moving():

@@ -48,6 +48,7 @@ from orders.model import (
     ApproveRequest,
     CancelRequest,
     FailureInjection,
+    MessageFrom,
     OrderLine,
     OrderPolicy,
     OrderRequest,
@@ -319,6 +320,30 @@ async def test_plain_updates_sent_straight_to_temporal_act_as_no_operator(time_s
     assert (await handle.result()).status == "completed"
 
 
+async def test_plain_messages_without_input_act_as_no_one(time_skipping_env, order_settings, order_workers):
+    """`temporal workflow signal --name stop` (no input, so nothing for the codec to refuse) stopped a
+    shipment, which cancelled its order; `... update execute --name close` closed a customer's rewards.
+    Those messages now carry their sender, encrypted: without one, the shipment goes on and the close
+    is rejected."""
+    client = time_skipping_env.client
+    plain = Client(**{**client.config(), "data_converter": DataConverter.default})
+    request = order_request(order_settings, SMALL)
+    handle = await start(client, order_settings, request)
+    await wait_for(handle, lambda s: s.shipment.stage == "prepared", "the package to be prepared")
+    shipment = plain.get_workflow_handle(f"{handle.id}-shipping")
+    await shipment.signal("stop")
+    await shipment.signal("expedite")
+    status = await handle.result()
+    assert status.status == "completed" and status.shipment.carrier == "Ground Freight"  # not stopped, not expedited
+
+    rewards = plain.get_workflow_handle(rewards_workflow_id(request.customer_id))
+    with pytest.raises(WorkflowUpdateFailedError):
+        await asyncio.wait_for(rewards.execute_update("close"), 10)
+    owned = client.get_workflow_handle(rewards_workflow_id(request.customer_id))
+    assert not (await owned.query(RewardsWorkflow.summary)).closed
+    assert (await update(owned, RewardsWorkflow.close, MessageFrom("test"))).closed
+
+
 async def test_review_timeout_cancels_and_releases_stock(time_skipping_env, order_settings, order_workers):
     request = order_request(order_settings, LARGE)
     handle = await start(time_skipping_env.client, order_settings, request)
@@ -525,7 +550,7 @@ async def test_concurrent_awards_across_continue_as_new_count_each_order_once(
     awards = [AwardPoints(f"order-{n}", 10 + n) for n in range(60)]
     await asyncio.gather(*(handle.signal(RewardsWorkflow.award, award) for award in awards + awards))
     await wait_until_points(handle, sum(a.points for a in awards))
-    closed = await asyncio.wait_for(handle.execute_update(RewardsWorkflow.close), 10)
+    closed = await asyncio.wait_for(handle.execute_update(RewardsWorkflow.close, MessageFrom("test")), 10)
     assert (closed.points, closed.orders) == (sum(a.points for a in awards), 60)
     assert (await handle.describe()).run_id != started.first_execution_run_id, "never continued as new"
 
@@ -555,7 +580,7 @@ async def test_rewards_tiers_and_continue_as_new(dev_server, order_settings, dev
 
     described = await handle.describe()
     assert described.run_id != first_run  # continued as new, points carried over
-    closed = await update(handle, RewardsWorkflow.close)
+    closed = await update(handle, RewardsWorkflow.close, MessageFrom("test"))
     assert (closed.points, closed.orders, closed.tier, closed.closed) == (1020, 17, "platinum", True)
     assert store(order_settings).get("rewards", customer)["closed"] is True
 

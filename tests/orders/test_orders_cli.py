@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
 from dataclasses import replace
 
 import pytest
+from temporalio.client import Client
 
 from core.rules import load_messages
+from core.settings import payload_data_converter
 from orders import cli as orders_cli
+from orders.model import rewards_workflow_id
+from orders.rewards import RewardsWorkflow
+from orders.rewards_model import RewardsInput, RewardsState, RewardTierRule
 from tests.fixtures import HERE, make_app, wait_until
 
 TEXTS = load_messages(HERE / "messages.json").orders
@@ -160,3 +166,26 @@ def test_cli_status_says_when_only_the_start_input_answers(order_stack, monkeypa
         assert "(from the start input: not recorded yet)" in shown.output
     finally:
         app.extensions["temporal"].reset()
+
+
+def test_cli_closes_a_customers_rewards_with_its_sender(app, order_stack, customer):
+    """`orders close-rewards` sends `close` with its sender (a plain update without one is rejected:
+    test_plain_messages_without_input_act_as_no_one); an unknown customer exits 1."""
+    settings, address = order_stack
+
+    async def start_rewards() -> None:
+        client = await Client.connect(address, data_converter=payload_data_converter())
+        await client.start_workflow(
+            RewardsWorkflow.run,
+            RewardsInput(RewardsState(customer, points=42), [RewardTierRule("basic", 0)], 1000, close_needs_sender=True),
+            id=rewards_workflow_id(customer),
+            task_queue=settings.order_task_queue,
+        )
+
+    asyncio.run(start_rewards())
+    runner = app.test_cli_runner()
+    closed = runner.invoke(args=["orders", "close-rewards", customer, "--json"])
+    assert closed.exit_code == 0, closed.output
+    assert json.loads(closed.output)["closed"] is True and json.loads(closed.output)["points"] == 42
+    unknown = runner.invoke(args=["orders", "close-rewards", f"nobody-{uuid.uuid4().hex[:8]}"])
+    assert unknown.exit_code == 1 and TEXTS["no_rewards"] in unknown.output
