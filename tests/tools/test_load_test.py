@@ -6,6 +6,7 @@ No server needed: the HTTP client runs against `httpx.MockTransport`.
 from __future__ import annotations
 
 import json
+import os
 import types
 import uuid
 
@@ -14,6 +15,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 
 import load_test
+from core.codec import EncryptionCodec
 from tools.loadtest import bench, loans, soak
 from tools.loadtest.bench import check_targets, compare, headline
 from tools.loadtest.loans import PROFILES, Applicants, Progress, apply, make_applicants, run_app
@@ -350,7 +352,8 @@ async def test_the_breakdown_splits_the_first_task_by_its_local_activities():
             t + 0.7, {"activity_type": steps[3][0], "original_schedule_time": _stamp(t + 0.5), "complete_time": _stamp(t + 0.6)}
         ),
     ]
-    client = types.SimpleNamespace(data_converter=types.SimpleNamespace(payload_codec=None))
+    # The app's codec, which refuses plain payloads: the markers' details are the SDK's own, in plain JSON.
+    client = types.SimpleNamespace(data_converter=types.SimpleNamespace(payload_codec=EncryptionCodec(os.urandom(32))))
     markers = await bench.first_task_markers(client, events)
     assert [m["activity_type"] for m in markers] == ["validate_application", "decide", "persist_application"]
 

@@ -19,6 +19,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from core.codec import ENCODING
 from core.settings import connect_temporal
 from tools.loadtest import floor as floor_workflow
 from tools.loadtest.floor import EmptyWorkflow, FloorWorkflow, floor_activity
@@ -120,9 +121,13 @@ async def first_task_markers(client: Client, events) -> list[dict[str, Any]]:
             if marker.marker_name == LOCAL_ACTIVITY_MARKER and marker.details["data"].payloads:
                 payloads.append(marker.details["data"].payloads[0])
     codec = client.data_converter.payload_codec
-    if codec and payloads:
-        payloads = await codec.decode(payloads)
-    return [json.loads(payload.data) for payload in payloads]
+    # A marker's details are written by the SDK itself, in plain JSON; decrypt only what is encrypted
+    # (the codec refuses plain payloads: core/codec.py).
+    plain = [
+        (await codec.decode([payload]))[0] if codec and payload.metadata.get("encoding") == ENCODING else payload
+        for payload in payloads
+    ]
+    return [json.loads(payload.data) for payload in plain]
 
 
 def breakdown_of(sent: float, answered: float, events, markers: Sequence[dict[str, Any]] = ()) -> dict[str, float]:
