@@ -133,7 +133,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if app.config.get("TRUSTED_HOSTS") is None:  # Flask's default is None: every host
         app.config["TRUSTED_HOSTS"] = settings.trusted_hosts  # any other Host header: 400
     web_metrics.init_app(app)  # first: it times every request, refused ones too
-    operator_auth.init_app(app, settings)
+    operator_auth.init_app(app, settings, store)
     loans_web.init_app(app, LoanService(settings, rules, temporal, store))
     orders_web.init_app(app, OrderService(settings, rules, app_messages, temporal, store))
     app.cli.add_command(orders_cli)

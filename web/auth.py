@@ -22,12 +22,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
     Flask,
     current_app,
+    g,
     jsonify,
     redirect,
     render_template,
@@ -42,6 +44,7 @@ from markupsafe import Markup, escape
 
 from core.secret_files import read_or_create_secret
 from core.settings import Settings
+from core.store import Store
 
 # Endpoints anyone may call; every other endpoint needs an operator.
 PUBLIC_ENDPOINTS = frozenset(
@@ -63,6 +66,9 @@ PUBLIC_ENDPOINTS = frozenset(
     }
 )
 SESSION_KEY = "operator"
+SESSION_ID_KEY = "operator_session"
+OPERATOR_SESSIONS = "operator_sessions"  # one record per sign-in, keyed by a hash of its id
+SESSION_LIFETIME = timedelta(hours=12)  # then sign in again, whatever the cookie says
 MIN_TOKEN_LENGTH = 16
 CONTENT_SECURITY_POLICY = {
     "default-src": "'self'",
@@ -106,13 +112,30 @@ def load_operator_token(settings: Settings) -> str:
 
 
 class OperatorAuth:
-    """Checks a request's credentials against the operator token, in constant time."""
+    """Checks a request's credentials against the operator token, in constant time, and a browser's
+    session against its server-side record (so signing out ends it for good)."""
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, store: Store | None = None):
         self._token = token.encode()
         # The session stores a fingerprint of the token, never the token, so
         # changing the token signs every browser out.
         self.fingerprint = hashlib.sha256(b"operator-session:" + self._token).hexdigest()
+        self._store = store
+
+    def start_session(self) -> str:
+        """A new session's id, recorded server-side (by its hash: the store never holds a usable id)."""
+        session_id = secrets.token_urlsafe(32)
+        now = datetime.now(timezone.utc)
+        if self._store is not None:
+            record = {"started_at": now.isoformat(), "expires_at": (now + SESSION_LIFETIME).isoformat(), "revoked": False}
+            self._store.put(OPERATOR_SESSIONS, _session_key(session_id), record)
+        return session_id
+
+    def end_session(self, session_id: object) -> None:
+        """Sign-out: the session's record says revoked, so a copy of its cookie no longer signs anyone in."""
+        if self._store is not None and isinstance(session_id, str):
+            now = datetime.now(timezone.utc).isoformat()
+            self._store.put(OPERATOR_SESSIONS, _session_key(session_id), {"revoked": True, "revoked_at": now})
 
     def token_matches(self, candidate: str) -> bool:
         return hmac.compare_digest(candidate.encode(), self._token)
@@ -122,11 +145,29 @@ class OperatorAuth:
         return scheme.lower() == "bearer" and self.token_matches(credentials.strip())
 
     def session_is_valid(self) -> bool:
-        stored = session.get(SESSION_KEY)
-        return isinstance(stored, str) and hmac.compare_digest(stored, self.fingerprint)
+        if "operator_session_valid" not in g:  # read once per request, however often asked
+            g.operator_session_valid = self._session_is_valid()
+        return bool(g.operator_session_valid)
+
+    def _session_is_valid(self) -> bool:
+        stored, session_id = session.get(SESSION_KEY), session.get(SESSION_ID_KEY)
+        if not (isinstance(stored, str) and hmac.compare_digest(stored, self.fingerprint)):
+            return False
+        if self._store is None:
+            return True
+        if not isinstance(session_id, str):
+            return False  # a cookie from before sessions were recorded: sign in again
+        record = self._store.get(OPERATOR_SESSIONS, _session_key(session_id))
+        if record is None or record.get("revoked"):
+            return False
+        return datetime.fromisoformat(record["expires_at"]) > datetime.now(timezone.utc)
 
     def is_operator(self) -> bool:
         return self.bearer_is_valid() or self.session_is_valid()
+
+
+def _session_key(session_id: str) -> str:
+    return hashlib.sha256(b"operator-session-id:" + session_id.encode()).hexdigest()
 
 
 def operator_auth() -> OperatorAuth:
@@ -204,12 +245,14 @@ def signin_submit():
         return signin_page(target, error), 401
     session.clear()  # a new session on sign-in: nothing from before carries over
     session[SESSION_KEY] = operator_auth().fingerprint
+    session[SESSION_ID_KEY] = operator_auth().start_session()
     session.permanent = False
     return redirect(target, code=303)
 
 
 @auth.post("/signout")
 def signout():
+    operator_auth().end_session(session.get(SESSION_ID_KEY))
     session.clear()
     return redirect(url_for("pages.form"), code=303)
 
@@ -222,9 +265,10 @@ def csrf_field() -> Markup:
     return Markup(f'<input type="hidden" name="csrf_token" value="{escape(generate_csrf())}">')
 
 
-def init_app(app: Flask, settings: Settings) -> None:
-    """Sign-in routes, the operator check, CSRF and security headers for every request."""
-    app.extensions["operator_auth"] = OperatorAuth(load_operator_token(settings))
+def init_app(app: Flask, settings: Settings, store: Store | None = None) -> None:
+    """Sign-in routes, the operator check, CSRF and security headers for every request.
+    `store` keeps the operators' sessions (without one, a session lasts as long as its cookie)."""
+    app.extensions["operator_auth"] = OperatorAuth(load_operator_token(settings), store)
     # The sign-in page, which anyone reads, names the token's file inside the data folder, not its path.
     app.extensions["token_file"] = None if settings.operator_token else TOKEN_FILE
     # Sessions are signed with a key derived from the deployment's secret, apart

@@ -7,6 +7,7 @@ nothing changed.
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from dataclasses import replace
@@ -14,8 +15,9 @@ from dataclasses import replace
 import pytest
 
 from core.rules import load_messages
+from core.store import open_store
 from tests.fixtures import ADDRESS, HERE, JOHN, make_app, signed_in, wait_until
-from web.auth import PUBLIC_ENDPOINTS
+from web.auth import OPERATOR_SESSIONS, PUBLIC_ENDPOINTS
 
 MESSAGES = load_messages(HERE / "messages.json")
 # What an applicant, with no account, may reach; everything else is the operator's.
@@ -145,6 +147,26 @@ def test_sign_in_sets_a_strict_session_cookie_and_sign_out_ends_it(app, settings
 
     assert client.post("/signout").status_code == 303
     assert client.get("/orders").status_code == 303
+
+
+def test_a_session_cookie_kept_after_sign_out_or_past_its_lifetime_signs_no_one_in(app, settings):
+    """Issue 26: a copy of the session cookie still worked after sign-out. Sessions are recorded
+    server-side (by a hash of their id) and sign-out revokes the record; an expired one ends too."""
+    browser = signed_in(app.test_client(), settings)
+    copied = app.test_client()
+    copied.set_cookie("session", browser.get_cookie("session").value)
+    assert copied.get("/orders").status_code == 200  # the copy works while the session lasts
+    assert browser.post("/signout").status_code == 303
+    assert copied.get("/orders").status_code == 303 and copied.get("/api/orders").status_code == 401
+
+    later = signed_in(app.test_client(), settings)
+    assert later.get("/orders").status_code == 200
+    store = open_store(settings)
+    for key in [k for k in os.listdir(settings.data_dir / OPERATOR_SESSIONS) if k.endswith(".json")]:
+        record = store.get(OPERATOR_SESSIONS, key.removesuffix(".json"))
+        if record and not record.get("revoked"):
+            store.put(OPERATOR_SESSIONS, key.removesuffix(".json"), {**record, "expires_at": "2000-01-01T00:00:00+00:00"})
+    assert later.get("/orders").status_code == 303
 
 
 def test_the_sign_in_page_says_where_the_token_is_without_the_data_folders_path(order_stack, monkeypatch, tmp_path):
