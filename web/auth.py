@@ -70,6 +70,7 @@ SESSION_ID_KEY = "operator_session"
 OPERATOR_SESSIONS = "operator_sessions"  # one record per sign-in, keyed by a hash of its id
 SESSION_LIFETIME = timedelta(hours=12)  # then sign in again, whatever the cookie says
 MIN_TOKEN_LENGTH = 16
+MIN_TOKEN_DISTINCT = 8  # "aaaaaaaaaaaaaaaa" is 16 characters and no secret
 CONTENT_SECURITY_POLICY = {
     "default-src": "'self'",
     "script-src": "'self'",
@@ -106,8 +107,11 @@ def signin_hint(settings: Settings) -> str:
 def load_operator_token(settings: Settings) -> str:
     """The configured token, else the one generated into the data folder (0600) on first start."""
     token = settings.operator_token or read_or_create_secret(operator_token_path(settings), lambda: secrets.token_urlsafe(32))
-    if len(token) < MIN_TOKEN_LENGTH:
-        raise SystemExit(f"OPERATOR_TOKEN must be at least {MIN_TOKEN_LENGTH} characters")
+    if len(token) < MIN_TOKEN_LENGTH or len(set(token)) < MIN_TOKEN_DISTINCT:
+        raise SystemExit(
+            f"OPERATOR_TOKEN must be at least {MIN_TOKEN_LENGTH} characters, {MIN_TOKEN_DISTINCT} of them different "
+            "(make one: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
     return token
 
 
@@ -146,6 +150,9 @@ class OperatorAuth:
 
     def session_is_valid(self) -> bool:
         if "operator_session_valid" not in g:  # read once per request, however often asked
+            # If the store cannot say (StoreUnavailable: the 503 page), the rest of this request
+            # (that page's own check) sees no operator rather than asking again.
+            g.operator_session_valid = False
             g.operator_session_valid = self._session_is_valid()
         return bool(g.operator_session_valid)
 

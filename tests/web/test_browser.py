@@ -133,15 +133,18 @@ async def visitor(browser, site):
 async def operator_state(browser, site):
     """The cookies of a browser in which the operator signed in on /signin."""
     context, watched = await new_page(browser, site)
-    page = watched.page
-    await page.goto("/signin")
-    await page.get_by_label("Operator token").fill(site.operator_token)
-    await page.get_by_role("button", name="Sign in").click()
-    await expect(page).to_have_url(re.compile(r"/orders$"))
+    await sign_in(watched.page, site)
     state = await context.storage_state()
     await context.close()
     assert not watched.problems, "\n".join(watched.problems)
     return state
+
+
+async def sign_in(page, site) -> None:
+    await page.goto("/signin")
+    await page.get_by_label("Operator token").fill(site.operator_token)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page).to_have_url(re.compile(r"/orders$"))
 
 
 @pytest.fixture
@@ -536,10 +539,12 @@ async def test_the_order_tracker_fills_in_the_review_deadline_to_the_second(oper
     assert await still_not_reloaded(operator), "the tracker reloaded the page instead of updating it"
 
 
-async def test_the_order_tracker_stops_refreshing_and_says_so_once_signed_out(browser, site, operator_state):
-    context, watched = await new_page(browser, site, operator_state=operator_state)
+async def test_the_order_tracker_stops_refreshing_and_says_so_once_signed_out(browser, site):
+    # A session of its own: signing out revokes it server-side, and the other tests share theirs.
+    context, watched = await new_page(browser, site)
     try:
         tracker = watched.page
+        await sign_in(tracker, site)
         order_id = await place_order(tracker, {"14-inch laptop": 1})  # waits for review: the page keeps refreshing
         other_tab = await context.new_page()
         await other_tab.goto("/orders")

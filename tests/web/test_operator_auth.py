@@ -16,8 +16,8 @@ import pytest
 
 from core.rules import load_messages
 from core.store import open_store
-from tests.fixtures import ADDRESS, HERE, JOHN, make_app, signed_in, wait_until
-from web.auth import OPERATOR_SESSIONS, PUBLIC_ENDPOINTS
+from tests.fixtures import ADDRESS, HERE, JOHN, fresh_settings, make_app, signed_in, wait_until
+from web.auth import OPERATOR_SESSIONS, PUBLIC_ENDPOINTS, load_operator_token
 
 MESSAGES = load_messages(HERE / "messages.json")
 # What an applicant, with no account, may reach; everything else is the operator's.
@@ -314,3 +314,12 @@ def test_the_codec_server_decrypts_for_operators_and_the_temporal_ui_only(app, s
     assert decoded.status_code == 200 and decoded.json["payloads"][0]["data"] == "c2VjcmV0"
     other_site = operator_browser.post("/codec/decode", json=encoded.json, headers={"Origin": "http://evil.example"})
     assert other_site.status_code == 403
+
+
+@pytest.mark.parametrize("token", ["short-token", "a" * 16, "abababababababababab"])
+def test_a_weak_operator_token_stops_the_app_with_the_rule(token, tmp_path):
+    with pytest.raises(SystemExit, match="at least 16 characters, 8 of them different"):
+        load_operator_token(replace(fresh_settings(tmp_path / "data"), operator_token=token))
+    assert (
+        load_operator_token(replace(fresh_settings(tmp_path / "data"), operator_token="x7-Kq2p9Lm4Zr8Tn")) == "x7-Kq2p9Lm4Zr8Tn"
+    )
