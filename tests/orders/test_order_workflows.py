@@ -645,7 +645,11 @@ async def record_order_scenario(client: Client, settings, kind: str) -> list[tup
     if kind != "review_expired":
         histories.append(("shipping", await client.get_workflow_handle(f"{handle.id}-shipping").fetch_history()))
     if status.status == "completed":
-        histories.append(("rewards", await client.get_workflow_handle(rewards_workflow_id(request.customer_id)).fetch_history()))
+        # The award starts the rewards workflow just before the order completes (v10): wait for its
+        # first task to count the points (a query waits for the task in flight), then read its history.
+        rewards = client.get_workflow_handle(rewards_workflow_id(request.customer_id))
+        await wait_until_points(rewards, status.points_awarded)
+        histories.append(("rewards", await rewards.fetch_history()))
     return histories
 
 
