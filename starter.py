@@ -26,7 +26,6 @@ import io
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify, request
-from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException, SecurityError
 
 from core.rules import load_messages, load_rules
@@ -46,7 +45,6 @@ from web import limits as web_limits
 from web import metrics as web_metrics
 from web.codec_server import create_codec_blueprint
 from web.common import StrictJSONProvider, error_page, json_error, messages
-from web.limits import retry_after
 from web.openapi import build_openapi
 
 health = Blueprint("health", __name__)
@@ -146,7 +144,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(create_codec_blueprint(lambda: codec, settings.temporal_ui_url))
     web_limits.init_app(app, settings)  # last: it wraps the public views
     app.register_error_handler(SecurityError, handle_untrusted_host)
-    app.register_error_handler(RateLimitExceeded, handle_rate_limited)
     app.register_error_handler(InvalidInput, handle_invalid_input)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(StoreUnavailable, handle_store_unavailable)
@@ -158,17 +155,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 def handle_untrusted_host(err: SecurityError):
     """A Host header not in ALLOWED_HOSTS: a plain 400 (no page: its links would be built from that host)."""
     return "Bad request: this server does not answer to that host name.\n", 400, {"Content-Type": "text/plain; charset=utf-8"}
-
-
-def handle_rate_limited(err: RateLimitExceeded):
-    """Over a public limit (web/limits.py): 429 with Retry-After, JSON under /api, a page elsewhere."""
-    seconds = retry_after(err)
-    text = messages().errors["rate_limited"].format(seconds=seconds)
-    if request.path.startswith("/api/"):
-        response = json_error(429, text, retry_after=seconds)
-    else:
-        response = error_page(429, "Too many requests", text)
-    return response[0], 429, {"Retry-After": str(seconds)}
 
 
 def handle_invalid_input(err: InvalidInput):

@@ -57,7 +57,7 @@ from web.common import (
     messages,
     page_argument,
 )
-from web.limits import retry_after
+from web.limits import over_limit, rate_limited
 
 # The session entry holding the contact answer this browser has just sent, for the page the
 # answer redirects to: the workflow records it a moment later (record_contact_preference).
@@ -230,10 +230,9 @@ async def apply():
 @pages.errorhandler(RateLimitExceeded)
 def _form_over_limit(err: RateLimitExceeded):
     """Over a limit on the form: the form again, with what was typed and when to try again."""
-    seconds = retry_after(err)
-    text = messages().errors["rate_limited"].format(seconds=seconds)
     if request.endpoint != "pages.apply":
-        return error_page(429, "Too many requests", text)[0], 429, {"Retry-After": str(seconds)}
+        return rate_limited(err)
+    seconds, text = over_limit()
     values = {name: request.form.get(name, "") for name in request.form}
     notice = {"kind": "unavailable", "title": "Please wait a moment", "text": text}
     return render_template("loans/form.html", values=values, errors={}, notice=notice), 429, {"Retry-After": str(seconds)}

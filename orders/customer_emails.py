@@ -31,13 +31,13 @@ class CustomerEmails:
         """Start the `kind` email (once per order). `after` is a paragraph added to the text (the refund)."""
         request = self.prepare(kind, after, **values)
         if request is not None:
-            self._sending.append(asyncio.ensure_future(self._send(request)))
+            self._send_soon(request)
 
     def carried(self, request: OrderEmailRequest, outcome: OrderEmailState | None) -> None:
         """How the step that carried `request` sent it (v10). None (not sent yet, or the step did not
         complete): the email's own activity sends it, and finds it sent if the step did after all."""
         if outcome is None:
-            self._sending.append(asyncio.ensure_future(self._send(request)))
+            self._send_soon(request)
             return
         if outcome.status == "refused":
             self._timeline.event("failure", f"Email to the customer ({request.kind}) refused: {outcome.reason}")
@@ -71,6 +71,10 @@ class CustomerEmails:
             return None
         self._set_state(kind, OrderEmailState("sending", at=workflow.now().isoformat()))
         return request
+
+    def _send_soon(self, request: OrderEmailRequest) -> None:
+        """The email's own activity, started without waiting (`finished` waits for it)."""
+        self._sending.append(asyncio.ensure_future(self._send(request)))
 
     async def finished(self) -> None:
         """Wait for the emails still being sent (each records how it went)."""

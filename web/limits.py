@@ -28,6 +28,7 @@ from flask_limiter.util import get_remote_address
 
 from core.email_address import normalize_email
 from core.settings import Settings
+from web.common import error_page, json_error, messages
 
 # Per client address.
 APPLY_PER_CLIENT = "10 per minute;60 per hour"
@@ -71,7 +72,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     limiter = Limiter(
         get_remote_address,
         app=app,
-        enabled=app.config.get("RATELIMIT_ENABLED", settings.public_rate_limit),
+        enabled=settings.public_rate_limit,
         storage_uri=settings.rate_limit_storage_uri,
         headers_enabled=False,  # the 429's Retry-After is set by the app's handler, from the limit itself
         strategy="moving-window",
@@ -82,11 +83,22 @@ def init_app(app: Flask, settings: Settings) -> None:
             view = limiter.shared_limit(limit, scope=scope, key_func=key, exempt_when=_is_operator)(view)
         app.view_functions[endpoint] = view
     app.extensions["limiter"] = limiter
+    app.register_error_handler(RateLimitExceeded, rate_limited)
 
 
-def retry_after(err: RateLimitExceeded) -> int:
-    """Whole seconds until the limit that refused the request lets one through again."""
+def over_limit() -> tuple[int, str]:
+    """For a refused request: whole seconds until its limit lets one through again, and the text saying so."""
     limit = current_app.extensions["limiter"].current_limit
-    if limit is None:
-        return 60
-    return max(1, math.ceil(limit.reset_at - time.time()))
+    seconds = 60 if limit is None else max(1, math.ceil(limit.reset_at - time.time()))
+    return seconds, messages().errors["rate_limited"].format(seconds=seconds)
+
+
+def rate_limited(err: RateLimitExceeded):
+    """The app's answer over a limit: 429 with Retry-After, JSON under /api, a page elsewhere
+    (the loan form answers with itself: loans/web.py)."""
+    seconds, text = over_limit()
+    if request.path.startswith("/api/"):
+        body = json_error(429, text, retry_after=seconds)[0]
+    else:
+        body = error_page(429, "Too many requests", text)[0]
+    return body, 429, {"Retry-After": str(seconds)}

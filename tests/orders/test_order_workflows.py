@@ -184,6 +184,22 @@ async def test_small_order_runs_every_step_and_awards_points(time_skipping_env, 
     assert messages[0].startswith("Order received") and "Order completed; 214 reward points awarded" in messages
 
 
+def assert_recorded_in_full(order_settings, status: OrderStatus, expected_events: tuple[str, ...]) -> None:
+    """The stored record is the order's final state; each email's outcome is stored (no mail server in
+    these tests: "not_configured"), none left "sending"; every expected event is there, numbered without gaps."""
+    saved = store(order_settings).get(ORDERS, status.order_id)
+    assert saved == json.loads(json.dumps(dataclasses.asdict(status)))
+    assert {kind: state["status"] for kind, state in saved["emails"].items()} == dict.fromkeys(
+        ("received", "shipped", "delivered"), "not_configured"
+    )
+    messages = [e["message"] for e in order_events(store(order_settings), status.order_id)]
+    for expected in expected_events:
+        assert any(m.startswith(expected) for m in messages), (expected, messages)
+    assert [e["key"] for e in order_events(store(order_settings), status.order_id)] == [
+        f"wf-{n:04d}" for n in range(1, len(messages) + 1)
+    ]
+
+
 async def test_lean_bookkeeping_writes_fewer_records_and_loses_nothing(time_skipping_env, order_settings, order_workers):
     """Version 9: the steps that follow a change carry the order's record, the notices ride with
     it, and the delivery comes with the shipment's result. Every event, notice and email outcome
@@ -202,20 +218,12 @@ async def test_lean_bookkeeping_writes_fewer_records_and_loses_nothing(time_skip
     # Shipping started, prepared, dispatched, completed, and the emails' outcomes that arrive while
     # the order waits (v8 wrote 13 records and 2 notices for this order, one local activity each).
     assert 4 <= len(local) <= 7, local
-    saved = store(order_settings).get(ORDERS, request.order_id)
-    assert saved == json.loads(json.dumps(dataclasses.asdict(status)))
-    # Each email's outcome is stored (no mail server in these tests: "not_configured"), none left "sending".
-    assert {kind: state["status"] for kind, state in saved["emails"].items()} == dict.fromkeys(
-        ("received", "shipped", "delivered"), "not_configured"
+    assert_recorded_in_full(
+        order_settings,
+        status,
+        ("Order received", "Validated", "Inventory reserved", "Approved automatically", "Payment charged")
+        + ("Shipping started", "Shipment prepared", "Released to the carrier", "Delivered", "Order completed"),
     )
-    messages = [e["message"] for e in order_events(store(order_settings), request.order_id)]
-    for expected in ("Order received", "Validated", "Inventory reserved", "Approved automatically", "Payment charged"):
-        assert any(m.startswith(expected) for m in messages), (expected, messages)
-    for expected in ("Shipping started", "Shipment prepared", "Released to the carrier", "Delivered", "Order completed"):
-        assert any(m.startswith(expected) for m in messages), (expected, messages)
-    assert [e["key"] for e in order_events(store(order_settings), request.order_id)] == [
-        f"wf-{n:04d}" for n in range(1, len(messages) + 1)
-    ]
     for kind in ("received", "completed"):
         assert store(order_settings).get(NOTIFICATIONS, f"{request.order_id}-{kind}") is not None
 
@@ -242,17 +250,9 @@ async def test_version_10_runs_fewer_tasks_and_loses_nothing(time_skipping_env, 
         if e.HasField("signal_external_workflow_execution_initiated_event_attributes")
     ]
     assert signals == ["shipment_ready", "shipment_progress"], signals  # ready (with "prepared"), dispatched
-    saved = store(order_settings).get(ORDERS, request.order_id)
-    assert saved == json.loads(json.dumps(dataclasses.asdict(status)))
-    assert {kind: state["status"] for kind, state in saved["emails"].items()} == dict.fromkeys(
-        ("received", "shipped", "delivered"), "not_configured"
+    assert_recorded_in_full(
+        order_settings, status, ("Order received", "Validated", "Shipment prepared", "Released to the carrier", "Order completed")
     )
-    messages = [e["message"] for e in order_events(store(order_settings), request.order_id)]
-    for expected in ("Order received", "Validated", "Shipment prepared", "Released to the carrier", "Order completed"):
-        assert any(m.startswith(expected) for m in messages), (expected, messages)
-    assert [e["key"] for e in order_events(store(order_settings), request.order_id)] == [
-        f"wf-{n:04d}" for n in range(1, len(messages) + 1)
-    ]
     from test_workflows import replay_in_fresh_processes
 
     (tmp_path / "order.json").write_text(history.to_json())

@@ -37,6 +37,13 @@ def limited(tmp_path, monkeypatch):
     return settings, make_app(settings, NO_TEMPORAL, monkeypatch)
 
 
+def client_at(app, address: str):
+    """A test client calling from `address`."""
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    return client
+
+
 def application(email: str, name: str = "Ada Lovelace") -> dict:
     # Refused by validation (no income): counted by the limits, never sent to Temporal.
     return {"name": name, "email": email, "loan_amount": 5000, "credit_score": 700, "has_bankruptcy": False}
@@ -54,9 +61,7 @@ def test_applying_past_the_limit_answers_429_with_retry_after(limited):
     assert refused.json["retry_after"] == int(refused.headers["Retry-After"])
     assert "Try again in" in refused.json["error"]
     # Another client is not affected.
-    other = app.test_client()
-    other.environ_base["REMOTE_ADDR"] = "192.0.2.7"
-    assert other.post("/api/evaluate", json=application("b@example.com")).status_code == 400
+    assert client_at(app, "192.0.2.7").post("/api/evaluate", json=application("b@example.com")).status_code == 400
 
 
 def test_the_form_past_the_limit_comes_back_with_what_was_typed(limited):
@@ -74,12 +79,10 @@ def test_the_form_past_the_limit_comes_back_with_what_was_typed(limited):
 def test_one_email_address_is_limited_whoever_sends_it(limited):
     _, app = limited
     for n in range(per_minute(APPLY_PER_EMAIL)):
-        client = app.test_client()
-        client.environ_base["REMOTE_ADDR"] = f"192.0.2.{n + 10}"
-        assert client.post("/api/evaluate", json=application("Target@Example.com")).status_code == 400
-    client = app.test_client()
-    client.environ_base["REMOTE_ADDR"] = "192.0.2.99"
-    assert client.post("/api/evaluate", json=application("target@example.com")).status_code == 429
+        assert (
+            client_at(app, f"192.0.2.{n + 10}").post("/api/evaluate", json=application("Target@Example.com")).status_code == 400
+        )
+    assert client_at(app, "192.0.2.99").post("/api/evaluate", json=application("target@example.com")).status_code == 429
 
 
 def test_operators_are_not_limited(limited):
