@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import os
 import secrets
 from dataclasses import dataclass
@@ -208,20 +207,21 @@ def payload_codec_from_env(accept_plain: bool = False) -> EncryptionCodec:
 
 
 def payload_data_converter(codec: EncryptionCodec | None = None):
-    """The SDK's pydantic converter with the payload codec: what every client and worker uses.
+    """The app's payload converter with the payload codec: what every client and worker uses.
 
-    JSON through pydantic (`temporalio.contrib.pydantic`) rather than the default
-    converter: the same JSON, read into the same dataclasses, at a quarter of the
-    CPU to read and a tenth to write (docs/performance.md), and every order step
-    and record is a payload. Failure messages and stack traces are moved into an
-    encrypted payload too (`DefaultFailureConverterWithEncodedAttributes`): an
-    error's text can quote its input.
+    JSON through pydantic (core/converter.py) rather than the SDK's default
+    converter: the same JSON, read into the same dataclasses, at a fraction of the
+    CPU (docs/performance.md), and every order step and record is a payload.
+    Failure messages and stack traces are moved into an encrypted payload too
+    (`DefaultFailureConverterWithEncodedAttributes`): an error's text can quote
+    its input.
     """
-    from temporalio.contrib.pydantic import pydantic_data_converter
-    from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
+    from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 
-    return dataclasses.replace(
-        pydantic_data_converter,
+    from core.converter import AppPayloadConverter
+
+    return DataConverter(
+        payload_converter_class=AppPayloadConverter,
         payload_codec=codec or payload_codec_from_env(),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )

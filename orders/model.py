@@ -54,6 +54,19 @@ MAX_FAILURES_PER_ORDER = 10
 ORDER_ACTIONS = ("approve", "cancel", "address", "expedite", "simulate-failure")
 # The emails an order sends its customer, each once (messages.json: email_<kind>, email_<kind>_subject).
 ORDER_EMAIL_KINDS = ("received", "awaiting_review", "shipped", "delivered", "cancelled", "review_expired", "rejected", "failed")
+# The texts an order's workflow says itself (orders/messages.py, its notices, the customer's
+# emails): an order carries these, not all of messages.json's order texts, which were 6 of
+# its input's 7 KB, in its history and every replay (tests/orders/test_order_workflows.py).
+WORKFLOW_TEXT_PREFIXES = ("email_", "notify_")
+WORKFLOW_TEXT_KEYS = frozenset(
+    "address_field already_approved already_dispatched already_final being_cancelled cancel_reason cancel_too_late "
+    "cancelled_through_temporal failures_full not_awaiting_review review_timeout shipment_stopped step_failed".split()
+)
+
+
+def workflow_texts(texts: dict[str, str]) -> dict[str, str]:
+    """The texts of `texts` that an order's workflow says (see WORKFLOW_TEXT_KEYS)."""
+    return {key: text for key, text in texts.items() if key in WORKFLOW_TEXT_KEYS or key.startswith(WORKFLOW_TEXT_PREFIXES)}
 
 
 def order_workflow_id(order_id: str) -> str:

@@ -56,6 +56,7 @@ from orders.model import (
     ShippingTiming,
     order_workflow_id,
     rewards_workflow_id,
+    workflow_texts,
 )
 from orders.rewards import RewardsWorkflow
 from orders.validation import CUSTOMER_ID_PATTERN, NewOrder
@@ -233,8 +234,8 @@ class OrderService:
             placed_at=datetime.now(UTC).isoformat(),
             failures=order.failures,
             shipping_task_queue=self.settings.shipping_task_queue,
-            # The workflow words its refusals and timeouts with these texts.
-            texts=dict(self.messages.orders),
+            # The workflow words its refusals, notices and emails with these texts.
+            texts=workflow_texts(self.messages.orders),
             customer_email=order.customer_email,
         )
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import json
 import os
+import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -31,11 +33,15 @@ from temporalio.workflow import NondeterminismError
 
 from core.rules import load_messages, load_rules
 from core.store.files import JsonStore
+from orders import customer_emails as customer_emails_module
+from orders import messages as order_messages_module
+from orders import workflow as order_workflow_module
 from orders.activities import order_events
 from orders.model import (
     ACTION_REFUSED,
     INVENTORY,
     NOTIFICATIONS,
+    ORDER_EMAIL_KINDS,
     ORDER_MILESTONES,
     ORDERS,
     PAYMENT_REQUESTS,
@@ -56,6 +62,7 @@ from orders.model import (
     ShippingTiming,
     order_workflow_id,
     rewards_workflow_id,
+    workflow_texts,
 )
 from orders.rewards import RewardsWorkflow
 from orders.rewards_model import AwardPoints, RewardsInput, RewardsState, RewardTierRule
@@ -120,7 +127,7 @@ def order_request(
         placed_at=datetime.now(timezone.utc).isoformat(),
         failures=failures or [],
         shipping_task_queue=settings.shipping_task_queue,
-        texts=load_messages(settings.messages_file).orders,
+        texts=workflow_texts(load_messages(settings.messages_file).orders),  # what the service sends
     )
 
 
@@ -260,6 +267,20 @@ async def test_version_10_runs_fewer_tasks_and_loses_nothing(time_skipping_env, 
     replay_in_fresh_processes([tmp_path / "order.json", tmp_path / "shipping.json"])
 
 
+def test_an_order_carries_every_text_its_workflow_says_and_only_those():
+    """The workflow words its refusals, notices and emails with the texts the order carries: each
+    `_text("…")` and `texts.get("…")` of its modules and each email's subject and body is among
+    them, and the web's texts are not (they were 6 of an order input's 7 KB)."""
+    every = load_messages(HERE / "messages.json").orders
+    carried = workflow_texts(every)
+    said = {f"email_{kind}{part}" for kind in ORDER_EMAIL_KINDS for part in ("", "_subject")}
+    for module in (order_workflow_module, order_messages_module, customer_emails_module):
+        said |= set(re.findall(r'(?:_text\(|texts\.get\()f?"([a-z_]+)"', inspect.getsource(module)))
+    assert len(said) > 25 and said <= carried.keys(), sorted(said - carried.keys())
+    assert "placement_unknown_form" not in carried and "not_found" not in carried
+    assert len(json.dumps(carried)) < len(json.dumps(every)) / 2
+
+
 def test_a_record_never_hides_a_newer_one_and_its_events_are_always_written(tmp_path):
     """An attempt that ends after its order moved on (or a retry) writes its events, which are
     the same whenever written, and never puts its older projection over the newer one."""
@@ -322,13 +343,11 @@ async def test_plain_updates_sent_straight_to_temporal_act_as_no_operator(time_s
 
 async def test_plain_messages_without_input_act_as_no_one(time_skipping_env, order_settings, order_workers):
     """`temporal workflow signal --name stop` (no input, so nothing for the codec to refuse) stopped a
-    shipment, which cancelled its order; `... update execute --name close` closed a customer's rewards.
-    Those messages now carry their sender, encrypted: without one, the shipment goes on and the close
-    is rejected."""
+    shipment, which cancelled its order. Those messages now carry their sender, encrypted: without
+    one, the shipment goes on (the rewards' `close`: the next test)."""
     client = time_skipping_env.client
     plain = Client(**{**client.config(), "data_converter": DataConverter.default})
-    request = order_request(order_settings, SMALL)
-    handle = await start(client, order_settings, request)
+    handle = await start(client, order_settings, order_request(order_settings, SMALL))
     await wait_for(handle, lambda s: s.shipment.stage == "prepared", "the package to be prepared")
     shipment = plain.get_workflow_handle(f"{handle.id}-shipping")
     await shipment.signal("stop")
@@ -336,10 +355,20 @@ async def test_plain_messages_without_input_act_as_no_one(time_skipping_env, ord
     status = await handle.result()
     assert status.status == "completed" and status.shipment.carrier == "Ground Freight"  # not stopped, not expedited
 
-    rewards = plain.get_workflow_handle(rewards_workflow_id(request.customer_id))
+
+async def test_a_plain_close_of_a_customers_rewards_is_rejected(dev_server, order_settings, dev_server_order_workers):
+    """`temporal workflow update execute --name close` closed a customer's rewards; `close` now carries
+    its sender and one without is rejected. On the dev server: the time-skipping server keeps no
+    outcome of a rejected update, so asking for it hung or heard "not found" (4 runs in 6)."""
+    customer = f"cust-{uuid.uuid4().hex[:8]}"
+    rewards = RewardsInput(RewardsState(customer, points=7), [RewardTierRule("basic", 0)], 1000, close_needs_sender=True)
+    await dev_server.client.start_workflow(
+        RewardsWorkflow.run, rewards, id=rewards_workflow_id(customer), task_queue=order_settings.order_task_queue
+    )
+    plain = Client(**{**dev_server.client.config(), "data_converter": DataConverter.default})
     with pytest.raises(WorkflowUpdateFailedError):
-        await asyncio.wait_for(rewards.execute_update("close"), 10)
-    owned = client.get_workflow_handle(rewards_workflow_id(request.customer_id))
+        await asyncio.wait_for(plain.get_workflow_handle(rewards_workflow_id(customer)).execute_update("close"), 10)
+    owned = dev_server.client.get_workflow_handle(rewards_workflow_id(customer))
     assert not (await owned.query(RewardsWorkflow.summary)).closed
     assert (await update(owned, RewardsWorkflow.close, MessageFrom("test"))).closed
 

@@ -170,7 +170,7 @@ def test_cli_status_says_when_only_the_start_input_answers(order_stack, monkeypa
 
 def test_cli_closes_a_customers_rewards_with_its_sender(app, order_stack, customer):
     """`orders close-rewards` sends `close` with its sender (a plain update without one is rejected:
-    test_plain_messages_without_input_act_as_no_one); an unknown customer exits 1."""
+    test_a_plain_close_of_a_customers_rewards_is_rejected); an unknown customer exits 1."""
     settings, address = order_stack
 
     async def start_rewards() -> None:
