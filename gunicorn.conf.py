@@ -56,5 +56,5 @@ def when_ready(server):
     ui = settings.temporal_ui_url
     server.log.info("Loan application form: %s/", settings.public_url)
     server.log.info("Orders dashboard:      %s/orders", settings.public_url)
-    server.log.info("Operator sign-in:      %s/signin  (token: %s)", settings.public_url, signin_hint(settings))
+    server.log.info("Operator sign-in:      %s/signin  (%s)", settings.public_url, signin_hint(settings))
     server.log.info("Temporal Web UI:       %s/namespaces/default/workflows", ui)

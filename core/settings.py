@@ -96,6 +96,9 @@ class Settings:
     # Host names the web app answers to (ALLOWED_HOSTS, comma-separated; ".example.com" takes its
     # subdomains too); empty: the loopback names and WEB_HOST (see `trusted_hosts`).
     allowed_hosts: tuple[str, ...] = ()
+    # Operators' passwords (web/auth.py PASSWORD_HASHERS): Argon2id at its defaults; the tests
+    # set "cheapest" to sign in fast. Not read from the environment: no deployment can lower it.
+    password_hashing: str = "standard"
 
     @property
     def public_url(self) -> str:

@@ -33,7 +33,6 @@ from orders.model import (
     FAILURE_STEPS,
     ORDER_EMAIL_KINDS,
     ORDER_MILESTONES,
-    ApproveRequest,
 )
 from orders.service import (
     ActionFailed,
@@ -60,6 +59,7 @@ from orders.validation import (
     parse_json_failure,
     parse_json_order,
 )
+from web.auth import current_operator
 from web.common import (
     BadBody,
     bad_body_error,
@@ -191,19 +191,22 @@ async def order(order_id: str):
 
 @orders_api.post("/orders/<order_id>/approve")
 async def approve(order_id: str):
-    approval = parse_json_approve(body(optional=True), service().messages)
+    raw = body(optional=True)
+    approval = dataclasses.replace(parse_json_approve(raw, service().messages), operator=acting_operator(raw))
     return jsonify(order_json(await service().approve(order_id, approval)))
 
 
 @orders_api.post("/orders/<order_id>/cancel")
 async def cancel(order_id: str):
-    cancellation = parse_json_cancel(body(), service().messages)
+    raw = body()
+    cancellation = dataclasses.replace(parse_json_cancel(raw, service().messages), operator=acting_operator(raw))
     return jsonify(order_json(await service().cancel(order_id, cancellation)))
 
 
 @orders_api.post("/orders/<order_id>/address")
 async def change_address(order_id: str):
-    change = parse_json_address_change(body(), service().messages)
+    raw = body()
+    change = dataclasses.replace(parse_json_address_change(raw, service().messages), operator=acting_operator(raw))
     return jsonify(order_json(await service().change_address(order_id, change)))
 
 
@@ -218,6 +221,17 @@ async def simulate_failure(order_id: str):
     failure = parse_json_failure(body(), service().messages)
     await service().simulate_failure(order_id, failure)
     return accepted(order_id, {"failure": dataclasses.asdict(failure)})
+
+
+def acting_operator(values: Any) -> str:
+    """Who an action is by, for the timeline and the history: the signed-in operator. A body or
+    form that names someone else is refused (the field `operator`), never taken at its word."""
+    operator = current_operator()
+    assert operator is not None  # every action route is operator-only (web/auth.py)
+    given = values.get("operator") if isinstance(values, dict) else None
+    if given is not None and given != operator.name:
+        raise InvalidOrder({"operator": texts()["operator_is_who_signed_in"].format(name=operator.name)})
+    return operator.name
 
 
 def accepted(order_id: str, body_: dict[str, Any]):
@@ -340,7 +354,6 @@ async def render_tracker(
         labels=service().status_labels(),
         waiting_text=texts()["waiting_for_worker"],
         signed_out_text=texts()["signed_out_live"],
-        default_operator=ApproveRequest().operator,
     ), status_code
 
 
@@ -374,7 +387,8 @@ async def page_action(order_id: str, action: str, run) -> Any:
 @orders_pages.post("/orders/<order_id>/approve")
 async def approve_page(order_id: str):
     def run(form: dict[str, str]):
-        return service().approve(order_id, parse_form_approve(form, service().messages))
+        approval = parse_form_approve(form, service().messages)
+        return service().approve(order_id, dataclasses.replace(approval, operator=acting_operator(form)))
 
     return await page_action(order_id, "approve", run)
 
@@ -382,7 +396,8 @@ async def approve_page(order_id: str):
 @orders_pages.post("/orders/<order_id>/cancel")
 async def cancel_page(order_id: str):
     def run(form: dict[str, str]):
-        return service().cancel(order_id, parse_form_cancel(form, service().messages))
+        cancellation = parse_form_cancel(form, service().messages)
+        return service().cancel(order_id, dataclasses.replace(cancellation, operator=acting_operator(form)))
 
     return await page_action(order_id, "cancel", run)
 
@@ -390,7 +405,8 @@ async def cancel_page(order_id: str):
 @orders_pages.post("/orders/<order_id>/address")
 async def address_page(order_id: str):
     def run(form: dict[str, str]):
-        return service().change_address(order_id, parse_form_address_change(form, service().messages))
+        change = parse_form_address_change(form, service().messages)
+        return service().change_address(order_id, dataclasses.replace(change, operator=acting_operator(form)))
 
     return await page_action(order_id, "address", run)
 

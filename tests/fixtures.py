@@ -172,6 +172,7 @@ def fresh_settings(data_dir: Path, **overrides) -> Settings:
             "shipping_task_queue": f"test-shipping-{uuid.uuid4().hex[:12]}",
             "secret_key": uuid.uuid4().hex,
             "operator_token": f"operator-{uuid.uuid4().hex}",
+            "password_hashing": "cheapest",  # Argon2id's cheapest profile: sign-ins in milliseconds
             "database_url": None,  # the JSON files, whatever DATABASE_URL the shell has
             "rules_file": HERE / "rules.json",
             "messages_file": HERE / "messages.json",
@@ -227,10 +228,26 @@ class BrowserClient(FlaskClient):
         return CSRF_INPUT.search(page.get_data(as_text=True)).group(1)
 
 
-def signed_in(client: FlaskClient, settings: Settings) -> FlaskClient:
-    """`client` after an operator signed in on the sign-in page (a session cookie)."""
-    response = client.post("/signin", data={"token": settings.operator_token, "next": "/orders"})
+def new_operator(app, role: str = "admin") -> tuple[str, str]:
+    """A new operator account of `role` in the app's store: its name and password."""
+    name, password = f"op-{uuid.uuid4().hex[:10]}", f"password-{uuid.uuid4().hex}"
+    app.extensions["operator_accounts"].add(name, role, password)
+    return name, password
+
+
+def cli(app, *args: str, input: str | None = None):
+    """`flask --app starter <args>` on `app`, in its own app context: a context another test
+    left pushed would otherwise be the one the command's `current_app` names."""
+    with app.app_context():
+        return app.test_cli_runner().invoke(args=list(args), input=input)
+
+
+def signed_in(client: FlaskClient, settings: Settings, role: str = "admin") -> FlaskClient:
+    """`client` after a new operator of `role` signed in on the sign-in page (a session cookie)."""
+    name, password = new_operator(client.application, role)
+    response = client.post("/signin", data={"name": name, "password": password, "next": "/orders"})
     assert response.status_code == 303, response.get_data(as_text=True)
+    client.operator_name = name  # type: ignore[attr-defined]  # who the timeline will name
     return client
 
 

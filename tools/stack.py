@@ -267,7 +267,7 @@ def ready_line(settings: Any, elapsed: float, mail: str, metrics: str, database:
     parts = [
         f"Loan form: {web}/",
         f"Orders: {web}/orders",
-        f"Operator sign-in: {web}/signin (token: {signin_hint(settings)})",
+        f"Operator sign-in: {web}/signin ({signin_hint(settings)})",
         mail,
         f"Temporal UI: {settings.temporal_ui_url}",
     ]

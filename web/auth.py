@@ -1,20 +1,26 @@
-"""Operator sign-in, CSRF and security headers: who may do what, checked before any view runs.
+"""Operator sign-in, roles, CSRF and security headers: who may do what, checked before any view runs.
 
 Two kinds of user:
 - an applicant, with no account: the loan form, their own result page (its URL
   holds the application's workflow ID, an HMAC of their email under the
   deployment's secret key, so it cannot be guessed or computed from an email),
   the contact question, `POST /api/evaluate`, `GET /api/applications/<id>`;
-- an operator, who holds the operator token (`OPERATOR_TOKEN`, else generated
-  into the data folder): everything else. A browser signs in once on /signin
-  and carries a session cookie (HttpOnly, SameSite=Lax, Secure over HTTPS); an
-  API client sends `Authorization: Bearer <token>`. Without them: 401 JSON
-  under /api and /codec, a redirect to the sign-in page for pages.
+- an operator, with an account of their own (web/operators.py: a name, a role,
+  a password): everything else their role allows. A browser signs in on /signin
+  with name and password (Flask-Login) and carries a session cookie (HttpOnly,
+  SameSite=Lax, Secure over HTTPS) whose session is recorded server-side; an API
+  client sends `Authorization: Bearer <token>` with one of its operator's tokens,
+  or OPERATOR_TOKEN, which acts as an admin named `operator-token` (tools and
+  automation on the machine: `load_test.py`, the chaos run). Without them: 401
+  JSON under /api, /codec and /metrics, a redirect to the sign-in page for
+  pages; with a role too low for the route, 403.
 
-Views are operator-only unless listed in `PUBLIC_ENDPOINTS`, so a new route is
-protected by default. Forms carry Flask-WTF CSRF tokens; API calls with a
-bearer token or a JSON body need none (`check_csrf` says why). Security headers (a Content-Security-Policy with no inline script,
-no framing, no referrer to other sites) come from flask-talisman.
+Views are operator-only unless listed in `PUBLIC_ENDPOINTS`, and need the admin
+role unless listed in `ROLE_OF_ENDPOINT`, so a new route is protected by default.
+Forms carry Flask-WTF CSRF tokens; API calls with a bearer token or a JSON body
+need none (`check_csrf` says why). Security headers (a Content-Security-Policy
+with no inline script, no framing, no referrer to other sites) come from
+flask-talisman.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import secrets
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
+from argon2 import PasswordHasher, profiles
 from flask import (
     Blueprint,
     Flask,
@@ -38,6 +45,7 @@ from flask import (
     url_for,
 )
 from flask.sessions import SecureCookieSessionInterface
+from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_talisman import Talisman
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from markupsafe import Markup, escape
@@ -45,6 +53,8 @@ from markupsafe import Markup, escape
 from core.secret_files import read_or_create_secret
 from core.settings import Settings
 from core.store import Store
+from web.common import error_page
+from web.operators import FIRST_ADMIN, FIRST_ADMIN_PASSWORD_FILE, Operator, OperatorAccounts, operators_cli
 
 # Endpoints anyone may call; every other endpoint needs an operator.
 PUBLIC_ENDPOINTS = frozenset(
@@ -65,12 +75,44 @@ PUBLIC_ENDPOINTS = frozenset(
         "api.contact_api",
     }
 )
-SESSION_KEY = "operator"
-SESSION_ID_KEY = "operator_session"
+# The role each operator endpoint needs (web/operators.py ROLES); any other needs admin.
+ROLE_OF_ENDPOINT = {
+    **dict.fromkeys(
+        (
+            "orders_api.list_orders",
+            "orders_api.order",
+            "orders_api.events",
+            "orders_api.rewards",
+            "orders_pages.dashboard",
+            "orders_pages.tracker",
+            "api.applications_api",
+            "pages.applications",
+            "metrics.exposition",
+            "codec.decode",  # the Temporal UI showing an operator what Temporal holds
+        ),
+        "viewer",
+    ),
+    **dict.fromkeys(
+        (
+            "orders_api.create_order",
+            "orders_api.approve",
+            "orders_api.cancel",
+            "orders_api.change_address",
+            "orders_api.expedite",
+            "orders_pages.place_order",
+            "orders_pages.approve_page",
+            "orders_pages.cancel_page",
+            "orders_pages.address_page",
+            "orders_pages.expedite_page",
+        ),
+        "approver",
+    ),
+}
 OPERATOR_SESSIONS = "operator_sessions"  # one record per sign-in, keyed by a hash of its id
 SESSION_LIFETIME = timedelta(hours=12)  # then sign in again, whatever the cookie says
 MIN_TOKEN_LENGTH = 16
 MIN_TOKEN_DISTINCT = 8  # "aaaaaaaaaaaaaaaa" is 16 characters and no secret
+TOKEN_OPERATOR = Operator("operator-token", "admin")  # who OPERATOR_TOKEN acts as
 CONTENT_SECURITY_POLICY = {
     "default-src": "'self'",
     "script-src": "'self'",
@@ -82,12 +124,16 @@ CONTENT_SECURITY_POLICY = {
     "base-uri": "'none'",
     "object-src": "'none'",
 }
+# Password hashing: Argon2id at argon2-cffi's defaults; the tests' settings may ask for its cheapest
+# profile (Settings.password_hashing), which the app never reads from the environment.
+PASSWORD_HASHERS = {"standard": PasswordHasher, "cheapest": lambda: PasswordHasher.from_parameters(profiles.CHEAPEST)}
 
 auth = Blueprint("auth", __name__)
 csrf = CSRFProtect()
+login_manager = LoginManager()
 
 
-# Where a generated token is kept, inside the data folder; the sign-in page names only this.
+# Where a generated token is kept, inside the data folder.
 TOKEN_FILE = "secrets/operator.token"
 
 
@@ -96,12 +142,12 @@ def operator_token_path(settings: Settings):
 
 
 def signin_hint(settings: Settings) -> str:
-    """Where the operator finds the token, for the operator's console (`make run`'s ready line):
-    the whole command, never the token itself."""
-    if settings.operator_token:
-        return "the OPERATOR_TOKEN you set"
-    load_operator_token(settings)
-    return f"cat {operator_token_path(settings)}"
+    """How the first admin signs in, for the operator's console (`make run`'s ready line): the
+    command that shows the generated password, never the password itself."""
+    path = settings.data_dir / FIRST_ADMIN_PASSWORD_FILE
+    if path.exists():
+        return f"{FIRST_ADMIN}, password: cat {path}"
+    return "an operator's name and password (flask --app starter operators add)"
 
 
 def load_operator_token(settings: Settings) -> str:
@@ -116,61 +162,67 @@ def load_operator_token(settings: Settings) -> str:
 
 
 class OperatorAuth:
-    """Checks a request's credentials against the operator token, in constant time, and a browser's
-    session against its server-side record (so signing out ends it for good)."""
+    """Who a request comes from: a browser session, checked against its server-side record and
+    its account (so signing out, a new password or a disabled account ends it), or a bearer token
+    (the operator's own, or OPERATOR_TOKEN), compared in constant time."""
 
-    def __init__(self, token: str, store: Store | None = None):
+    def __init__(self, token: str, accounts: OperatorAccounts, store: Store):
         self._token = token.encode()
-        # The session stores a fingerprint of the token, never the token, so
-        # changing the token signs every browser out.
-        self.fingerprint = hashlib.sha256(b"operator-session:" + self._token).hexdigest()
+        self.accounts = accounts
         self._store = store
 
-    def start_session(self) -> str:
+    def start_session(self, operator: Operator, version: int) -> str:
         """A new session's id, recorded server-side (by its hash: the store never holds a usable id)."""
         session_id = secrets.token_urlsafe(32)
         now = datetime.now(timezone.utc)
-        if self._store is not None:
-            record = {"started_at": now.isoformat(), "expires_at": (now + SESSION_LIFETIME).isoformat(), "revoked": False}
-            self._store.put(OPERATOR_SESSIONS, _session_key(session_id), record)
+        record = {
+            "operator": operator.name,
+            "version": version,
+            "started_at": now.isoformat(),
+            "expires_at": (now + SESSION_LIFETIME).isoformat(),
+            "revoked": False,
+        }
+        self._store.put(OPERATOR_SESSIONS, _session_key(session_id), record)
         return session_id
 
     def end_session(self, session_id: object) -> None:
         """Sign-out: the session's record says revoked, so a copy of its cookie no longer signs anyone in."""
-        if self._store is not None and isinstance(session_id, str):
+        if isinstance(session_id, str):
             now = datetime.now(timezone.utc).isoformat()
             self._store.put(OPERATOR_SESSIONS, _session_key(session_id), {"revoked": True, "revoked_at": now})
 
-    def token_matches(self, candidate: str) -> bool:
-        return hmac.compare_digest(candidate.encode(), self._token)
+    def session_operator(self, session_id: str) -> Operator | None:
+        """Flask-Login's user loader: the operator of a live session, as their account is now."""
+        if g.get("operator_lookup_failed"):
+            return None  # the store failed once in this request (its 503 page): no operator, no second try
+        g.operator_lookup_failed = True
+        record = self._store.get(OPERATOR_SESSIONS, _session_key(session_id))
+        operator = None
+        if record is not None and not record.get("revoked") and "operator" in record:
+            if datetime.fromisoformat(record["expires_at"]) > datetime.now(timezone.utc):
+                current = self.accounts.current(record["operator"], record["version"])
+                operator = None if current is None else Operator(current.name, current.role, session_id)
+        g.operator_lookup_failed = False
+        return operator
+
+    def bearer_operator(self) -> Operator | None:
+        """The operator a request's bearer token names, if any (once per request)."""
+        if "bearer_operator" not in g:
+            g.bearer_operator = None
+            scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                token = credentials.strip()
+                if hmac.compare_digest(token.encode(), self._token):
+                    g.bearer_operator = TOKEN_OPERATOR
+                else:
+                    g.bearer_operator = self.accounts.operator_for_token(token)
+        return g.bearer_operator
 
     def bearer_is_valid(self) -> bool:
-        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and self.token_matches(credentials.strip())
-
-    def session_is_valid(self) -> bool:
-        if "operator_session_valid" not in g:  # read once per request, however often asked
-            # If the store cannot say (StoreUnavailable: the 503 page), the rest of this request
-            # (that page's own check) sees no operator rather than asking again.
-            g.operator_session_valid = False
-            g.operator_session_valid = self._session_is_valid()
-        return bool(g.operator_session_valid)
-
-    def _session_is_valid(self) -> bool:
-        stored, session_id = session.get(SESSION_KEY), session.get(SESSION_ID_KEY)
-        if not (isinstance(stored, str) and hmac.compare_digest(stored, self.fingerprint)):
-            return False
-        if self._store is None:
-            return True
-        if not isinstance(session_id, str):
-            return False  # a cookie from before sessions were recorded: sign in again
-        record = self._store.get(OPERATOR_SESSIONS, _session_key(session_id))
-        if record is None or record.get("revoked"):
-            return False
-        return datetime.fromisoformat(record["expires_at"]) > datetime.now(timezone.utc)
+        return self.bearer_operator() is not None
 
     def is_operator(self) -> bool:
-        return self.bearer_is_valid() or self.session_is_valid()
+        return current_operator() is not None
 
 
 def _session_key(session_id: str) -> str:
@@ -179,6 +231,15 @@ def _session_key(session_id: str) -> str:
 
 def operator_auth() -> OperatorAuth:
     return current_app.extensions["operator_auth"]
+
+
+def current_operator() -> Operator | None:
+    """The operator this request comes from (a bearer token first, then the browser's session)."""
+    bearer = operator_auth().bearer_operator()
+    if bearer is not None:
+        return bearer
+    user = current_user._get_current_object()  # Flask-Login: the session's operator, or anonymous
+    return user if isinstance(user, Operator) else None
 
 
 class SessionCookieSecureOverHttps(SecureCookieSessionInterface):
@@ -194,17 +255,25 @@ def wants_json() -> bool:
 
 
 def require_operator():
-    """Before every request: an operator-only endpoint without credentials stops here."""
+    """Before every request: an operator-only endpoint without credentials, or with a role too low, stops here."""
     if request.endpoint is None or request.endpoint in PUBLIC_ENDPOINTS or request.method == "OPTIONS":
         return None  # unknown URLs fall through to 404/405; preflights carry no credentials by design
-    if operator_auth().is_operator():
-        return None
-    if wants_json():
-        response = jsonify({"error": current_app.extensions["messages"].errors["operator_only"]})
-        response.headers["WWW-Authenticate"] = 'Bearer realm="operator"'
-        return response, 401
-    target = request.full_path if request.method == "GET" else request.referrer or request.path
-    return redirect(url_for("auth.signin", next=local_path(target)), code=303)
+    operator = current_operator()
+    errors = current_app.extensions["messages"].errors
+    if operator is None:
+        if wants_json():
+            response = jsonify({"error": errors["operator_only"]})
+            response.headers["WWW-Authenticate"] = 'Bearer realm="operator"'
+            return response, 401
+        target = request.full_path if request.method == "GET" else request.referrer or request.path
+        return redirect(url_for("auth.signin", next=local_path(target)), code=303)
+    needed = ROLE_OF_ENDPOINT.get(request.endpoint, "admin")
+    if not operator.may(needed):
+        text = errors["role_too_low"].format(name=operator.name, role=operator.role, needed=needed)
+        if wants_json():
+            return jsonify({"error": text}), 403
+        return error_page(403, "Not allowed", text)
+    return None
 
 
 def check_csrf():
@@ -232,9 +301,11 @@ def local_path(target: str | None) -> str:
     return target.rstrip("?")
 
 
-def signin_page(target: str, error: str | None):
-    # Where this deployment keeps the token (its DATA_DIR, or the OPERATOR_TOKEN it was given).
-    return render_template("auth/signin.html", next=target, error=error, token_file=current_app.extensions["token_file"])
+def signin_page(target: str, error: str | None, name: str = ""):
+    first_admin = (current_app.extensions["settings"].data_dir / FIRST_ADMIN_PASSWORD_FILE).exists()
+    # The sign-in page, which anyone reads, names the generated password's file inside the data folder, not its path.
+    hint = FIRST_ADMIN_PASSWORD_FILE if first_admin else None
+    return render_template("auth/signin.html", next=target, error=error, name=name, first_admin=FIRST_ADMIN, hint=hint)
 
 
 @auth.get("/signin")
@@ -245,21 +316,28 @@ def signin():
 @auth.post("/signin")
 def signin_submit():
     target = local_path(request.form.get("next"))
-    if not operator_auth().token_matches(request.form.get("token", "")):
-        # One line per failure, for whoever watches the logs (the token typed is never logged).
-        current_app.logger.warning("Operator sign-in refused: wrong token from %s", request.remote_addr)
-        error = current_app.extensions["messages"].errors["wrong_operator_token"]
-        return signin_page(target, error), 401
+    name = request.form.get("name", "").strip().lower()
+    signed = operator_auth().accounts.authenticate(name, request.form.get("password", ""))
+    if signed is None:
+        # One line per failure, for whoever watches the logs (never the password typed).
+        current_app.logger.warning(
+            "Operator sign-in refused: wrong name or password for %r from %s", name[:64], request.remote_addr
+        )
+        error = current_app.extensions["messages"].errors["wrong_operator_credentials"]
+        return signin_page(target, error, name[:64]), 401
+    operator, version = signed
     session.clear()  # a new session on sign-in: nothing from before carries over
-    session[SESSION_KEY] = operator_auth().fingerprint
-    session[SESSION_ID_KEY] = operator_auth().start_session()
+    session_id = operator_auth().start_session(operator, version)
+    login_user(Operator(operator.name, operator.role, session_id))
     session.permanent = False
+    current_app.logger.info("Operator %s signed in from %s", operator.name, request.remote_addr)
     return redirect(target, code=303)
 
 
 @auth.post("/signout")
 def signout():
-    operator_auth().end_session(session.get(SESSION_ID_KEY))
+    operator_auth().end_session(session.get("_user_id"))
+    logout_user()
     session.clear()
     return redirect(url_for("pages.form"), code=303)
 
@@ -272,12 +350,17 @@ def csrf_field() -> Markup:
     return Markup(f'<input type="hidden" name="csrf_token" value="{escape(generate_csrf())}">')
 
 
-def init_app(app: Flask, settings: Settings, store: Store | None = None) -> None:
-    """Sign-in routes, the operator check, CSRF and security headers for every request.
-    `store` keeps the operators' sessions (without one, a session lasts as long as its cookie)."""
-    app.extensions["operator_auth"] = OperatorAuth(load_operator_token(settings), store)
-    # The sign-in page, which anyone reads, names the token's file inside the data folder, not its path.
-    app.extensions["token_file"] = None if settings.operator_token else TOKEN_FILE
+def init_app(app: Flask, settings: Settings, store: Store) -> None:
+    """Sign-in routes, the operator and role checks, CSRF and security headers for every request;
+    the operators' accounts in `store`, with the first admin if it holds none."""
+    accounts = OperatorAccounts(store, PASSWORD_HASHERS[settings.password_hashing]())
+    accounts.ensure_first_admin(settings.data_dir)
+    app.extensions["settings"] = settings
+    app.extensions["operator_accounts"] = accounts
+    app.extensions["operator_auth"] = auth_ = OperatorAuth(load_operator_token(settings), accounts, store)
+    login_manager.init_app(app)
+    login_manager.session_protection = None  # sessions are recorded server-side and revocable instead
+    login_manager.user_loader(auth_.session_operator)
     # Sessions are signed with a key derived from the deployment's secret, apart
     # from the one that makes workflow IDs.
     app.secret_key = hmac.new(settings.secret_key.encode(), b"flask-session", hashlib.sha256).hexdigest()
@@ -303,8 +386,9 @@ def init_app(app: Flask, settings: Settings, store: Store | None = None) -> None
     app.before_request(check_csrf)
     app.after_request(never_stored)
     app.register_blueprint(auth)
+    app.cli.add_command(operators_cli)
     app.jinja_env.globals["csrf_field"] = csrf_field
-    app.context_processor(lambda: {"is_operator": operator_auth().is_operator()})
+    app.context_processor(lambda: {"is_operator": operator_auth().is_operator(), "operator": current_operator()})
 
 
 def never_stored(response):
@@ -315,4 +399,4 @@ def never_stored(response):
     return response
 
 
-__all__ = ["CSRFError", "PUBLIC_ENDPOINTS", "init_app", "operator_auth"]
+__all__ = ["CSRFError", "PUBLIC_ENDPOINTS", "ROLE_OF_ENDPOINT", "current_operator", "init_app", "operator_auth"]

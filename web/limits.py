@@ -2,7 +2,8 @@
 
 Anyone can reach the loan form, `POST /api/evaluate`, an application's page and
 its contact question, and the sign-in form. Each of those has limits per client
-address, and applying has one per applicant email too (the duplicate window
+address, refused sign-ins have one per operator account, and applying has one per
+applicant email too (the duplicate window
 already stops a second decision email to one address for 7 days). Operators
 (signed in, or with the bearer token) are not limited. A request over a limit
 gets `429` with `Retry-After`: a JSON error under /api, the form again with what
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, current_app, request
+from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 
@@ -35,6 +36,9 @@ APPLY_PER_CLIENT = "10 per minute;60 per hour"
 ANSWER_PER_CLIENT = "20 per minute;100 per hour"
 READ_PER_CLIENT = "240 per minute"
 SIGNIN_PER_CLIENT = "10 per minute;50 per hour"
+# Per operator account, refused sign-ins only, whichever clients send them: guessing one
+# account's password from many addresses stops after 5 a minute and 20 an hour.
+SIGNIN_FAILURES_PER_ACCOUNT = "5 per minute;20 per hour"
 # Per applicant email, whoever sends it.
 APPLY_PER_EMAIL = "5 per hour"
 
@@ -55,15 +59,28 @@ def applicant_email() -> str:
     return "client:" + get_remote_address()
 
 
-# Each public endpoint's limits: (limit, scope shared by the endpoints that count together, key).
-PUBLIC_LIMITS: dict[str, list[tuple[str, str, Callable[[], str] | None]]] = {
-    "api.evaluate": [(APPLY_PER_CLIENT, "apply", None), (APPLY_PER_EMAIL, "apply-email", applicant_email)],
-    "pages.apply": [(APPLY_PER_CLIENT, "apply", None), (APPLY_PER_EMAIL, "apply-email", applicant_email)],
-    "api.application": [(READ_PER_CLIENT, "read", None)],
-    "pages.application": [(READ_PER_CLIENT, "read", None)],
-    "api.contact_api": [(ANSWER_PER_CLIENT, "answer", None)],
-    "pages.contact": [(ANSWER_PER_CLIENT, "answer", None)],
-    "auth.signin_submit": [(SIGNIN_PER_CLIENT, "signin", None)],
+def signin_account() -> str:
+    """The account a sign-in names (the limit's key), as the sign-in reads it."""
+    return "operator:" + str(request.form.get("name", "")).strip().lower()[:64]
+
+
+def refused(response: Response) -> bool:
+    return response.status_code == 401
+
+
+# Each public endpoint's limits: (limit, scope shared by the endpoints that count together, key,
+# which answers count: None for all).
+PUBLIC_LIMITS: dict[str, list[tuple[str, str, Callable[[], str] | None, Callable[[Response], bool] | None]]] = {
+    "api.evaluate": [(APPLY_PER_CLIENT, "apply", None, None), (APPLY_PER_EMAIL, "apply-email", applicant_email, None)],
+    "pages.apply": [(APPLY_PER_CLIENT, "apply", None, None), (APPLY_PER_EMAIL, "apply-email", applicant_email, None)],
+    "api.application": [(READ_PER_CLIENT, "read", None, None)],
+    "pages.application": [(READ_PER_CLIENT, "read", None, None)],
+    "api.contact_api": [(ANSWER_PER_CLIENT, "answer", None, None)],
+    "pages.contact": [(ANSWER_PER_CLIENT, "answer", None, None)],
+    "auth.signin_submit": [
+        (SIGNIN_PER_CLIENT, "signin", None, None),
+        (SIGNIN_FAILURES_PER_ACCOUNT, "signin-account", signin_account, refused),
+    ],
 }
 
 
@@ -79,8 +96,8 @@ def init_app(app: Flask, settings: Settings) -> None:
     )
     for endpoint, limits in PUBLIC_LIMITS.items():
         view: Any = app.view_functions[endpoint]
-        for limit, scope, key in limits:
-            view = limiter.shared_limit(limit, scope=scope, key_func=key, exempt_when=_is_operator)(view)
+        for limit, scope, key, counted in limits:
+            view = limiter.shared_limit(limit, scope=scope, key_func=key, exempt_when=_is_operator, deduct_when=counted)(view)
         app.view_functions[endpoint] = view
     app.extensions["limiter"] = limiter
     app.register_error_handler(RateLimitExceeded, rate_limited)

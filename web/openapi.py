@@ -24,6 +24,7 @@ ERROR = {"$ref": "#/components/schemas/Error"}
 # (status, description) for the answers every route can give.
 UNAVAILABLE = (503, "Temporal is unreachable; nothing was changed")
 NOT_OPERATOR = (401, "No operator credentials, or wrong ones")
+ROLE_TOO_LOW = (403, "The operator's role does not allow this")
 BAD_BODY = [
     (400, "Invalid fields, named in `fields`, or a body that is not valid JSON"),
     (413, "The body is over 16 KB"),
@@ -229,7 +230,14 @@ def build_openapi(catalog: list[str]) -> dict[str, Any]:
         openapi_version="3.0.3",
         info={"description": "Loan pre-approval for applicants; orders for operators. See README.md."},
     )
-    spec.components.security_scheme("operatorToken", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme(
+        "operatorToken",
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An operator's API token (flask --app starter operators token NAME), acting with their role",
+        },
+    )
     spec.components.schema(
         "Error",
         {
@@ -243,7 +251,8 @@ def build_openapi(catalog: list[str]) -> dict[str, Any]:
     for path, methods in OPERATIONS.items():
         operations = {}
         for method, (summary, parameters, model, required, ok, errors, operator) in methods.items():
-            operation: dict[str, Any] = {"summary": summary, "responses": _answers(*errors, ok=ok)}
+            answers = [*errors, ROLE_TOO_LOW] if operator else errors
+            operation: dict[str, Any] = {"summary": summary, "responses": _answers(*answers, ok=ok)}
             if parameters:
                 operation["parameters"] = parameters
             if model:

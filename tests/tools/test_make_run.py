@@ -55,11 +55,12 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
         # One line says where everything is.
         [line] = [line for line in lines if line.startswith("Ready in ")]
         token_file = tmp_path / "data" / "secrets" / "operator.token"
+        admin_password = tmp_path / "data" / "secrets" / "admin.password"
         worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         for part in (
             f"Loan form: http://localhost:{web_port}/",
             f"Orders: http://localhost:{web_port}/orders",
-            f"Operator sign-in: http://localhost:{web_port}/signin (token: cat {token_file})",
+            f"Operator sign-in: http://localhost:{web_port}/signin (admin, password: cat {admin_password})",
             f"Emails: kept in {tmp_path / 'data' / 'mail'}",
             f"Temporal UI: http://localhost:{ui_port}",
             f"Worker metrics: {worker_metrics}",
@@ -95,7 +96,14 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
         # The dev server's UI decrypts through this web app's codec endpoint.
         ui_settings = httpx.get(f"http://localhost:{ui_port}/api/v1/settings", timeout=10).json()
         assert ui_settings["Codec"]["Endpoint"] == f"http://localhost:{web_port}/codec", ui_settings
-        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert token_file.stat().st_mode & 0o777 == admin_password.stat().st_mode & 0o777 == 0o600
+        # The ready line's sign-in works, in the browser's way (the form's CSRF token, then the cookie).
+        with httpx.Client(base_url=base, timeout=10) as browser:
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', browser.get("/signin").text).group(1)
+            form = {"csrf_token": csrf, "name": "admin", "password": admin_password.read_text().strip(), "next": "/orders"}
+            signed = browser.post("/signin", data=form, headers={"Referer": f"{base}/signin"})
+            assert signed.status_code == 303 and signed.headers["Location"] == "/orders", signed.text
+            assert browser.get("/orders").status_code == 200
         result_url = f"{base}/applications/{decided.json()['workflow_id']}"
         ui_link = f"http://localhost:{ui_port}/namespaces/default/workflows/"
         assert ui_link not in httpx.get(result_url, timeout=10).text

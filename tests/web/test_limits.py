@@ -20,8 +20,8 @@ from loans.activities import LoanActivities
 from loans.model import APPLICATIONS, ContactPreferenceRequest
 from loans.service import MAX_CONTACT_ANSWERS
 from loans.validation import InvalidApplication, parse_json_application
-from tests.fixtures import HERE, fresh_settings, make_app
-from web.limits import APPLY_PER_CLIENT, APPLY_PER_EMAIL
+from tests.fixtures import HERE, fresh_settings, make_app, new_operator
+from web.limits import APPLY_PER_CLIENT, APPLY_PER_EMAIL, SIGNIN_FAILURES_PER_ACCOUNT
 
 NO_TEMPORAL = "127.0.0.1:1"  # nothing these requests do reaches Temporal
 MESSAGES = load_messages(HERE / "messages.json")
@@ -99,10 +99,27 @@ def test_operators_are_not_limited(limited):
 def test_sign_in_guesses_are_limited_and_logged(limited, caplog):
     settings, app = limited
     client = app.test_client()
-    answers = [client.post("/signin", data={"token": "a" * 16, "next": "/orders"}).status_code for _ in range(11)]
+    guesses = [{"name": f"guess-{n}", "password": f"secret-guess-{n}", "next": "/orders"} for n in range(11)]
+    answers = [client.post("/signin", data=guess).status_code for guess in guesses]
     assert answers == [401] * 10 + [429]
     assert sum("Operator sign-in refused" in r.getMessage() for r in caplog.records) == 10
-    assert "a" * 16 not in caplog.text
+    assert "'guess-3'" in caplog.text and "secret-guess" not in caplog.text  # the name, never the password
+
+
+def test_one_accounts_password_guessed_from_many_addresses_is_locked_for_a_while(limited):
+    """Issue 26: guesses had no limit per account. Five refused sign-ins a minute per account, from
+    whichever clients, then 429 even for the right password; other accounts sign in as before."""
+    settings, app = limited
+    name, password = new_operator(app, "admin")
+    other, other_password = new_operator(app, "viewer")
+    refused = [
+        client_at(app, f"198.51.100.{n}").post("/signin", data={"name": name, "password": "wrong guess"}).status_code
+        for n in range(per_minute(SIGNIN_FAILURES_PER_ACCOUNT))
+    ]
+    assert refused == [401] * per_minute(SIGNIN_FAILURES_PER_ACCOUNT)
+    locked = client_at(app, "198.51.100.200").post("/signin", data={"name": name.upper(), "password": password})
+    assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
+    assert client_at(app, "198.51.100.201").post("/signin", data={"name": other, "password": other_password}).status_code == 303
 
 
 def test_public_rate_limit_off_lifts_every_limit(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import pytest
 
 from core.rules import load_messages
 from core.store import open_store
-from tests.fixtures import ADDRESS, HERE, JOHN, fresh_settings, make_app, signed_in, wait_until
+from tests.fixtures import ADDRESS, HERE, JOHN, cli, fresh_settings, make_app, new_operator, signed_in, wait_until
 from web.auth import OPERATOR_SESSIONS, PUBLIC_ENDPOINTS, load_operator_token
 
 MESSAGES = load_messages(HERE / "messages.json")
@@ -131,18 +131,21 @@ def test_refused_actions_change_nothing_and_the_right_token_acts(app, settings):
 
 
 def test_sign_in_sets_a_strict_session_cookie_and_sign_out_ends_it(app, settings):
+    name, password = new_operator(app, "viewer")
     client = app.test_client()
     assert client.get("/orders").headers["Location"] == "/signin?next=/orders"
-    wrong = client.post("/signin", data={"token": "not-the-token", "next": "/orders"})
-    assert wrong.status_code == 401
-    assert MESSAGES.errors["wrong_operator_token"] in wrong.get_data(as_text=True)
-    assert client.get("/orders").status_code == 303
+    for wrong in ({"name": name, "password": "not-the-password"}, {"name": "nobody-here", "password": password}):
+        refused = client.post("/signin", data={**wrong, "next": "/orders"})
+        assert refused.status_code == 401
+        assert MESSAGES.errors["wrong_operator_credentials"] in refused.get_data(as_text=True)
+        assert f'value="{wrong["name"]}"' in refused.get_data(as_text=True)  # the name typed stays; never the password
+        assert client.get("/orders").status_code == 303
 
-    right = client.post("/signin", data={"token": settings.operator_token, "next": "/orders?page=1"})
+    right = client.post("/signin", data={"name": name, "password": password, "next": "/orders?page=1"})
     assert right.status_code == 303 and right.headers["Location"] == "/orders?page=1"
     cookie = right.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
-    assert client.get("/orders").status_code == 200
+    assert name in client.get("/orders").get_data(as_text=True)  # who is signed in, beside Sign out
     assert client.get("/api/orders").status_code == 200
 
     assert client.post("/signout").status_code == 303
@@ -169,27 +172,39 @@ def test_a_session_cookie_kept_after_sign_out_or_past_its_lifetime_signs_no_one_
     assert later.get("/orders").status_code == 303
 
 
-def test_the_sign_in_page_says_where_the_token_is_without_the_data_folders_path(order_stack, monkeypatch, tmp_path):
-    """Anyone can read the sign-in page: it names the file in the data folder, never the folder's
-    absolute path (which `make run` prints to its operator)."""
+def test_the_sign_in_page_says_where_the_first_admins_password_is_without_the_data_folders_path(
+    order_stack, monkeypatch, tmp_path
+):
+    """Anyone can read the sign-in page: on a store with no operator it names the first admin's
+    generated password file in the data folder, never the folder's absolute path (which `make run`
+    prints to its operator), and once that password is changed, it names the file no more."""
     settings, address = order_stack
-    generated = make_app(replace(settings, operator_token=None, data_dir=tmp_path / "elsewhere"), address, monkeypatch)
-    page = generated.test_client().get("/signin").get_data(as_text=True)
-    assert (tmp_path / "elsewhere" / "secrets" / "operator.token").exists()
-    assert "<code>secrets/operator.token</code>" in page and "make run" in page
+    fresh = replace(settings, data_dir=tmp_path / "elsewhere")
+    first = make_app(fresh, address, monkeypatch)
+    page = first.test_client().get("/signin").get_data(as_text=True)
+    password_file = tmp_path / "elsewhere" / "secrets" / "admin.password"
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    assert "<code>admin</code>" in page and "<code>secrets/admin.password</code>" in page and "make run" in page
     assert str(tmp_path) not in page and "cat " not in page
-    given = make_app(settings, address, monkeypatch).test_client().get("/signin").get_data(as_text=True)
-    assert "OPERATOR_TOKEN" in given and "cat " not in given
-    # The token field is styled like the other text fields.
-    css = generated.test_client().get("/static/style.css").get_data(as_text=True)
+    admin = first.test_client()
+    signed = admin.post("/signin", data={"name": "admin", "password": password_file.read_text().strip(), "next": "/orders"})
+    assert signed.status_code == 303 and admin.get("/orders").status_code == 200
+    changed = cli(first, "operators", "passwd", "admin", "--password-stdin", input="a new long password\n")
+    assert changed.exit_code == 0, changed.output
+    assert not password_file.exists() and admin.get("/orders").status_code == 303  # its sessions ended
+    again = make_app(fresh, address, monkeypatch).test_client().get("/signin").get_data(as_text=True)
+    assert "admin.password" not in again and "operators add" in again
+    # The password field is styled like the other text fields.
+    css = first.test_client().get("/static/style.css").get_data(as_text=True)
     assert '.field input[type="password"]' in css
 
 
 def test_the_session_cookie_is_secure_over_https(app, settings):
     client = app.test_client()
+    name, password = new_operator(app)
     response = client.post(
         "/signin",
-        data={"token": settings.operator_token},
+        data={"name": name, "password": password},
         base_url="https://localhost",
         headers={"Referer": "https://localhost/signin"},
     )
@@ -198,21 +213,11 @@ def test_the_session_cookie_is_secure_over_https(app, settings):
 
 
 def test_sign_in_redirects_only_within_the_site(app, settings):
+    name, password = new_operator(app)
     for target in ["https://evil.example/", "//evil.example/x", "javascript:alert(1)", "orders"]:
         client = app.test_client()
-        response = client.post("/signin", data={"token": settings.operator_token, "next": target})
+        response = client.post("/signin", data={"name": name, "password": password, "next": target})
         assert response.headers["Location"] == "/orders", target
-
-
-def test_a_new_token_signs_every_browser_out(order_stack, monkeypatch):
-    settings, address = order_stack
-    browser = signed_in(make_app(settings, address, monkeypatch).test_client(), settings)
-    cookie = browser.get_cookie("session")
-    rotated = make_app(
-        settings.__class__(**{**settings.__dict__, "operator_token": f"new-{uuid.uuid4().hex}"}), address, monkeypatch
-    ).test_client()
-    rotated.set_cookie("session", cookie.value)
-    assert rotated.get("/orders").status_code == 303
 
 
 def test_a_cross_site_loan_form_post_is_refused_and_starts_nothing(app, settings):
