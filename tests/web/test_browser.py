@@ -317,6 +317,9 @@ async def test_an_invalid_email_and_a_missing_field_are_shown_next_to_them_and_t
     await submit_loan_form(visitor)
 
     await expect(visitor.locator("#notice")).to_contain_text(MESSAGES["errors"]["invalid_application"])
+    # Positions are measured once the stylesheet has loaded: on a loaded machine (CI, once) the
+    # boxes were measured before it, unstyled (the error at the page's left edge).
+    await visitor.wait_for_load_state("load")
     for field, message in [("email", MESSAGES["validation"]["email"]), ("annual_income", MESSAGES["validation"]["required"])]:
         field_input = visitor.get_by_label(FIELD_LABELS[field], exact=True)
         error = visitor.locator(f"#{field}-error")
