@@ -74,7 +74,9 @@ def build_activities(settings: Settings, client: Client | None, identity: str, s
     order_emails = OrderEmailActivities(store, mailer)
     return Activities(
         loans=LoanActivities(store=store, rules=rules, messages=messages, identity=identity),
-        loan_emails=LoanEmailActivities(store, mailer, settings.public_url),
+        loan_emails=LoanEmailActivities(
+            store, mailer, settings.public_url, settings.secret_key.encode(), rules.duplicate_window_days
+        ),
         orders=OrderActivities(
             store, rules, messages.orders, client=client, rewards_task_queue=settings.order_task_queue, emails=order_emails
         ),

@@ -27,6 +27,8 @@ graceful_timeout = 10
 # `make run`) would fight over it, and nothing here uses it.
 control_socket_disable = True
 accesslog = "-" if os.environ.get("WEB_ACCESS_LOG", "0") == "1" else None
+# The path without its query string: an applicant's link carries its key there (loans/web.py).
+access_log_format = '%(h)s - - %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "-" "%(a)s"'
 
 
 def on_starting(server):

@@ -13,15 +13,30 @@ from temporalio import activity
 
 from core.mail import Mailer, _fix_boundary, message_id, new_message, parse_mailbox
 from core.store import Store
-from loans.model import APPLICATIONS, SEND_DECISION_EMAIL, DecisionEmail, LoanOutcome, record_key
+from loans.model import (
+    APPLICATIONS,
+    SEND_DECISION_EMAIL,
+    DecisionEmail,
+    LoanOutcome,
+    applicant_link_expires,
+    applicant_link_key,
+    record_key,
+)
 
 
-def decision_email(outcome: LoanOutcome, public_url: str, mail_from: str, date: datetime) -> EmailMessage:
-    """The decision, its reason and next steps in the email's own words, and the link to the
+def applicant_link(public_url: str, secret: bytes, outcome: LoanOutcome, window_days: int) -> str:
+    """The applicant's result page with its key (loans/model.py `applicant_link_key`), open until a
+    minute before the application's window closes."""
+    expires = applicant_link_expires(datetime.fromisoformat(outcome.submitted_at), window_days)
+    key = applicant_link_key(secret, outcome.workflow_id, expires)
+    return f"{public_url.rstrip('/')}/applications/{outcome.workflow_id}?key={key}"
+
+
+def decision_email(outcome: LoanOutcome, link: str, mail_from: str, date: datetime) -> EmailMessage:
+    """The decision, its reason and next steps in the email's own words, and `link`, to the
     applicant's result page; no income or score. `date` is the Date header (when the workflow,
     having decided, asked for the email), so every attempt builds the same message."""
     application = outcome.application
-    link = f"{public_url.rstrip('/')}/applications/{outcome.workflow_id}"
     # Decided before the email had its own wording: the page's texts, as such emails always were.
     text = outcome.email_text or DecisionEmail(outcome.message.message, "", outcome.message.next_steps)
     message = new_message()
@@ -57,10 +72,13 @@ def decision_email(outcome: LoanOutcome, public_url: str, mail_from: str, date: 
 class LoanEmailActivities:
     """The loan's email step; the application's record says how its email went."""
 
-    def __init__(self, store: Store, mailer: Mailer, public_url: str):
+    def __init__(self, store: Store, mailer: Mailer, public_url: str, secret: bytes, window_days: int):
         self.store = store
         self.mailer = mailer
         self.public_url = public_url
+        # The link's key is made here, from the deployment's secret: it never goes through Temporal.
+        self.secret = secret
+        self.window_days = window_days
 
     def _record(self, outcome: LoanOutcome, email: dict) -> None:
         def change(existing: dict | None) -> dict:
@@ -76,7 +94,8 @@ class LoanEmailActivities:
         if previous in ("sent", "refused"):
             return previous  # a retry after success (or a final refusal) sends nothing
         try:
-            message = decision_email(outcome, self.public_url, self.mailer.mail_from, activity.info().scheduled_time)
+            link = applicant_link(self.public_url, self.secret, outcome, self.window_days)
+            message = decision_email(outcome, link, self.mailer.mail_from, activity.info().scheduled_time)
         except (ValueError, EmailNotValidError) as err:
             return self.mailer.unaddressable(err, lambda email: self._record(outcome, email))
         return self.mailer.deliver(message, outcome.application.email, lambda email: self._record(outcome, email))

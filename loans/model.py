@@ -7,10 +7,12 @@ breaking running workflows. The loan's workflow ID, its search attributes and
 its store collections are decided here, once.
 """
 
+import base64
 import dataclasses
 import hashlib
 import hmac
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 from temporalio.common import SearchAttributeKey
 
@@ -59,6 +61,56 @@ def loan_workflow_id(email: str, secret: bytes) -> str:
     """
     digest = hmac.new(secret, normalize_email(email).encode(), hashlib.sha256).hexdigest()
     return f"loan-{digest[:32]}"
+
+
+# An applicant's link stops working this long before their window closes, so a link never
+# shows the next application from the same email (a new run under the same workflow ID).
+LINK_MARGIN = timedelta(minutes=1)
+
+
+def applicant_link_key(secret: bytes, workflow_id: str, expires: datetime) -> str:
+    """The capability in an applicant's link (`?key=`): its expiry (Unix seconds, base 36) and an
+    HMAC of the workflow ID and that expiry under a key derived from the deployment's secret.
+
+    The workflow ID alone is no secret (the Temporal UI, the store's file names show it); this
+    key is stored nowhere and never goes through Temporal: the web app computes it for the
+    answer to an application, the worker for the decision email's link.
+    """
+    expiry = _base36(int(expires.timestamp()))
+    derived = hmac.new(secret, b"applicant-link", hashlib.sha256).digest()
+    tag = hmac.new(derived, f"{workflow_id}|{expiry}".encode(), hashlib.sha256).digest()
+    return f"{expiry}.{base64.urlsafe_b64encode(tag[:16]).rstrip(b'=').decode()}"
+
+
+def applicant_link_expiry(secret: bytes, workflow_id: str, key: object) -> datetime | None:
+    """When `key` stops opening `workflow_id`'s application; None if it never did (forged, mangled
+    or for another application). The caller compares with the time."""
+    if not isinstance(key, str) or len(key) > 64 or key.count(".") != 1:
+        return None
+    expiry = key.split(".")[0]
+    if not expiry.isalnum() or not expiry.isascii():  # base 36 digits only: no sign, no spaces
+        return None
+    try:
+        expires = datetime.fromtimestamp(int(expiry, 36), timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return expires if hmac.compare_digest(applicant_link_key(secret, workflow_id, expires), key) else None
+
+
+def applicant_link_expires(submitted: datetime, window_days: int) -> datetime:
+    return submitted + timedelta(days=window_days) - LINK_MARGIN
+
+
+def _base36(number: int) -> str:
+    if number < 0:
+        raise ValueError("a link's expiry is after 1970")
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    text = ""
+    while True:
+        number, digit = divmod(number, 36)
+        text = digits[digit] + text
+        if number == 0:
+            return text
 
 
 def amount_band(amount: float, band_edges: list[int]) -> str:

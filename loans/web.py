@@ -12,6 +12,7 @@ a link. Which worker decided (`processed_by`) is shown to operators only.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from flask import (
@@ -30,7 +31,12 @@ from flask_wtf.csrf import CSRFError
 
 from core.idempotency import FORM_KEY_FIELD, IdempotencyKeyReused, form_key, new_form_key, valid_idempotency_key
 from core.temporal_client import OutcomeUnknown, TemporalUnavailable
-from loans.model import CONTACT_ANSWERS
+from loans.model import (
+    CONTACT_ANSWERS,
+    applicant_link_expires,
+    applicant_link_expiry,
+    applicant_link_key,
+)
 from loans.service import (
     MAX_CONTACT_ANSWERS,
     AnsweredTooOften,
@@ -71,8 +77,45 @@ def service() -> LoanService:
     return current_app.extensions["loan_service"]
 
 
+# The applicant's own routes: anyone holding the application's link (its `key`), and operators.
+LINK_ENDPOINTS = frozenset({"pages.application", "pages.contact", "api.application", "api.contact_api"})
+# What an application's link does not show: the applicant's financial profile (operators see it).
+OPERATOR_ONLY_FIELDS = ("annual_income", "credit_score", "has_bankruptcy")
+
+
+def link_key(workflow_id: str, submitted_at: str | None = None) -> str:
+    """A new key for the applicant's link, open until a minute before the window that starts at
+    `submitted_at` (now, for an application just started) closes."""
+    submitted = datetime.fromisoformat(submitted_at) if submitted_at else datetime.now(timezone.utc)
+    expires = applicant_link_expires(submitted, service().rules.duplicate_window_days)
+    return applicant_link_key(service().settings.secret_key.encode(), workflow_id, expires)
+
+
+def check_link():
+    """Before the applicant's routes: without the application's key (or past its window), the
+    application is not found, whoever asks; operators need none."""
+    if request.endpoint not in LINK_ENDPOINTS or operator_auth().is_operator():
+        return None
+    workflow_id = (request.view_args or {}).get("workflow_id", "")
+    expires = applicant_link_expiry(service().settings.secret_key.encode(), workflow_id, request.args.get("key"))
+    if expires is not None and expires > datetime.now(timezone.utc):
+        return None
+    days = service().rules.duplicate_window_days
+    text = messages().errors["not_found"] if expires is None else messages().errors["link_expired"].format(days=days)
+    status = 404 if expires is None else 410
+    if request.path.startswith("/api/"):
+        return json_error(status, text)
+    return error_page(status, "Application not found" if expires is None else "This link has expired", text)
+
+
+# After the app's own checks (web/auth.py: who is an operator), before the views.
+api.before_request(check_link)
+pages.before_request(check_link)
+
+
 def public_record(record: dict[str, Any], persisted: bool, operator: bool = False) -> dict[str, Any]:
-    """The API's view of a decided application; `processed_by` (a worker's host name) for operators only."""
+    """The API's view of a decided application. For operators only: the applicant's financial
+    profile and loan-to-income ratio, and `processed_by` (a worker's host name)."""
     body = {
         "status": "decided",
         "workflow_id": record["workflow_id"],
@@ -88,7 +131,8 @@ def public_record(record: dict[str, Any], persisted: bool, operator: bool = Fals
         "email": record.get("email"),
     }
     if not operator:
-        del body["processed_by"]
+        del body["processed_by"], body["loan_to_income_ratio"]
+        body["application"] = {k: v for k, v in body["application"].items() if k not in OPERATOR_ONLY_FIELDS}
     return body
 
 
@@ -132,12 +176,18 @@ async def evaluate():
     if isinstance(outcome, Duplicate):
         return jsonify(duplicate_body(outcome)), 409
     if isinstance(outcome, Pending):
-        return pending_response(outcome.workflow_id)
-    return jsonify(public_record(outcome.record, outcome.persisted, operator_auth().is_operator())), 200
+        return pending_response(outcome.workflow_id, link_key(outcome.workflow_id))
+    record = outcome.record
+    body = public_record(record, outcome.persisted, operator_auth().is_operator())
+    # The applicant's link to this answer, for as long as their window is open.
+    key = link_key(record["workflow_id"], record["submitted_at"])
+    body["status_url"] = url_for("api.application", workflow_id=record["workflow_id"], key=key)
+    body["page_url"] = url_for("pages.application", workflow_id=record["workflow_id"], key=key)
+    return jsonify(body), 200
 
 
-def pending_response(workflow_id: str):
-    status_url = url_for("api.application", workflow_id=workflow_id)
+def pending_response(workflow_id: str, key: str | None):
+    status_url = url_for("api.application", workflow_id=workflow_id, key=key)
     response = jsonify({"status": "pending", "workflow_id": workflow_id, "status_url": status_url})
     response.headers["Location"] = status_url
     response.headers["Retry-After"] = "1"
@@ -153,7 +203,7 @@ async def application(workflow_id: str):
     except TemporalUnavailable:
         return json_error(503, messages().errors["unavailable_read"])
     if isinstance(outcome, Pending):
-        return pending_response(workflow_id)
+        return pending_response(workflow_id, request.args.get("key"))
     return jsonify(public_record(outcome.record, outcome.persisted, operator_auth().is_operator())), 200
 
 
@@ -223,8 +273,12 @@ async def apply():
     if isinstance(outcome, Duplicate):
         notice = {"kind": "duplicate", "title": duplicate_body(outcome)["error"], "text": ""}
         return render_template("loans/form.html", values=values, errors={}, notice=notice), 409
-    workflow_id = outcome.workflow_id if isinstance(outcome, Pending) else outcome.record["workflow_id"]
-    return redirect(url_for("pages.application", workflow_id=workflow_id), code=303)
+    if isinstance(outcome, Pending):
+        workflow_id, key = outcome.workflow_id, link_key(outcome.workflow_id)
+    else:
+        workflow_id = outcome.record["workflow_id"]
+        key = link_key(workflow_id, outcome.record["submitted_at"])
+    return redirect(url_for("pages.application", workflow_id=workflow_id, key=key), code=303)
 
 
 @pages.errorhandler(RateLimitExceeded)
@@ -283,7 +337,7 @@ async def contact(workflow_id: str):
     answer = request.form.get("answer")
     if answer not in CONTACT_ANSWERS:
         return error_page(400, "Invalid answer", messages().validation["contact"])
-    page = url_for("pages.application", workflow_id=workflow_id)
+    page = url_for("pages.application", workflow_id=workflow_id, key=request.args.get("key"))
     try:
         await service().record_contact(workflow_id, answer)
     except NotFound:
@@ -316,7 +370,8 @@ def session_expired(err: CSRFError):
         notice = {"kind": "invalid", "title": messages().errors["session_expired"], "text": ""}
         return render_template("loans/form.html", values=values, errors={}, notice=notice), 400
     if request.endpoint == "pages.contact":
-        page = url_for("pages.application", workflow_id=(request.view_args or {}).get("workflow_id"))
+        workflow_id = (request.view_args or {}).get("workflow_id")
+        page = url_for("pages.application", workflow_id=workflow_id, key=request.args.get("key"))
         return error_page(
             400, "Session expired", messages().errors["session_expired"], back_url=page, back_text="Back to your application"
         )

@@ -235,6 +235,15 @@ def new_operator(app, role: str = "admin") -> tuple[str, str]:
     return name, password
 
 
+def applicant_link(app, workflow_id: str, suffix: str = "", api: bool = False) -> str:
+    """The applicant's own link to `workflow_id` (with its key, as the answer to their application gives it)."""
+    from loans.web import link_key
+
+    with app.test_request_context():
+        key = link_key(workflow_id)
+    return f"{'/api' if api else ''}/applications/{workflow_id}{suffix}?key={key}"
+
+
 def cli(app, *args: str, input: str | None = None):
     """`flask --app starter <args>` on `app`, in its own app context: a context another test
     left pushed would otherwise be the one the command's `current_app` names."""
@@ -263,6 +272,7 @@ def process_env(settings: Settings, temporal_address: str) -> dict[str, str]:
         "RULES_FILE": str(settings.rules_file),
         "MESSAGES_FILE": str(settings.messages_file),
         "DATA_DIR": str(settings.data_dir),
+        "APP_SECRET_KEY": settings.secret_key,  # the web app's: the worker's email links open there
         "WORKER_METRICS_PORT": "",  # no metrics endpoint unless a test asks for one (test_make_run.py)
     }
 

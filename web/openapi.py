@@ -64,6 +64,14 @@ APPLICATION_ID = _parameter("workflow_id", LOAN_WORKFLOW_ID.pattern, "The applic
 ORDER = _parameter("order_id", ORDER_ID.pattern, "The order's ID")
 CUSTOMER = _parameter("customer_id", CUSTOMER_ID_PATTERN, "The customer's ID")
 OPERATOR_ONLY: list[dict[str, list[str]]] = [{"operatorToken": []}]
+LINK_KEY = {
+    "name": "key",
+    "in": "query",
+    "required": False,
+    "description": "The key of the applicant's link (in the status_url the application's answer gave); operators need none",
+    "schema": {"type": "string", "maxLength": 64},
+}
+LINK_REFUSED = [(404, "No such application, or not this link's key"), (410, "The link closed with the application's window")]
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -97,22 +105,22 @@ OPERATIONS: dict[str, dict[str, tuple]] = {
     "/api/applications/{workflow_id}": {
         "get": (
             "One application: decided (200) or pending (202)",
-            [APPLICATION_ID],
+            [APPLICATION_ID, LINK_KEY],
             None,
             False,
             {200: "Decided (also once its workflow is gone, or Temporal unreachable: the stored record)", 202: "Pending"},
-            [(404, "No such application"), (503, "Temporal is unreachable and nothing is stored for this ID yet")],
+            [*LINK_REFUSED, (503, "Temporal is unreachable and nothing is stored for this ID yet")],
             False,
         )
     },
     "/api/applications/{workflow_id}/contact": {
         "post": (
             "Answer whether a loan agent may call",
-            [APPLICATION_ID],
+            [APPLICATION_ID, LINK_KEY],
             "ContactAnswer",
             True,
             {202: "Recorded on the application"},
-            [*BAD_BODY, (404, "No such application"), (409, "The application's window has ended: not recorded"), UNAVAILABLE],
+            [*BAD_BODY, *LINK_REFUSED, (409, "The application's window has ended: not recorded"), UNAVAILABLE],
             False,
         )
     },

@@ -289,7 +289,7 @@ def submit_through_the_web(settings: Settings, address: str, monkeypatch, people
             assert response.status_code == 200, response.json
             workflow_ids.append(response.json["workflow_id"])
             if contact:
-                answer = web.post(f"/api/applications/{workflow_ids[-1]}/contact", json={"answer": "yes"})
+                answer = web.post(response.json["status_url"].replace("?", "/contact?"), json={"answer": "yes"})
                 assert answer.status_code == 202, answer.json
         return workflow_ids
     finally:

@@ -105,7 +105,10 @@ def test_each_decision_sends_one_email_and_the_duplicate_none(stack, smtp_sink):
         assert all(step in text for step in own["next_steps"])
         # It is the message: it promises no other (the page's "We are emailing…" is the page's).
         assert "emailing" not in text and "letter" not in text
-        assert f"{settings.public_url}/applications/{outcome['workflow_id']}" in text
+        # The link opens the applicant's page with its key, which nothing sent through Temporal carried.
+        link = re.search(rf"{re.escape(settings.public_url)}(/applications/{outcome['workflow_id']}\?key=\S+)", text)
+        assert link is not None, text
+        assert client.get(link.group(1)).status_code == 200 and client.get(link.group(1).split("?")[0]).status_code == 404
         assert mail.get_body(("html",)) is not None
         # As whole numbers: the link's random hex ID may hold the same digits ("…d4f7508c…").
         for secret in (body["annual_income"], body["credit_score"]):
@@ -254,7 +257,11 @@ def test_a_retry_re_sends_the_same_message_byte_for_byte_with_its_date(tmp_path)
     try:
         store = JsonStore(tmp_path / "data")
         emails = LoanEmailActivities(
-            store, Mailer(SmtpSettings.from_url(f"smtp://127.0.0.1:{port}"), "Loans <x@l.test>"), "http://localhost:5001"
+            store,
+            Mailer(SmtpSettings.from_url(f"smtp://127.0.0.1:{port}"), "Loans <x@l.test>"),
+            "http://localhost:5001",
+            b"secret",
+            7,
         )
         outcome = outcome_for("Eve", "eve@example.com")
         first = ActivityEnvironment()

@@ -104,9 +104,10 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
             signed = browser.post("/signin", data=form, headers={"Referer": f"{base}/signin"})
             assert signed.status_code == 303 and signed.headers["Location"] == "/orders", signed.text
             assert browser.get("/orders").status_code == 200
-        result_url = f"{base}/applications/{decided.json()['workflow_id']}"
+        result_url = f"{base}{decided.json()['page_url']}"  # the applicant's link, with its key
         ui_link = f"http://localhost:{ui_port}/namespaces/default/workflows/"
-        assert ui_link not in httpx.get(result_url, timeout=10).text
+        as_applicant = httpx.get(result_url, timeout=10)
+        assert as_applicant.status_code == 200 and ui_link not in as_applicant.text
         operator = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
         assert ui_link in httpx.get(result_url, headers=operator, timeout=10).text
 
@@ -219,7 +220,7 @@ def test_a_killed_process_is_started_again_and_the_others_keep_serving(tmp_path)
             }
             answer = httpx.post(f"{base}/api/evaluate", json=applicant, timeout=30)
             assert answer.status_code in (200, 202), (name, answer.text)
-            status_url = f"{base}/api/applications/{answer.json()['workflow_id']}"
+            status_url = f"{base}{answer.json()['status_url']}"
             decided = wait_until(
                 lambda: httpx.get(status_url, timeout=10).json().get("decision"),
                 timeout=60,

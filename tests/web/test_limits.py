@@ -20,7 +20,7 @@ from loans.activities import LoanActivities
 from loans.model import APPLICATIONS, ContactPreferenceRequest
 from loans.service import MAX_CONTACT_ANSWERS
 from loans.validation import InvalidApplication, parse_json_application
-from tests.fixtures import HERE, fresh_settings, make_app, new_operator
+from tests.fixtures import HERE, applicant_link, fresh_settings, make_app, new_operator
 from web.limits import APPLY_PER_CLIENT, APPLY_PER_EMAIL, SIGNIN_FAILURES_PER_ACCOUNT
 
 NO_TEMPORAL = "127.0.0.1:1"  # nothing these requests do reaches Temporal
@@ -168,7 +168,7 @@ def test_contact_answers_are_counted_once_each_and_refused_past_the_bound(limite
     assert store.get(APPLICATIONS, key)["contact_answers"] == 2
 
     store.update(APPLICATIONS, key, lambda record: {**record, "contact_answers": MAX_CONTACT_ANSWERS})
-    refused = app.test_client().post(f"/api/applications/{workflow_id}/contact", json={"answer": "yes"})
+    refused = app.test_client().post(applicant_link(app, workflow_id, "/contact", api=True), json={"answer": "yes"})
     assert refused.status_code == 409
     assert refused.json["error"] == MESSAGES.errors["contact_too_often"].format(count=MAX_CONTACT_ANSWERS)
 
