@@ -24,13 +24,14 @@ from orders.model import (
     ApproveRequest,
     CancelRequest,
     FailureInjection,
+    MessageFrom,
     OrderRequest,
     OrderStatus,
     Shipment,
     ShipmentProgress,
 )
 from orders.shipment_link import ORDER, ShipmentLink
-from orders.shipping import PROGRESS_SIGNAL, READY_SIGNAL, ShippingWorkflow
+from orders.shipping import PROGRESS_SIGNAL, READY_SIGNAL, ShipmentReady, ShippingWorkflow
 from orders.stops import OrderStopped
 from orders.timeline import Timeline
 
@@ -100,11 +101,11 @@ class OrderMessages:
             raise self._refused(self._text("address_field") + f" ({', '.join(change.address.missing_fields())})")
 
     @workflow.signal
-    async def expedite(self) -> None:
-        if "expedite" not in self._actions():
+    async def expedite(self, sender: MessageFrom | None = None) -> None:
+        if "expedite" not in self._actions() or not self._from_someone("expedite", sender):
             return
         self._status.expedited = True
-        self._timeline.event("operator", "Expedited shipping requested")
+        self._timeline.event("operator", "Expedited shipping requested" + (f" by {sender.sender}" if sender else ""))
         if self._shipment.released:
             await self._shipment.tell(ShippingWorkflow.expedite, ORDER)
         await self._timeline.record()
@@ -146,12 +147,25 @@ class OrderMessages:
         self._shipment.news = True
 
     @workflow.signal(name=READY_SIGNAL)
-    def shipment_ready(self, progress: ShipmentProgress | None = None) -> None:
+    def shipment_ready(self, ready: ShipmentReady | ShipmentProgress | None = None) -> None:
         """The package is at the carrier's pickup: the shipment waits for dispatch or stop.
-        With no wait before the pickup, the "prepared" progress comes with it (v10 orders)."""
+        With no wait before the pickup, the "prepared" progress comes with it (v10 orders);
+        from a shipment with `ready_carries_sender`, inside a ShipmentReady with its sender."""
+        sender = ready.sender if isinstance(ready, ShipmentReady) else None
+        progress = ready.progress if isinstance(ready, ShipmentReady) else ready
+        if not self._from_someone("shipment_ready", sender):
+            return
         if progress is not None:
             self.shipment_progress(progress)
         self._shipment.ready = True
+
+    def _from_someone(self, message: str, sender: MessageFrom | None) -> bool:
+        """A message with no sender is a plain one sent straight to Temporal (ours carry one,
+        encrypted): ignored by an order placed since its messages carry their sender."""
+        if sender is None and self._order.messages_need_sender:
+            workflow.logger.warning("Ignoring %s without a sender (not sent by the app or the shipment)", message)
+            return False
+        return True
 
     @workflow.query
     def status(self) -> OrderStatus:

@@ -54,9 +54,8 @@ MAX_FAILURES_PER_ORDER = 10
 ORDER_ACTIONS = ("approve", "cancel", "address", "expedite", "simulate-failure")
 # The emails an order sends its customer, each once (messages.json: email_<kind>, email_<kind>_subject).
 ORDER_EMAIL_KINDS = ("received", "awaiting_review", "shipped", "delivered", "cancelled", "review_expired", "rejected", "failed")
-# The texts an order's workflow says itself (orders/messages.py, its notices, the customer's
-# emails): an order carries these, not all of messages.json's order texts, which were 6 of
-# its input's 7 KB, in its history and every replay (tests/orders/test_order_workflows.py).
+# The texts an order's workflow says itself (its refusals, notices, the customer's emails): an
+# order carries these, not all the order texts (6 of its input's 7 KB, in every replay).
 WORKFLOW_TEXT_PREFIXES = ("email_", "notify_")
 WORKFLOW_TEXT_KEYS = frozenset(
     "address_field already_approved already_dispatched already_final being_cancelled cancel_reason cancel_too_late "
@@ -161,6 +160,8 @@ class OrderRequest:
     # Normalised (shared.normalize_email); None for orders placed before orders had one:
     # they send no email.
     customer_email: str | None = None
+    # Placed since its messages carry their sender: a plain `expedite` or `shipment_ready` is ignored.
+    messages_need_sender: bool = False
 
 
 @dataclass(frozen=True)
@@ -404,6 +405,8 @@ class ShippingRequest:
     # True for shipments started since messages carry their sender: `stop` and `expedite` without
     # one (a plain signal sent straight to Temporal) are ignored.
     messages_need_sender: bool = False
+    # `shipment_ready` carries the shipment as its sender (for orders with messages_need_sender).
+    ready_carries_sender: bool = False
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from orders.model import (
     ApproveRequest,
     CancelRequest,
     FailureInjection,
+    MessageFrom,
     OrderPolicy,
     OrderRequest,
     OrderStatus,
@@ -237,6 +238,7 @@ class OrderService:
             # The workflow words its refusals, notices and emails with these texts.
             texts=workflow_texts(self.messages.orders),
             customer_email=order.customer_email,
+            messages_need_sender=True,
         )
 
     def recent(self, page: int) -> tuple[list[dict], int, int]:
@@ -336,8 +338,8 @@ class OrderService:
     async def change_address(self, order_id: str, change: AddressChange) -> OrderView:
         return await self._update(order_id, OrderWorkflow.update_address, change)
 
-    async def expedite(self, order_id: str) -> None:
-        await self._signal(order_id, OrderWorkflow.expedite)
+    async def expedite(self, order_id: str, sender: str) -> None:
+        await self._signal(order_id, OrderWorkflow.expedite, MessageFrom(sender))
 
     async def simulate_failure(self, order_id: str, failure: FailureInjection) -> None:
         await self._signal(order_id, OrderWorkflow.inject_failure, failure)

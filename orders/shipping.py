@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
@@ -32,6 +33,18 @@ with workflow.unsafe.imports_passed_through():
 # The signals a shipment sends the order that started it. The shipment owns their
 # names; the order's handlers take them (orders/workflow.py imports this module, never the reverse).
 PROGRESS_SIGNAL = "shipment_progress"  # a stage reached (ShipmentProgress)
+SHIPMENT = MessageFrom("shipment")  # the sender of the shipment's `shipment_ready` (ready_carries_sender)
+
+
+@dataclass(frozen=True)
+class ShipmentReady:
+    """`shipment_ready`'s argument from a shipment with `ready_carries_sender`: who sends it, and
+    the "prepared" progress when it comes along (no wait before the pickup)."""
+
+    sender: MessageFrom
+    progress: ShipmentProgress | None = None
+
+
 READY_SIGNAL = "shipment_ready"  # at the carrier's pickup, waiting for the order's word
 
 
@@ -165,7 +178,10 @@ class ShippingWorkflow:
     async def _report_ready(self, progress: ShipmentProgress | None) -> None:
         """At the pickup; with no wait before it, the same signal carries the "prepared" progress (v10 orders)."""
         parent = workflow.get_external_workflow_handle(self._request.parent_workflow_id)
-        await parent.signal(READY_SIGNAL, *([progress] if progress is not None else []))
+        if self._request.ready_carries_sender:  # the order ignores a `shipment_ready` with no sender
+            await parent.signal(READY_SIGNAL, ShipmentReady(SHIPMENT, progress))
+        else:
+            await parent.signal(READY_SIGNAL, *([progress] if progress is not None else []))
 
     @workflow.signal
     def dispatch(self, permit: DispatchPermit) -> None:

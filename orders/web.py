@@ -212,7 +212,7 @@ async def change_address(order_id: str):
 
 @orders_api.post("/orders/<order_id>/expedite")
 async def expedite(order_id: str):
-    await service().expedite(order_id)
+    await service().expedite(order_id, acting_operator(None))
     return accepted(order_id, {"expedite": True})
 
 
@@ -413,7 +413,7 @@ async def address_page(order_id: str):
 
 @orders_pages.post("/orders/<order_id>/expedite")
 async def expedite_page(order_id: str):
-    return await page_action(order_id, "expedite", lambda form: service().expedite(order_id))
+    return await page_action(order_id, "expedite", lambda form: service().expedite(order_id, acting_operator(form)))
 
 
 @orders_pages.post("/orders/<order_id>/simulate-failure")

@@ -224,6 +224,7 @@ class OrderWorkflow(OrderMessages):
             report_delivered=not self._lean,
             ready_carries_progress=self._fewer_tasks,
             messages_need_sender=True,  # the input only, no command: every order's new shipments
+            ready_carries_sender=self._order.messages_need_sender,
         )
         self._undos.push("stop shipment", self._stop_shipment)
         with self._timeline.moving():

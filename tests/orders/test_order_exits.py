@@ -70,6 +70,7 @@ from orders.model import (
     ChargeRequest,
     FailureInjection,
     InventoryRequest,
+    MessageFrom,
     OrderLine,
     OrderStatus,
     StepRequest,
@@ -288,7 +289,7 @@ async def messages_to_closed_shipment(row: Row, env, handle, faults: Faults, tex
     else:
         await bring_to(row, env, handle, faults)  # delivered; the shipment has closed
     assert (await handle.query(OrderWorkflow.status)).actions == []
-    await handle.signal(OrderWorkflow.expedite)
+    await handle.signal(OrderWorkflow.expedite, MessageFrom("test"))
     await handle.signal(OrderWorkflow.inject_failure, FailureInjection("shipping"))
     message = await refusal(handle.execute_update(OrderWorkflow.update_address, AddressChange(NEW_ADDRESS)))
     # While undoing, the answer names the outcome, not the step the status still shows;
@@ -726,7 +727,7 @@ async def test_address_change_and_expedite_at_every_moment(time_skipping_env, or
         assert err.status == RPCStatusCode.NOT_FOUND and moment == "after_delivery", err
         accepted, said, offered = False, str(err), []
     if moment != "after_delivery":
-        await handle.signal(OrderWorkflow.expedite)
+        await handle.signal(OrderWorkflow.expedite, MessageFrom("test"))
     faults.release_all()
     if moment == "before_review":  # let the validation through, then approve
         faults.failing.discard("validate_order")

@@ -128,6 +128,7 @@ def order_request(
         failures=failures or [],
         shipping_task_queue=settings.shipping_task_queue,
         texts=workflow_texts(load_messages(settings.messages_file).orders),  # what the service sends
+        messages_need_sender=True,
     )
 
 
@@ -343,8 +344,9 @@ async def test_plain_updates_sent_straight_to_temporal_act_as_no_operator(time_s
 
 async def test_plain_messages_without_input_act_as_no_one(time_skipping_env, order_settings, order_workers):
     """`temporal workflow signal --name stop` (no input, so nothing for the codec to refuse) stopped a
-    shipment, which cancelled its order. Those messages now carry their sender, encrypted: without
-    one, the shipment goes on (the rewards' `close`: the next test)."""
+    shipment, which cancelled its order; `expedite` and `shipment_ready` on the order acted too.
+    Those messages now carry their sender, encrypted: without one, the order and its shipment go
+    on as before (the rewards' `close`: the next test)."""
     client = time_skipping_env.client
     plain = Client(**{**client.config(), "data_converter": DataConverter.default})
     handle = await start(client, order_settings, order_request(order_settings, SMALL))
@@ -352,8 +354,17 @@ async def test_plain_messages_without_input_act_as_no_one(time_skipping_env, ord
     shipment = plain.get_workflow_handle(f"{handle.id}-shipping")
     await shipment.signal("stop")
     await shipment.signal("expedite")
+    # The order's own: `expedite`, and `shipment_ready`, which released the parcel before its
+    # pickup: the address could no longer change. An update after them sees them handled.
+    order = plain.get_workflow_handle(handle.id)
+    await order.signal("expedite")
+    await order.signal("shipment_ready")
+    changed = await update(handle, OrderWorkflow.update_address, AddressChange(NEW_ADDRESS, "test"))
+    assert changed.address == NEW_ADDRESS and not changed.expedited
     status = await handle.result()
     assert status.status == "completed" and status.shipment.carrier == "Ground Freight"  # not stopped, not expedited
+    assert not status.expedited
+    assert not any("Expedited" in e["message"] for e in order_events(store(order_settings), status.order_id))
 
 
 async def test_a_plain_close_of_a_customers_rewards_is_rejected(dev_server, order_settings, dev_server_order_workers):
@@ -518,7 +529,7 @@ async def test_expedite_ships_by_express(time_skipping_env, order_settings, orde
     request = order_request(order_settings, SMALL)
     handle = await start(time_skipping_env.client, order_settings, request)
     await wait_for(handle, lambda s: s.approved, "approval")
-    await handle.signal(OrderWorkflow.expedite)
+    await handle.signal(OrderWorkflow.expedite, MessageFrom("test"))
     status = await handle.result()
     assert status.expedited and status.shipment.carrier == "Express Air"
 
