@@ -27,7 +27,8 @@
     return (Number.isInteger(value) ? dollars : cents).format(value);
   }
 
-  // As the server's when macros: to the minute, or to the second (a review deadline minutes away).
+  // As the server's when macros: to the minute, or to the second (a review deadline minutes away,
+  // the milestones and the timeline, whose steps are seconds apart).
   function when(iso, seconds) {
     if (!iso) {
       return "–";
@@ -122,7 +123,7 @@
       } else {
         item.removeAttribute("aria-current");
       }
-      item.querySelector(".milestone-time").textContent = reachedAt ? when(reachedAt) : "";
+      item.querySelector(".milestone-time").textContent = reachedAt ? when(reachedAt, true) : "";
       item.querySelector(".milestone-attempts").textContent = attemptsText(order.attempts[item.dataset.attemptsStep]);
     });
   }
@@ -184,7 +185,7 @@
   function showEvents(events) {
     replaceItems(document.getElementById("order-timeline"), events, function (event) {
       var item = element("li", "event event-" + event.kind);
-      var time = element("time", null, when(event.at));
+      var time = element("time", null, when(event.at, true));
       time.dateTime = event.at;
       item.appendChild(time);
       item.appendChild(document.createTextNode(" "));

@@ -536,6 +536,12 @@ async def test_an_order_placed_on_the_dashboard_is_approved_on_its_tracker_and_d
     ]
     found = [next((n for n, text in enumerate(steps) if text.startswith(step)), None) for step in expected]
     assert None not in found and found == sorted(found), f"timeline {steps} lacks or misorders {expected}"
+    # To the second (issue 28: a dozen steps read the same minute), as updated live and as the server writes it.
+    for rendered in ("live", "server"):
+        times = await operator.locator("#order-timeline time, #order-milestones .milestone-time").all_text_contents()
+        assert len(times) >= 17 and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", t) for t in times), (rendered, times)
+        if rendered == "live":
+            await operator.reload()
     await screenshot(operator, "order-delivered-desktop")
 
 
