@@ -399,8 +399,7 @@ class ShippingRequest:
     order_releases_dispatch: bool = False
     # False for v9 orders: the result tells the delivery (Shipment.delivered_attempt).
     report_delivered: bool = True
-    # True for v10 orders: with no wait for the carrier's pickup, `shipment_ready` carries the
-    # "prepared" progress (one signal instead of two).
+    # v10 orders: with no wait for the pickup, `shipment_ready` carries "prepared" (1 signal, not 2).
     ready_carries_progress: bool = False
     # True for shipments started since messages carry their sender: `stop` and `expedite` without
     # one (a plain signal sent straight to Temporal) are ignored.

@@ -557,3 +557,40 @@ def pytest_unconfigure(config) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(config.stash[EXIT_STATUS])
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def operator_routes(app) -> Iterator[tuple[str, str, str]]:
+    """(endpoint, method, url) for every operator-only route, with placeholder IDs."""
+    from web.auth import PUBLIC_ENDPOINTS
+
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in PUBLIC_ENDPOINTS:
+            continue
+        url = rule.build({name: "0123456789ab" for name in rule.arguments}, append_unknown=False)[1]
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            yield rule.endpoint, method, url
+
+
+def place_for_review(client, settings: Settings) -> str:
+    """An order above the approval limit, placed with the operator token, once it awaits review."""
+    body = {
+        "customer_id": f"cust-{uuid.uuid4().hex[:8]}",
+        "items": [{"sku": "LP-140", "quantity": 2}],
+        "address": ADDRESS,
+        "customer_email": "ada@example.com",
+        "expedited": True,
+    }
+    response = client.post("/api/orders", json=body, headers=bearer(settings.operator_token))
+    assert response.status_code == 201, response.json
+    order_id = response.json["order_id"]
+    wait_until(
+        lambda: (
+            client.get(f"/api/orders/{order_id}", headers=bearer(settings.operator_token)).json["status"] == "awaiting_review"
+        ),
+        what="the order to await review",
+    )
+    return order_id

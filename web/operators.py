@@ -217,7 +217,7 @@ class OperatorAccounts:
     def _change(self, name: str, change) -> None:
         if self._store.get(OPERATORS, name) is None:
             raise AccountRefused(f"no operator named {name!r}")
-        self._store.update(OPERATORS, name, lambda record: change(record))
+        self._store.update(OPERATORS, name, change)
 
 
 def _check_name(name: str) -> None:
@@ -247,9 +247,10 @@ def _password(prompt: str, from_stdin: bool) -> str:
     return click.prompt(prompt, hide_input=True, confirmation_prompt=True)
 
 
-def _run(action) -> None:
+def _run(action):
+    """`action()`'s result; a refusal is the command's error message."""
     try:
-        action()
+        return action()
     except AccountRefused as refused:
         raise click.ClickException(str(refused)) from None
 
@@ -318,9 +319,7 @@ def list_command() -> None:
 @with_appcontext
 def token_command(name: str, label: str) -> None:
     """Make an API token for an operator; it is printed once."""
-    token: list[str] = []
-    _run(lambda: token.append(accounts().add_token(name, label)))
-    click.echo(token[0])
+    click.echo(_run(lambda: accounts().add_token(name, label)))
 
 
 @operators_cli.command("revoke-token")

@@ -16,7 +16,18 @@ import pytest
 
 from core.rules import load_messages
 from core.store import open_store
-from tests.fixtures import ADDRESS, HERE, JOHN, cli, fresh_settings, make_app, new_operator, signed_in, wait_until
+from tests.fixtures import (
+    HERE,
+    JOHN,
+    bearer,
+    cli,
+    fresh_settings,
+    make_app,
+    new_operator,
+    operator_routes,
+    place_for_review,
+    signed_in,
+)
 from web.auth import OPERATOR_SESSIONS, PUBLIC_ENDPOINTS, load_operator_token
 
 MESSAGES = load_messages(HERE / "messages.json")
@@ -42,20 +53,6 @@ def settings(order_stack):
     return order_stack[0]
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def operator_routes(app):
-    """(method, url) for every operator-only route, with placeholder IDs."""
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint in PUBLIC_ENDPOINTS:
-            continue
-        url = rule.build({name: "0123456789ab" for name in rule.arguments}, append_unknown=False)[1]
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            yield method, url
-
-
 def test_the_public_endpoints_are_exactly_the_applicants():
     assert (
         PUBLIC_ENDPOINTS
@@ -77,7 +74,7 @@ def test_every_operator_route_refuses_missing_or_wrong_credentials(app, credenti
     client = app.test_client()
     routes = list(operator_routes(app))
     assert len(routes) >= 15  # the orders API and pages, the applications list, the codec
-    for method, url in routes:
+    for _endpoint, method, url in routes:
         response = client.open(url, method=method, headers=credentials, raw=True)
         if url.startswith(("/api/", "/codec/")) or url == "/metrics":
             assert response.status_code == 401, (method, url)
@@ -86,26 +83,6 @@ def test_every_operator_route_refuses_missing_or_wrong_credentials(app, credenti
         else:
             assert response.status_code == 303, (method, url)
             assert response.headers["Location"].startswith("/signin?next="), (method, url)
-
-
-def place_for_review(client, settings) -> str:
-    body = {
-        "customer_id": f"cust-{uuid.uuid4().hex[:8]}",
-        "items": [{"sku": "LP-140", "quantity": 2}],
-        "address": ADDRESS,
-        "customer_email": "ada@example.com",
-        "expedited": True,
-    }
-    response = client.post("/api/orders", json=body, headers=bearer(settings.operator_token))
-    assert response.status_code == 201, response.json
-    order_id = response.json["order_id"]
-    wait_until(
-        lambda: (
-            client.get(f"/api/orders/{order_id}", headers=bearer(settings.operator_token)).json["status"] == "awaiting_review"
-        ),
-        what="the order to await review",
-    )
-    return order_id
 
 
 def test_refused_actions_change_nothing_and_the_right_token_acts(app, settings):

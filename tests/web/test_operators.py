@@ -10,8 +10,8 @@ import pytest
 from argon2 import PasswordHasher
 
 from core.rules import load_messages
-from tests.fixtures import HERE, cli, new_operator, signed_in, wait_until
-from web.auth import PUBLIC_ENDPOINTS, ROLE_OF_ENDPOINT
+from tests.fixtures import HERE, bearer, cli, new_operator, operator_routes, place_for_review, signed_in
+from web.auth import ROLE_OF_ENDPOINT
 from web.operators import OPERATOR_TOKENS, OPERATORS, AccountRefused, role_allows
 
 MESSAGES = load_messages(HERE / "messages.json")
@@ -28,20 +28,6 @@ def app(order_app):
 @pytest.fixture
 def settings(order_stack):
     return order_stack[0]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def operator_routes(app):
-    """(endpoint, method, url) for every operator-only route, with placeholder IDs."""
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint in PUBLIC_ENDPOINTS:
-            continue
-        url = rule.build({name: "0123456789ab" for name in rule.arguments}, append_unknown=False)[1]
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            yield rule.endpoint, method, url
 
 
 def test_every_operator_route_needs_its_role_and_a_lower_one_gets_403(app, settings):
@@ -62,7 +48,7 @@ def test_every_operator_route_needs_its_role_and_a_lower_one_gets_403(app, setti
 
 def test_the_order_pages_offer_each_role_only_what_it_may_do(app, settings):
     viewer, approver = signed_in(app.test_client(), settings, "viewer"), signed_in(app.test_client(), settings, "approver")
-    order_id = place_for_review(app, settings)
+    order_id = place_for_review(app.test_client(), settings)
     viewed, acting = viewer.get(f"/orders/{order_id}").text, approver.get(f"/orders/{order_id}").text
     assert 'data-action="approve"' not in viewed and "lets you follow this order" in viewed
     assert 'data-action="approve"' in acting and 'data-action="simulate-failure"' not in acting
@@ -74,7 +60,7 @@ def test_an_action_is_recorded_as_the_signed_in_operator_and_a_typed_name_is_ref
     name, password = new_operator(app, "approver")
     client = app.test_client()
     assert client.post("/signin", data={"name": name, "password": password}).status_code == 303
-    order_id = place_for_review(app, settings)
+    order_id = place_for_review(app.test_client(), settings)
 
     impostor = client.post(f"/api/orders/{order_id}/approve", json={"operator": "somebody-else"})
     assert impostor.status_code == 400
@@ -94,7 +80,7 @@ def test_an_operators_api_token_acts_as_them_until_revoked_or_disabled(app, sett
     assert made.exit_code == 0, made.output
     token = made.output.strip()
     client = app.test_client()
-    order_id = place_for_review(app, settings)
+    order_id = place_for_review(app.test_client(), settings)
     assert client.get("/api/orders", headers=bearer(token)).status_code == 200
     assert client.post(f"/api/orders/{order_id}/simulate-failure", headers=bearer(token), json={}).status_code == 403
     approved = client.post(f"/api/orders/{order_id}/approve", headers=bearer(token))
@@ -158,25 +144,3 @@ def test_passwords_are_kept_as_argon2id_hashes_and_the_cli_refuses_bad_accounts(
     with pytest.raises(AccountRefused):
         app.extensions["operator_accounts"].add_token("nobody-here")
     assert app.extensions["operator_accounts"]._store.get(OPERATOR_TOKENS, "0123456789abcdef") is None
-
-
-def place_for_review(app, settings) -> str:
-    """An order above the approval limit, placed with the bootstrap token, awaiting review."""
-    client = app.test_client()
-    body = {
-        "customer_id": f"cust-{uuid.uuid4().hex[:8]}",
-        "items": [{"sku": "LP-140", "quantity": 2}],
-        "address": {"name": "Ada", "street": "1 Road", "city": "Town", "postal_code": "T1", "country": "UK"},
-        "customer_email": "ada@example.com",
-    }
-    response = client.post("/api/orders", json=body, headers=bearer(settings.operator_token))
-    assert response.status_code == 201, response.get_json()
-    order_id = response.get_json()["order_id"]
-    wait_until(
-        lambda: (
-            client.get(f"/api/orders/{order_id}", headers=bearer(settings.operator_token)).get_json()["status"]
-            == "awaiting_review"
-        ),
-        what="the order to await review",
-    )
-    return order_id
