@@ -46,6 +46,7 @@ from web import metrics as web_metrics
 from web.codec_server import create_codec_blueprint
 from web.common import StrictJSONProvider, error_page, json_error, messages
 from web.openapi import build_openapi
+from web.temporal_ui import temporal_ui
 
 health = Blueprint("health", __name__)
 
@@ -142,6 +143,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # It shows what Temporal holds, plain payloads included (a worker refuses those).
     codec = payload_codec_from_env(accept_plain=True)
     app.register_blueprint(create_codec_blueprint(lambda: codec, settings.temporal_ui_url))
+    app.register_blueprint(temporal_ui)  # the Temporal UI for operators, where TEMPORAL_UI_UPSTREAM is set
     web_limits.init_app(app, settings)  # last: it wraps the public views
     app.register_error_handler(SecurityError, handle_untrusted_host)
     app.register_error_handler(InvalidInput, handle_invalid_input)

@@ -58,6 +58,10 @@ def _env_switch(name: str, default: bool) -> bool:
     return raw == "on"
 
 
+# Where the web app serves the Temporal UI (web/temporal_ui.py), and the UI server's public path.
+TEMPORAL_UI_PATH = "/temporal"
+
+
 @dataclass(frozen=True)
 class Settings:
     task_queue: str  # the loan workflow's
@@ -99,6 +103,9 @@ class Settings:
     # Operators' passwords (web/auth.py PASSWORD_HASHERS): Argon2id at its defaults; the tests
     # set "cheapest" to sign in fast. Not read from the environment: no deployment can lower it.
     password_hashing: str = "standard"
+    # Where the web app reaches the Temporal UI server it serves to operators at /temporal
+    # (web/temporal_ui.py; that server's public path must be /temporal); None: not served.
+    temporal_ui_upstream: str | None = None
 
     @property
     def public_url(self) -> str:
@@ -128,6 +135,7 @@ class Settings:
             web_host=os.environ.get("WEB_HOST", "127.0.0.1"),
             web_port=_env_int("WEB_PORT", 5001),
             temporal_ui_url=os.environ.get("TEMPORAL_UI_URL", "http://localhost:8233").rstrip("/"),
+            temporal_ui_upstream=os.environ.get("TEMPORAL_UI_UPSTREAM", "").strip().rstrip("/") or None,
             secret_key=app_secret_key(data_dir),
             decision_wait_seconds=_env_float("DECISION_WAIT_SECONDS", 5.0),
             order_task_queue=os.environ.get("ORDER_TASK_QUEUE", "orders"),

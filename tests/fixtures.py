@@ -42,7 +42,7 @@ from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 
 from core.codec import ENCODING, EncryptionCodec
-from core.settings import Settings, payload_codec_from_env, payload_data_converter
+from core.settings import TEMPORAL_UI_PATH, Settings, payload_codec_from_env, payload_data_converter
 from loans.model import SEARCH_ATTRIBUTES
 from starter import create_app
 from tools.net import free_port
@@ -150,15 +150,36 @@ async def time_skipping_env(time_skipping_server, payload_codec) -> WorkflowEnvi
 
 
 @pytest.fixture(scope="session")
-async def dev_server(payload_codec) -> WorkflowEnvironment:
+async def dev_server(payload_codec, temporal_ui_port) -> WorkflowEnvironment:
+    """The session's dev server, with its Web UI as `make run` has it (public path /temporal)."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(BIN / "temporal"),
         data_converter=payload_data_converter(payload_codec),
         search_attributes=SEARCH_ATTRIBUTES,
         dev_server_log_level="error",
+        ui=True,
+        ui_port=temporal_ui_port,
+        dev_server_extra_args=["--ui-public-path", TEMPORAL_UI_PATH, "--ui-codec-endpoint", "/codec", "--ui-disable-news-fetch"],
     )
     yield env
     await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def temporal_ui_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def temporal_ui_upstream(dev_server, temporal_ui_port) -> str:
+    """The dev server's UI server, once it reaches the server: it starts with the server, and its
+    first connection, refused, waits out a gRPC reconnect backoff."""
+    upstream = f"http://127.0.0.1:{temporal_ui_port}"
+    workflows = f"{upstream}{TEMPORAL_UI_PATH}/api/v1/namespaces/default/workflows"
+    wait_until(
+        lambda: httpx.get(workflows, timeout=5).status_code == 200, timeout=30, interval=0.2, what="the Temporal UI server"
+    )
+    return upstream
 
 
 def fresh_settings(data_dir: Path, **overrides) -> Settings:

@@ -15,8 +15,9 @@ The dev server keeps its history in a SQLite file under DATA_DIR, so a second
   the wait is 2 ms (docs/performance.md, "Dev server settings").
 - The loans' search attributes (loans.model.SEARCH_ATTRIBUTES) are registered
   at start; an external server needs them created once (docs/operations.md).
-- The UI decrypts payloads through the web app's codec endpoint (operators
-  signed in at http://localhost:<WEB_PORT>: the cookie's host must be the endpoint's).
+- The UI's public path is /temporal: the web app serves it there to signed-in
+  operators (web/temporal_ui.py), and its codec endpoint is the web app's /codec
+  on the same origin, so it decrypts with the operator's session and no setup.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from temporalio.common import SearchAttributeIndexedValueType
 
+from core.settings import TEMPORAL_UI_PATH
 from loans.model import SEARCH_ATTRIBUTES
 
 BIN = Path(sys.executable).parent
@@ -40,7 +42,12 @@ _TYPE_NAMES = {SearchAttributeIndexedValueType.KEYWORD: "Keyword"}
 
 
 def command(
-    db_file: Path, port: int | str, ip: str = "127.0.0.1", ui_port: int | str | None = None, codec_endpoint: str | None = None
+    db_file: Path,
+    port: int | str,
+    ip: str = "127.0.0.1",
+    ui_port: int | str | None = None,
+    codec_endpoint: str | None = None,
+    ui_public_path: str | None = None,
 ) -> list[str]:
     """The dev server's command line; without a UI port, headless."""
     args = [str(BIN / "temporal"), "server", "start-dev", "--ip", ip, "--port", str(port), "--db-filename", str(db_file)]
@@ -55,6 +62,8 @@ def command(
         args += ["--ui-port", str(ui_port), "--ui-disable-news-fetch"]
     if codec_endpoint:
         args += ["--ui-codec-endpoint", codec_endpoint]
+    if ui_public_path:
+        args += ["--ui-public-path", ui_public_path]
     return [*args, "--log-level", "error"]
 
 
@@ -66,7 +75,8 @@ def main() -> None:
         env.get("TEMPORAL_DEV_PORT") or "7233",
         env.get("TEMPORAL_DEV_IP") or "127.0.0.1",
         env.get("TEMPORAL_UI_PORT") or "8233",
-        f"http://localhost:{env.get('WEB_PORT') or '5001'}/codec",
+        "/codec",  # relative: the UI is served through the web app's origin (TEMPORAL_UI_PATH)
+        TEMPORAL_UI_PATH,
     )
     os.execv(args[0], args)  # the supervisor's child is the server itself: its signals reach it
 

@@ -280,7 +280,7 @@ def ready_line(settings: Any, elapsed: float, mail: str, metrics: str, database:
 
 
 def run(postgres: bool) -> int:
-    from core.settings import Settings
+    from core.settings import TEMPORAL_UI_PATH, Settings
 
     began = time.monotonic()
     env = os.environ
@@ -304,7 +304,8 @@ def run(postgres: bool) -> int:
     start_temporal = not env.get("TEMPORAL_ADDRESS")
     if start_temporal:
         env["TEMPORAL_ADDRESS"] = f"{env.get('TEMPORAL_DEV_IP') or '127.0.0.1'}:{env.get('TEMPORAL_DEV_PORT') or '7233'}"
-        env.setdefault("TEMPORAL_UI_URL", f"http://localhost:{env.get('TEMPORAL_UI_PORT') or '8233'}")
+        # The UI's server on loopback; operators open it through the web app (web/temporal_ui.py).
+        env.setdefault("TEMPORAL_UI_UPSTREAM", f"http://127.0.0.1:{env.get('TEMPORAL_UI_PORT') or '8233'}")
     start_mail = not env.get("SMTP_URL")
     if start_mail:
         env["SMTP_URL"] = f"smtp://127.0.0.1:{env.get('SMTP_SINK_PORT') or '2525'}"
@@ -320,6 +321,9 @@ def run(postgres: bool) -> int:
     metrics_port = env["WORKER_METRICS_PORT"].strip()
     metrics = f"http://{env.get('WORKER_METRICS_HOST') or '127.0.0.1'}:{metrics_port}/metrics" if metrics_port else ""
     settings = Settings.from_env()
+    if start_temporal and not env.get("TEMPORAL_UI_URL"):
+        env["TEMPORAL_UI_URL"] = settings.public_url + TEMPORAL_UI_PATH
+        settings = Settings.from_env()
 
     found = programs(data, postgres, start_temporal, start_mail, start_postgres)
     config = run_dir / "supervisord.conf"

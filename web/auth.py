@@ -51,7 +51,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from markupsafe import Markup, escape
 
 from core.secret_files import read_or_create_secret
-from core.settings import Settings
+from core.settings import TEMPORAL_UI_PATH, Settings
 from core.store import Store
 from web.common import error_page
 from web.operators import FIRST_ADMIN, FIRST_ADMIN_PASSWORD_FILE, Operator, OperatorAccounts, operators_cli
@@ -131,6 +131,7 @@ PASSWORD_HASHERS = {"standard": PasswordHasher, "cheapest": lambda: PasswordHash
 auth = Blueprint("auth", __name__)
 csrf = CSRFProtect()
 login_manager = LoginManager()
+talisman = Talisman()  # module-level, so views can set their own headers (`@talisman(...)`)
 
 
 # Where a generated token is kept, inside the data folder.
@@ -251,7 +252,7 @@ class SessionCookieSecureOverHttps(SecureCookieSessionInterface):
 
 def wants_json() -> bool:
     """Machine endpoints: a refusal is a 401 they can read, not a redirect to the sign-in page."""
-    return request.path.startswith(("/api/", "/codec/")) or request.path == "/metrics"
+    return request.path.startswith(("/api/", "/codec/", f"{TEMPORAL_UI_PATH}/api/")) or request.path == "/metrics"
 
 
 def require_operator():
@@ -282,12 +283,15 @@ def check_csrf():
     Exempt: a valid bearer token (no cookie involved); the applicant's JSON API
     (a cookie grants nothing there); a JSON body under /api or /codec, which a
     cross-site page cannot send without a CORS preflight that only the Temporal
-    UI's origin passes, and only for /codec.
+    UI's origin passes, and only for /codec; the Temporal UI's own calls, which
+    carry its CSRF header instead (web/temporal_ui.py).
     """
     if request.method in ("GET", "HEAD", "OPTIONS", "TRACE") or operator_auth().bearer_is_valid():
         return
     if wants_json() and (request.endpoint in PUBLIC_ENDPOINTS or request.is_json):
         return
+    if request.endpoint == "temporal_ui.proxy":
+        return  # the Temporal UI's own CSRF check and an admin from this origin (web/temporal_ui.py)
     csrf.protect()
 
 
@@ -372,7 +376,7 @@ def init_app(app: Flask, settings: Settings, store: Store) -> None:
     app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
     csrf.init_app(app)
-    Talisman(
+    talisman.init_app(
         app,
         force_https=False,  # TLS is the deployment's proxy's job; cookies still go Secure over HTTPS
         session_cookie_secure=False,

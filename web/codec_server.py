@@ -5,7 +5,8 @@ payloads they show to `POST <endpoint>/decode` (and inputs they send to
 `/encode`) as `{"payloads": [...]}` in protobuf JSON; this blueprint answers
 the same shape, run through the app's payload codec. Browsers may call it only
 from the configured Temporal UI origin (CORS with credentials, so the UI can
-send the operator's session cookie); requests from any other origin get `403`.
+send the operator's session cookie), and from this app's own origin, where it
+serves the UI itself (web/temporal_ui.py); requests from any other origin get `403`.
 
 Who may call it is the app's business, not this blueprint's: the app that
 registers it puts it behind operator sign-in (and must let `OPTIONS`
@@ -49,7 +50,8 @@ def create_codec_blueprint(codec_provider: Callable[[], PayloadCodec], allowed_o
     def refuse_other_origins():
         request.max_content_length = MAX_BODY_BYTES
         origin = request.headers.get("Origin")
-        if origin is not None and origin.lower() != allowed_origin:
+        own_origin = request.host_url.rstrip("/").lower()  # the UI served through this app (web/temporal_ui.py)
+        if origin is not None and origin.lower() not in (allowed_origin, own_origin):
             return jsonify(error=f"Origin {origin} may not use the codec; only {allowed_origin} may."), 403
         return None
 

@@ -1,5 +1,7 @@
 """gunicorn's threaded worker with a read timeout: a client that stops sending mid-request loses its thread.
 
+(And a stop that ends the calls the app proxies to the Temporal UI, web/temporal_ui.py.)
+
 gunicorn's `gthread` worker hands a connection to a thread once its first bytes
 arrive, then reads the rest of the request (headers, body) with a blocking socket
 and no timeout: a client that sends part of a request and stops held a thread
@@ -33,6 +35,13 @@ def set_read_timeout(sock: socket.socket, seconds: float) -> None:
 
 
 class ReadTimeoutThreadWorker(ThreadWorker):
+    def handle_exit(self, sig, frame):
+        """A graceful stop waits for the requests in flight; the Temporal UI's long polls would hold it."""
+        super().handle_exit(sig, frame)
+        from web.temporal_ui import interrupt_upstream_calls
+
+        interrupt_upstream_calls()
+
     def handle(self, conn):
         if not getattr(conn, "read_timeout_set", False):
             set_read_timeout(conn.sock, READ_TIMEOUT_SECONDS)

@@ -14,12 +14,14 @@ import re
 import subprocess
 import sys
 import uuid
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
 import pytest
+from playwright.sync_api import sync_playwright
 
-from tests.fixtures import HERE, wait_until, web_is_ready
+from tests.fixtures import BROWSER_ARGS, HERE, browser_executable, wait_until, web_is_ready
 from tests.tools.make_run import ready, start_on_free_ports, stop_make_run
 
 
@@ -33,6 +35,32 @@ def sample(scraped: str, name: str, **labels: str) -> float:
             if all(found.get(key) == value for key, value in labels.items()):
                 total += float(match[3])
     return total
+
+
+def temporal_ui_pages(url: str, ui_port: int, admin_password: str, name: str) -> dict[str, bool]:
+    """Whether `name` shows decrypted on the workflow's page at `url` (the app's origin), signing in
+    as the admin on the way, and on the same page at the UI server's own port."""
+    own_port = f"http://127.0.0.1:{ui_port}{urlsplit(url).path}"
+    shown = {}
+    with sync_playwright() as playwright:
+        executable = browser_executable()
+        chromium = playwright.chromium.launch(executable_path=str(executable) if executable else None, args=BROWSER_ARGS)
+        try:
+            page = chromium.new_page()
+            page.goto(url)
+            page.fill("#name", "admin")
+            page.fill("#password", admin_password)
+            page.click("button[type=submit]")
+            page.wait_for_url(url)
+            page.get_by_text(name).first.wait_for(timeout=20_000)
+            shown["through the app"] = True
+            direct = chromium.new_page()
+            with direct.expect_response(lambda answer: "/codec/decode" in answer.url, timeout=20_000) as decode:
+                direct.goto(own_port)
+            shown["on its own port"] = decode.value.ok or direct.get_by_text(name).count() > 0
+        finally:
+            chromium.close()
+    return shown
 
 
 def scrape(url: str) -> httpx.Response | None:
@@ -62,7 +90,7 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
             f"Orders: http://localhost:{web_port}/orders",
             f"Operator sign-in: http://localhost:{web_port}/signin (admin, password: cat {admin_password})",
             f"Emails: kept in {tmp_path / 'data' / 'mail'}",
-            f"Temporal UI: http://localhost:{ui_port}",
+            f"Temporal UI: http://localhost:{web_port}/temporal",
             f"Worker metrics: {worker_metrics}",
             f"Logs: {tmp_path / 'data' / 'logs'}",
         ):
@@ -93,9 +121,9 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
         assert applicant["email"] in message.read_text()
 
         # No OPERATOR_TOKEN: one was generated into the data folder, private, and the ready line says where.
-        # The dev server's UI decrypts through this web app's codec endpoint.
-        ui_settings = httpx.get(f"http://localhost:{ui_port}/api/v1/settings", timeout=10).json()
-        assert ui_settings["Codec"]["Endpoint"] == f"http://localhost:{web_port}/codec", ui_settings
+        # The dev server's UI is served through the web app and decrypts through its codec endpoint.
+        ui_settings = httpx.get(f"http://127.0.0.1:{ui_port}/temporal/api/v1/settings", timeout=10).json()
+        assert ui_settings["Codec"]["Endpoint"] == "/codec", ui_settings
         assert token_file.stat().st_mode & 0o777 == admin_password.stat().st_mode & 0o777 == 0o600
         # The ready line's sign-in works, in the browser's way (the form's CSRF token, then the cookie).
         with httpx.Client(base_url=base, timeout=10) as browser:
@@ -105,11 +133,16 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
             assert signed.status_code == 303 and signed.headers["Location"] == "/orders", signed.text
             assert browser.get("/orders").status_code == 200
         result_url = f"{base}{decided.json()['page_url']}"  # the applicant's link, with its key
-        ui_link = f"http://localhost:{ui_port}/namespaces/default/workflows/"
+        ui_link = f"http://localhost:{web_port}/temporal/namespaces/default/workflows/"
         as_applicant = httpx.get(result_url, timeout=10)
         assert as_applicant.status_code == 200 and ui_link not in as_applicant.text
         operator = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
         assert ui_link in httpx.get(result_url, headers=operator, timeout=10).text
+        # In a browser: the operator signs in on the way to the workflow and reads the applicant's
+        # input decrypted; on the UI server's own port the same page gets no decryption.
+        workflow = decided.json()["workflow_id"]
+        shown = temporal_ui_pages(ui_link + workflow, ui_port, admin_password.read_text().strip(), applicant["name"])
+        assert shown == {"through the app": True, "on its own port": False}, shown
 
         # The worker's SDK metrics moved with that one application: its workflow
         # tasks, the decision (a local activity) and the email (an activity).

@@ -38,7 +38,7 @@ from web.openapi import build_openapi
 
 CATALOG = [item.sku for item in load_rules(HERE / "rules.json").orders.catalog]
 SCHEMA = schemathesis.openapi.from_dict(build_openapi(CATALOG))
-EXAMPLES_PER_MODE = 40  # 14 operations x 2 modes x 40 = 1,120 requests
+EXAMPLES_PER_MODE = 28  # 14 operations x 2 modes x 28 = 784 requests
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_generated_requests_never_fail_the_server_and_bad_input_starts_nothing(f
 
             exchange()
 
-    assert sent >= 1000
+    assert sent >= 700  # 14 operations x 2 modes x 28, less what an operation cannot vary
     assert accepted_loans and accepted_orders  # the generator made valid requests too
 
     # Exactly what was accepted started workflows and wrote records.
