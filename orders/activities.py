@@ -1,8 +1,7 @@
 """The order steps' side effects: validate, reserve and release stock, charge and refund, the carrier, records.
 
-`OrderActivities` (the order's steps and its recorded projection),
-`ShippingActivities` (the carrier's) and `RewardsActivities` (the customer's
-points) are bound to the store. Each step is idempotent under retries and each
+`OrderActivities` (the order's steps and its recorded projection), `ShippingActivities` (the
+carrier's) and `RewardsActivities` (the customer's points) are bound to the store. Each step is idempotent under retries and each
 undo is safe to run twice: a second release or refund changes nothing. Failures
 can be injected per order (demos and tests) or at a seeded random rate.
 """
@@ -416,6 +415,7 @@ class ShippingActivities(_OrderStepActivities):
 
     @activity.defn
     def prepare_package(self, request: ShipmentStepRequest) -> StepResult:
+        self._write_carried_record(request.step)  # a step of the order's since order version 11
         with self._audited(request.step, "shipping") as attempt:
             self._inject(request.step, "shipping", attempt, self._text("shipping_failed"))
             return StepResult(attempt)

@@ -385,6 +385,15 @@ class AddressChange:
 
 
 @dataclass(frozen=True)
+class DispatchPermit:
+    """The order's word to dispatch: after it the parcel is the carrier's.
+    Carries the final address and speed, so no change can race the dispatch."""
+
+    address: Address
+    expedited: bool
+
+
+@dataclass(frozen=True)
 class ShippingRequest:
     order_id: str
     parent_workflow_id: str
@@ -393,19 +402,19 @@ class ShippingRequest:
     timing: ShippingTiming
     failures: list[FailureInjection]
     policy: OrderPolicy
-    # Set by orders that decide the dispatch (see OrderWorkflow): the shipment
-    # waits at pickup for the order's DispatchPermit. False for shipments started
-    # before that rule, which dispatch on their own.
+    # Set by orders that decide the dispatch (OrderWorkflow): the shipment waits at pickup for the
+    # order's DispatchPermit. False for shipments started before that rule (they dispatch alone).
     order_releases_dispatch: bool = False
     # False for v9 orders: the result tells the delivery (Shipment.delivered_attempt).
     report_delivered: bool = True
     # v10 orders: with no wait for the pickup, `shipment_ready` carries "prepared" (1 signal, not 2).
     ready_carries_progress: bool = False
-    # True for shipments started since messages carry their sender: `stop` and `expedite` without
-    # one (a plain signal sent straight to Temporal) are ignored.
+    # Since messages carry their sender: `stop` and `expedite` without one (sent straight to Temporal) are ignored.
     messages_need_sender: bool = False
     # `shipment_ready` carries the shipment as its sender (for orders with messages_need_sender).
     ready_carries_sender: bool = False
+    # v11: the order prepared the package and starts the shipment at the release with its word (no handshake).
+    permit: DispatchPermit | None = None
 
 
 @dataclass(frozen=True)
@@ -414,15 +423,6 @@ class MessageFrom:
     every payload, so only a holder of the payload key can send one (docs/security.md)."""
 
     sender: str
-
-
-@dataclass(frozen=True)
-class DispatchPermit:
-    """The order's word to dispatch: after it the parcel is the carrier's.
-    Carries the final address and speed, so no change can race the dispatch."""
-
-    address: Address
-    expedited: bool
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ class ShipmentLink:
         self.ready = False  # the shipment waits at the carrier's pickup for the order's word
         self.news = False  # a stage reached since the order last recorded
         self.released = False  # the order has released the parcel to the carrier
+        self.preparation_failed = False  # v11: the order's preparation step failed by itself (nothing to stop)
 
     @property
     def done(self) -> bool:

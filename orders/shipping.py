@@ -52,6 +52,10 @@ READY_SIGNAL = "shipment_ready"  # at the carrier's pickup, waiting for the orde
 class ShippingWorkflow:
     """prepare package -> wait for the carrier's pickup -> the order's word -> dispatch -> transit -> deliver.
 
+    Since order version 11 the order prepares the package itself (the same activity, on this
+    task queue) and starts the shipment at the release with its word: dispatch -> transit ->
+    deliver. What follows is the shipment of an earlier order.
+
     Until dispatch the shipment is the order's: at pickup it tells the order it
     is ready (`shipment_ready`) and dispatches only on the order's `dispatch`
     message, which brings the final address and speed; a `stop` message (or a
@@ -65,13 +69,15 @@ class ShippingWorkflow:
         self._address = request.address
         self._expedited = request.expedited
         self._failures = list(request.failures)
-        self._permit: DispatchPermit | None = None
+        self._permit: DispatchPermit | None = request.permit  # v11 orders start the shipment with it
         self._stop_requested = False
         self._speed_changed = False
         self._preparing: workflow.ActivityHandle | None = None
 
     @workflow.run
     async def run(self, request: ShippingRequest) -> Shipment:
+        if request.permit is not None:  # v11 orders: prepared by the order, released at the pickup
+            return await uninterrupted(self._dispatch_and_deliver(request.permit))
         try:
             permit = await self._prepare_and_wait_for_pickup()
         except (Exception, asyncio.CancelledError) as err:

@@ -53,7 +53,7 @@ class OrderSteps:
     def request(self) -> StepRequest:
         return StepRequest(self._order.order_id, workflow.info().workflow_id, list(self._failures), self._order.policy)
 
-    async def run(self, activity: Any, request: Any, summary: str) -> Any:
+    async def run(self, activity: Any, request: Any, summary: str, task_queue: str | None = None) -> Any:
         """Run one step; a cancel stops it at once (even between retries), so an
         accepted cancel is answered within seconds.
 
@@ -61,7 +61,8 @@ class OrderSteps:
         safe either way (see ORDER_STEP_RETRY), and waiting hung the
         time-skipping test server when the attempt completed during the cancel.
 
-        With lean bookkeeping the step's activity writes the order's record first."""
+        With lean bookkeeping the step's activity writes the order's record first. A step of
+        another worker's (the package's preparation) runs on that worker's `task_queue`."""
         record = self._timeline.carry()
         if record is not None:
             request = dataclasses.replace(request, step=dataclasses.replace(request.step, record=record))
@@ -72,6 +73,7 @@ class OrderSteps:
             retry_policy=ORDER_STEP_RETRY,
             summary=summary,
             cancellation_type=ActivityCancellationType.TRY_CANCEL,
+            task_queue=task_queue,
         )
         with self._timeline.moving():
             try:

@@ -14,6 +14,7 @@ through its message handlers (orders/messages.py, the class's base).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from datetime import timedelta
 from typing import Any
@@ -22,7 +23,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ChildWorkflowError
 
 from core.workflow_helpers import root_message, uninterrupted
-from orders.activities import OrderActivities
+from orders.activities import OrderActivities, ShippingActivities
 from orders.compensation import UndoStack
 from orders.customer_emails import CustomerEmails
 from orders.messages import OrderMessages
@@ -30,6 +31,7 @@ from orders.model import (
     INVALID_ORDER,
     OUT_OF_STOCK,
     PAYMENT_DECLINED,
+    SHIPPING_FAILED,
     AwardRequest,
     CancelRequest,
     ChargeRequest,
@@ -41,13 +43,14 @@ from orders.model import (
     OrderRequest,
     OrderStatus,
     Shipment,
+    ShipmentStepRequest,
     ShippingRequest,
     ValidatedOrder,
     ValidateOrderRequest,
     shipping_workflow_id,
 )
 from orders.policies import MUST_FINISH_RETRY, ORDER_STEP_TIMEOUT
-from orders.shipment_link import ShipmentLink
+from orders.shipment_link import ORDER, ShipmentLink
 from orders.shipping import ShippingWorkflow
 from orders.steps import OrderSteps
 from orders.stops import OrderStopped, refusal_as_stop
@@ -61,6 +64,8 @@ LEAN_BOOKKEEPING_PATCH = "order-lean-bookkeeping"
 # validation step, the "delivered" email and the last record by the award of points (each
 # falls back to the email's own activity), and one signal from a shipment at the pickup.
 FEWER_TASKS_PATCH = "order-fewer-tasks"
+# Version 11: the order prepares the package (on the shipping queue) and starts the shipment at the release: no handshake.
+PREPARES_PACKAGE_PATCH = "order-prepares-package"
 
 
 @workflow.defn(sandboxed=False)
@@ -85,6 +90,7 @@ class OrderWorkflow(OrderMessages):
         self._late_cancel_noted = False
         self._lean = False  # v9 bookkeeping, decided when the run starts (LEAN_BOOKKEEPING_PATCH)
         self._fewer_tasks = False  # v10 (FEWER_TASKS_PATCH), decided when the run starts
+        self._prepares = False  # v11 (PREPARES_PACKAGE_PATCH), decided when the run starts
         self._received_email: OrderEmailRequest | None = None  # v10: carried by the validation step
         self._undos = UndoStack()
         self._shipment = ShipmentLink()
@@ -96,8 +102,9 @@ class OrderWorkflow(OrderMessages):
 
     @workflow.run
     async def run(self, order: OrderRequest) -> OrderStatus:
-        # A v10 run records one marker; v9 runs replay through the second check, v8 runs through neither.
-        self._fewer_tasks = workflow.patched(FEWER_TASKS_PATCH)
+        # A new run records one marker; older runs replay through the later checks, v8 runs through none.
+        self._prepares = workflow.patched(PREPARES_PACKAGE_PATCH)
+        self._fewer_tasks = self._prepares or workflow.patched(FEWER_TASKS_PATCH)
         self._lean = self._timeline.lean = self._fewer_tasks or workflow.patched(LEAN_BOOKKEEPING_PATCH)
         try:
             await self._receive()
@@ -105,7 +112,7 @@ class OrderWorkflow(OrderMessages):
             await self._reserve_inventory(validated)
             await self._review(validated)
             await self._charge(validated)
-            await self._prepare_shipment()
+            await (self._prepare_and_release() if self._prepares else self._prepare_shipment())
         except (Exception, asyncio.CancelledError) as err:
             await self._must_finish(self._stop(self._why_stopped(err)))
         else:
@@ -212,28 +219,8 @@ class OrderWorkflow(OrderMessages):
         then release it to the carrier. The point of no return is the release."""
         self._begin("ship")
         self._status.status = "shipping"
-        request = ShippingRequest(
-            order_id=self._order.order_id,
-            parent_workflow_id=workflow.info().workflow_id,
-            address=self._status.address,
-            expedited=self._status.expedited,
-            timing=self._order.shipping,
-            failures=list(self._failures),
-            policy=self._order.policy,
-            order_releases_dispatch=True,
-            report_delivered=not self._lean,
-            ready_carries_progress=self._fewer_tasks,
-            messages_need_sender=True,  # the input only, no command: every order's new shipments
-            ready_carries_sender=self._order.messages_need_sender,
-        )
         self._undos.push("stop shipment", self._stop_shipment)
-        with self._timeline.moving():
-            await self._shipment.start(
-                request,
-                shipping_workflow_id(self._order.order_id),
-                self._order.shipping_task_queue,
-                self._cancelled_through_temporal,
-            )
+        await self._start_shipment()
         self._timeline.event("step", "Shipping started")
         await self._timeline.record()
         shipment = self._shipment
@@ -256,9 +243,73 @@ class OrderWorkflow(OrderMessages):
         self._status.shipment = dataclasses.replace(self._status.shipment, stage="dispatching")
         self._timeline.event("step", "Released to the carrier")
 
+    async def _prepare_and_release(self) -> None:
+        """v11: the package is prepared by a step of the order's; the order waits for the carrier's
+        pickup itself, then releases the parcel: it starts the shipment with its word to dispatch."""
+        self._begin("ship")
+        self._status.status = "shipping"
+        self._undos.push("stop shipment", self._stop_shipment)
+        self._timeline.event("step", "Shipping started")
+        request = ShipmentStepRequest(self._steps.request(), self._status.address, self._status.expedited)
+        try:
+            prepared = await self._steps.run(
+                ShippingActivities.prepare_package, request, "Prepare package", task_queue=self._order.shipping_task_queue
+            )
+        except ActivityError as err:
+            self._shipment.preparation_failed = self._cancel_request is None  # not stopped: it ended by itself
+            raise refusal_as_stop(err, SHIPPING_FAILED, "failed")
+        self._status.shipment = dataclasses.replace(
+            self._status.shipment, stage="prepared", updated_at=workflow.now().isoformat()
+        )
+        self._status.attempts["prepared"] = prepared.attempt
+        self._timeline.event("step", "Shipment prepared")
+        pickup_wait = self._order.shipping.prepare_seconds
+        if pickup_wait > 0:  # the order shows "prepared" while the parcel waits; it can still change or stop
+            await self._timeline.record()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._cancel_request is not None,
+                    timeout=timedelta(seconds=pickup_wait),
+                    timeout_summary="Awaiting carrier pickup",
+                )
+        # The point of no return, decided in the same step as the last cancel check.
+        self._check_cancelled()
+        self._shipment.released = True
+        self._status.shipment = dataclasses.replace(self._status.shipment, stage="dispatching")
+        self._timeline.event("step", "Released to the carrier")
+        permit = DispatchPermit(self._status.address, self._status.expedited)
+        await self._start_shipment(permit)
+        if self._status.expedited and not permit.expedited:  # expedited while the shipment started
+            await self._shipment.tell(ShippingWorkflow.expedite, ORDER)
+
+    async def _start_shipment(self, permit: DispatchPermit | None = None) -> None:
+        request = ShippingRequest(
+            order_id=self._order.order_id,
+            parent_workflow_id=workflow.info().workflow_id,
+            address=self._status.address,
+            expedited=self._status.expedited,
+            timing=self._order.shipping,
+            failures=list(self._failures),
+            policy=self._order.policy,
+            order_releases_dispatch=True,
+            report_delivered=not self._lean,
+            ready_carries_progress=self._fewer_tasks,
+            messages_need_sender=True,  # the input only, no command: every order's new shipments
+            ready_carries_sender=self._order.messages_need_sender,
+            permit=permit,
+        )
+        with self._timeline.moving():
+            await self._shipment.start(
+                request,
+                shipping_workflow_id(self._order.order_id),
+                self._order.shipping_task_queue,
+                self._cancelled_through_temporal,
+            )
+
     async def _deliver_and_complete(self, validated: ValidatedOrder) -> None:
         """After the release: the carrier delivers, then points and the customer's notice."""
-        await self._shipment.tell(ShippingWorkflow.dispatch, DispatchPermit(self._status.address, self._status.expedited))
+        if not self._prepares:  # v11 shipments start with the permit
+            await self._shipment.tell(ShippingWorkflow.dispatch, DispatchPermit(self._status.address, self._status.expedited))
         await self._timeline.record_soon()  # v9: the carrier's first news records it
         outcome = await self._shipment.follow(self._timeline.record)
         if not isinstance(outcome, Shipment) or outcome.stage != "delivered":
@@ -370,6 +421,13 @@ class OrderWorkflow(OrderMessages):
         return payment is not None
 
     async def _stop_shipment(self) -> bool:
+        if self._prepares and not self._shipment.released:  # v11: no shipment yet; the package stays
+            if self._shipment.preparation_failed:
+                return False
+            self._status.shipment = dataclasses.replace(
+                self._status.shipment, stage="cancelled", updated_at=workflow.now().isoformat()
+            )
+            return True
         outcome = await self._shipment.stop()
         if isinstance(outcome, Shipment):
             self._status.shipment = dataclasses.replace(self._status.shipment, stage=outcome.stage, updated_at=outcome.updated_at)

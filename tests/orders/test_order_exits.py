@@ -635,7 +635,7 @@ MOMENTS = (
     "before_review",
     "right_after_approve",
     "during_charge",
-    "while_shipment_starts",
+    "while_the_package_is_prepared",
     "during_pickup_wait",
     "after_dispatch",
     "after_delivery",
@@ -678,8 +678,8 @@ async def order_at(moment: str, env, order_settings, faults: Faults) -> Workflow
         await asyncio.wait_for(handle.execute_update(OrderWorkflow.approve, ApproveRequest()), UPDATE_DEADLINE)
     if moment == "during_charge":
         await faults.wait_entered("charge_payment")
-    elif moment == "while_shipment_starts":
-        await wait_for(handle, lambda s: s.step == "ship", "the shipment to start")
+    elif moment == "while_the_package_is_prepared":
+        await wait_for(handle, lambda s: s.step == "ship", "the package's preparation to start")
     elif moment == "during_pickup_wait":
         await wait_for(handle, lambda s: s.shipment.stage == "prepared", "the package to be prepared")
     elif moment == "after_dispatch":

@@ -149,7 +149,9 @@ async def wait_for(handle: WorkflowHandle, predicate, what: str, timeout: float 
         status = await handle.query(OrderWorkflow.status)
         if predicate(status):
             return status
-        assert loop.time() < deadline, f"timed out waiting for {what}; status {status.status}, step {status.step}"
+        assert loop.time() < deadline, (
+            f"timed out waiting for {what}; status {status.status}, step {status.step}, shipment {status.shipment.stage}"
+        )
         await asyncio.sleep(0.05)
 
 
@@ -223,9 +225,9 @@ async def test_lean_bookkeeping_writes_fewer_records_and_loses_nothing(time_skip
         name for name, _ in activity_attempts(await handle.fetch_history()) if name in ("record_progress", "notify_customer")
     ]
     assert "notify_customer" not in local
-    # Shipping started, prepared, dispatched, completed, and the emails' outcomes that arrive while
-    # the order waits (v8 wrote 13 records and 2 notices for this order, one local activity each).
-    assert 4 <= len(local) <= 7, local
+    # Prepared (the pickup's wait), released, dispatched, and the emails' outcomes that arrive while the
+    # order waits; "Shipping started" rides with the preparation (v8 wrote 13 records and 2 notices).
+    assert 3 <= len(local) <= 6, local
     assert_recorded_in_full(
         order_settings,
         status,
@@ -236,10 +238,11 @@ async def test_lean_bookkeeping_writes_fewer_records_and_loses_nothing(time_skip
         assert store(order_settings).get(NOTIFICATIONS, f"{request.order_id}-{kind}") is not None
 
 
-async def test_version_10_runs_fewer_tasks_and_loses_nothing(time_skipping_env, order_settings, order_workers, tmp_path):
+async def test_versions_10_and_11_run_fewer_tasks_and_lose_nothing(time_skipping_env, order_settings, order_workers, tmp_path):
     """Version 10: validation sends the "received" email, the award of points sends "delivered" and
-    writes the completed record, and a shipment with no wait for the pickup tells "prepared" with
-    its "ready" signal. Each email still goes once, the record is the final state, every event is kept."""
+    writes the completed record. Version 11: the order prepares the package itself (on the shipping
+    task queue) and starts the shipment at the release with its word, so the shipment's only signal
+    is "dispatched". Each email still goes once, the record is the final state, every event is kept."""
     from test_workflows import activity_attempts
 
     request = dataclasses.replace(order_request(order_settings, SMALL), customer_email="ada@example.com")
@@ -251,13 +254,25 @@ async def test_version_10_runs_fewer_tasks_and_loses_nothing(time_skipping_env, 
     history = await handle.fetch_history()
     names = [name for name, _ in activity_attempts(history)]
     assert names.count("send_order_email") == 1, names  # "shipped" only: the other two rode with steps
+    [prepare] = [
+        e.activity_task_scheduled_event_attributes
+        for e in history.events
+        if e.activity_task_scheduled_event_attributes.activity_type.name == "prepare_package"
+    ]
+    assert prepare.task_queue.name == order_settings.shipping_task_queue
     shipping = await time_skipping_env.client.get_workflow_handle(f"{handle.id}-shipping").fetch_history()
     signals = [
         e.signal_external_workflow_execution_initiated_event_attributes.signal_name
         for e in shipping.events
         if e.HasField("signal_external_workflow_execution_initiated_event_attributes")
     ]
-    assert signals == ["shipment_ready", "shipment_progress"], signals  # ready (with "prepared"), dispatched
+    assert signals == ["shipment_progress"], signals  # dispatched; nothing before the release
+    received = [
+        e.workflow_execution_signaled_event_attributes.signal_name
+        for e in shipping.events
+        if e.HasField("workflow_execution_signaled_event_attributes")
+    ]
+    assert received == [], received  # no word to dispatch: the shipment started with it
     assert_recorded_in_full(
         order_settings, status, ("Order received", "Validated", "Shipment prepared", "Released to the carrier", "Order completed")
     )
@@ -351,20 +366,27 @@ async def test_plain_messages_without_input_act_as_no_one(time_skipping_env, ord
     plain = Client(**{**client.config(), "data_converter": DataConverter.default})
     handle = await start(client, order_settings, order_request(order_settings, SMALL))
     await wait_for(handle, lambda s: s.shipment.stage == "prepared", "the package to be prepared")
-    shipment = plain.get_workflow_handle(f"{handle.id}-shipping")
-    await shipment.signal("stop")
-    await shipment.signal("expedite")
-    # The order's own: `expedite`, and `shipment_ready`, which released the parcel before its
-    # pickup: the address could no longer change. An update after them sees them handled.
+    # The order's own: `expedite`, and `shipment_ready`, which released a version 10 order's parcel
+    # before its pickup: the address could no longer change. An update after them sees them handled.
     order = plain.get_workflow_handle(handle.id)
     await order.signal("expedite")
     await order.signal("shipment_ready")
     changed = await update(handle, OrderWorkflow.update_address, AddressChange(NEW_ADDRESS, "test"))
     assert changed.address == NEW_ADDRESS and not changed.expedited
     status = await handle.result()
-    assert status.status == "completed" and status.shipment.carrier == "Ground Freight"  # not stopped, not expedited
-    assert not status.expedited
+    assert status.status == "completed" and not status.expedited
     assert not any("Expedited" in e["message"] for e in order_events(store(order_settings), status.order_id))
+    # A shipment's, once its order started it at the release (no wait for the pickup here), in transit
+    # (20 s, and no time passes until the test asks for the result).
+    request = dataclasses.replace(order_request(order_settings, SMALL), shipping=ShippingTiming(0, 20, 5))
+    handle = await start(client, order_settings, request)
+    await wait_for(handle, lambda s: s.shipment.stage == "dispatched", "the parcel to be dispatched")
+    shipment = plain.get_workflow_handle(f"{handle.id}-shipping")
+    await shipment.signal("stop")
+    await shipment.signal("expedite")
+    status = await handle.result()
+    assert status.status == "completed" and status.shipment.stage == "delivered"  # not stopped
+    assert not status.expedited and not status.shipment.expedited  # nor expedited
 
 
 async def test_a_plain_close_of_a_customers_rewards_is_rejected(dev_server, order_settings, dev_server_order_workers):
@@ -664,7 +686,7 @@ def with_customer_email(history: WorkflowHistory, email: str) -> WorkflowHistory
 # RECORD_ORDER_HISTORIES=1 also writes them, the order's and its shipment's, to
 # histories/{order,shipping}_workflow_<ORDER_VERSION>_<kind>.json (for a version that changes
 # the commands, as each earlier version has a recording).
-ORDER_VERSION = "v10"
+ORDER_VERSION = "v11"
 ORDER_SCENARIOS = ("completed", "reviewed", "review_expired", "cancelled_after_charge")
 
 
@@ -682,7 +704,7 @@ async def record_order_scenario(client: Client, settings, kind: str) -> list[tup
     status = await handle.result()
     assert status.status == {"review_expired": "cancelled", "cancelled_after_charge": "cancelled"}.get(kind, "completed")
     histories = [("order", await handle.fetch_history())]
-    if kind != "review_expired":
+    if status.status == "completed":  # released to the carrier: the shipment starts there (v11)
         histories.append(("shipping", await client.get_workflow_handle(f"{handle.id}-shipping").fetch_history()))
     if status.status == "completed":
         # The award starts the rewards workflow just before the order completes (v10): wait for its
@@ -722,25 +744,16 @@ async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
     replay_in_fresh_processes(committed + fresh)
 
 
-async def test_version_9_orders_replay_only_through_their_own_branch():
-    """Version 10's patch guards a change of commands: a version 9 order replayed as if it had
-    passed the patch fails with a nondeterminism error; through its own branch it replays."""
+@pytest.mark.parametrize("version", ["v8", "v9", "v10"])
+async def test_earlier_orders_replay_only_through_their_own_branch(version):
+    """Each later version's patch guards a change of commands: an order of an earlier version
+    replayed as if it had passed the patches fails with a nondeterminism error; through its own
+    branch it replays, and so does its shipment."""
     histories = HERE / "tests" / "histories"
     replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow], data_converter=DataConverter.default)
-    history = WorkflowHistory.from_json("order-v9", (histories / "order_workflow_v9_completed.json").read_text())
+    history = WorkflowHistory.from_json(f"order-{version}", (histories / f"order_workflow_{version}_completed.json").read_text())
     with mock.patch("temporalio.workflow.patched", return_value=True), pytest.raises(NondeterminismError):
         await replayer.replay_workflow(history)
     await replayer.replay_workflow(history)
-
-
-async def test_version_8_orders_replay_only_through_their_own_branch():
-    """The lean bookkeeping patch guards a change of commands: a version 8 order replayed as if
-    it had passed the patch fails with a nondeterminism error; through its own branch it replays."""
-    histories = HERE / "tests" / "histories"
-    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow], data_converter=DataConverter.default)
-    history = WorkflowHistory.from_json("order-v8", (histories / "order_workflow_v8_completed.json").read_text())
-    with mock.patch("temporalio.workflow.patched", return_value=True), pytest.raises(NondeterminismError):
-        await replayer.replay_workflow(history)
-    await replayer.replay_workflow(history)
-    shipping = WorkflowHistory.from_json("shipping-v8", (histories / "shipping_workflow_v8_completed.json").read_text())
-    await replayer.replay_workflow(shipping)
+    shipping = (histories / f"shipping_workflow_{version}_completed.json").read_text()
+    await replayer.replay_workflow(WorkflowHistory.from_json(f"shipping-{version}", shipping))
