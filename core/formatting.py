@@ -1,4 +1,4 @@
-"""Small formatting rules both halves share: amounts for people, timestamps as sort keys."""
+"""Small formatting rules both halves share: amounts and counts for people, timestamps as sort keys."""
 
 
 def format_amount(amount: float) -> str:
@@ -8,3 +8,8 @@ def format_amount(amount: float) -> str:
 def sort_key_for(timestamp: str) -> str:
     """A file-name-safe, sortable form of an ISO timestamp."""
     return timestamp.replace(":", "").replace("+0000", "Z")
+
+
+def count_of(count: int, noun: str) -> str:
+    """`1 day`, `7 days`: a count with its noun in the right number (English: the plural adds "s")."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"

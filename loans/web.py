@@ -29,6 +29,7 @@ from flask import (
 from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 
+from core.formatting import count_of
 from core.idempotency import FORM_KEY_FIELD, IdempotencyKeyReused, form_key, new_form_key, valid_idempotency_key
 from core.temporal_client import OutcomeUnknown, TemporalUnavailable
 from loans.model import (
@@ -79,6 +80,7 @@ def service() -> LoanService:
 
 # The applicant's own routes: anyone holding the application's link (its `key`), and operators.
 LINK_ENDPOINTS = frozenset({"pages.application", "pages.contact", "api.application", "api.contact_api"})
+LINK_READ_ENDPOINTS = frozenset({"pages.application", "api.application"})
 # What an application's link does not show: the applicant's financial profile (operators see it).
 OPERATOR_ONLY_FIELDS = ("annual_income", "credit_score", "has_bankruptcy")
 
@@ -93,8 +95,11 @@ def link_key(workflow_id: str, submitted_at: str | None = None) -> str:
 
 def check_link():
     """Before the applicant's routes: without the application's key (or past its window), the
-    application is not found, whoever asks; operators need none."""
-    if request.endpoint not in LINK_ENDPOINTS or operator_auth().is_operator():
+    application is not found, whoever asks. Operators read it without one; the contact answer is
+    the applicant's, so answering needs the key from everyone."""
+    if request.endpoint not in LINK_ENDPOINTS:
+        return None
+    if request.endpoint in LINK_READ_ENDPOINTS and operator_auth().is_operator():
         return None
     workflow_id = (request.view_args or {}).get("workflow_id", "")
     expires = applicant_link_expiry(service().settings.secret_key.encode(), workflow_id, request.args.get("key"))
@@ -140,7 +145,7 @@ def duplicate_body(duplicate: Duplicate) -> dict[str, Any]:
     """That an application exists and when a new one is possible: nothing about it, since
     anyone who knows an email can ask."""
     return {
-        "error": messages().errors["duplicate"].format(days=duplicate.days_remaining),
+        "error": messages().errors["duplicate"].format(days=count_of(duplicate.days_remaining, "day")),
         "days_remaining": duplicate.days_remaining,
     }
 

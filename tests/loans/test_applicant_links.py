@@ -67,6 +67,35 @@ def test_the_workflow_id_alone_opens_nothing_and_the_link_shows_no_financial_pro
     assert set(FINANCIAL) <= full["application"].keys() and "Annual income" in operator.get(f"/applications/{workflow_id}").text
 
 
+def test_the_applicants_page_is_theirs_and_the_operators_view_of_it_only_reads(app):
+    """Issue 28: the applicant's page showed an "Audit" card (the workflow ID, "Record: Saved"), and an
+    operator opening it got the applicant's own contact buttons, one click from changing their answer."""
+    client = app.test_client()
+    answer = client.post("/api/evaluate", json={**JOHN, "email": f"page-{uuid.uuid4().hex[:8]}@example.com"}).json
+    workflow_id, page_url = answer["workflow_id"], answer["page_url"]
+    page = client.get(page_url).text
+    assert ">Audit<" not in page and "Workflow ID" not in page, page[page.find("Audit") - 300 : page.find("Audit") + 100]
+    assert "Saved" not in page and "Saving" not in page and 'value="yes"' in page  # the question is theirs
+    operator = signed_in(app.test_client(), app.config["SETTINGS"])
+    viewed = operator.get(f"/applications/{workflow_id}").text
+    assert ">Audit<" in viewed and "Workflow ID" in viewed and "The applicant's answer" in viewed
+    assert 'name="answer"' not in viewed  # no buttons to answer for them
+    refused = operator.post(f"/applications/{workflow_id}/contact", data={"answer": "not_yet"})
+    assert refused.status_code == 404  # answering needs the applicant's key, operators' sessions included
+    assert client.post(page_url.replace("?", "/contact?"), data={"answer": "yes"}).status_code == 303
+    wait_until(lambda: "<strong>yes, contact me</strong>" in operator.get(f"/applications/{workflow_id}").text)
+
+
+def test_a_loan_to_income_ratio_past_a_thousand_percent_says_so(app):
+    """Issue 28: an income of a few dollars showed `100000000000.0%`."""
+    applicant = {**JOHN, "email": f"ratio-{uuid.uuid4().hex[:8]}@example.com", "annual_income": 1, "loan_amount": 50000}
+    answer = app.test_client().post("/api/evaluate", json=applicant)
+    assert answer.status_code == 200, answer.json
+    operator = signed_in(app.test_client(), app.config["SETTINGS"])
+    page = operator.get(f"/applications/{answer.json['workflow_id']}").text
+    assert "more than 1,000%" in page and "00000.0%" not in page
+
+
 def test_a_link_closes_with_its_window(app):
     client = app.test_client()
     answer = client.post("/api/evaluate", json={**JOHN, "email": f"late-{uuid.uuid4().hex[:8]}@example.com"}).json

@@ -97,7 +97,7 @@ def test_same_email_twice_is_refused_with_days_remaining_and_nothing_else(client
     assert second.status_code == 409
     # Anyone who knows an email may ask: the answer tells that an application
     # exists and when a new one is possible, not its decision, date or ID.
-    assert second.json == {"error": MESSAGES.errors["duplicate"].format(days=7), "days_remaining": 7}
+    assert second.json == {"error": MESSAGES.errors["duplicate"].format(days="7 days"), "days_remaining": 7}
 
 
 def test_twenty_simultaneous_submissions_give_one_application(app):
@@ -216,7 +216,7 @@ def test_duplicate_form_submission_explains_when_to_apply_again(client):
     assert client.post("/apply", data=form).status_code == 303
     again = client.post("/apply", data=form)
     assert again.status_code == 409
-    assert MESSAGES.errors["duplicate"].format(days=7) in again.get_data(as_text=True)
+    assert MESSAGES.errors["duplicate"].format(days="7 days") in again.get_data(as_text=True)
 
 
 def test_list_page_and_api_show_recent_applications_to_operators(client, app, loan_stack):

@@ -360,7 +360,7 @@ async def test_the_same_email_twice_shows_the_duplicate_message(visitor):
     await visitor.goto("/")
     await fill_loan_form(visitor, {**values, "loan_amount": 20000})
     await submit_loan_form(visitor)
-    duplicate = MESSAGES["errors"]["duplicate"].format(days=RULES["duplicate_window_days"])
+    duplicate = MESSAGES["errors"]["duplicate"].format(days=f"{RULES['duplicate_window_days']} days")
     await expect(visitor.locator("#notice")).to_have_text(duplicate)
     await expect(visitor.get_by_label("Email", exact=True)).to_have_value(values["email"])
     await expect(visitor.get_by_label("Loan amount ($)")).to_have_value("20000")
