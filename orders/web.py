@@ -43,6 +43,7 @@ from orders.service import (
     OrderService,
     OrderView,
 )
+from orders.step_names import ATTEMPT_NAMES, STEP_NAMES
 from orders.validation import (
     ADDRESS_FIELDS,
     MAX_FAILURE_TIMES,
@@ -345,6 +346,8 @@ async def render_tracker(
         milestones=ORDER_MILESTONES,
         email_kinds=ORDER_EMAIL_KINDS,
         milestone_attempts=MILESTONE_ATTEMPTS,
+        # The attempts' order as a list too: the page's JSON sorts a mapping's keys.
+        names={"steps": STEP_NAMES, "attempts": ATTEMPT_NAMES, "attempt_order": list(ATTEMPT_NAMES)},
         failure_steps=FAILURE_STEPS,
         max_failure_times=MAX_FAILURE_TIMES,
         address_fields=ADDRESS_FIELDS,

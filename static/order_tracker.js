@@ -19,6 +19,7 @@
     return;
   }
   var labels = JSON.parse(document.getElementById("order-labels").textContent);
+  var names = JSON.parse(document.getElementById("order-names").textContent);
   var cents = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
   var dollars = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", maximumFractionDigits: 0 });
 
@@ -39,6 +40,12 @@
 
   function words(text) {
     return String(text).replace(/_/g, " ");
+  }
+
+  // As the tracker's step_text macro: the step by its name; a stopped order says where.
+  function stepText(order) {
+    var name = names.steps[order.step] || words(order.step);
+    return order.final && order.status !== "completed" ? "Stopped at " + name.toLowerCase() : name;
   }
 
   function attemptsText(count) {
@@ -98,6 +105,7 @@
   }
 
   function showFields(order) {
+    document.getElementById("order-step").textContent = stepText(order);
     root.querySelectorAll("[data-field]").forEach(function (node) {
       var value = lookup(order, node.dataset.field);
       var format = FORMATS[node.dataset.format];
@@ -150,8 +158,12 @@
   }
 
   function showLists(order) {
-    var attempts = Object.keys(order.attempts).map(function (step) {
-      return words(step) + ": " + attemptsText(order.attempts[step]);
+    // In the process's order, by name (as the page renders them); unnamed steps last.
+    var known = names.attempt_order;
+    var steps = known.filter(function (step) { return step in order.attempts; }).concat(
+      Object.keys(order.attempts).filter(function (step) { return known.indexOf(step) < 0; }));
+    var attempts = steps.map(function (step) {
+      return (names.attempts[step] || words(step)) + ": " + attemptsText(order.attempts[step]);
     });
     replaceItems(document.getElementById("order-attempts"), attempts, function (text) {
       return element("li", null, text);
