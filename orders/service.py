@@ -43,9 +43,11 @@ from orders.activities import order_events
 from orders.model import (
     ACTION_REFUSED,
     FINAL_ORDER_STATUSES,
+    INVENTORY,
     ORDER_STATUSES,
     ORDERS,
     REWARDS,
+    STOCK,
     AddressChange,
     ApproveRequest,
     CancelRequest,
@@ -248,6 +250,11 @@ class OrderService:
     def counts(self) -> dict[str, int]:
         """Orders by status, kept by the store on every write (no scan)."""
         return self.store.count_by(ORDERS, "status")
+
+    def stock_levels(self) -> dict[str, int]:
+        """What each product has in stock now: the levels the reservations keep (one document)."""
+        levels = (self.store.get(INVENTORY, STOCK) or {}).get("levels", {})
+        return {item.sku: levels.get(item.sku, item.stock) for item in self.rules.catalog}
 
     async def status(self, order_id: str) -> OrderView:
         """The order's status: the projection the workflow records at every step, from the store.

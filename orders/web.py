@@ -295,6 +295,7 @@ def render_dashboard(values: dict[str, str], errors: dict[str, str], notice: dic
         pages=pages,
         total=total,
         catalog=service().rules.catalog,
+        stock=service().stock_levels(),
         failure_steps=FAILURE_STEPS,
         max_failure_times=MAX_FAILURE_TIMES,
         address_fields=ADDRESS_FIELDS,

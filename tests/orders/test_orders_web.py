@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -227,9 +228,22 @@ def test_a_closed_order_refuses_every_action(app, client, customer):
         assert response.json == {"error": already}, path
 
 
+def shown_stock(client, sku: str) -> int:
+    """The stock the order form shows for `sku`."""
+    page = client.get("/orders").get_data(as_text=True)
+    match = re.search(
+        rf'<span class="muted">{sku}</span></th>\s*<td class="num">[^<]*</td>\s*<td class="num stock">(\d+)</td>', page
+    )
+    assert match, f"no stock shown for {sku}"
+    return int(match.group(1))
+
+
 def test_cancelling_during_review_undoes_the_reservation(client, customer):
+    before = shown_stock(client, "LP-140")
     order_id = place(client, customer, [("LP-140", 1)])
     wait_for(client, order_id, status_is("awaiting_review"), "the order to await review")
+    # The order form shows the stock as the reservations keep it (issue 28: it showed the starting stock).
+    assert shown_stock(client, "LP-140") == before - 1
     changed = client.post(f"/api/orders/{order_id}/address", json={**ADDRESS, "city": "Paris"})
     assert changed.status_code == 200, changed.json
     assert changed.json["address"]["city"] == "Paris"
@@ -239,6 +253,7 @@ def test_cancelling_during_review_undoes_the_reservation(client, customer):
     assert cancelled.json["status"] == "cancelled"
     assert cancelled.json["cancel_reason"] == "customer called"
     assert cancelled.json["compensations"] == ["release inventory"]
+    assert shown_stock(client, "LP-140") == before
 
 
 def test_simulated_failures_are_retried_or_stop_the_order(client, customer):
