@@ -22,6 +22,7 @@ from loans.activities import LoanActivities
 from loans.emails import LoanEmailActivities
 from orders.activities import OrderActivities, RewardsActivities, ShippingActivities
 from orders.emails import OrderEmailActivities
+from orders.payments import Payments, StripeProvider
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,20 @@ def build_activities(settings: Settings, client: Client | None, identity: str, s
     messages = load_messages(settings.messages_file)
     mailer = Mailer(SmtpSettings.from_settings(settings), settings.mail_from)
     order_emails = OrderEmailActivities(store, mailer)
+    provider = StripeProvider(settings.stripe_api_key, settings.stripe_api_base) if settings.stripe_api_key else None
     return Activities(
         loans=LoanActivities(store=store, rules=rules, messages=messages, identity=identity),
         loan_emails=LoanEmailActivities(
             store, mailer, settings.public_url, settings.secret_key.encode(), rules.duplicate_window_days
         ),
         orders=OrderActivities(
-            store, rules, messages.orders, client=client, rewards_task_queue=settings.order_task_queue, emails=order_emails
+            store,
+            rules,
+            messages.orders,
+            client=client,
+            rewards_task_queue=settings.order_task_queue,
+            emails=order_emails,
+            payments=Payments(store, provider),
         ),
         order_emails=order_emails,
         shipping=ShippingActivities(store, rules, messages.orders),

@@ -106,6 +106,10 @@ class Settings:
     # Where the web app reaches the Temporal UI server it serves to operators at /temporal
     # (web/temporal_ui.py; that server's public path must be /temporal); None: not served.
     temporal_ui_upstream: str | None = None
+    # The payment provider (orders/payments.py): Stripe's API with this key, at its own address unless
+    # STRIPE_API_BASE names another (make run: its local Stripe). No key: no provider (the record alone).
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
 
     @property
     def public_url(self) -> str:
@@ -136,6 +140,8 @@ class Settings:
             web_port=_env_int("WEB_PORT", 5001),
             temporal_ui_url=os.environ.get("TEMPORAL_UI_URL", "http://localhost:8233").rstrip("/"),
             temporal_ui_upstream=os.environ.get("TEMPORAL_UI_UPSTREAM", "").strip().rstrip("/") or None,
+            stripe_api_key=os.environ.get("STRIPE_API_KEY", "").strip() or None,
+            stripe_api_base=os.environ.get("STRIPE_API_BASE", "").strip().rstrip("/") or None,
             secret_key=app_secret_key(data_dir),
             decision_wait_seconds=_env_float("DECISION_WAIT_SECONDS", 5.0),
             order_task_queue=os.environ.get("ORDER_TASK_QUEUE", "orders"),

@@ -31,8 +31,6 @@ from orders.model import (
     ORDERS,
     OUT_OF_STOCK,
     PAYMENT_DECLINED,
-    PAYMENT_REQUESTS,
-    PAYMENTS,
     RESERVATIONS,
     REWARDS,
     SHIPMENTS,
@@ -56,9 +54,9 @@ from orders.model import (
     ValidatedOrder,
     ValidateOrderRequest,
     order_events_collection,
-    payment_key,
     rewards_workflow_id,
 )
+from orders.payments import PaymentDeclined, Payments
 from orders.rewards_model import AwardPoints, RewardsInput, RewardsState, RewardTierRule
 
 # --- orders ------------------------------------------------------------------
@@ -180,6 +178,7 @@ class OrderActivities(_OrderStepActivities):
         client=None,
         rewards_task_queue: str = "",
         emails: OrderEmailActivities | None = None,
+        payments: Payments | None = None,
     ):
         super().__init__(store, rules, texts)
         # The Temporal client, for signal-with-start of the customer's rewards workflow.
@@ -187,6 +186,7 @@ class OrderActivities(_OrderStepActivities):
         self.rewards_task_queue = rewards_task_queue
         # Sends the emails a step carries (v10); without it, each goes by its own activity.
         self.emails = emails
+        self.payments = payments or Payments(store)
 
     def _send_carried(self, email: OrderEmailRequest | None) -> OrderEmailState | None:
         return self.emails.send_carried(email) if email is not None and self.emails is not None else None
@@ -297,82 +297,23 @@ class OrderActivities(_OrderStepActivities):
 
     @activity.defn
     def charge_payment(self, request: ChargeRequest) -> ChargeResult:
-        """Charge the order's one payment key: however often this runs, one charge.
-
-        The simulated provider logs every request it gets (PAYMENT_REQUESTS, one
-        record per attempt) with what it did: "charged", or "found" (the key was
-        charged before: no second charge), or "refused" (the key was voided by a
-        refund before any charge). An injected transient failure strikes after the
-        provider has answered, like a response lost on the way back: the retry
-        finds the charge by its key.
-        """
+        """Charge the order's one payment: however often this runs, one charge (orders/payments.py).
+        A decline is the provider's answer, not retried. An injected transient failure strikes after
+        the provider has answered, like an answer lost on the way back: the retry finds the charge."""
         self._write_carried_record(request.step)
         with self._audited(request.step, "payment") as attempt:
-            key = payment_key(request.step.order_id)
             declined = any(f.step == "payment" and f.permanent for f in request.step.failures)
-            if declined:
-                raise ApplicationError(self._text("declined"), type=PAYMENT_DECLINED, non_retryable=True)
-            with self.store.locked(PAYMENTS, key):
-                charge = self.store.get(PAYMENTS, key)
-                if charge is None:
-                    charge = {
-                        "payment_key": key,
-                        "order_id": request.step.order_id,
-                        "amount": request.amount,
-                        "status": "charged",
-                        "charged_at": utc_now(),
-                        "refunded_at": None,
-                    }
-                    self.store.write_locked(PAYMENTS, key, charge, sort_key=key)
-                    outcome = "charged"
-                else:
-                    outcome = "refused" if charge["status"] == "voided" else "found"
-                self._log_request(key, attempt, request.amount, outcome)
+            try:
+                payment = self.payments.charge(request.step.order_id, request.amount, attempt, declined)
+            except PaymentDeclined as err:
+                raise ApplicationError(str(err) or self._text("declined"), type=PAYMENT_DECLINED, non_retryable=True) from None
             self._inject(request.step, "payment", attempt, self._text("declined"))
-            return ChargeResult(
-                Payment(key, charge["amount"], charge["status"], charge["charged_at"], charge["refunded_at"]), attempt
-            )
-
-    def _log_request(self, key: str, attempt: int, amount: float, outcome: str) -> None:
-        """The provider's log: the same attempt logs the same record (idempotent).
-        Written under the payment key's lock (held by the caller): taking a second
-        lock could pick the same lock stripe and wait on itself."""
-        self.store.write_locked(
-            PAYMENT_REQUESTS,
-            f"{key}.attempt-{attempt}",
-            {"payment_key": key, "attempt": attempt, "amount": amount, "outcome": outcome, "at": utc_now()},
-        )
+            return ChargeResult(payment, attempt)
 
     @activity.defn
     def refund_payment(self, request: ChargeRequest) -> Payment | None:
-        """Refund the order's payment (a compensation); a second call changes nothing.
-
-        With no charge yet (the charge never happened, or is still in flight), the
-        key is voided, so a charge request arriving late is refused."""
-        key = payment_key(request.step.order_id)
-        with self.store.locked(PAYMENTS, key):
-            charge = self.store.get(PAYMENTS, key)
-            if charge is None:
-                self.store.write_locked(
-                    PAYMENTS,
-                    key,
-                    {
-                        "payment_key": key,
-                        "order_id": request.step.order_id,
-                        "amount": 0.0,
-                        "status": "voided",
-                        "charged_at": None,
-                        "refunded_at": utc_now(),
-                    },
-                    sort_key=key,
-                )
-                return None
-            if charge["status"] == "voided":
-                return None  # voided by an earlier call: still nothing charged, the same answer as then
-            if charge["status"] == "charged":
-                charge = {**charge, "status": "refunded", "refunded_at": utc_now()}
-                self.store.write_locked(PAYMENTS, key, charge)
-        return Payment(key, charge["amount"], charge["status"], charge["charged_at"], charge["refunded_at"])
+        """Refund the order's payment (a compensation; orders/payments.py); a second call changes nothing."""
+        return self.payments.refund(request.step.order_id)
 
     @activity.defn
     def notify_customer(self, request: NotificationRequest) -> None:

@@ -182,6 +182,49 @@ def temporal_ui_upstream(dev_server, temporal_ui_port) -> str:
     return upstream
 
 
+@pytest.fixture(scope="session", autouse=True)
+def local_stripe() -> Iterator[str]:
+    """A local Stripe (tools/stripe_server.py, localstripe) for the session, keeping nothing on disk:
+    every order the tests run takes its payment through it, as under `make run`."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tools.stripe_server", "--port", str(port)], cwd=HERE, stdout=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def answering() -> bool:
+        assert process.poll() is None, "the local Stripe exited"
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{base}/v1/payment_intents", auth=("sk_test_localstripe", ""), timeout=2).status_code == 200
+        return False
+
+    wait_until(answering, timeout=30, interval=0.1, what="the local Stripe")
+    os.environ.update(STRIPE_API_KEY="sk_test_localstripe", STRIPE_API_BASE=base)
+    yield base
+    process.terminate()
+    process.wait(10)
+
+
+def provider_payments(order_id: str) -> list[tuple[str, int, int]]:
+    """What the payment provider itself holds for an order, from its own API (not the app's records):
+    (status, amount, amount refunded) of each PaymentIntent whose metadata names the order."""
+    import stripe
+
+    client = stripe.StripeClient(
+        os.environ["STRIPE_API_KEY"],
+        base_addresses={"api": os.environ["STRIPE_API_BASE"]},
+        http_client=stripe.HTTPXClient(allow_sync_methods=True),
+    )
+    found = []
+    for intent in client.v1.payment_intents.list(params={"limit": 100}).auto_paging_iter():
+        if intent.metadata.to_dict().get("order_id") != order_id:
+            continue
+        charge = client.v1.payment_intents.retrieve(intent.id, params={"expand": ["latest_charge"]}).latest_charge
+        refunded = charge.amount_refunded if charge is not None and not isinstance(charge, str) else 0
+        found.append((intent.status, intent.amount, refunded))
+    return found
+
+
 def fresh_settings(data_dir: Path, **overrides) -> Settings:
     """Settings with their own data folder, task queues and ID secret."""
     return replace(

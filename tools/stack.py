@@ -59,7 +59,9 @@ class Program(NamedTuple):
     stop_seconds: int = 15  # after SIGTERM, how long until SIGKILL
 
 
-def programs(data: Path, postgres: bool, start_temporal: bool, start_mail: bool, start_postgres: bool) -> list[Program]:
+def programs(
+    data: Path, postgres: bool, start_temporal: bool, start_mail: bool, start_postgres: bool, start_stripe: bool = False
+) -> list[Program]:
     """What `make run` starts, in the order it starts them."""
     python = str(BIN / "python")
     worker = [python, "worker.py"]
@@ -77,6 +79,10 @@ def programs(data: Path, postgres: bool, start_temporal: bool, start_mail: bool,
     if start_mail:
         port = os.environ.get("SMTP_SINK_PORT") or "2525"
         found.append(Program("mail", [python, "-m", "tools.mail_sink", "--port", port, "--maildir", str(data / "mail")], 20))
+    if start_stripe:
+        port = os.environ.get("LOCALSTRIPE_PORT") or "8420"
+        state = str(data / "stripe" / "state.pickle")
+        found.append(Program("stripe", [python, "-m", "tools.stripe_server", "--port", port, "--state", state], 20))
     found += [Program("worker", worker, 30), Program("web", web, 30)]
     return found
 
@@ -260,7 +266,7 @@ def wait_until_ready(supervisord: subprocess.Popen, run_dir: Path, web: str) -> 
         time.sleep(0.25)
 
 
-def ready_line(settings: Any, elapsed: float, mail: str, metrics: str, database: str | None) -> str:
+def ready_line(settings: Any, elapsed: float, mail: str, metrics: str, database: str | None, payments: str = "") -> str:
     from web.auth import signin_hint
 
     web = settings.public_url
@@ -269,6 +275,7 @@ def ready_line(settings: Any, elapsed: float, mail: str, metrics: str, database:
         f"Orders: {web}/orders",
         f"Operator sign-in: {web}/signin ({signin_hint(settings)})",
         mail,
+        *([payments] if payments else []),
         f"Temporal UI: {settings.temporal_ui_url}",
     ]
     if metrics:
@@ -312,6 +319,13 @@ def run(postgres: bool) -> int:
         mail = f"Emails: kept in {data / 'mail'} (a local SMTP sink; nothing leaves this machine)"
     else:
         mail = "Emails: sent through SMTP_URL"
+    start_stripe = not env.get("STRIPE_API_KEY")
+    if start_stripe:  # the local Stripe (tools/stripe_server.py); a real key means the real one
+        env["STRIPE_API_KEY"] = "sk_test_localstripe"
+        env["STRIPE_API_BASE"] = f"http://127.0.0.1:{env.get('LOCALSTRIPE_PORT') or '8420'}"
+        payments = f"Payments: a local Stripe at {env['STRIPE_API_BASE']} (localstripe; no money moves)"
+    else:
+        payments = "Payments: through Stripe with STRIPE_API_KEY"
     start_postgres = postgres and not env.get("DATABASE_URL")
     if start_postgres:
         from tools import pg_server
@@ -325,7 +339,7 @@ def run(postgres: bool) -> int:
         env["TEMPORAL_UI_URL"] = settings.public_url + TEMPORAL_UI_PATH
         settings = Settings.from_env()
 
-    found = programs(data, postgres, start_temporal, start_mail, start_postgres)
+    found = programs(data, postgres, start_temporal, start_mail, start_postgres, start_stripe)
     config = run_dir / "supervisord.conf"
     config.write_text(configuration(found, run_dir, logs))
     names = ", ".join(program.name for program in found)
@@ -361,7 +375,7 @@ def run(postgres: bool) -> int:
         else:
             console.go_live()
             database = env.get("DATABASE_URL") if postgres else None
-            print(ready_line(settings, time.monotonic() - began, mail, metrics, database), flush=True)
+            print(ready_line(settings, time.monotonic() - began, mail, metrics, database, payments), flush=True)
         status = supervisord.wait()
         console.thread.join(timeout=5)
     if stopping.is_set():

@@ -78,6 +78,7 @@ from orders.model import (
 from orders.workflow import OrderWorkflow
 from test_workflows import application, wait_for_stage
 from test_workflows import start as start_loan
+from tests.fixtures import provider_payments
 from tests.orders.test_order_workflows import (
     ADDRESS,
     LARGE,
@@ -330,6 +331,16 @@ async def test_every_exit_leaves_money_and_stock_right(time_skipping_env, order_
     assert row.reason in (status.reason or ""), status.reason
     catalog = load_rules(order_settings.rules_file).orders.catalog
     assert await assert_orders_right(env.client, order_settings.data_dir, {i.sku: i.stock for i in catalog}) == 1
+    # The provider's own records: one succeeded payment when money was taken, refunded in full
+    # exactly when the order did not complete; none taken otherwise.
+    taken = [(amount, refunded) for state, amount, refunded in provider_payments(request.order_id) if state == "succeeded"]
+    payment = status.payment
+    if payment is None or payment.status == "voided":
+        assert taken == [], f"{row.id}: {taken}"
+    else:
+        cents = round(payment.amount * 100)
+        assert taken == [(cents, cents if payment.status == "refunded" else 0)], f"{row.id}: {taken}, {payment}"
+        assert (payment.status == "refunded") == (status.status != "completed"), f"{row.id}: {payment}"
 
 
 async def test_changes_while_a_cancel_is_undone_are_refused_as_being_cancelled(time_skipping_env, order_settings, faulty_workers):

@@ -68,7 +68,7 @@ from orders.rewards import RewardsWorkflow
 from orders.rewards_model import AwardPoints, RewardsInput, RewardsState, RewardTierRule
 from orders.shipping import ShippingWorkflow
 from orders.workflow import OrderWorkflow
-from tests.fixtures import plain_history_json
+from tests.fixtures import plain_history_json, provider_payments
 from worker import build_order_workers
 
 HERE = Path(__file__).resolve().parents[2]  # the repository root
@@ -521,8 +521,9 @@ async def test_payment_failing_twice_charges_exactly_once(time_skipping_env, ord
 async def test_declined_card_fails_the_order_and_releases_stock(time_skipping_env, order_settings, order_workers):
     request = order_request(order_settings, SMALL, failures=[FailureInjection("payment", permanent=True)])
     status = await (await start(time_skipping_env.client, order_settings, request)).result()
-    assert status.status == "failed" and status.reason == "The card was declined."
+    assert status.status == "failed" and status.reason == "Your card was declined."  # the provider's own reason
     assert status.compensations == ["release inventory"]
+    assert [state for state, _, _ in provider_payments(request.order_id)] == ["canceled"]  # declined: no money taken
     assert stock_of(order_settings, "KB-100") == starting_stock(order_settings, "KB-100")
 
 

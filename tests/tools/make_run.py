@@ -45,6 +45,8 @@ def start_make_run(
     }
     env.update(DATA_DIR=str(data or tmp_path / "data"), WEB_WORKERS="1", **settings)
     env.pop("SMTP_URL", None)
+    env.pop("STRIPE_API_KEY", None)  # make run starts its own local Stripe, as on a machine with no key
+    env.pop("STRIPE_API_BASE", None)
     env.pop("OPERATOR_TOKEN", None)  # the token is generated into the data folder, as on a first run
     log = tmp_path / f"make-{target}.log"
     terminal, its_end = pty.openpty()
@@ -70,11 +72,12 @@ class Ports(NamedTuple):
     web: int
     smtp: int
     metrics: int | None  # the worker's metrics endpoint; None: none served
+    stripe: int = 0  # the local Stripe's
 
 
 def start_on_free_ports(tmp_path: Path, worker_metrics: bool = False) -> tuple[subprocess.Popen, Path, Ports]:
     """`make run` with every port free (a second stack beside any other), as `start_make_run`."""
-    ports = Ports(free_port(), free_port(), free_port(), free_port(), free_port() if worker_metrics else None)
+    ports = Ports(free_port(), free_port(), free_port(), free_port(), free_port() if worker_metrics else None, free_port())
     make, log = start_make_run(
         tmp_path,
         TEMPORAL_DEV_PORT=str(ports.dev),
@@ -82,6 +85,7 @@ def start_on_free_ports(tmp_path: Path, worker_metrics: bool = False) -> tuple[s
         WEB_PORT=str(ports.web),
         SMTP_SINK_PORT=str(ports.smtp),
         WORKER_METRICS_PORT=str(ports.metrics or ""),
+        LOCALSTRIPE_PORT=str(ports.stripe),
     )
     return make, log, ports
 

@@ -90,6 +90,7 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
             f"Orders: http://localhost:{web_port}/orders",
             f"Operator sign-in: http://localhost:{web_port}/signin (admin, password: cat {admin_password})",
             f"Emails: kept in {tmp_path / 'data' / 'mail'}",
+            f"Payments: a local Stripe at http://127.0.0.1:{ports.stripe} (localstripe; no money moves)",
             f"Temporal UI: http://localhost:{web_port}/temporal",
             f"Worker metrics: {worker_metrics}",
             f"Logs: {tmp_path / 'data' / 'logs'}",

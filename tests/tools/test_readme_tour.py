@@ -86,7 +86,7 @@ def test_every_command_of_the_tour_and_the_durability_demos_runs_as_the_readme_s
         ], stopped
         assert "3 worker processes running: worker, worker-2, worker-3" in more, more
         running = {line.split()[0] for line in more.splitlines() if " RUNNING " in line}
-        assert running == {"mail", "temporal", "web", "worker", "worker-2", "worker-3"}, more
+        assert running == {"mail", "stripe", "temporal", "web", "worker", "worker-2", "worker-3"}, more
         assert more.count("throughput") == 2 and "1 worker process running: worker" in more, more
     finally:
         stop_make_run(make, log)

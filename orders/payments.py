@@ -1,0 +1,194 @@
+"""Taking an order's money and giving it back: one payment per order, through Stripe's API.
+
+The payment steps (orders/activities.py) call `Payments`, which keeps the order's
+payment record in the store (collection `payments`, one per payment key) under a
+lock, and talks to the provider through `StripeProvider`, Stripe's official SDK
+(`stripe`). `make run` and the tests point it at a local Stripe (localstripe, on
+loopback: tools/stripe_server.py); production sets `STRIPE_API_KEY` and nothing
+else.
+
+Why a charge is never made twice, whatever is retried or lost:
+- A charge is a PaymentIntent created, recorded (its ID, status "pending"),
+  then confirmed. A retry with a recorded intent looks it up and confirms it
+  only if it is not confirmed yet, so however often a charge runs, one intent
+  is confirmed. An answer lost after Stripe created an intent leaves that
+  intent unconfirmed, and unconfirmed intents take no money.
+- Each request carries an idempotency key derived from the order, so where
+  the provider honours them (Stripe does, localstripe does not) a repeated
+  create or confirm is answered with the first one's result.
+- The record's lock serialises a charge and a refund of the same order: a
+  refund that finds no charge voids the payment key, so a charge arriving
+  after the order stopped is refused; one that finds a pending intent cancels
+  it, or refunds it if it was confirmed after all.
+- A refund is recorded with its ID; a second refund finds it and does nothing.
+
+With no `STRIPE_API_KEY` (a worker started by hand with no provider configured),
+there is no provider: the record alone stands for the payment, as it did before
+this module, and the docs say so.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import stripe
+
+from core.store import Store
+from orders.model import PAYMENT_REQUESTS, PAYMENTS, Payment, payment_key
+
+# Stripe's test payment methods (localstripe knows them too): a card that pays, and one whose charges are declined.
+PAYING_CARD = "pm_card_visa"
+DECLINED_CARD = "pm_card_chargeCustomerFail"  # attaches, then its charges fail
+PROVIDER_TIMEOUT_SECONDS = 10  # within the payment step's attempt timeout (orders/policies.py)
+
+
+class PaymentDeclined(Exception):
+    """The provider refused the payment: a business answer, not a fault. Its message is the provider's."""
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def cents(amount: float) -> int:
+    return round(amount * 100)
+
+
+class StripeProvider:
+    """The calls the payment steps make, through Stripe's SDK; network faults raise `stripe.StripeError`s."""
+
+    def __init__(self, api_key: str, api_base: str | None = None, http_client: stripe.HTTPClient | None = None):
+        self.client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base} if api_base else None,
+            http_client=http_client or stripe.HTTPXClient(timeout=PROVIDER_TIMEOUT_SECONDS, allow_sync_methods=True),
+            max_network_retries=0,  # the activity's retry policy retries, visibly, with its backoff
+        )
+
+    def create_intent(self, key: str, order_id: str, amount: float, payment_method: str) -> Any:
+        return self.client.v1.payment_intents.create(
+            params={
+                "amount": cents(amount),
+                "currency": "usd",
+                "payment_method": payment_method,
+                "metadata": {"order_id": order_id, "payment_key": key},
+            },
+            options={"idempotency_key": f"{key}-create"},
+        )
+
+    def intent(self, intent_id: str) -> Any:
+        return self.client.v1.payment_intents.retrieve(intent_id)
+
+    def confirm(self, key: str, intent_id: str) -> Any:
+        try:
+            return self.client.v1.payment_intents.confirm(intent_id, options={"idempotency_key": f"{key}-confirm"})
+        except stripe.CardError as err:
+            raise PaymentDeclined(err.user_message or str(err)) from None
+
+    def cancel(self, intent_id: str) -> None:
+        intent = self.intent(intent_id)
+        if intent.status in ("requires_payment_method", "requires_confirmation", "requires_action", "requires_capture"):
+            self.client.v1.payment_intents.cancel(intent_id)
+
+    def refund(self, key: str, intent_id: str) -> str:
+        """The intent's refund: the one it has already (an answer lost after the provider refunded), or a new one."""
+        intent = self.client.v1.payment_intents.retrieve(intent_id, params={"expand": ["latest_charge"]})
+        charge = intent.latest_charge
+        if charge is not None and not isinstance(charge, str) and charge.refunds and charge.refunds.data:
+            return charge.refunds.data[0].id
+        refund = self.client.v1.refunds.create(params={"payment_intent": intent_id}, options={"idempotency_key": f"{key}-refund"})
+        return refund.id
+
+
+class Payments:
+    """The order's payment record in the store and, with a provider, the money at the provider."""
+
+    def __init__(self, store: Store, provider: StripeProvider | None = None):
+        self.store = store
+        self.provider = provider
+
+    def charge(self, order_id: str, amount: float, attempt: int, declined: bool) -> Payment:
+        """Charge the order once, however often this runs (see the module's docstring); a decline raises PaymentDeclined."""
+        key = payment_key(order_id)
+        with self.store.locked(PAYMENTS, key):
+            record = self.store.get(PAYMENTS, key)
+            if record is not None and record["status"] == "voided":
+                outcome = "refused"  # refunded before any charge: the order has stopped
+            elif record is not None and record["status"] in ("charged", "refunded"):
+                outcome = "found"
+            else:
+                record = self._charge(key, order_id, amount, record, declined)
+                outcome = "charged"
+            self._log(key, attempt, amount, outcome)
+            return payment_of(record)
+
+    def _charge(self, key: str, order_id: str, amount: float, record: dict | None, declined: bool) -> dict:
+        charged = {"payment_key": key, "order_id": order_id, "amount": amount, "refunded_at": None}
+        if self.provider is None:
+            if declined:
+                raise PaymentDeclined("")
+            charged.update(status="charged", charged_at=utc_now())
+            self.store.write_locked(PAYMENTS, key, charged, sort_key=key)
+            return charged
+        intent_id = record.get("intent_id") if record else None
+        if intent_id is None:
+            intent = self.provider.create_intent(key, order_id, amount, DECLINED_CARD if declined else PAYING_CARD)
+            intent_id = intent.id
+            pending = {**charged, "status": "pending", "intent_id": intent_id, "charged_at": None}
+            self.store.write_locked(PAYMENTS, key, pending, sort_key=key)
+        else:  # a retry: the intent may have been confirmed since (the answer was lost)
+            intent = self.provider.intent(intent_id)
+        if intent.status == "requires_confirmation":
+            intent = self.provider.confirm(key, intent_id)
+        if intent.status != "succeeded":
+            raise PaymentDeclined(f"the payment is {intent.status.replace('_', ' ')}")
+        charged.update(status="charged", charged_at=utc_now(), intent_id=intent_id)
+        self.store.write_locked(PAYMENTS, key, charged, sort_key=key)
+        return charged
+
+    def refund(self, order_id: str) -> Payment | None:
+        """Give the order's money back (a compensation); a second call changes nothing. With no charge
+        yet, the payment key is voided, so a charge arriving late is refused. None: nothing was charged."""
+        key = payment_key(order_id)
+        with self.store.locked(PAYMENTS, key):
+            record = self.store.get(PAYMENTS, key)
+            if record is not None and record["status"] == "pending":
+                record = self._settle_pending(key, record)
+            if record is None or record["status"] == "pending":
+                void = {"payment_key": key, "order_id": order_id, "amount": 0.0, "status": "voided", "charged_at": None}
+                self.store.write_locked(PAYMENTS, key, {**void, "refunded_at": utc_now()}, sort_key=key)
+                return None
+            if record["status"] == "voided":
+                return None  # voided by an earlier call: still nothing charged, the same answer as then
+            if record["status"] == "charged":
+                refund_id = self.provider.refund(key, record["intent_id"]) if self.provider and record.get("intent_id") else None
+                record = {**record, "status": "refunded", "refunded_at": utc_now(), "refund_id": refund_id}
+                self.store.write_locked(PAYMENTS, key, record)
+        return payment_of(record)
+
+    def _settle_pending(self, key: str, record: dict) -> dict | None:
+        """An intent created and maybe confirmed, whose answer the charge never had: recorded as charged
+        if it took the money (the caller refunds it), else cancelled at the provider (None)."""
+        if self.provider is None:
+            return None
+        intent = self.provider.intent(record["intent_id"])
+        if intent.status == "succeeded":
+            charged = {**record, "status": "charged", "charged_at": utc_now()}
+            self.store.write_locked(PAYMENTS, key, charged)
+            return charged
+        self.provider.cancel(record["intent_id"])
+        return None
+
+    def _log(self, key: str, attempt: int, amount: float, outcome: str) -> None:
+        """What each attempt did, for the audit: the same attempt logs the same record (idempotent).
+        Written under the payment key's lock (held by the caller)."""
+        self.store.write_locked(
+            PAYMENT_REQUESTS,
+            f"{key}.attempt-{attempt}",
+            {"payment_key": key, "attempt": attempt, "amount": amount, "outcome": outcome, "at": utc_now()},
+        )
+
+
+def payment_of(record: dict) -> Payment:
+    return Payment(record["payment_key"], record["amount"], record["status"], record["charged_at"], record["refunded_at"])
