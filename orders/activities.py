@@ -56,7 +56,7 @@ from orders.model import (
     order_events_collection,
     rewards_workflow_id,
 )
-from orders.payments import PaymentDeclined, Payments
+from orders.payments import NETWORK_FAULTS, PaymentDeclined, Payments
 from orders.rewards_model import AwardPoints, RewardsInput, RewardsState, RewardTierRule
 
 # --- orders ------------------------------------------------------------------
@@ -303,12 +303,28 @@ class OrderActivities(_OrderStepActivities):
         self._write_carried_record(request.step)
         with self._audited(request.step, "payment") as attempt:
             declined = any(f.step == "payment" and f.permanent for f in request.step.failures)
+            # With a provider, a simulated failure is a fault at the network (orders/payments.py): an
+            # injected one loses the provider's answer, the case that must not charge twice; a drawn one
+            # is any of them. Without one, it strikes after the record is written, as an answer lost.
+            fault, note = self._network_fault(request.step, attempt) if self.payments.provider else (None, "")
             try:
-                payment = self.payments.charge(request.step.order_id, request.amount, attempt, declined)
+                payment = self.payments.charge(request.step.order_id, request.amount, attempt, declined, fault, note)
             except PaymentDeclined as err:
                 raise ApplicationError(str(err) or self._text("declined"), type=PAYMENT_DECLINED, non_retryable=True) from None
-            self._inject(request.step, "payment", attempt, self._text("declined"))
+            if not self.payments.provider:
+                self._inject(request.step, "payment", attempt, self._text("declined"))
             return ChargeResult(payment, attempt)
+
+    def _network_fault(self, step: StepRequest, attempt: int) -> tuple[str | None, str]:
+        """The fault at the network this payment attempt meets, if any (seeded like `_inject`), and its note."""
+        for failure in step.failures:
+            if failure.step == "payment" and not failure.permanent and attempt <= failure.times:
+                return "lost_answer", f"{attempt} of {failure.times}"
+        rate = step.policy.random_failure_rate
+        draw = random.Random(f"{step.policy.random_failure_seed}:{step.workflow_id}:payment:{attempt}")
+        if rate and draw.random() < rate:
+            return draw.choice(NETWORK_FAULTS), f"rate {rate}"
+        return None, ""
 
     @activity.defn
     def refund_payment(self, request: ChargeRequest) -> Payment | None:

@@ -44,6 +44,8 @@ from orders.validation import (
 )
 
 T = TypeVar("T")
+# The provider's IDs of an order's payment, as `status` prints them.
+PROVIDER_IDS = (("Stripe payment", "intent_id"), ("refund", "refund_id"))
 
 
 def service() -> OrderService:
@@ -288,7 +290,8 @@ def echo_order(view: OrderView, as_json: bool) -> None:
         click.echo("  attempts: " + ", ".join(f"{step} {count}" for step, count in order_["attempts"].items()))
     if order_["payment"]:
         payment = order_["payment"]
-        click.echo(f"  payment: {payment['status']} {money(payment['amount'])} (key {payment['payment_key']})")
+        provider = "".join(f", {name} {payment[field]}" for name, field in PROVIDER_IDS if payment.get(field))
+        click.echo(f"  payment: {payment['status']} {money(payment['amount'])} (key {payment['payment_key']}{provider})")
     shipment = order_["shipment"]
     carrier = f", {shipment['carrier']} {shipment['tracking_number']}" if shipment.get("carrier") else ""
     click.echo(f"  shipment: {shipment['stage'].replace('_', ' ')}{carrier}")

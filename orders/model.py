@@ -17,8 +17,7 @@ PAYMENT_DECLINED = "PaymentDeclined"
 SHIPPING_FAILED = "ShippingFailed"
 # A simulated transient failure: retried like any other error.
 INJECTED_FAILURE = "InjectedFailure"
-# An operator action (update) refused by its validator, e.g. approving an order
-# that is not awaiting review; the message says why.
+# An operator action (update) refused by its validator (approving an order not in review): the message says why.
 ACTION_REFUSED = "OrderActionRefused"
 
 # The customer email's activity (orders/emails.py), called by name: the workflow modules import no mail code.
@@ -157,8 +156,7 @@ class OrderRequest:
     # The user-facing texts the workflow itself says (refusals, the review
     # timeout), from messages.json; fixed at placement like the policy.
     texts: dict[str, str] = field(default_factory=dict)
-    # Normalised (shared.normalize_email); None for orders placed before orders had one:
-    # they send no email.
+    # Normalised (shared.normalize_email); None for orders placed before orders had one: they send no email.
     customer_email: str | None = None
     # Placed since its messages carry their sender: a plain `expedite` or `shipment_ready` is ignored.
     messages_need_sender: bool = False
@@ -188,6 +186,8 @@ class Payment:
     status: str  # charged, refunded, or voided (refunded before any charge: a late charge is refused)
     charged_at: str
     refunded_at: str | None = None
+    intent_id: str | None = None  # the provider's PaymentIntent and Refund (none without a provider)
+    refund_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,12 @@ this module, and the docs say so.
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import stripe
 
@@ -55,14 +59,54 @@ def cents(amount: float) -> int:
     return round(amount * 100)
 
 
+# The faults the failure simulation acts out at the network (`NetworkWithFaults`).
+NETWORK_FAULTS = ("unreached", "lost_answer", "timed_out", "server_error")
+
+
+class NetworkWithFaults(stripe.HTTPXClient):
+    """Stripe's HTTP client (httpx) that can act out one fault at the network, for the failure
+    simulation: the payment step arms the fault its attempt meets (per thread), and the attempt's
+    first call that confirms or reads the payment meets it. A request that never reaches the
+    provider, an answer lost after the provider acted, no answer within the timeout (the provider
+    acted), a 500. Creating the intent is left alone: its answer is what the retry looks up by."""
+
+    name = "httpx-with-faults"
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout=timeout, allow_sync_methods=True)
+        self._armed = threading.local()
+
+    def arm(self, fault: str | None, note: str = "") -> None:
+        """The fault this thread's next call meets (None: none), and what the failure says of it."""
+        self._armed.fault, self._armed.note = fault, f" ({note})" if note else ""
+
+    def request(  # type: ignore[override]  # HTTPXClient's own signature (bytes), which it overrides the same way
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        fault = getattr(self._armed, "fault", None)
+        if fault is None or (method.lower() == "post" and urlsplit(url).path == "/v1/payment_intents"):
+            return super().request(method, url, headers, post_data)
+        self._armed.fault = None
+        note = self._armed.note
+        if fault == "unreached":
+            raise stripe.APIConnectionError(f"simulated: the request never reached the provider{note}", should_retry=True)
+        if fault == "server_error":
+            error = {"error": {"type": "api_error", "message": f"simulated: the provider answered 500{note}"}}
+            return json.dumps(error).encode(), 500, {}
+        super().request(method, url, headers, post_data)  # the provider acts; its answer goes nowhere
+        what = "the answer was lost" if fault == "lost_answer" else f"no answer within {PROVIDER_TIMEOUT_SECONDS} s"
+        raise stripe.APIConnectionError(f"simulated: {what} after the provider acted{note}", should_retry=True)
+
+
 class StripeProvider:
     """The calls the payment steps make, through Stripe's SDK; network faults raise `stripe.StripeError`s."""
 
-    def __init__(self, api_key: str, api_base: str | None = None, http_client: stripe.HTTPClient | None = None):
+    def __init__(self, api_key: str, api_base: str | None = None) -> None:
+        self.network = NetworkWithFaults(PROVIDER_TIMEOUT_SECONDS)
         self.client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base} if api_base else None,
-            http_client=http_client or stripe.HTTPXClient(timeout=PROVIDER_TIMEOUT_SECONDS, allow_sync_methods=True),
+            http_client=self.network,
             max_network_retries=0,  # the activity's retry policy retries, visibly, with its backoff
         )
 
@@ -108,9 +152,21 @@ class Payments:
         self.store = store
         self.provider = provider
 
-    def charge(self, order_id: str, amount: float, attempt: int, declined: bool) -> Payment:
-        """Charge the order once, however often this runs (see the module's docstring); a decline raises PaymentDeclined."""
+    def charge(
+        self, order_id: str, amount: float, attempt: int, declined: bool, fault: str | None = None, note: str = ""
+    ) -> Payment:
+        """Charge the order once, however often this runs (see the module's docstring); a decline raises
+        PaymentDeclined. `fault`: one of NETWORK_FAULTS for this attempt to meet (the failure simulation)."""
         key = payment_key(order_id)
+        if self.provider is not None:
+            self.provider.network.arm(fault, note)
+        try:
+            return self._charge_once(key, order_id, amount, attempt, declined)
+        finally:
+            if self.provider is not None:
+                self.provider.network.arm(None)
+
+    def _charge_once(self, key: str, order_id: str, amount: float, attempt: int, declined: bool) -> Payment:
         with self.store.locked(PAYMENTS, key):
             record = self.store.get(PAYMENTS, key)
             if record is not None and record["status"] == "voided":
@@ -191,4 +247,12 @@ class Payments:
 
 
 def payment_of(record: dict) -> Payment:
-    return Payment(record["payment_key"], record["amount"], record["status"], record["charged_at"], record["refunded_at"])
+    return Payment(
+        record["payment_key"],
+        record["amount"],
+        record["status"],
+        record["charged_at"],
+        record["refunded_at"],
+        record.get("intent_id"),
+        record.get("refund_id"),
+    )

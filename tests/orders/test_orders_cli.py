@@ -86,6 +86,11 @@ def test_cli_places_shows_and_operates_orders(app, customer):
 
     events = runner.invoke(args=["orders", "events", order_id])
     assert events.exit_code == 0 and "Approved by cli-test" in events.output
+    wait_until(lambda: status()["payment"], what="the approved order's payment")
+    assert re.search(
+        rf"payment: charged \$1,261\.00 \(key pay-{order_id}, Stripe payment pi_\w+\)",
+        runner.invoke(args=["orders", "status", order_id]).output,
+    )
 
     second = runner.invoke(
         args=["orders", "create", "--customer", customer, "--email", "ada@example.com", "--item", "LP-140:1", *address]

@@ -596,6 +596,9 @@ async def test_an_order_cancelled_after_the_charge_is_refunded(operator):
         ["stop shipment", "refund payment", "release inventory"]
     )
     await expect(operator.locator('[data-field="payment.status"]')).to_have_text("refunded")
+    # The provider's own IDs, to find the payment and its refund in Stripe's dashboard.
+    await expect(operator.locator('[data-field="payment.intent_id"]')).to_have_text(re.compile(r"^pi_\w+$"))
+    await expect(operator.locator('[data-field="payment.refund_id"]')).to_have_text(re.compile(r"^re_\w+$"))
     await expect(operator.locator("#order-step")).to_have_text("Stopped at shipping")  # not "ship", as if going on
     await expect(operator.locator("#order-timeline")).to_contain_text("Compensation: refund payment")
     await expect(operator.locator("#order-timeline")).to_contain_text("The customer changed their mind")
