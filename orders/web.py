@@ -29,6 +29,7 @@ from flask import (
 
 from core.idempotency import FORM_KEY_FIELD, IdempotencyKeyReused, form_key, new_form_key
 from core.temporal_client import OutcomeUnknown, TemporalUnavailable
+from orders.display import ATTEMPT_NAMES, POSTCODE_AFTER_CITY, STEP_NAMES
 from orders.model import (
     FAILURE_STEPS,
     ORDER_EMAIL_KINDS,
@@ -43,7 +44,6 @@ from orders.service import (
     OrderService,
     OrderView,
 )
-from orders.step_names import ATTEMPT_NAMES, STEP_NAMES
 from orders.validation import (
     ADDRESS_FIELDS,
     MAX_FAILURE_TIMES,
@@ -349,6 +349,7 @@ async def render_tracker(
         milestone_attempts=MILESTONE_ATTEMPTS,
         # The attempts' order as a list too: the page's JSON sorts a mapping's keys.
         names={"steps": STEP_NAMES, "attempts": ATTEMPT_NAMES, "attempt_order": list(ATTEMPT_NAMES)},
+        postcode_after_city=POSTCODE_AFTER_CITY,
         failure_steps=FAILURE_STEPS,
         max_failure_times=MAX_FAILURE_TIMES,
         address_fields=ADDRESS_FIELDS,

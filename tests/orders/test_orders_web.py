@@ -421,6 +421,16 @@ def test_pages_place_track_and_act_on_an_order(client, customer):
     assert "Place an order" in dashboard.get_data(as_text=True)
 
 
+def test_the_tracker_writes_the_town_line_as_the_country_does(client, customer):
+    """Issue 28: a US address read "22201 Arlington"; a French one keeps "75001 Paris"."""
+    us = {**ADDRESS, "city": "Arlington", "postal_code": "22201", "country": "US"}
+    france = {**ADDRESS, "city": "Paris", "postal_code": "75001", "country": "France"}
+    for address, (first, second) in ((us, ("Arlington", "22201")), (france, ("75001", "Paris"))):
+        order_id = place(client, customer, [("KB-100", 1)], address=address)
+        html = client.get(f"/orders/{order_id}").get_data(as_text=True)
+        assert re.search(rf">{first}</span> <span data-field=\"address\.\w+\">{second}</span>", html), address
+
+
 def test_the_order_form_keeps_what_was_typed_on_errors(client):
     form = {**FORM, "customer_id": "ada lovelace", "sku_KB-100": "three", "address.city": "Londres"}
     response = client.post("/orders", data=form)

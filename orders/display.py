@@ -1,4 +1,4 @@
-"""How people read an order's steps: their names on the order pages, in the process's order."""
+"""How people read an order on its pages: its steps' names, in the process's order, and its address's lines."""
 
 # The order's steps as people read them, in the process's order: OrderStatus.step, and the keys of
 # OrderStatus.attempts (the steps that count their attempts).
@@ -19,3 +19,10 @@ ATTEMPT_NAMES = {
     "dispatched": "Dispatch",
     "delivered": "Deliver",
 }
+
+# Countries whose addresses put the postal code after the town ("Arlington 22201", "London N1 9GU");
+# elsewhere it comes first ("75001 Paris"). The country is free text: its usual names and codes.
+POSTCODE_AFTER_CITY = frozenset(
+    {"US", "USA", "UNITED STATES", "CA", "CANADA", "GB", "UK", "UNITED KINGDOM", "IE", "IRELAND"}
+    | {"AU", "AUSTRALIA", "NZ", "NEW ZEALAND"}
+)
