@@ -1,4 +1,6 @@
-"""Small formatting rules both halves share: amounts and counts for people, timestamps as sort keys."""
+"""Small formatting rules both halves share: amounts and counts for people, timestamps now and as sort keys."""
+
+from datetime import datetime, timezone
 
 
 def format_amount(amount: float) -> str:
@@ -13,3 +15,8 @@ def sort_key_for(timestamp: str) -> str:
 def count_of(count: int, noun: str) -> str:
     """`1 day`, `7 days`: a count with its noun in the right number (English: the plural adds "s")."""
     return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+def utc_now(timespec: str = "auto") -> str:
+    """Now in UTC, ISO 8601 (the order steps' records write it to the millisecond)."""
+    return datetime.now(timezone.utc).isoformat(timespec=timespec)

@@ -13,12 +13,11 @@ import contextlib
 import dataclasses
 import hashlib
 import random
-from datetime import datetime, timezone
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core.formatting import format_amount, sort_key_for
+from core.formatting import format_amount, sort_key_for, utc_now
 from core.rules import Rules
 from core.store import Store
 from orders.emails import OrderEmailActivities
@@ -65,10 +64,6 @@ from orders.rewards_model import AwardPoints, RewardsInput, RewardsState, Reward
 PERMANENT_FAILURE_TYPES = {"inventory": OUT_OF_STOCK, "payment": PAYMENT_DECLINED, "shipping": SHIPPING_FAILED}
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
 def write_event(store: Store, event: OrderEvent) -> None:
     """Append one event to an order's audit trail; the same key writes the same file (idempotent)."""
     store.put(order_events_collection(event.order_id), event.key, dataclasses.asdict(event))
@@ -100,7 +95,9 @@ def write_progress(store: Store, record: ProgressRecord) -> None:
 
 def write_notice(store: Store, request: NotificationRequest) -> None:
     """Record a customer notification (the stand-in for an email); once per order and kind."""
-    store.put(NOTIFICATIONS, f"{request.order_id}-{request.kind}", {**dataclasses.asdict(request), "sent_at": utc_now()})
+    store.put(
+        NOTIFICATIONS, f"{request.order_id}-{request.kind}", {**dataclasses.asdict(request), "sent_at": utc_now("milliseconds")}
+    )
 
 
 def order_events(store: Store, order_id: str) -> list[dict]:
@@ -136,7 +133,7 @@ class _OrderStepActivities:
                     key=f"{name}-attempt-{attempt}-failed",
                     kind="failure" if final else "retry",
                     message=f"{name} attempt {attempt} failed: {err}",
-                    at=utc_now(),
+                    at=utc_now("milliseconds"),
                     attempt=attempt,
                 ),
             )

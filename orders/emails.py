@@ -14,6 +14,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core.email_policy import EMAIL_REFUSED
+from core.formatting import utc_now
 from core.mail import Mailer, _fix_boundary, message_id, new_message, parse_mailbox
 from core.store import Store
 from orders.model import ORDER_EMAILS, SEND_ORDER_EMAIL, OrderEmailRequest, OrderEmailState, order_workflow_id
@@ -68,10 +69,10 @@ class OrderEmailActivities:
             if err.type != EMAIL_REFUSED:
                 return None
             reason = str(err.details[0]) if err.details else err.message
-            return OrderEmailState("refused", reason, _now())
+            return OrderEmailState("refused", reason, utc_now())
         except Exception:  # noqa: BLE001 - whatever it was, the email's own activity retries it and says why
             return None
-        return OrderEmailState(status, at=_now())
+        return OrderEmailState(status, at=utc_now())
 
     def _send_once(self, request: OrderEmailRequest, mailer: Mailer) -> str:
         key = f"{request.order_id}.{request.kind}"
@@ -91,7 +92,3 @@ class OrderEmailActivities:
             except (ValueError, EmailNotValidError) as err:
                 return mailer.unaddressable(err, record)
             return mailer.deliver(message, request.to, record)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()

@@ -32,12 +32,12 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
 import stripe
 
+from core.formatting import utc_now
 from core.store import Store
 from orders.model import PAYMENT_REQUESTS, PAYMENTS, Payment, payment_key
 
@@ -49,10 +49,6 @@ PROVIDER_TIMEOUT_SECONDS = 10  # within the payment step's attempt timeout (orde
 
 class PaymentDeclined(Exception):
     """The provider refused the payment: a business answer, not a fault. Its message is the provider's."""
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat()
 
 
 def cents(amount: float) -> int:
@@ -184,7 +180,7 @@ class Payments:
         if self.provider is None:
             if declined:
                 raise PaymentDeclined("")
-            charged.update(status="charged", charged_at=utc_now())
+            charged.update(status="charged", charged_at=utc_now("milliseconds"))
             self.store.write_locked(PAYMENTS, key, charged, sort_key=key)
             return charged
         intent_id = record.get("intent_id") if record else None
@@ -199,7 +195,7 @@ class Payments:
             intent = self.provider.confirm(key, intent_id)
         if intent.status != "succeeded":
             raise PaymentDeclined(f"the payment is {intent.status.replace('_', ' ')}")
-        charged.update(status="charged", charged_at=utc_now(), intent_id=intent_id)
+        charged.update(status="charged", charged_at=utc_now("milliseconds"), intent_id=intent_id)
         self.store.write_locked(PAYMENTS, key, charged, sort_key=key)
         return charged
 
@@ -213,13 +209,13 @@ class Payments:
                 record = self._settle_pending(key, record)
             if record is None or record["status"] == "pending":
                 void = {"payment_key": key, "order_id": order_id, "amount": 0.0, "status": "voided", "charged_at": None}
-                self.store.write_locked(PAYMENTS, key, {**void, "refunded_at": utc_now()}, sort_key=key)
+                self.store.write_locked(PAYMENTS, key, {**void, "refunded_at": utc_now("milliseconds")}, sort_key=key)
                 return None
             if record["status"] == "voided":
                 return None  # voided by an earlier call: still nothing charged, the same answer as then
             if record["status"] == "charged":
                 refund_id = self.provider.refund(key, record["intent_id"]) if self.provider and record.get("intent_id") else None
-                record = {**record, "status": "refunded", "refunded_at": utc_now(), "refund_id": refund_id}
+                record = {**record, "status": "refunded", "refunded_at": utc_now("milliseconds"), "refund_id": refund_id}
                 self.store.write_locked(PAYMENTS, key, record)
         return payment_of(record)
 
@@ -230,7 +226,7 @@ class Payments:
             return None
         intent = self.provider.intent(record["intent_id"])
         if intent.status == "succeeded":
-            charged = {**record, "status": "charged", "charged_at": utc_now()}
+            charged = {**record, "status": "charged", "charged_at": utc_now("milliseconds")}
             self.store.write_locked(PAYMENTS, key, charged)
             return charged
         self.provider.cancel(record["intent_id"])
@@ -242,7 +238,7 @@ class Payments:
         self.store.write_locked(
             PAYMENT_REQUESTS,
             f"{key}.attempt-{attempt}",
-            {"payment_key": key, "attempt": attempt, "amount": amount, "outcome": outcome, "at": utc_now()},
+            {"payment_key": key, "attempt": attempt, "amount": amount, "outcome": outcome, "at": utc_now("milliseconds")},
         )
 
 

@@ -208,13 +208,9 @@ def local_stripe() -> Iterator[str]:
 def provider_payments(order_id: str) -> list[tuple[str, int, int]]:
     """What the payment provider itself holds for an order, from its own API (not the app's records):
     (status, amount, amount refunded) of each PaymentIntent whose metadata names the order."""
-    import stripe
+    from orders.payments import StripeProvider
 
-    client = stripe.StripeClient(
-        os.environ["STRIPE_API_KEY"],
-        base_addresses={"api": os.environ["STRIPE_API_BASE"]},
-        http_client=stripe.HTTPXClient(allow_sync_methods=True),
-    )
+    client = StripeProvider(os.environ["STRIPE_API_KEY"], os.environ["STRIPE_API_BASE"]).client
     found = []
     for intent in client.v1.payment_intents.list(params={"limit": 100}).auto_paging_iter():
         if intent.metadata.to_dict().get("order_id") != order_id:

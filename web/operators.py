@@ -31,7 +31,6 @@ import re
 import secrets
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
 from flask.cli import with_appcontext
 
+from core.formatting import utc_now
 from core.secret_files import read_or_create_secret
 from core.store import Store
 
@@ -79,10 +79,6 @@ class Operator:
 
     def may(self, needed: str) -> bool:
         return role_allows(self.role, needed)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
 
 
 class OperatorAccounts:
@@ -168,14 +164,14 @@ class OperatorAccounts:
         if self.current(name) is None:
             raise AccountRefused(f"no active operator named {name!r}")
         token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
-        record = {"id": token_id, "operator": name, "label": label[:100], "hash": _token_hash(secret), "created_at": _now()}
+        record = {"id": token_id, "operator": name, "label": label[:100], "hash": _token_hash(secret), "created_at": utc_now()}
         self._store.put(OPERATOR_TOKENS, token_id, {**record, "revoked": False})
         return f"op_{token_id}_{secret}"
 
     def revoke_token(self, token_id: str) -> None:
         if not re.fullmatch(r"[0-9a-f]{16}", token_id) or self._store.get(OPERATOR_TOKENS, token_id) is None:
             raise AccountRefused(f"no token with id {token_id!r}")
-        self._store.update(OPERATOR_TOKENS, token_id, lambda record: {**(record or {}), "revoked": True, "revoked_at": _now()})
+        self._store.update(OPERATOR_TOKENS, token_id, lambda record: {**(record or {}), "revoked": True, "revoked_at": utc_now()})
 
     def tokens(self) -> list[dict[str, Any]]:
         records = [{k: v for k, v in r.items() if k != "hash"} for r in self._store.list_all(OPERATOR_TOKENS)]
@@ -200,7 +196,7 @@ class OperatorAccounts:
             "password_hash": self._hash(password),
             "version": 1,
             "disabled": False,
-            "created_at": _now(),
+            "created_at": utc_now(),
         }
 
     def _hash(self, password: str) -> str:
