@@ -208,17 +208,9 @@ def local_stripe() -> Iterator[str]:
 def provider_payments(order_id: str) -> list[tuple[str, int, int]]:
     """What the payment provider itself holds for an order, from its own API (not the app's records):
     (status, amount, amount refunded) of each PaymentIntent whose metadata names the order."""
-    from orders.payments import StripeProvider
+    from tools.order_invariants import provider_payments as payments_by_order
 
-    client = StripeProvider(os.environ["STRIPE_API_KEY"], os.environ["STRIPE_API_BASE"]).client
-    found = []
-    for intent in client.v1.payment_intents.list(params={"limit": 100}).auto_paging_iter():
-        if intent.metadata.to_dict().get("order_id") != order_id:
-            continue
-        charge = client.v1.payment_intents.retrieve(intent.id, params={"expand": ["latest_charge"]}).latest_charge
-        refunded = charge.amount_refunded if charge is not None and not isinstance(charge, str) else 0
-        found.append((intent.status, intent.amount, refunded))
-    return found
+    return payments_by_order(os.environ["STRIPE_API_KEY"], os.environ["STRIPE_API_BASE"]).get(order_id, [])
 
 
 def fresh_settings(data_dir: Path, **overrides) -> Settings:

@@ -1,13 +1,16 @@
 """Crash tests under load: kill -9 the worker, the Temporal dev server and the web app mid-flight.
 
 Real processes on loopback, started here: the dev server with its SQLite file,
-three `worker.py` processes on one data folder, and the web app under
-gunicorn. Clients send loan applications and orders over HTTP, retrying each
+three `worker.py` processes on one data folder, the web app under gunicorn, and
+a local Stripe (tools/stripe_server.py; never killed: it is the provider, not
+ours). Clients send loan applications and orders over HTTP, retrying each
 with the same payload (orders with the same Idempotency-Key) whenever an
 answer is lost; meanwhile faults are injected on a schedule. Afterwards,
 checked from outside: every accepted application has exactly one record and
 one decision; every order is in a final state with money and stock right
-(tools/order_invariants.py); the stock equals the starting stock minus what was
+(tools/order_invariants.py); at the provider, read through Stripe's API, each
+order has at most one payment that took money, refunded in full exactly when
+the order did not complete; the stock equals the starting stock minus what was
 delivered; no JSON file under the data folder is unreadable.
 
     python -m tools.chaos                       # make chaos: a longer run, prints its figures
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 
 import httpx
@@ -52,6 +56,10 @@ class Figures:
     torn: int = 0
     orders: int = 0
     orders_final: int = 0
+    charges_killed: int = 0  # charges running on a worker when it was killed
+    charges_retried: int = 0  # orders whose charge took more attempts than its injected failures
+    provider_charges: int = 0
+    provider_refunds: int = 0
     order_problems: list[str] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
     slowest_recovery: float = 0.0
@@ -66,6 +74,9 @@ class Figures:
             f"orders placed           {self.orders}",
             f"  final, money and stock right  {self.orders_final}",
             f"  problems              {len(self.order_problems)}",
+            f"  charges in flight at a kill    {self.charges_killed}",
+            f"  charges retried after a fault  {self.charges_retried}",
+            f"  at the provider       {self.provider_charges} payments taken, {self.provider_refunds} refunded in full",
             f"unreadable JSON files   {self.torn}",
             f"faults injected         {len(self.faults)} ({', '.join(sorted(set(self.faults)))})",
             f"client retries          {self.client_retries}",
@@ -92,6 +103,7 @@ class Process:
         self.name, self.command, self.env = name, command, env
         self.log_path = log_dir / f"{name}.log"
         self.popen: subprocess.Popen | None = None
+        self.started_at = 0.0  # wall clock, seconds: Temporal's times are wall-clock times
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
@@ -99,6 +111,7 @@ class Process:
             self.command, env=self.env, cwd=HERE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
+        self.started_at = time.time()
 
     def kill(self) -> None:
         """kill -9, the whole group (gunicorn's workers too)."""
@@ -122,7 +135,7 @@ class Stack:
         self.root = root
         self.data_dir = root / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.temporal_port, self.web_port = free_port(), free_port()
+        self.temporal_port, self.web_port, self.stripe_port = free_port(), free_port(), free_port()
         self.operator_token = secrets.token_urlsafe(24)
         rules = json.loads((HERE / "rules.json").read_text())
         # Quick shipping, with a pickup wait in which a cancel can still win.
@@ -142,6 +155,9 @@ class Stack:
             "WEB_PORT": str(self.web_port),
             "WEB_WORKERS": "2",
             "WORKER_CONNECT_TIMEOUT": "120",
+            "PUBLIC_RATE_LIMIT": "off",  # one client sends hundreds of applications: a load test
+            "STRIPE_API_KEY": "sk_test_chaos",
+            "STRIPE_API_BASE": f"http://127.0.0.1:{self.stripe_port}",
         }
         logs = root / "logs"
         logs.mkdir(exist_ok=True)
@@ -160,10 +176,19 @@ class Stack:
             )
             for n in range(workers)
         ]
+        self.stripe = Process(
+            "stripe",
+            # A slow provider: each confirm answers a second after the money is taken, so a worker
+            # killed while charging loses the answer of a charge that happened.
+            [sys.executable, "-m", "tools.stripe_server", "--port", str(self.stripe_port), "--confirm-delay", "1"],
+            self.env,
+            logs,
+        )
         self.web = Process("web", [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "starter:create_app()"], self.env, logs)
         self.base_url = f"http://127.0.0.1:{self.web_port}"
 
     def start(self) -> None:
+        self.stripe.start()
         self.temporal.start()
         for worker in self.workers:
             worker.start()
@@ -171,7 +196,8 @@ class Stack:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                ready = httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200
+                if ready and httpx.get(f"{self.env['STRIPE_API_BASE']}/v1/balance", timeout=2).status_code in (200, 401):
                     return
             except httpx.TransportError:
                 pass
@@ -179,7 +205,7 @@ class Stack:
         raise RuntimeError(f"the stack did not become ready; logs in {self.root / 'logs'}")
 
     def stop(self) -> None:
-        for process in [self.web, *self.workers, self.temporal]:
+        for process in [self.web, *self.workers, self.temporal, self.stripe]:
             process.stop()
 
 
@@ -194,6 +220,7 @@ class Clients:
         self.last_success = time.monotonic()
         self.emails: list[str] = []
         self.order_ids: list[str] = []
+        self.injected: dict[str, int] = {}  # order ID -> the payment failures it asked for
 
     async def request(self, http: httpx.AsyncClient, method: str, path: str, **kwargs) -> httpx.Response | None:
         """The answer that worked; None when the run's deadline passed first."""
@@ -245,6 +272,7 @@ class Clients:
         assert response.status_code in (200, 201), (response.status_code, response.text)
         order_id = response.json()["order_id"]
         self.order_ids.append(order_id)
+        self.injected[order_id] = 2 if kind == 2 else 0
         action = {1: ("approve", None, "awaiting_review"), 3: ("cancel", {"reason": "chaos"}, "charged")}.get(kind)
         while action and time.monotonic() < self.deadline:
             status = await self.request(http, "GET", f"/api/orders/{order_id}", headers=self.operator)
@@ -280,10 +308,63 @@ class Clients:
             await asyncio.gather(*(paced(index, job) for index, job in enumerate(jobs)))
 
 
+async def stack_client(stack: Stack):
+    """A Temporal client of the stack's, with its payload key (this process's environment is not the stack's)."""
+    from core.codec import EncryptionCodec
+    from core.settings import connect_temporal, parse_payload_key, payload_data_converter
+
+    codec = EncryptionCodec(parse_payload_key(stack.env["PAYLOAD_KEY"], "PAYLOAD_KEY"))
+    return await connect_temporal(target_host=stack.env["TEMPORAL_ADDRESS"], data_converter=payload_data_converter(codec))
+
+
+async def charges_in_flight(stack: Stack, client, clients: Clients, closed: set[str]) -> dict[int, int]:
+    """Which workers are running an order's charge now: worker index -> charges (from Temporal's pending
+    activities). A killed worker's charge stays "started" until its timeout, under the identity its
+    restarted process has again: only charges started since the worker's last start count."""
+    from temporalio.api.enums.v1 import PendingActivityState
+
+    from orders.model import order_workflow_id
+
+    running: dict[int, int] = {}
+    try:
+        for order_id in [order_id for order_id in clients.order_ids if order_id not in closed]:
+            described = await client.get_workflow_handle(order_workflow_id(order_id)).describe()
+            if described.close_time is not None:
+                closed.add(order_id)
+            for pending in described.raw_description.pending_activities:
+                identity = pending.last_worker_identity
+                started = pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED  # not waiting to retry
+                if started and pending.activity_type.name == "charge_payment" and identity.startswith("chaos-worker-"):
+                    worker = int(identity.removeprefix("chaos-worker-"))
+                    if pending.last_started_time.ToDatetime(tzinfo=UTC).timestamp() > stack.workers[worker].started_at:
+                        running[worker] = running.get(worker, 0) + 1
+    except Exception:  # noqa: BLE001 - the dev server may be down a moment (it is killed too): no answer this time
+        return {}
+    return running
+
+
+async def worker_to_kill(stack: Stack, client, clients: Clients, closed: set[str], scheduled: int) -> tuple[int, int]:
+    """The worker to kill and how many charges it is running: one running a charge when one is
+    found within 3 s (the crash that matters most: money taken, the answer lost), else `scheduled`."""
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        running = await charges_in_flight(stack, client, clients, closed)
+        if running:
+            worker = max(running, key=running.__getitem__)
+            popen = stack.workers[worker].popen
+            if popen is not None and popen.poll() is None:
+                return worker, running[worker]
+        await asyncio.sleep(0.1)
+    return scheduled, 0
+
+
 async def inject_faults(
     stack: Stack, clients: Clients, figures: Figures, worker_kills: int, stop: asyncio.Event, duration: float
 ) -> None:
-    """kill -9 evenly over the load: the workers (one at a time), the dev server and the web app among them."""
+    """kill -9 evenly over the load: the workers (one at a time; one running a charge if there is one),
+    the dev server and the web app among them."""
+    closed: set[str] = set()
+    client = await stack_client(stack)
     plan = [("worker", n % len(stack.workers)) for n in range(worker_kills)]
     plan.insert(len(plan) // 2, ("temporal", 0))
     plan.insert(len(plan) // 2 + 1, ("web", 0))
@@ -294,6 +375,9 @@ async def inject_faults(
             return  # the load finished first
         except TimeoutError:
             pass
+        if kind == "worker" and stack.workers:
+            index, charging = await worker_to_kill(stack, client, clients, closed, index)
+            figures.charges_killed += charging
         process = {"worker": stack.workers[index] if stack.workers else None, "temporal": stack.temporal, "web": stack.web}[kind]
         if process is None:
             continue
@@ -323,14 +407,9 @@ def unreadable_json_files(data_dir: Path) -> list[Path]:
 
 async def check(stack: Stack, clients: Clients, figures: Figures, settle_seconds: float) -> None:
     """From outside, after the load: records, orders, stock, files."""
-    from core.codec import EncryptionCodec
-    from core.settings import (
-        connect_temporal,
-        parse_payload_key,
-        payload_data_converter,
-    )
     from core.store.files import JsonStore
     from loans.model import APPLICATIONS
+    from orders.model import OrderStatus, order_workflow_id
 
     store = JsonStore(stack.data_dir)
     figures.accepted = len(clients.emails)
@@ -353,11 +432,9 @@ async def check(stack: Stack, clients: Clients, figures: Figures, settle_seconds
     figures.torn = len(unreadable_json_files(stack.data_dir))
     if not clients.order_ids:
         return
-    from tools.order_invariants import order_problems, stock_problems
+    from tools.order_invariants import order_problems, provider_payments, stock_problems
 
-    # The stack's own key, passed explicitly: this process's environment is not the stack's.
-    codec = EncryptionCodec(parse_payload_key(stack.env["PAYLOAD_KEY"], "PAYLOAD_KEY"))
-    client = await connect_temporal(target_host=stack.env["TEMPORAL_ADDRESS"], data_converter=payload_data_converter(codec))
+    client = await stack_client(stack)
     problems: list[str] = []
     for order_id in clients.order_ids:
         while True:
@@ -366,7 +443,18 @@ async def check(stack: Stack, clients: Clients, figures: Figures, settle_seconds
                 break
             await asyncio.sleep(0.5)
         problems += found
+    # Every order is closed now (or counted as a problem): the provider's records are final.
+    at_provider = provider_payments(stack.env["STRIPE_API_KEY"], stack.env["STRIPE_API_BASE"])
+    for order_id in clients.order_ids:
+        found = await order_problems(client, store, order_id, provider=at_provider.get(order_id, []))
+        problems += [problem for problem in found if problem not in problems]
         figures.orders_final += not found
+        taken = [payment for payment in at_provider.get(order_id, []) if payment[0] == "succeeded"]
+        figures.provider_charges += len(taken)
+        figures.provider_refunds += sum(1 for _, amount, refunded in taken if refunded == amount)
+        if not found:
+            status = await client.get_workflow_handle(order_workflow_id(order_id), result_type=OrderStatus).result()
+            figures.charges_retried += status.attempts.get("charge_payment", 1) > clients.injected[order_id] + 1
     problems += stock_problems(store, {item["sku"]: item["stock"] for item in stack.rules["orders"]["catalog"]})
     figures.order_problems = problems
 

@@ -6,7 +6,11 @@ ends FAILED, CANCELED or TERMINATED; the stored view (the `orders` projection)
 says what the workflow says. `order_problems` checks one order against a
 Temporal client and a data folder; `stock_problems` checks the stock document
 against the reservations; `assert_orders_right` does both for every order in
-the folder and fails with the list of what is wrong.
+the folder and fails with the list of what is wrong. `provider_payments` reads
+what the payment provider itself holds for each order (Stripe's API, not the
+app's records), and `provider_problems` checks an order's money there: at most
+one PaymentIntent that took money, refunded in full exactly when the order did
+not complete.
 """
 
 from __future__ import annotations
@@ -32,9 +36,45 @@ from orders.model import (
     payment_key,
 )
 
+# What the provider holds for an order: (status, amount in cents, amount refunded in cents) per PaymentIntent.
+ProviderPayment = tuple[str, int, int]
 
-async def order_problems(client: Client, store: Store, order_id: str) -> list[str]:
-    """What is wrong with one closed order; an empty list when it is right."""
+
+def provider_payments(api_key: str, api_base: str | None) -> dict[str, list[ProviderPayment]]:
+    """Every PaymentIntent at the provider, by the order ID in its metadata; one listing for all orders."""
+    from orders.payments import StripeProvider
+
+    client = StripeProvider(api_key, api_base).client
+    found: dict[str, list[ProviderPayment]] = {}
+    for intent in client.v1.payment_intents.list(params={"limit": 100}).auto_paging_iter():
+        order_id = intent.metadata.to_dict().get("order_id")
+        if order_id is None:
+            continue
+        refunded = 0
+        if intent.status == "succeeded":
+            charge = client.v1.payment_intents.retrieve(intent.id, params={"expand": ["latest_charge"]}).latest_charge
+            refunded = charge.amount_refunded if charge is not None and not isinstance(charge, str) else 0
+        found.setdefault(order_id, []).append((intent.status, intent.amount, refunded))
+    return found
+
+
+def provider_problems(payments: list[ProviderPayment], completed: bool) -> list[str]:
+    """What is wrong with an order's money at the provider: more than one payment that took money,
+    a completed order's payment missing or refunded, a stopped order's payment not refunded in full.
+    Intents that took nothing (created, then the worker died; or cancelled) are not money."""
+    taken = [(amount, refunded) for status, amount, refunded in payments if status == "succeeded"]
+    if len(taken) > 1:
+        return [f"the provider took its money {len(taken)} times: {taken}"]
+    if completed and (not taken or taken[0][1] != 0):
+        return [f"completed, but the provider holds {taken or 'no payment'} (amount, refunded)"]
+    if not completed and taken and taken[0][1] != taken[0][0]:
+        return [f"did not complete, but the provider refunded {taken[0][1]} of {taken[0][0]} cents"]
+    return []
+
+
+async def order_problems(client: Client, store: Store, order_id: str, provider: list[ProviderPayment] | None = None) -> list[str]:
+    """What is wrong with one closed order; an empty list when it is right. With `provider` (what
+    `provider_payments` found for it), its money at the provider is checked too."""
     handle = client.get_workflow_handle(order_workflow_id(order_id), result_type=OrderStatus)
     execution = (await handle.describe()).status
     payment = store.get(PAYMENTS, payment_key(order_id))
@@ -73,6 +113,10 @@ async def order_problems(client: Client, store: Store, order_id: str) -> list[st
         for field in ("status", "compensations", "payment", "reason"):
             if stored.get(field) != live[field]:
                 problems.append(f"stored view says {field}={stored.get(field)!r}, the workflow {live[field]!r}")
+    if provider is not None:
+        problems += provider_problems(provider, delivered)
+        if charged and not provider:
+            problems.append("charged, but the provider holds no payment for it")
     return [f"order {order_id}: {p}" for p in problems]
 
 
