@@ -71,8 +71,9 @@ def build_activities(settings: Settings, client: Client | None, identity: str, s
     store = store or open_store(settings)
     rules = load_rules(settings.rules_file)
     messages = load_messages(settings.messages_file)
-    mailer = Mailer(SmtpSettings.from_settings(settings), settings.mail_from)
-    order_emails = OrderEmailActivities(store, mailer)
+    smtp = SmtpSettings.from_settings(settings)
+    mailer = Mailer(smtp, settings.mail_from)
+    order_emails = OrderEmailActivities(store, Mailer(smtp, settings.order_mail_from))  # each half signs its own
     provider = StripeProvider(settings.stripe_api_key, settings.stripe_api_base) if settings.stripe_api_key else None
     return Activities(
         loans=LoanActivities(store=store, rules=rules, messages=messages, identity=identity),

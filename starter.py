@@ -11,6 +11,7 @@ Flask's tutorial does: nothing connects at import time. It wires
 - who may do what: operator sign-in, CSRF and security headers (web/auth.py);
 - request metrics for Prometheus at /metrics (web/metrics.py);
 - the codec server (web/codec_server.py) that decrypts payloads for the Temporal UI and CLI;
+- the operators' mail view at /mail (web/mail_view.py): the emails the local sink holds;
 - `/healthz`, `/readyz`, the API's OpenAPI document at `/openapi.json` (web/openapi.py),
   and the error pages: JSON under /api, HTML elsewhere.
 
@@ -42,6 +43,7 @@ from orders.cli import orders_cli
 from orders.service import OrderService
 from web import auth as operator_auth
 from web import limits as web_limits
+from web import mail_view
 from web import metrics as web_metrics
 from web.codec_server import create_codec_blueprint
 from web.common import StrictJSONProvider, error_page, json_error, messages
@@ -144,6 +146,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     codec = payload_codec_from_env(accept_plain=True)
     app.register_blueprint(create_codec_blueprint(lambda: codec, settings.temporal_ui_url))
     app.register_blueprint(temporal_ui)  # the Temporal UI for operators, where TEMPORAL_UI_UPSTREAM is set
+    mail_view.init_app(app, settings)  # the emails the local sink holds, where MAIL_VIEW_DIR is set
     web_limits.init_app(app, settings)  # last: it wraps the public views
     app.register_error_handler(SecurityError, handle_untrusted_host)
     app.register_error_handler(InvalidInput, handle_invalid_input)

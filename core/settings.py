@@ -24,9 +24,18 @@ from pathlib import Path
 from core.codec import KEY_BYTES, EncryptionCodec
 from core.secret_files import read_or_create_secret
 
-# Who the emails come from unless MAIL_FROM says otherwise.
+# Who the emails come from unless MAIL_FROM says otherwise; the orders' emails carry the name
+# ORDER_SENDER_NAME on the same address, unless ORDER_MAIL_FROM names another sender.
 DEFAULT_MAIL_FROM = "Loan pre-approval <no-reply@loans.invalid>"
+ORDER_SENDER_NAME = "Orders"
 HERE = Path(__file__).resolve().parent.parent  # the repository root
+
+
+def sender_named(name: str, mail_from: str) -> str:
+    """`mail_from`'s address under another display name: "Orders <no-reply@…>"."""
+    from email.utils import formataddr, parseaddr
+
+    return formataddr((name, parseaddr(mail_from)[1]))
 
 
 def _env_int(name: str, default: int) -> int:
@@ -82,6 +91,9 @@ class Settings:
     # Mail: where it is sent (smtp://, smtps://; None sends nothing) and from whom.
     smtp_url: str | None = None
     mail_from: str = DEFAULT_MAIL_FROM
+    order_mail_from: str = f"{ORDER_SENDER_NAME} <no-reply@loans.invalid>"
+    # The Maildir the operators' mail view reads (web/mail_view.py): make run's mail sink's; None: no view.
+    mail_view_dir: Path | None = None
     # How the workflows retry an email (core/email_policy.py; the tests shorten them).
     email_retry_initial_seconds: float = 5.0
     email_attempt_timeout_seconds: float = 30.0
@@ -131,6 +143,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         data_dir = data_dir_from_env()
+        mail_from = os.environ.get("MAIL_FROM", "").strip() or DEFAULT_MAIL_FROM
         return cls(
             task_queue=os.environ.get("LOAN_TASK_QUEUE", "loan-applications"),
             data_dir=data_dir,
@@ -149,7 +162,9 @@ class Settings:
             operator_token=os.environ.get("OPERATOR_TOKEN") or None,
             database_url=os.environ.get("DATABASE_URL", "").strip() or None,
             smtp_url=os.environ.get("SMTP_URL", "").strip() or None,
-            mail_from=os.environ.get("MAIL_FROM", "").strip() or DEFAULT_MAIL_FROM,
+            mail_from=mail_from,
+            order_mail_from=os.environ.get("ORDER_MAIL_FROM", "").strip() or sender_named(ORDER_SENDER_NAME, mail_from),
+            mail_view_dir=Path(os.environ["MAIL_VIEW_DIR"]) if os.environ.get("MAIL_VIEW_DIR", "").strip() else None,
             email_retry_initial_seconds=_env_float("EMAIL_RETRY_INITIAL_SECONDS", 5.0),
             email_attempt_timeout_seconds=_env_float("EMAIL_ATTEMPT_TIMEOUT_SECONDS", 30.0),
             worker_identity=os.environ.get("WORKER_IDENTITY", "").strip() or None,

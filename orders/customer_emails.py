@@ -61,6 +61,7 @@ class CustomerEmails:
                 subject.format(**values),
                 text.format(**values) + (f"\n\n{after}" if after else ""),
                 workflow.now().isoformat(),
+                self._status.address.name,
             )
         except (AttributeError, KeyError, IndexError, ValueError) as err:
             # The texts are the order's own (copied when placed): one missing or malformed

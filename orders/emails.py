@@ -33,12 +33,15 @@ def order_email(request: OrderEmailRequest, mail_from: str, date: datetime) -> E
     message["Subject"] = request.subject  # the policy refuses CR/LF in a header value
     message["From"] = parse_mailbox(mail_from)
     recipient = validate_email(request.to, check_deliverability=False)
-    message["To"] = Address(username=recipient.local_part, domain=recipient.domain)
+    # As on the decision email (loans/emails.py): "=?" in a name would be read as an encoded word.
+    display_name = "" if "=?" in request.name else request.name
+    message["To"] = Address(display_name=display_name, username=recipient.local_part, domain=recipient.domain)
     message["Message-ID"] = message_id(order_workflow_id(request.order_id), request.kind, mail_from)
     message["Date"] = format_datetime(date.astimezone(timezone.utc))
-    message.set_content(f"Hello,\n\n{request.text}\n")
+    greeting = f"Hello {display_name}," if display_name else "Hello,"
+    message.set_content(f"{greeting}\n\n{request.text}\n")
     paragraphs = "".join(f"<p>{html.escape(line)}</p>" for line in request.text.split("\n\n"))
-    message.add_alternative(f"<p>Hello,</p>{paragraphs}", subtype="html")
+    message.add_alternative(f"<p>{html.escape(greeting)}</p>{paragraphs}", subtype="html")
     _fix_boundary(message)
     return message
 

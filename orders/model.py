@@ -351,6 +351,7 @@ class OrderEmailRequest:
     text: str
     # When the workflow asked for it (the Date header): the same whichever activity sends it.
     requested_at: str | None = None
+    name: str = ""  # the customer's name on the To line (the order's address); none on orders before it
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from orders.model import (
     FAILURE_STEPS,
     ORDER_EMAIL_KINDS,
     ORDER_MILESTONES,
+    order_workflow_id,
 )
 from orders.service import (
     ActionFailed,
@@ -358,6 +359,7 @@ async def render_tracker(
         values=values or {},
         labels=service().status_labels(),
         waiting_text=texts()["waiting_for_worker"],
+        mail_about=order_workflow_id(order_id),
         signed_out_text=texts()["signed_out_live"],
     ), status_code
 

@@ -1,8 +1,10 @@
 """The local SMTP server for development: aiosmtpd on loopback, every message into a Maildir.
 
 `make run` starts it when no SMTP_URL is set, so by default no message leaves
-the machine. Read the messages with any Maildir reader, or
-`python -c "import mailbox; [print(m) for m in mailbox.Maildir('data/mail')]"`.
+the machine. Operators read the messages in the web app at `/mail`
+(web/mail_view.py); any Maildir reader opens the folder too. Each file's name
+carries the message's Message-ID (core/mail_folder.py), so the view finds a
+workflow's emails by name.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import mailbox
+import re
 import signal
 import threading
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
+
+from core.mail_folder import store_message
+
+MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]{1,250}>)", re.IGNORECASE | re.MULTILINE)
 
 
 class MaildirHandler:
@@ -28,7 +35,8 @@ class MaildirHandler:
 
     def __init__(self, maildir: Path, refused: set[str] | None = None, remember: bool = True):
         maildir.parent.mkdir(parents=True, exist_ok=True)
-        self.maildir = mailbox.Maildir(maildir, create=True)
+        self.folder = maildir
+        self.maildir = mailbox.Maildir(maildir, create=True)  # for reading it
         self.refused = refused if refused is not None else set()
         self.remember = remember
         self.attempts: list[str] = []  # every RCPT TO, accepted or not
@@ -50,8 +58,11 @@ class MaildirHandler:
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
         # The bytes as they came (line ends made the file's): parsing the whole message and
-        # writing it out again cost the sink most of its CPU per message.
-        self.maildir.add(envelope.content.replace(b"\r\n", b"\n"))
+        # writing it out again cost the sink most of its CPU per message. Its Message-ID names the file.
+        header_block = envelope.content.partition(b"\r\n\r\n")[0]
+        found = MESSAGE_ID.search(header_block)
+        message_id = found[1].decode("ascii", "replace") if found else None
+        store_message(self.folder, envelope.content.replace(b"\r\n", b"\n"), message_id)
         if self.remember:
             headers = BytesHeaderParser().parsebytes(envelope.content)
             self.received.append(headers["Message-ID"])  # the order of acceptance (a Maildir has none)

@@ -316,7 +316,8 @@ def run(postgres: bool) -> int:
     start_mail = not env.get("SMTP_URL")
     if start_mail:
         env["SMTP_URL"] = f"smtp://127.0.0.1:{env.get('SMTP_SINK_PORT') or '2525'}"
-        mail = f"Emails: kept in {data / 'mail'} (a local SMTP sink; nothing leaves this machine)"
+        env.setdefault("MAIL_VIEW_DIR", str(data / "mail"))  # the operators read them at /mail (web/mail_view.py)
+        mail = ""  # said below, with the web app's address
     else:
         mail = "Emails: sent through SMTP_URL"
     start_stripe = not env.get("STRIPE_API_KEY")
@@ -338,6 +339,10 @@ def run(postgres: bool) -> int:
     if start_temporal and not env.get("TEMPORAL_UI_URL"):
         env["TEMPORAL_UI_URL"] = settings.public_url + TEMPORAL_UI_PATH
         settings = Settings.from_env()
+    if start_mail:
+        mail = (
+            f"Emails: {settings.public_url}/mail (a local SMTP sink keeps them in {data / 'mail'}; nothing leaves this machine)"
+        )
 
     found = programs(data, postgres, start_temporal, start_mail, start_postgres, start_stripe)
     config = run_dir / "supervisord.conf"

@@ -89,6 +89,9 @@ ROLE_OF_ENDPOINT = {
             "pages.applications",
             "metrics.exposition",
             "codec.decode",  # the Temporal UI showing an operator what Temporal holds
+            "mail.inbox",
+            "mail.message",
+            "mail.message_html",
         ),
         "viewer",
     ),

@@ -194,7 +194,11 @@ def check_an_auto_approved_order(email_stack, operator) -> tuple[str, str]:
     assert [str(m["Message-ID"]).strip() for m in mails] == [f"<order-{order_id}.{kind}@shop.test>" for kind in kinds]
     dates = [parsedate_to_datetime(m["Date"]) for m in mails]
     assert dates == sorted(dates)
+    # From the orders' sender (MAIL_FROM's address under the name "Orders"), to the customer by name.
+    assert {str(m["From"]) for m in mails} == {"Orders <orders@shop.test>"}
+    assert {str(m["To"]) for m in mails} == {f"Ada Lovelace <{email}>"}
     texts = [m.get_body(("plain",)).get_content() for m in mails]
+    assert all(text.startswith("Hello Ada Lovelace,\n") for text in texts), texts[0]
     assert "Ada Lovelace, London, UK" in texts[0]
     shipment = order["shipment"]
     assert shipment["carrier"] in texts[1] and shipment["tracking_number"] in texts[1]

@@ -89,7 +89,7 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
             f"Loan form: http://localhost:{web_port}/",
             f"Orders: http://localhost:{web_port}/orders",
             f"Operator sign-in: http://localhost:{web_port}/signin (admin, password: cat {admin_password})",
-            f"Emails: kept in {tmp_path / 'data' / 'mail'}",
+            f"Emails: http://localhost:{web_port}/mail (a local SMTP sink keeps them in {tmp_path / 'data' / 'mail'};",
             f"Payments: a local Stripe at http://127.0.0.1:{ports.stripe} (localstripe; no money moves)",
             f"Temporal UI: http://localhost:{web_port}/temporal",
             f"Worker metrics: {worker_metrics}",
@@ -133,6 +133,9 @@ def test_make_run_starts_everything_on_the_ports_asked_for_and_ctrl_c_stops_it(t
             signed = browser.post("/signin", data=form, headers={"Referer": f"{base}/signin"})
             assert signed.status_code == 303 and signed.headers["Location"] == "/orders", signed.text
             assert browser.get("/orders").status_code == 200
+            # The operator reads the applicant's email in the app, found from the application.
+            emails = browser.get("/mail", params={"about": decided.json()["workflow_id"]})
+            assert emails.status_code == 200 and f"Run Person &lt;{applicant['email']}&gt;" in emails.text, emails.text
         result_url = f"{base}{decided.json()['page_url']}"  # the applicant's link, with its key
         ui_link = f"http://localhost:{web_port}/temporal/namespaces/default/workflows/"
         as_applicant = httpx.get(result_url, timeout=10)

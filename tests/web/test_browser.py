@@ -21,10 +21,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 import tests.fixtures as conftest
+from core.mail_folder import list_messages
 from tests.fixtures import (
     ADDRESS,
     HERE,
@@ -32,8 +34,11 @@ from tests.fixtures import (
     WorkerProcess,
     fresh_settings,
     gunicorn,
+    wait_until,
 )
 from tools.loadtest.loans import PROFILES
+from tools.mail_sink import MaildirHandler
+from tools.net import free_port
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -55,6 +60,11 @@ class Site:
     root: Path
 
     @property
+    def mail(self) -> Path:
+        """The Maildir of the site's mail sink, which its mail view shows."""
+        return self.root / "mail"
+
+    @property
     def admin_password(self) -> str:
         """The first admin's password, which the web app generated into its data folder (as `make run`'s)."""
         return (self.root / "data" / "secrets" / "admin.password").read_text().strip()
@@ -62,7 +72,8 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(dev_server, tmp_path_factory):
-    """Worker and web app on the dev server; a rules copy whose parcels ship in about a second."""
+    """Worker and web app on the dev server, mailing to a local sink whose Maildir the mail view shows;
+    a rules copy whose parcels ship in about a second."""
     root = tmp_path_factory.mktemp("browser")
     rules = json.loads(json.dumps(RULES))
     rules["orders"]["shipping"] = {"prepare_seconds": 0, "transit_seconds": 1, "expedited_transit_seconds": 0.3}
@@ -70,13 +81,17 @@ def site(dev_server, tmp_path_factory):
     rules_file.write_text(json.dumps(rules))
     settings = fresh_settings(root / "data", rules_file=rules_file, operator_token="browser-tests-operator-token")
     address = dev_server.client.service_client.config.target_host
-    worker = WorkerProcess(settings, address, root / "worker.log")
+    sink_port = free_port()
+    sink = Controller(MaildirHandler(root / "mail", remember=False), hostname="127.0.0.1", port=sink_port)
+    sink.start()
+    worker = WorkerProcess(settings, address, root / "worker.log", extra_env={"SMTP_URL": f"smtp://127.0.0.1:{sink_port}"})
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
     try:
-        with gunicorn(settings, address, root / "gunicorn.log") as (base, _):
+        with gunicorn(settings, address, root / "gunicorn.log", MAIL_VIEW_DIR=str(root / "mail")) as (base, _):
             yield Site(base, settings.operator_token, root)
     finally:
         worker.kill()
+        sink.stop()
 
 
 class Watched:
@@ -203,10 +218,13 @@ def sample(site):
         },
     )
     assert placed.status_code == 201, placed.text
+    workflow_id = decided.json()["workflow_id"]
+    emails = wait_until(lambda: list_messages(site.mail, about=workflow_id), timeout=30, what="the decision email")
     return {
-        "workflow_id": decided.json()["workflow_id"],
+        "workflow_id": workflow_id,
         "page_url": decided.json()["page_url"],
         "order_id": placed.json()["order_id"],
+        "mail_name": emails[0].name,
     }
 
 
@@ -219,6 +237,8 @@ PAGES = {
     "applications": (lambda s: "/applications", True, 200),
     "orders": (lambda s: "/orders", True, 200),
     "order-tracker": (lambda s: f"/orders/{s['order_id']}", True, 200),
+    "mail": (lambda s: "/mail", True, 200),
+    "mail-message": (lambda s: f"/mail/{s['mail_name']}", True, 200),
 }
 
 UNLABELLED_INPUTS = """() => [...document.querySelectorAll('input, select, textarea')]
@@ -495,6 +515,19 @@ CROWDED_TIMELINE = """() => [...document.querySelectorAll('#order-timeline li.ev
 
 async def timeline(page: Page) -> list[str]:
     return await page.locator("#order-timeline .event-message").all_text_contents()
+
+
+async def test_the_operator_reads_the_applicants_email_from_the_application(operator, sample):
+    await operator.goto(f"/applications/{sample['workflow_id']}")
+    await operator.get_by_role("link", name="Read the emails sent about this application").click()
+    await expect(operator).to_have_url(re.compile(r"/mail\?about=loan-"))
+    rows = operator.locator("#mail tbody tr")
+    await expect(rows).to_have_count(1)
+    await expect(rows).to_contain_text("Ada Lovelace <pre_approved-")
+    await rows.get_by_role("link").click()
+    body = operator.locator(".mail-body")
+    await expect(body).to_contain_text("Dear Ada Lovelace,")
+    await expect(body).to_contain_text(f"/applications/{sample['workflow_id']}?key=")  # the applicant's own link
 
 
 async def test_an_order_placed_on_the_dashboard_is_approved_on_its_tracker_and_delivered(operator):
