@@ -35,6 +35,7 @@ def test_make_run_postgres_stores_a_decision_in_postgresql_and_ctrl_c_stops_ever
         "WEB_PORT": str(web_port),
         "PG_PORT": str(pg_port),
         "SMTP_SINK_PORT": str(free_port()),
+        "LOCALSTRIPE_PORT": str(free_port()),  # 8420 may be taken (another make run on this machine)
         "WORKER_METRICS_PORT": "",  # no metrics endpoint: 9464 may be taken (test_make_run scrapes one)
     }
     make, log = start_make_run(folder, "run-postgres", data=data, **settings)
