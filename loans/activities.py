@@ -13,7 +13,7 @@ import dataclasses
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core.formatting import sort_key_for
+from core.formatting import day_value, sort_key_for
 from core.rules import Messages, Rules
 from core.store import Store
 from loans.decision import CreditRules
@@ -64,6 +64,7 @@ class LoanActivities:
         outcome = request.outcome
         document = dataclasses.asdict(outcome)
         document["persisted_by"] = self.identity
+        document["day_decision"] = day_value(outcome.submitted_at, outcome.decision)  # the chart's count
         key = record_key(outcome.workflow_id, outcome.run_id)
 
         def merge(existing: dict | None) -> dict:

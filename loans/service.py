@@ -41,6 +41,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from core.formatting import CHART_DAYS, counts_by_day, last_days
 from core.idempotency import IdempotencyKeyReused, fingerprint
 from core.rules import Rules
 from core.settings import Settings, temporal_connect_config
@@ -331,6 +332,10 @@ class LoanService:
     def recent(self, page: int) -> tuple[list[dict], int, int]:
         """One page of applications, newest first; the total and the page count."""
         return page_of(self.store, APPLICATIONS, page, PAGE_SIZE)
+
+    def decisions_by_day(self, days: int = CHART_DAYS) -> dict[str, dict[str, int]]:
+        """The last `days` days' applications by decision, {day: {decision: count}}: counts the store keeps."""
+        return counts_by_day(self.store.count_by(APPLICATIONS, "day_decision"), last_days(days))
 
     def counts(self) -> dict[str, int]:
         """Applications by decision, kept by the store on every write (no scan)."""

@@ -29,11 +29,12 @@ from flask import (
 from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 
-from core.formatting import count_of
+from core.formatting import count_of, day_chart
 from core.idempotency import FORM_KEY_FIELD, IdempotencyKeyReused, form_key, new_form_key, valid_idempotency_key
 from core.temporal_client import OutcomeUnknown, TemporalUnavailable
 from loans.model import (
     CONTACT_ANSWERS,
+    DECISIONS,
     applicant_link_expires,
     applicant_link_expiry,
     applicant_link_key,
@@ -388,7 +389,13 @@ def applications():
     page = page_argument()
     records, total, page_count = service().recent(page)
     return render_template(
-        "loans/list.html", records=records, page=page, pages=page_count, total=total, counts=service().counts()
+        "loans/list.html",
+        records=records,
+        page=page,
+        pages=page_count,
+        total=total,
+        counts=service().counts(),
+        chart=day_chart(service().decisions_by_day(), DECISIONS),
     )
 
 

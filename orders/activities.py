@@ -17,7 +17,7 @@ import random
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core.formatting import format_amount, sort_key_for, utc_now
+from core.formatting import day_value, format_amount, sort_key_for, utc_now
 from core.rules import Rules
 from core.store import Store
 from orders.emails import OrderEmailActivities
@@ -85,6 +85,8 @@ def write_progress(store: Store, record: ProgressRecord) -> None:
     if stored is not None and stored.get("revision", 0) >= status.revision:
         return  # a newer record (or this one: a retry) is stored
     projection = dataclasses.asdict(status)
+    # The dashboard's chart counts orders by the day they were placed and their status now.
+    projection["day_status"] = day_value(status.placed_at or status.updated_at or "", status.status)
     store.update(
         ORDERS,
         status.order_id,
@@ -117,6 +119,9 @@ class _OrderStepActivities:
         self.rules = rules
         self.texts = texts
 
+    # The steps' names in a failed attempt's line, as the order page names them (orders/display.py).
+    AUDITED_STEP_NAMES = {"inventory": "Reserve inventory", "payment": "Charge payment", "shipping": "Prepare package"}
+
     @contextlib.contextmanager
     def _audited(self, step: StepRequest, name: str):
         """Record a failed attempt in the order's audit trail, then let it fail
@@ -132,7 +137,12 @@ class _OrderStepActivities:
                     order_id=step.order_id,
                     key=f"{name}-attempt-{attempt}-failed",
                     kind="failure" if final else "retry",
-                    message=f"{name} attempt {attempt} failed: {err}",
+                    message=self._text(
+                        "attempt_failed" if final else "attempt_retrying",
+                        step=self.AUDITED_STEP_NAMES.get(name, name),
+                        attempt=attempt,
+                        reason=str(err).rstrip(".") or type(err).__name__,
+                    ),
                     at=utc_now("milliseconds"),
                     attempt=attempt,
                 ),

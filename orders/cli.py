@@ -211,8 +211,7 @@ def events_command(order_id, as_json):
         click.echo(json.dumps({"events": events_}, indent=2))
         return
     for event in events_:
-        attempt = f" (attempt {event['attempt']})" if event.get("attempt") else ""
-        click.echo(f"{event['at'][:19].replace('T', ' ')}  {event['kind']:<12} {event['message']}{attempt}")
+        click.echo(f"{event['at'][:19].replace('T', ' ')}  {event['kind']:<12} {event['message']}")  # a retry names its attempt
 
 
 @orders_cli.command("approve")

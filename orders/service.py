@@ -31,6 +31,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from core.formatting import CHART_DAYS, counts_by_day, last_days
 from core.idempotency import IdempotencyKeyReused, fingerprint
 from core.rules import Messages, Rules
 from core.settings import Settings, temporal_connect_config
@@ -69,6 +70,13 @@ from orders.workflow import OrderWorkflow
 # shipping child's ID, a loan's, a path trick) is unknown without asking
 # Temporal, and never reaches the store as a file name.
 ORDER_ID = re.compile(r"^[0-9a-f]{12}$")
+# Fields of the stored record that are the store's (the chart's count), not the order's.
+STORE_ONLY_FIELDS = ("day_status",)
+
+
+def _shown(stored: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in stored.items() if key not in STORE_ONLY_FIELDS}
+
 CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 # Seconds to wait for Temporal: a start or a signal is one server call; a query
 # needs a worker (without one it waits, then the store answers); an update
@@ -245,7 +253,12 @@ class OrderService:
 
     def recent(self, page: int) -> tuple[list[dict], int, int]:
         """One page of stored orders, newest first; the total and the page count."""
-        return page_of(self.store, ORDERS, page, PAGE_SIZE)
+        orders, total, pages = page_of(self.store, ORDERS, page, PAGE_SIZE)
+        return [_shown(order) for order in orders], total, pages
+
+    def statuses_by_day(self, days: int = CHART_DAYS) -> dict[str, dict[str, int]]:
+        """The orders placed on each of the last `days` days by their status now: counts the store keeps."""
+        return counts_by_day(self.store.count_by(ORDERS, "day_status"), last_days(days))
 
     def counts(self) -> dict[str, int]:
         """Orders by status, kept by the store on every write (no scan)."""
@@ -268,7 +281,7 @@ class OrderService:
         workflow_id = self._workflow_id(order_id)
         stored = self.store.get(ORDERS, order_id)
         if stored is not None:
-            return OrderView(stored, "store")
+            return OrderView(_shown(stored), "store")
         try:
             async with asyncio.timeout(QUERY_TIMEOUT):
                 client = await self.temporal.get()
@@ -278,7 +291,7 @@ class OrderService:
             pass  # unknown, no worker, or no server: the store may have it by now
         stored = self.store.get(ORDERS, order_id)
         if stored is not None:
-            return OrderView(stored, "store")
+            return OrderView(_shown(stored), "store")
         return OrderView(dataclasses.asdict(await self._accepted_order(workflow_id)), "start")
 
     async def _accepted_order(self, workflow_id: str) -> OrderStatus:

@@ -27,6 +27,7 @@ from flask import (
     url_for,
 )
 
+from core.formatting import day_chart
 from core.idempotency import FORM_KEY_FIELD, IdempotencyKeyReused, form_key, new_form_key
 from core.temporal_client import OutcomeUnknown, TemporalUnavailable
 from orders.display import ATTEMPT_NAMES, POSTCODE_AFTER_CITY, STEP_NAMES
@@ -34,6 +35,7 @@ from orders.model import (
     FAILURE_STEPS,
     ORDER_EMAIL_KINDS,
     ORDER_MILESTONES,
+    ORDER_STATUSES,
     order_workflow_id,
 )
 from orders.service import (
@@ -305,6 +307,7 @@ def render_dashboard(values: dict[str, str], errors: dict[str, str], notice: dic
         notice=notice,
         labels=service().status_labels(),
         counts=service().counts(),
+        chart=day_chart(service().statuses_by_day(), ORDER_STATUSES),
     )
 
 

@@ -203,8 +203,7 @@
       item.appendChild(document.createTextNode(" "));
       item.appendChild(element("span", "event-kind", event.kind));
       item.appendChild(document.createTextNode(" "));
-      var attempt = event.attempt ? " (attempt " + event.attempt + ")" : "";
-      item.appendChild(element("span", "event-message", event.message + attempt));
+      item.appendChild(element("span", "event-message", event.message));  // a failed attempt's line names it
       return item;
     }, "No events yet.");
   }

@@ -23,8 +23,12 @@ from typing import Any, Protocol
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 SORT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9.:+-]{1,64}$")
 # The fields each collection is counted by (`count_by`): the pages show these counts above the lists
-# (loans.model.APPLICATIONS by decision, orders.model.ORDERS by status).
-DEFAULT_COUNTED_FIELDS: dict[str, tuple[str, ...]] = {"applications": ("decision",), "orders": ("status",)}
+# (loans.model.APPLICATIONS by decision, orders.model.ORDERS by status), and the charts of the last
+# days by `day_*` ("2026-12-05/denied": core/formatting.py `day_value`), which their writers add.
+DEFAULT_COUNTED_FIELDS: dict[str, tuple[str, ...]] = {
+    "applications": ("decision", "day_decision"),
+    "orders": ("status", "day_status"),
+}
 # The collections whose keys are `<group>.<name>` and that find a group's newest listed record
 # (`newest_in_group`): an application is `<workflow id>.<run id>`, and a workflow ID runs again after its window.
 DEFAULT_GROUPED: tuple[str, ...] = ("applications",)

@@ -1,0 +1,116 @@
+"""The operators' lists (issue 28): a chart of the last 14 days above each (applications by decision,
+orders by status now), drawn from counts the store keeps, and the applications' contact answers."""
+
+from __future__ import annotations
+
+import html
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from core.formatting import counts_by_day, day_chart, day_value, last_days, sort_key_for
+from loans.model import APPLICATIONS
+from orders.activities import write_progress
+from orders.model import Address, OrderStatus, ProgressRecord
+from tests.fixtures import make_app, signed_in
+
+
+@pytest.fixture
+def app(settings, monkeypatch):
+    return make_app(settings, "127.0.0.1:1", monkeypatch)  # these pages read the store only
+
+
+@pytest.fixture
+def viewer(app, settings):
+    return signed_in(app.test_client(), settings, "viewer")
+
+
+def store_of(app):
+    return app.extensions["loan_service"].store
+
+
+def day(back: int) -> datetime:
+    return datetime.now(UTC) - timedelta(days=back)
+
+
+def application(store, when: datetime, decision: str, contact: str | None = None) -> None:
+    workflow_id = f"loan-{uuid.uuid4().hex}"
+    submitted_at = when.isoformat(timespec="microseconds")
+    document = {
+        "workflow_id": workflow_id,
+        "run_id": "run",
+        "submitted_at": submitted_at,
+        "application": {"name": f"Chart {decision}", "loan_amount": 1000, "credit_score": 700},
+        "decision": decision,
+        "day_decision": day_value(submitted_at, decision),  # as persist_application writes it
+        "contact_preference": contact,
+    }
+    store.put(APPLICATIONS, f"{workflow_id}.run", document, sort_key=sort_key_for(submitted_at))
+
+
+def chart_days(page: str, chart_id: str) -> dict[str, int]:
+    chart = page[page.index(f'id="{chart_id}"') :]
+    chart = chart[: chart.index("</figure>")]
+    return {day_: int(total) for day_, total in re.findall(r'data-day="([0-9-]+)" data-total="(\d+)"', chart)}
+
+
+def test_the_applications_chart_counts_the_last_14_days_by_decision(app, viewer):
+    store = store_of(app)
+    for decision in ("pre_approved", "pre_approved", "denied"):
+        application(store, day(0), decision)
+    application(store, day(2), "conditional", contact="yes")
+    application(store, day(20), "denied")  # older than the chart
+    page = viewer.get("/applications").get_data(as_text=True)
+    days = chart_days(page, "applications-chart")
+    assert list(days) == last_days(14) and sum(days.values()) == 4
+    assert days[last_days(1)[0]] == 3 and days[last_days(3)[0]] == 1
+    assert 'aria-label="Applications in the last 14 days, by decision: 4 applications in 14 days, 3 today"' in page
+    today = html.unescape(page)
+    assert f"{last_days(1)[0]}: 3 applications, 2 pre-approved, 1 denied" in today
+    # The list says who asked to be contacted.
+    assert "Asked to be contacted" in page and "No answer" in page
+
+
+def order_status(order_id: str, status: str, revision: int, placed: datetime) -> OrderStatus:
+    return OrderStatus(
+        order_id=order_id,
+        customer_id="chart",
+        status=status,
+        step="complete" if status == "completed" else "validate",
+        address=Address("Ada Lovelace", "12 Analytical Way", "London", "N1 9GU", "UK"),
+        expedited=False,
+        total=10.0,
+        placed_at=placed.isoformat(),
+        updated_at=placed.isoformat(),
+        revision=revision,
+    )
+
+
+def test_the_orders_chart_counts_each_order_once_under_its_status_now(app, viewer):
+    store = store_of(app)
+    order_id = uuid.uuid4().hex[:12]
+    write_progress(store, ProgressRecord(order_status(order_id, "processing", 1, day(1)), []))
+    write_progress(store, ProgressRecord(order_status(uuid.uuid4().hex[:12], "cancelled", 1, day(0)), []))
+    before = html.unescape(viewer.get("/orders").get_data(as_text=True))
+    assert f"{last_days(2)[0]}: 1 order, 1 processing" in before
+    write_progress(store, ProgressRecord(order_status(order_id, "completed", 2, day(1)), []))  # the same order, moved on
+    page = viewer.get("/orders").get_data(as_text=True)
+    days = chart_days(page, "orders-chart")
+    assert sum(days.values()) == 2 and days[last_days(2)[0]] == 1 and days[last_days(1)[0]] == 1
+    assert f"{last_days(2)[0]}: 1 order, 1 delivered" in html.unescape(page)  # the status as the page names it
+    # The count is the store's; the order's own record and the API show the order only.
+    assert "day_status" not in viewer.get(f"/api/orders/{order_id}").json
+    assert all("day_status" not in order for order in viewer.get("/api/orders").json["orders"])
+
+
+def test_days_and_their_counts():
+    assert last_days(3, today="2026-03-01") == ["2026-02-27", "2026-02-28", "2026-03-01"]
+    counts = {"2026-02-28/denied": 2, "2026-03-01/pre_approved": 1, "2026-03-01/denied": 1, "2025-01-01/denied": 9}
+    by_day = counts_by_day(counts, last_days(3, today="2026-03-01"))
+    assert by_day == {"2026-02-27": {}, "2026-02-28": {"denied": 2}, "2026-03-01": {"pre_approved": 1, "denied": 1}}
+    chart = day_chart(by_day, ("pre_approved", "denied"))
+    assert chart["total"] == 4 and chart["top"] == 2 and chart["today"] == 2
+    assert chart["days"][2] == ("2026-03-01", 2, [("pre_approved", 1), ("denied", 1)])
+    assert day_chart(counts_by_day({}, last_days(2)), ("denied",))["top"] == 1  # an empty chart still has a scale
