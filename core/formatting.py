@@ -39,7 +39,10 @@ def counts_by_day(counts: dict[str, int], days: list[str]) -> dict[str, dict[str
 def day_chart(by_day: dict[str, dict[str, int]], series: tuple[str, ...]) -> dict:
     """What templates/charts.html draws: each day with its total and its counts in `series` order
     (values outside `series` count in the total only), the tallest day, the sum."""
-    days = [(day, sum(counts.values()), [(value, counts[value]) for value in series if counts.get(value)]) for day, counts in by_day.items()]
+    days = [
+        (day, sum(counts.values()), [(value, counts[value]) for value in series if counts.get(value)])
+        for day, counts in by_day.items()
+    ]
     totals = [total for _, total, _ in days]
     return {"days": days, "top": max([*totals, 1]), "total": sum(totals), "today": totals[-1] if totals else 0}
 

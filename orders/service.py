@@ -77,6 +77,7 @@ STORE_ONLY_FIELDS = ("day_status",)
 def _shown(stored: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in stored.items() if key not in STORE_ONLY_FIELDS}
 
+
 CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 # Seconds to wait for Temporal: a start or a signal is one server call; a query
 # needs a worker (without one it waits, then the store answers); an update

@@ -120,8 +120,15 @@ class Process:
             self.popen.wait(10)
 
     def stop(self) -> None:
+        self.signal_stop()
+        self.wait_stopped()
+
+    def signal_stop(self) -> None:
         if self.popen and self.popen.poll() is None:
             os.killpg(self.popen.pid, signal.SIGTERM)
+
+    def wait_stopped(self) -> None:
+        if self.popen and self.popen.poll() is None:
             try:
                 self.popen.wait(15)
             except subprocess.TimeoutExpired:
@@ -205,8 +212,12 @@ class Stack:
         raise RuntimeError(f"the stack did not become ready; logs in {self.root / 'logs'}")
 
     def stop(self) -> None:
-        for process in [self.web, *self.workers, self.temporal, self.stripe]:
-            process.stop()
+        """Every process asked to stop at once (a worker takes up to its graceful shutdown to finish), then waited for."""
+        processes = [self.web, *self.workers, self.temporal, self.stripe]
+        for process in processes:
+            process.signal_stop()
+        for process in processes:
+            process.wait_stopped()
 
 
 class Clients:
@@ -359,10 +370,18 @@ async def worker_to_kill(stack: Stack, client, clients: Clients, closed: set[str
 
 
 async def inject_faults(
-    stack: Stack, clients: Clients, figures: Figures, worker_kills: int, stop: asyncio.Event, duration: float
+    stack: Stack,
+    clients: Clients,
+    figures: Figures,
+    worker_kills: int,
+    stop: asyncio.Event,
+    duration: float,
+    aimed_kills: int | None = None,
 ) -> None:
-    """kill -9 evenly over the load: the workers (one at a time; one running a charge if there is one),
-    the dev server and the web app among them."""
+    """kill -9 evenly over the load: the workers (one at a time), the dev server and the web app among
+    them. The first `aimed_kills` worker kills (default: all) aim at a worker running a charge, if one
+    is; each such charge then waits out its 30 s attempt timeout before its retry."""
+    aimed_kills = worker_kills if aimed_kills is None else aimed_kills
     closed: set[str] = set()
     client = await stack_client(stack)
     plan = [("worker", n % len(stack.workers)) for n in range(worker_kills)]
@@ -375,7 +394,8 @@ async def inject_faults(
             return  # the load finished first
         except TimeoutError:
             pass
-        if kind == "worker" and stack.workers:
+        if kind == "worker" and stack.workers and aimed_kills > 0:
+            aimed_kills -= 1
             index, charging = await worker_to_kill(stack, client, clients, closed, index)
             figures.charges_killed += charging
         process = {"worker": stack.workers[index] if stack.workers else None, "temporal": stack.temporal, "web": stack.web}[kind]
@@ -407,6 +427,8 @@ def unreadable_json_files(data_dir: Path) -> list[Path]:
 
 async def check(stack: Stack, clients: Clients, figures: Figures, settle_seconds: float) -> None:
     """From outside, after the load: records, orders, stock, files."""
+    from temporalio.client import WorkflowExecutionStatus
+
     from core.store.files import JsonStore
     from loans.model import APPLICATIONS
     from orders.model import OrderStatus, order_workflow_id
@@ -436,18 +458,15 @@ async def check(stack: Stack, clients: Clients, figures: Figures, settle_seconds
 
     client = await stack_client(stack)
     problems: list[str] = []
-    for order_id in clients.order_ids:
-        while True:
-            found = await order_problems(client, store, order_id)
-            if not any("RUNNING" in problem for problem in found) or time.monotonic() > deadline:
-                break
+    for order_id in clients.order_ids:  # until each has closed, or the deadline (then it is a problem below)
+        handle = client.get_workflow_handle(order_workflow_id(order_id))
+        while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
-        problems += found
     # Every order is closed now (or counted as a problem): the provider's records are final.
     at_provider = provider_payments(stack.env["STRIPE_API_KEY"], stack.env["STRIPE_API_BASE"])
     for order_id in clients.order_ids:
         found = await order_problems(client, store, order_id, provider=at_provider.get(order_id, []))
-        problems += [problem for problem in found if problem not in problems]
+        problems += found
         figures.orders_final += not found
         taken = [payment for payment in at_provider.get(order_id, []) if payment[0] == "succeeded"]
         figures.provider_charges += len(taken)
@@ -460,7 +479,15 @@ async def check(stack: Stack, clients: Clients, figures: Figures, settle_seconds
 
 
 async def run(
-    root: Path, loans: int, orders: int, worker_kills: int, concurrency: int, seed: int, time_limit: float, duration: float
+    root: Path,
+    loans: int,
+    orders: int,
+    worker_kills: int,
+    concurrency: int,
+    seed: int,
+    time_limit: float,
+    duration: float,
+    aimed_kills: int | None = None,
 ) -> Figures:
     figures = Figures()
     stack = Stack(root)
@@ -468,7 +495,7 @@ async def run(
     try:
         clients = Clients(stack, figures, seed, deadline=time.monotonic() + time_limit)
         stop = asyncio.Event()
-        faults = asyncio.create_task(inject_faults(stack, clients, figures, worker_kills, stop, duration))
+        faults = asyncio.create_task(inject_faults(stack, clients, figures, worker_kills, stop, duration, aimed_kills))
         await clients.run(loans, orders, concurrency, duration)
         stop.set()
         await faults

@@ -31,6 +31,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
+from core.formatting import day_value
 from core.rules import load_messages, load_rules
 from core.store.files import JsonStore
 from orders import customer_emails as customer_emails_module
@@ -198,6 +199,8 @@ def assert_recorded_in_full(order_settings, status: OrderStatus, expected_events
     """The stored record is the order's final state; each email's outcome is stored (no mail server in
     these tests: "not_configured"), none left "sending"; every expected event is there, numbered without gaps."""
     saved = store(order_settings).get(ORDERS, status.order_id)
+    # The order's state, and what the store counts it under for the dashboard's chart.
+    assert saved.pop("day_status") == day_value(status.placed_at, "completed")
     assert saved == json.loads(json.dumps(dataclasses.asdict(status)))
     assert {kind: state["status"] for kind, state in saved["emails"].items()} == dict.fromkeys(
         ("received", "shipped", "delivered"), "not_configured"

@@ -75,8 +75,8 @@ class Ports(NamedTuple):
     stripe: int = 0  # the local Stripe's
 
 
-def start_on_free_ports(tmp_path: Path, worker_metrics: bool = False) -> tuple[subprocess.Popen, Path, Ports]:
-    """`make run` with every port free (a second stack beside any other), as `start_make_run`."""
+def start_on_free_ports(tmp_path: Path, worker_metrics: bool = False, **settings: str) -> tuple[subprocess.Popen, Path, Ports]:
+    """`make run` with every port free (a second stack beside any other) and `settings`, as `start_make_run`."""
     ports = Ports(free_port(), free_port(), free_port(), free_port(), free_port() if worker_metrics else None, free_port())
     make, log = start_make_run(
         tmp_path,
@@ -86,6 +86,7 @@ def start_on_free_ports(tmp_path: Path, worker_metrics: bool = False) -> tuple[s
         SMTP_SINK_PORT=str(ports.smtp),
         WORKER_METRICS_PORT=str(ports.metrics or ""),
         LOCALSTRIPE_PORT=str(ports.stripe),
+        **settings,
     )
     return make, log, ports
 

@@ -662,8 +662,12 @@ async def test_a_payment_failure_injected_on_the_tracker_is_retried_in_sight(ope
     await expect(events).to_have_count(2)
     # One line each, in words: the step's name, the attempt, what happened, what comes next.
     lost = "simulated: the answer was lost after the provider acted"
-    await expect(events.nth(0)).to_have_text(re.compile(rf"Charge payment: attempt 1 failed \({lost} \(1 of 2\)\)\. Trying again\.$"))
-    await expect(events.nth(1)).to_have_text(re.compile(rf"Charge payment: attempt 2 failed \({lost} \(2 of 2\)\)\. Trying again\.$"))
+    await expect(events.nth(0)).to_have_text(
+        re.compile(rf"Charge payment: attempt 1 failed \({lost} \(1 of 2\)\)\. Trying again\.$")
+    )
+    await expect(events.nth(1)).to_have_text(
+        re.compile(rf"Charge payment: attempt 2 failed \({lost} \(2 of 2\)\)\. Trying again\.$")
+    )
     # In the process's order, by their names (they were alphabetical, by internal name).
     attempts = operator.locator("#order-attempts li")
     for number, text in enumerate(["Validate: 1 attempt", "Reserve inventory: 1 attempt", "Charge payment: 3 attempts"]):
