@@ -55,10 +55,13 @@ bench: install
 
 install: $(VENV)/.installed
 
+# The first time, it says what it is doing: pip is quiet, and the install takes about a minute.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
+	@echo "Setting up $(VENV): installing the pinned requirements (about a minute, the first time) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
 	@touch $@
+	@echo "$(VENV) is ready."
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import random
 
+import stripe
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from core.formatting import day_value, format_amount, sort_key_for, utc_now
 from core.rules import Rules
@@ -57,6 +59,8 @@ from orders.model import (
 )
 from orders.payments import NETWORK_FAULTS, PaymentDeclined, Payments
 from orders.rewards_model import AwardPoints, RewardsInput, RewardsState, RewardTierRule
+
+log = logging.getLogger(__name__)
 
 # --- orders ------------------------------------------------------------------
 
@@ -111,6 +115,12 @@ def order_events(store: Store, order_id: str) -> list[dict]:
     return sorted(events.values(), key=lambda e: (e["at"], e["key"]))
 
 
+def simulated(message: str) -> ApplicationError:
+    """A failure the failure simulation asked for: retried like any, but expected, so the SDK logs it at
+    DEBUG with no traceback (BENIGN) and the order's own line (`_audited`) is the one the log shows."""
+    return ApplicationError(message, type=INJECTED_FAILURE, category=ApplicationErrorCategory.BENIGN)
+
+
 class _OrderStepActivities:
     """What every order step shares: simulated failures and recording failed attempts."""
 
@@ -131,22 +141,26 @@ class _OrderStepActivities:
             yield attempt
         except Exception as err:
             final = isinstance(err, ApplicationError) and err.non_retryable
+            message = self._text(
+                "attempt_failed" if final else "attempt_retrying",
+                step=self.AUDITED_STEP_NAMES.get(name, name),
+                attempt=attempt,
+                # An ApplicationError's str() leads with its type ("InjectedFailure: …"): its message is what happened.
+                reason=(err.message if isinstance(err, ApplicationError) else str(err)).rstrip(".") or type(err).__name__,
+            )
             write_event(
                 self.store,
                 OrderEvent(
                     order_id=step.order_id,
                     key=f"{name}-attempt-{attempt}-failed",
                     kind="failure" if final else "retry",
-                    message=self._text(
-                        "attempt_failed" if final else "attempt_retrying",
-                        step=self.AUDITED_STEP_NAMES.get(name, name),
-                        attempt=attempt,
-                        reason=str(err).rstrip(".") or type(err).__name__,
-                    ),
+                    message=message,
                     at=utc_now("milliseconds"),
                     attempt=attempt,
                 ),
             )
+            if isinstance(err, ApplicationError) and err.category == ApplicationErrorCategory.BENIGN:
+                log.info("Order %s: %s", step.order_id, message)  # expected: one line, no traceback
             raise
 
     def _write_carried_record(self, step: StepRequest) -> None:
@@ -163,12 +177,12 @@ class _OrderStepActivities:
             if failure.permanent:
                 raise ApplicationError(permanent_message, type=PERMANENT_FAILURE_TYPES[name], non_retryable=True)
             if attempt <= failure.times:
-                raise ApplicationError(f"simulated {name} failure ({attempt} of {failure.times})", type=INJECTED_FAILURE)
+                raise simulated(f"simulated {name} failure ({attempt} of {failure.times})")
         rate = step.policy.random_failure_rate
         # Seeded per order, step and attempt: the same run fails the same way every time.
         draw = random.Random(f"{step.policy.random_failure_seed}:{step.workflow_id}:{name}:{attempt}").random()
         if rate and draw < rate:
-            raise ApplicationError(f"random {name} failure (rate {rate})", type=INJECTED_FAILURE)
+            raise simulated(f"random {name} failure (rate {rate})")
 
     def _text(self, key: str, **values) -> str:
         return self.texts[key].format(**values)
@@ -316,6 +330,11 @@ class OrderActivities(_OrderStepActivities):
             fault, note = self._network_fault(request.step, attempt) if self.payments.provider else (None, "")
             try:
                 payment = self.payments.charge(request.step.order_id, request.amount, attempt, declined, fault, note)
+            except stripe.StripeError as err:
+                provider = self.payments.provider
+                if provider is None or not provider.network.met_fault():
+                    raise  # a real fault at the network: retried, and logged with its traceback
+                raise simulated(str(err)) from None
             except PaymentDeclined as err:
                 raise ApplicationError(str(err) or self._text("declined"), type=PAYMENT_DECLINED, non_retryable=True) from None
             if not self.payments.provider:

@@ -74,7 +74,15 @@ class NetworkWithFaults(stripe.HTTPXClient):
 
     def arm(self, fault: str | None, note: str = "") -> None:
         """The fault this thread's next call meets (None: none), and what the failure says of it."""
-        self._armed.fault, self._armed.note = fault, f" ({note})" if note else ""
+        self._armed.fault, self._armed.note, self._armed.met = fault, f" ({note})" if note else "", False
+
+    def disarm(self) -> None:
+        """No fault for the next calls; whether the last one was met stays known (`met_fault`)."""
+        self._armed.fault = None
+
+    def met_fault(self) -> bool:
+        """Whether this thread's armed fault was acted out: the error the call raised is simulated."""
+        return bool(getattr(self._armed, "met", False))
 
     def request(  # type: ignore[override]  # HTTPXClient's own signature (bytes), which it overrides the same way
         self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
@@ -82,7 +90,7 @@ class NetworkWithFaults(stripe.HTTPXClient):
         fault = getattr(self._armed, "fault", None)
         if fault is None or (method.lower() == "post" and urlsplit(url).path == "/v1/payment_intents"):
             return super().request(method, url, headers, post_data)
-        self._armed.fault = None
+        self._armed.fault, self._armed.met = None, True
         note = self._armed.note
         if fault == "unreached":
             raise stripe.APIConnectionError(f"simulated: the request never reached the provider{note}", should_retry=True)
@@ -160,7 +168,7 @@ class Payments:
             return self._charge_once(key, order_id, amount, attempt, declined)
         finally:
             if self.provider is not None:
-                self.provider.network.arm(None)
+                self.provider.network.disarm()
 
     def _charge_once(self, key: str, order_id: str, amount: float, attempt: int, declined: bool) -> Payment:
         with self.store.locked(PAYMENTS, key):

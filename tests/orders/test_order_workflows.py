@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
+import logging
 import os
 import re
 import uuid
@@ -504,7 +505,8 @@ async def test_approving_an_order_that_needs_no_review_is_refused(time_skipping_
     assert (await handle.result()).status == "completed"
 
 
-async def test_payment_failing_twice_charges_exactly_once(time_skipping_env, order_settings, order_workers):
+async def test_payment_failing_twice_charges_exactly_once(time_skipping_env, order_settings, order_workers, caplog):
+    caplog.set_level(logging.DEBUG)
     request = order_request(order_settings, SMALL, failures=[FailureInjection("payment", times=2)])
     handle = await start(time_skipping_env.client, order_settings, request)
     status = await handle.result()
@@ -521,6 +523,7 @@ async def test_payment_failing_twice_charges_exactly_once(time_skipping_env, ord
     retries = [e for e in order_events(store(order_settings), request.order_id) if e["kind"] == "retry"]
     assert [e["attempt"] for e in retries] == [1, 2]
     assert "the answer was lost after the provider acted" in retries[0]["message"]
+    assert_expected_failures_logged_as_one_line_each(caplog, request.order_id, 2)
 
 
 async def test_declined_card_fails_the_order_and_releases_stock(time_skipping_env, order_settings, order_workers):
@@ -544,13 +547,26 @@ async def test_shipping_failing_permanently_refunds_and_releases(time_skipping_e
     assert kinds.count("compensation") == 2 and "failure" in kinds
 
 
-async def test_failure_injected_into_a_running_order_is_retried(time_skipping_env, order_settings, order_workers):
-    handle = await start(time_skipping_env.client, order_settings, order_request(order_settings, LARGE))
+async def test_failure_injected_into_a_running_order_is_retried(time_skipping_env, order_settings, order_workers, caplog):
+    caplog.set_level(logging.DEBUG)
+    request = order_request(order_settings, LARGE)
+    handle = await start(time_skipping_env.client, order_settings, request)
     await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
     await handle.signal(OrderWorkflow.inject_failure, FailureInjection("shipping", times=2))
     await update(handle, OrderWorkflow.approve, ApproveRequest())
     status = await handle.result()
     assert status.status == "completed" and status.attempts["prepared"] == 3
+    assert_expected_failures_logged_as_one_line_each(caplog, request.order_id, 2)
+
+
+def assert_expected_failures_logged_as_one_line_each(caplog, order_id: str, count: int) -> None:
+    """A simulated failure is expected: the worker's log says it in the order's one line (INFO), and the
+    SDK's "Completing activity as failed" with its traceback drops to DEBUG (a real failure keeps WARNING)."""
+    lines = [r for r in caplog.records if r.name == "orders.activities" and order_id in r.getMessage()]
+    assert [r.levelno for r in lines] == [logging.INFO] * count, [r.getMessage() for r in lines]
+    assert all(r.exc_info is None and "Trying again." in r.getMessage() for r in lines)
+    failed = [r for r in caplog.records if r.getMessage().startswith("Completing activity as failed")]
+    assert failed and all(r.levelno == logging.DEBUG for r in failed), [(r.levelname, r.getMessage()) for r in failed]
 
 
 async def test_expedite_ships_by_express(time_skipping_env, order_settings, order_workers):

@@ -283,3 +283,16 @@ def supervised_or_none(data, name: str, not_pid: int) -> psutil.Process | None:
     except AssertionError:
         return None
     return process if process.pid != not_pid else None
+
+
+def test_the_first_make_says_it_is_installing_before_it_goes_quiet(tmp_path):
+    """Issue 28: the first `make run` was silent for a minute while pip installed. `make -n` on a
+    checkout with no virtualenv prints what it would do, and the first thing is to say so."""
+    for name in ("Makefile", "requirements.txt", "requirements-dev.txt"):
+        (tmp_path / name).write_bytes((HERE / name).read_bytes())
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MAKE") and key != "MFLAGS"}
+    planned = subprocess.run(["make", "-n", "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert planned.returncode == 0, planned.stderr
+    commands = planned.stdout.splitlines()
+    assert commands[0].startswith('echo "Setting up .venv: installing the pinned requirements'), commands
+    assert any("pip install --quiet" in command for command in commands), commands
