@@ -58,6 +58,7 @@ from orders.model import (
     rewards_workflow_id,
 )
 from orders.payments import NETWORK_FAULTS, PaymentDeclined, Payments
+from orders.review_queue import in_review_queue, sync_review_queue
 from orders.rewards_model import AwardPoints, RewardsInput, RewardsState, RewardTierRule
 
 log = logging.getLogger(__name__)
@@ -86,17 +87,18 @@ def write_progress(store: Store, record: ProgressRecord) -> None:
     for notice in record.notices:
         write_notice(store, notice)
     stored = store.get(ORDERS, status.order_id)
-    if stored is not None and stored.get("revision", 0) >= status.revision:
-        return  # a newer record (or this one: a retry) is stored
-    projection = dataclasses.asdict(status)
-    # The dashboard's chart counts orders by the day they were placed and their status now.
-    projection["day_status"] = day_value(status.placed_at or status.updated_at or "", status.status)
-    store.update(
-        ORDERS,
-        status.order_id,
-        lambda current: projection if current is None or current.get("revision", 0) < status.revision else current,
-        sort_key=sort_key_for(status.placed_at or status.updated_at or ""),
-    )
+    if stored is None or stored.get("revision", 0) < status.revision:  # else a newer record (or this one) is stored
+        projection = dataclasses.asdict(status)
+        # The dashboard's chart counts orders by the day they were placed and their status now.
+        projection["day_status"] = day_value(status.placed_at or status.updated_at or "", status.status)
+        store.update(
+            ORDERS,
+            status.order_id,
+            lambda current: projection if current is None or current.get("revision", 0) < status.revision else current,
+            sort_key=sort_key_for(status.placed_at or status.updated_at or ""),
+        )
+    if status.needs_review and in_review_queue(store, status.order_id) != (status.status == "awaiting_review"):
+        sync_review_queue(store, status.order_id)  # also on a retry after a crash between the two writes
 
 
 def write_notice(store: Store, request: NotificationRequest) -> None:

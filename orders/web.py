@@ -38,6 +38,7 @@ from orders.model import (
     ORDER_STATUSES,
     order_workflow_id,
 )
+from orders.review_page import orders_review
 from orders.service import (
     ActionFailed,
     ActionRefused,
@@ -442,3 +443,4 @@ def init_app(app, service_: OrderService) -> None:
     app.extensions["order_service"] = service_
     app.register_blueprint(orders_api)
     app.register_blueprint(orders_pages)
+    app.register_blueprint(orders_review)  # /orders/review: the review queue (orders/review_page.py)

@@ -85,6 +85,7 @@ ROLE_OF_ENDPOINT = {
             "orders_api.rewards",
             "orders_pages.dashboard",
             "orders_pages.tracker",
+            "orders_review.queue",
             "api.applications_api",
             "pages.applications",
             "metrics.exposition",

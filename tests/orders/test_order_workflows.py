@@ -66,6 +66,7 @@ from orders.model import (
     rewards_workflow_id,
     workflow_texts,
 )
+from orders.review_queue import awaiting_review, in_review_queue
 from orders.rewards import RewardsWorkflow
 from orders.rewards_model import AwardPoints, RewardsInput, RewardsState, RewardTierRule
 from orders.shipping import ShippingWorkflow
@@ -333,11 +334,16 @@ async def test_large_order_waits_for_approval_then_completes(time_skipping_env, 
     handle = await start(time_skipping_env.client, order_settings, order_request(order_settings, LARGE))
     waiting = await wait_for(handle, lambda s: s.status == "awaiting_review", "review")
     assert waiting.needs_review and waiting.review_deadline and not waiting.approved
+    # The operators' review queue has it, with its deadline, while it waits (orders/review_queue.py): its
+    # record is written in the workflow task that began the wait, which the query's answer came after.
+    queued = awaiting_review(store(order_settings))
+    assert [(o["order_id"], o["review_deadline"]) for o in queued] == [(waiting.order_id, waiting.review_deadline)]
 
     approved = await update(handle, OrderWorkflow.approve, ApproveRequest("alice"))
     assert approved.approved and approved.approved_by == "alice"
     status = await handle.result()
     assert status.status == "completed" and status.points_awarded == 2498
+    assert not in_review_queue(store(order_settings), status.order_id)
 
 
 async def test_plain_updates_sent_straight_to_temporal_act_as_no_operator(time_skipping_env, order_settings, order_workers):
@@ -419,6 +425,7 @@ async def test_review_timeout_cancels_and_releases_stock(time_skipping_env, orde
     status = await handle.result()  # time skips past the 3-minute SLA
 
     assert status.status == "cancelled" and status.cancelled
+    assert not in_review_queue(store(order_settings), request.order_id)  # it left the queue with its deadline
     assert "cancelled automatically" in status.reason
     assert status.compensations == ["release inventory"]
     assert status.payment is None

@@ -237,6 +237,7 @@ PAGES = {
     "applications": (lambda s: "/applications", True, 200),
     "orders": (lambda s: "/orders", True, 200),
     "order-tracker": (lambda s: f"/orders/{s['order_id']}", True, 200),
+    "review-queue": (lambda s: "/orders/review", True, 200),
     "mail": (lambda s: "/mail", True, 200),
     "mail-message": (lambda s: f"/mail/{s['mail_name']}", True, 200),
 }

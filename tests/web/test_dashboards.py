@@ -114,3 +114,64 @@ def test_days_and_their_counts():
     assert chart["total"] == 4 and chart["top"] == 2 and chart["today"] == 2
     assert chart["days"][2] == ("2026-03-01", 2, [("pre_approved", 1), ("denied", 1)])
     assert day_chart(counts_by_day({}, last_days(2)), ("denied",))["top"] == 1  # an empty chart still has a scale
+
+
+# --- the review queue ----------------------------------------------------------------------
+
+
+def for_review(order_id: str, status: str, revision: int, deadline_in: timedelta | None) -> OrderStatus:
+    order = order_status(order_id, status, revision, day(0))
+    order.needs_review = True
+    order.total = 2498.0
+    order.review_deadline = (datetime.now(UTC) + deadline_in).isoformat() if deadline_in is not None else None
+    return order
+
+
+def test_an_order_is_in_the_review_queue_exactly_while_it_waits(app):
+    from orders.review_queue import awaiting_review, in_review_queue
+
+    store = store_of(app)
+    order_id = uuid.uuid4().hex[:12]
+    write_progress(store, ProgressRecord(for_review(order_id, "processing", 1, None), []))
+    assert not in_review_queue(store, order_id)
+    waiting = for_review(order_id, "awaiting_review", 2, timedelta(minutes=30))
+    write_progress(store, ProgressRecord(waiting, []))
+    [queued] = [order for order in awaiting_review(store) if order["order_id"] == order_id]
+    assert queued["review_deadline"] == waiting.review_deadline and queued["total"] == 2498.0
+    write_progress(store, ProgressRecord(for_review(order_id, "shipping", 3, timedelta(minutes=30)), []))
+    assert not in_review_queue(store, order_id)
+    write_progress(store, ProgressRecord(waiting, []))  # the waiting record again, late: the order has moved on
+    assert not in_review_queue(store, order_id)
+
+
+def test_a_record_retried_after_a_crash_between_its_two_writes_puts_the_queue_right(app):
+    """The order's record was written, then the worker died before the queue was: the retry finds the
+    record stored (it writes nothing) and still brings the queue in line with it."""
+    import dataclasses
+
+    from orders.model import ORDERS
+    from orders.review_queue import in_review_queue
+
+    store = store_of(app)
+    order_id = uuid.uuid4().hex[:12]
+    waiting = for_review(order_id, "awaiting_review", 1, timedelta(minutes=10))
+    store.put(ORDERS, order_id, dataclasses.asdict(waiting), sort_key=sort_key_for(waiting.placed_at))  # the first write only
+    assert not in_review_queue(store, order_id)
+    write_progress(store, ProgressRecord(waiting, []))  # the retry
+    assert in_review_queue(store, order_id)
+
+
+def test_the_review_queue_shows_the_nearest_deadline_first_and_the_dashboard_links_to_it(app, viewer):
+    store = store_of(app)
+    later, sooner, late = (uuid.uuid4().hex[:12] for _ in range(3))
+    write_progress(store, ProgressRecord(for_review(later, "awaiting_review", 1, timedelta(minutes=45)), []))
+    write_progress(store, ProgressRecord(for_review(sooner, "awaiting_review", 1, timedelta(minutes=3, seconds=30)), []))
+    write_progress(store, ProgressRecord(for_review(late, "awaiting_review", 1, timedelta(minutes=-2)), []))
+    page = viewer.get("/orders/review").get_data(as_text=True)
+    assert page.index(late) < page.index(sooner) < page.index(later)
+    assert "overdue" in page and "3 min left" in page and "44 min left" in page
+    assert "3 orders waiting for an approver" in page
+    assert f'href="/orders/{sooner}"' in page
+    assert 'href="/orders/review"' in viewer.get("/orders").get_data(as_text=True)  # the badge with the count
+    signed_out = app.test_client().get("/orders/review")
+    assert signed_out.status_code in (302, 303) and "/signin" in signed_out.headers["Location"]
