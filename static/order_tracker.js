@@ -14,6 +14,18 @@
   "use strict";
 
   var POLL_MS = 2000;
+  // Until the worker has recorded the order (just placed: its total not priced yet), look again
+  // sooner, a few times: the first record comes within a second when a worker runs.
+  var QUICK_POLL_MS = 300;
+  var quickPollsLeft = 10;
+
+  function nextPoll(source) {
+    if (source !== "store" && quickPollsLeft > 0) {
+      quickPollsLeft -= 1;
+      return QUICK_POLL_MS;
+    }
+    return POLL_MS;
+  }
   var root = document.getElementById("order-tracker");
   if (!root || !window.fetch) {
     return;
@@ -235,7 +247,7 @@
         showActions(order);
         showEvents(results[1].events);
         if (!order.final) {
-          window.setTimeout(refresh, POLL_MS);
+          window.setTimeout(refresh, nextPoll(order.source));
         }
       })
       .catch(function (error) {
@@ -250,6 +262,6 @@
   }
 
   if (root.dataset.final !== "true") {
-    window.setTimeout(refresh, POLL_MS);
+    window.setTimeout(refresh, nextPoll(root.dataset.source));
   }
 })();
