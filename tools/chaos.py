@@ -380,17 +380,19 @@ async def inject_faults(
     stop: asyncio.Event,
     duration: float,
     aimed_kills: int | None = None,
+    fault_window: float = 1.0,
 ) -> None:
-    """kill -9 evenly over the load: the workers (one at a time), the dev server and the web app among
-    them. The first `aimed_kills` worker kills (default: all) aim at a worker running a charge, if one
-    is; each such charge then waits out its 30 s attempt timeout before its retry."""
+    """kill -9 evenly over the first `fault_window` of the load (default: all of it): the workers (one at
+    a time), the dev server and the web app among them. The first `aimed_kills` worker kills (default:
+    all) aim at a worker running a charge, if one is; each such charge then waits out its 30 s attempt
+    timeout before its retry, as does any step a kill interrupts, so the last kill sets when the run ends."""
     aimed_kills = worker_kills if aimed_kills is None else aimed_kills
     closed: set[str] = set()
     client = await stack_client(stack)
     plan = [("worker", n % len(stack.workers)) for n in range(worker_kills)]
     plan.insert(len(plan) // 2, ("temporal", 0))
     plan.insert(len(plan) // 2 + 1, ("web", 0))
-    interval, started = duration / (len(plan) + 1), time.monotonic()
+    interval, started = duration * fault_window / (len(plan) + 1), time.monotonic()
     for number, (kind, index) in enumerate(plan, start=1):
         try:
             await asyncio.wait_for(stop.wait(), max(0.0, started + number * interval - time.monotonic()))
@@ -491,6 +493,7 @@ async def run(
     time_limit: float,
     duration: float,
     aimed_kills: int | None = None,
+    fault_window: float = 1.0,
 ) -> Figures:
     figures = Figures()
     stack = Stack(root)
@@ -498,7 +501,9 @@ async def run(
     try:
         clients = Clients(stack, figures, seed, deadline=time.monotonic() + time_limit)
         stop = asyncio.Event()
-        faults = asyncio.create_task(inject_faults(stack, clients, figures, worker_kills, stop, duration, aimed_kills))
+        faults = asyncio.create_task(
+            inject_faults(stack, clients, figures, worker_kills, stop, duration, aimed_kills, fault_window)
+        )
         await clients.run(loans, orders, concurrency, duration)
         stop.set()
         await faults
