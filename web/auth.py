@@ -86,6 +86,7 @@ ROLE_OF_ENDPOINT = {
             "orders_pages.dashboard",
             "orders_pages.tracker",
             "orders_review.queue",
+            "orders_review.find",
             "api.applications_api",
             "pages.applications",
             "metrics.exposition",
