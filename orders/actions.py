@@ -1,9 +1,11 @@
-"""What an order still offers its operators: one pure function, for the workflow and the pages.
+"""What an order still offers its operators: one pure rule, for the workflow and the pages.
 
 The workflow computes the actions from its live state and records them with the
 order (`OrderStatus.actions`); the service uses the same rule for a record
 written before the workflow recorded them.
 """
+
+from typing import Any
 
 from orders.model import FINAL_ORDER_STATUSES
 
@@ -37,3 +39,12 @@ def available_actions(
     if not released:
         actions.append("simulate-failure")
     return actions
+
+
+def recorded_actions(status: dict[str, Any]) -> list[str]:
+    """The actions of a stored order record, as the workflow recorded them (OrderStatus.actions); pages
+    offer only these. Records written before the workflow said so fall back to the same rule."""
+    if "actions" in status:
+        return list(status["actions"])
+    stage = (status.get("shipment") or {}).get("stage") or "not_started"
+    return available_actions(status["status"], stage, bool(status.get("expedited")), released=stage in HANDED_TO_CARRIER)

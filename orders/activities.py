@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import logging
 import random
+from typing import Any
 
 import stripe
 from temporalio import activity
@@ -99,6 +100,15 @@ def write_progress(store: Store, record: ProgressRecord) -> None:
         )
     if status.needs_review and in_review_queue(store, status.order_id) != (status.status == "awaiting_review"):
         sync_review_queue(store, status.order_id)  # also on a retry after a crash between the two writes
+
+
+# Fields of the stored record that are the store's (the chart's count: `write_progress`), not the order's.
+STORE_ONLY_FIELDS = ("day_status",)
+
+
+def stored_order(record: dict[str, Any]) -> dict[str, Any]:
+    """An order's stored record as the order's own: without what the store counts it by."""
+    return {key: value for key, value in record.items() if key not in STORE_ONLY_FIELDS}
 
 
 def write_notice(store: Store, request: NotificationRequest) -> None:

@@ -153,8 +153,7 @@ class OrderRequest:
     placed_at: str
     failures: list[FailureInjection] = field(default_factory=list)
     shipping_task_queue: str = "shipping"
-    # The user-facing texts the workflow itself says (refusals, the review
-    # timeout), from messages.json; fixed at placement like the policy.
+    # The texts the workflow itself says (refusals, the review timeout), from messages.json; fixed when placed.
     texts: dict[str, str] = field(default_factory=dict)
     # Normalised (shared.normalize_email); None for orders placed before orders had one: they send no email.
     customer_email: str | None = None

@@ -38,9 +38,8 @@ from core.settings import Settings, temporal_connect_config
 from core.store import Store, page_of
 from core.temporal_client import OutcomeUnknown, ProcessClient, TemporalUnavailable, workflow_ui_url
 from core.validation import PAGE_SIZE
-from orders.actions import HANDED_TO_CARRIER
-from orders.actions import available_actions as actions_by_rule
-from orders.activities import order_events
+from orders.actions import recorded_actions
+from orders.activities import order_events, stored_order
 from orders.model import (
     ACTION_REFUSED,
     FINAL_ORDER_STATUSES,
@@ -70,12 +69,6 @@ from orders.workflow import OrderWorkflow
 # shipping child's ID, a loan's, a path trick) is unknown without asking
 # Temporal, and never reaches the store as a file name.
 ORDER_ID = re.compile(r"^[0-9a-f]{12}$")
-# Fields of the stored record that are the store's (the chart's count), not the order's.
-STORE_ONLY_FIELDS = ("day_status",)
-
-
-def _shown(stored: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in stored.items() if key not in STORE_ONLY_FIELDS}
 
 
 CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
@@ -255,7 +248,7 @@ class OrderService:
     def recent(self, page: int) -> tuple[list[dict], int, int]:
         """One page of stored orders, newest first; the total and the page count."""
         orders, total, pages = page_of(self.store, ORDERS, page, PAGE_SIZE)
-        return [_shown(order) for order in orders], total, pages
+        return [stored_order(order) for order in orders], total, pages
 
     def statuses_by_day(self, days: int = CHART_DAYS) -> dict[str, dict[str, int]]:
         """The orders placed on each of the last `days` days by their status now: counts the store keeps."""
@@ -282,7 +275,7 @@ class OrderService:
         workflow_id = self._workflow_id(order_id)
         stored = self.store.get(ORDERS, order_id)
         if stored is not None:
-            return OrderView(_shown(stored), "store")
+            return OrderView(stored_order(stored), "store")
         try:
             async with asyncio.timeout(QUERY_TIMEOUT):
                 client = await self.temporal.get()
@@ -292,7 +285,7 @@ class OrderService:
             pass  # unknown, no worker, or no server: the store may have it by now
         stored = self.store.get(ORDERS, order_id)
         if stored is not None:
-            return OrderView(_shown(stored), "store")
+            return OrderView(stored_order(stored), "store")
         return OrderView(dataclasses.asdict(await self._accepted_order(workflow_id)), "start")
 
     async def _accepted_order(self, workflow_id: str) -> OrderStatus:
@@ -420,7 +413,7 @@ class OrderService:
             "workflow_id": workflow_id,
             "status_label": self.status_label(status["status"]),
             "final": status["status"] in FINAL_ORDER_STATUSES,
-            "actions": available_actions(status),
+            "actions": recorded_actions(status),
             "source": view.source,
             "temporal_url": self.temporal_url(workflow_id),
         }
@@ -453,12 +446,3 @@ class OrderService:
         except TimeoutError as err:
             raise TemporalUnavailable(f"no answer describing {workflow_id}") from err
         return True
-
-
-def available_actions(status: dict[str, Any]) -> list[str]:
-    """The operator actions the order can still take, as the workflow says (OrderStatus.actions);
-    pages offer only these. Records written before the workflow said so fall back to the same rule."""
-    if "actions" in status:
-        return list(status["actions"])
-    stage = (status.get("shipment") or {}).get("stage") or "not_started"
-    return actions_by_rule(status["status"], stage, bool(status.get("expedited")), released=stage in HANDED_TO_CARRIER)
