@@ -1,9 +1,10 @@
-"""Input rules both halves share: text without control characters, whole numbers, pages, the invalid-input error."""
+"""Input rules both halves share: text without control characters, whole numbers, pages, list filters, the invalid-input error."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Collection, Mapping
 from typing import Annotated, Any
 
 from pydantic import (
@@ -16,6 +17,7 @@ from core.rules import Messages
 
 MAX_PAGE = 100_000
 PAGE_SIZE = 20  # rows per page of every list
+MAX_SEARCH = 200  # characters of a list's search text
 _FORM_WHOLE_NUMBER = re.compile(r"[0-9]{1,10}")
 FORM_CHECKBOX_VALUE = "yes"  # the value="..." of every checkbox in templates/
 
@@ -76,6 +78,27 @@ def parse_page(raw: str | None, messages: Messages) -> int:
     if page is None or not 1 <= page <= MAX_PAGE:
         raise InvalidInput({"page": messages.validation["page"].format(maximum=f"{MAX_PAGE:,}")})
     return page
+
+
+def parse_list_filter(
+    args: Mapping[str, str], filters: Mapping[str, Collection[str] | None], messages: Messages
+) -> tuple[str, str] | None:
+    """The list routes' one filter: (parameter, value) for the one query parameter of `filters`
+    given (each with its allowed values, or None for a search text), spaces collapsed; None
+    without one. Raises InvalidInput naming the parameter; the route answers 400."""
+    given = [name for name in filters if args.get(name, "").strip()]
+    if len(given) > 1:
+        raise InvalidInput({given[1]: messages.validation["one_filter"].format(names=", ".join(filters))})
+    if not given:
+        return None
+    name = given[0]
+    value = " ".join(args[name].split())
+    allowed = filters[name]
+    if allowed is not None and value not in allowed:
+        raise InvalidInput({name: messages.validation["filter_value"].format(name=name, values=", ".join(allowed))})
+    if len(value) > MAX_SEARCH or has_refused_characters(args[name]):
+        raise InvalidInput({name: messages.validation["search"].format(maximum=MAX_SEARCH)})
+    return name, value
 
 
 # --- an order's idempotency key -----------------------------------------------------

@@ -43,13 +43,14 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core.formatting import CHART_DAYS, counts_by_day, last_days
 from core.idempotency import IdempotencyKeyReused, fingerprint
+from core.listing import SEARCH, Listing, list_page
 from core.rules import Rules
 from core.settings import Settings, temporal_connect_config
-from core.store import Store, page_of
+from core.store import Store
 from core.temporal_client import OutcomeUnknown, ProcessClient, TemporalUnavailable, workflow_ui_url
-from core.validation import PAGE_SIZE
 from loans.model import (
     APPLICATIONS,
+    DECISIONS,
     LOAN_AMOUNT_BAND,
     LoanApplication,
     LoanOutcome,
@@ -67,6 +68,11 @@ LOAN_WORKFLOW_ID = re.compile(r"^loan-[0-9a-f]{32}$")
 # Seconds to wait for a describe, a query or a signal: each is one server call
 # (a query also needs a worker; without one the workflow waits and we say so).
 STATUS_QUERY_TIMEOUT = 2.0
+
+
+# The applications list's filters (query parameters) and the store's field each reads.
+LIST_FILTERS: dict[str, tuple[str, ...] | None] = {"decision": DECISIONS, "name": None, "email": None, SEARCH: None}
+LIST_FIELDS = {"decision": "decision", "name": "application.name", "email": "application.email"}
 
 
 @dataclass(frozen=True)
@@ -329,14 +335,11 @@ class LoanService:
     def temporal_url(self, workflow_id: str, run_id: str | None = None) -> str:
         return workflow_ui_url(self.settings.temporal_ui_url, self.namespace, workflow_id, run_id)
 
-    def recent(self, page: int) -> tuple[list[dict], int, int]:
-        """One page of applications, newest first; the total and the page count."""
-        return page_of(self.store, APPLICATIONS, page, PAGE_SIZE)
+    def listing(self, page: int, chosen: tuple[str, str] | None = None) -> Listing:
+        """One page of applications, newest first, or those `chosen` (LIST_FILTERS) has: a decision,
+        an applicant's name or email (the search box: an email address if it has an @)."""
+        return list_page(self.store, APPLICATIONS, "decision", LIST_FIELDS, "name", page, chosen)
 
     def decisions_by_day(self, days: int = CHART_DAYS) -> dict[str, dict[str, int]]:
         """The last `days` days' applications by decision, {day: {decision: count}}: counts the store keeps."""
         return counts_by_day(self.store.count_by(APPLICATIONS, "day_decision"), last_days(days))
-
-    def counts(self) -> dict[str, int]:
-        """Applications by decision, kept by the store on every write (no scan)."""
-        return self.store.count_by(APPLICATIONS, "decision")

@@ -40,6 +40,7 @@ from loans.model import (
     applicant_link_key,
 )
 from loans.service import (
+    LIST_FILTERS,
     MAX_CONTACT_ANSWERS,
     AnsweredTooOften,
     Decided,
@@ -62,6 +63,7 @@ from web.common import (
     error_page,
     json_body,
     json_error,
+    list_filter,
     messages,
     page_argument,
 )
@@ -234,17 +236,9 @@ async def contact_api(workflow_id: str):
 
 @api.get("/applications")
 def applications_api():
-    page = page_argument()
-    records, total, pages_ = service().recent(page)
-    return jsonify(
-        {
-            "applications": [public_record(r, persisted=True, operator=True) for r in records],
-            "page": page,
-            "pages": pages_,
-            "total": total,
-            "counts": service().counts(),
-        }
-    )
+    listing = service().listing(page_argument(), list_filter(LIST_FILTERS))
+    records = [public_record(r, persisted=True, operator=True) for r in listing.records]
+    return jsonify({"applications": records, **listing.as_json()})
 
 
 # --- browser pages --------------------------------------------------------------
@@ -386,17 +380,8 @@ def session_expired(err: CSRFError):
 
 @pages.get("/applications")
 def applications():
-    page = page_argument()
-    records, total, page_count = service().recent(page)
-    return render_template(
-        "loans/list.html",
-        records=records,
-        page=page,
-        pages=page_count,
-        total=total,
-        counts=service().counts(),
-        chart=day_chart(service().decisions_by_day(), DECISIONS),
-    )
+    listing = service().listing(page_argument(), list_filter(LIST_FILTERS))
+    return render_template("loans/list.html", listing=listing, chart=day_chart(service().decisions_by_day(), DECISIONS))
 
 
 def init_app(app, service_: LoanService) -> None:

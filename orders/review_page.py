@@ -2,17 +2,19 @@
 
 The queue lists the orders waiting for approval, the nearest deadline first; it
 reads one document (orders/review_queue.py), and each order links to its page,
-where an approver approves or cancels it. The dashboard's search box sends an ID
-(or the workflow ID, `order-<id>`) to /orders/find, which opens the order's page
-or comes back to the dashboard saying none has it. Viewers and up (web/auth.py).
+where an approver approves or cancels it. The dashboard's search box sends its
+text to /orders/find: an order's ID (or its workflow ID, `order-<id>`) opens the
+order's page; anything else comes back as the dashboard's search (a customer ID,
+or an email address). Viewers and up (web/auth.py).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
 
+from core.listing import SEARCH
 from orders.model import ORDERS
 from orders.review_queue import awaiting_review
 from orders.service import ORDER_ID
@@ -39,12 +41,11 @@ def queue():
 
 @orders_review.get("/orders/find")
 def find():
-    """The order whose ID was typed (spaces and case aside), or the dashboard saying none is."""
-    typed = request.args.get("order", "").strip().lower()
-    order_id = typed.removeprefix("order-")
+    """The dashboard's search box: the order whose ID was typed (spaces and case aside), else the
+    dashboard's search for the text (a customer ID, or an email address)."""
+    typed = " ".join(request.args.get(SEARCH, "").split())
+    order_id = typed.lower().removeprefix("order-")
     service = current_app.extensions["order_service"]
     if ORDER_ID.match(order_id) and service.store.get(ORDERS, order_id) is not None:
         return redirect(url_for("orders_pages.tracker", order_id=order_id), code=303)
-    shown = typed[:40] + ("…" if len(typed) > 40 else "")
-    flash(f"No order has the ID “{shown}”. An order's ID is the 12 characters on its page, like 4a016090d174.", "invalid")
-    return redirect(url_for("orders_pages.dashboard"), code=303)
+    return redirect(url_for("orders_pages.dashboard", **({SEARCH: typed} if typed else {})), code=303)

@@ -33,11 +33,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core.formatting import CHART_DAYS, counts_by_day, last_days
 from core.idempotency import IdempotencyKeyReused, fingerprint
+from core.listing import SEARCH, Listing, list_page
 from core.rules import Messages, Rules
 from core.settings import Settings, temporal_connect_config
-from core.store import Store, page_of
+from core.store import Store
 from core.temporal_client import OutcomeUnknown, ProcessClient, TemporalUnavailable, workflow_ui_url
-from core.validation import PAGE_SIZE
 from orders.actions import recorded_actions
 from orders.activities import order_events, stored_order
 from orders.model import (
@@ -69,8 +69,9 @@ from orders.workflow import OrderWorkflow
 # shipping child's ID, a loan's, a path trick) is unknown without asking
 # Temporal, and never reaches the store as a file name.
 ORDER_ID = re.compile(r"^[0-9a-f]{12}$")
-
-
+# The orders list's filters (query parameters) and the store's field each reads.
+LIST_FILTERS: dict[str, tuple[str, ...] | None] = {"status": ORDER_STATUSES, "customer": None, "email": None, SEARCH: None}
+LIST_FIELDS = {"status": "status", "customer": "customer_id", "email": "customer_email"}
 CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 # Seconds to wait for Temporal: a start or a signal is one server call; a query
 # needs a worker (without one it waits, then the store answers); an update
@@ -245,18 +246,15 @@ class OrderService:
             messages_need_sender=True,
         )
 
-    def recent(self, page: int) -> tuple[list[dict], int, int]:
-        """One page of stored orders, newest first; the total and the page count."""
-        orders, total, pages = page_of(self.store, ORDERS, page, PAGE_SIZE)
-        return [stored_order(order) for order in orders], total, pages
+    def listing(self, page: int, chosen: tuple[str, str] | None = None) -> Listing:
+        """One page of stored orders, newest first, or those `chosen` (LIST_FILTERS) has: a status,
+        a customer ID or email (the search box: an email address if it has an @)."""
+        listing = list_page(self.store, ORDERS, "status", LIST_FIELDS, "customer", page, chosen)
+        return dataclasses.replace(listing, records=[stored_order(order) for order in listing.records])
 
     def statuses_by_day(self, days: int = CHART_DAYS) -> dict[str, dict[str, int]]:
         """The orders placed on each of the last `days` days by their status now: counts the store keeps."""
         return counts_by_day(self.store.count_by(ORDERS, "day_status"), last_days(days))
-
-    def counts(self) -> dict[str, int]:
-        """Orders by status, kept by the store on every write (no scan)."""
-        return self.store.count_by(ORDERS, "status")
 
     def stock_levels(self) -> dict[str, int]:
         """What each product has in stock now: the levels the reservations keep (one document)."""

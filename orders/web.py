@@ -40,6 +40,7 @@ from orders.model import (
 )
 from orders.review_page import orders_review
 from orders.service import (
+    LIST_FILTERS,
     ActionFailed,
     ActionRefused,
     ActionUnconfirmed,
@@ -71,6 +72,7 @@ from web.common import (
     error_page,
     json_body,
     json_error,
+    list_filter,
     page_argument,
 )
 
@@ -176,17 +178,8 @@ async def create_order():
 
 @orders_api.get("/orders")
 def list_orders():
-    page = page_argument()
-    orders, total, pages = service().recent(page)
-    return jsonify(
-        {
-            "orders": [order_json(OrderView(order, "store")) for order in orders],
-            "page": page,
-            "pages": pages,
-            "total": total,
-            "counts": service().counts(),
-        }
-    )
+    listing = service().listing(page_argument(), list_filter(LIST_FILTERS))
+    return jsonify({"orders": [order_json(OrderView(order, "store")) for order in listing.records], **listing.as_json()})
 
 
 @orders_api.get("/orders/<order_id>")
@@ -290,14 +283,9 @@ async def place_order():
 
 
 def render_dashboard(values: dict[str, str], errors: dict[str, str], notice: dict | None):
-    page = page_argument()
-    orders, total, pages = service().recent(page)
     return render_template(
         "orders/dashboard.html",
-        orders=orders,
-        page=page,
-        pages=pages,
-        total=total,
+        listing=service().listing(page_argument(), list_filter(LIST_FILTERS)),
         catalog=service().rules.catalog,
         stock=service().stock_levels(),
         failure_steps=FAILURE_STEPS,
@@ -307,7 +295,6 @@ def render_dashboard(values: dict[str, str], errors: dict[str, str], notice: dic
         errors=errors,
         notice=notice,
         labels=service().status_labels(),
-        counts=service().counts(),
         chart=day_chart(service().statuses_by_day(), ORDER_STATUSES),
     )
 

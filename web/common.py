@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from flask import current_app, jsonify, render_template, request
 from flask.json.provider import DefaultJSONProvider
 
 from core.rules import Messages
-from core.validation import parse_page
+from core.validation import parse_list_filter, parse_page
 
 
 class StrictJSONProvider(DefaultJSONProvider):
@@ -125,6 +126,12 @@ def bad_body_error(err: BadBody):
 def page_argument() -> int:
     """The list routes' `?page=`; a bad one raises InvalidInput, which the app answers with a 400."""
     return parse_page(request.args.get("page"), messages())
+
+
+def list_filter(filters: Mapping[str, Collection[str] | None]) -> tuple[str, str] | None:
+    """The list routes' one filter (`?decision=`, `?status=`, `?q=`, ...): (parameter, value) or
+    None; a bad one raises InvalidInput, which the app answers with a 400 naming it."""
+    return parse_list_filter(request.args, filters, messages())
 
 
 def error_page(status: int, title: str, message: str, **links: str):

@@ -14,8 +14,10 @@ from typing import Any
 from apispec import APISpec
 
 from core.idempotency import IDEMPOTENCY_KEY as IDEMPOTENCY_KEY_PATTERN
-from core.validation import MAX_PAGE
+from core.validation import MAX_PAGE, MAX_SEARCH
+from loans.model import DECISIONS
 from loans.service import LOAN_WORKFLOW_ID
+from orders.model import ORDER_STATUSES
 from orders.service import ORDER_ID
 from orders.validation import CUSTOMER_ID_PATTERN
 from web.openapi_models import JSON_BODY_MODELS
@@ -60,6 +62,25 @@ PAGE = {
     "description": "Page of 20, newest first",
     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
 }
+
+
+def _filter(name: str, description: str, values: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """A list's filter; one at a time (two are refused with a 400 naming the second)."""
+    schema: dict[str, Any] = {"type": "string", "enum": list(values)} if values else {"type": "string", "maxLength": MAX_SEARCH}
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+WHOLE_VALUE = "the whole value, in any case, spaces collapsed"
+APPLICATION_FILTERS = [
+    _filter("decision", "Only the applications with this decision, the latest decided first", DECISIONS),
+    _filter("name", f"Only the applications from this applicant's name ({WHOLE_VALUE})"),
+    _filter("email", f"Only the applications from this email address ({WHOLE_VALUE})"),
+]
+ORDER_FILTERS = [
+    _filter("status", "Only the orders with this status now, the latest to get there first", ORDER_STATUSES),
+    _filter("customer", f"Only this customer ID's orders ({WHOLE_VALUE})"),
+    _filter("email", f"Only the orders to this email address ({WHOLE_VALUE})"),
+]
 APPLICATION_ID = _parameter("workflow_id", LOAN_WORKFLOW_ID.pattern, "The application's workflow ID")
 ORDER = _parameter("order_id", ORDER_ID.pattern, "The order's ID")
 CUSTOMER = _parameter("customer_id", CUSTOMER_ID_PATTERN, "The customer's ID")
@@ -126,12 +147,12 @@ OPERATIONS: dict[str, dict[str, tuple]] = {
     },
     "/api/applications": {
         "get": (
-            "Recent applications, newest first",
-            [PAGE],
+            "Recent applications, newest first, or one filter's (`pages` null and `more` for a search)",
+            [PAGE, *APPLICATION_FILTERS],
             None,
             False,
             {200: "A page of applications"},
-            [(400, "A bad page number"), NOT_OPERATOR],
+            [(400, "A bad page number or filter, named in `fields`"), NOT_OPERATOR],
             True,
         )
     },
@@ -146,12 +167,12 @@ OPERATIONS: dict[str, dict[str, tuple]] = {
             True,
         ),
         "get": (
-            "Recent orders, newest first",
-            [PAGE],
+            "Recent orders, newest first, or one filter's (`pages` null and `more` for a search)",
+            [PAGE, *ORDER_FILTERS],
             None,
             False,
             {200: "A page of orders"},
-            [(400, "A bad page number"), NOT_OPERATOR],
+            [(400, "A bad page number or filter, named in `fields`"), NOT_OPERATOR],
             True,
         ),
     },

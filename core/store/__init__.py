@@ -7,7 +7,7 @@ import math
 from core.settings import Settings
 from core.store.base import Store, StoreUnavailable
 
-__all__ = ["Store", "StoreUnavailable", "open_store", "page_of"]
+__all__ = ["Store", "StoreUnavailable", "filtered_page", "open_store", "page_of"]
 
 
 def open_store(settings: Settings) -> Store:
@@ -27,3 +27,10 @@ def page_of(store: Store, collection: str, page: int, size: int) -> tuple[list[d
     """One page (from 1) of a listed collection, newest first; the total and the number of pages."""
     records, total = store.list_recent(collection, (page - 1) * size, size)
     return records, total, max(1, math.ceil(total / size))
+
+
+def filtered_page(store: Store, collection: str, field: str, value: str, page: int, size: int) -> tuple[list[dict], bool]:
+    """One page (from 1) of the listed records whose `field` has `value`, the latest to take it
+    first, and whether another page follows (one record more is read to know)."""
+    records = store.list_by(collection, field, value, (page - 1) * size, size + 1)
+    return records[:size], len(records) > size

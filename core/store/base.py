@@ -29,6 +29,12 @@ DEFAULT_COUNTED_FIELDS: dict[str, tuple[str, ...]] = {
     "applications": ("decision", "day_decision"),
     "orders": ("status", "day_status"),
 }
+# The fields each collection can be listed by (`list_by`): the lists' filters (decision, status)
+# and searches (a name, an email address, a customer). A dotted name is a field of a field.
+DEFAULT_LISTED_BY: dict[str, tuple[str, ...]] = {
+    "applications": ("decision", "application.name", "application.email"),
+    "orders": ("status", "customer_id", "customer_email"),
+}
 # The collections whose keys are `<group>.<name>` and that find a group's newest listed record
 # (`newest_in_group`): an application is `<workflow id>.<run id>`, and a workflow ID runs again after its window.
 DEFAULT_GROUPED: tuple[str, ...] = ("applications",)
@@ -57,6 +63,11 @@ class Store(Protocol):
         """The newest listed document whose key is `<group>.<name>`, in a grouped collection."""
         ...
 
+    def list_by(self, collection: str, field: str, value: str, offset: int = 0, limit: int = 20) -> list[dict]:
+        """A page of the listed documents whose `field` (one the collection is listed by) has
+        `value` (compared as `list_value` writes it), the latest to take that value first."""
+        ...
+
     def list_all(self, collection: str) -> list[dict[str, Any]]:
         """Every document of a (small) collection, in no particular order."""
         ...
@@ -83,3 +94,23 @@ class Store(Protocol):
 def count_value(value: Any) -> str | None:
     """The name a field's value is counted under (counts are JSON object keys: text)."""
     return None if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
+def field_value(document: dict[str, Any], field: str) -> Any:
+    """A document's value of a field, a dotted name reaching into nested objects ("application.email")."""
+    value: Any = document
+    for part in field.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def list_value(value: Any) -> str | None:
+    """How a value is compared in the lists by value: text with its spaces collapsed and case folded,
+    so "Ada  LOVELACE" finds "Ada Lovelace"; None (and empty text) lists nothing."""
+    text = count_value(value)
+    if text is None:
+        return None
+    text = " ".join(text.split()).casefold()
+    return text or None

@@ -8,6 +8,8 @@ Layout under the root folder:
     <collection>/_index/journal.json          an index change in progress (redo log), gone once applied
     <collection>/_index/<group>.newest        a grouped collection's newest listed key of each group
     <collection>/_index/groups.json           present once the group pointers cover every listed record
+    <collection>/_index/<digest>.head         the latest key of a list by value (core/store/file_lists.py)
+    <collection>/_index/lists.json            the fields whose lists cover every listed record
     <collection>/_index/.lock                 the collection's index lock
     _locks/<n>.lock                           a fixed set of lock files (lock striping)
 
@@ -43,18 +45,20 @@ Why it is built this way:
   its newest listed key, so `newest_in_group` reads two small files, never the
   folder. A folder written before the pointers existed gets them once, at the
   first `newest_in_group` of the collection (one pass over its index entries).
+- The same index change moves the record between the lists by value that
+  `list_by` reads (core/store/file_lists.py): a page of "the orders whose status
+  is completed" or "the applications from ada@example.com" walks those lists,
+  never the folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +67,15 @@ from filelock import FileLock
 from core.store.base import (
     DEFAULT_COUNTED_FIELDS,
     DEFAULT_GROUPED,
+    DEFAULT_LISTED_BY,
     KEY_PATTERN,
     SORT_KEY_PATTERN,
     count_value,
+    field_value,
+    list_value,
 )
+from core.store.durable_files import atomic_write, atomic_write_all, commit, discard, read_json, stage
+from core.store.file_lists import LISTS_DONE, ListChange, listed_values, rebuild, walk
 
 LOCK_STRIPES = 64
 # filelock sets a lock file's mode itself (0644 by default, whatever the umask): another local
@@ -80,10 +89,15 @@ class JsonStore:
     """The `Store` contract on JSON files under one folder (see the module docstring)."""
 
     def __init__(
-        self, root: Path | str, counted_fields: dict[str, tuple[str, ...]] | None = None, grouped: tuple[str, ...] | None = None
+        self,
+        root: Path | str,
+        counted_fields: dict[str, tuple[str, ...]] | None = None,
+        grouped: tuple[str, ...] | None = None,
+        listed_by: dict[str, tuple[str, ...]] | None = None,
     ):
         self.root = Path(root)
         self.counted_fields = DEFAULT_COUNTED_FIELDS if counted_fields is None else counted_fields
+        self.listed_by = DEFAULT_LISTED_BY if listed_by is None else listed_by
         self.grouped = DEFAULT_GROUPED if grouped is None else tuple(grouped)
         self._index_mutexes: dict[Path, threading.Lock] = {}
         self._mutexes_guard = threading.Lock()
@@ -104,7 +118,7 @@ class JsonStore:
         """
         index = self._index(collection)
         self._recover_if_needed(index)
-        total = _read_json(index / "state.json", {"total": 0})["total"]
+        total = read_json(index / "state.json", {"total": 0})["total"]
         page = []
         for number in range(total - max(offset, 0), max(total - max(offset, 0) - max(limit, 0), 0), -1):
             try:
@@ -123,7 +137,7 @@ class JsonStore:
             raise ValueError(f"{collection!r} is not counted by {field!r}")
         index = self._index(collection)
         self._recover_if_needed(index)
-        return dict(_read_json(index / "state.json", {"counts": {}}).get("counts", {}).get(field, {}))
+        return dict(read_json(index / "state.json", {"counts": {}}).get("counts", {}).get(field, {}))
 
     def newest_in_group(self, collection: str, group: str) -> dict[str, Any] | None:
         """The newest listed document (by first write, as the lists) whose key is `<group>.<name>`,
@@ -135,8 +149,27 @@ class JsonStore:
         self._recover_if_needed(index)
         if not (index / GROUPS_DONE).exists():
             self._point_every_group(index)
-        pointer = _read_json(index / f"{group}.newest", None)
+        pointer = read_json(index / f"{group}.newest", None)
         return None if pointer is None else self.get(collection, pointer["key"])
+
+    def list_by(self, collection: str, field: str, value: str, offset: int = 0, limit: int = 20) -> list[dict]:
+        """A page of the listed records whose `field` has `value`, the latest to take it first.
+
+        Walks `offset + limit` small index entries and reads the page's documents only
+        (core/store/file_lists.py); the document is the truth, so one that has just moved on
+        and whose index change is not applied yet is left out."""
+        fields = self.listed_by.get(collection, ())
+        if field not in fields:
+            raise ValueError(f"{collection!r} is not listed by {field!r}")
+        wanted = list_value(value)
+        if wanted is None:
+            return []
+        index = self._index(collection)
+        self._recover_if_needed(index)
+        if read_json(index / LISTS_DONE, None) != list(fields):
+            self._link_every_list(index, list(fields))
+        documents = (self.get(collection, key) for key in walk(index, field, wanted, max(offset, 0), max(limit, 0)))
+        return [d for d in documents if d is not None and list_value(field_value(d, field)) == wanted]
 
     def list_all(self, collection: str) -> list[dict[str, Any]]:
         """Every document of a small collection (for example one order's events), by key."""
@@ -187,22 +220,28 @@ class JsonStore:
             raise ValueError(f"invalid sort key {sort_key!r}")
         # The document first, outside the index lock: concurrent writers' documents reach the
         # disk together, and the lock is held for the index change only.
-        _atomic_write(self._path(collection, key), json.dumps(document, indent=2, sort_keys=True).encode())
+        atomic_write(self._path(collection, key), json.dumps(document, indent=2, sort_keys=True).encode())
         index = self._index(collection)
         entry_path = index / f"{key}.key"
         if sort_key is None and not entry_path.exists():
             return  # not listed: no index to keep
         counted = {field: count_value(document.get(field)) for field in self.counted_fields.get(collection, ())}
-        # Most rewrites (a retry, a contact answer) change nothing counted: no index lock. The
-        # entry only changes under this document's lock, which the caller holds.
-        entry = _read_json(entry_path, None)
-        if entry is not None and entry["counted"] == counted and not (index / "journal.json").exists():
+        values = listed_values(document, self.listed_by.get(collection, ()))
+        in_lists = {field: value for field, value in values.items() if value is not None}
+
+        def unchanged(entry: dict[str, Any] | None) -> bool:
+            return entry is not None and entry["counted"] == counted and entry.get("lists", {}) == in_lists
+
+        # Most rewrites (a retry, a contact answer) change nothing counted or listed: no index
+        # lock. The entry only changes under this document's lock, which the caller holds.
+        if unchanged(read_json(entry_path, None)) and not (index / "journal.json").exists():
             return
         with self._index_lock(index):
             self._recover(index)
-            state = _read_json(index / "state.json", None) or {"total": 0, "counts": {}}
-            entry = _read_json(entry_path, None)
-            if entry is not None and entry["counted"] == counted:
+            first = not (index / "state.json").exists()
+            state = read_json(index / "state.json", None) or {"total": 0, "counts": {}}
+            entry = read_json(entry_path, None)
+            if unchanged(entry):
                 return
             new_state = {
                 "total": state["total"] + (0 if entry else 1),
@@ -218,18 +257,30 @@ class JsonStore:
                 if value is not None:
                     counts[value] = counts.get(value, 0) + 1
             new_entry = {"seq": entry["seq"] if entry else new_state["total"], "counted": counted}
-            journal = {"key": key, "entry": new_entry, "state": new_state}
+            lists = ListChange(index)
+            lists.entries[key] = entry  # read above: the lists it leaves
+            lists.move(key, new_entry, values)
+            files = {f"{new_entry['seq']}.seq": key}
+            files.update({path.name: data.decode() for path, data in self._group_pointer(index, key, new_entry["seq"])})
+            files.update(lists.files())
+            if first:  # a new collection: its lists cover every record from the start
+                files[LISTS_DONE] = json.dumps(list(self.listed_by.get(collection, ())))
+            files["state.json"] = json.dumps(new_state)  # last: the listing's total counts the rest
+            journal = {"files": files}
             # The journal and the index files are written and fsynced at once (one wait for the
             # disk, not four); the renames then go in the order that keeps a crash recoverable:
             # the journal, then the index files, each made durable by the folder's fsync.
-            staged = _stage([(index / "journal.json", json.dumps(journal).encode()), *self._index_files(index, journal)])
+            staged = stage([(index / "journal.json", json.dumps(journal).encode()), *self._index_files(index, journal)])
             try:
-                _commit(staged[:1])
+                commit(staged[:1])
                 self._apply(index, journal, staged[1:])
             finally:
-                _discard(staged)
+                discard(staged)
 
     def _index_files(self, index: Path, journal: dict[str, Any]) -> list[tuple[Path, bytes]]:
+        """A journaled change's files: named in it, or (a journal an older version left) derived."""
+        if "files" in journal:
+            return [(index / name, text.encode()) for name, text in journal["files"].items()]
         key, entry = journal["key"], journal["entry"]
         return [
             (index / f"{key}.key", json.dumps(entry).encode()),
@@ -243,11 +294,11 @@ class JsonStore:
         Every file gets absolute values, so redoing it is harmless; the files share one folder,
         so one folder fsync makes them all durable."""
         if staged is None:
-            staged = _stage(self._index_files(index, journal))
+            staged = stage(self._index_files(index, journal))
         try:
-            _commit(staged)
+            commit(staged)
         finally:
-            _discard(staged)
+            discard(staged)
         os.unlink(index / "journal.json")
 
     def _group_pointer(self, index: Path, key: str, seq: int) -> list[tuple[Path, bytes]]:
@@ -256,7 +307,7 @@ class JsonStore:
         group = _group_of(key)
         if group is None or index.parent.name not in self.grouped:
             return []
-        pointer = _read_json(index / f"{group}.newest", None)
+        pointer = read_json(index / f"{group}.newest", None)
         if pointer is None or pointer["seq"] < seq:
             return [(index / f"{group}.newest", json.dumps({"key": key, "seq": seq}).encode())]
         return []
@@ -271,7 +322,7 @@ class JsonStore:
             newest: dict[Path, dict[str, Any]] = {}
             for name in os.listdir(index):
                 if name.endswith(".key") and not name.startswith("."):
-                    entry = _read_json(index / name, None)
+                    entry = read_json(index / name, None)
                     if entry is None:
                         continue
                     for path, data in self._group_pointer(index, name[: -len(".key")], entry["seq"]):
@@ -280,12 +331,35 @@ class JsonStore:
                             newest[path] = pointer
             files = [(path, json.dumps(pointer).encode()) for path, pointer in newest.items()]
             for start in range(0, len(files), POINTER_BATCH):  # a bounded number of open files at once
-                _atomic_write_all(files[start : start + POINTER_BATCH])
-            _atomic_write(index / GROUPS_DONE, b"{}")  # last: its presence is what counts
+                atomic_write_all(files[start : start + POINTER_BATCH])
+            atomic_write(index / GROUPS_DONE, b"{}")  # last: its presence is what counts
+
+    def _link_every_list(self, index: Path, fields: list[str]) -> None:
+        """Once per collection written before its lists by value (or by other fields): every list
+        from scratch, oldest listed record first (index lock held, so no listed write runs meanwhile).
+        A crash part way leaves no marker, and the next pass starts again from scratch."""
+        with self._index_lock(index):
+            self._recover(index)
+            if read_json(index / LISTS_DONE, None) == fields:
+                return  # another thread or process did it meanwhile
+            total = read_json(index / "state.json", {"total": 0})["total"]
+            records = []
+            for number in range(1, total + 1):
+                try:
+                    key = (index / f"{number}.seq").read_text()
+                except FileNotFoundError:
+                    continue
+                entry, document = read_json(index / f"{key}.key", None), self.get(index.parent.name, key)
+                if entry is not None and document is not None:
+                    records.append((key, entry, listed_values(document, fields)))
+            files = [(index / name, text.encode()) for name, text in rebuild(records).items()]
+            for start in range(0, len(files), POINTER_BATCH):  # a bounded number of open files at once
+                atomic_write_all(files[start : start + POINTER_BATCH])
+            atomic_write(index / LISTS_DONE, json.dumps(fields).encode())  # last: its presence is what counts
 
     def _recover(self, index: Path) -> None:
         """Redo an index change whose writer crashed after journaling it (index lock held)."""
-        journal = _read_json(index / "journal.json", None)
+        journal = read_json(index / "journal.json", None)
         if journal is not None:
             self._apply(index, journal)
 
@@ -338,96 +412,3 @@ def _group_of(key: str) -> str | None:
     """The group of a key `<group>.<name>` (the part before its last dot); None without a dot."""
     group, dot, _ = key.rpartition(".")
     return group if dot and group else None
-
-
-def _read_json(path: Path, default: Any) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return default
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    _atomic_write_all([(path, data)])
-
-
-def _atomic_write_all(files: list[tuple[Path, bytes]]) -> None:
-    """Replace each file with its new content, in the list's order; durable once it returns."""
-    staged = _stage(files)
-    try:
-        _commit(staged)
-    finally:
-        _discard(staged)
-
-
-def _stage(files: list[tuple[Path, bytes]]) -> list[tuple[Path, str]]:
-    """Write each file's new content to a temporary file beside it, and fsync them all at once.
-
-    Nothing is visible until `_commit` renames them. The fsyncs run in parallel threads: the
-    file system flushes them in one journal commit, so five cost about what one does
-    (tools/store_bench.py --writes measures it on this disk)."""
-    staged: list[tuple[Path, str]] = []
-    fds: list[int] = []
-    try:
-        for path, data in files:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            fds.append(fd)
-            staged.append((path, tmp))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        _fsync_all(fds)
-    except BaseException:
-        _discard(staged)
-        raise
-    finally:
-        for fd in fds:
-            os.close(fd)
-    return staged
-
-
-def _commit(staged: list[tuple[Path, str]]) -> None:
-    """Rename staged files over their targets, then fsync their folders: durable once it returns."""
-    for path, tmp in staged:
-        os.replace(tmp, path)
-    for folder in dict.fromkeys(path.parent for path, _tmp in staged):
-        _fsync_folder(folder)
-
-
-def _discard(staged: list[tuple[Path, str]]) -> None:
-    """Remove the temporary files an error left behind (committed ones are gone already)."""
-    for _path, tmp in staged:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-_fsync_pool: tuple[int, ThreadPoolExecutor] | None = None
-_fsync_pool_guard = threading.Lock()
-
-
-def _fsync_all(fds: list[int]) -> None:
-    """fsync every descriptor, all at once: this thread takes the first, a small pool the rest."""
-    global _fsync_pool
-    if len(fds) > 1:
-        with _fsync_pool_guard:
-            # Threads do not survive a fork (gunicorn forks its workers): one pool per process.
-            if _fsync_pool is None or _fsync_pool[0] != os.getpid():
-                _fsync_pool = (os.getpid(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-fsync"))
-            pool = _fsync_pool[1]
-        others = [pool.submit(os.fsync, fd) for fd in fds[1:]]
-    else:
-        others = []
-    try:
-        if fds:
-            os.fsync(fds[0])
-    finally:
-        for pending in others:
-            pending.result()
-
-
-def _fsync_folder(folder: Path) -> None:
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

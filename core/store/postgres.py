@@ -18,6 +18,10 @@ suite against both.
 - In a grouped collection (keys `<group>.<name>`), `newest_in_group` is a range
   of the `documents_listed_by_key` index (002): the group's listed rows, newest
   `seq` first, a handful per group (an application's runs).
+- Lists by value (`list_by`, 003): a listed row's value of each listed field is a
+  row of `listed_values`, numbered from a sequence when the row takes the value,
+  so a page of one value latest first is a range of `listed_values_page`. A
+  collection written before them gets them at its first `list_by` (`_cover`).
 - The schema comes from numbered SQL files in `migrations/`, applied at start by
   whichever process comes first under a session advisory lock (`migrate`).
 - A server that cannot be reached raises `StoreUnavailable`: activities retry,
@@ -42,10 +46,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from core.store.base import (
     DEFAULT_COUNTED_FIELDS,
     DEFAULT_GROUPED,
+    DEFAULT_LISTED_BY,
     KEY_PATTERN,
     SORT_KEY_PATTERN,
     StoreUnavailable,
     count_value,
+    field_value,
+    list_value,
 )
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -101,8 +108,10 @@ class PostgresStore:
         counted_fields: dict[str, tuple[str, ...]] | None = None,
         max_connections: int = 10,
         grouped: tuple[str, ...] | None = None,
+        listed_by: dict[str, tuple[str, ...]] | None = None,
     ):
         self.counted_fields = DEFAULT_COUNTED_FIELDS if counted_fields is None else counted_fields
+        self.listed_by = DEFAULT_LISTED_BY if listed_by is None else listed_by
         self.grouped = DEFAULT_GROUPED if grouped is None else tuple(grouped)
         self._unreachable_until = 0.0  # a circuit breaker: while the server is down, fail at once
         self._breaker = threading.Lock()
@@ -168,7 +177,15 @@ class PostgresStore:
         commit together. Take several in a fixed order, as with the JSON store."""
         _check(collection, key)
         with self._transaction() as connection:
-            connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{collection}/{key}",))
+            if collection in self.listed_by:
+                # Also the collection's lists lock, shared (writes run together), before any row lock:
+                # `_cover`, rebuilding the lists, holds it exclusively and so never meets a write.
+                connection.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0)), pg_advisory_xact_lock_shared(hashtextextended(%s, 0))",
+                    (f"{collection}/{key}", f"lists/{collection}"),
+                )
+            else:
+                connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{collection}/{key}",))
             yield
 
     # --- reads -------------------------------------------------------------
@@ -206,6 +223,57 @@ class PostgresStore:
                 (collection, f"{group}.", f"{group}/", len(group) + 2),
             ).fetchone()
         return None if row is None else row[0]
+
+    def list_by(self, collection: str, field: str, value: str, offset: int = 0, limit: int = 20) -> list[dict]:
+        """A page of the listed rows whose `field` has `value`, the latest to take it first."""
+        _check(collection)
+        fields = list(self.listed_by.get(collection, ()))
+        if field not in fields:
+            raise ValueError(f"{collection!r} is not listed by {field!r}")
+        wanted = list_value(value)
+        if wanted is None:
+            return []
+        with self._transaction() as connection:
+            row = connection.execute("SELECT fields FROM list_coverage WHERE collection = %s", (collection,)).fetchone()
+        if row is None or row[0] != fields:
+            self._cover(collection, fields)
+        with self._transaction() as connection:
+            rows = connection.execute(
+                "SELECT d.doc FROM listed_values l JOIN documents d ON d.collection = l.collection AND d.key = l.key"
+                " WHERE l.collection = %s AND l.field = %s AND l.value = %s ORDER BY l.entered DESC OFFSET %s LIMIT %s",
+                (collection, field, wanted, max(offset, 0), max(limit, 0)),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def _cover(self, collection: str, fields: list[str]) -> None:
+        """Once per collection written before its lists (or listed by other fields since): every
+        listed row's values from scratch, oldest first, holding the collection's lists lock
+        exclusively (a listed write holds it shared), so no write runs meanwhile."""
+        with self._transaction() as connection:
+            connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"lists/{collection}",))
+            row = connection.execute("SELECT fields FROM list_coverage WHERE collection = %s", (collection,)).fetchone()
+            if row is not None and row[0] == fields:
+                return
+            connection.execute("DELETE FROM listed_values WHERE collection = %s", (collection,))
+            rows = connection.execute(
+                "SELECT key, doc FROM documents WHERE collection = %s AND seq IS NOT NULL ORDER BY seq", (collection,)
+            ).fetchall()
+            values = [(key, {f: list_value(field_value(doc, f)) for f in fields}) for key, doc in rows]
+            with connection.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO listed_values (collection, field, key, value, entered)"
+                    " VALUES (%s, %s, %s, %s, nextval('listed_values_entered'))",
+                    [(collection, f, key, v) for key, listed in values for f, v in listed.items() if v is not None],
+                )
+                cursor.executemany(
+                    "UPDATE documents SET listed = %s WHERE collection = %s AND key = %s",
+                    [(Jsonb({f: v for f, v in listed.items() if v is not None}), collection, key) for key, listed in values],
+                )
+            connection.execute(
+                "INSERT INTO list_coverage (collection, fields) VALUES (%s, %s)"
+                " ON CONFLICT (collection) DO UPDATE SET fields = EXCLUDED.fields",
+                (collection, Jsonb(fields)),
+            )
 
     def list_all(self, collection: str) -> list[dict[str, Any]]:
         _check(collection)
@@ -246,17 +314,24 @@ class PostgresStore:
         _check(collection, key, sort_key)
         with self._transaction() as connection:
             old = connection.execute(
-                "SELECT seq, counted FROM documents WHERE collection = %s AND key = %s FOR UPDATE", (collection, key)
+                "SELECT seq, counted, listed FROM documents WHERE collection = %s AND key = %s FOR UPDATE", (collection, key)
             ).fetchone()
-            seq, old_counted = (old[0], old[1]) if old else (None, {})
+            seq, old_counted, old_values = (old[0], old[1], old[2]) if old else (None, {}, {})
             listed = seq is not None or sort_key is not None
             counted = {f: count_value(document.get(f)) for f in self.counted_fields.get(collection, ())} if listed else {}
+            values = {f: list_value(field_value(document, f)) for f in self.listed_by.get(collection, ())} if listed else {}
             if seq is None and sort_key is not None:
                 seq = connection.execute(
                     "INSERT INTO collection_totals (collection, total) VALUES (%s, 1) ON CONFLICT (collection)"
                     " DO UPDATE SET total = collection_totals.total + 1 RETURNING total",
                     (collection,),
                 ).fetchone()[0]  # type: ignore[index]  # RETURNING gives a row
+                if seq == 1:  # a new collection: its lists cover every row from the start
+                    connection.execute(
+                        "INSERT INTO list_coverage (collection, fields) VALUES (%s, %s) ON CONFLICT (collection) DO NOTHING",
+                        (collection, Jsonb(list(values))),
+                    )
+            self._move_between_lists(connection, collection, key, old_values, values)
             for field in counted:
                 before, after = old_counted.get(field), counted[field]
                 if before == after:
@@ -273,16 +348,45 @@ class PostgresStore:
                         (collection, field, after),
                     )
             connection.execute(
-                "INSERT INTO documents (collection, key, doc, seq, counted) VALUES (%s, %s, %s, %s, %s)"
-                " ON CONFLICT (collection, key) DO UPDATE SET doc = EXCLUDED.doc, seq = EXCLUDED.seq, counted = EXCLUDED.counted",
-                (collection, key, Jsonb(document), seq, Jsonb(counted)),
+                "INSERT INTO documents (collection, key, doc, seq, counted, listed) VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (collection, key) DO UPDATE"
+                " SET doc = EXCLUDED.doc, seq = EXCLUDED.seq, counted = EXCLUDED.counted, listed = EXCLUDED.listed",
+                (
+                    collection,
+                    key,
+                    Jsonb(document),
+                    seq,
+                    Jsonb(counted),
+                    Jsonb({f: v for f, v in values.items() if v is not None}),
+                ),
             )
+
+    @staticmethod
+    def _move_between_lists(
+        connection: psycopg.Connection, collection: str, key: str, old: dict[str, str], new: dict[str, str | None]
+    ) -> None:
+        """The row's `listed_values` for the fields whose value changed (the caller's transaction)."""
+        changed = [f for f, v in new.items() if old.get(f) != v]
+        if not changed:
+            return
+        for field in changed:
+            if new[field] is None:
+                connection.execute(
+                    "DELETE FROM listed_values WHERE collection = %s AND field = %s AND key = %s", (collection, field, key)
+                )
+            else:
+                connection.execute(
+                    "INSERT INTO listed_values (collection, field, key, value, entered)"
+                    " VALUES (%s, %s, %s, %s, nextval('listed_values_entered')) ON CONFLICT (collection, field, key)"
+                    " DO UPDATE SET value = EXCLUDED.value, entered = EXCLUDED.entered",
+                    (collection, field, key, new[field]),
+                )
 
     def delete_collection(self, collection: str) -> None:
         """Remove a collection entirely (the benchmark's scratch collections)."""
         _check(collection)
         with self._transaction() as connection:
-            for table in ("documents", "collection_totals", "field_counts"):
+            for table in ("documents", "collection_totals", "field_counts", "listed_values", "list_coverage"):
                 connection.execute(f"DELETE FROM {table} WHERE collection = %s", (collection,))
 
 

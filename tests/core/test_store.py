@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from core.store.file_lists import head_name
 from core.store.files import LOCK_STRIPES, JsonStore
 
 PROCESSES = 4
@@ -74,7 +75,7 @@ def test_every_file_is_fsynced_before_its_rename_and_durable_before_the_write_re
     before the rename that makes it visible, and each rename's folder is fsynced after it.
     The renames keep their order (document, journal, index files), each durable before the
     next, so a crash at any point leaves a record its index can be redone from."""
-    store = JsonStore(tmp_path, counted_fields={"applications": ("decision",)})
+    store = JsonStore(tmp_path, counted_fields={"applications": ("decision",)}, listed_by={"applications": ("decision",)})
     store.put("applications", "a0", {"decision": "denied"}, sort_key="2025")
     events = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -87,13 +88,10 @@ def test_every_file_is_fsynced_before_its_rename_and_durable_before_the_write_re
 
     folder, index = tmp_path / "applications", tmp_path / "applications" / "_index"
     renames = [(n, event[1], event[2]) for n, event in enumerate(events) if event[0] == "rename"]
-    assert [target.relative_to(folder).as_posix() for _n, _ino, target in renames] == [
-        "a1.json",
-        "_index/journal.json",
-        "_index/a1.key",
-        "_index/2.seq",
-        "_index/state.json",
-    ]
+    renamed = [target.relative_to(folder).as_posix() for _n, _ino, target in renames]
+    assert renamed[:2] == ["a1.json", "_index/journal.json"] and renamed[-1] == "_index/state.json"
+    # The entry, its number, and the head of its list by decision (a new value: no neighbour to relink).
+    assert sorted(renamed[2:-1]) == sorted(["_index/2.seq", "_index/a1.key", f"_index/{head_name('decision', 'pre_approved')}"])
     synced = (
         lambda inode, after=-1, before=len(events): any(  # noqa: E731
             event == ("fsync", inode) for event in events[after + 1 : before]
@@ -358,6 +356,42 @@ def test_a_crash_in_the_middle_of_an_index_change_is_redone_once(tmp_path, monke
         store.put("orders", "o3", {"status": "pending"}, sort_key="3")
     assert store.count_by("orders", "status") == {"shipped": 1, "pending": 2}
     assert store.list_recent("orders") == ([{"status": "pending"}, {"status": "pending"}, {"status": "shipped"}], 3)
+    # The lists by status were in the same journal: redone with it, each record in one list once.
+    assert store.list_by("orders", "status", "pending") == [{"status": "pending"}, {"status": "pending"}]
+    assert store.list_by("orders", "status", "shipped") == [{"status": "shipped"}]
+
+
+def test_a_journal_an_older_version_left_is_redone(tmp_path):
+    """Before the lists by value, a journal named the key, its entry and the totals; one left by a
+    crash just before an upgrade is still applied."""
+    store = JsonStore(tmp_path, counted_fields={"orders": ("status",)}, listed_by={"orders": ("status",)})
+    store.put("orders", "o1", {"status": "pending"}, sort_key="1")
+    index = tmp_path / "orders" / "_index"
+    (tmp_path / "orders" / "o2.json").write_text(json.dumps({"status": "pending"}))
+    journal = {
+        "key": "o2",
+        "entry": {"seq": 2, "counted": {"status": "pending"}},
+        "state": {"total": 2, "counts": {"status": {"pending": 2}}},
+    }
+    (index / "journal.json").write_text(json.dumps(journal))
+    assert store.list_recent("orders") == ([{"status": "pending"}, {"status": "pending"}], 2)
+    assert store.count_by("orders", "status") == {"pending": 2} and not (index / "journal.json").exists()
+
+
+def test_a_page_of_a_list_by_value_reads_its_own_entries_only(tmp_path, monkeypatch):
+    """A page of one status walks the list from its head: its entries and documents, never the folder."""
+    store = JsonStore(tmp_path, listed_by={"things": ("colour",)})
+    for n in range(300):
+        store.put("things", f"k{n}", {"n": n, "colour": "red" if n % 3 else "blue"}, sort_key=f"{n:05d}")
+    opened = []
+    real_read_text = Path.read_text
+    monkeypatch.setattr(os, "listdir", lambda *_a: pytest.fail("a page listed a folder"))
+    monkeypatch.setattr(os, "scandir", lambda *_a: pytest.fail("a page scanned a folder"))
+    monkeypatch.setattr(Path, "read_text", lambda path, *a, **k: opened.append(path.name) or real_read_text(path, *a, **k))
+    page = store.list_by("things", "colour", "BLUE", offset=20, limit=10)
+    monkeypatch.undo()
+    assert [d["n"] for d in page] == list(range(237, 207, -3))
+    assert len(opened) <= 3 + 30 + 10, opened  # the marker, the head; 30 entries; 10 documents
 
 
 def test_a_page_reads_only_its_own_entries(tmp_path, monkeypatch):

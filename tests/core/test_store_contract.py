@@ -21,15 +21,16 @@ from tests.pg import (
 )
 
 COUNTED = {"orders": ("status",), "applications": ("decision",)}
+LISTED = {"orders": ("status", "customer.email")}
 
 
-def open_spec(spec: tuple[str, str]):
+def open_spec(spec: tuple[str, str], listed_by: dict[str, tuple[str, ...]] = LISTED):
     kind, location = spec
     if kind == "json":
-        return JsonStore(location, counted_fields=COUNTED)
+        return JsonStore(location, counted_fields=COUNTED, listed_by=listed_by)
     from core.store.postgres import PostgresStore
 
-    return PostgresStore(location, counted_fields=COUNTED, max_connections=4)
+    return PostgresStore(location, counted_fields=COUNTED, max_connections=4, listed_by=listed_by)
 
 
 @pytest.fixture(params=["json", "postgresql"])
@@ -98,6 +99,62 @@ def test_the_newest_listed_record_of_a_group_in_one_look_up(store):
         store.newest_in_group("orders", "o1")
     with pytest.raises(ValueError, match="invalid"):
         store.newest_in_group("applications", "../loan-a")
+
+
+def _ids(documents: list[dict]) -> list[str]:
+    return [d["id"] for d in documents]
+
+
+def test_a_list_by_value_has_the_latest_to_take_the_value_first_and_pages(store):
+    for n in range(1, 8):
+        store.put(
+            "orders", f"o{n}", {"id": f"o{n}", "status": "processing", "customer": {"email": f"c{n % 2}@x.test"}}, sort_key=str(n)
+        )
+    assert _ids(store.list_by("orders", "status", "processing")) == ["o7", "o6", "o5", "o4", "o3", "o2", "o1"]
+    for n in (2, 5, 3):  # completed in this order: o3 is the latest to complete
+        store.update("orders", f"o{n}", lambda doc: {**doc, "status": "completed"})
+    store.put("orders", "o5", store.get("orders", "o5"))  # a retry moves nothing
+    assert _ids(store.list_by("orders", "status", "completed")) == ["o3", "o5", "o2"]
+    assert _ids(store.list_by("orders", "status", "processing")) == ["o7", "o6", "o4", "o1"]
+    assert _ids(store.list_by("orders", "status", "processing", offset=1, limit=2)) == ["o6", "o4"]
+    assert _ids(store.list_by("orders", "status", "processing", offset=3, limit=5)) == ["o1"]
+    assert store.list_by("orders", "status", "processing", offset=4) == []
+    store.update("orders", "o3", lambda doc: {**doc, "status": "processing"})  # back: at the head again
+    assert _ids(store.list_by("orders", "status", "processing", limit=2)) == ["o3", "o7"]
+    assert _ids(store.list_by("orders", "status", "completed")) == ["o5", "o2"]
+    store.update("orders", "o2", lambda doc: {k: v for k, v in doc.items() if k != "status"})  # no value: in no list
+    assert _ids(store.list_by("orders", "status", "completed")) == ["o5"]
+    assert store.count_by("orders", "status") == {"processing": 5, "completed": 1}
+    assert store.list_by("orders", "status", "cancelled") == []
+
+
+def test_a_search_by_a_nested_field_ignores_case_and_spaces_and_misses_unlisted_records(store):
+    store.put("orders", "a", {"id": "a", "customer": {"email": "Ada@X.test"}}, sort_key="1")
+    store.put("orders", "b", {"id": "b", "customer": {"email": "ada@x.test"}}, sort_key="2")
+    store.put("orders", "c", {"id": "c", "customer": {"email": "ada@x.test"}})  # no sort key: not listed
+    store.put("orders", "d", {"id": "d", "customer": "not an object"}, sort_key="3")
+    assert _ids(store.list_by("orders", "customer.email", "  ADA@x.test ")) == ["b", "a"]
+    assert store.list_by("orders", "customer.email", "") == [] and store.list_by("orders", "customer.email", "ada") == []
+    with pytest.raises(ValueError, match="not listed by 'total'"):
+        store.list_by("orders", "total", "1")
+
+
+def test_records_written_before_their_lists_existed_are_listed_at_the_first_list_by(spec):
+    before = open_spec(spec, listed_by={})  # as a version without the lists wrote them
+    for n in range(1, 5):
+        before.put("orders", f"o{n}", {"id": f"o{n}", "status": "completed" if n % 2 else "processing"}, sort_key=str(n))
+    if hasattr(before, "close"):
+        before.close()
+    after = open_spec(spec)
+    after.put("orders", "o5", {"id": "o5", "status": "completed"}, sort_key="5")  # a write before the first list_by
+    after.update("orders", "o2", lambda doc: {**doc, "status": "completed"})
+    # Rebuilt oldest first from the listed records (by when each was first listed), whatever the writes since.
+    assert _ids(after.list_by("orders", "status", "completed")) == ["o5", "o3", "o2", "o1"]
+    assert _ids(after.list_by("orders", "status", "processing")) == ["o4"]
+    after.update("orders", "o4", lambda doc: {**doc, "status": "completed"})
+    assert _ids(after.list_by("orders", "status", "completed", limit=2)) == ["o4", "o5"]
+    if hasattr(after, "close"):
+        after.close()
 
 
 @pytest.mark.parametrize("bad", [("../x", "k", None), ("c", "../k", None), ("c", "k", "a/b")])

@@ -235,7 +235,9 @@ PAGES = {
     "signin": (lambda s: "/signin", False, 200),
     "not-found": (lambda s: "/applications/loan-0000", False, 404),
     "applications": (lambda s: "/applications", True, 200),
+    "applications-filtered": (lambda s: "/applications?decision=pre_approved", True, 200),
     "orders": (lambda s: "/orders", True, 200),
+    "orders-search": (lambda s: "/orders?q=ada@example.com", True, 200),
     "order-tracker": (lambda s: f"/orders/{s['order_id']}", True, 200),
     "review-queue": (lambda s: "/orders/review", True, 200),
     "mail": (lambda s: "/mail", True, 200),
@@ -482,8 +484,8 @@ async def place_order(
 ) -> str:
     """Fill in the dashboard's order form and place it; the tracker page opens. Returns the order id."""
     await page.goto("/orders")
-    await page.get_by_label("Customer id").fill(f"cust-{uuid.uuid4().hex[:10]}")
-    await page.get_by_label("Customer email").fill("ada@example.com")
+    await page.get_by_label("Customer id", exact=True).fill(f"cust-{uuid.uuid4().hex[:10]}")
+    await page.get_by_label("Customer email", exact=True).fill("ada@example.com")
     for product, quantity in quantities.items():
         await page.get_by_label(product, exact=True).fill(str(quantity))
     for part, label in ADDRESS_LABELS.items():
@@ -687,8 +689,8 @@ BROKEN_PRICES = """() => [...document.querySelectorAll('.catalog-table td.num:no
 
 async def test_an_invalid_order_shows_its_errors_in_view_with_what_was_typed_kept(operator):
     await operator.goto("/orders")
-    await operator.get_by_label("Customer id").fill("ada lovelace")
-    await operator.get_by_label("Customer email").fill("ada@")
+    await operator.get_by_label("Customer id", exact=True).fill("ada lovelace")
+    await operator.get_by_label("Customer email", exact=True).fill("ada@")
     await operator.get_by_label("Mechanical keyboard", exact=True).fill("three")
     await operator.get_by_label("City", exact=True).fill("Londres")
     await operator.get_by_role("button", name="Place order").click()
@@ -699,9 +701,9 @@ async def test_an_invalid_order_shows_its_errors_in_view_with_what_was_typed_kep
     await expect(banner).to_be_in_viewport()
     await expect(operator.locator("#customer_id-error")).to_have_text(ORDER_TEXTS["customer_id"])
     await expect(operator.locator("#sku_KB-100-error")).to_have_text(ORDER_TEXTS["quantity"])
-    await expect(operator.get_by_label("Customer id")).to_have_value("ada lovelace")
+    await expect(operator.get_by_label("Customer id", exact=True)).to_have_value("ada lovelace")
     await expect(operator.locator("#customer_email-error")).to_have_text(ORDER_TEXTS["customer_email"])
-    await expect(operator.get_by_label("Customer email")).to_have_value("ada@")
+    await expect(operator.get_by_label("Customer email", exact=True)).to_have_value("ada@")
     await expect(operator.get_by_label("Mechanical keyboard", exact=True)).to_have_value("three")
     await expect(operator.get_by_label("City", exact=True)).to_have_value("Londres")
     assert await operator.evaluate(BROKEN_PRICES) == [], "prices broken over two lines beside a quantity's error"

@@ -182,14 +182,15 @@ def test_an_order_is_found_by_its_id_or_its_workflow_id_and_an_unknown_one_is_sa
     order_id = uuid.uuid4().hex[:12]
     write_progress(store, ProgressRecord(order_status(order_id, "processing", 1, day(0)), []))
     for typed in (order_id, f"  {order_id.upper()} ", f"order-{order_id}"):
-        found = viewer.get("/orders/find", query_string={"order": typed})
+        found = viewer.get("/orders/find", query_string={"q": typed})
         assert found.status_code == 303 and found.headers["Location"] == f"/orders/{order_id}", typed
-    for typed in ("0123456789ab", "<b>nope</b>", ""):
-        missing = viewer.get("/orders/find", query_string={"order": typed})
-        assert missing.status_code == 303 and missing.headers["Location"] == "/orders", typed
-        page = viewer.get("/orders").get_data(as_text=True)
-        assert f"No order has the ID “{html.escape(typed)}”" in page, typed
+    for typed in ("0123456789ab", "<b>nope</b>"):  # not an order's ID: the dashboard's search for the text
+        missing = viewer.get("/orders/find", query_string={"q": typed})
+        assert missing.status_code == 303 and missing.headers["Location"].startswith("/orders?q="), typed
+        page = viewer.get(missing.headers["Location"]).get_data(as_text=True)
+        assert "No order has this ID, customer ID or email address" in page and html.escape(typed) in page, typed
         assert "<b>nope</b>" not in page
+    assert viewer.get("/orders/find", query_string={"q": " "}).headers["Location"] == "/orders"
     assert 'role="search"' in viewer.get("/orders").get_data(as_text=True)
     signed_out = app.test_client().get("/orders/find", query_string={"order": order_id})
     assert signed_out.status_code in (302, 303) and "/signin" in signed_out.headers["Location"]
