@@ -394,7 +394,9 @@ async def test_persist_retries_through_io_errors_and_writes_one_record(time_skip
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
     assert files == [f"{record_key(handle.id, outcome.run_id)}.json"], f"one record expected, found {files}"
     index = sorted(p.name for p in (folder / "_index").iterdir() if p.suffix in (".seq", ".key", ".json"))
-    assert index == ["1.seq", f"{record_key(handle.id, outcome.run_id)}.key", "state.json"], index
+    assert index == ["1.seq", "lists.json", f"{record_key(handle.id, outcome.run_id)}.key", "state.json"], index
+    heads = [p for p in (folder / "_index").iterdir() if p.suffix == ".head"]
+    assert len(heads) == 3  # one list each: its decision, its applicant's name, its email address
     store = JsonStore(settings.data_dir)
     assert store.count_by(APPLICATIONS, "decision") == {outcome.decision: 1}
     records, total = store.list_recent(APPLICATIONS)
