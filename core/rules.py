@@ -37,6 +37,7 @@ class CatalogItem(_Strict):
     name: str = Field(min_length=1)
     price: float = Field(gt=0)
     stock: int = Field(ge=0)  # starting stock, used when the inventory is first touched
+    description: str = ""  # the shop's product page shows it
 
 
 class RewardTier(_Strict):

@@ -1,6 +1,8 @@
 """Operator sign-in, roles, CSRF and security headers: who may do what, checked before any view runs.
 
-Two kinds of user:
+Three kinds of user:
+- a shopper, with no account yet: the shop's catalog, products and their own
+  cart (shop/web.py), kept in their session cookie;
 - an applicant, with no account: the loan form, their own result page (its URL
   holds the application's workflow ID, an HMAC of their email under the
   deployment's secret key, so it cannot be guessed or computed from an email),
@@ -73,6 +75,21 @@ PUBLIC_ENDPOINTS = frozenset(
         "api.evaluate",
         "api.application",
         "api.contact_api",
+        "shop.catalog_page",
+        "shop.product",
+        "shop.cart",
+        "shop.change_cart",
+        "shop_accounts.register_form",
+        "shop_accounts.register",
+        "shop_accounts.verify",
+        "shop_accounts.resend_verification",
+        "shop_accounts.signin_form",
+        "shop_accounts.signin",
+        "shop_accounts.signout",
+        "shop_accounts.reset_request_form",
+        "shop_accounts.reset_request",
+        "shop_accounts.reset_form",
+        "shop_accounts.reset",
     }
 )
 # The role each operator endpoint needs (web/operators.py ROLES); any other needs admin.

@@ -1,7 +1,7 @@
 """Abuse limits on the public endpoints (issue 26): how often one client may apply, answer, read and sign in.
 
 Anyone can reach the loan form, `POST /api/evaluate`, an application's page and
-its contact question, and the sign-in form. Each of those has limits per client
+its contact question, the shop and its cart, and the sign-in form. Each of those has limits per client
 address, refused sign-ins have one per operator account, and applying has one per
 applicant email too (the duplicate window
 already stops a second decision email to one address for 7 days). Operators
@@ -36,6 +36,10 @@ APPLY_PER_CLIENT = "10 per minute;60 per hour"
 ANSWER_PER_CLIENT = "20 per minute;100 per hour"
 READ_PER_CLIENT = "240 per minute"
 SIGNIN_PER_CLIENT = "10 per minute;50 per hour"
+CART_PER_CLIENT = "60 per minute;600 per hour"  # the shop's cart changes
+# Customers' accounts: each form that sends an email, per client and per address it names.
+ACCOUNT_EMAIL_PER_CLIENT = "5 per minute;20 per hour"
+ACCOUNT_EMAIL_PER_ADDRESS = "3 per hour"
 # Per operator account, refused sign-ins only, whichever clients send them: guessing one
 # account's password from many addresses stops after 5 a minute and 20 an hour.
 SIGNIN_FAILURES_PER_ACCOUNT = "5 per minute;20 per hour"
@@ -77,6 +81,28 @@ PUBLIC_LIMITS: dict[str, list[tuple[str, str, Callable[[], str] | None, Callable
     "pages.application": [(READ_PER_CLIENT, "read", None, None)],
     "api.contact_api": [(ANSWER_PER_CLIENT, "answer", None, None)],
     "pages.contact": [(ANSWER_PER_CLIENT, "answer", None, None)],
+    "shop.catalog_page": [(READ_PER_CLIENT, "read", None, None)],
+    "shop.product": [(READ_PER_CLIENT, "read", None, None)],
+    "shop.cart": [(READ_PER_CLIENT, "read", None, None)],
+    "shop.change_cart": [(CART_PER_CLIENT, "cart", None, None)],
+    "shop_accounts.register": [
+        (ACCOUNT_EMAIL_PER_CLIENT, "account-email", None, None),
+        (ACCOUNT_EMAIL_PER_ADDRESS, "account-address", applicant_email, None),
+    ],
+    "shop_accounts.resend_verification": [
+        (ACCOUNT_EMAIL_PER_CLIENT, "account-email", None, None),
+        (ACCOUNT_EMAIL_PER_ADDRESS, "account-address", applicant_email, None),
+    ],
+    "shop_accounts.reset_request": [
+        (ACCOUNT_EMAIL_PER_CLIENT, "account-email", None, None),
+        (ACCOUNT_EMAIL_PER_ADDRESS, "account-address", applicant_email, None),
+    ],
+    "shop_accounts.signin": [
+        (SIGNIN_PER_CLIENT, "shop-signin", None, None),
+        (SIGNIN_FAILURES_PER_ACCOUNT, "shop-signin-account", applicant_email, refused),
+    ],
+    "shop_accounts.verify": [(ANSWER_PER_CLIENT, "shop-link", None, None)],
+    "shop_accounts.reset": [(ANSWER_PER_CLIENT, "shop-link", None, None)],
     "auth.signin_submit": [
         (SIGNIN_PER_CLIENT, "signin", None, None),
         (SIGNIN_FAILURES_PER_ACCOUNT, "signin-account", signin_account, refused),

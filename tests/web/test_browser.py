@@ -26,7 +26,7 @@ from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 import tests.fixtures as conftest
-from core.mail_folder import list_messages
+from core.mail_folder import list_messages, read_message
 from tests.fixtures import (
     ADDRESS,
     HERE,
@@ -87,7 +87,9 @@ def site(dev_server, tmp_path_factory):
     worker = WorkerProcess(settings, address, root / "worker.log", extra_env={"SMTP_URL": f"smtp://127.0.0.1:{sink_port}"})
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
     try:
-        with gunicorn(settings, address, root / "gunicorn.log", MAIL_VIEW_DIR=str(root / "mail")) as (base, _):
+        with gunicorn(
+            settings, address, root / "gunicorn.log", MAIL_VIEW_DIR=str(root / "mail"), SMTP_URL=f"smtp://127.0.0.1:{sink_port}"
+        ) as (base, _):
             yield Site(base, settings.operator_token, root)
     finally:
         worker.kill()
@@ -240,6 +242,11 @@ PAGES = {
     "orders-search": (lambda s: "/orders?q=ada@example.com", True, 200),
     "order-tracker": (lambda s: f"/orders/{s['order_id']}", True, 200),
     "review-queue": (lambda s: "/orders/review", True, 200),
+    "shop": (lambda s: "/shop", False, 200),
+    "shop-product": (lambda s: "/shop/products/LP-140", False, 200),
+    "cart": (lambda s: "/shop/cart", False, 200),
+    "shop-register": (lambda s: "/shop/register", False, 200),
+    "shop-signin": (lambda s: "/shop/signin", False, 200),
     "mail": (lambda s: "/mail", True, 200),
     "mail-message": (lambda s: f"/mail/{s['mail_name']}", True, 200),
 }
@@ -708,3 +715,79 @@ async def test_an_invalid_order_shows_its_errors_in_view_with_what_was_typed_kep
     await expect(operator.get_by_label("City", exact=True)).to_have_value("Londres")
     assert await operator.evaluate(BROKEN_PRICES) == [], "prices broken over two lines beside a quantity's error"
     await screenshot(operator, "order-form-errors-desktop")
+
+
+# --- the shop ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("viewport_name", VIEWPORTS)
+async def test_a_shopper_browses_fills_the_cart_and_is_told_what_the_stock_does_not_allow(browser, site, viewport_name):
+    context, watched = await new_page(browser, site, VIEWPORTS[viewport_name])
+    page = watched.page
+    await page.goto("/")
+    await page.get_by_role("link", name="Shop", exact=True).click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Shop")
+    card = page.locator(".product-card", has=page.get_by_role("link", name="Mechanical keyboard"))
+    await card.get_by_label("Quantity").fill("2")
+    await card.get_by_role("button", name="Add to cart").click()
+    await expect(page.locator(".flash")).to_have_text("Added 2 × Mechanical keyboard to your cart.")
+    await expect(page.locator(".cart-count")).to_have_text("\u00a0(2)")
+    await page.get_by_role("link", name="14-inch laptop").click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("14-inch laptop")
+    await page.get_by_label("Quantity").fill("99")
+    await page.get_by_role("button", name="Add to cart").click()
+    await expect(page.locator(".field-error")).to_have_text("Enter a quantity from 1 to 20.")
+    await expect(page.get_by_label("Quantity")).to_have_value("99")
+    await expect(page.get_by_label("Quantity")).to_be_focused()
+    await page.get_by_label("Quantity").fill("1")
+    await page.get_by_role("button", name="Add to cart").click()
+    await page.get_by_role("navigation", name="Main").get_by_role("link", name=re.compile(r"^Cart")).click()
+    await expect(page.locator("#cart tbody tr")).to_have_count(2)
+    await expect(page.locator(".cart-total strong")).to_have_text("$1,427")  # 2 × 89 + 1,249
+    await page.get_by_label("Quantity of the Mechanical keyboard").fill("5")
+    await page.get_by_role("button", name="Update the Mechanical keyboard").click()
+    await expect(page.locator(".cart-total strong")).to_have_text("$1,694")
+    await page.get_by_role("button", name="Remove the 14-inch laptop").click()
+    await expect(page.locator("#cart tbody tr")).to_have_count(1)
+    await expect(page.locator(".cart-total strong")).to_have_text("$445")
+    overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the cart is {overflow}px wider than the {viewport_name} screen"
+    await screenshot(page, f"shop-cart-{viewport_name}")
+    await context.close()
+    assert not watched.problems, "\n".join(watched.problems)
+
+
+def shop_link(folder: Path, to: str) -> str | None:
+    """The shop's link in the newest email to `to` the sink holds, if any."""
+    for stored in list_messages(folder):
+        found = read_message(folder, stored.name)
+        if found is not None and found[1]["To"] == to:
+            return re.search(r"http://[^/]+(/shop/\S+)", found[1].get_body(("plain",)).get_content()).group(1)
+    return None
+
+
+async def test_a_shopper_creates_an_account_confirms_it_from_the_email_and_keeps_the_cart_on_a_phone(browser, site):
+    context, watched = await new_page(browser, site, PHONE)
+    page = watched.page
+    address = f"shopper-{uuid.uuid4().hex[:8]}@example.com"
+    await page.goto("/shop")
+    card = page.locator(".product-card", has=page.get_by_role("link", name="Wireless mouse"))
+    await card.get_by_role("button", name="Add to cart").click()
+    await page.get_by_role("link", name="Create an account").click()
+    await page.get_by_label("Your name").fill("Grace Hopper")
+    await page.get_by_label("Email").fill(address)
+    await page.get_by_label("Password", exact=True).fill("a long enough password")
+    await page.get_by_label("Password again").fill("a long enough password")
+    await page.get_by_role("button", name="Create the account").click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Check your email")
+    link = wait_until(lambda: shop_link(site.mail, address), timeout=20, what="the confirmation email")
+    await page.goto(link)
+    await expect(page.locator(".flash")).to_contain_text("Your email address is confirmed")
+    await page.get_by_label("Email").fill(address)
+    await page.get_by_label("Password").fill("a long enough password")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator(".account-bar")).to_contain_text("Signed in as Grace Hopper")
+    await expect(page.locator(".cart-count")).to_have_text("\u00a0(1)")  # the cart from before signing in
+    await screenshot(page, "shop-signed-in-phone")
+    await context.close()
+    assert not watched.problems, "\n".join(watched.problems)

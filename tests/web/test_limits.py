@@ -21,7 +21,7 @@ from loans.model import APPLICATIONS, ContactPreferenceRequest
 from loans.service import MAX_CONTACT_ANSWERS
 from loans.validation import InvalidApplication, parse_json_application
 from tests.fixtures import HERE, applicant_link, fresh_settings, make_app, new_operator
-from web.limits import APPLY_PER_CLIENT, APPLY_PER_EMAIL, SIGNIN_FAILURES_PER_ACCOUNT
+from web.limits import ACCOUNT_EMAIL_PER_ADDRESS, APPLY_PER_CLIENT, APPLY_PER_EMAIL, SIGNIN_FAILURES_PER_ACCOUNT
 
 NO_TEMPORAL = "127.0.0.1:1"  # nothing these requests do reaches Temporal
 MESSAGES = load_messages(HERE / "messages.json")
@@ -185,3 +185,16 @@ def test_only_allowed_host_names_are_served(tmp_path, monkeypatch):
     client = make_app(shop, NO_TEMPORAL, monkeypatch).test_client()
     assert client.get("/healthz", headers={"Host": "shop.example.com"}).status_code == 200
     assert client.get("/healthz", headers={"Host": "localhost"}).status_code == 400
+
+
+def test_the_shops_account_emails_are_limited_per_address_from_any_client(limited):
+    """Asking for reset links for one address from many clients stops after ACCOUNT_EMAIL_PER_ADDRESS
+    an hour: nobody fills a customer's inbox (issue 29)."""
+    _, app = limited
+    allowed = int(ACCOUNT_EMAIL_PER_ADDRESS.split()[0])
+    answers = [
+        client_at(app, f"10.0.0.{n}").post("/shop/reset", data={"email": "ada@example.com"}).status_code
+        for n in range(allowed + 1)
+    ]
+    assert answers == [200] * allowed + [429]
+    assert client_at(app, "10.0.1.1").post("/shop/reset", data={"email": "grace@example.com"}).status_code == 200

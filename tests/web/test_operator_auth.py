@@ -41,6 +41,25 @@ APPLICANT_ENDPOINTS = {
     "api.application",
     "api.contact_api",
 }
+# What any visitor may reach in the shop (issue 29): the catalog, a product, their own cart.
+SHOPPER_ENDPOINTS = {"shop.catalog_page", "shop.product", "shop.cart", "shop.change_cart"}
+# A customer's account (issue 29): registering, confirming the address, signing in and out, resets.
+CUSTOMER_ACCOUNT_ENDPOINTS = {
+    f"shop_accounts.{name}"
+    for name in (
+        "register_form",
+        "register",
+        "verify",
+        "resend_verification",
+        "signin_form",
+        "signin",
+        "signout",
+        "reset_request_form",
+        "reset_request",
+        "reset_form",
+        "reset",
+    )
+}
 
 
 @pytest.fixture
@@ -53,7 +72,7 @@ def settings(order_stack):
     return order_stack[0]
 
 
-def test_the_public_endpoints_are_exactly_the_applicants():
+def test_the_public_endpoints_are_exactly_the_applicants_and_the_shoppers():
     assert (
         PUBLIC_ENDPOINTS
         - {
@@ -65,7 +84,7 @@ def test_the_public_endpoints_are_exactly_the_applicants():
             "auth.signin_submit",
             "auth.signout",
         }
-        == APPLICANT_ENDPOINTS
+        == APPLICANT_ENDPOINTS | SHOPPER_ENDPOINTS | CUSTOMER_ACCOUNT_ENDPOINTS
     )
 
 

@@ -1,0 +1,225 @@
+"""Customers' sign-up, email verification, sign-in and out, and password resets, at /shop/….
+
+Every form carries the CSRF token; each route has abuse limits (web/limits.py).
+A session remembers the signed-in customer as their account's key and password
+version (`session["customer"]`), next to, and separate from, an operator's sign-in.
+
+No page tells whether an address has an account: registering an address that has
+one, or asking to reset one that has none, answers as if it worked, and the email
+(or its absence) tells the owner. The emails go out from this request, through
+the product's SMTP server: the page says an email was sent only once the server
+took it, and says it could not when it did not (the account is kept; a new link
+can be asked for).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import smtplib
+from email.utils import make_msgid
+from typing import Any
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+
+from core.email_address import normalize_email
+from core.mail import SmtpSettings, new_message, parse_mailbox, send
+from core.settings import sender_named
+from shop.accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, AccountRefused, CustomerAccounts, account_key
+from shop.session import CART, CUSTOMER, session_cart, signed_in_customer
+from web.auth import PASSWORD_HASHERS
+
+shop_accounts = Blueprint("shop_accounts", __name__)
+SHOP_SENDER = "Shop"
+log = logging.getLogger(__name__)
+
+
+def accounts() -> CustomerAccounts:
+    return current_app.extensions["customer_accounts"]
+
+
+# --- emails ------------------------------------------------------------------------------
+
+
+def send_link(record: dict[str, Any], purpose: str) -> bool:
+    """Email the account a verification or reset link; False if the SMTP server did not take it."""
+    settings = current_app.extensions["settings"]
+    smtp = SmtpSettings.from_settings(settings)
+    token = accounts().link_token(record, purpose)
+    endpoint = "shop_accounts.verify" if purpose == "verify" else "shop_accounts.reset_form"
+    link = settings.public_url.rstrip("/") + url_for(endpoint, token=token)
+    message = new_message()
+    message["From"] = sender_named(SHOP_SENDER, settings.order_mail_from)
+    message["To"] = record["email"]
+    if purpose == "verify":
+        message["Subject"] = "Confirm your email address for the shop"
+        body = f"Hello {record['name']},\n\nConfirm your email address to finish your shop account:\n\n{link}\n\nThe link works for 24 hours. If you did not sign up, ignore this email."
+    elif purpose == "reset":
+        message["Subject"] = "Reset your shop password"
+        body = f"Hello {record['name']},\n\nChoose a new password for your shop account:\n\n{link}\n\nThe link works once, for an hour. If you did not ask, ignore this email: your password stays as it is."
+    else:  # someone registered with an address that has an account
+        message["Subject"] = "You already have a shop account"
+        sign_in = settings.public_url.rstrip("/") + url_for("shop_accounts.signin_form")
+        body = f"Hello {record['name']},\n\nSomeone (perhaps you) tried to sign up with this address, which already has an account. Sign in at {sign_in}, or reset your password there.\n\nIf it was not you, ignore this email."
+    message["Message-ID"] = make_msgid(idstring=f"shop-{purpose}", domain=parse_mailbox(settings.order_mail_from).domain or None)
+    message.set_content(body)
+    if smtp is None:
+        log.warning("no SMTP_URL: the shop's %s email to an account was not sent", purpose)
+        return False
+    try:
+        send(smtp, message)
+    except (smtplib.SMTPException, OSError) as err:
+        log.warning("the shop's %s email was not sent: %s", purpose, type(err).__name__)
+        return False
+    return True
+
+
+# --- sign-up and verification ---------------------------------------------------------------
+
+
+def render_form(template: str, values: dict[str, str], errors: dict[str, str], status: int = 200, **extra: Any):
+    values = {k: v for k, v in values.items() if "password" not in k}  # a password is never sent back
+    return render_template(
+        f"shop/{template}.html",
+        values=values,
+        errors=errors,
+        min_password=MIN_PASSWORD_LENGTH,
+        max_password=MAX_PASSWORD_LENGTH,
+        **extra,
+    ), status
+
+
+@shop_accounts.get("/shop/register")
+def register_form():
+    return render_form("register", {}, {})
+
+
+@shop_accounts.post("/shop/register")
+def register():
+    form = request.form
+    values = {name: form.get(name, "").strip() for name in ("name", "email")}
+    errors = {}
+    if not 1 <= len(values["name"]) <= 100:
+        errors["name"] = "Enter your name, up to 100 characters."
+    try:
+        values["email"] = normalize_email(values["email"])
+    except ValueError:
+        errors["email"] = "Enter a valid email address, like name@example.com."
+    password = form.get("password", "")
+    if password != form.get("password_again", ""):
+        errors["password_again"] = "Type the same password twice."
+    if not errors:
+        try:
+            record, created = accounts().register(values["name"], values["email"], password)
+        except AccountRefused as refused:
+            errors[refused.field] = refused.message
+    if errors:
+        return render_form("register", values, errors, 400)
+    sent = send_link(record, "verify" if created or not record["verified"] else "exists")
+    return render_template("shop/check_email.html", email=values["email"], sent=sent, purpose="verify")
+
+
+@shop_accounts.get("/shop/verify/<token>")
+def verify(token: str):
+    record = accounts().verify_email(token)
+    if record is None:
+        return render_template("shop/link_expired.html", purpose="verify"), 400
+    flash("Your email address is confirmed. Sign in to shop with your account.", "success")
+    return redirect(url_for("shop_accounts.signin_form"), code=303)
+
+
+@shop_accounts.post("/shop/verify")
+def resend_verification():
+    """Another verification link, asked for on the sign-in page (the same answer for any address)."""
+    email = request.form.get("email", "").strip()
+    try:
+        record = accounts().get(account_key(email))
+    except ValueError:
+        record = None
+    sent = send_link(record, "verify") if record is not None and not record["verified"] else True
+    return render_template("shop/check_email.html", email=email, sent=sent, purpose="verify")
+
+
+# --- sign-in and out ----------------------------------------------------------------------
+
+
+@shop_accounts.get("/shop/signin")
+def signin_form():
+    return render_form("signin", {}, {})
+
+
+@shop_accounts.post("/shop/signin")
+def signin():
+    email = request.form.get("email", "").strip()
+    record = accounts().authenticate(email, request.form.get("password", ""))
+    if record is None:
+        return render_form("signin", {"email": email}, {"email": "The email address or the password is not right."}, 401)
+    if not record["verified"]:
+        return render_form("signin", {"email": email}, {}, 403, unverified=True)
+    key = account_key(record["email"])
+    session[CUSTOMER] = {"k": key, "v": record["version"]}
+    session[CART] = accounts().merge_cart(key, session_cart())  # the visitor's cart joins the account's
+    flash(f"Signed in as {record['name']}.", "success")
+    return redirect(url_for("shop.catalog_page"), code=303)
+
+
+@shop_accounts.post("/shop/signout")
+def signout():
+    session.pop(CUSTOMER, None)
+    session.pop(CART, None)  # the cart stays with the account, not in this browser
+    flash("Signed out of the shop.", "success")
+    return redirect(url_for("shop.catalog_page"), code=303)
+
+
+# --- password resets ------------------------------------------------------------------------
+
+
+@shop_accounts.get("/shop/reset")
+def reset_request_form():
+    return render_form("reset_request", {}, {})
+
+
+@shop_accounts.post("/shop/reset")
+def reset_request():
+    email = request.form.get("email", "").strip()
+    try:
+        record = accounts().get(account_key(email))
+    except ValueError:
+        return render_form(
+            "reset_request", {"email": email}, {"email": "Enter a valid email address, like name@example.com."}, 400
+        )
+    sent = send_link(record, "reset") if record is not None else True
+    return render_template("shop/check_email.html", email=email, sent=sent, purpose="reset")
+
+
+@shop_accounts.get("/shop/reset/<token>")
+def reset_form(token: str):
+    if accounts().reset_account(token) is None:
+        return render_template("shop/link_expired.html", purpose="reset"), 400
+    return render_form("reset", {}, {}, token=token)
+
+
+@shop_accounts.post("/shop/reset/<token>")
+def reset(token: str):
+    password = request.form.get("password", "")
+    if password != request.form.get("password_again", ""):
+        return render_form("reset", {}, {"password_again": "Type the same password twice."}, 400, token=token)
+    try:
+        record = accounts().reset_password(token, password)
+    except AccountRefused as refused:
+        return render_form("reset", {}, {refused.field: refused.message}, 400, token=token)
+    if record is None:
+        return render_template("shop/link_expired.html", purpose="reset"), 400
+    session.pop(CUSTOMER, None)
+    flash("Your password is changed. Sign in with it.", "success")
+    return redirect(url_for("shop_accounts.signin_form"), code=303)
+
+
+def init_app(app, store, settings) -> None:
+    # The links' own key, derived from the deployment's secret (as the session cookie's is).
+    links_key = hmac.new(settings.secret_key.encode(), b"shop-customer-links", hashlib.sha256).hexdigest()
+    hasher = PASSWORD_HASHERS[settings.password_hashing]()  # Argon2id, as the operators' passwords
+    app.extensions["customer_accounts"] = CustomerAccounts(store, links_key, hasher)
+    app.register_blueprint(shop_accounts)
+    app.context_processor(lambda: {"customer": signed_in_customer() if CUSTOMER in session else None})

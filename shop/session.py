@@ -1,0 +1,46 @@
+"""What a shopper's session holds: their cart, and, once signed in, their account.
+
+The session is Flask's signed cookie: `cart` is {sku: quantity}; `customer` is
+{"k": account key, "v": password version}, separate from an operator's sign-in.
+A signed-in customer's cart is also kept in their account, so it follows them to
+another browser and survives signing out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, session
+
+from core.rules import CatalogItem
+from shop.cart import cleaned
+
+CART = "cart"
+CUSTOMER = "customer"
+
+
+def catalog() -> dict[str, CatalogItem]:
+    return {item.sku: item for item in current_app.extensions["order_service"].rules.catalog}
+
+
+def session_cart() -> dict[str, int]:
+    return cleaned(session.get(CART), catalog())
+
+
+def signed_in_customer() -> dict[str, Any] | None:
+    """The signed-in customer's account, if the session names one whose password has not changed since."""
+    entry = session.get(CUSTOMER)
+    if not isinstance(entry, dict):
+        return None
+    record = current_app.extensions["customer_accounts"].current(str(entry.get("k")), entry.get("v"))
+    if record is None:
+        session.pop(CUSTOMER, None)
+    return record
+
+
+def keep_cart(cart: dict[str, int]) -> None:
+    """The cart, in the session and, for a signed-in customer, in their account."""
+    session[CART] = cart
+    entry = session.get(CUSTOMER)
+    if isinstance(entry, dict) and signed_in_customer() is not None:
+        current_app.extensions["customer_accounts"].save_cart(str(entry["k"]), cart)
