@@ -42,6 +42,7 @@ from orders import web as orders_web
 from orders.cli import orders_cli
 from orders.service import OrderService
 from shop import account_web as shop_account_web
+from shop import orders_web as shop_orders_web
 from shop import web as shop_web
 from web import auth as operator_auth
 from web import limits as web_limits
@@ -141,6 +142,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     orders_web.init_app(app, OrderService(settings, rules, app_messages, temporal, store))
     shop_web.init_app(app)  # the storefront: it reads the order service's catalog and stock
     shop_account_web.init_app(app, store, settings)  # customers' accounts
+    shop_orders_web.init_app(app)  # a customer's checkout and orders
     app.cli.add_command(orders_cli)
     app.register_blueprint(health)
     app.extensions["openapi"] = build_openapi([item.sku for item in rules.orders.catalog])

@@ -326,14 +326,14 @@ class OrderService:
                 handle = client.get_workflow_handle(rewards_workflow_id(customer_id))
                 return dataclasses.asdict(await handle.query(RewardsWorkflow.summary))
         except (RPCError, TimeoutError, TemporalUnavailable, WorkflowQueryFailedError) as err:
-            stored = self._stored_rewards(customer_id)
+            stored = self.stored_rewards(customer_id)
             if stored is not None:
                 return stored
             if isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND:
                 raise NoRewards(customer_id) from err
             raise TemporalUnavailable(str(err)) from err
 
-    def _stored_rewards(self, customer_id: str) -> dict[str, Any] | None:
+    def stored_rewards(self, customer_id: str) -> dict[str, Any] | None:
         try:
             return self.store.get(REWARDS, customer_id)
         except ValueError:

@@ -144,9 +144,16 @@ def resend_verification():
 # --- sign-in and out ----------------------------------------------------------------------
 
 
+def next_page(raw: str | None) -> str:
+    """Where to go after signing in: a shop page the visitor was sent from, else the shop."""
+    if raw and raw.startswith("/shop/") and not raw.startswith("//") and "\\" not in raw:
+        return raw
+    return url_for("shop.catalog_page")
+
+
 @shop_accounts.get("/shop/signin")
 def signin_form():
-    return render_form("signin", {}, {})
+    return render_form("signin", {}, {}, next=next_page(request.args.get("next")))
 
 
 @shop_accounts.post("/shop/signin")
@@ -154,14 +161,15 @@ def signin():
     email = request.form.get("email", "").strip()
     record = accounts().authenticate(email, request.form.get("password", ""))
     if record is None:
-        return render_form("signin", {"email": email}, {"email": "The email address or the password is not right."}, 401)
+        errors = {"email": "The email address or the password is not right."}
+        return render_form("signin", {"email": email}, errors, 401, next=next_page(request.form.get("next")))
     if not record["verified"]:
-        return render_form("signin", {"email": email}, {}, 403, unverified=True)
+        return render_form("signin", {"email": email}, {}, 403, unverified=True, next=next_page(request.form.get("next")))
     key = account_key(record["email"])
     session[CUSTOMER] = {"k": key, "v": record["version"]}
     session[CART] = accounts().merge_cart(key, session_cart())  # the visitor's cart joins the account's
     flash(f"Signed in as {record['name']}.", "success")
-    return redirect(url_for("shop.catalog_page"), code=303)
+    return redirect(next_page(request.form.get("next")), code=303)
 
 
 @shop_accounts.post("/shop/signout")

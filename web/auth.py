@@ -90,6 +90,13 @@ PUBLIC_ENDPOINTS = frozenset(
         "shop_accounts.reset_request",
         "shop_accounts.reset_form",
         "shop_accounts.reset",
+        # A customer's own: each checks the signed-in customer itself (shop/orders_web.py).
+        "shop_orders.checkout",
+        "shop_orders.place",
+        "shop_orders.orders",
+        "shop_orders.order",
+        "shop_orders.cancel",
+        "shop_orders.change_address",
     }
 )
 # The role each operator endpoint needs (web/operators.py ROLES); any other needs admin.

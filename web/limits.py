@@ -101,6 +101,7 @@ PUBLIC_LIMITS: dict[str, list[tuple[str, str, Callable[[], str] | None, Callable
         (SIGNIN_PER_CLIENT, "shop-signin", None, None),
         (SIGNIN_FAILURES_PER_ACCOUNT, "shop-signin-account", applicant_email, refused),
     ],
+    "shop_orders.place": [(APPLY_PER_CLIENT, "checkout", None, None)],
     "shop_accounts.verify": [(ANSWER_PER_CLIENT, "shop-link", None, None)],
     "shop_accounts.reset": [(ANSWER_PER_CLIENT, "shop-link", None, None)],
     "auth.signin_submit": [

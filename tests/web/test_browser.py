@@ -720,8 +720,9 @@ async def test_an_invalid_order_shows_its_errors_in_view_with_what_was_typed_kep
 # --- the shop ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("viewport_name", VIEWPORTS)
-async def test_a_shopper_browses_fills_the_cart_and_is_told_what_the_stock_does_not_allow(browser, site, viewport_name):
+async def test_a_shopper_browses_fills_the_cart_and_is_told_what_the_stock_does_not_allow(browser, site):
+    """On a desktop; the journey below fills a cart on a phone too, and every shop page is checked at both widths."""
+    viewport_name = "desktop"
     context, watched = await new_page(browser, site, VIEWPORTS[viewport_name])
     page = watched.page
     await page.goto("/")
@@ -766,8 +767,19 @@ def shop_link(folder: Path, to: str) -> str | None:
     return None
 
 
-async def test_a_shopper_creates_an_account_confirms_it_from_the_email_and_keeps_the_cart_on_a_phone(browser, site):
-    context, watched = await new_page(browser, site, PHONE)
+async def assert_clean(page: Page, what: str) -> None:
+    """No horizontal overflow, no serious accessibility violation, nothing the CSP blocked."""
+    overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"{what} is {overflow}px wider than the screen"
+    serious = [v for v in (await Axe().run(page)).response["violations"] if v["impact"] in SERIOUS]
+    assert not serious, f"{what}: {axe_report(serious)}"
+    assert await page.evaluate("window.cspViolations") == []
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("viewport_name", VIEWPORTS)
+async def test_a_shopper_signs_up_from_the_email_checks_out_and_follows_the_order_to_delivery(browser, site, viewport_name):
+    context, watched = await new_page(browser, site, VIEWPORTS[viewport_name])
     page = watched.page
     address = f"shopper-{uuid.uuid4().hex[:8]}@example.com"
     await page.goto("/shop")
@@ -788,6 +800,34 @@ async def test_a_shopper_creates_an_account_confirms_it_from_the_email_and_keeps
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.locator(".account-bar")).to_contain_text("Signed in as Grace Hopper")
     await expect(page.locator(".cart-count")).to_have_text("\u00a0(1)")  # the cart from before signing in
-    await screenshot(page, "shop-signed-in-phone")
+
+    await page.get_by_role("navigation", name="Main").get_by_role("link", name=re.compile(r"^Cart")).click()
+    await page.get_by_role("link", name="Check out").click()
+    await expect(page.get_by_label("Recipient name")).to_have_value("Grace Hopper")
+    await page.get_by_label("Street and number").fill("1 Harbour Street")
+    await page.get_by_label("City").fill("Arlington")
+    await page.get_by_label("Postal code").fill("22201")
+    await page.get_by_label("Country").fill("US")
+    await page.get_by_label("Expedited shipping").check()
+    await assert_clean(page, "the checkout")
+    await page.get_by_role("button", name=re.compile(r"^Place order")).click()
+    await expect(page.locator(".flash")).to_contain_text("The order is placed.")
+    for _ in range(60):  # the parcel travels for about a second; the page shows what is recorded
+        if await page.locator("#order-status").text_content() == "Delivered":
+            break
+        await page.wait_for_timeout(250)
+        await page.get_by_role("link", name="Refresh").click()
+    await expect(page.locator("#order-status")).to_have_text("Delivered")
+    await expect(page.locator(".order-page")).to_contain_text("tracking number")
+    await assert_clean(page, "the order's page")
+    await screenshot(page, f"shop-order-{viewport_name}")
+    await page.get_by_role("link", name="Your orders").click()
+    for _ in range(40):  # the rewards workflow records the points just after the delivery
+        if "39</strong> points" in await page.locator(".rewards-card").inner_html():
+            break
+        await page.wait_for_timeout(250)
+        await page.reload()
+    await expect(page.locator(".rewards-card")).to_contain_text("39 points")  # $39.50: a point a whole dollar
+    await assert_clean(page, "the customer's orders")
     await context.close()
     assert not watched.problems, "\n".join(watched.problems)

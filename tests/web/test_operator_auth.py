@@ -60,6 +60,10 @@ CUSTOMER_ACCOUNT_ENDPOINTS = {
         "reset",
     )
 }
+# A customer's checkout and own orders (each checks the signed-in customer: tests/web/test_shop_orders.py).
+CUSTOMER_ORDER_ENDPOINTS = {
+    f"shop_orders.{name}" for name in ("checkout", "place", "orders", "order", "cancel", "change_address")
+}
 
 
 @pytest.fixture
@@ -84,7 +88,7 @@ def test_the_public_endpoints_are_exactly_the_applicants_and_the_shoppers():
             "auth.signin_submit",
             "auth.signout",
         }
-        == APPLICANT_ENDPOINTS | SHOPPER_ENDPOINTS | CUSTOMER_ACCOUNT_ENDPOINTS
+        == APPLICANT_ENDPOINTS | SHOPPER_ENDPOINTS | CUSTOMER_ACCOUNT_ENDPOINTS | CUSTOMER_ORDER_ENDPOINTS
     )
 
 

@@ -1,0 +1,144 @@
+"""A customer's checkout and their own orders (issue 29), on a real dev server and worker: the cart
+placed as one order however often the form is sent, tracked to delivery with its tracking number and
+rewards; cancel and address changes through the workflow's updates; nobody else's orders on any route."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+
+from core.idempotency import new_form_key
+from orders.model import INVENTORY, ORDERS, STOCK
+from shop.accounts import account_key
+from tests.fixtures import ADDRESS, signed_in, wait_until
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def app(order_app):
+    return order_app
+
+
+def customer_client(app, name: str = "Ada Lovelace"):
+    """A browser signed in to the shop as a new, verified customer; and their account."""
+    address = f"{name.split()[0].lower()}-{uuid.uuid4().hex[:8]}@example.com"
+    accounts = app.extensions["customer_accounts"]
+    record, _ = accounts.register(name, address, PASSWORD)
+    accounts.change(account_key(address), lambda r: {**r, "verified": True})
+    client = app.test_client()
+    assert client.post("/shop/signin", data={"email": address, "password": PASSWORD}).status_code == 303
+    return client, accounts.get(account_key(address))
+
+
+def add(client, sku: str, quantity: int) -> None:
+    answer = client.post("/shop/cart", data={"sku": sku, "action": "add", "quantity": str(quantity), "from": "catalog"})
+    assert answer.status_code == 303, answer.get_data(as_text=True)
+
+
+def checkout_form(client, expedited: bool = True) -> dict[str, str]:
+    page = client.get("/shop/checkout").get_data(as_text=True)
+    key = re.search(r'name="submission_key" value="([^"]+)"', page).group(1)
+    form = {"submission_key": key, **{f"address.{part}": value for part, value in ADDRESS.items()}}
+    return {**form, "expedited": "yes"} if expedited else form
+
+
+def stored(app, order_id: str) -> dict | None:
+    return app.extensions["order_service"].store.get(ORDERS, order_id)
+
+
+@pytest.mark.timeout(60)
+def test_a_customer_checks_out_once_however_often_the_form_is_sent_and_follows_it_to_delivery(app):
+    client, account = customer_client(app)
+    add(client, "KB-100", 2)
+    form = checkout_form(client)
+    placed = client.post("/shop/checkout", data=form)
+    assert placed.status_code == 303, placed.get_data(as_text=True)
+    order_url = placed.headers["Location"]
+    order_id = order_url.rsplit("/", 1)[1]
+    again = client.post("/shop/checkout", data=form)  # pressed twice, or sent again after a lost answer
+    assert again.status_code == 303 and again.headers["Location"] == order_url
+    assert "Your cart is empty" in client.get("/shop/cart").get_data(as_text=True)
+    remembered = app.extensions["customer_accounts"].get(account_key(account["email"]))["address"]
+    assert remembered == ADDRESS
+    done = wait_until(lambda: (stored(app, order_id) or {}).get("status") == "completed", timeout=40, what="delivery")
+    assert done
+    page = client.get(order_url).get_data(as_text=True)
+    assert "Delivered" in page and "tracking number" in page and "$178" in page
+    record = stored(app, order_id)
+    assert record["customer_id"] == account["customer_id"] and record["customer_email"] == account["email"]
+
+    def rewarded() -> str | None:
+        page = client.get("/shop/orders").get_data(as_text=True)
+        return page if "<strong>178</strong> points" in page else None
+
+    mine = wait_until(rewarded, what="the rewards")  # recorded by the customer's rewards workflow
+    assert order_id in mine and "Delivered" in mine
+
+
+def test_another_customer_cannot_see_or_act_on_the_first_customers_orders(app, order_stack):
+    first, _ = customer_client(app)
+    add(first, "CB-010", 1)
+    order_id = first.post("/shop/checkout", data=checkout_form(first, expedited=False)).headers["Location"].rsplit("/", 1)[1]
+    other, _ = customer_client(app, "Mallory Eve")
+    for method, path in [
+        ("GET", f"/shop/orders/{order_id}"),
+        ("POST", f"/shop/orders/{order_id}/cancel"),
+        ("POST", f"/shop/orders/{order_id}/address"),
+    ]:
+        answer = other.open(
+            path, method=method, data={f"address.{k}": v for k, v in ADDRESS.items()} if method == "POST" else None
+        )
+        assert answer.status_code == 404, (method, path, answer.status_code)
+    assert order_id not in other.get("/shop/orders").get_data(as_text=True)
+    assert other.get("/shop/orders/0123456789ab").status_code == 404  # unknown: the same answer
+    anonymous = app.test_client()
+    signin = anonymous.get(f"/shop/orders/{order_id}")
+    assert signin.status_code == 303 and signin.headers["Location"] == f"/shop/signin?next=/shop/orders/{order_id}"
+    # An operator's sign-in is not a customer's.
+    operator = signed_in(app.test_client(), order_stack[0])
+    assert operator.get(f"/shop/orders/{order_id}").status_code == 303
+    assert stored(app, order_id) is None or stored(app, order_id)["status"] != "cancelled"
+
+
+@pytest.mark.timeout(60)
+def test_a_customer_changes_the_address_and_cancels_an_order_waiting_for_review_and_is_told_why_not_after(app):
+    client, _ = customer_client(app)
+    add(client, "LP-140", 1)  # above the review limit
+    order_url = client.post("/shop/checkout", data=checkout_form(client, expedited=False)).headers["Location"]
+    order_id = order_url.rsplit("/", 1)[1]
+    wait_until(lambda: (stored(app, order_id) or {}).get("status") == "awaiting_review", what="the review")
+    page = client.get(order_url).get_data(as_text=True)
+    assert "Waiting for our review" in page and "We decide by" in page and "Cancel the order" in page
+    moved = client.post(
+        f"{order_url}/address", data={**{f"address.{k}": v for k, v in ADDRESS.items()}, "address.city": "Cambridge"}
+    )
+    assert moved.status_code == 303
+    wait_until(lambda: (stored(app, order_id) or {}).get("address", {}).get("city") == "Cambridge", what="the new address")
+    bad = client.post(f"{order_url}/address", data={f"address.{k}": "" for k in ADDRESS})
+    assert bad.status_code == 400 and 'aria-invalid="true"' in bad.get_data(as_text=True)
+    assert client.post(f"{order_url}/cancel").status_code == 303
+    wait_until(lambda: (stored(app, order_id) or {}).get("status") == "cancelled", what="the cancel")
+    page = client.get(order_url).get_data(as_text=True)
+    assert "Cancel the order" not in page and "Change the shipping address" not in page
+    refused = client.post(f"{order_url}/cancel")
+    assert refused.status_code == 409 and "already" in refused.get_data(as_text=True).lower()
+
+
+def test_checkout_refuses_an_empty_cart_and_what_the_stock_no_longer_covers(app):
+    client, _ = customer_client(app)
+    empty = client.post(
+        "/shop/checkout", data={"submission_key": new_form_key(), **{f"address.{k}": v for k, v in ADDRESS.items()}}
+    )
+    assert empty.status_code == 400 and "Your cart is empty" in empty.get_data(as_text=True)
+    add(client, "MN-270", 2)
+    store = app.extensions["order_service"].store
+    levels = app.extensions["order_service"].stock_levels()
+    store.update(INVENTORY, STOCK, lambda doc: {**(doc or {}), "levels": {**levels, "MN-270": 1}})
+    try:
+        short = client.post("/shop/checkout", data=checkout_form(client))
+        assert short.status_code == 409 and "Only 1 left" in short.get_data(as_text=True)
+    finally:
+        store.update(INVENTORY, STOCK, lambda doc: {**doc, "levels": {**doc["levels"], "MN-270": levels["MN-270"]}})
