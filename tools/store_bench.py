@@ -15,7 +15,8 @@ Each size is filled once into a temporary folder (or a fresh PostgreSQL schema
 namespace: a collection name per run) through the store's own `put`; fsync is
 turned off while filling the JSON folder only, to fill 100,000 records in
 minutes (the pages are measured with it on, and reading never fsyncs). Then the
-first page, a page in the middle and `count_by` are timed, median of 50 runs.
+first page, a page in the middle, `count_by`, and the first and tenth pages of
+one decision's list (`list_by`) are timed, median of 50 runs.
 """
 
 from __future__ import annotations
@@ -70,12 +71,17 @@ def measure(name: str, store, collection: str, sizes: list[int], fast_fill) -> l
         first = median_ms(lambda: store.list_recent(collection, 0, 20))
         middle = median_ms(lambda: store.list_recent(collection, size // 2, 20))
         counts = median_ms(lambda: store.count_by(collection, "decision"))
+        # A filter's page (the list of one value, a quarter of the records): the first, and the tenth.
+        by_value = median_ms(lambda: store.list_by(collection, "decision", "denied", 0, 20))
+        by_value_10 = median_ms(lambda: store.list_by(collection, "decision", "denied", 180, 20))
+        assert [d["decision"] for d in store.list_by(collection, "decision", "denied", 0, 20)] == ["denied"] * min(20, size // 4)
         page, total = store.list_recent(collection, 0, 20)
         assert total == size and page[0]["n"] == size - 1, (total, page[0]["n"])
         assert sum(store.count_by(collection, "decision").values()) == size
         rows.append((name, size, first, middle, counts))
         print(
-            f"{name:10} {size:>8,} records: first page {first:7.3f} ms, middle page {middle:7.3f} ms, count_by {counts:7.3f} ms",
+            f"{name:10} {size:>8,} records: first page {first:7.3f} ms, middle page {middle:7.3f} ms, count_by {counts:7.3f} ms,"
+            f" one decision's first page {by_value:7.3f} ms, its tenth page {by_value_10:7.3f} ms",
             flush=True,
         )
     return rows
@@ -86,7 +92,7 @@ def percentile_ms(times: list[float], pct: int) -> float:
 
 
 def measure_writes(count: int, folder: str) -> None:
-    store = JsonStore(folder, counted_fields={"bench": ("decision",)})
+    store = JsonStore(folder, counted_fields={"bench": ("decision",)}, listed_by={"bench": ("decision",)})  # as an order's status
     fsyncs = []
     real_fsync = os.fsync
 
@@ -159,13 +165,15 @@ def main() -> None:
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as folder:
-        json_store = JsonStore(folder, counted_fields={"bench": ("decision",)})
+        json_store = JsonStore(folder, counted_fields={"bench": ("decision",)}, listed_by={"bench": ("decision",)})
         rows = measure("json", json_store, "bench", sizes, no_fsync)
     if os.environ.get("DATABASE_URL"):
         from core.store.postgres import PostgresStore
 
         collection = f"bench-{uuid.uuid4().hex[:8]}"
-        pg = PostgresStore(os.environ["DATABASE_URL"], counted_fields={collection: ("decision",)})
+        pg = PostgresStore(
+            os.environ["DATABASE_URL"], counted_fields={collection: ("decision",)}, listed_by={collection: ("decision",)}
+        )
         try:
             rows += measure("postgresql", pg, collection, sizes, nothing_to_change)
             pg.delete_collection(collection)

@@ -247,6 +247,8 @@ PAGES = {
     "cart": (lambda s: "/shop/cart", False, 200),
     "shop-register": (lambda s: "/shop/register", False, 200),
     "shop-signin": (lambda s: "/shop/signin", False, 200),
+    "shop-reset": (lambda s: "/shop/reset", False, 200),
+    "shop-link-expired": (lambda s: "/shop/verify/not-a-link", False, 400),
     "mail": (lambda s: "/mail", True, 200),
     "mail-message": (lambda s: f"/mail/{s['mail_name']}", True, 200),
 }

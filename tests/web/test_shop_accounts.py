@@ -120,7 +120,8 @@ def test_links_that_are_forged_expired_or_for_another_purpose_do_not_work(app, s
     verify = last_link(smtp_sink, "ada@example.com")
     token = verify.removeprefix("/shop/verify/")
     assert shopper.get(f"/shop/reset/{token}").status_code == 400  # a verification link is no reset link
-    assert shopper.get(f"/shop/verify/{token[:-2]}xx").status_code == 400
+    tampered = ("A" if token[0] != "A" else "B") + token[1:]  # the payload changed, the signature kept
+    assert shopper.get(f"/shop/verify/{tampered}").status_code == 400
     assert shopper.get("/shop/verify/nonsense").status_code == 400
 
 
