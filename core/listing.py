@@ -10,7 +10,7 @@ keeps a list per value (`Store.list_by`), so a page reads its own rows only.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ class Listing:
     total: int  # every listed record, whatever the filter
     counts: dict[str, int]  # every listed record by the counted field
     chosen: tuple[str, str] | None = None  # the filter: (query parameter, value)
+    next_after: str | None = None  # a filter's next page starts after this record (its store key)
 
     @property
     def args(self) -> dict[str, str]:
@@ -41,6 +42,7 @@ class Listing:
             "page": self.page,
             "pages": self.pages,
             "more": self.more,
+            "after": self.next_after,  # for the next page: ?page=<page + 1>&after=<this>
             "total": self.total,
             "counts": self.counts,
             "filter": self.args,
@@ -55,10 +57,13 @@ def list_page(
     text_parameter: str,
     page: int,
     chosen: tuple[str, str] | None,
+    key_of: Callable[[dict[str, Any]], str],
+    after: str | None = None,
 ) -> Listing:
     """Page `page` of `collection`: newest first, or filtered by `chosen`: a parameter of `fields`
     (which names the store's field of each), or `SEARCH`, whose text is looked up as the "email"
-    parameter's if it has an @, else as `text_parameter`'s (a name, a customer ID)."""
+    parameter's if it has an @, else as `text_parameter`'s (a name, a customer ID). A filter's page
+    starts after the record `after` names (its store key, `key_of` a record) when given."""
     counts = store.count_by(collection, counted_field)
     if chosen is None:
         records, total, pages = page_of(store, collection, page, PAGE_SIZE)
@@ -67,7 +72,8 @@ def list_page(
     if parameter == SEARCH:
         parameter = "email" if "@" in value else text_parameter
     field = fields[parameter]
-    records, more = filtered_page(store, collection, field, value, page, PAGE_SIZE)
+    records, more = filtered_page(store, collection, field, value, page, PAGE_SIZE, after)
     matching = max(1, math.ceil(counts.get(value, 0) / PAGE_SIZE)) if field == counted_field else None
     _, total = store.list_recent(collection, 0, 0)
-    return Listing(records, page, matching, more, total, counts, chosen)
+    next_after = key_of(records[-1]) if more and records else None
+    return Listing(records, page, matching, more, total, counts, chosen, next_after)

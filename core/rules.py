@@ -113,6 +113,7 @@ class Messages(_Strict):
     validation: dict[str, str]
     errors: dict[str, str]
     orders: dict[str, str]  # order texts: statuses, refusals, notifications, validation
+    shop: dict[str, str]  # the storefront's texts: the cart, customers' accounts and their emails, checkout
 
 
 def load_rules(path: Path) -> Rules:

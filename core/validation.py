@@ -14,6 +14,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from core.rules import Messages
+from core.store.base import KEY_PATTERN
 
 MAX_PAGE = 100_000
 PAGE_SIZE = 20  # rows per page of every list
@@ -78,6 +79,15 @@ def parse_page(raw: str | None, messages: Messages) -> int:
     if page is None or not 1 <= page <= MAX_PAGE:
         raise InvalidInput({"page": messages.validation["page"].format(maximum=f"{MAX_PAGE:,}")})
     return page
+
+
+def parse_after(raw: str | None, messages: Messages) -> str | None:
+    """A filtered list's `after` query parameter (the store key its Older link names); None if absent."""
+    if raw is None or raw == "":
+        return None
+    if not KEY_PATTERN.match(raw):
+        raise InvalidInput({"after": messages.validation["after"]})
+    return raw
 
 
 def parse_list_filter(

@@ -335,10 +335,11 @@ class LoanService:
     def temporal_url(self, workflow_id: str, run_id: str | None = None) -> str:
         return workflow_ui_url(self.settings.temporal_ui_url, self.namespace, workflow_id, run_id)
 
-    def listing(self, page: int, chosen: tuple[str, str] | None = None) -> Listing:
+    def listing(self, page: int, chosen: tuple[str, str] | None = None, after: str | None = None) -> Listing:
         """One page of applications, newest first, or those `chosen` (LIST_FILTERS) has: a decision,
         an applicant's name or email (the search box: an email address if it has an @)."""
-        return list_page(self.store, APPLICATIONS, "decision", LIST_FIELDS, "name", page, chosen)
+        key_of = lambda record: record_key(record["workflow_id"], record["run_id"])  # noqa: E731
+        return list_page(self.store, APPLICATIONS, "decision", LIST_FIELDS, "name", page, chosen, key_of, after)
 
     def decisions_by_day(self, days: int = CHART_DAYS) -> dict[str, dict[str, int]]:
         """The last `days` days' applications by decision, {day: {decision: count}}: counts the store keeps."""

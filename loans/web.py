@@ -59,6 +59,7 @@ from loans.validation import (
 from web.auth import operator_auth
 from web.common import (
     BadBody,
+    after_argument,
     bad_body_error,
     error_page,
     json_body,
@@ -236,7 +237,7 @@ async def contact_api(workflow_id: str):
 
 @api.get("/applications")
 def applications_api():
-    listing = service().listing(page_argument(), list_filter(LIST_FILTERS))
+    listing = service().listing(page_argument(), list_filter(LIST_FILTERS), after_argument())
     records = [public_record(r, persisted=True, operator=True) for r in listing.records]
     return jsonify({"applications": records, **listing.as_json()})
 
@@ -380,7 +381,7 @@ def session_expired(err: CSRFError):
 
 @pages.get("/applications")
 def applications():
-    listing = service().listing(page_argument(), list_filter(LIST_FILTERS))
+    listing = service().listing(page_argument(), list_filter(LIST_FILTERS), after_argument())
     return render_template("loans/list.html", listing=listing, chart=day_chart(service().decisions_by_day(), DECISIONS))
 
 

@@ -246,10 +246,10 @@ class OrderService:
             messages_need_sender=True,
         )
 
-    def listing(self, page: int, chosen: tuple[str, str] | None = None) -> Listing:
+    def listing(self, page: int, chosen: tuple[str, str] | None = None, after: str | None = None) -> Listing:
         """One page of stored orders, newest first, or those `chosen` (LIST_FILTERS) has: a status,
         a customer ID or email (the search box: an email address if it has an @)."""
-        listing = list_page(self.store, ORDERS, "status", LIST_FIELDS, "customer", page, chosen)
+        listing = list_page(self.store, ORDERS, "status", LIST_FIELDS, "customer", page, chosen, lambda o: o["order_id"], after)
         return dataclasses.replace(listing, records=[stored_order(order) for order in listing.records])
 
     def statuses_by_day(self, days: int = CHART_DAYS) -> dict[str, dict[str, int]]:

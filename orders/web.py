@@ -68,6 +68,7 @@ from orders.validation import (
 from web.auth import current_operator
 from web.common import (
     BadBody,
+    after_argument,
     bad_body_error,
     error_page,
     json_body,
@@ -178,7 +179,7 @@ async def create_order():
 
 @orders_api.get("/orders")
 def list_orders():
-    listing = service().listing(page_argument(), list_filter(LIST_FILTERS))
+    listing = service().listing(page_argument(), list_filter(LIST_FILTERS), after_argument())
     return jsonify({"orders": [order_json(OrderView(order, "store")) for order in listing.records], **listing.as_json()})
 
 
@@ -285,7 +286,7 @@ async def place_order():
 def render_dashboard(values: dict[str, str], errors: dict[str, str], notice: dict | None):
     return render_template(
         "orders/dashboard.html",
-        listing=service().listing(page_argument(), list_filter(LIST_FILTERS)),
+        listing=service().listing(page_argument(), list_filter(LIST_FILTERS), after_argument()),
         catalog=service().rules.catalog,
         stock=service().stock_levels(),
         failure_steps=FAILURE_STEPS,

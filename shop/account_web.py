@@ -27,7 +27,7 @@ from core.email_address import normalize_email
 from core.mail import SmtpSettings, new_message, parse_mailbox, send
 from core.settings import sender_named
 from shop.accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, AccountRefused, CustomerAccounts, account_key
-from shop.session import CART, CUSTOMER, session_cart, signed_in_customer
+from shop.session import CART, CUSTOMER, session_cart, signed_in_customer, texts
 from web.auth import PASSWORD_HASHERS
 
 shop_accounts = Blueprint("shop_accounts", __name__)
@@ -43,25 +43,21 @@ def accounts() -> CustomerAccounts:
 
 
 def send_link(record: dict[str, Any], purpose: str) -> bool:
-    """Email the account a verification or reset link; False if the SMTP server did not take it."""
+    """Email the account its link: "verify" (confirm the address), "reset" (a new password), or
+    "exists" (sign in: someone registered again with the address). False if the server did not take it."""
     settings = current_app.extensions["settings"]
     smtp = SmtpSettings.from_settings(settings)
-    token = accounts().link_token(record, purpose)
-    endpoint = "shop_accounts.verify" if purpose == "verify" else "shop_accounts.reset_form"
-    link = settings.public_url.rstrip("/") + url_for(endpoint, token=token)
+    if purpose == "exists":  # someone registered with an address that has an account: sign in instead
+        path = url_for("shop_accounts.signin_form")
+    else:
+        endpoint = "shop_accounts.verify" if purpose == "verify" else "shop_accounts.reset_form"
+        path = url_for(endpoint, token=accounts().link_token(record, purpose))
+    link = settings.public_url.rstrip("/") + path
     message = new_message()
     message["From"] = sender_named(SHOP_SENDER, settings.order_mail_from)
     message["To"] = record["email"]
-    if purpose == "verify":
-        message["Subject"] = "Confirm your email address for the shop"
-        body = f"Hello {record['name']},\n\nConfirm your email address to finish your shop account:\n\n{link}\n\nThe link works for 24 hours. If you did not sign up, ignore this email."
-    elif purpose == "reset":
-        message["Subject"] = "Reset your shop password"
-        body = f"Hello {record['name']},\n\nChoose a new password for your shop account:\n\n{link}\n\nThe link works once, for an hour. If you did not ask, ignore this email: your password stays as it is."
-    else:  # someone registered with an address that has an account
-        message["Subject"] = "You already have a shop account"
-        sign_in = settings.public_url.rstrip("/") + url_for("shop_accounts.signin_form")
-        body = f"Hello {record['name']},\n\nSomeone (perhaps you) tried to sign up with this address, which already has an account. Sign in at {sign_in}, or reset your password there.\n\nIf it was not you, ignore this email."
+    message["Subject"] = texts()[f"email_{purpose}_subject"]
+    body = texts()[f"email_{purpose}"].format(name=record["name"], link=link)
     message["Message-ID"] = make_msgid(idstring=f"shop-{purpose}", domain=parse_mailbox(settings.order_mail_from).domain or None)
     message.set_content(body)
     if smtp is None:
@@ -73,6 +69,10 @@ def send_link(record: dict[str, Any], purpose: str) -> bool:
         log.warning("the shop's %s email was not sent: %s", purpose, type(err).__name__)
         return False
     return True
+
+
+def account_text(refused: AccountRefused) -> str:
+    return texts()[refused.message].format(minimum=MIN_PASSWORD_LENGTH, maximum=MAX_PASSWORD_LENGTH)
 
 
 # --- sign-up and verification ---------------------------------------------------------------
@@ -101,19 +101,19 @@ def register():
     values = {name: form.get(name, "").strip() for name in ("name", "email")}
     errors = {}
     if not 1 <= len(values["name"]) <= 100:
-        errors["name"] = "Enter your name, up to 100 characters."
+        errors["name"] = texts()["name"]
     try:
         values["email"] = normalize_email(values["email"])
     except ValueError:
-        errors["email"] = "Enter a valid email address, like name@example.com."
+        errors["email"] = texts()["email"]
     password = form.get("password", "")
     if password != form.get("password_again", ""):
-        errors["password_again"] = "Type the same password twice."
+        errors["password_again"] = texts()["password_again"]
     if not errors:
         try:
             record, created = accounts().register(values["name"], values["email"], password)
         except AccountRefused as refused:
-            errors[refused.field] = refused.message
+            errors[refused.field] = account_text(refused)
     if errors:
         return render_form("register", values, errors, 400)
     sent = send_link(record, "verify" if created or not record["verified"] else "exists")
@@ -125,7 +125,7 @@ def verify(token: str):
     record = accounts().verify_email(token)
     if record is None:
         return render_template("shop/link_expired.html", purpose="verify"), 400
-    flash("Your email address is confirmed. Sign in to shop with your account.", "success")
+    flash(texts()["confirmed"], "success")
     return redirect(url_for("shop_accounts.signin_form"), code=303)
 
 
@@ -161,14 +161,14 @@ def signin():
     email = request.form.get("email", "").strip()
     record = accounts().authenticate(email, request.form.get("password", ""))
     if record is None:
-        errors = {"email": "The email address or the password is not right."}
+        errors = {"email": texts()["signin_wrong"]}
         return render_form("signin", {"email": email}, errors, 401, next=next_page(request.form.get("next")))
     if not record["verified"]:
         return render_form("signin", {"email": email}, {}, 403, unverified=True, next=next_page(request.form.get("next")))
     key = account_key(record["email"])
     session[CUSTOMER] = {"k": key, "v": record["version"]}
     session[CART] = accounts().merge_cart(key, session_cart())  # the visitor's cart joins the account's
-    flash(f"Signed in as {record['name']}.", "success")
+    flash(texts()["signed_in"].format(name=record["name"]), "success")
     return redirect(next_page(request.form.get("next")), code=303)
 
 
@@ -176,7 +176,7 @@ def signin():
 def signout():
     session.pop(CUSTOMER, None)
     session.pop(CART, None)  # the cart stays with the account, not in this browser
-    flash("Signed out of the shop.", "success")
+    flash(texts()["signed_out"], "success")
     return redirect(url_for("shop.catalog_page"), code=303)
 
 
@@ -194,9 +194,7 @@ def reset_request():
     try:
         record = accounts().get(account_key(email))
     except ValueError:
-        return render_form(
-            "reset_request", {"email": email}, {"email": "Enter a valid email address, like name@example.com."}, 400
-        )
+        return render_form("reset_request", {"email": email}, {"email": texts()["email"]}, 400)
     sent = send_link(record, "reset") if record is not None else True
     return render_template("shop/check_email.html", email=email, sent=sent, purpose="reset")
 
@@ -212,15 +210,15 @@ def reset_form(token: str):
 def reset(token: str):
     password = request.form.get("password", "")
     if password != request.form.get("password_again", ""):
-        return render_form("reset", {}, {"password_again": "Type the same password twice."}, 400, token=token)
+        return render_form("reset", {}, {"password_again": texts()["password_again"]}, 400, token=token)
     try:
         record = accounts().reset_password(token, password)
     except AccountRefused as refused:
-        return render_form("reset", {}, {refused.field: refused.message}, 400, token=token)
+        return render_form("reset", {}, {refused.field: account_text(refused)}, 400, token=token)
     if record is None:
         return render_template("shop/link_expired.html", purpose="reset"), 400
     session.pop(CUSTOMER, None)
-    flash("Your password is changed. Sign in with it.", "success")
+    flash(texts()["password_changed"], "success")
     return redirect(url_for("shop_accounts.signin_form"), code=303)
 
 

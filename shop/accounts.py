@@ -44,7 +44,8 @@ RESET_SECONDS = 3600
 
 
 class AccountRefused(Exception):
-    """A registration or password the rules refuse; `field` names the form field."""
+    """A registration or password the rules refuse; `field` names the form field, `message` the
+    key of its text (messages.json, "shop")."""
 
     def __init__(self, field: str, message: str):
         super().__init__(message)
@@ -59,7 +60,7 @@ def account_key(email: str) -> str:
 
 def check_password(password: str) -> str:
     if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
-        raise AccountRefused("password", f"Choose a password of {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters.")
+        raise AccountRefused("password", "password")  # the text's key (messages.json, "shop")
     return password
 
 

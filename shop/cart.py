@@ -17,6 +17,7 @@ from core.validation import ascii_whole_number
 
 MAX_QUANTITY = 20  # of one product in one cart
 MAX_LINES = 20  # products in one cart (the catalog is smaller; a forged cookie is not)
+FEW_LEFT = 5  # at most this many left: the shop says how many
 
 
 class CartRefused(Exception):
@@ -53,19 +54,19 @@ class PricedCart:
         return [line.problem for line in self.lines if line.problem]
 
 
-def availability(available: int) -> str:
+def availability(available: int, texts: Mapping[str, str]) -> str:
     """What a shopper reads about a product's stock."""
     if available <= 0:
-        return "Out of stock"
-    return f"Only {available} left" if available <= 5 else "In stock"
+        return texts["stock_out"]
+    return texts["few_left"].format(available=available) if available <= FEW_LEFT else texts["in_stock"]
 
 
-def parse_quantity(raw: str | None, allow_zero: bool = False) -> int:
+def parse_quantity(raw: str | None, texts: Mapping[str, str], allow_zero: bool = False) -> int:
     """A quantity from a form: ASCII digits, 1 (or 0 to remove) to MAX_QUANTITY; CartRefused otherwise."""
     quantity = ascii_whole_number((raw or "").strip())
     low = 0 if allow_zero else 1
     if quantity is None or not low <= quantity <= MAX_QUANTITY:
-        raise CartRefused("quantity", f"Enter a quantity from {low} to {MAX_QUANTITY}.")
+        raise CartRefused("quantity", texts["quantity_range"].format(low=low, maximum=MAX_QUANTITY))
     return quantity
 
 
@@ -81,25 +82,29 @@ def cleaned(raw: object, catalog: Mapping[str, CatalogItem]) -> dict[str, int]:
     return cart
 
 
-def changed(cart: dict[str, int], item: CatalogItem, quantity: int, available: int, add: bool) -> dict[str, int]:
+def changed(
+    cart: dict[str, int], item: CatalogItem, quantity: int, available: int, add: bool, texts: Mapping[str, str]
+) -> dict[str, int]:
     """The cart with `item` at `quantity` (or `quantity` more, with `add`); 0 removes it.
     Refuses a quantity above the stock left or MAX_QUANTITY, saying how many there are."""
-    wanted = cart.get(item.sku, 0) + quantity if add else quantity
+    held = cart.get(item.sku, 0)
+    wanted = held + quantity if add else quantity
     if wanted > MAX_QUANTITY:
-        raise CartRefused("quantity", f"At most {MAX_QUANTITY} of one product fit in a cart; you have {cart.get(item.sku, 0)}.")
+        raise CartRefused("quantity", texts["cart_max"].format(maximum=MAX_QUANTITY, held=held))
     if wanted > available:
         if available <= 0:
-            raise CartRefused("quantity", f"The {item.name} is out of stock.")
-        held = cart.get(item.sku, 0)
-        more = f" You have {held} in your cart." if add and held else ""
-        raise CartRefused("quantity", f"Only {available} of the {item.name} left.{more}")
+            raise CartRefused("quantity", texts["out_of_stock"].format(name=item.name))
+        more = texts["you_have"].format(held=held) if add and held else ""
+        raise CartRefused("quantity", texts["only_left"].format(available=available, name=item.name) + more)
     new = {sku: n for sku, n in cart.items() if sku != item.sku}
     if wanted > 0:
         new[item.sku] = wanted
     return new
 
 
-def priced(cart: Mapping[str, int], catalog: Mapping[str, CatalogItem], stock: Mapping[str, int]) -> PricedCart:
+def priced(
+    cart: Mapping[str, int], catalog: Mapping[str, CatalogItem], stock: Mapping[str, int], texts: Mapping[str, str]
+) -> PricedCart:
     """The cart's lines in the catalog's order, with prices, totals and any line the stock no longer covers."""
     lines = []
     for sku, item in catalog.items():
@@ -109,6 +114,10 @@ def priced(cart: Mapping[str, int], catalog: Mapping[str, CatalogItem], stock: M
         available = stock.get(sku, 0)
         problem = None
         if quantity > available:
-            problem = f"The {item.name} is out of stock." if available <= 0 else f"Only {available} left: lower the quantity."
+            problem = (
+                texts["out_of_stock"].format(name=item.name)
+                if available <= 0
+                else texts["line_short"].format(available=available)
+            )
         lines.append(CartLine(sku, item.name, item.price, quantity, round(item.price * quantity, 2), available, problem))
     return PricedCart(lines, round(sum(line.line_total for line in lines), 2))

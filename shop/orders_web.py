@@ -31,11 +31,11 @@ from orders.validation import ADDRESS_FIELDS, InvalidOrder, parse_form_address_c
 from shop.accounts import account_key
 from shop.cart import priced
 from shop.session import catalog, keep_cart, session_cart, signed_in_customer
-from web.common import page_argument
+from shop.session import texts as shop_texts
+from web.common import after_argument, page_argument
 
 shop_orders = Blueprint("shop_orders", __name__)
 PLACED = "placed"  # the session's entry: the last checkout's form key and the order it placed
-CUSTOMER_CANCEL_REASON = "Cancelled by the customer"
 
 
 def service() -> OrderService:
@@ -68,7 +68,7 @@ def render_checkout(
     items = catalog()
     return render_template(
         "shop/checkout.html",
-        cart=priced(session_cart(), items, service().stock_levels()),
+        cart=priced(session_cart(), items, service().stock_levels(), shop_texts()),
         values=values,
         errors=errors,
         notice=notice,
@@ -94,11 +94,11 @@ async def place(customer: dict[str, Any]):
     placed = session.get(PLACED)
     if isinstance(placed, dict) and placed.get("key") == key:  # pressed again after it was placed
         return redirect(url_for("shop_orders.order", order_id=placed["order_id"]), code=303)
-    cart = priced(session_cart(), catalog(), service().stock_levels())
+    cart = priced(session_cart(), catalog(), service().stock_levels(), shop_texts())
     if not cart.lines:
-        return render_checkout(customer, values, {}, "Your cart is empty: add a product before checking out.", 400)
+        return render_checkout(customer, values, {}, shop_texts()["empty_cart"], 400)
     if cart.problems:
-        return render_checkout(customer, values, {}, "Some products have less stock left than your cart holds.", 409)
+        return render_checkout(customer, values, {}, shop_texts()["short_stock"], 409)
     form = {
         "customer_id": customer["customer_id"],
         "customer_email": customer["email"],
@@ -113,9 +113,7 @@ async def place(customer: dict[str, Any]):
         return render_checkout(customer, values, err.fields, texts()["invalid_order"], 400)
     except IdempotencyKeyReused:
         values[FORM_KEY_FIELD] = new_form_key()  # the cart changed since this form was sent: a new order
-        return render_checkout(
-            customer, values, {}, "Your cart changed since you first pressed Place order: check it and press again.", 409
-        )
+        return render_checkout(customer, values, {}, shop_texts()["cart_changed"], 409)
     except OutcomeUnknown:
         return render_checkout(customer, values, {}, texts()["placement_unknown_form"], 503)
     except TemporalUnavailable:
@@ -136,7 +134,8 @@ async def place(customer: dict[str, Any]):
 @customer_only
 async def orders(customer: dict[str, Any]):
     page = page_argument()
-    records, more = filtered_page(service().store, ORDERS, "customer_id", customer["customer_id"], page, PAGE_SIZE)
+    store = service().store
+    records, more = filtered_page(store, ORDERS, "customer_id", customer["customer_id"], page, PAGE_SIZE, after_argument())
     rewards = service().stored_rewards(customer["customer_id"])  # as recorded at each award: no query
     return render_template(
         "shop/orders.html", orders=records, page=page, more=more, rewards=rewards, labels=service().status_labels()
@@ -200,7 +199,7 @@ async def order_action(customer: dict[str, Any], order_id: str, action: str):
     by = f"customer {customer['customer_id']}"
     try:
         if action == "cancel":
-            await service().cancel(order_id, CancelRequest(CUSTOMER_CANCEL_REASON, operator=by))
+            await service().cancel(order_id, CancelRequest(shop_texts()["cancel_reason"], operator=by))
         else:
             change = parse_form_address_change(values, service().messages)
             await service().change_address(order_id, dataclasses.replace(change, operator=by))

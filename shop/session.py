@@ -19,6 +19,11 @@ CART = "cart"
 CUSTOMER = "customer"
 
 
+def texts() -> dict[str, str]:
+    """The shop's texts (messages.json, "shop")."""
+    return current_app.extensions["messages"].shop
+
+
 def catalog() -> dict[str, CatalogItem]:
     return {item.sku: item for item in current_app.extensions["order_service"].rules.catalog}
 

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 
 from shop.cart import CartRefused, availability, changed, parse_quantity, priced
-from shop.session import CART, catalog, keep_cart, session_cart
+from shop.session import CART, catalog, keep_cart, session_cart, texts
 
 shop = Blueprint("shop", __name__)
 ACTIONS = ("add", "set", "remove")
@@ -32,8 +32,8 @@ def render(page: str, status: int = 200, sku: str | None = None, error: str | No
     context: dict[str, Any] = {
         "items": list(items.values()),
         "stock": left,
-        "availability": {sku_: availability(left.get(sku_, 0)) for sku_ in items},
-        "cart": priced(cart, items, left),
+        "availability": {sku_: availability(left.get(sku_, 0), texts()) for sku_ in items},
+        "cart": priced(cart, items, left, texts()),
         "error_sku": sku,
         "error": error,
         "typed": typed,
@@ -67,19 +67,15 @@ def change_cart():
     items = catalog()
     sku, action, page = form.get("sku", ""), form.get("action", ""), form.get("from", "cart")
     if sku not in items or action not in ACTIONS or page not in PAGES:
-        abort(400, description="This cart change names no product of the shop, or no action it knows.")
+        abort(400, description=texts()["bad_cart_change"])
     item = items[sku]
     try:
-        quantity = 0 if action == "remove" else parse_quantity(form.get("quantity"), allow_zero=action == "set")
-        keep_cart(changed(session_cart(), item, quantity, stock().get(sku, 0), add=action == "add"))
+        quantity = 0 if action == "remove" else parse_quantity(form.get("quantity"), texts(), allow_zero=action == "set")
+        keep_cart(changed(session_cart(), item, quantity, stock().get(sku, 0), action == "add", texts()))
     except CartRefused as refused:
         return render(page, 400, sku=sku, error=refused.message, typed=form.get("quantity", ""))
-    if action == "add":
-        flash(f"Added {quantity} × {item.name} to your cart.", "success")
-    elif quantity == 0:
-        flash(f"Removed the {item.name} from your cart.", "success")
-    else:
-        flash(f"Your cart now has {quantity} × {item.name}.", "success")
+    done = "added" if action == "add" else "removed" if quantity == 0 else "set"
+    flash(texts()[done].format(quantity=quantity, name=item.name), "success")
     target = url_for(PAGES[page], sku=sku) if page == "product" else url_for(PAGES[page])
     return redirect(target, code=303)
 

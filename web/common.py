@@ -18,7 +18,7 @@ from flask import current_app, jsonify, render_template, request
 from flask.json.provider import DefaultJSONProvider
 
 from core.rules import Messages
-from core.validation import parse_list_filter, parse_page
+from core.validation import parse_after, parse_list_filter, parse_page
 
 
 class StrictJSONProvider(DefaultJSONProvider):
@@ -126,6 +126,11 @@ def bad_body_error(err: BadBody):
 def page_argument() -> int:
     """The list routes' `?page=`; a bad one raises InvalidInput, which the app answers with a 400."""
     return parse_page(request.args.get("page"), messages())
+
+
+def after_argument() -> str | None:
+    """A filtered list's `?after=` (where its Older link starts the next page); bad: InvalidInput, a 400."""
+    return parse_after(request.args.get("after"), messages())
 
 
 def list_filter(filters: Mapping[str, Collection[str] | None]) -> tuple[str, str] | None:

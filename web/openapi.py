@@ -14,6 +14,7 @@ from typing import Any
 from apispec import APISpec
 
 from core.idempotency import IDEMPOTENCY_KEY as IDEMPOTENCY_KEY_PATTERN
+from core.store.base import KEY_PATTERN
 from core.validation import MAX_PAGE, MAX_SEARCH
 from loans.model import DECISIONS
 from loans.service import LOAN_WORKFLOW_ID
@@ -71,6 +72,13 @@ def _filter(name: str, description: str, values: tuple[str, ...] | None = None) 
 
 
 WHOLE_VALUE = "the whole value, in any case, spaces collapsed"
+AFTER = {
+    "name": "after",
+    "in": "query",
+    "required": False,
+    "description": "With a filter: the record the page starts after (the previous page's `after`), so a deep page costs what the first does",
+    "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
+}
 APPLICATION_FILTERS = [
     _filter("decision", "Only the applications with this decision, the latest decided first", DECISIONS),
     _filter("name", f"Only the applications from this applicant's name ({WHOLE_VALUE})"),
@@ -148,7 +156,7 @@ OPERATIONS: dict[str, dict[str, tuple]] = {
     "/api/applications": {
         "get": (
             "Recent applications, newest first, or one filter's (`pages` null and `more` for a search)",
-            [PAGE, *APPLICATION_FILTERS],
+            [PAGE, *APPLICATION_FILTERS, AFTER],
             None,
             False,
             {200: "A page of applications"},
@@ -168,7 +176,7 @@ OPERATIONS: dict[str, dict[str, tuple]] = {
         ),
         "get": (
             "Recent orders, newest first, or one filter's (`pages` null and `more` for a search)",
-            [PAGE, *ORDER_FILTERS],
+            [PAGE, *ORDER_FILTERS, AFTER],
             None,
             False,
             {200: "A page of orders"},

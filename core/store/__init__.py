@@ -29,8 +29,11 @@ def page_of(store: Store, collection: str, page: int, size: int) -> tuple[list[d
     return records, total, max(1, math.ceil(total / size))
 
 
-def filtered_page(store: Store, collection: str, field: str, value: str, page: int, size: int) -> tuple[list[dict], bool]:
+def filtered_page(
+    store: Store, collection: str, field: str, value: str, page: int, size: int, after: str | None = None
+) -> tuple[list[dict], bool]:
     """One page (from 1) of the listed records whose `field` has `value`, the latest to take it
-    first, and whether another page follows (one record more is read to know)."""
-    records = store.list_by(collection, field, value, (page - 1) * size, size + 1)
+    first, and whether another page follows (one record more is read to know). `after`: the key
+    of the previous page's last record, so the page is found without walking the ones before."""
+    records = store.list_by(collection, field, value, (page - 1) * size, size + 1, after)
     return records[:size], len(records) > size

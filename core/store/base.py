@@ -63,9 +63,13 @@ class Store(Protocol):
         """The newest listed document whose key is `<group>.<name>`, in a grouped collection."""
         ...
 
-    def list_by(self, collection: str, field: str, value: str, offset: int = 0, limit: int = 20) -> list[dict]:
+    def list_by(
+        self, collection: str, field: str, value: str, offset: int = 0, limit: int = 20, after: str | None = None
+    ) -> list[dict]:
         """A page of the listed documents whose `field` (one the collection is listed by) has
-        `value` (compared as `list_value` writes it), the latest to take that value first."""
+        `value` (compared as `list_value` writes it), the latest to take that value first. With
+        `after` (the key of the previous page's last record, while it still has the value), the
+        page starts just after it and `offset` is not used: a page costs the same however deep."""
         ...
 
     def list_all(self, collection: str) -> list[dict[str, Any]]:

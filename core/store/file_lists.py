@@ -14,8 +14,8 @@ A write that changes a record's value unlinks it from the old list and links
 it at the head of the new one: at most four entries and two heads change,
 whatever the lists' lengths, written with the index change they belong to
 (one journal, absolute contents, so a redo after a crash is harmless). A page
-walks `offset + limit` entries from the head and reads only the page's
-documents. A folder written before the lists existed gets them at the first
+starts at the entry after the previous page's last record (`after`), or walks
+`offset` entries from the head, and reads only the page's documents. A folder written before the lists existed gets them at the first
 `list_by` (`rebuild`: one pass over the listed records, oldest first).
 """
 
@@ -113,12 +113,17 @@ class ListChange:
         return files
 
 
-def walk(index: Path, field: str, value: str, offset: int, limit: int) -> list[str]:
-    """The keys of one page of a list, latest first: `offset` entries skipped, `limit` kept.
+def walk(index: Path, field: str, value: str, offset: int, limit: int, after: str | None = None) -> list[str]:
+    """The keys of one page of a list, latest first: `offset` entries skipped, `limit` kept; or,
+    with `after` (a key still in the list), the `limit` entries after it.
 
     Reads entries without the index lock: a writer changing the list meanwhile can make a
     page miss or repeat a record once; a cycle or a dangling link ends the walk."""
-    key = (read_json(index / head_name(field, value), None) or {}).get("key")
+    start = read_json(index / f"{after}.key", None) if after else None
+    if start is not None and start.get("lists", {}).get(field) == value:
+        key, offset = start["links"][field].get("older"), 0
+    else:
+        key = (read_json(index / head_name(field, value), None) or {}).get("key")
     keys: list[str] = []
     seen: set[str] = set()
     position = 0

@@ -152,7 +152,9 @@ class JsonStore:
         pointer = read_json(index / f"{group}.newest", None)
         return None if pointer is None else self.get(collection, pointer["key"])
 
-    def list_by(self, collection: str, field: str, value: str, offset: int = 0, limit: int = 20) -> list[dict]:
+    def list_by(
+        self, collection: str, field: str, value: str, offset: int = 0, limit: int = 20, after: str | None = None
+    ) -> list[dict]:
         """A page of the listed records whose `field` has `value`, the latest to take it first.
 
         Walks `offset + limit` small index entries and reads the page's documents only
@@ -168,7 +170,10 @@ class JsonStore:
         self._recover_if_needed(index)
         if read_json(index / LISTS_DONE, None) != list(fields):
             self._link_every_list(index, list(fields))
-        documents = (self.get(collection, key) for key in walk(index, field, wanted, max(offset, 0), max(limit, 0)))
+        if after is not None:
+            _checked_key(after)
+        keys = walk(index, field, wanted, max(offset, 0), max(limit, 0), after)
+        documents = (self.get(collection, key) for key in keys)
         return [d for d in documents if d is not None and list_value(field_value(d, field)) == wanted]
 
     def list_all(self, collection: str) -> list[dict[str, Any]]:

@@ -224,9 +224,12 @@ class PostgresStore:
             ).fetchone()
         return None if row is None else row[0]
 
-    def list_by(self, collection: str, field: str, value: str, offset: int = 0, limit: int = 20) -> list[dict]:
-        """A page of the listed rows whose `field` has `value`, the latest to take it first."""
-        _check(collection)
+    def list_by(
+        self, collection: str, field: str, value: str, offset: int = 0, limit: int = 20, after: str | None = None
+    ) -> list[dict]:
+        """A page of the listed rows whose `field` has `value`, the latest to take it first (after
+        the row `after`, while it has the value: a range of the index, however deep)."""
+        _check(collection, after)
         fields = list(self.listed_by.get(collection, ()))
         if field not in fields:
             raise ValueError(f"{collection!r} is not listed by {field!r}")
@@ -237,12 +240,27 @@ class PostgresStore:
             row = connection.execute("SELECT fields FROM list_coverage WHERE collection = %s", (collection,)).fetchone()
         if row is None or row[0] != fields:
             self._cover(collection, fields)
+        page = (
+            "SELECT d.doc FROM listed_values l JOIN documents d ON d.collection = l.collection AND d.key = l.key"
+            " WHERE l.collection = %s AND l.field = %s AND l.value = %s"
+        )
         with self._transaction() as connection:
-            rows = connection.execute(
-                "SELECT d.doc FROM listed_values l JOIN documents d ON d.collection = l.collection AND d.key = l.key"
-                " WHERE l.collection = %s AND l.field = %s AND l.value = %s ORDER BY l.entered DESC OFFSET %s LIMIT %s",
-                (collection, field, wanted, max(offset, 0), max(limit, 0)),
-            ).fetchall()
+            start = None
+            if after is not None:
+                start = connection.execute(
+                    "SELECT entered FROM listed_values WHERE collection = %s AND field = %s AND key = %s AND value = %s",
+                    (collection, field, after, wanted),
+                ).fetchone()
+            if start is not None:
+                rows = connection.execute(
+                    page + " AND l.entered < %s ORDER BY l.entered DESC LIMIT %s",
+                    (collection, field, wanted, start[0], max(limit, 0)),
+                ).fetchall()
+            else:
+                rows = connection.execute(
+                    page + " ORDER BY l.entered DESC OFFSET %s LIMIT %s",
+                    (collection, field, wanted, max(offset, 0), max(limit, 0)),
+                ).fetchall()
         return [r[0] for r in rows]
 
     def _cover(self, collection: str, fields: list[str]) -> None:

@@ -128,6 +128,23 @@ def test_a_list_by_value_has_the_latest_to_take_the_value_first_and_pages(store)
     assert store.list_by("orders", "status", "cancelled") == []
 
 
+def test_a_page_of_a_list_starts_after_the_record_the_previous_page_ended_with(store):
+    for n in range(1, 11):
+        store.put("orders", f"o{n:02d}", {"id": f"o{n:02d}", "status": "cancelled"}, sort_key=str(n))
+    pages, after = [], None
+    while True:
+        page = store.list_by("orders", "status", "cancelled", limit=3, after=after)
+        if not page:
+            break
+        pages.append(_ids(page))
+        after = page[-1]["id"]
+    assert pages == [["o10", "o09", "o08"], ["o07", "o06", "o05"], ["o04", "o03", "o02"], ["o01"]]
+    # The record a page ended with moved on: the next page is found by its offset instead.
+    store.update("orders", "o07", lambda doc: {**doc, "status": "completed"})
+    assert _ids(store.list_by("orders", "status", "cancelled", offset=3, limit=3, after="o07")) == ["o06", "o05", "o04"]
+    assert _ids(store.list_by("orders", "status", "cancelled", offset=3, limit=3, after="nope")) == ["o06", "o05", "o04"]
+
+
 def test_a_search_by_a_nested_field_ignores_case_and_spaces_and_misses_unlisted_records(store):
     store.put("orders", "a", {"id": "a", "customer": {"email": "Ada@X.test"}}, sort_key="1")
     store.put("orders", "b", {"id": "b", "customer": {"email": "ada@x.test"}}, sort_key="2")

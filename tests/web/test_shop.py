@@ -90,18 +90,19 @@ def test_a_cart_change_without_its_csrf_token_is_refused(visitor):
 
 def test_the_cart_rules(app):
     catalog = {item.sku: item for item in app.extensions["order_service"].rules.catalog}
+    texts = app.extensions["messages"].shop
     keyboard = catalog["KB-100"]
-    assert changed({}, keyboard, 2, 10, add=True) == {"KB-100": 2}
-    assert changed({"KB-100": 2}, keyboard, 3, 10, add=True) == {"KB-100": 5}
-    assert changed({"KB-100": 2}, keyboard, 0, 10, add=False) == {}
+    assert changed({}, keyboard, 2, 10, True, texts) == {"KB-100": 2}
+    assert changed({"KB-100": 2}, keyboard, 3, 10, True, texts) == {"KB-100": 5}
+    assert changed({"KB-100": 2}, keyboard, 0, 10, False, texts) == {}
     with pytest.raises(CartRefused, match="Only 4 of the Mechanical keyboard left. You have 2 in your cart."):
-        changed({"KB-100": 2}, keyboard, 3, 4, add=True)
+        changed({"KB-100": 2}, keyboard, 3, 4, True, texts)
     with pytest.raises(CartRefused, match=f"At most {MAX_QUANTITY}"):
-        changed({"KB-100": MAX_QUANTITY}, keyboard, 1, 1000, add=True)
+        changed({"KB-100": MAX_QUANTITY}, keyboard, 1, 1000, True, texts)
     # A forged or old cookie: unknown products, bad quantities and booleans are dropped.
     assert cleaned({"KB-100": 2, "GONE": 1, "MS-200": True, "CB-010": 0, "HD-300": "1"}, catalog) == {"KB-100": 2}
     assert cleaned(["KB-100"], catalog) == {}
-    assert parse_quantity(" 3 ") == 3 and parse_quantity("0", allow_zero=True) == 0
-    cart = priced({"KB-100": 2, "CB-010": 1}, catalog, {"KB-100": 1, "CB-010": 5})
+    assert parse_quantity(" 3 ", texts) == 3 and parse_quantity("0", texts, allow_zero=True) == 0
+    cart = priced({"KB-100": 2, "CB-010": 1}, catalog, {"KB-100": 1, "CB-010": 5}, texts)
     assert [line.sku for line in cart.lines] == ["KB-100", "CB-010"] and cart.total == 190.0 and cart.count == 3
     assert cart.problems == ["Only 1 left: lower the quantity."]
