@@ -247,8 +247,7 @@ class OrderService:
         )
 
     def listing(self, page: int, chosen: tuple[str, str] | None = None, after: str | None = None) -> Listing:
-        """One page of stored orders, newest first, or those `chosen` (LIST_FILTERS) has: a status,
-        a customer ID or email (the search box: an email address if it has an @)."""
+        """One page of stored orders, newest first, or those with the `chosen` status, customer ID or email."""
         listing = list_page(self.store, ORDERS, "status", LIST_FIELDS, "customer", page, chosen, lambda o: o["order_id"], after)
         return dataclasses.replace(listing, records=[stored_order(order) for order in listing.records])
 
@@ -257,8 +256,7 @@ class OrderService:
         return counts_by_day(self.store.count_by(ORDERS, "day_status"), last_days(days))
 
     def stock_levels(self) -> dict[str, int]:
-        """What each product has in stock now: the levels the reservations keep (one document)."""
-        levels = (self.store.get(INVENTORY, STOCK) or {}).get("levels", {})
+        levels = (self.store.get(INVENTORY, STOCK) or {}).get("levels", {})  # what the reservations keep
         return {item.sku: levels.get(item.sku, item.stock) for item in self.rules.catalog}
 
     async def status(self, order_id: str) -> OrderView:
@@ -431,6 +429,12 @@ class OrderService:
         if not ORDER_ID.match(order_id):
             raise OrderNotFound(order_id)
         return order_workflow_id(order_id)
+
+    async def placed_with_key(self, customer_id: str, idempotency_key: str) -> str | None:
+        """The order this customer placed with this key (recorded, or started), else None."""
+        order_id = idempotent_order_id(customer_id, idempotency_key)
+        found = self.store.get(ORDERS, order_id) is not None or await self._exists(order_workflow_id(order_id))
+        return order_id if found else None
 
     async def _exists(self, workflow_id: str) -> bool:
         try:

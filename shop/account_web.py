@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import smtplib
 from email.utils import make_msgid
 from typing import Any
@@ -26,8 +27,10 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from core.email_address import normalize_email
 from core.mail import SmtpSettings, new_message, parse_mailbox, send
 from core.settings import sender_named
+from core.validation import TEXT_CHARACTERS_ERROR, has_refused_characters
+from loans.validation import ENCODED_WORD, ENCODED_WORD_ERROR, LINK_IN_NAME, LINK_IN_NAME_ERROR
 from shop.accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, AccountRefused, CustomerAccounts, account_key
-from shop.session import CART, CUSTOMER, session_cart, signed_in_customer, texts
+from shop.session import CART, CUSTOMER, PLACED, session_cart, signed_in_customer, texts
 from web.auth import PASSWORD_HASHERS
 
 shop_accounts = Blueprint("shop_accounts", __name__)
@@ -71,6 +74,22 @@ def send_link(record: dict[str, Any], purpose: str) -> bool:
     return True
 
 
+def name_problem(name: str) -> dict[str, str]:
+    """The name's error, if any: it greets the customer in emails sent to the address typed, so it
+    holds no web or email address, no encoded-word marker and no invisible character (as a loan
+    applicant's name)."""
+    validation = current_app.extensions["messages"].validation
+    if not 1 <= len(name) <= 100:
+        return {"name": texts()["name"]}
+    if has_refused_characters(name):
+        return {"name": validation[TEXT_CHARACTERS_ERROR]}
+    if ENCODED_WORD in name:
+        return {"name": validation[ENCODED_WORD_ERROR]}
+    if LINK_IN_NAME.search(name):
+        return {"name": validation[LINK_IN_NAME_ERROR]}
+    return {}
+
+
 def account_text(refused: AccountRefused) -> str:
     return texts()[refused.message].format(minimum=MIN_PASSWORD_LENGTH, maximum=MAX_PASSWORD_LENGTH)
 
@@ -100,8 +119,7 @@ def register():
     form = request.form
     values = {name: form.get(name, "").strip() for name in ("name", "email")}
     errors = {}
-    if not 1 <= len(values["name"]) <= 100:
-        errors["name"] = texts()["name"]
+    errors.update(name_problem(values["name"]))
     try:
         values["email"] = normalize_email(values["email"])
     except ValueError:
@@ -116,7 +134,7 @@ def register():
             errors[refused.field] = account_text(refused)
     if errors:
         return render_form("register", values, errors, 400)
-    sent = send_link(record, "verify" if created or not record["verified"] else "exists")
+    sent = send_link(record, "verify" if created else "exists")
     return render_template("shop/check_email.html", email=values["email"], sent=sent, purpose="verify")
 
 
@@ -144,9 +162,13 @@ def resend_verification():
 # --- sign-in and out ----------------------------------------------------------------------
 
 
+SHOP_PATH = re.compile(r"/shop/[A-Za-z0-9_/-]*")
+
+
 def next_page(raw: str | None) -> str:
-    """Where to go after signing in: a shop page the visitor was sent from, else the shop."""
-    if raw and raw.startswith("/shop/") and not raw.startswith("//") and "\\" not in raw:
+    """Where to go after signing in: a shop page the visitor was sent from (a plain path, no dot
+    segment, no query), else the shop."""
+    if raw and SHOP_PATH.fullmatch(raw) and "//" not in raw:
         return raw
     return url_for("shop.catalog_page")
 
@@ -166,6 +188,10 @@ def signin():
     if not record["verified"]:
         return render_form("signin", {"email": email}, {}, 403, unverified=True, next=next_page(request.form.get("next")))
     key = account_key(record["email"])
+    previous = session.get(CUSTOMER)
+    if isinstance(previous, dict) and previous.get("k") != key:  # another customer never signed out here
+        for entry in (CART, PLACED):
+            session.pop(entry, None)
     session[CUSTOMER] = {"k": key, "v": record["version"]}
     session[CART] = accounts().merge_cart(key, session_cart())  # the visitor's cart joins the account's
     flash(texts()["signed_in"].format(name=record["name"]), "success")
@@ -174,8 +200,8 @@ def signin():
 
 @shop_accounts.post("/shop/signout")
 def signout():
-    session.pop(CUSTOMER, None)
-    session.pop(CART, None)  # the cart stays with the account, not in this browser
+    for entry in (CUSTOMER, CART, PLACED):  # the cart stays with the account, not in this browser
+        session.pop(entry, None)
     flash(texts()["signed_out"], "success")
     return redirect(url_for("shop.catalog_page"), code=303)
 

@@ -77,7 +77,10 @@ class CustomerAccounts:
     # --- accounts ----------------------------------------------------------
 
     def register(self, name: str, email: str, password: str) -> tuple[dict[str, Any], bool]:
-        """The account for `email`: new and unverified (True), or the one that exists (False, unchanged)."""
+        """The account for `email`: new and unverified (True), or the verified one that exists (False,
+        unchanged). An unverified one is replaced (True): whoever registered an address first holds
+        nothing until its owner confirms it, and the owner's own registration ends that claim (its
+        version moves on, so the links sent before no longer work)."""
         record = {
             "customer_id": "c-" + secrets.token_hex(8),
             "email": normalize_email(email),
@@ -89,8 +92,16 @@ class CustomerAccounts:
             "cart": {},
             "created_at": utc_now(),
         }
-        stored = self._store.update(CUSTOMERS, account_key(email), lambda old: old or record)
-        return stored, stored is record
+
+        def claim(old: dict[str, Any] | None) -> dict[str, Any]:
+            if old is None:
+                return record
+            if old.get("verified"):
+                return old
+            return {**record, "customer_id": old["customer_id"], "version": old["version"] + 1, "created_at": old["created_at"]}
+
+        stored = self._store.update(CUSTOMERS, account_key(email), claim)
+        return stored, stored["password_hash"] == record["password_hash"]
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self._store.get(CUSTOMERS, key)
@@ -144,9 +155,14 @@ class CustomerAccounts:
         found = self._read_link(token, "verify", VERIFY_SECONDS)
         if found is None:
             return None
-        return self.change(
-            found["k"], lambda record: {**record, "verified": True, "verified_at": record.get("verified_at") or utc_now()}
-        )
+
+        def verify(record: dict[str, Any]) -> dict[str, Any]:
+            if record.get("version") != found["v"]:
+                return record  # registered again, or a new password, since: not the current link
+            return {**record, "verified": True, "verified_at": record.get("verified_at") or utc_now()}
+
+        record = self.change(found["k"], verify)
+        return record if record.get("verified") and record.get("version") == found["v"] else None
 
     def reset_account(self, token: str) -> dict[str, Any] | None:
         """The account a reset link is for, while the link is valid and unused."""

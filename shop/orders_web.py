@@ -26,16 +26,23 @@ from core.temporal_client import OutcomeUnknown, TemporalUnavailable
 from core.validation import PAGE_SIZE
 from orders.display import POSTCODE_AFTER_CITY
 from orders.model import ORDER_MILESTONES, ORDERS, CancelRequest
-from orders.service import ORDER_ID, ActionFailed, ActionRefused, ActionUnconfirmed, OrderNotFound, OrderService
+from orders.service import (
+    ORDER_ID,
+    ActionFailed,
+    ActionRefused,
+    ActionUnconfirmed,
+    OrderNotFound,
+    OrderService,
+    idempotent_order_id,
+)
 from orders.validation import ADDRESS_FIELDS, InvalidOrder, parse_form_address_change, parse_form_order
 from shop.accounts import account_key
 from shop.cart import priced
-from shop.session import catalog, keep_cart, session_cart, signed_in_customer
+from shop.session import PLACED, catalog, keep_cart, session_cart, signed_in_customer
 from shop.session import texts as shop_texts
 from web.common import after_argument, page_argument
 
 shop_orders = Blueprint("shop_orders", __name__)
-PLACED = "placed"  # the session's entry: the last checkout's form key and the order it placed
 
 
 def service() -> OrderService:
@@ -53,7 +60,16 @@ def customer_only(view):
     async def wrapped(*args: Any, **kwargs: Any):
         customer = signed_in_customer()
         if customer is None:
-            return redirect(url_for("shop_accounts.signin_form", next=request.path), code=303)
+            # Back to the page after signing in; a form's post goes back to the page that held the form.
+            order_id = kwargs.get("order_id")
+            back = (
+                request.path
+                if request.method == "GET"
+                else url_for("shop_orders.order", order_id=order_id)
+                if order_id
+                else url_for("shop.cart")
+            )
+            return redirect(url_for("shop_accounts.signin_form", next=back), code=303)
         return await view(customer, *args, **kwargs)
 
     return wrapped
@@ -91,9 +107,22 @@ async def checkout(customer: dict[str, Any]):
 async def place(customer: dict[str, Any]):
     values = request.form.to_dict()
     key = form_key(values)
+    if key is None:  # a form from elsewhere, or an old one: a fresh form, so that one press is one order
+        values[FORM_KEY_FIELD] = new_form_key()
+        return render_checkout(customer, values, {}, shop_texts()["form_expired"], 400)
     placed = session.get(PLACED)
     if isinstance(placed, dict) and placed.get("key") == key:  # pressed again after it was placed
         return redirect(url_for("shop_orders.order", order_id=placed["order_id"]), code=303)
+    try:
+        # Sent again after a lost answer: this key's order exists (its stock is reserved, and the cart
+        # may not fit what is left now). Its page, not a refusal.
+        already = await service().placed_with_key(customer["customer_id"], key)
+    except TemporalUnavailable:
+        return render_checkout(customer, values, {}, texts()["unavailable"], 503)
+    if already is not None:
+        keep_cart({})
+        session[PLACED] = {"key": key, "order_id": already}
+        return redirect(url_for("shop_orders.order", order_id=already), code=303)
     cart = priced(session_cart(), catalog(), service().stock_levels(), shop_texts())
     if not cart.lines:
         return render_checkout(customer, values, {}, shop_texts()["empty_cart"], 400)
@@ -112,8 +141,12 @@ async def place(customer: dict[str, Any]):
     except InvalidOrder as err:
         return render_checkout(customer, values, err.fields, texts()["invalid_order"], 400)
     except IdempotencyKeyReused:
-        values[FORM_KEY_FIELD] = new_form_key()  # the cart changed since this form was sent: a new order
-        return render_checkout(customer, values, {}, shop_texts()["cart_changed"], 409)
+        # This form placed an order already, with other contents (the cart changed after a lost answer):
+        # that order, not a second one.
+        placed_id = idempotent_order_id(customer["customer_id"], key)
+        session[PLACED] = {"key": key, "order_id": placed_id}
+        flash(shop_texts()["cart_changed"], "invalid")
+        return redirect(url_for("shop_orders.order", order_id=placed_id), code=303)
     except OutcomeUnknown:
         return render_checkout(customer, values, {}, texts()["placement_unknown_form"], 503)
     except TemporalUnavailable:
@@ -136,6 +169,8 @@ async def orders(customer: dict[str, Any]):
     page = page_argument()
     store = service().store
     records, more = filtered_page(store, ORDERS, "customer_id", customer["customer_id"], page, PAGE_SIZE, after_argument())
+    # The list compares IDs case-folded; an order is this customer's only under exactly their ID.
+    records = [record for record in records if record.get("customer_id") == customer["customer_id"]]
     rewards = service().stored_rewards(customer["customer_id"])  # as recorded at each award: no query
     return render_template(
         "shop/orders.html", orders=records, page=page, more=more, rewards=rewards, labels=service().status_labels()
@@ -146,6 +181,9 @@ async def own_order(customer: dict[str, Any], order_id: str) -> dict[str, Any]:
     """The customer's own order, described; 404 for any other (another's, or none)."""
     if not ORDER_ID.match(order_id):
         abort(404)
+    stored = service().store.get(ORDERS, order_id)
+    if stored is not None and stored.get("customer_id") != customer["customer_id"]:
+        abort(404)  # recorded as someone else's: answered before Temporal is asked, outage or not
     try:
         view = await service().status(order_id)
     except OrderNotFound:
@@ -194,8 +232,11 @@ async def change_address(customer: dict[str, Any], order_id: str):
 async def order_action(customer: dict[str, Any], order_id: str, action: str):
     """Cancel the customer's own order or change its address, as the workflow allows; the page
     again with the workflow's reason when it refuses."""
-    await own_order(customer, order_id)  # 404 unless it is theirs
     values = request.form.to_dict()
+    try:
+        await own_order(customer, order_id)  # 404 unless it is theirs
+    except TemporalUnavailable:
+        return render_template("error.html", status=503, title="Temporarily unavailable", message=texts()["unavailable"]), 503
     by = f"customer {customer['customer_id']}"
     try:
         if action == "cancel":

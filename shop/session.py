@@ -13,10 +13,12 @@ from typing import Any
 from flask import current_app, session
 
 from core.rules import CatalogItem
+from core.store import StoreUnavailable
 from shop.cart import cleaned
 
 CART = "cart"
 CUSTOMER = "customer"
+PLACED = "placed"  # the last checkout's form key and the order it placed
 
 
 def texts() -> dict[str, str]:
@@ -37,7 +39,12 @@ def signed_in_customer() -> dict[str, Any] | None:
     entry = session.get(CUSTOMER)
     if not isinstance(entry, dict):
         return None
-    record = current_app.extensions["customer_accounts"].current(str(entry.get("k")), entry.get("v"))
+    try:
+        record = current_app.extensions["customer_accounts"].current(str(entry.get("k")), entry.get("v"))
+    except StoreUnavailable:
+        return None  # the store is down: the page (an error page too) shows no one signed in
+    except ValueError:
+        record = None  # a key the store refuses: not one it gave
     if record is None:
         session.pop(CUSTOMER, None)
     return record

@@ -137,6 +137,9 @@ def test_make_run_starts_everything_on_the_ports_asked_for_restarts_a_killed_pro
             # The operator reads the applicant's email in the app, found from the application.
             emails = browser.get("/mail", params={"about": decided.json()["workflow_id"]})
             assert emails.status_code == 200 and f"Run Person &lt;{applicant['email']}&gt;" in emails.text, emails.text
+        # The shop answers a visitor, with the catalog and its stock.
+        shop = httpx.get(f"{base}/shop", timeout=10)
+        assert shop.status_code == 200 and "Wireless mouse" in shop.text and "In stock" in shop.text
         result_url = f"{base}{decided.json()['page_url']}"  # the applicant's link, with its key
         ui_link = f"http://localhost:{web_port}/temporal/namespaces/default/workflows/"
         as_applicant = httpx.get(result_url, timeout=10)

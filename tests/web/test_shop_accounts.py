@@ -142,3 +142,49 @@ def test_the_visitors_cart_joins_the_accounts_at_sign_in_and_stays_with_the_acco
     elsewhere = app.test_client()  # another browser: the account's cart
     elsewhere.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD})
     assert "for 3 items" in elsewhere.get("/shop/cart").get_data(as_text=True)
+
+
+def test_registering_an_unconfirmed_address_again_replaces_the_first_claim(app, shopper, smtp_sink):
+    """Whoever registers someone else's address first holds nothing: the owner's own registration
+    replaces the password, and the link sent for the first one no longer confirms anything."""
+    register(app.test_client(), name="Mallory", password="the intruder's password")
+    first_link = last_link(smtp_sink, "ada@example.com")
+    register(shopper)
+    assert shopper.get(first_link).status_code == 400  # the first claim's link
+    shopper.get(last_link(smtp_sink, "ada@example.com"))
+    assert (
+        shopper.post("/shop/signin", data={"email": "ada@example.com", "password": "the intruder's password"}).status_code == 401
+    )
+    assert shopper.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD}).status_code == 303
+    assert app.extensions["customer_accounts"].get(account_key("ada@example.com"))["name"] == "Ada Lovelace"
+
+
+@pytest.mark.parametrize("name", ["Ada www.example.com", "Ada =?utf-8?q?x?=", "Ada\u202eLovelace", "x" * 101])
+def test_a_name_that_could_carry_a_link_or_hide_text_is_refused(shopper, name):
+    answer = shopper.post(
+        "/shop/register", data={"name": name, "email": "a@example.com", "password": PASSWORD, "password_again": PASSWORD}
+    )
+    assert answer.status_code == 400 and 'id="name-error"' in answer.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "next_", ["/shop/%0Ax", "/shop/../orders", "//evil.example/shop/", "https://evil.example/shop/", "/shop/orders?x=1"]
+)
+def test_sign_in_goes_back_only_to_a_plain_shop_path(app, shopper, smtp_sink, next_):
+    register(shopper)
+    shopper.get(last_link(smtp_sink, "ada@example.com"))
+    answer = shopper.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD, "next": next_})
+    assert answer.status_code == 303 and answer.headers["Location"] == "/shop", next_
+    back = shopper.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD, "next": "/shop/orders"})
+    assert back.headers["Location"] == "/shop/orders"
+
+
+def test_a_second_customer_signing_in_on_a_shared_browser_does_not_get_the_first_ones_cart(app, shopper, smtp_sink):
+    for address in ("ada@example.com", "grace@example.com"):
+        register(app.test_client(), email_=address)
+        app.test_client().get(last_link(smtp_sink, address))
+    shopper.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD})
+    shopper.post("/shop/cart", data={"sku": "KB-100", "action": "add", "quantity": "2", "from": "catalog"})
+    shopper.post("/shop/signin", data={"email": "grace@example.com", "password": PASSWORD})  # Ada never signed out
+    assert "Your cart is empty" in shopper.get("/shop/cart").get_data(as_text=True)
+    assert app.extensions["customer_accounts"].get(account_key("grace@example.com"))["cart"] == {}

@@ -142,3 +142,31 @@ def test_checkout_refuses_an_empty_cart_and_what_the_stock_no_longer_covers(app)
         assert short.status_code == 409 and "Only 1 left" in short.get_data(as_text=True)
     finally:
         store.update(INVENTORY, STOCK, lambda doc: {**doc, "levels": {**doc["levels"], "MN-270": levels["MN-270"]}})
+
+
+def test_checkout_sent_again_after_a_lost_answer_opens_the_order_it_placed(app):
+    """The answer to Place order was lost (the browser kept its cookie: the cart, no record of the
+    order): sending the form again opens that order, even with the stock now short, or the cart
+    changed since; an out-of-date form is refused and nothing is placed."""
+    client, account = customer_client(app)
+    add(client, "HD-300", 1)
+    form = checkout_form(client, expedited=False)
+    with client.session_transaction() as before:
+        kept = dict(before)
+    order_url = client.post("/shop/checkout", data=form).headers["Location"]
+    with client.session_transaction() as session:  # as if the answer, and its cookie, never arrived
+        session.clear()
+        session.update(kept)
+    again = client.post("/shop/checkout", data=form)
+    assert again.status_code == 303 and again.headers["Location"] == order_url
+    with client.session_transaction() as session:
+        session.clear()
+        session.update({**kept, "cart": {"HD-300": 1, "CB-010": 3}})  # the cart changed meanwhile
+    changed = client.post("/shop/checkout", data=form)
+    assert changed.status_code == 303 and changed.headers["Location"] == order_url
+    store = app.extensions["order_service"].store
+    mine = wait_until(lambda: store.list_by(ORDERS, "customer_id", account["customer_id"]), what="the order recorded")
+    assert [o["order_id"] for o in mine] == [order_url.rsplit("/", 1)[1]]  # one order, however often the form went
+    add(client, "CB-010", 1)
+    stale = client.post("/shop/checkout", data={k: v for k, v in form.items() if k != "submission_key"})
+    assert stale.status_code == 400 and "out of date" in stale.get_data(as_text=True)
