@@ -192,7 +192,7 @@ def signin():
     if isinstance(previous, dict) and previous.get("k") != key:  # another customer never signed out here
         for entry in (CART, PLACED):
             session.pop(entry, None)
-    session[CUSTOMER] = {"k": key, "v": record["version"]}
+    session[CUSTOMER] = {"k": key, "v": record["version"], "s": accounts().open_session(key)}
     session[CART] = accounts().merge_cart(key, session_cart())  # the visitor's cart joins the account's
     flash(texts()["signed_in"].format(name=record["name"]), "success")
     return redirect(next_page(request.form.get("next")), code=303)
@@ -200,6 +200,9 @@ def signin():
 
 @shop_accounts.post("/shop/signout")
 def signout():
+    signed_in = session.get(CUSTOMER)
+    if isinstance(signed_in, dict) and signed_in_customer() is not None:
+        accounts().close_session(str(signed_in["k"]), str(signed_in.get("s")))  # a copy of the cookie is no use now
     for entry in (CUSTOMER, CART, PLACED):  # the cart stays with the account, not in this browser
         session.pop(entry, None)
     flash(texts()["signed_out"], "success")

@@ -12,7 +12,9 @@ safe as a file name and two spellings of one address are one account):
 
 `customer_id` is what the customer's orders carry. `version` moves with every new
 password: a signed-in session remembers it, so a reset ends every other session,
-and a reset link names it, so a link works once.
+and a reset link names it, so a link works once. `sessions` holds each open
+sign-in's ID and when it opened: signing out closes that one on the server (a
+copy of the cookie is no use after it), and each lasts SESSION_DAYS.
 
 The email links (verify the address, reset the password) are signed with the
 deployment's secret key (itsdangerous, which Flask itself uses) and expire: a
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,6 +44,8 @@ MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 256
 VERIFY_SECONDS = 24 * 3600
 RESET_SECONDS = 3600
+SESSION_DAYS = 14  # a sign-in lasts this long, unless signed out or the password changes
+MAX_SESSIONS = 10  # sign-ins kept open per account (browsers, devices); an older one closes
 
 
 class AccountRefused(Exception):
@@ -106,10 +111,34 @@ class CustomerAccounts:
     def get(self, key: str) -> dict[str, Any] | None:
         return self._store.get(CUSTOMERS, key)
 
-    def current(self, key: str, version: int) -> dict[str, Any] | None:
-        """The account a session names, if its password has not changed since."""
+    def current(self, key: str, version: int, session_id: str | None = None, now: float | None = None) -> dict[str, Any] | None:
+        """The account a session names, if its password has not changed since and, with
+        `session_id`, that sign-in is still open (not signed out, not older than SESSION_DAYS)."""
         record = self._store.get(CUSTOMERS, key)
-        return record if record is not None and record["version"] == version else None
+        if record is None or record["version"] != version:
+            return None
+        if session_id is not None:
+            opened = record.get("sessions", {}).get(session_id)
+            if opened is None or (now if now is not None else time.time()) - opened > SESSION_DAYS * 86400:
+                return None
+        return record
+
+    def open_session(self, key: str) -> str:
+        """A new sign-in's ID, kept in the account (its newest MAX_SESSIONS): signing out closes it."""
+        session_id = secrets.token_urlsafe(16)
+
+        def opened(record: dict[str, Any]) -> dict[str, Any]:
+            sessions = {**record.get("sessions", {}), session_id: time.time()}
+            newest = sorted(sessions.items(), key=lambda item: item[1])[-MAX_SESSIONS:]
+            return {**record, "sessions": dict(newest)}
+
+        self.change(key, opened)
+        return session_id
+
+    def close_session(self, key: str, session_id: str) -> None:
+        self.change(
+            key, lambda record: {**record, "sessions": {k: v for k, v in record.get("sessions", {}).items() if k != session_id}}
+        )
 
     def authenticate(self, email: str, password: str) -> dict[str, Any] | None:
         """The account if `password` is its password; None otherwise (unknown or wrong alike)."""
@@ -181,7 +210,7 @@ class CustomerAccounts:
         def reset(record: dict[str, Any]) -> dict[str, Any]:
             if record.get("version") != version:
                 return record  # used already (or the password changed since)
-            return {**record, "password_hash": password_hash, "version": version + 1, "verified": True}
+            return {**record, "password_hash": password_hash, "version": version + 1, "verified": True, "sessions": {}}
 
         record = self.change(found["k"], reset)
         return record if record["password_hash"] == password_hash else None

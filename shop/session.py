@@ -1,7 +1,8 @@
 """What a shopper's session holds: their cart, and, once signed in, their account.
 
 The session is Flask's signed cookie: `cart` is {sku: quantity}; `customer` is
-{"k": account key, "v": password version}, separate from an operator's sign-in.
+{"k": account key, "v": password version, "s": the sign-in's ID, which the account
+keeps while it is open}, separate from an operator's sign-in.
 A signed-in customer's cart is also kept in their account, so it follows them to
 another browser and survives signing out.
 """
@@ -40,7 +41,7 @@ def signed_in_customer() -> dict[str, Any] | None:
     if not isinstance(entry, dict):
         return None
     try:
-        record = current_app.extensions["customer_accounts"].current(str(entry.get("k")), entry.get("v"))
+        record = current_app.extensions["customer_accounts"].current(str(entry.get("k")), entry.get("v"), str(entry.get("s")))
     except StoreUnavailable:
         return None  # the store is down: the page (an error page too) shows no one signed in
     except ValueError:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import dataclasses
 import email
 import re
+import time
 
 import pytest
 
-from shop.accounts import CUSTOMERS, account_key
+from shop.accounts import CUSTOMERS, SESSION_DAYS, account_key
 from tests.fixtures import make_app
 
 PASSWORD = "correct horse battery"
@@ -188,3 +189,20 @@ def test_a_second_customer_signing_in_on_a_shared_browser_does_not_get_the_first
     shopper.post("/shop/signin", data={"email": "grace@example.com", "password": PASSWORD})  # Ada never signed out
     assert "Your cart is empty" in shopper.get("/shop/cart").get_data(as_text=True)
     assert app.extensions["customer_accounts"].get(account_key("grace@example.com"))["cart"] == {}
+
+
+def test_signing_out_closes_the_sign_in_on_the_server_and_a_sign_in_lasts_two_weeks(app, shopper, smtp_sink):
+    register(shopper)
+    shopper.get(last_link(smtp_sink, "ada@example.com"))
+    shopper.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD})
+    with shopper.session_transaction() as session:
+        copied = dict(session)  # a copy of the cookie, taken while signed in
+    entry = copied["customer"]
+    accounts = app.extensions["customer_accounts"]
+    assert accounts.current(entry["k"], entry["v"], entry["s"]) is not None
+    assert accounts.current(entry["k"], entry["v"], entry["s"], now=time.time() + (SESSION_DAYS + 1) * 86400) is None
+    shopper.post("/shop/signout")
+    with shopper.session_transaction() as session:
+        session.update(copied)  # the copy, sent again
+    assert "Signed in as <strong>" not in shopper.get("/shop").get_data(as_text=True)
+    assert shopper.get("/shop/orders").status_code == 303  # to the sign-in
