@@ -495,3 +495,22 @@ def test_a_crash_before_the_group_pointer_is_redone_with_the_index_change(tmp_pa
     monkeypatch.setattr(os, "replace", real_replace)
     # The journal is still there: the next reader redoes the whole change, the pointer included.
     assert JsonStore(tmp_path).newest_in_group("applications", "loan-x") == {"run": 2}
+
+
+def test_a_record_moving_between_lists_rewrites_its_entry_the_one_pointing_at_it_and_the_heads(tmp_path, monkeypatch):
+    """The cost of a status change does not grow with the lists: o3 leaves the middle of
+    "processing" (o4 pointed at it, and now points past it) and becomes the head of "shipping"."""
+    store = JsonStore(tmp_path, counted_fields={"orders": ("status",)}, listed_by={"orders": ("status",)})
+    for n in range(1, 6):
+        store.put("orders", f"o{n}", {"id": n, "status": "processing"}, sort_key=str(n))
+    store.put("orders", "o0", {"id": 0, "status": "shipping"}, sort_key="0")
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: renamed.append(Path(dst).name) or real_replace(src, dst))
+    store.update("orders", "o3", lambda doc: {**doc, "status": "shipping"})
+    monkeypatch.undo()
+    entries = sorted(name for name in renamed if name.endswith(".key"))
+    heads = [name for name in renamed if name.endswith(".head")]
+    assert entries == ["o3.key", "o4.key"] and heads == [head_name("status", "shipping")], renamed
+    assert [d["id"] for d in store.list_by("orders", "status", "processing")] == [5, 4, 2, 1]
+    assert [d["id"] for d in store.list_by("orders", "status", "shipping")] == [3, 0]
