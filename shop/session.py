@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, session
+from flask import current_app, g, session
 
 from core.rules import CatalogItem
 from core.store import StoreUnavailable
@@ -40,6 +40,11 @@ def signed_in_customer() -> dict[str, Any] | None:
     entry = session.get(CUSTOMER)
     if not isinstance(entry, dict):
         return None
+    # Once per request and sign-in: the views and every template's context ask, the store answers once.
+    asked = (entry.get("k"), entry.get("v"), entry.get("s"))
+    cached = g.get("shop_customer")
+    if cached is not None and cached[0] == asked:
+        return cached[1]
     try:
         record = current_app.extensions["customer_accounts"].current(str(entry.get("k")), entry.get("v"), str(entry.get("s")))
     except StoreUnavailable:
@@ -48,6 +53,7 @@ def signed_in_customer() -> dict[str, Any] | None:
         record = None  # a key the store refuses: not one it gave
     if record is None:
         session.pop(CUSTOMER, None)
+    g.shop_customer = (asked, record)
     return record
 
 

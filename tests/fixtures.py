@@ -239,6 +239,21 @@ def settings(tmp_path: Path) -> Settings:
     return fresh_settings(tmp_path / "data")
 
 
+NO_TEMPORAL = "127.0.0.1:1"  # nothing answers there: for pages and requests that read the store only
+
+
+@pytest.fixture
+def store_app(settings: Settings, monkeypatch):
+    """The app for pages that read the store only (lists, charts, the shop's catalog and cart)."""
+    return make_app(settings, NO_TEMPORAL, monkeypatch)
+
+
+@pytest.fixture
+def store_viewer(store_app, settings: Settings):
+    """A viewer operator's browser on `store_app`."""
+    return signed_in(store_app.test_client(), settings, "viewer")
+
+
 def make_app(settings: Settings, address: str, monkeypatch):
     """The Flask app for one test, talking to the Temporal server at `address`.
 

@@ -85,18 +85,14 @@ PUBLIC_LIMITS: dict[str, list[tuple[str, str, Callable[[], str] | None, Callable
     "shop.product": [(READ_PER_CLIENT, "read", None, None)],
     "shop.cart": [(READ_PER_CLIENT, "read", None, None)],
     "shop.change_cart": [(CART_PER_CLIENT, "cart", None, None)],
-    "shop_accounts.register": [
-        (ACCOUNT_EMAIL_PER_CLIENT, "account-email", None, None),
-        (ACCOUNT_EMAIL_PER_ADDRESS, "account-address", applicant_email, None),
-    ],
-    "shop_accounts.resend_verification": [
-        (ACCOUNT_EMAIL_PER_CLIENT, "account-email", None, None),
-        (ACCOUNT_EMAIL_PER_ADDRESS, "account-address", applicant_email, None),
-    ],
-    "shop_accounts.reset_request": [
-        (ACCOUNT_EMAIL_PER_CLIENT, "account-email", None, None),
-        (ACCOUNT_EMAIL_PER_ADDRESS, "account-address", applicant_email, None),
-    ],
+    # The forms that email an account (counted together, per client and per address they name).
+    **dict.fromkeys(
+        ("shop_accounts.register", "shop_accounts.resend_verification", "shop_accounts.reset_request"),
+        [
+            (ACCOUNT_EMAIL_PER_CLIENT, "account-email", None, None),
+            (ACCOUNT_EMAIL_PER_ADDRESS, "account-address", applicant_email, None),
+        ],
+    ),
     "shop_accounts.signin": [
         (SIGNIN_PER_CLIENT, "shop-signin", None, None),
         (SIGNIN_FAILURES_PER_ACCOUNT, "shop-signin-account", applicant_email, refused),

@@ -20,10 +20,9 @@ from loans.activities import LoanActivities
 from loans.model import APPLICATIONS, ContactPreferenceRequest
 from loans.service import MAX_CONTACT_ANSWERS
 from loans.validation import InvalidApplication, parse_json_application
-from tests.fixtures import HERE, applicant_link, fresh_settings, make_app, new_operator
+from tests.fixtures import HERE, NO_TEMPORAL, applicant_link, fresh_settings, make_app, new_operator
 from web.limits import ACCOUNT_EMAIL_PER_ADDRESS, APPLY_PER_CLIENT, APPLY_PER_EMAIL, SIGNIN_FAILURES_PER_ACCOUNT
 
-NO_TEMPORAL = "127.0.0.1:1"  # nothing these requests do reaches Temporal
 MESSAGES = load_messages(HERE / "messages.json")
 
 

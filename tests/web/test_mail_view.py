@@ -12,7 +12,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from core.mail_folder import list_messages, message_tag, read_message, store_message
-from tests.fixtures import make_app, signed_in
+from tests.fixtures import NO_TEMPORAL, make_app, signed_in
 from tools.mail_sink import MaildirHandler
 from tools.net import free_port
 from web.mail_view import PAGE_SIZE
@@ -44,7 +44,7 @@ def mail_folder(tmp_path):
 @pytest.fixture
 def app(settings, mail_folder, monkeypatch):
     # No Temporal call on these pages: any address will do.
-    return make_app(replace(settings, mail_view_dir=mail_folder), "127.0.0.1:1", monkeypatch)
+    return make_app(replace(settings, mail_view_dir=mail_folder), NO_TEMPORAL, monkeypatch)
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_only_operators_read_the_mail(app, mail_folder):
 
 
 def test_without_a_local_sink_the_page_says_where_mail_goes(settings, monkeypatch):
-    app = make_app(replace(settings, mail_view_dir=None), "127.0.0.1:1", monkeypatch)
+    app = make_app(replace(settings, mail_view_dir=None), NO_TEMPORAL, monkeypatch)
     operator = signed_in(app.test_client(), settings, "viewer")
     page = operator.get("/mail").get_data(as_text=True)
     assert "Mail goes to a mail server" in page and "SMTP_URL" in page

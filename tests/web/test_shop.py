@@ -9,17 +9,11 @@ import pytest
 
 from orders.model import INVENTORY, STOCK
 from shop.cart import MAX_QUANTITY, CartRefused, changed, cleaned, parse_quantity, priced
-from tests.fixtures import make_app
 
 
 @pytest.fixture
-def app(settings, monkeypatch):
-    return make_app(settings, "127.0.0.1:1", monkeypatch)  # the shop reads the catalog and the stock only
-
-
-@pytest.fixture
-def visitor(app):
-    return app.test_client()
+def visitor(store_app):
+    return store_app.test_client()
 
 
 def csrf(page: str) -> str:
@@ -31,16 +25,16 @@ def post_cart(visitor, page_url: str, **form: str):
     return visitor.post("/shop/cart", data={"csrf_token": token, **form}, headers={"Referer": f"http://localhost{page_url}"})
 
 
-def set_stock(app, **levels: int) -> None:
-    store = app.extensions["order_service"].store
+def set_stock(store_app, **levels: int) -> None:
+    store = store_app.extensions["order_service"].store
     store.put(INVENTORY, STOCK, {"levels": levels})
 
 
-def test_the_catalog_shows_every_product_with_its_price_and_the_stock_left_not_the_starting_figure(app, visitor):
-    set_stock(app, **{"LP-140": 3, "HD-300": 0})
+def test_the_catalog_shows_every_product_with_its_price_and_the_stock_left_not_the_starting_figure(store_app, visitor):
+    set_stock(store_app, **{"LP-140": 3, "HD-300": 0})
     page = visitor.get("/shop").get_data(as_text=True)
     assert visitor.get("/shop").status_code == 200
-    for item in app.extensions["order_service"].rules.catalog:
+    for item in store_app.extensions["order_service"].rules.catalog:
         assert item.name in page and f'href="/shop/products/{item.sku}"' in page
     assert "$1,249" in page and "Only 3 left" in page and "Out of stock" in page and "In stock" in page
     product = visitor.get("/shop/products/LP-140").get_data(as_text=True)
@@ -48,7 +42,7 @@ def test_the_catalog_shows_every_product_with_its_price_and_the_stock_left_not_t
     assert visitor.get("/shop/products/NOPE").status_code == 404
 
 
-def test_a_visitor_adds_changes_and_removes_what_is_in_their_cart(app, visitor):
+def test_a_visitor_adds_changes_and_removes_what_is_in_their_cart(store_app, visitor):
     added = post_cart(visitor, "/shop", sku="KB-100", action="add", quantity="2", **{"from": "catalog"})
     assert added.status_code == 303 and added.headers["Location"] == "/shop"
     post_cart(visitor, "/shop/products/KB-100", sku="KB-100", action="add", quantity="1", **{"from": "product"})
@@ -65,8 +59,8 @@ def test_a_visitor_adds_changes_and_removes_what_is_in_their_cart(app, visitor):
     assert "Your cart is empty" in visitor.get("/shop/cart").get_data(as_text=True)
 
 
-def test_the_cart_refuses_more_than_the_stock_left_and_says_why_keeping_what_was_typed(app, visitor):
-    set_stock(app, **{"LP-140": 2, "HD-300": 0})
+def test_the_cart_refuses_more_than_the_stock_left_and_says_why_keeping_what_was_typed(store_app, visitor):
+    set_stock(store_app, **{"LP-140": 2, "HD-300": 0})
     refused = post_cart(visitor, "/shop/products/LP-140", sku="LP-140", action="add", quantity="3", **{"from": "product"})
     page = refused.get_data(as_text=True)
     assert refused.status_code == 400 and "Only 2 of the 14-inch laptop left." in page and 'value="3"' in page
@@ -80,7 +74,7 @@ def test_the_cart_refuses_more_than_the_stock_left_and_says_why_keeping_what_was
     assert post_cart(visitor, "/shop", sku="KB-100", action="steal", quantity="1", **{"from": "catalog"}).status_code == 400
     # In the cart, then the stock ran out: the line says so.
     post_cart(visitor, "/shop", sku="LP-140", action="add", quantity="2", **{"from": "catalog"})
-    set_stock(app, **{"LP-140": 1})
+    set_stock(store_app, **{"LP-140": 1})
     assert "Only 1 left: lower the quantity." in visitor.get("/shop/cart").get_data(as_text=True)
 
 
@@ -88,9 +82,9 @@ def test_a_cart_change_without_its_csrf_token_is_refused(visitor):
     assert visitor.post("/shop/cart", data={"sku": "KB-100", "action": "add", "quantity": "1", "from": "shop"}).status_code == 400
 
 
-def test_the_cart_rules(app):
-    catalog = {item.sku: item for item in app.extensions["order_service"].rules.catalog}
-    texts = app.extensions["messages"].shop
+def test_the_cart_rules(store_app):
+    catalog = {item.sku: item for item in store_app.extensions["order_service"].rules.catalog}
+    texts = store_app.extensions["messages"].shop
     keyboard = catalog["KB-100"]
     assert changed({}, keyboard, 2, 10, True, texts) == {"KB-100": 2}
     assert changed({"KB-100": 2}, keyboard, 3, 10, True, texts) == {"KB-100": 5}

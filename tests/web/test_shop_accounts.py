@@ -12,14 +12,14 @@ import time
 import pytest
 
 from shop.accounts import CUSTOMERS, SESSION_DAYS, account_key
-from tests.fixtures import make_app
+from tests.fixtures import NO_TEMPORAL, make_app
 
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
 def app(settings, smtp_sink, monkeypatch):
-    return make_app(dataclasses.replace(settings, smtp_url=smtp_sink.url), "127.0.0.1:1", monkeypatch)
+    return make_app(dataclasses.replace(settings, smtp_url=smtp_sink.url), NO_TEMPORAL, monkeypatch)
 
 
 @pytest.fixture

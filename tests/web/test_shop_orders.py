@@ -97,10 +97,14 @@ def test_another_customer_cannot_see_or_act_on_the_first_customers_orders(app, o
     anonymous = app.test_client()
     signin = anonymous.get(f"/shop/orders/{order_id}")
     assert signin.status_code == 303 and signin.headers["Location"] == f"/shop/signin?next=/shop/orders/{order_id}"
+    for path in (f"/shop/orders/{order_id}/cancel", f"/shop/orders/{order_id}/address", "/shop/checkout"):
+        refused = anonymous.post(path, data={f"address.{k}": "Elsewhere" for k in ADDRESS})
+        assert refused.status_code == 303 and refused.headers["Location"].startswith("/shop/signin?next=/shop/"), path
     # An operator's sign-in is not a customer's.
     operator = signed_in(app.test_client(), order_stack[0])
     assert operator.get(f"/shop/orders/{order_id}").status_code == 303
-    assert stored(app, order_id) is None or stored(app, order_id)["status"] != "cancelled"
+    record = wait_until(lambda: stored(app, order_id), what="the order recorded")  # untouched by every refused call
+    assert record["address"] == ADDRESS and not record["cancelled"], record
 
 
 @pytest.mark.timeout(60)
