@@ -142,7 +142,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     orders_web.init_app(app, OrderService(settings, rules, app_messages, temporal, store))
     shop_web.init_app(app)  # the storefront: it reads the order service's catalog and stock
     shop_account_web.init_app(app, store, settings)  # customers' accounts
-    shop_orders_web.init_app(app)  # a customer's checkout and orders
+    shop_orders_web.init_app(app, settings)  # a customer's checkout and orders
     app.cli.add_command(orders_cli)
     app.register_blueprint(health)
     app.extensions["openapi"] = build_openapi([item.sku for item in rules.orders.catalog])

@@ -122,6 +122,10 @@ class Settings:
     # STRIPE_API_BASE names another (make run: its local Stripe). No key: no provider (the record alone).
     stripe_api_key: str | None = None
     stripe_api_base: str | None = None
+    # Card entry at the shop's checkout (shop/card.py): Stripe.js from STRIPE_JS_URL with this
+    # publishable key (make run: its local Stripe's stand-in). No key: the shop's test card is charged.
+    stripe_publishable_key: str | None = None
+    stripe_js_url: str = "https://js.stripe.com/v3/"
 
     @property
     def public_url(self) -> str:
@@ -155,6 +159,8 @@ class Settings:
             temporal_ui_upstream=os.environ.get("TEMPORAL_UI_UPSTREAM", "").strip().rstrip("/") or None,
             stripe_api_key=os.environ.get("STRIPE_API_KEY", "").strip() or None,
             stripe_api_base=os.environ.get("STRIPE_API_BASE", "").strip().rstrip("/") or None,
+            stripe_publishable_key=os.environ.get("STRIPE_PUBLISHABLE_KEY", "").strip() or None,
+            stripe_js_url=os.environ.get("STRIPE_JS_URL", "").strip() or "https://js.stripe.com/v3/",
             secret_key=app_secret_key(data_dir),
             decision_wait_seconds=_env_float("DECISION_WAIT_SECONDS", 5.0),
             order_task_queue=os.environ.get("ORDER_TASK_QUEUE", "orders"),

@@ -341,7 +341,9 @@ class OrderActivities(_OrderStepActivities):
             # is any of them. Without one, it strikes after the record is written, as an answer lost.
             fault, note = self._network_fault(request.step, attempt) if self.payments.provider else (None, "")
             try:
-                payment = self.payments.charge(request.step.order_id, request.amount, attempt, declined, fault, note)
+                payment = self.payments.charge(
+                    request.step.order_id, request.amount, attempt, declined, fault, note, request.card
+                )
             except stripe.StripeError as err:
                 provider = self.payments.provider
                 if provider is None or not provider.network.met_fault():

@@ -25,7 +25,7 @@ SEND_ORDER_EMAIL = "send_order_email"
 
 # Store collections of the order process.
 ORDERS = "orders"  # OrderStatus projection per order, for the dashboard
-PAYMENTS = "payments"  # the simulated payment provider, one record per payment key
+PAYMENTS = "payments"  # the order's payment (orders/payments.py), one record per payment key
 REWARDS = "rewards"  # RewardsState projection per customer
 NOTIFICATIONS = "notifications"  # customer notifications
 ORDER_EMAILS = "order_emails"  # one record per order and email kind: sent, refused or retrying
@@ -43,9 +43,8 @@ ORDER_MILESTONES = ("received", "validated", "approved", "charged", "shipped", "
 # Order statuses; the last four are final.
 ORDER_STATUSES = ("processing", "awaiting_review", "shipping", "completed", "cancelled", "rejected", "failed")
 FINAL_ORDER_STATUSES = ("completed", "cancelled", "rejected", "failed")
-# Shipment stages, in order. At "dispatching" the order has released the parcel to
-# the carrier: from then on it can no longer change. A shipment the order stopped
-# before that ends "cancelled".
+# Shipment stages, in order. At "dispatching" the order has released the parcel to the carrier:
+# from then on it can no longer change. A shipment the order stopped before that ends "cancelled".
 SHIPMENT_STAGES = ("not_started", "preparing", "prepared", "dispatching", "dispatched", "delivered", "cancelled")
 # Operator actions on an order (OrderStatus.actions lists those still possible).
 # Simulated failures an order holds at most, placed with it or injected later (validation.py, workflows.py).
@@ -109,15 +108,21 @@ class Address:
 
 @dataclass(frozen=True)
 class FailureInjection:
-    """A simulated failure: `step` fails `times` attempts, then works; or for ever if permanent.
-
-    A permanent payment failure is a declined card; a permanent shipping failure
-    is a carrier that cannot deliver.
-    """
+    """A simulated failure: `step` fails `times` attempts, then works; or for ever if permanent
+    (a permanent payment failure is a declined card; a shipping one, a carrier that cannot deliver)."""
 
     step: str
     times: int = 1
     permanent: bool = False
+
+
+@dataclass(frozen=True)
+class Card:
+    """A card the shopper entered at checkout (shop/card.py); an order without one charges the shop's test card."""
+
+    payment_method: str  # Stripe's ID for it (pm_...): no number, no expiry
+    stripe_customer: str  # the Stripe customer it was set up for, to be charged off session
+    label: str  # "Visa ending 4242", for the order's pages
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,7 @@ class OrderRequest:
     customer_email: str | None = None
     # Placed since its messages carry their sender: a plain `expedite` or `shipment_ready` is ignored.
     messages_need_sender: bool = False
+    card: Card | None = None
 
 
 @dataclass(frozen=True)
@@ -214,8 +220,7 @@ class OrderEvent:
 
 @dataclass(frozen=True)
 class OrderEmailState:
-    """How one of an order's emails went: sending, sent, refused (5xx, final), failed
-    (gave up, or no text for it), not_configured (no SMTP_URL on the worker)."""
+    """How an order's email went: sending, sent, refused (5xx), failed (gave up, or no text), not_configured."""
 
     status: str
     reason: str | None = None
@@ -249,14 +254,13 @@ class OrderStatus:
     points_awarded: int | None = None
     placed_at: str | None = None
     updated_at: str | None = None
-    # The operator actions (ORDER_ACTIONS) the order can still take, decided by the
-    # workflow: pages offer only these; anything else is refused with a reason.
+    # The operator actions (ORDER_ACTIONS) the workflow still allows: pages offer only these.
     actions: list[str] = field(default_factory=list)
     customer_email: str | None = None
     # Each email sent to the customer (ORDER_EMAIL_KINDS) and how it went.
     emails: dict[str, OrderEmailState] = field(default_factory=dict)
-    # Counts the order's records: a record older than the one stored is never written
-    # over it (an attempt that finishes after its order moved on writes nothing).
+    card: str | None = None  # the entered card's label (Card.label); None: the shop's test card
+    # Counts the order's records: an older one is never written over a newer (a late attempt writes nothing).
     revision: int = 0
 
     @classmethod
@@ -272,6 +276,7 @@ class OrderStatus:
             expedited=order.expedited,
             placed_at=order.placed_at,
             customer_email=order.customer_email,
+            card=order.card.label if order.card else None,
             actions=[a for a in ORDER_ACTIONS if a != "approve" and not (a == "expedite" and order.expedited)],
         )
 
@@ -284,8 +289,7 @@ class StepRequest:
     workflow_id: str
     failures: list[FailureInjection]
     policy: OrderPolicy
-    # The order's record as the step starts, written by the step's activity before its
-    # work (lean bookkeeping): no workflow task or local activity of its own.
+    # The order's record as the step starts, written by the step's activity before its work (lean bookkeeping).
     record: "ProgressRecord | None" = None
 
 
@@ -314,6 +318,7 @@ class InventoryRequest:
 class ChargeRequest:
     step: StepRequest
     amount: float
+    card: Card | None = None
 
 
 @dataclass(frozen=True)
@@ -348,8 +353,7 @@ class OrderEmailRequest:
     to: str
     subject: str
     text: str
-    # When the workflow asked for it (the Date header): the same whichever activity sends it.
-    requested_at: str | None = None
+    requested_at: str | None = None  # when the workflow asked (the Date header), whichever activity sends it
     name: str = ""  # the customer's name on the To line (the order's address); none on orders before it
 
 
@@ -358,8 +362,7 @@ class AwardRequest:
     customer_id: str
     order_id: str
     points: int
-    # v10: the completed order's record, written once the points are awarded, and its
-    # "delivered" email, sent then (the record says how it went).
+    # v10: the completed order's record, written once the points are awarded, and its "delivered" email.
     record: ProgressRecord | None = None
     email: OrderEmailRequest | None = None
 
@@ -386,8 +389,7 @@ class AddressChange:
 
 @dataclass(frozen=True)
 class DispatchPermit:
-    """The order's word to dispatch: after it the parcel is the carrier's.
-    Carries the final address and speed, so no change can race the dispatch."""
+    """The order's word to dispatch (after it the parcel is the carrier's), with the final address and speed."""
 
     address: Address
     expedited: bool
@@ -402,8 +404,7 @@ class ShippingRequest:
     timing: ShippingTiming
     failures: list[FailureInjection]
     policy: OrderPolicy
-    # Set by orders that decide the dispatch (OrderWorkflow): the shipment waits at pickup for the
-    # order's DispatchPermit. False for shipments started before that rule (they dispatch alone).
+    # Orders that decide the dispatch: the shipment waits at pickup for the DispatchPermit (False: dispatches alone).
     order_releases_dispatch: bool = False
     # False for v9 orders: the result tells the delivery (Shipment.delivered_attempt).
     report_delivered: bool = True
@@ -419,8 +420,7 @@ class ShippingRequest:
 
 @dataclass(frozen=True)
 class MessageFrom:
-    """The argument of a message that has nothing else to say (stop, expedite, close): encrypted like
-    every payload, so only a holder of the payload key can send one (docs/security.md)."""
+    """A message's argument (stop, expedite, close): encrypted, so only a payload key's holder sends one."""
 
     sender: str
 

@@ -7,6 +7,10 @@ lock, and talks to the provider through `StripeProvider`, Stripe's official SDK
 loopback: tools/stripe_server.py); production sets `STRIPE_API_KEY` and nothing
 else.
 
+What is charged: the card the shopper entered at checkout (a payment method set
+up for their Stripe customer, shop/card.py), or, for orders placed by operators
+and with no card entry configured, Stripe's test card that pays.
+
 Why a charge is never made twice, whatever is retried or lost:
 - A charge is a PaymentIntent created, recorded (its ID, status "pending"),
   then confirmed. A retry with a recorded intent looks it up and confirms it
@@ -36,10 +40,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import stripe
+from stripe.params import PaymentIntentCreateParams
 
 from core.formatting import utc_now
 from core.store import Store
-from orders.model import PAYMENT_REQUESTS, PAYMENTS, Payment, payment_key
+from orders.model import PAYMENT_REQUESTS, PAYMENTS, Card, Payment, payment_key
 
 # Stripe's test payment methods (localstripe knows them too): a card that pays, and one whose charges are declined.
 PAYING_CARD = "pm_card_visa"
@@ -114,14 +119,17 @@ class StripeProvider:
             max_network_retries=0,  # the activity's retry policy retries, visibly, with its backoff
         )
 
-    def create_intent(self, key: str, order_id: str, amount: float, payment_method: str) -> Any:
+    def create_intent(self, key: str, order_id: str, amount: float, payment_method: str, customer: str | None) -> Any:
+        params: PaymentIntentCreateParams = {
+            "amount": cents(amount),
+            "currency": "usd",
+            "payment_method": payment_method,
+            "metadata": {"order_id": order_id, "payment_key": key},
+        }
+        if customer is not None:  # a card entered at checkout is set up for its customer (shop/card.py)
+            params["customer"] = customer
         return self.client.v1.payment_intents.create(
-            params={
-                "amount": cents(amount),
-                "currency": "usd",
-                "payment_method": payment_method,
-                "metadata": {"order_id": order_id, "payment_key": key},
-            },
+            params=params,
             options={"idempotency_key": f"{key}-create"},
         )
 
@@ -157,20 +165,28 @@ class Payments:
         self.provider = provider
 
     def charge(
-        self, order_id: str, amount: float, attempt: int, declined: bool, fault: str | None = None, note: str = ""
+        self,
+        order_id: str,
+        amount: float,
+        attempt: int,
+        declined: bool,
+        fault: str | None = None,
+        note: str = "",
+        card: Card | None = None,
     ) -> Payment:
         """Charge the order once, however often this runs (see the module's docstring); a decline raises
-        PaymentDeclined. `fault`: one of NETWORK_FAULTS for this attempt to meet (the failure simulation)."""
+        PaymentDeclined. `fault`: one of NETWORK_FAULTS for this attempt to meet (the failure simulation).
+        `card`: the one the shopper entered (None: the shop's test card; a simulated decline: the declining one)."""
         key = payment_key(order_id)
         if self.provider is not None:
             self.provider.network.arm(fault, note)
         try:
-            return self._charge_once(key, order_id, amount, attempt, declined)
+            return self._charge_once(key, order_id, amount, attempt, declined, card)
         finally:
             if self.provider is not None:
                 self.provider.network.disarm()
 
-    def _charge_once(self, key: str, order_id: str, amount: float, attempt: int, declined: bool) -> Payment:
+    def _charge_once(self, key: str, order_id: str, amount: float, attempt: int, declined: bool, card: Card | None) -> Payment:
         with self.store.locked(PAYMENTS, key):
             record = self.store.get(PAYMENTS, key)
             if record is not None and record["status"] == "voided":
@@ -178,12 +194,12 @@ class Payments:
             elif record is not None and record["status"] in ("charged", "refunded"):
                 outcome = "found"
             else:
-                record = self._charge(key, order_id, amount, record, declined)
+                record = self._charge(key, order_id, amount, record, declined, card)
                 outcome = "charged"
             self._log(key, attempt, amount, outcome)
             return payment_of(record)
 
-    def _charge(self, key: str, order_id: str, amount: float, record: dict | None, declined: bool) -> dict:
+    def _charge(self, key: str, order_id: str, amount: float, record: dict | None, declined: bool, card: Card | None) -> dict:
         charged = {"payment_key": key, "order_id": order_id, "amount": amount, "refunded_at": None}
         if self.provider is None:
             if declined:
@@ -193,7 +209,10 @@ class Payments:
             return charged
         intent_id = record.get("intent_id") if record else None
         if intent_id is None:
-            intent = self.provider.create_intent(key, order_id, amount, DECLINED_CARD if declined else PAYING_CARD)
+            method, customer = (card.payment_method, card.stripe_customer) if card else (PAYING_CARD, None)
+            if declined:  # the failure simulation's decline: Stripe's test card that declines, no customer's
+                method, customer = DECLINED_CARD, None
+            intent = self.provider.create_intent(key, order_id, amount, method, customer)
             intent_id = intent.id
             pending = {**charged, "status": "pending", "intent_id": intent_id, "charged_at": None}
             self.store.write_locked(PAYMENTS, key, pending, sort_key=key)

@@ -65,9 +65,8 @@ from orders.rewards import RewardsWorkflow
 from orders.validation import CUSTOMER_ID_PATTERN, NewOrder
 from orders.workflow import OrderWorkflow
 
-# Order IDs are 12 hex characters (`create`); anything outside this shape (the
-# shipping child's ID, a loan's, a path trick) is unknown without asking
-# Temporal, and never reaches the store as a file name.
+# Order IDs are 12 hex characters (`create`); anything else (the shipping child's ID, a loan's,
+# a path trick) is unknown without asking Temporal, and never reaches the store as a file name.
 ORDER_ID = re.compile(r"^[0-9a-f]{12}$")
 # The orders list's filters (query parameters) and the store's field each reads.
 LIST_FILTERS: dict[str, tuple[str, ...] | None] = {"status": ORDER_STATUSES, "customer": None, "email": None, SEARCH: None}
@@ -244,6 +243,7 @@ class OrderService:
             texts=workflow_texts(self.messages.orders),
             customer_email=order.customer_email,
             messages_need_sender=True,
+            card=order.card,
         )
 
     def listing(self, page: int, chosen: tuple[str, str] | None = None, after: str | None = None) -> Listing:

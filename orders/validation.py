@@ -37,6 +37,7 @@ from orders.model import (
     AddressChange,
     ApproveRequest,
     CancelRequest,
+    Card,
     FailureInjection,
     OrderLine,
 )
@@ -91,6 +92,7 @@ class NewOrder:
     expedited: bool
     failures: list[FailureInjection]
     customer_email: str  # normalised like the loan form's (normalize_email)
+    card: Card | None = None  # entered at the shop's checkout (shop/card.py); None: the shop's test card
 
 
 class _OrderPart(BaseModel):

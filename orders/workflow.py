@@ -201,7 +201,7 @@ class OrderWorkflow(OrderMessages):
 
     async def _charge(self, validated: ValidatedOrder) -> None:
         self._begin("charge_payment")
-        request = ChargeRequest(self._steps.request(), validated.total)
+        request = ChargeRequest(self._steps.request(), validated.total, self._order.card)
         self._undos.push("refund payment", lambda: self._refund(request))
         try:
             result = await self._steps.run(

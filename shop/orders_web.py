@@ -21,11 +21,12 @@ from typing import Any
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 
 from core.idempotency import FORM_KEY_FIELD, IdempotencyKeyReused, form_key, new_form_key
+from core.settings import Settings
 from core.store import filtered_page
 from core.temporal_client import OutcomeUnknown, TemporalUnavailable
 from core.validation import PAGE_SIZE
 from orders.display import POSTCODE_AFTER_CITY
-from orders.model import ORDER_MILESTONES, ORDERS, CancelRequest
+from orders.model import ORDER_MILESTONES, ORDERS, CancelRequest, Card
 from orders.service import (
     ORDER_ID,
     ActionFailed,
@@ -37,12 +38,14 @@ from orders.service import (
 )
 from orders.validation import ADDRESS_FIELDS, InvalidOrder, parse_form_address_change, parse_form_order
 from shop.accounts import account_key
+from shop.card import CardEntry, CardUnavailable, EnteredCard, UnknownStripeCustomer
 from shop.cart import priced
 from shop.session import PLACED, catalog, keep_cart, session_cart, signed_in_customer
 from shop.session import texts as shop_texts
 from web.common import after_argument, page_argument
 
 shop_orders = Blueprint("shop_orders", __name__)
+SETUP_INTENT_FIELD = "setup_intent"  # the checkout form's SetupIntent ID (shop/card.py)
 
 
 def service() -> OrderService:
@@ -78,18 +81,62 @@ def customer_only(view):
 # --- checkout ------------------------------------------------------------------------------
 
 
-def render_checkout(
-    customer: dict[str, Any], values: dict[str, str], errors: dict[str, str], notice: str | None, status: int = 200
+def card_entry() -> CardEntry | None:
+    """Checkout's card entry through Stripe.js (shop/card.py); None: the shop's test card is charged."""
+    return current_app.extensions.get("card_entry")
+
+
+async def stripe_customer(customer: dict[str, Any], replacing: str | None = None) -> str:
+    """The account's Stripe customer, made at its first checkout (or again, `replacing` one Stripe lost)."""
+    known = customer.get("stripe_customer")
+    if known and known != replacing:
+        return known
+    made = await card_entry().stripe_customer(customer["customer_id"], customer["email"])  # type: ignore[union-attr]
+    kept = current_app.extensions["customer_accounts"].change(
+        account_key(customer["email"]),
+        lambda record: record if record.get("stripe_customer") not in (None, replacing) else {**record, "stripe_customer": made},
+    )
+    return kept["stripe_customer"]
+
+
+async def payment_part(customer: dict[str, Any], key: str, entered: EnteredCard | None) -> dict[str, Any]:
+    """What the form's payment part shows: the card entered on this form, fields for one, or why not."""
+    entry = card_entry()
+    if entry is None:
+        return {"mode": "test_card"}
+    if entered is not None:
+        return {"mode": "entered", "card": entered}
+    try:
+        try:
+            setup = await entry.start(await stripe_customer(customer), customer["customer_id"], key)
+        except UnknownStripeCustomer as lost:
+            setup = await entry.start(await stripe_customer(customer, str(lost)), customer["customer_id"], key)
+    except CardUnavailable:
+        return {"mode": "unavailable"}
+    return {"mode": "fields", "setup": setup, "key": entry.publishable_key, "script": entry.script_url}
+
+
+async def render_checkout(
+    customer: dict[str, Any],
+    values: dict[str, str],
+    errors: dict[str, str],
+    notice: str | None,
+    status: int = 200,
+    entered: EnteredCard | None = None,
 ):
-    items = catalog()
+    payment = await payment_part(customer, values.get(FORM_KEY_FIELD, ""), entered)
+    if payment["mode"] == "unavailable" and notice is None:
+        notice, status = shop_texts()["card_unavailable"], 503
     return render_template(
         "shop/checkout.html",
-        cart=priced(session_cart(), items, service().stock_levels(), shop_texts()),
+        cart=priced(session_cart(), catalog(), service().stock_levels(), shop_texts()),
         values=values,
         errors=errors,
         notice=notice,
         address_fields=ADDRESS_FIELDS,
         customer=customer,
+        payment=payment,
+        texts=shop_texts(),
     ), status
 
 
@@ -99,7 +146,7 @@ async def checkout(customer: dict[str, Any]):
     remembered = customer.get("address") or {"name": customer["name"]}
     values = {f"address.{part}": remembered.get(part, "") for part in ADDRESS_FIELDS}
     values[FORM_KEY_FIELD] = new_form_key()
-    return render_checkout(customer, values, {}, None)
+    return await render_checkout(customer, values, {}, None)
 
 
 @shop_orders.post("/shop/checkout")
@@ -109,7 +156,7 @@ async def place(customer: dict[str, Any]):
     key = form_key(values)
     if key is None:  # a form from elsewhere, or an old one: a fresh form, so that one press is one order
         values[FORM_KEY_FIELD] = new_form_key()
-        return render_checkout(customer, values, {}, shop_texts()["form_expired"], 400)
+        return await render_checkout(customer, values, {}, shop_texts()["form_expired"], 400)
     placed = session.get(PLACED)
     if isinstance(placed, dict) and placed.get("key") == key:  # pressed again after it was placed
         return redirect(url_for("shop_orders.order", order_id=placed["order_id"]), code=303)
@@ -118,16 +165,23 @@ async def place(customer: dict[str, Any]):
         # may not fit what is left now). Its page, not a refusal.
         already = await service().placed_with_key(customer["customer_id"], key)
     except TemporalUnavailable:
-        return render_checkout(customer, values, {}, texts()["unavailable"], 503)
+        return await render_checkout(customer, values, {}, texts()["unavailable"], 503)
     if already is not None:
         keep_cart({})
         session[PLACED] = {"key": key, "order_id": already}
         return redirect(url_for("shop_orders.order", order_id=already), code=303)
     cart = priced(session_cart(), catalog(), service().stock_levels(), shop_texts())
     if not cart.lines:
-        return render_checkout(customer, values, {}, shop_texts()["empty_cart"], 400)
+        return await render_checkout(customer, values, {}, shop_texts()["empty_cart"], 400)
     if cart.problems:
-        return render_checkout(customer, values, {}, shop_texts()["short_stock"], 409)
+        return await render_checkout(customer, values, {}, shop_texts()["short_stock"], 409)
+    entry, entered = card_entry(), None
+    if entry is not None:  # the card Stripe.js confirmed on this form: checked at Stripe, not taken from the form
+        try:
+            entered = await entry.entered(values.get(SETUP_INTENT_FIELD, ""), customer["customer_id"], key)
+        except CardUnavailable:
+            return await render_checkout(customer, values, {}, shop_texts()["card_unavailable"], 503)
+    card_errors = {"card": shop_texts()["card_missing"]} if entry is not None and entered is None else {}
     form = {
         "customer_id": customer["customer_id"],
         "customer_email": customer["email"],
@@ -137,9 +191,15 @@ async def place(customer: dict[str, Any]):
     }
     try:
         new_order = parse_form_order(form, service().catalog_skus, service().messages)
-        created = await service().create(new_order, idempotency_key=key)
     except InvalidOrder as err:
-        return render_checkout(customer, values, err.fields, texts()["invalid_order"], 400)
+        return await render_checkout(customer, values, {**err.fields, **card_errors}, texts()["invalid_order"], 400, entered)
+    if card_errors:
+        return await render_checkout(customer, values, card_errors, texts()["invalid_order"], 400)
+    if entered is not None:
+        label = shop_texts()["card_label"].format(brand=entered.brand, last4=entered.last4)
+        new_order = dataclasses.replace(new_order, card=Card(entered.payment_method, entered.stripe_customer, label))
+    try:
+        created = await service().create(new_order, idempotency_key=key)
     except IdempotencyKeyReused:
         # This form placed an order already, with other contents (the cart changed after a lost answer):
         # that order, not a second one.
@@ -148,9 +208,9 @@ async def place(customer: dict[str, Any]):
         flash(shop_texts()["cart_changed"], "invalid")
         return redirect(url_for("shop_orders.order", order_id=placed_id), code=303)
     except OutcomeUnknown:
-        return render_checkout(customer, values, {}, texts()["placement_unknown_form"], 503)
+        return await render_checkout(customer, values, {}, texts()["placement_unknown_form"], 503)
     except TemporalUnavailable:
-        return render_checkout(customer, values, {}, texts()["unavailable"], 503)
+        return await render_checkout(customer, values, {}, texts()["unavailable"], 503)
     current_app.extensions["customer_accounts"].remember_address(
         account_key(customer["email"]), {part: getattr(new_order.address, part) for part in ADDRESS_FIELDS}
     )
@@ -258,5 +318,21 @@ async def order_action(customer: dict[str, Any], order_id: str, action: str):
     return redirect(url_for("shop_orders.order", order_id=order_id), code=303)
 
 
-def init_app(app) -> None:
+def init_app(app, settings: Settings) -> None:
     app.register_blueprint(shop_orders)
+    if settings.stripe_api_key and settings.stripe_publishable_key:
+        entry = app.extensions["card_entry"] = CardEntry(settings)
+        # The checkout's pages load Stripe.js and let it call Stripe; no other page does.
+        for endpoint in ("shop_orders.checkout", "shop_orders.place"):
+            app.view_functions[endpoint] = with_policy(app.view_functions[endpoint], entry.content_security_policy())
+
+
+def with_policy(view, policy: dict[str, str]):
+    """The view, answering with this Content-Security-Policy (flask-talisman's per-view option)."""
+
+    @functools.wraps(view)
+    async def wrapped(*args: Any, **kwargs: Any):
+        return await view(*args, **kwargs)
+
+    wrapped.talisman_view_options = {"content_security_policy": policy}  # type: ignore[attr-defined]
+    return wrapped

@@ -199,10 +199,31 @@ def local_stripe() -> Iterator[str]:
         return False
 
     wait_until(answering, timeout=30, interval=0.1, what="the local Stripe")
-    os.environ.update(STRIPE_API_KEY="sk_test_localstripe", STRIPE_API_BASE=base)
+    os.environ.update(
+        STRIPE_API_KEY="sk_test_localstripe",
+        STRIPE_API_BASE=base,
+        STRIPE_PUBLISHABLE_KEY="pk_test_localstripe",  # the shop's card entry, with the stand-in for Stripe.js
+        STRIPE_JS_URL=f"{base}/js.stripe.com/v3/",
+    )
     yield base
     process.terminate()
     process.wait(10)
+
+
+def enter_card(setup_intent: str, client_secret: str, number: str) -> httpx.Response:
+    """Confirm a checkout's SetupIntent with a card, as the page's Stripe.js does (localstripe's
+    stand-in posts this, with the publishable key, from the browser)."""
+    card = {"number": number, "exp_month": "12", "exp_year": "2034", "cvc": "123"}
+    return httpx.post(
+        f"{os.environ['STRIPE_API_BASE']}/v1/setup_intents/{setup_intent}/confirm",
+        json={
+            "key": os.environ["STRIPE_PUBLISHABLE_KEY"],
+            "client_secret": client_secret,
+            "use_stripe_sdk": True,
+            "payment_method_data": {"type": "card", "card": card, "billing_details": {"name": "Ada Lovelace"}},
+        },
+        timeout=10,
+    )
 
 
 def provider_payments(order_id: str) -> list[tuple[str, int, int]]:

@@ -324,6 +324,9 @@ def run(postgres: bool) -> int:
     if start_stripe:  # the local Stripe (tools/stripe_server.py); a real key means the real one
         env["STRIPE_API_KEY"] = "sk_test_localstripe"
         env["STRIPE_API_BASE"] = f"http://127.0.0.1:{env.get('LOCALSTRIPE_PORT') or '8420'}"
+        # The shop's card entry: localstripe's stand-in for Stripe.js, which any "pk_" key opens.
+        env["STRIPE_PUBLISHABLE_KEY"] = "pk_test_localstripe"
+        env["STRIPE_JS_URL"] = f"{env['STRIPE_API_BASE']}/js.stripe.com/v3/"
         payments = f"Payments: a local Stripe at {env['STRIPE_API_BASE']} (localstripe; no money moves)"
     else:
         payments = "Payments: through Stripe with STRIPE_API_KEY"

@@ -4,17 +4,21 @@ rewards; cancel and address changes through the workflow's updates; nobody else'
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
+
+import httpx
 
 import pytest
 
 from core.idempotency import new_form_key
 from orders.model import INVENTORY, ORDERS, STOCK
 from shop.accounts import account_key
-from tests.fixtures import ADDRESS, signed_in, wait_until
+from tests.fixtures import ADDRESS, enter_card, provider_payments, signed_in, wait_until
 
 PASSWORD = "correct horse battery"
+PAYING = "4242424242424242"
 
 
 @pytest.fixture
@@ -38,10 +42,16 @@ def add(client, sku: str, quantity: int) -> None:
     assert answer.status_code == 303, answer.get_data(as_text=True)
 
 
-def checkout_form(client, expedited: bool = True) -> dict[str, str]:
+def checkout_form(client, expedited: bool = True, card: str | None = PAYING) -> dict[str, str]:
+    """The checkout form as a browser sends it, its card (`card`'s number; None: none) entered as Stripe.js does."""
     page = client.get("/shop/checkout").get_data(as_text=True)
     key = re.search(r'name="submission_key" value="([^"]+)"', page).group(1)
-    form = {"submission_key": key, **{f"address.{part}": value for part, value in ADDRESS.items()}}
+    setup_intent = re.search(r'name="setup_intent" value="([^"]+)"', page).group(1)
+    if card is not None:
+        secret = re.search(r'data-secret="([^"]+)"', page).group(1)
+        confirmed = enter_card(setup_intent, secret, card)
+        assert confirmed.status_code == 200 and confirmed.json()["status"] == "succeeded", confirmed.text
+    form = {"submission_key": key, "setup_intent": setup_intent, **{f"address.{part}": v for part, v in ADDRESS.items()}}
     return {**form, "expedited": "yes"} if expedited else form
 
 
@@ -76,6 +86,77 @@ def test_a_customer_checks_out_once_however_often_the_form_is_sent_and_follows_i
 
     mine = wait_until(rewarded, what="the rewards")  # recorded by the customer's rewards workflow
     assert order_id in mine and "Delivered" in mine
+    # The money came from the card typed in, set up for the customer's own Stripe customer.
+    intent = provider_object(f"payment_intents/{record['payment']['intent_id']}")
+    setup = provider_object(f"setup_intents/{form['setup_intent']}")
+    assert intent["status"] == "succeeded" and intent["amount"] == 17800
+    assert intent["payment_method"] == setup["payment_method"] and intent["customer"] == setup["customer"]
+    account = app.extensions["customer_accounts"].get(account_key(account["email"]))
+    assert setup["customer"] == account["stripe_customer"]
+    assert provider_object(f"payment_methods/{intent['payment_method']}")["card"]["last4"] == "4242"
+    assert "Paid with Visa ending 4242." in page and record["card"] == "Visa ending 4242"
+
+
+def provider_object(path: str) -> dict:
+    """An object as the payment provider holds it, from its own API."""
+    answer = httpx.get(f"{os.environ['STRIPE_API_BASE']}/v1/{path}", auth=(os.environ["STRIPE_API_KEY"], ""), timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+@pytest.mark.timeout(60)
+def test_a_card_declined_when_the_order_charges_it_fails_the_order_with_the_reason_and_takes_nothing(app):
+    client, account = customer_client(app)
+    add(client, "MN-270", 1)
+    placed = client.post(
+        "/shop/checkout", data=checkout_form(client, card="4000000000000341")
+    )  # set up fine, declined at the charge
+    order_url = placed.headers["Location"]
+    order_id = order_url.rsplit("/", 1)[1]
+    failed = wait_until(lambda: (stored(app, order_id) or {}).get("status") == "failed", timeout=40, what="the decline")
+    assert failed
+    page = client.get(order_url).get_data(as_text=True)
+    assert "declined" in page, page
+    (status, amount, refunded), *_ = provider_payments(order_id)
+    assert status != "succeeded" and amount == cents_of(stored(app, order_id)["total"]) and refunded == 0
+    assert "Not charged to Visa ending 0341." in page
+
+
+def cents_of(amount: float) -> int:
+    return round(amount * 100)
+
+
+def test_checkout_places_nothing_without_a_card_stripe_confirmed_for_this_customer_and_this_form(app):
+    """The SetupIntent's ID comes from the browser: one not confirmed, another customer's, another
+    form's or a made-up one is refused beside the card, the address kept, and nothing is placed."""
+    client, account = customer_client(app)
+    other, _ = customer_client(app, "Mallory Eve")
+    add(client, "CB-010", 1)
+    add(other, "CB-010", 1)
+    theirs = checkout_form(other)  # confirmed, for the other customer
+    earlier = checkout_form(client)  # confirmed, for another of this customer's forms
+    unconfirmed = checkout_form(client, card=None)
+    for setup_intent in (theirs["setup_intent"], earlier["setup_intent"], unconfirmed["setup_intent"], "seti_madeup", ""):
+        answer = client.post("/shop/checkout", data={**unconfirmed, "setup_intent": setup_intent})
+        page = answer.get_data(as_text=True)
+        assert answer.status_code == 400 and "Enter your card" in page and 'href="#card"' in page, setup_intent
+        assert ADDRESS["street"] in page and 'data-secret="' in page  # the address kept; fields for the card again
+    placed = client.post("/shop/checkout", data=earlier)  # its own form still places its order, after the refusals
+    assert placed.status_code == 303
+    store = app.extensions["order_service"].store
+    mine = wait_until(lambda: store.list_by(ORDERS, "customer_id", account["customer_id"]), what="the order recorded")
+    assert [order["order_id"] for order in mine] == [placed.headers["Location"].rsplit("/", 1)[1]]
+
+
+def test_a_card_entered_before_an_address_error_is_kept_and_the_order_then_charges_it(app):
+    client, _ = customer_client(app)
+    add(client, "CB-010", 1)
+    form = checkout_form(client)
+    refused = client.post("/shop/checkout", data={**form, "address.city": ""})
+    page = refused.get_data(as_text=True)
+    assert refused.status_code == 400 and "Visa ending 4242, checked by Stripe" in page and "data-secret" not in page
+    assert f'name="setup_intent" value="{form["setup_intent"]}"' in page
+    assert client.post("/shop/checkout", data=form).status_code == 303
 
 
 def test_another_customer_cannot_see_or_act_on_the_first_customers_orders(app, order_stack):

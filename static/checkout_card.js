@@ -1,0 +1,87 @@
+/* The card fields of the shop's checkout (templates/shop/checkout.html, shop/card.py).
+ *
+ * Stripe.js puts its card fields in #card. When the customer places the order,
+ * this asks Stripe.js to confirm the form's SetupIntent with the card (Stripe
+ * checks it; the number never reaches the shop), and only then sends the form,
+ * whose SetupIntent ID the server reads back from Stripe. A card Stripe refuses
+ * stops here, with the reason beside the fields, and nothing is sent.
+ *
+ * In `make run` Stripe.js is localstripe's stand-in, whose fields are plain inputs
+ * in the page with placeholders only: they are labelled here. Stripe's own
+ * fields live in a frame of their own and are labelled there.
+ */
+(function () {
+  "use strict";
+
+  var mount = document.getElementById("card");
+  var form = document.getElementById("checkout-form");
+  var errors = document.getElementById("card-errors");
+  if (!mount || !form || typeof window.Stripe !== "function") {
+    return;
+  }
+  var LABELS = {
+    number: "Card number",
+    exp_month: "Expiry month (MM)",
+    exp_year: "Expiry year (YY)",
+    cvc: "CVC",
+    postal_code: "Card's postal code",
+  };
+  var stripe = window.Stripe(mount.dataset.key);
+  var card = stripe.elements().create("card");
+  card.mount(mount);
+  Array.prototype.forEach.call(mount.querySelectorAll("input[placeholder]"), function (input) {
+    var label = LABELS[input.getAttribute("placeholder")];
+    if (label) {
+      input.setAttribute("aria-label", label);
+      input.setAttribute("inputmode", "numeric");
+      input.setAttribute("autocomplete", "off");
+    }
+  });
+
+  var button = form.querySelector("button[type=submit]");
+  var confirmed = false;
+
+  function refused(error) {
+    var declined = error && (error.code === "card_declined" || /declined/i.test(String(error.message || "")));
+    errors.textContent = declined ? mount.dataset.declined : error && error.type === "api_connection_error" ? mount.dataset.failed : mount.dataset.invalid;
+    mount.setAttribute("aria-describedby", "card-errors");
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+  }
+
+  form.addEventListener("submit", function (event) {
+    if (confirmed) {
+      return; // the card is confirmed: the form goes as it is
+    }
+    event.preventDefault();
+    if (button.disabled) {
+      return; // pressed again while Stripe is checking the card
+    }
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    errors.textContent = "";
+    var name = form.elements["address.name"] ? form.elements["address.name"].value : "";
+    var confirming;
+    try {
+      confirming = stripe.confirmCardSetup(mount.dataset.secret, {
+        payment_method: { card: card, billing_details: { name: name } },
+      });
+    } catch (err) {
+      refused(null);
+      return;
+    }
+    Promise.resolve(confirming).then(
+      function (result) {
+        if (!result || result.error) {
+          refused(result && result.error);
+          return;
+        }
+        confirmed = true;
+        form.submit();
+      },
+      function () {
+        refused(null);
+      }
+    );
+  });
+})();
