@@ -24,7 +24,7 @@
     exp_month: "Expiry month (MM)",
     exp_year: "Expiry year (YY)",
     cvc: "CVC",
-    postal_code: "Card's postal code",
+    postal_code: "Billing postcode (optional)",
   };
   var stripe = window.Stripe(mount.dataset.key);
   var card = stripe.elements().create("card");

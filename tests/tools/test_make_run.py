@@ -140,6 +140,9 @@ def test_make_run_starts_everything_on_the_ports_asked_for_restarts_a_killed_pro
         # The shop answers a visitor, with the catalog and its stock.
         shop = httpx.get(f"{base}/shop", timeout=10)
         assert shop.status_code == 200 and "Wireless mouse" in shop.text and "In stock" in shop.text
+        # The checkout's card fields: the local Stripe serves its stand-in for Stripe.js.
+        stripe_js = httpx.get(f"http://127.0.0.1:{ports.stripe}/js.stripe.com/v3/", timeout=10)
+        assert stripe_js.status_code == 200 and "confirmCardSetup" in stripe_js.text
         result_url = f"{base}{decided.json()['page_url']}"  # the applicant's link, with its key
         ui_link = f"http://localhost:{web_port}/temporal/namespaces/default/workflows/"
         as_applicant = httpx.get(result_url, timeout=10)

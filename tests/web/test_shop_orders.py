@@ -4,17 +4,18 @@ rewards; cancel and address changes through the workflow's updates; nobody else'
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import uuid
 
 import httpx
-
 import pytest
 
 from core.idempotency import new_form_key
 from orders.model import INVENTORY, ORDERS, STOCK
 from shop.accounts import account_key
+from shop.card import CardEntry
 from tests.fixtures import ADDRESS, enter_card, provider_payments, signed_in, wait_until
 
 PASSWORD = "correct horse battery"
@@ -255,3 +256,21 @@ def test_checkout_sent_again_after_a_lost_answer_opens_the_order_it_placed(app):
     add(client, "CB-010", 1)
     stale = client.post("/shop/checkout", data={k: v for k, v in form.items() if k != "submission_key"})
     assert stale.status_code == 400 and "out of date" in stale.get_data(as_text=True)
+
+
+def test_only_the_checkout_lets_stripe_js_load_and_call_stripe(app):
+    client, _ = customer_client(app)
+    add(client, "CB-010", 1)
+    base = os.environ["STRIPE_API_BASE"]
+    checkout = client.get("/shop/checkout")
+    policy = checkout.headers["Content-Security-Policy"]
+    assert f"script-src 'self' {base};" in policy and f"connect-src 'self' {base};" in policy, policy
+    assert f'<script src="{base}/js.stripe.com/v3/"></script>' in checkout.get_data(as_text=True)
+    for path in ("/shop", "/shop/cart", "/shop/orders"):
+        assert base not in client.get(path).headers["Content-Security-Policy"], path
+    # With Stripe's own Stripe.js: its script, API and frames (Stripe's CSP guide), nothing else.
+    settings = dataclasses.replace(app.extensions["settings"], stripe_js_url="https://js.stripe.com/v3/")
+    stripe_policy = CardEntry(settings).content_security_policy()
+    assert stripe_policy["script-src"] == "'self' https://js.stripe.com"
+    assert stripe_policy["connect-src"] == "'self' https://api.stripe.com"
+    assert stripe_policy["frame-src"] == "https://js.stripe.com https://hooks.stripe.com"
