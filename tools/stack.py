@@ -47,8 +47,7 @@ import httpx
 HERE = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MAX_WORKERS = 8
-# supervisord's lines that say nothing a person running the product needs (it runs as
-# root in a container, and its control socket is private to this user: mode 0700).
+# supervisord's lines that say nothing a person running needs (root in a container; its socket is 0700).
 QUIET = ("is running as root", "RPC interface", "without any HTTP authentication", "Set uid to user")
 
 
@@ -291,9 +290,8 @@ def run(postgres: bool) -> int:
 
     began = time.monotonic()
     env = os.environ
-    # Every file the processes create (supervisord's children inherit it) is this user's only:
-    # records, emails, Temporal's history, logs; an open data folder let another local user
-    # read them, or lock them and stop every write.
+    # Every file the processes create (supervisord's children inherit it) is this user's only: records,
+    # emails, Temporal's history, logs; an open data folder let another user read them or stop every write.
     os.umask(0o077)
     data = Path(env.get("DATA_DIR") or HERE / "data").resolve()
     run_dir, logs = data / "run", data / "logs"
