@@ -342,7 +342,7 @@ class OrderActivities(_OrderStepActivities):
             fault, note = self._network_fault(request.step, attempt) if self.payments.provider else (None, "")
             try:
                 payment = self.payments.charge(
-                    request.step.order_id, request.amount, attempt, declined, fault, note, request.card
+                    request.step.order_id, request.amount, attempt, declined, fault, note, request.card, activity.heartbeat
                 )
             except stripe.StripeError as err:
                 provider = self.payments.provider

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -173,33 +173,47 @@ class Payments:
         fault: str | None = None,
         note: str = "",
         card: Card | None = None,
+        alive: Callable[[], None] = lambda: None,
     ) -> Payment:
         """Charge the order once, however often this runs (see the module's docstring); a decline raises
         PaymentDeclined. `fault`: one of NETWORK_FAULTS for this attempt to meet (the failure simulation).
-        `card`: the one the shopper entered (None: the shop's test card; a simulated decline: the declining one)."""
+        `card`: the one the shopper entered (None: the shop's test card; a simulated decline: the declining one).
+        `alive` is called before each call to the provider (the activity's heartbeat)."""
         key = payment_key(order_id)
         if self.provider is not None:
             self.provider.network.arm(fault, note)
         try:
-            return self._charge_once(key, order_id, amount, attempt, declined, card)
+            return self._charge_once(key, order_id, amount, attempt, declined, card, alive)
         finally:
             if self.provider is not None:
                 self.provider.network.disarm()
 
-    def _charge_once(self, key: str, order_id: str, amount: float, attempt: int, declined: bool, card: Card | None) -> Payment:
+    def _charge_once(
+        self, key: str, order_id: str, amount: float, attempt: int, declined: bool, card: Card | None, alive: Callable[[], None]
+    ) -> Payment:
         with self.store.locked(PAYMENTS, key):
+            alive()
             record = self.store.get(PAYMENTS, key)
             if record is not None and record["status"] == "voided":
                 outcome = "refused"  # refunded before any charge: the order has stopped
             elif record is not None and record["status"] in ("charged", "refunded"):
                 outcome = "found"
             else:
-                record = self._charge(key, order_id, amount, record, declined, card)
+                record = self._charge(key, order_id, amount, record, declined, card, alive)
                 outcome = "charged"
             self._log(key, attempt, amount, outcome)
             return payment_of(record)
 
-    def _charge(self, key: str, order_id: str, amount: float, record: dict | None, declined: bool, card: Card | None) -> dict:
+    def _charge(
+        self,
+        key: str,
+        order_id: str,
+        amount: float,
+        record: dict | None,
+        declined: bool,
+        card: Card | None,
+        alive: Callable[[], None],
+    ) -> dict:
         charged = {"payment_key": key, "order_id": order_id, "amount": amount, "refunded_at": None}
         if self.provider is None:
             if declined:
@@ -219,6 +233,7 @@ class Payments:
         else:  # a retry: the intent may have been confirmed since (the answer was lost)
             intent = self.provider.intent(intent_id)
         if intent.status == "requires_confirmation":
+            alive()
             intent = self.provider.confirm(key, intent_id)
         if intent.status != "succeeded":
             raise PaymentDeclined(f"the payment is {intent.status.replace('_', ' ')}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -53,7 +54,9 @@ class OrderSteps:
     def request(self) -> StepRequest:
         return StepRequest(self._order.order_id, workflow.info().workflow_id, list(self._failures), self._order.policy)
 
-    async def run(self, activity: Any, request: Any, summary: str, task_queue: str | None = None) -> Any:
+    async def run(
+        self, activity: Any, request: Any, summary: str, task_queue: str | None = None, heartbeat_timeout: timedelta | None = None
+    ) -> Any:
         """Run one step; a cancel stops it at once (even between retries), so an
         accepted cancel is answered within seconds.
 
@@ -70,6 +73,7 @@ class OrderSteps:
             activity,
             request,
             start_to_close_timeout=ORDER_STEP_TIMEOUT,
+            heartbeat_timeout=heartbeat_timeout,
             retry_policy=ORDER_STEP_RETRY,
             summary=summary,
             cancellation_type=ActivityCancellationType.TRY_CANCEL,

@@ -49,20 +49,18 @@ from orders.model import (
     ValidateOrderRequest,
     shipping_workflow_id,
 )
-from orders.policies import MUST_FINISH_RETRY, ORDER_STEP_TIMEOUT
+from orders.policies import CHARGE_HEARTBEAT_TIMEOUT, MUST_FINISH_RETRY, ORDER_STEP_TIMEOUT
 from orders.shipment_link import ORDER, ShipmentLink
 from orders.shipping import ShippingWorkflow
 from orders.steps import OrderSteps
 from orders.stops import OrderStopped, refusal_as_stop
 from orders.timeline import Timeline
 
-# Version 9 (docs/versioning.md): lean bookkeeping. The order's record is carried by the
-# step that follows a change (orders/timeline.py), the customer's notices ride with it,
-# and the shipment's delivery is told by its result. Orders started before keep recording as version 8 did.
+# Version 9 (docs/versioning.md): lean bookkeeping. The order's record is carried by the step that follows
+# a change (orders/timeline.py), with the customer's notices; the shipment's delivery is told by its result.
 LEAN_BOOKKEEPING_PATCH = "order-lean-bookkeeping"
-# Version 10: fewer tasks. Version 9's bookkeeping, and the "received" email sent by the
-# validation step, the "delivered" email and the last record by the award of points (each
-# falls back to the email's own activity), and one signal from a shipment at the pickup.
+# Version 10: fewer tasks. The "received" email sent by the validation step, the "delivered" email and the last
+# record by the award of points (each falls back to its own activity), one signal from a shipment at the pickup.
 FEWER_TASKS_PATCH = "order-fewer-tasks"
 # Version 11: the order prepares the package (on the shipping queue) and starts the shipment at the release: no handshake.
 PREPARES_PACKAGE_PATCH = "order-prepares-package"
@@ -205,7 +203,10 @@ class OrderWorkflow(OrderMessages):
         self._undos.push("refund payment", lambda: self._refund(request))
         try:
             result = await self._steps.run(
-                OrderActivities.charge_payment, request, summary=f"Charge payment {validated.total:,.2f}"
+                OrderActivities.charge_payment,
+                request,
+                summary=f"Charge payment {validated.total:,.2f}",
+                heartbeat_timeout=CHARGE_HEARTBEAT_TIMEOUT,
             )
         except ActivityError as err:
             raise refusal_as_stop(err, PAYMENT_DECLINED, "failed")
@@ -327,8 +328,8 @@ class OrderWorkflow(OrderMessages):
         if self._fewer_tasks:
             await self._complete(points)
             return
-        # An activity, not a local one: it calls the Temporal server, which can be slow, and a local
-        # activity holds the order's workflow task (an operator's message would wait for it).
+        # An activity, not a local one: it calls the Temporal server, which can be slow, and a local one
+        # holds the order's workflow task (an operator's message would wait).
         with self._timeline.moving():
             await workflow.execute_activity_method(
                 OrderActivities.award_rewards,
@@ -374,9 +375,8 @@ class OrderWorkflow(OrderMessages):
         self._status.cancel_reason = stop.reason if self._status.cancelled else None
         self._status.reason = stop.reason
         self._timeline.event("status", f"Order {stop.status}: {stop.reason}")
-        # An activity, not a local one: this workflow task may carry the cancel of the step in
-        # flight, and a local activity would hold it open while it writes; an attempt finishing
-        # meanwhile then has the test server refuse the task, and operators' messages wait.
+        # An activity, not a local one: this workflow task may carry the cancel of the step in flight, and a
+        # local one would hold it open while it writes (an attempt finishing meanwhile: the task refused).
         await self._timeline.record(local=False)
         await self._undos.unwind(self._undone)
         self._status.status = stop.status

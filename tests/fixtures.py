@@ -39,6 +39,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowHistory
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from core.codec import ENCODING, EncryptionCodec
@@ -127,6 +128,8 @@ async def time_still_skips(env: WorkflowEnvironment, within: float = 3.0) -> boo
         await asyncio.wait_for(env.sleep(timedelta(hours=1)), within)
     except asyncio.TimeoutError:
         return False
+    except RPCError:  # the server is gone (seen once under load: "transport error"): start another
+        return False
     return True
 
 
@@ -145,7 +148,8 @@ async def time_skipping_env(time_skipping_server, payload_codec) -> WorkflowEnvi
     if not await time_still_skips(time_skipping_server["env"]):
         stuck = time_skipping_server["env"]
         time_skipping_server["env"] = await start_time_skipping_server(payload_codec)
-        await stuck.shutdown()
+        with contextlib.suppress(RPCError, ProcessLookupError):
+            await stuck.shutdown()
     return time_skipping_server["env"]
 
 

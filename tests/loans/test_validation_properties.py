@@ -433,6 +433,7 @@ def check_form_order(form) -> str:
     assert order.expedited == (form.get("expedited") == "yes")
     as_json = dataclasses.asdict(order)
     as_json["items"] = as_json.pop("lines")
+    assert as_json.pop("card") is None  # entered only at the shop's checkout, never in a form or the API
     assert parse_json_order(as_json, CATALOG, MESSAGES) == order
     return "accepted"
 
