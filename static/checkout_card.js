@@ -7,8 +7,8 @@
  * stops here, with the reason beside the fields, and nothing is sent.
  *
  * In `make run` Stripe.js is localstripe's stand-in, whose fields are plain inputs
- * in the page with placeholders only: they are labelled here. Stripe's own
- * fields live in a frame of their own and are labelled there.
+ * in the page with placeholders only: each gets a label here, and the styles lay
+ * them out. Stripe's own fields live in a frame of their own and are labelled there.
  */
 (function () {
   "use strict";
@@ -30,12 +30,23 @@
   var card = stripe.elements().create("card");
   card.mount(mount);
   Array.prototype.forEach.call(mount.querySelectorAll("input[placeholder]"), function (input) {
-    var label = LABELS[input.getAttribute("placeholder")];
-    if (label) {
-      input.setAttribute("aria-label", label);
-      input.setAttribute("inputmode", "numeric");
-      input.setAttribute("autocomplete", "off");
+    var text = LABELS[input.getAttribute("placeholder")];
+    if (!text) {
+      return;
     }
+    var label = document.createElement("label");
+    var name = document.createElement("span");
+    label.className = "card-field card-field-" + input.getAttribute("placeholder").replace("_", "-");
+    name.textContent = text;
+    input.parentNode.insertBefore(label, input);
+    label.appendChild(name);
+    label.appendChild(input); // the same input, moved: the stand-in still reads it
+    input.removeAttribute("placeholder");
+    input.setAttribute("inputmode", "numeric");
+    input.setAttribute("autocomplete", "off");
+  });
+  card.on("change", function () {
+    errors.textContent = ""; // what was said is about a card no longer typed
   });
 
   var button = form.querySelector("button[type=submit]");
@@ -44,7 +55,10 @@
   function refused(error) {
     var declined = error && (error.code === "card_declined" || /declined/i.test(String(error.message || "")));
     errors.textContent = declined ? mount.dataset.declined : error && error.type === "api_connection_error" ? mount.dataset.failed : mount.dataset.invalid;
-    mount.setAttribute("aria-describedby", "card-errors");
+    var group = mount.closest("fieldset");
+    if (group) {
+      group.classList.add("field-invalid");
+    }
     button.disabled = false;
     button.removeAttribute("aria-busy");
   }

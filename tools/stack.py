@@ -272,6 +272,7 @@ def ready_line(settings: Any, elapsed: float, mail: str, metrics: str, database:
     parts = [
         f"Loan form: {web}/",
         f"Orders: {web}/orders",
+        f"Shop: {web}/shop",
         f"Operator sign-in: {web}/signin ({signin_hint(settings)})",
         mail,
         *([payments] if payments else []),
@@ -297,8 +298,8 @@ def run(postgres: bool) -> int:
     run_dir, logs = data / "run", data / "logs"
     for folder in (data, run_dir, logs):
         folder.mkdir(parents=True, exist_ok=True)
-    # The data folder is this user's only; as root with a local PostgreSQL, others may pass
-    # through it (not list it), because the server runs as the `postgres` user in data/postgres.
+    # The data folder is this user's only; as root with a local PostgreSQL, others may pass through it
+    # (not list it): the server runs as the `postgres` user in data/postgres.
     data.chmod(0o711 if postgres and os.geteuid() == 0 and not env.get("DATABASE_URL") else 0o700)
     run_dir.chmod(0o700)
     logs.chmod(0o700)
@@ -322,10 +323,10 @@ def run(postgres: bool) -> int:
     if start_stripe:  # the local Stripe (tools/stripe_server.py); a real key means the real one
         env["STRIPE_API_KEY"] = "sk_test_localstripe"
         env["STRIPE_API_BASE"] = f"http://127.0.0.1:{env.get('LOCALSTRIPE_PORT') or '8420'}"
-        # The shop's card entry: localstripe's stand-in for Stripe.js, which any "pk_" key opens.
-        env["STRIPE_PUBLISHABLE_KEY"] = "pk_test_localstripe"
+        env["STRIPE_PUBLISHABLE_KEY"] = "pk_test_localstripe"  # the shop's card fields: localstripe's Stripe.js
         env["STRIPE_JS_URL"] = f"{env['STRIPE_API_BASE']}/js.stripe.com/v3/"
-        payments = f"Payments: a local Stripe at {env['STRIPE_API_BASE']} (localstripe; no money moves)"
+        payments = f"Payments: a local Stripe at {env['STRIPE_API_BASE']} (localstripe; no money moves; "
+        payments += "test card 4242 4242 4242 4242)"
     else:
         payments = "Payments: through Stripe with STRIPE_API_KEY"
     start_postgres = postgres and not env.get("DATABASE_URL")

@@ -89,9 +89,10 @@ def test_make_run_starts_everything_on_the_ports_asked_for_restarts_a_killed_pro
         for part in (
             f"Loan form: http://localhost:{web_port}/",
             f"Orders: http://localhost:{web_port}/orders",
+            f"Shop: http://localhost:{web_port}/shop",
             f"Operator sign-in: http://localhost:{web_port}/signin (admin, password: cat {admin_password})",
             f"Emails: http://localhost:{web_port}/mail (a local SMTP sink keeps them in {tmp_path / 'data' / 'mail'};",
-            f"Payments: a local Stripe at http://127.0.0.1:{ports.stripe} (localstripe; no money moves)",
+            f"Payments: a local Stripe at http://127.0.0.1:{ports.stripe} (localstripe; no money moves; test card 4242 4242 4242 4242)",
             f"Temporal UI: http://localhost:{web_port}/temporal",
             f"Worker metrics: {worker_metrics}",
             f"Logs: {tmp_path / 'data' / 'logs'}",
