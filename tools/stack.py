@@ -5,18 +5,17 @@
     python -m tools.stack status             # each process's state (`make status`)
 
 supervisord (the `supervisor` package) runs each process on its own: one that
-crashes is restarted and the others keep serving, and `supervisorctl` (`make
-worker-stop`, `make worker-start`) stops and starts one while
-the rest go on. This module only writes its configuration, starts it, waits
-until the product answers, prints one line saying where everything is, and
-stops it on Ctrl+C. Each process writes its log under DATA_DIR/logs;
-supervisord's own lines (a process exited, was started again) go to the
-console.
+crashes is restarted and the others keep serving, and `supervisorctl` (`make worker-stop`,
+`make worker-start`) stops and starts one while the rest go on. This module only writes its
+configuration, starts it, waits until the product answers, prints one line saying where
+everything is, and stops it on Ctrl+C. Each process writes its log under DATA_DIR/logs;
+supervisord's own lines (a process exited, restarted) go to the console.
 
 The processes: the Temporal dev server (not when TEMPORAL_ADDRESS is set), the
 worker (and up to MAX_WORKERS - 1 more on `make workers`), the web app
-(gunicorn), the local mail sink (not when SMTP_URL is set) and, for
-`--postgres`, a local PostgreSQL (not when DATABASE_URL is set).
+(gunicorn), the local mail sink (not when SMTP_URL is set), the local Stripe (not
+when STRIPE_API_KEY is set) and, for `--postgres`, a local PostgreSQL (not when
+DATABASE_URL is set).
 
 Why the terminal's foreground is taken (`own_the_terminal`): a terminal sends
 Ctrl+C to its whole foreground process group, make included, and make dies of
