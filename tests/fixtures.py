@@ -119,8 +119,9 @@ async def start_time_skipping_server(payload_codec) -> WorkflowEnvironment:
     return env
 
 
-async def time_still_skips(env: WorkflowEnvironment, within: float = 3.0) -> bool:
-    """Whether an hour of the server's time still passes at once. The test server keeps a
+async def time_still_skips(env: WorkflowEnvironment, within: float = 1.0) -> bool:
+    """Whether an hour of the server's time still passes at once (in milliseconds when it skips; a
+    wrong "no" costs a restart of about a second, less than a longer wait). The test server keeps a
     time-skipping lock for an activity still running when its workflow ends (sdk-java#1138),
     as when a cancelled order ends while its shipment's preparation is being cancelled; from
     then on every timer waits in real time."""

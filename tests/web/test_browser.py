@@ -18,6 +18,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -777,6 +778,23 @@ def shop_link(folder: Path, to: str) -> str | None:
     return None
 
 
+async def sign_up(page: Page, site: Site, name: str, address: str) -> None:
+    """From the sign-up form: register, confirm from the email in the sink, sign in."""
+    await page.get_by_label("Your name").fill(name)
+    await page.get_by_label("Email").fill(address)
+    await page.get_by_label("Password", exact=True).fill("a long enough password")
+    await page.get_by_label("Password again").fill("a long enough password")
+    await page.get_by_role("button", name="Create the account").click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Check your email")
+    link = wait_until(lambda: shop_link(site.mail, address), timeout=20, what="the confirmation email")
+    await page.goto(link)
+    await expect(page.locator(".flash")).to_contain_text("Your email address is confirmed")
+    await page.get_by_label("Email").fill(address)
+    await page.get_by_label("Password").fill("a long enough password")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator(".account-bar")).to_contain_text(f"Signed in as {name}")
+
+
 async def assert_clean(page: Page, what: str) -> None:
     """No horizontal overflow, no serious accessibility violation, nothing the CSP blocked."""
     overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
@@ -796,19 +814,7 @@ async def test_a_shopper_signs_up_from_the_email_checks_out_and_follows_the_orde
     card = page.locator(".product-card", has=page.get_by_role("link", name="Wireless mouse"))
     await card.get_by_role("button", name="Add to cart").click()
     await page.get_by_role("link", name="Create an account").click()
-    await page.get_by_label("Your name").fill("Grace Hopper")
-    await page.get_by_label("Email").fill(address)
-    await page.get_by_label("Password", exact=True).fill("a long enough password")
-    await page.get_by_label("Password again").fill("a long enough password")
-    await page.get_by_role("button", name="Create the account").click()
-    await expect(page.get_by_role("heading", level=1)).to_have_text("Check your email")
-    link = wait_until(lambda: shop_link(site.mail, address), timeout=20, what="the confirmation email")
-    await page.goto(link)
-    await expect(page.locator(".flash")).to_contain_text("Your email address is confirmed")
-    await page.get_by_label("Email").fill(address)
-    await page.get_by_label("Password").fill("a long enough password")
-    await page.get_by_role("button", name="Sign in").click()
-    await expect(page.locator(".account-bar")).to_contain_text("Signed in as Grace Hopper")
+    await sign_up(page, site, "Grace Hopper", address)
     await expect(page.locator(".cart-count")).to_have_text("\u00a0(1)")  # the cart from before signing in
 
     await page.get_by_role("navigation", name="Main").get_by_role("link", name=re.compile(r"^Cart")).click()
@@ -833,6 +839,7 @@ async def test_a_shopper_signs_up_from_the_email_checks_out_and_follows_the_orde
     await page.get_by_role("button", name=re.compile(r"^Place order")).click()
     await expect(page.locator(".flash")).to_contain_text("The order is placed.")
     await expect(page.locator(".order-page")).to_contain_text("Visa ending 4242")
+    order_path = urlsplit(page.url).path
     for _ in range(60):  # the parcel travels for about a second; the page shows what is recorded
         if await page.locator("#order-status").text_content() == "Delivered":
             break
@@ -852,3 +859,15 @@ async def test_a_shopper_signs_up_from_the_email_checks_out_and_follows_the_orde
     await assert_clean(page, "the customer's orders")
     await context.close()
     assert not watched.problems, "\n".join(watched.problems)
+    if viewport_name == "desktop":  # another customer, in another browser, finds nothing of the first's
+        other_context, other = await new_page(browser, site)
+        other.expect_answer(rf"GET {re.escape(site.base + order_path)} answered 404")
+        await other.page.goto("/shop/register")
+        await sign_up(other.page, site, "Mallory Eve", f"other-{uuid.uuid4().hex[:8]}@example.com")
+        await other.page.goto(order_path)
+        await expect(other.page.get_by_role("heading", level=1)).to_have_text("Not Found")
+        await other.page.goto("/shop/orders")
+        await expect(other.page.locator("main")).not_to_contain_text(order_path.rsplit("/", 1)[1])
+        await expect(other.page.locator(".rewards-card")).not_to_contain_text("39 points")
+        await other_context.close()
+        assert not other.problems, "\n".join(other.problems)
