@@ -37,6 +37,7 @@ ANSWER_PER_CLIENT = "20 per minute;100 per hour"
 READ_PER_CLIENT = "240 per minute"
 SIGNIN_PER_CLIENT = "10 per minute;50 per hour"
 CART_PER_CLIENT = "60 per minute;600 per hour"  # the shop's cart changes
+CHECKOUT_PAGE_PER_CLIENT = "30 per minute;200 per hour"  # each view creates a SetupIntent at Stripe (shop/card.py)
 # Customers' accounts: each form that sends an email, per client and per address it names.
 ACCOUNT_EMAIL_PER_CLIENT = "5 per minute;20 per hour"
 ACCOUNT_EMAIL_PER_ADDRESS = "3 per hour"
@@ -97,6 +98,7 @@ PUBLIC_LIMITS: dict[str, list[tuple[str, str, Callable[[], str] | None, Callable
         (SIGNIN_PER_CLIENT, "shop-signin", None, None),
         (SIGNIN_FAILURES_PER_ACCOUNT, "shop-signin-account", applicant_email, refused),
     ],
+    "shop_orders.checkout": [(CHECKOUT_PAGE_PER_CLIENT, "checkout-page", None, None)],
     "shop_orders.place": [(APPLY_PER_CLIENT, "checkout", None, None)],
     "shop_accounts.verify": [(ANSWER_PER_CLIENT, "shop-link", None, None)],
     "shop_accounts.reset": [(ANSWER_PER_CLIENT, "shop-link", None, None)],

@@ -20,8 +20,15 @@ from loans.activities import LoanActivities
 from loans.model import APPLICATIONS, ContactPreferenceRequest
 from loans.service import MAX_CONTACT_ANSWERS
 from loans.validation import InvalidApplication, parse_json_application
+from shop.accounts import account_key
 from tests.fixtures import HERE, NO_TEMPORAL, applicant_link, fresh_settings, make_app, new_operator
-from web.limits import ACCOUNT_EMAIL_PER_ADDRESS, APPLY_PER_CLIENT, APPLY_PER_EMAIL, SIGNIN_FAILURES_PER_ACCOUNT
+from web.limits import (
+    ACCOUNT_EMAIL_PER_ADDRESS,
+    APPLY_PER_CLIENT,
+    APPLY_PER_EMAIL,
+    CHECKOUT_PAGE_PER_CLIENT,
+    SIGNIN_FAILURES_PER_ACCOUNT,
+)
 
 MESSAGES = load_messages(HERE / "messages.json")
 
@@ -197,3 +204,19 @@ def test_the_shops_account_emails_are_limited_per_address_from_any_client(limite
     ]
     assert answers == [200] * allowed + [429]
     assert client_at(app, "10.0.1.1").post("/shop/reset", data={"email": "grace@example.com"}).status_code == 200
+
+
+def test_a_customer_opening_the_checkout_again_and_again_is_limited(limited):
+    """Each view of the checkout creates a SetupIntent at Stripe (shop/card.py): a signed-in customer
+    reloading it in a loop stops at CHECKOUT_PAGE_PER_CLIENT, not at our Stripe account's limits."""
+    _, app = limited
+    accounts = app.extensions["customer_accounts"]
+    accounts.register("Ada Lovelace", "ada-checkout@example.com", "correct horse battery")
+    accounts.change(account_key("ada-checkout@example.com"), lambda record: {**record, "verified": True})
+    client = client_at(app, "10.0.2.1")
+    signin = {"email": "ada-checkout@example.com", "password": "correct horse battery"}
+    assert client.post("/shop/signin", data=signin).status_code == 303
+    assert client.post("/shop/cart", data={"sku": "CB-010", "action": "add", "quantity": "1"}).status_code == 303
+    allowed = per_minute(CHECKOUT_PAGE_PER_CLIENT)
+    answers = [client.get("/shop/checkout").status_code for _ in range(allowed + 1)]
+    assert answers == [200] * allowed + [429]
