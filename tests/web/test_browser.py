@@ -836,6 +836,7 @@ async def test_a_shopper_signs_up_from_the_email_checks_out_and_follows_the_orde
     await expect(page.get_by_role("heading", level=1)).to_have_text("Checkout")  # nothing sent: still the form
     await page.get_by_label("Card number").fill("4242424242424242")
     await assert_clean(page, "the checkout")
+    await screenshot(page, f"shop-checkout-{viewport_name}")
     await page.get_by_role("button", name=re.compile(r"^Place order")).click()
     await expect(page.locator(".flash")).to_contain_text("The order is placed.")
     await expect(page.locator(".order-page")).to_contain_text("Visa ending 4242")
