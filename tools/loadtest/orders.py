@@ -29,22 +29,42 @@ from tools.loadtest.stats import Result, number, ratio, summarize
 FINAL_ORDER = ("completed", "cancelled", "rejected", "failed")
 
 
+TRANSPORT_RETRIES = 3  # a kept-alive connection the server closed just as it was reused: sent again
+
+
+async def send(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """The request, sent again on a connection lost before an answer; safe for GETs, and for the
+    order's POST, which carries an Idempotency-Key (the same order, not a second)."""
+    for attempt in range(TRANSPORT_RETRIES):
+        try:
+            return await client.request(method, url, **kwargs)
+        except httpx.TransportError:
+            if attempt == TRANSPORT_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 async def place_and_follow(
-    client: httpx.AsyncClient, body: dict[str, Any], timeout: float, poll_interval: float, placed_ids: list[str] | None = None
+    client: httpx.AsyncClient,
+    body: dict[str, Any],
+    timeout: float,
+    poll_interval: float,
+    placed_ids: list[str] | None = None,
+    key: str | None = None,
 ) -> tuple[Result, int]:
     """One order from placing to a final status, polling like a tracker page; the result and its retries."""
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
-            placed = await client.post("/api/orders", json=body)
-            if placed.status_code != 201:
+            placed = await send(client, "POST", "/api/orders", json=body, headers={"Idempotency-Key": key} if key else None)
+            if placed.status_code not in (200, 201):  # 200: placed by the attempt whose answer was lost
                 return Result(time.perf_counter() - started, error=f"HTTP {placed.status_code}"), 0
             if placed_ids is not None:
                 placed_ids.append(placed.json()["order_id"])
             status_url = placed.json()["status_url"]
             while True:
                 await asyncio.sleep(poll_interval)
-                order = (await client.get(status_url)).json()
+                order = (await send(client, "GET", status_url)).json()
                 if order["status"] in FINAL_ORDER:
                     retries = sum(max(0, n - 1) for n in order["attempts"].values())
                     return Result(time.perf_counter() - started, decision=order["status"]), retries
@@ -67,7 +87,7 @@ async def run_orders(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
             "items": [{"sku": "CB-010", "quantity": 1}],
             "address": {"name": "Load Test", "street": "1 Bench Road", "city": "Testville", "postal_code": "T1", "country": "UK"},
         }
-        result, seen = await place_and_follow(http, body, args.timeout, args.poll_interval, placed_ids)
+        result, seen = await place_and_follow(http, body, args.timeout, args.poll_interval, placed_ids, key=f"load-{run_id}-{n}")
         retries += seen
         return result
 
@@ -130,12 +150,13 @@ COUNTED_EVENTS = {
     "activities": EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED,
     "markers": EventType.EVENT_TYPE_MARKER_RECORDED,  # local activities and patch markers
     "events": None,
+    "history bytes": None,  # the histories' size: what the server stores and sends, the worker encodes
 }
 
 
 async def tasks_per_order(client: Client, orders: Sequence[tuple[str, ...]]) -> dict[str, float] | None:
-    """Median workflow tasks, activities, markers and history events of an order with its shipment
-    (each order given by its workflow IDs)."""
+    """Median workflow tasks, activities, markers, history events and history bytes of an order with
+    its shipment (each order given by its workflow IDs)."""
     counts: dict[str, list[int]] = {name: [] for name in COUNTED_EVENTS}
     for workflow_ids in orders:
         events: list = []
@@ -143,7 +164,10 @@ async def tasks_per_order(client: Client, orders: Sequence[tuple[str, ...]]) -> 
             with contextlib.suppress(Exception):  # an order stopped before its shipment has none
                 events += (await client.get_workflow_handle(workflow_id).fetch_history()).events
         for name, event_type in COUNTED_EVENTS.items():
-            counts[name].append(len(events) if event_type is None else sum(e.event_type == event_type for e in events))
+            if name == "history bytes":
+                counts[name].append(sum(event.ByteSize() for event in events))
+            else:
+                counts[name].append(len(events) if event_type is None else sum(e.event_type == event_type for e in events))
     return {name: statistics.median(values) for name, values in counts.items()} if orders else None
 
 
