@@ -1,9 +1,9 @@
 """The order steps' side effects: validate, reserve and release stock, charge and refund, the carrier, records.
 
-`OrderActivities` (the order's steps and its recorded projection), `ShippingActivities` (the
-carrier's) and `RewardsActivities` (the customer's points) are bound to the store. Each step is idempotent under retries and each
-undo is safe to run twice: a second release or refund changes nothing. Failures
-can be injected per order (demos and tests) or at a seeded random rate.
+`OrderActivities` (the order's steps and its recorded projection), `ShippingActivities` (the carrier's) and
+`RewardsActivities` (the customer's points) are bound to the store. Each step is idempotent under retries and
+each undo is safe to run twice: a second release or refund changes nothing. Failures can be injected per
+order (demos and tests) or at a seeded random rate.
 """
 
 from __future__ import annotations
@@ -146,8 +146,7 @@ class _OrderStepActivities:
 
     @contextlib.contextmanager
     def _audited(self, step: StepRequest, name: str):
-        """Record a failed attempt in the order's audit trail, then let it fail
-        (and be retried, or not, by the workflow's policy)."""
+        """Record a failed attempt in the order's audit trail, then let it fail (retried, or not, by the policy)."""
         attempt = activity.info().attempt
         try:
             yield attempt
@@ -328,22 +327,26 @@ class OrderActivities(_OrderStepActivities):
                 self.store.write_locked(RESERVATIONS, change["order_id"], change)
         return stock
 
-    @activity.defn
+    # It heartbeats, so it hears of a cancel: no exception in its thread for that, as one landing after the
+    # provider took the money would roll the record back (PostgreSQL) and leave the refund nothing to find.
+    @activity.defn(no_thread_cancel_exception=True)
     def charge_payment(self, request: ChargeRequest) -> ChargeResult:
         """Charge the order's one payment: however often this runs, one charge (orders/payments.py).
-        A decline is the provider's answer, not retried. An injected transient failure strikes after
-        the provider has answered, like an answer lost on the way back: the retry finds the charge."""
+        A decline (or a request the provider refuses, 4xx) is not retried. An injected transient failure
+        strikes after the provider has answered, like an answer lost: the retry finds the charge."""
         self._write_carried_record(request.step)
         with self._audited(request.step, "payment") as attempt:
             declined = any(f.step == "payment" and f.permanent for f in request.step.failures)
-            # With a provider, a simulated failure is a fault at the network (orders/payments.py): an
-            # injected one loses the provider's answer, the case that must not charge twice; a drawn one
-            # is any of them. Without one, it strikes after the record is written, as an answer lost.
+            # With a provider, a simulated failure is a fault at the network (orders/payments.py): an injected one loses
+            # the answer (it must not charge twice), a drawn one is any. Without, it strikes after the record is written.
             fault, note = self._network_fault(request.step, attempt) if self.payments.provider else (None, "")
             try:
                 payment = self.payments.charge(
                     request.step.order_id, request.amount, attempt, declined, fault, note, request.card, activity.heartbeat
                 )
+            except stripe.InvalidRequestError as err:  # a request the provider refuses: sent again, refused again
+                refused = f"{self._text('declined')} ({err.user_message or err.code or err.http_status})"
+                raise ApplicationError(refused, type=PAYMENT_DECLINED, non_retryable=True) from None
             except stripe.StripeError as err:
                 provider = self.payments.provider
                 if provider is None or not provider.network.met_fault():

@@ -19,6 +19,7 @@ import contextlib
 import functools
 import inspect
 import json
+import os
 import threading
 import uuid
 from collections.abc import Awaitable
@@ -74,7 +75,9 @@ from orders.model import (
     OrderLine,
     OrderStatus,
     StepRequest,
+    payment_key,
 )
+from orders.payments import Payments, StripeProvider
 from orders.workflow import OrderWorkflow
 from test_workflows import application, wait_for_stage
 from test_workflows import start as start_loan
@@ -412,6 +415,33 @@ def test_a_charge_or_reservation_arriving_after_its_undo_changes_nothing(order_s
     env.run(activities.reserve_inventory, InventoryRequest(step, SMALL))
     stock = JsonStore(order_settings.data_dir).get(INVENTORY, STOCK)
     assert stock is None or stock["levels"]["KB-100"] == rules.orders.item("KB-100").stock, "a late reservation took stock"
+
+
+def test_a_cancel_heard_at_the_charges_heartbeat_lets_it_finish_and_the_refund_finds_it(order_settings, local_stripe):
+    """The charge heartbeats before each call to the provider, so Temporal tells it of a cancel mid-charge.
+    Nothing is raised into its thread for that: it finishes and records the charge (an exception after the
+    provider took the money would roll a PostgreSQL transaction back), and the undo refunds that charge."""
+    store = JsonStore(order_settings.data_dir)
+    provider = StripeProvider(os.environ["STRIPE_API_KEY"], local_stripe)
+    activities = OrderActivities(
+        store, load_rules(order_settings.rules_file), {"declined": "declined"}, payments=Payments(store, provider)
+    )
+    request = order_request(order_settings, SMALL)
+    step = StepRequest(request.order_id, f"order-{request.order_id}", [], request.policy)
+    env = ActivityEnvironment()
+    heartbeats: list[tuple] = []
+
+    def cancel_at_the_heartbeat(*details) -> None:  # as the worker does when the order's cancel arrives
+        heartbeats.append(details)
+        env.cancel()
+
+    env.on_heartbeat = cancel_at_the_heartbeat
+    charged = env.run(activities.charge_payment, ChargeRequest(step, 214.0))
+    assert heartbeats and charged.payment.status == "charged"
+    assert store.get(PAYMENTS, payment_key(request.order_id))["status"] == "charged"
+    refunded = ActivityEnvironment().run(activities.refund_payment, ChargeRequest(step, 214.0))
+    assert refunded.status == "refunded"
+    assert provider_payments(request.order_id) == [("succeeded", 21400, 21400)]
 
 
 def data_folder(settings) -> dict[str, bytes]:
