@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import stripe
+from stripe.params import SetupIntentCreateParams
 
 from core.settings import Settings
 from web.auth import CONTENT_SECURITY_POLICY
@@ -106,17 +107,17 @@ class CardEntry:
         return created.id
 
     async def start(self, stripe_customer: str, customer_id: str, form_key: str) -> CardSetup:
+        params: SetupIntentCreateParams = {
+            "customer": stripe_customer,
+            "usage": "off_session",
+            "metadata": {"customer_id": customer_id, "form_key": form_key},
+        }
         try:
             async with self._client() as client:
-                intent = await client.v1.setup_intents.create_async(
-                    params={
-                        "customer": stripe_customer,
-                        "usage": "off_session",
-                        "metadata": {"customer_id": customer_id, "form_key": form_key},
-                    }
-                )
+                intent = await client.v1.setup_intents.create_async(params=params)
         except stripe.InvalidRequestError as err:
-            if err.http_status == 404:
+            # Stripe answers a customer it no longer has with resource_missing on `customer` (localstripe: 404).
+            if err.http_status == 404 or (err.code == "resource_missing" and err.param == "customer"):
                 raise UnknownStripeCustomer(stripe_customer) from None
             raise CardUnavailable(str(err)) from None
         return CardSetup(intent.id, str(intent.client_secret))
@@ -140,6 +141,8 @@ class CardEntry:
                 method = await client.v1.payment_methods.retrieve_async(intent.payment_method)
         except stripe.InvalidRequestError:
             return None  # no such SetupIntent
+        if method.type != "card" or method.card is None:
+            return None  # confirmed with something else than a card: not what the shop charges
         card: Any = method.card
         return EnteredCard(method.id, intent.customer, str(card.brand).title(), str(card.last4))
 

@@ -208,9 +208,9 @@ async def place(customer: dict[str, Any]):
         flash(shop_texts()["cart_changed"], "invalid")
         return redirect(url_for("shop_orders.order", order_id=placed_id), code=303)
     except OutcomeUnknown:
-        return await render_checkout(customer, values, {}, texts()["placement_unknown_form"], 503)
+        return await render_checkout(customer, values, {}, texts()["placement_unknown_form"], 503, entered)
     except TemporalUnavailable:
-        return await render_checkout(customer, values, {}, texts()["unavailable"], 503)
+        return await render_checkout(customer, values, {}, texts()["unavailable"], 503, entered)
     current_app.extensions["customer_accounts"].remember_address(
         account_key(customer["email"]), {part: getattr(new_order.address, part) for part in ADDRESS_FIELDS}
     )

@@ -16,45 +16,69 @@
   var mount = document.getElementById("card");
   var form = document.getElementById("checkout-form");
   var errors = document.getElementById("card-errors");
-  if (!mount || !form || typeof window.Stripe !== "function") {
+  if (!mount || !form) {
     return;
   }
-  var LABELS = {
-    number: "Card number",
-    exp_month: "Expiry month (MM)",
-    exp_year: "Expiry year (YY)",
-    cvc: "CVC",
-    postal_code: "Billing postcode (optional)",
+  if (typeof window.Stripe !== "function") {
+    errors.textContent = mount.dataset.unloaded; // Stripe.js did not load: no fields to type the card in
+    return;
+  }
+  // The stand-in's fields, by their placeholder: the label, and what a browser may fill them with.
+  var FIELDS = {
+    number: ["Card number", "cc-number", "numeric"],
+    exp_month: ["Expiry month (MM)", "cc-exp-month", "numeric"],
+    exp_year: ["Expiry year (YY)", "cc-exp-year", "numeric"],
+    cvc: ["CVC", "cc-csc", "numeric"],
+    postal_code: ["Billing postcode (optional)", "postal-code", "text"],
   };
   var stripe = window.Stripe(mount.dataset.key);
   var card = stripe.elements().create("card");
   card.mount(mount);
+  var inputs = [];
   Array.prototype.forEach.call(mount.querySelectorAll("input[placeholder]"), function (input) {
-    var text = LABELS[input.getAttribute("placeholder")];
-    if (!text) {
+    var field = FIELDS[input.getAttribute("placeholder")];
+    if (!field) {
       return;
     }
     var label = document.createElement("label");
     var name = document.createElement("span");
     label.className = "card-field card-field-" + input.getAttribute("placeholder").replace("_", "-");
-    name.textContent = text;
+    name.textContent = field[0];
     input.parentNode.insertBefore(label, input);
     label.appendChild(name);
     label.appendChild(input); // the same input, moved: the stand-in still reads it
     input.removeAttribute("placeholder");
-    input.setAttribute("inputmode", "numeric");
-    input.setAttribute("autocomplete", "off");
+    input.setAttribute("autocomplete", field[1]);
+    input.setAttribute("inputmode", field[2]);
+    input.setAttribute("aria-describedby", "card-errors");
+    inputs.push(input);
   });
+
+  function markInvalid(invalid) {
+    inputs.forEach(function (input) {
+      if (invalid) {
+        input.setAttribute("aria-invalid", "true");
+      } else {
+        input.removeAttribute("aria-invalid");
+      }
+    });
+  }
+  markInvalid(errors.textContent.trim() !== "");
   card.on("change", function () {
     errors.textContent = ""; // what was said is about a card no longer typed
+    markInvalid(false);
   });
 
   var button = form.querySelector("button[type=submit]");
   var confirmed = false;
 
   function refused(error) {
-    var declined = error && (error.code === "card_declined" || /declined/i.test(String(error.message || "")));
-    errors.textContent = declined ? mount.dataset.declined : error && error.type === "api_connection_error" ? mount.dataset.failed : mount.dataset.invalid;
+    var message = String((error && error.message) || "");
+    var declined = error && (error.code === "card_declined" || /declined/i.test(message));
+    // Stripe not reached (the stand-in passes the browser's own TypeError on: "Failed to fetch").
+    var unreached = !error || error.type === "api_connection_error" || error instanceof TypeError && /fetch|network/i.test(message);
+    errors.textContent = declined ? mount.dataset.declined : unreached ? mount.dataset.failed : mount.dataset.invalid;
+    markInvalid(true);
     var group = mount.closest("fieldset");
     if (group) {
       group.classList.add("field-invalid");

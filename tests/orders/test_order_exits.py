@@ -44,7 +44,7 @@ from temporalio.worker import Worker
 
 import activities
 import worker
-from core.rules import load_rules
+from core.rules import load_messages, load_rules
 from core.store.files import JsonStore
 from loans.model import (
     AGENT_NOTIFICATIONS,
@@ -60,6 +60,7 @@ from orders.model import (
     INVENTORY,
     NOTIFICATIONS,
     ORDERS,
+    PAYMENT_DECLINED,
     PAYMENT_REQUESTS,
     PAYMENTS,
     SHIPMENTS,
@@ -68,6 +69,7 @@ from orders.model import (
     AddressChange,
     ApproveRequest,
     CancelRequest,
+    Card,
     ChargeRequest,
     FailureInjection,
     InventoryRequest,
@@ -442,6 +444,22 @@ def test_a_cancel_heard_at_the_charges_heartbeat_lets_it_finish_and_the_refund_f
     refunded = ActivityEnvironment().run(activities.refund_payment, ChargeRequest(step, 214.0))
     assert refunded.status == "refunded"
     assert provider_payments(request.order_id) == [("succeeded", 21400, 21400)]
+
+
+def test_a_charge_the_provider_refuses_as_a_request_fails_at_once_with_its_reason(order_settings, local_stripe):
+    """A 4xx from the provider (here a card and customer it does not have) is not a network fault: sent
+    again it is refused again, so the charge fails for good at the first attempt, and nothing is taken."""
+    store = JsonStore(order_settings.data_dir)
+    provider = StripeProvider(os.environ["STRIPE_API_KEY"], local_stripe)
+    texts = load_messages(order_settings.messages_file).orders
+    activities = OrderActivities(store, load_rules(order_settings.rules_file), texts, payments=Payments(store, provider))
+    request = order_request(order_settings, SMALL)
+    step = StepRequest(request.order_id, f"order-{request.order_id}", [], request.policy)
+    gone = Card("pm_gone", "cus_gone", "Visa ending 0000")
+    with pytest.raises(ApplicationError) as refused:
+        ActivityEnvironment().run(activities.charge_payment, ChargeRequest(step, 214.0, gone))
+    assert refused.value.type == PAYMENT_DECLINED and refused.value.non_retryable
+    assert provider_payments(request.order_id) == []
 
 
 def data_folder(settings) -> dict[str, bytes]:

@@ -142,6 +142,23 @@ def test_checkout_places_nothing_without_a_card_stripe_confirmed_for_this_custom
         page = answer.get_data(as_text=True)
         assert answer.status_code == 400 and "Enter your card" in page and 'href="#card"' in page, setup_intent
         assert ADDRESS["street"] in page and 'data-secret="' in page  # the address kept; fields for the card again
+    # Its own form, its SetupIntent confirmed with a bank account rather than a card: not what the shop charges.
+    page = client.get("/shop/checkout").get_data(as_text=True)  # (a page's secret, for its own SetupIntent)
+    setup_intent = re.search(r'name="setup_intent" value="([^"]+)"', page).group(1)
+    secret = re.search(r'data-secret="([^"]+)"', page).group(1)
+    confirmed = httpx.post(
+        f"{os.environ['STRIPE_API_BASE']}/v1/setup_intents/{setup_intent}/confirm",
+        json={
+            "key": os.environ["STRIPE_PUBLISHABLE_KEY"],
+            "client_secret": secret,
+            "payment_method_data": {"type": "sepa_debit", "sepa_debit": {"iban": "DE89370400440532013000"}},
+        },
+        timeout=10,
+    )
+    assert confirmed.status_code == 200 and confirmed.json()["status"] == "succeeded", confirmed.text
+    key = re.search(r'name="submission_key" value="([^"]+)"', page).group(1)
+    answer = client.post("/shop/checkout", data={**unconfirmed, "submission_key": key, "setup_intent": setup_intent})
+    assert answer.status_code == 400 and "Enter your card" in answer.get_data(as_text=True)
     placed = client.post("/shop/checkout", data=earlier)  # its own form still places its order, after the refusals
     assert placed.status_code == 303
     store = app.extensions["order_service"].store
