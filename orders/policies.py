@@ -32,9 +32,10 @@ with workflow.unsafe.imports_passed_through():
 # first, and the activities make a step that arrives after its undo a no-op
 # (a refund voids the payment key, a release marks the reservation released).
 ORDER_STEP_TIMEOUT = timedelta(seconds=30)
-# The charge says it is alive before each call to the provider (each at most 10 s,
-# orders/payments.py): a worker killed mid-charge is noticed within this, not at
-# the attempt's end, and the retry finds the charge rather than making another.
+# The charge says it is alive before each call to the provider (orders/payments.py): a
+# worker killed mid-charge is noticed within this, not at the attempt's end. A call slower
+# than this (its timeout is 10 s per phase) costs an attempt, never a second charge: the
+# retry waits for the payment record's lock and finds the charge.
 CHARGE_HEARTBEAT_TIMEOUT = timedelta(seconds=12)
 ORDER_STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
