@@ -23,6 +23,7 @@ from loans.emails import LoanEmailActivities
 from orders.activities import OrderActivities, RewardsActivities, ShippingActivities
 from orders.emails import OrderEmailActivities
 from orders.payments import Payments, StripeProvider
+from shop.account_emails import AccountEmailActivities
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Activities:
     order_emails: OrderEmailActivities
     shipping: ShippingActivities
     rewards: RewardsActivities
+    account_emails: AccountEmailActivities
 
     def for_loans(self) -> list[Callable]:
         loans = self.loans
@@ -46,7 +48,7 @@ class Activities:
         ]
 
     def for_orders(self) -> list[Callable]:
-        """The order's steps and the customers' rewards (one task queue)."""
+        """The order's steps, the customers' rewards and the shop's account emails (one task queue)."""
         orders = self.orders
         return [
             orders.record_progress,
@@ -59,6 +61,7 @@ class Activities:
             orders.award_rewards,
             self.order_emails.send_order_email,
             self.rewards.save_rewards,
+            self.account_emails.send_account_email,
         ]
 
     def for_shipping(self) -> list[Callable]:
@@ -92,4 +95,5 @@ def build_activities(settings: Settings, client: Client | None, identity: str, s
         order_emails=order_emails,
         shipping=ShippingActivities(store, rules, messages.orders),
         rewards=RewardsActivities(store),
+        account_emails=AccountEmailActivities(store, settings, messages.shop, Mailer(smtp, settings.order_mail_from)),
     )

@@ -8,10 +8,11 @@ from loans.workflow import LoanApplicationWorkflow
 from orders.rewards import RewardsWorkflow
 from orders.shipping import ShippingWorkflow
 from orders.workflow import OrderWorkflow
+from shop.account_email_workflow import AccountEmailWorkflow
 
 # By the task queue whose worker runs them (worker.py).
 LOAN_WORKFLOWS = [LoanApplicationWorkflow]
-ORDER_WORKFLOWS = [OrderWorkflow, RewardsWorkflow]
+ORDER_WORKFLOWS = [OrderWorkflow, RewardsWorkflow, AccountEmailWorkflow]  # and the shop's account emails
 SHIPPING_WORKFLOWS = [ShippingWorkflow]
 # Every workflow type a recorded history may name (tools/replay_check.py).
 ALL_WORKFLOWS = [*LOAN_WORKFLOWS, *ORDER_WORKFLOWS, *SHIPPING_WORKFLOWS]

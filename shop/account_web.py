@@ -6,35 +6,43 @@ version (`session["customer"]`), next to, and separate from, an operator's sign-
 
 No page tells whether an address has an account: registering an address that has
 one, or asking to reset one that has none, answers as if it worked, and the email
-(or its absence) tells the owner. The emails go out from this request, through
-the product's SMTP server: the page says an email was sent only once the server
-took it, and says it could not when it did not (the account is kept; a new link
-can be asked for).
+(or its absence) tells the owner. The emails go out from a workflow
+(shop/account_emails.py), which the request starts whatever the address: the
+worker decides what, if anything, the address calls for, and retries through a
+mail outage. So neither the words nor the time of an answer depend on the
+account, or on the mail server.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import asyncio
 import logging
 import re
-import smtplib
-from email.utils import make_msgid
+import uuid
 from typing import Any
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from temporalio.service import RPCError
 
 from core.email_address import normalize_email
-from core.mail import SmtpSettings, new_message, parse_mailbox, send
-from core.settings import sender_named
+from core.formatting import utc_now
+from core.temporal_client import TemporalUnavailable
 from core.validation import TEXT_CHARACTERS_ERROR, has_refused_characters
 from loans.validation import ENCODED_WORD, ENCODED_WORD_ERROR, LINK_IN_NAME, LINK_IN_NAME_ERROR
-from shop.accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, AccountRefused, CustomerAccounts, account_key
+from shop.account_email_workflow import AccountEmailRequest, AccountEmailWorkflow, account_email_workflow_id
+from shop.accounts import (
+    MAX_PASSWORD_LENGTH,
+    MIN_PASSWORD_LENGTH,
+    AccountRefused,
+    CustomerAccounts,
+    account_key,
+    links_key,
+)
 from shop.session import CART, CUSTOMER, PLACED, session_cart, signed_in_customer, texts
 from web.auth import PASSWORD_HASHERS
 
 shop_accounts = Blueprint("shop_accounts", __name__)
-SHOP_SENDER = "Shop"
+START_TIMEOUT = 5.0  # seconds for Temporal to take an email's workflow
 log = logging.getLogger(__name__)
 
 
@@ -45,31 +53,24 @@ def accounts() -> CustomerAccounts:
 # --- emails ------------------------------------------------------------------------------
 
 
-def send_link(record: dict[str, Any], purpose: str) -> bool:
-    """Email the account its link: "verify" (confirm the address), "reset" (a new password), or
-    "exists" (sign in: someone registered again with the address). False if the server did not take it."""
+async def request_email(purpose: str, email: str) -> bool:
+    """Hand the email to a workflow (shop/account_emails.py), which decides in the worker whether the
+    address calls for one: the same call, and the same time, whatever the address. False: Temporal
+    did not confirm it took the request (it may have, and then the email goes)."""
     settings = current_app.extensions["settings"]
-    smtp = SmtpSettings.from_settings(settings)
-    if purpose == "exists":  # someone registered with an address that has an account: sign in instead
-        path = url_for("shop_accounts.signin_form")
-    else:
-        endpoint = "shop_accounts.verify" if purpose == "verify" else "shop_accounts.reset_form"
-        path = url_for(endpoint, token=accounts().link_token(record, purpose))
-    link = settings.public_url.rstrip("/") + path
-    message = new_message()
-    message["From"] = sender_named(SHOP_SENDER, settings.order_mail_from)
-    message["To"] = record["email"]
-    message["Subject"] = texts()[f"email_{purpose}_subject"]
-    body = texts()[f"email_{purpose}"].format(name=record["name"], link=link)
-    message["Message-ID"] = make_msgid(idstring=f"shop-{purpose}", domain=parse_mailbox(settings.order_mail_from).domain or None)
-    message.set_content(body)
-    if smtp is None:
-        log.warning("no SMTP_URL: the shop's %s email to an account was not sent", purpose)
-        return False
+    request_id = uuid.uuid4().hex
     try:
-        send(smtp, message)
-    except (smtplib.SMTPException, OSError) as err:
-        log.warning("the shop's %s email was not sent: %s", purpose, type(err).__name__)
+        async with asyncio.timeout(START_TIMEOUT):
+            client = await current_app.extensions["temporal"].get()
+            await client.start_workflow(
+                AccountEmailWorkflow.run,
+                AccountEmailRequest(purpose, email, utc_now()),
+                id=account_email_workflow_id(request_id),
+                task_queue=settings.order_task_queue,
+                static_summary=f"An account's {purpose} email",
+            )
+    except (TemporalUnavailable, RPCError, TimeoutError) as err:
+        log.warning("the shop's %s email was not confirmed by Temporal: %s", purpose, type(err).__name__)
         return False
     return True
 
@@ -115,7 +116,7 @@ def register_form():
 
 
 @shop_accounts.post("/shop/register")
-def register():
+async def register():
     form = request.form
     values = {name: form.get(name, "").strip() for name in ("name", "email")}
     errors = {}
@@ -129,13 +130,12 @@ def register():
         errors["password_again"] = texts()["password_again"]
     if not errors:
         try:
-            record, created = accounts().register(values["name"], values["email"], password)
+            accounts().register(values["name"], values["email"], password)
         except AccountRefused as refused:
             errors[refused.field] = account_text(refused)
     if errors:
         return render_form("register", values, errors, 400)
-    sent = send_link(record, "verify" if created else "exists")
-    return render_template("shop/check_email.html", email=values["email"], sent=sent, purpose="verify")
+    return await check_email("register", values["email"])
 
 
 @shop_accounts.get("/shop/verify/<token>")
@@ -148,15 +148,22 @@ def verify(token: str):
 
 
 @shop_accounts.post("/shop/verify")
-def resend_verification():
+async def resend_verification():
     """Another verification link, asked for on the sign-in page (the same answer for any address)."""
     email = request.form.get("email", "").strip()
     try:
-        record = accounts().get(account_key(email))
+        email = normalize_email(email)
     except ValueError:
-        record = None
-    sent = send_link(record, "verify") if record is not None and not record["verified"] else True
-    return render_template("shop/check_email.html", email=email, sent=sent, purpose="verify")
+        return render_template("shop/check_email.html", email=email, sent=True, purpose="verify")  # none to send
+    return await check_email("verify", email)
+
+
+async def check_email(purpose: str, email: str):
+    """The page after asking for an email: on its way if the address calls for one (the workflow
+    decides), or 503 when Temporal did not confirm the request."""
+    sent = await request_email(purpose, email)
+    page = render_template("shop/check_email.html", email=email, sent=sent, purpose="reset" if purpose == "reset" else "verify")
+    return page, 200 if sent else 503
 
 
 # --- sign-in and out ----------------------------------------------------------------------
@@ -218,14 +225,13 @@ def reset_request_form():
 
 
 @shop_accounts.post("/shop/reset")
-def reset_request():
+async def reset_request():
     email = request.form.get("email", "").strip()
     try:
-        record = accounts().get(account_key(email))
+        email = normalize_email(email)
     except ValueError:
         return render_form("reset_request", {"email": email}, {"email": texts()["email"]}, 400)
-    sent = send_link(record, "reset") if record is not None else True
-    return render_template("shop/check_email.html", email=email, sent=sent, purpose="reset")
+    return await check_email("reset", email)
 
 
 @shop_accounts.get("/shop/reset/<token>")
@@ -252,9 +258,7 @@ def reset(token: str):
 
 
 def init_app(app, store, settings) -> None:
-    # The links' own key, derived from the deployment's secret (as the session cookie's is).
-    links_key = hmac.new(settings.secret_key.encode(), b"shop-customer-links", hashlib.sha256).hexdigest()
     hasher = PASSWORD_HASHERS[settings.password_hashing]()  # Argon2id, as the operators' passwords
-    app.extensions["customer_accounts"] = CustomerAccounts(store, links_key, hasher)
+    app.extensions["customer_accounts"] = CustomerAccounts(store, links_key(settings.secret_key), hasher)
     app.register_blueprint(shop_accounts)
     app.context_processor(lambda: {"customer": signed_in_customer() if CUSTOMER in session else None})

@@ -25,6 +25,7 @@ the address or a password.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -56,6 +57,12 @@ class AccountRefused(Exception):
         super().__init__(message)
         self.field = field
         self.message = message
+
+
+def links_key(secret_key: str) -> str:
+    """The links' own key, derived from the deployment's secret (as the session cookie's is): the web
+    app checks the links the worker's emails carry (shop/account_emails.py)."""
+    return hmac.new(secret_key.encode(), b"shop-customer-links", hashlib.sha256).hexdigest()
 
 
 def account_key(email: str) -> str:

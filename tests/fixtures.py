@@ -439,8 +439,7 @@ def gunicorn(settings: Settings, address: str, log: Path, workers: int = 2, **ex
     """The app under gunicorn as `make run` serves it, on a free port; yields its base URL and process."""
     port = free_port()
     env = {
-        **process_env(settings, address),
-        "APP_SECRET_KEY": uuid.uuid4().hex,
+        **process_env(settings, address),  # the worker's secret too: the links its emails carry open here
         "OPERATOR_TOKEN": settings.operator_token,
         "WEB_PORT": str(port),
         "WEB_WORKERS": str(workers),

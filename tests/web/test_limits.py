@@ -202,8 +202,9 @@ def test_the_shops_account_emails_are_limited_per_address_from_any_client(limite
         client_at(app, f"10.0.0.{n}").post("/shop/reset", data={"email": "ada@example.com"}).status_code
         for n in range(allowed + 1)
     ]
-    assert answers == [200] * allowed + [429]
-    assert client_at(app, "10.0.1.1").post("/shop/reset", data={"email": "grace@example.com"}).status_code == 200
+    # 503 until the limit: this app has no Temporal to take the email's workflow; the limit counts the requests.
+    assert answers == [503] * allowed + [429]
+    assert client_at(app, "10.0.1.1").post("/shop/reset", data={"email": "grace@example.com"}).status_code == 503
 
 
 def test_a_customer_opening_the_checkout_again_and_again_is_limited(limited):

@@ -1,6 +1,10 @@
 """Customers' accounts (issue 29): register, confirm the address by the emailed link, sign in and
 out, reset a forgotten password; no page tells whether an address has an account; the visitor's
-cart joins the account's at sign-in."""
+cart joins the account's at sign-in.
+
+The emails go out from a workflow (shop/account_emails.py) on a real worker, as under `make run`:
+the module's worker, on the module's data folder, sends them to the module's mail sink, and each
+test uses addresses of its own."""
 
 from __future__ import annotations
 
@@ -8,18 +12,51 @@ import dataclasses
 import email
 import re
 import time
+import uuid
+from email.message import Message
 
 import pytest
+from aiosmtpd.controller import Controller
 
+from shop.account_emails import ACCOUNT_EMAILS, what_to_send
 from shop.accounts import CUSTOMERS, SESSION_DAYS, account_key
-from tests.fixtures import NO_TEMPORAL, make_app
+from tests.fixtures import WorkerProcess, fresh_settings, make_app, wait_until
+from tools.mail_sink import MaildirHandler
+from tools.net import free_port
 
 PASSWORD = "correct horse battery"
 
 
+@pytest.fixture(scope="module")
+def account_stack(dev_server, tmp_path_factory):
+    """A worker whose emails go to a mail sink, on a data folder of the module's; (settings, address, sink,
+    the sink's servers: the last one runs)."""
+    root = tmp_path_factory.mktemp("accounts")
+    port = free_port()
+    sink = MaildirHandler(root / "mail")
+    servers = [Controller(sink, hostname="127.0.0.1", port=port)]
+    servers[0].start()
+    settings = dataclasses.replace(fresh_settings(root / "data"), smtp_url=f"smtp://127.0.0.1:{port}")
+    address = dev_server.client.service_client.config.target_host
+    # An email that meets a mail server down is tried again 0.2 s later, then backs off (5 s in production).
+    retry_soon = {"SMTP_URL": settings.smtp_url, "EMAIL_RETRY_INITIAL_SECONDS": "0.2"}
+    worker = WorkerProcess(settings, address, root / "worker.log", extra_env=retry_soon)
+    yield settings, address, sink, servers
+    worker.kill()
+    servers[-1].stop()
+
+
 @pytest.fixture
-def app(settings, smtp_sink, monkeypatch):
-    return make_app(dataclasses.replace(settings, smtp_url=smtp_sink.url), NO_TEMPORAL, monkeypatch)
+def app(account_stack, monkeypatch):
+    settings, address, _, _ = account_stack
+    app = make_app(settings, address, monkeypatch)
+    yield app
+    app.extensions["temporal"].reset()
+
+
+@pytest.fixture
+def mail(account_stack) -> MaildirHandler:
+    return account_stack[2]
 
 
 @pytest.fixture
@@ -27,50 +64,68 @@ def shopper(app):
     return app.test_client()
 
 
-def last_link(smtp_sink, to: str) -> str:
-    message = email.message_from_bytes(smtp_sink.mail.contents[-1])
-    assert message["To"] == to
-    return re.search(r"http://[^/]+(/shop/\S+)", message.get_payload(decode=True).decode()).group(1)
+def new_address(name: str = "ada") -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}@example.com"
 
 
-def register(shopper, email_: str = "ada@example.com", name: str = "Ada Lovelace", password: str = PASSWORD):
+@pytest.fixture
+def ada() -> str:
+    return new_address()
+
+
+def emails_to(mail: MaildirHandler, to: str) -> list[Message]:
+    return [message for message in map(email.message_from_bytes, list(mail.contents)) if message["To"] == to]
+
+
+def nth_email(mail: MaildirHandler, to: str, nth: int = 1) -> Message:
+    """The `nth` email to `to`, once the worker has sent it."""
+    found = wait_until(lambda: emails_to(mail, to)[nth - 1 :] or None, timeout=20, what=f"email {nth} to {to}")
+    return found[0]
+
+
+def last_link(mail: MaildirHandler, to: str, nth: int = 1) -> str:
+    body = nth_email(mail, to, nth).get_payload(decode=True).decode()
+    return re.search(r"http://[^/]+(/shop/\S+)", body).group(1)
+
+
+def register(shopper, email_: str, name: str = "Ada Lovelace", password: str = PASSWORD):
     return shopper.post("/shop/register", data={"name": name, "email": email_, "password": password, "password_again": password})
 
 
-def test_a_customer_registers_confirms_the_address_and_signs_in_and_out(app, shopper, smtp_sink):
-    answer = register(shopper, email_=" Ada@Example.com ")
+def test_a_customer_registers_confirms_the_address_and_signs_in_and_out(app, shopper, mail, ada):
+    answer = register(shopper, email_=f" {ada.title()} ")
     assert answer.status_code == 200 and "Check your email" in answer.get_data(as_text=True)
-    record = app.extensions["customer_accounts"].get(account_key("ada@example.com"))
-    assert record["email"] == "ada@example.com" and not record["verified"] and record["password_hash"].startswith("$argon2id$")
-    refused = shopper.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD})
+    record = app.extensions["customer_accounts"].get(account_key(ada))
+    assert record["email"] == ada and not record["verified"] and record["password_hash"].startswith("$argon2id$")
+    refused = shopper.post("/shop/signin", data={"email": ada, "password": PASSWORD})
     assert refused.status_code == 403 and "Confirm your email address first" in refused.get_data(as_text=True)
-    link = last_link(smtp_sink, "ada@example.com")
+    link = last_link(mail, ada)
     assert link.startswith("/shop/verify/")
     confirmed = shopper.get(link)
     assert confirmed.status_code == 303 and confirmed.headers["Location"] == "/shop/signin"
     assert shopper.get(link).status_code == 303  # the link again: still confirmed, nothing else
-    wrong = shopper.post("/shop/signin", data={"email": "ada@example.com", "password": "not the password"})
+    wrong = shopper.post("/shop/signin", data={"email": ada, "password": "not the password"})
     assert wrong.status_code == 401 and "not right" in wrong.get_data(as_text=True)
-    signed = shopper.post("/shop/signin", data={"email": "ADA@example.com", "password": PASSWORD})
+    signed = shopper.post("/shop/signin", data={"email": ada.upper(), "password": PASSWORD})
     assert signed.status_code == 303
     assert "Signed in as <strong>Ada Lovelace</strong>" in shopper.get("/shop").get_data(as_text=True)
     shopper.post("/shop/signout")
     assert "Create an account" in shopper.get("/shop").get_data(as_text=True)
 
 
-def test_registering_an_address_twice_tells_the_owner_by_email_not_the_page(app, shopper, smtp_sink):
-    register(shopper)
-    shopper.get(last_link(smtp_sink, "ada@example.com"))
-    again = register(app.test_client(), name="Mallory", password="another long password")
+def test_registering_an_address_twice_tells_the_owner_by_email_not_the_page(app, shopper, mail, ada):
+    register(shopper, ada)
+    shopper.get(last_link(mail, ada))
+    again = register(app.test_client(), ada, name="Mallory", password="another long password")
     assert again.status_code == 200 and "Check your email" in again.get_data(as_text=True)
-    message = email.message_from_bytes(smtp_sink.mail.contents[-1])
+    message = nth_email(mail, ada, 2)
     assert (
         message["Subject"] == "You already have a shop account"
         and "Hello Ada Lovelace" in message.get_payload(decode=True).decode()
     )
-    record = app.extensions["customer_accounts"].get(account_key("ada@example.com"))
+    record = app.extensions["customer_accounts"].get(account_key(ada))
     assert record["name"] == "Ada Lovelace"  # unchanged, password too
-    assert shopper.post("/shop/signin", data={"email": "ada@example.com", "password": "another long password"}).status_code == 401
+    assert shopper.post("/shop/signin", data={"email": ada, "password": "another long password"}).status_code == 401
 
 
 @pytest.mark.parametrize(
@@ -91,17 +146,20 @@ def test_a_registration_with_a_bad_field_is_shown_again_with_the_reason_and_no_p
         assert f'value="{form["email"]}"' in page  # what was typed is kept, the passwords aside
 
 
-def test_a_forgotten_password_is_reset_once_by_the_emailed_link_and_ends_other_sessions(app, shopper, smtp_sink):
-    register(shopper)
-    shopper.get(last_link(smtp_sink, "ada@example.com"))
+def test_a_forgotten_password_is_reset_once_by_the_emailed_link_and_ends_other_sessions(app, shopper, mail, ada):
+    register(shopper, ada)
+    shopper.get(last_link(mail, ada))
     other = app.test_client()
-    assert other.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD}).status_code == 303
-    unknown = shopper.post("/shop/reset", data={"email": "nobody@example.com"})
-    assert unknown.status_code == 200 and "If nobody@example.com has a shop account" in unknown.get_data(as_text=True)
-    sent = len(smtp_sink.mail.contents)
-    assert sent == 1  # nothing went to the unknown address
-    shopper.post("/shop/reset", data={"email": "ada@example.com"})
-    link = last_link(smtp_sink, "ada@example.com")
+    assert other.post("/shop/signin", data={"email": ada, "password": PASSWORD}).status_code == 303
+    nobody, store = new_address("nobody"), app.extensions["customer_accounts"]._store
+    nothing_before = sum(record.get("status") == "nothing" for record in store.list_all(ACCOUNT_EMAILS))
+    unknown = shopper.post("/shop/reset", data={"email": nobody})
+    assert unknown.status_code == 200 and f"If {nobody} has a shop account" in unknown.get_data(as_text=True)
+    # The worker found no account there and sent nothing (its record says so, with no address).
+    wait_until(lambda: sum(r.get("status") == "nothing" for r in store.list_all(ACCOUNT_EMAILS)) > nothing_before)
+    assert emails_to(mail, nobody) == []
+    shopper.post("/shop/reset", data={"email": ada})
+    link = last_link(mail, ada, 2)
     assert shopper.get(link).status_code == 200
     assert (
         shopper.post(link, data={"password": "a new long password", "password_again": "a new long password"}).status_code == 303
@@ -112,13 +170,13 @@ def test_a_forgotten_password_is_reset_once_by_the_emailed_link_and_ends_other_s
         == 400
     )
     assert "Signed in as <strong>" not in other.get("/shop").get_data(as_text=True)  # the other session ended
-    assert shopper.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD}).status_code == 401
-    assert shopper.post("/shop/signin", data={"email": "ada@example.com", "password": "a new long password"}).status_code == 303
+    assert shopper.post("/shop/signin", data={"email": ada, "password": PASSWORD}).status_code == 401
+    assert shopper.post("/shop/signin", data={"email": ada, "password": "a new long password"}).status_code == 303
 
 
-def test_links_that_are_forged_expired_or_for_another_purpose_do_not_work(app, shopper, smtp_sink):
-    register(shopper)
-    verify = last_link(smtp_sink, "ada@example.com")
+def test_links_that_are_forged_expired_or_for_another_purpose_do_not_work(app, shopper, mail, ada):
+    register(shopper, ada)
+    verify = last_link(mail, ada)
     token = verify.removeprefix("/shop/verify/")
     assert shopper.get(f"/shop/reset/{token}").status_code == 400  # a verification link is no reset link
     tampered = ("A" if token[0] != "A" else "B") + token[1:]  # the payload changed, the signature kept
@@ -126,14 +184,14 @@ def test_links_that_are_forged_expired_or_for_another_purpose_do_not_work(app, s
     assert shopper.get("/shop/verify/nonsense").status_code == 400
 
 
-def test_the_visitors_cart_joins_the_accounts_at_sign_in_and_stays_with_the_account(app, shopper, smtp_sink):
-    register(shopper)
-    shopper.get(last_link(smtp_sink, "ada@example.com"))
-    key = account_key("ada@example.com")
+def test_the_visitors_cart_joins_the_accounts_at_sign_in_and_stays_with_the_account(app, shopper, mail, ada):
+    register(shopper, ada)
+    shopper.get(last_link(mail, ada))
+    key = account_key(ada)
     store = app.extensions["customer_accounts"]._store
     store.update(CUSTOMERS, key, lambda record: {**record, "cart": {"KB-100": 1, "CB-010": 2}})
     shopper.post("/shop/cart", data={"sku": "KB-100", "action": "add", "quantity": "3", "from": "catalog"})
-    shopper.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD})
+    shopper.post("/shop/signin", data={"email": ada, "password": PASSWORD})
     cart = shopper.get("/shop/cart").get_data(as_text=True)
     assert 'id="quantity-KB-100" name="quantity" type="text" inputmode="numeric" maxlength="2" value="3"' in cart
     assert 'value="2"' in cart and "for 5 items" in cart
@@ -141,23 +199,21 @@ def test_the_visitors_cart_joins_the_accounts_at_sign_in_and_stays_with_the_acco
     shopper.post("/shop/signout")
     assert "Your cart is empty" in shopper.get("/shop/cart").get_data(as_text=True)
     elsewhere = app.test_client()  # another browser: the account's cart
-    elsewhere.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD})
+    elsewhere.post("/shop/signin", data={"email": ada, "password": PASSWORD})
     assert "for 3 items" in elsewhere.get("/shop/cart").get_data(as_text=True)
 
 
-def test_registering_an_unconfirmed_address_again_replaces_the_first_claim(app, shopper, smtp_sink):
+def test_registering_an_unconfirmed_address_again_replaces_the_first_claim(app, shopper, mail, ada):
     """Whoever registers someone else's address first holds nothing: the owner's own registration
     replaces the password, and the link sent for the first one no longer confirms anything."""
-    register(app.test_client(), name="Mallory", password="the intruder's password")
-    first_link = last_link(smtp_sink, "ada@example.com")
-    register(shopper)
+    register(app.test_client(), ada, name="Mallory", password="the intruder's password")
+    first_link = last_link(mail, ada)
+    register(shopper, ada)
     assert shopper.get(first_link).status_code == 400  # the first claim's link
-    shopper.get(last_link(smtp_sink, "ada@example.com"))
-    assert (
-        shopper.post("/shop/signin", data={"email": "ada@example.com", "password": "the intruder's password"}).status_code == 401
-    )
-    assert shopper.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD}).status_code == 303
-    assert app.extensions["customer_accounts"].get(account_key("ada@example.com"))["name"] == "Ada Lovelace"
+    shopper.get(last_link(mail, ada, 2))
+    assert shopper.post("/shop/signin", data={"email": ada, "password": "the intruder's password"}).status_code == 401
+    assert shopper.post("/shop/signin", data={"email": ada, "password": PASSWORD}).status_code == 303
+    assert app.extensions["customer_accounts"].get(account_key(ada))["name"] == "Ada Lovelace"
 
 
 @pytest.mark.parametrize("name", ["Ada www.example.com", "Ada =?utf-8?q?x?=", "Ada\u202eLovelace", "x" * 101])
@@ -171,30 +227,31 @@ def test_a_name_that_could_carry_a_link_or_hide_text_is_refused(shopper, name):
 @pytest.mark.parametrize(
     "next_", ["/shop/%0Ax", "/shop/../orders", "//evil.example/shop/", "https://evil.example/shop/", "/shop/orders?x=1"]
 )
-def test_sign_in_goes_back_only_to_a_plain_shop_path(app, shopper, smtp_sink, next_):
-    register(shopper)
-    shopper.get(last_link(smtp_sink, "ada@example.com"))
-    answer = shopper.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD, "next": next_})
+def test_sign_in_goes_back_only_to_a_plain_shop_path(app, shopper, mail, ada, next_):
+    register(shopper, ada)
+    shopper.get(last_link(mail, ada))
+    answer = shopper.post("/shop/signin", data={"email": ada, "password": PASSWORD, "next": next_})
     assert answer.status_code == 303 and answer.headers["Location"] == "/shop", next_
-    back = shopper.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD, "next": "/shop/orders"})
+    back = shopper.post("/shop/signin", data={"email": ada, "password": PASSWORD, "next": "/shop/orders"})
     assert back.headers["Location"] == "/shop/orders"
 
 
-def test_a_second_customer_signing_in_on_a_shared_browser_does_not_get_the_first_ones_cart(app, shopper, smtp_sink):
-    for address in ("ada@example.com", "grace@example.com"):
+def test_a_second_customer_signing_in_on_a_shared_browser_does_not_get_the_first_ones_cart(app, shopper, mail, ada):
+    grace = new_address("grace")
+    for address in (ada, grace):
         register(app.test_client(), email_=address)
-        app.test_client().get(last_link(smtp_sink, address))
-    shopper.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD})
+        app.test_client().get(last_link(mail, address))
+    shopper.post("/shop/signin", data={"email": ada, "password": PASSWORD})
     shopper.post("/shop/cart", data={"sku": "KB-100", "action": "add", "quantity": "2", "from": "catalog"})
-    shopper.post("/shop/signin", data={"email": "grace@example.com", "password": PASSWORD})  # Ada never signed out
+    shopper.post("/shop/signin", data={"email": grace, "password": PASSWORD})  # Ada never signed out
     assert "Your cart is empty" in shopper.get("/shop/cart").get_data(as_text=True)
-    assert app.extensions["customer_accounts"].get(account_key("grace@example.com"))["cart"] == {}
+    assert app.extensions["customer_accounts"].get(account_key(grace))["cart"] == {}
 
 
-def test_signing_out_closes_the_sign_in_on_the_server_and_a_sign_in_lasts_two_weeks(app, shopper, smtp_sink):
-    register(shopper)
-    shopper.get(last_link(smtp_sink, "ada@example.com"))
-    shopper.post("/shop/signin", data={"email": "ada@example.com", "password": PASSWORD})
+def test_signing_out_closes_the_sign_in_on_the_server_and_a_sign_in_lasts_two_weeks(app, shopper, mail, ada):
+    register(shopper, ada)
+    shopper.get(last_link(mail, ada))
+    shopper.post("/shop/signin", data={"email": ada, "password": PASSWORD})
     with shopper.session_transaction() as session:
         copied = dict(session)  # a copy of the cookie, taken while signed in
     entry = copied["customer"]
@@ -206,3 +263,44 @@ def test_signing_out_closes_the_sign_in_on_the_server_and_a_sign_in_lasts_two_we
         session.update(copied)  # the copy, sent again
     assert "Signed in as <strong>" not in shopper.get("/shop").get_data(as_text=True)
     assert shopper.get("/shop/orders").status_code == 303  # to the sign-in
+
+
+@pytest.mark.parametrize(
+    ("purpose", "account", "sent"),
+    [
+        ("register", {"verified": False}, "verify"),
+        ("register", {"verified": True}, "exists"),
+        ("verify", {"verified": False}, "verify"),
+        ("verify", {"verified": True}, None),
+        ("reset", {"verified": True}, "reset"),
+        ("reset", {"verified": False}, "reset"),
+        ("register", None, None),
+        ("verify", None, None),
+        ("reset", None, None),
+    ],
+)
+def test_what_a_request_sends_depends_on_the_account_the_worker_finds(purpose, account, sent):
+    assert what_to_send(purpose, account) == sent
+
+
+def test_a_reset_asked_while_the_mail_server_is_down_answers_as_usual_and_the_email_comes_once_it_is_back(
+    app, shopper, mail, ada, account_stack
+):
+    """The page does not wait for the mail server, nor depend on it: the workflow retries the email."""
+    register(shopper, ada)
+    shopper.get(last_link(mail, ada))
+    _, _, sink, servers = account_stack
+    store = app.extensions["customer_accounts"]._store
+    servers[-1].stop()  # the mail server goes down
+    try:
+        answer = shopper.post("/shop/reset", data={"email": ada})
+        assert answer.status_code == 200 and "is on its way" in answer.get_data(as_text=True)
+        wait_until(
+            lambda: any(r.get("status") == "retrying" and r.get("kind") == "reset" for r in store.list_all(ACCOUNT_EMAILS))
+        )
+        assert len(emails_to(mail, ada)) == 1  # the confirmation only, so far
+    finally:
+        servers.append(Controller(sink, hostname="127.0.0.1", port=servers[-1].port))  # back, on its address
+        servers[-1].start()
+    link = last_link(mail, ada, 2)
+    assert link.startswith("/shop/reset/") and shopper.get(link).status_code == 200

@@ -1,0 +1,46 @@
+"""The workflow that sends an account's email (shop/account_emails.py): one activity, retried through a mail outage.
+
+Workflow code only (no I/O): the request names what was asked for and the
+address; the activity decides, from the account as it is when it runs, what to
+send, or that there is nothing to send. A mail server that is down, or a 4xx,
+is retried with backoff for a day, as every email of the product is; a 5xx is final.
+"""
+
+from dataclasses import dataclass
+
+from temporalio import workflow
+
+from core.email_policy import EMAIL_GIVE_UP, email_retry, email_timeout
+
+SEND_ACCOUNT_EMAIL = "send_account_email"
+# What a request asks for: a sign-up's email (confirm the address, or "you have an account" to its
+# owner), the confirmation link again, a password reset.
+ACCOUNT_EMAIL_PURPOSES = ("register", "verify", "reset")
+
+
+def account_email_workflow_id(request_id: str) -> str:
+    """The workflow's ID: a random one per request, never the address (IDs are not encrypted)."""
+    return f"account-email-{request_id}"
+
+
+@dataclass(frozen=True)
+class AccountEmailRequest:
+    purpose: str  # one of ACCOUNT_EMAIL_PURPOSES
+    email: str  # normalised
+    requested_at: str  # the Date header: the same whichever attempt sends it
+
+
+@workflow.defn(sandboxed=False)  # as every workflow here (docs/performance.md); its email policy is the worker's
+class AccountEmailWorkflow:
+    @workflow.run
+    async def run(self, request: AccountEmailRequest) -> str:
+        """What was sent ("verify", "exists", "reset"), "nothing", or "not_configured" (no SMTP_URL)."""
+        return await workflow.execute_activity(
+            SEND_ACCOUNT_EMAIL,
+            request,
+            result_type=str,
+            start_to_close_timeout=email_timeout(),
+            schedule_to_close_timeout=EMAIL_GIVE_UP,
+            retry_policy=email_retry(),
+            summary=f"Send the account's {request.purpose} email",
+        )
