@@ -83,8 +83,14 @@ class CustomerAccounts:
         self._store = store
         self._hasher = hasher or PasswordHasher()
         self._links = URLSafeTimedSerializer(secret_key, salt="shop-customer-links")
-        # Checked when the email is unknown, so an unknown address costs the time a wrong password does.
-        self._decoy = self._hasher.hash(secrets.token_urlsafe(16))
+        self._decoy_hash: str | None = None
+
+    def _decoy(self) -> str:
+        """Checked when the email is unknown, so an unknown address costs the time a wrong password does.
+        Made at the first sign-in, not at start: the worker, which signs no one in, never pays for it."""
+        if self._decoy_hash is None:  # two first sign-ins at once may both make one: either will do
+            self._decoy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        return self._decoy_hash
 
     # --- accounts ----------------------------------------------------------
 
@@ -155,7 +161,7 @@ class CustomerAccounts:
             record = None
         password = password[:MAX_PASSWORD_LENGTH]
         if record is None:
-            self._verify(self._decoy, password)
+            self._verify(self._decoy(), password)
             return None
         return record if self._verify(record["password_hash"], password) else None
 
