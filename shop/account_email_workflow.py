@@ -28,6 +28,9 @@ class AccountEmailRequest:
     purpose: str  # one of ACCOUNT_EMAIL_PURPOSES
     email: str  # normalised
     requested_at: str  # the Date header: the same whichever attempt sends it
+    # A sign-up's: the version of the claim it made. A later claim on the address (registered before this
+    # email went) replaces it, and its link would confirm that claim's password: nothing is sent then.
+    version: int | None = None
 
 
 @workflow.defn(sandboxed=False)  # as every workflow here (docs/performance.md); its email policy is the worker's

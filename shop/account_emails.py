@@ -20,6 +20,7 @@ so a retry after it is done sends nothing.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -34,18 +35,22 @@ from core.store import Store
 from shop.account_email_workflow import SEND_ACCOUNT_EMAIL, AccountEmailRequest
 from shop.accounts import CustomerAccounts, account_key, links_key
 
+log = logging.getLogger(__name__)
 ACCOUNT_EMAILS = "account_emails"  # one record per request (its workflow ID): how its email went
 SHOP_SENDER = "Shop"
 # The shop's pages the links open (shop/account_web.py's routes).
 LINK_PATHS = {"verify": "/shop/verify/{token}", "reset": "/shop/reset/{token}", "exists": "/shop/signin"}
 
 
-def what_to_send(purpose: str, account: dict[str, Any] | None) -> str | None:
-    """The email a request calls for, given the account as it is now: "verify", "exists", "reset", or None."""
+def what_to_send(purpose: str, account: dict[str, Any] | None, version: int | None = None) -> str | None:
+    """The email a request calls for, given the account as it is now: "verify", "exists", "reset", or None.
+    `version`: the claim a sign-up made; another claim since is not this sign-up's to confirm."""
     if account is None:
         return None
     if purpose == "register":
-        return "exists" if account.get("verified") else "verify"
+        if account.get("verified"):
+            return "exists"
+        return "verify" if version is None or account.get("version") == version else None
     if purpose == "verify":
         return None if account.get("verified") else "verify"
     return "reset" if purpose == "reset" else None
@@ -56,7 +61,7 @@ class AccountEmailActivities:
 
     def __init__(self, store: Store, settings: Settings, texts: dict[str, str], mailer: Mailer):
         self.store = store
-        self.accounts = CustomerAccounts(store, links_key(settings.secret_key))
+        self.accounts = CustomerAccounts(store, links_key(settings.secret_key), signs_in=False)
         self.public_url = settings.public_url.rstrip("/")
         self.texts = texts
         self.mailer = mailer
@@ -67,21 +72,28 @@ class AccountEmailActivities:
         key = str(activity.info().workflow_id)  # a random ID per request (no address)
         with self.store.locked(ACCOUNT_EMAILS, key):
             previous = self.store.get(ACCOUNT_EMAILS, key) or {}
-            if previous.get("status") in ("sent", "refused", "nothing"):
-                return str(previous.get("kind") or "nothing")  # a retry after it was done
+            if previous.get("status") == "sent":
+                return str(previous["kind"])  # a retry after it was sent: nothing more
+            if previous.get("status") in ("refused", "nothing", "not_configured"):
+                return str(previous["status"])
             try:
                 account = self.accounts.get(account_key(request.email))
             except ValueError:
                 account = None  # not an address the store keys: no account
-            kind = what_to_send(request.purpose, account)
-            if account is None or kind is None:
-                nothing = {"purpose": request.purpose, "kind": None, "status": "nothing", "at": utc_now()}
-                self.store.write_locked(ACCOUNT_EMAILS, key, nothing)
-                return "nothing"
+            kind = what_to_send(request.purpose, account, request.version)
 
             def record(email: dict) -> None:
-                self.store.write_locked(ACCOUNT_EMAILS, key, {"purpose": request.purpose, "kind": kind, **email})
+                self.store.write_locked(
+                    ACCOUNT_EMAILS, key, {"workflow_id": key, "purpose": request.purpose, "kind": kind, **email}
+                )
 
+            if account is None or kind is None:
+                record({"status": "nothing", "at": utc_now()})
+                return "nothing"
+            if self.mailer.smtp is None:  # no SMTP_URL on this worker: said, and recorded, not silent
+                log.warning("no SMTP_URL: an account's %s email was not sent", kind)
+                record({"status": "not_configured", "at": utc_now()})
+                return "not_configured"
             message = self.message(kind, account, key, datetime.fromisoformat(request.requested_at))
             status = self.mailer.deliver(message, account["email"], record)
         return kind if status == "sent" else status

@@ -53,7 +53,7 @@ def accounts() -> CustomerAccounts:
 # --- emails ------------------------------------------------------------------------------
 
 
-async def request_email(purpose: str, email: str) -> bool:
+async def request_email(purpose: str, email: str, version: int | None = None) -> bool:
     """Hand the email to a workflow (shop/account_emails.py), which decides in the worker whether the
     address calls for one: the same call, and the same time, whatever the address. False: Temporal
     did not confirm it took the request (it may have, and then the email goes)."""
@@ -64,7 +64,7 @@ async def request_email(purpose: str, email: str) -> bool:
             client = await current_app.extensions["temporal"].get()
             await client.start_workflow(
                 AccountEmailWorkflow.run,
-                AccountEmailRequest(purpose, email, utc_now()),
+                AccountEmailRequest(purpose, email, utc_now(), version),
                 id=account_email_workflow_id(request_id),
                 task_queue=settings.order_task_queue,
                 static_summary=f"An account's {purpose} email",
@@ -128,14 +128,16 @@ async def register():
     password = form.get("password", "")
     if password != form.get("password_again", ""):
         errors["password_again"] = texts()["password_again"]
+    version = None
     if not errors:
         try:
-            accounts().register(values["name"], values["email"], password)
+            record, _ = accounts().register(values["name"], values["email"], password)
+            version = record["version"]  # this claim's: a later one's email is the later one's
         except AccountRefused as refused:
             errors[refused.field] = account_text(refused)
     if errors:
         return render_form("register", values, errors, 400)
-    return await check_email("register", values["email"])
+    return await check_email("register", values["email"], version)
 
 
 @shop_accounts.get("/shop/verify/<token>")
@@ -158,10 +160,10 @@ async def resend_verification():
     return await check_email("verify", email)
 
 
-async def check_email(purpose: str, email: str):
+async def check_email(purpose: str, email: str, version: int | None = None):
     """The page after asking for an email: on its way if the address calls for one (the workflow
     decides), or 503 when Temporal did not confirm the request."""
-    sent = await request_email(purpose, email)
+    sent = await request_email(purpose, email, version)
     page = render_template("shop/check_email.html", email=email, sent=sent, purpose="reset" if purpose == "reset" else "verify")
     return page, 200 if sent else 503
 

@@ -79,15 +79,16 @@ def check_password(password: str) -> str:
 class CustomerAccounts:
     """The customers' accounts in `store`; links signed with `secret_key`."""
 
-    def __init__(self, store: Store, secret_key: str, hasher: PasswordHasher | None = None):
+    def __init__(self, store: Store, secret_key: str, hasher: PasswordHasher | None = None, signs_in: bool = True):
         self._store = store
         self._hasher = hasher or PasswordHasher()
         self._links = URLSafeTimedSerializer(secret_key, salt="shop-customer-links")
         self._decoy_hash: str | None = None
+        if signs_in:  # made now, so the first unknown address costs no more than the next (the worker's signs no one in)
+            self._decoy()
 
     def _decoy(self) -> str:
-        """Checked when the email is unknown, so an unknown address costs the time a wrong password does.
-        Made at the first sign-in, not at start: the worker, which signs no one in, never pays for it."""
+        """Checked when the email is unknown, so an unknown address costs the time a wrong password does."""
         if self._decoy_hash is None:  # two first sign-ins at once may both make one: either will do
             self._decoy_hash = self._hasher.hash(secrets.token_urlsafe(16))
         return self._decoy_hash

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import email
+import json
 import re
 import time
 import uuid
@@ -17,10 +18,15 @@ from email.message import Message
 
 import pytest
 from aiosmtpd.controller import Controller
+from temporalio.testing import ActivityEnvironment
 
-from shop.account_emails import ACCOUNT_EMAILS, what_to_send
-from shop.accounts import CUSTOMERS, SESSION_DAYS, account_key
-from tests.fixtures import WorkerProcess, fresh_settings, make_app, wait_until
+from core.mail import Mailer, SmtpSettings
+from core.rules import load_messages
+from core.store.files import JsonStore
+from shop.account_email_workflow import AccountEmailRequest
+from shop.account_emails import ACCOUNT_EMAILS, AccountEmailActivities, what_to_send
+from shop.accounts import CUSTOMERS, SESSION_DAYS, CustomerAccounts, account_key, links_key
+from tests.fixtures import NO_TEMPORAL, WorkerProcess, fresh_settings, make_app, wait_until
 from tools.mail_sink import MaildirHandler
 from tools.net import free_port
 
@@ -152,12 +158,12 @@ def test_a_forgotten_password_is_reset_once_by_the_emailed_link_and_ends_other_s
     other = app.test_client()
     assert other.post("/shop/signin", data={"email": ada, "password": PASSWORD}).status_code == 303
     nobody, store = new_address("nobody"), app.extensions["customer_accounts"]._store
-    nothing_before = sum(record.get("status") == "nothing" for record in store.list_all(ACCOUNT_EMAILS))
+    before = {record["workflow_id"] for record in store.list_all(ACCOUNT_EMAILS)}
     unknown = shopper.post("/shop/reset", data={"email": nobody})
     assert unknown.status_code == 200 and f"If {nobody} has a shop account" in unknown.get_data(as_text=True)
-    # The worker found no account there and sent nothing (its record says so, with no address).
-    wait_until(lambda: sum(r.get("status") == "nothing" for r in store.list_all(ACCOUNT_EMAILS)) > nothing_before)
-    assert emails_to(mail, nobody) == []
+    # The request's workflow ran, found no account there and sent nothing: its record says so, with no address.
+    [done] = wait_until(lambda: [r for r in store.list_all(ACCOUNT_EMAILS) if r["workflow_id"] not in before] or None)
+    assert done["purpose"] == "reset" and done["status"] == "nothing" and nobody not in json.dumps(done)
     shopper.post("/shop/reset", data={"email": ada})
     link = last_link(mail, ada, 2)
     assert shopper.get(link).status_code == 200
@@ -266,21 +272,22 @@ def test_signing_out_closes_the_sign_in_on_the_server_and_a_sign_in_lasts_two_we
 
 
 @pytest.mark.parametrize(
-    ("purpose", "account", "sent"),
+    ("purpose", "account", "version", "sent"),
     [
-        ("register", {"verified": False}, "verify"),
-        ("register", {"verified": True}, "exists"),
-        ("verify", {"verified": False}, "verify"),
-        ("verify", {"verified": True}, None),
-        ("reset", {"verified": True}, "reset"),
-        ("reset", {"verified": False}, "reset"),
-        ("register", None, None),
-        ("verify", None, None),
-        ("reset", None, None),
+        ("register", {"verified": False, "version": 1}, 1, "verify"),
+        ("register", {"verified": False, "version": 2}, 1, None),  # claimed again since: not this sign-up's link
+        ("register", {"verified": True, "version": 3}, 3, "exists"),
+        ("verify", {"verified": False, "version": 2}, None, "verify"),
+        ("verify", {"verified": True, "version": 1}, None, None),
+        ("reset", {"verified": True, "version": 1}, None, "reset"),
+        ("reset", {"verified": False, "version": 1}, None, "reset"),
+        ("register", None, 1, None),
+        ("verify", None, None, None),
+        ("reset", None, None, None),
     ],
 )
-def test_what_a_request_sends_depends_on_the_account_the_worker_finds(purpose, account, sent):
-    assert what_to_send(purpose, account) == sent
+def test_what_a_request_sends_depends_on_the_account_the_worker_finds(purpose, account, version, sent):
+    assert what_to_send(purpose, account, version) == sent
 
 
 def test_a_reset_asked_while_the_mail_server_is_down_answers_as_usual_and_the_email_comes_once_it_is_back(
@@ -304,3 +311,76 @@ def test_a_reset_asked_while_the_mail_server_is_down_answers_as_usual_and_the_em
         servers[-1].start()
     link = last_link(mail, ada, 2)
     assert link.startswith("/shop/reset/") and shopper.get(link).status_code == 200
+
+
+def test_a_sign_up_whose_email_goes_after_the_address_was_claimed_again_sends_its_link_no_more(
+    app, shopper, mail, ada, account_stack
+):
+    """Ada's sign-up email waits (a mail outage, a busy worker) while someone registers her address
+    again: her email's link would confirm the other claim, with its password. It is not sent; the
+    later claim's own email goes, and only its link confirms."""
+    _, _, sink, servers = account_stack
+    store = app.extensions["customer_accounts"]._store
+    before = {record["workflow_id"] for record in store.list_all(ACCOUNT_EMAILS)}
+    servers[-1].stop()  # the mail server is down: Ada's email waits for its retry
+    try:
+        register(shopper, ada)
+        wait_until(
+            lambda: any(r["workflow_id"] not in before and r.get("status") == "retrying" for r in store.list_all(ACCOUNT_EMAILS))
+        )
+        register(app.test_client(), ada, name="Mallory", password="the intruder's password")
+    finally:
+        servers.append(Controller(sink, hostname="127.0.0.1", port=servers[-1].port))
+        servers[-1].start()
+    link = last_link(mail, ada)  # Mallory's claim's email: the only one
+    wait_until(
+        lambda: (
+            sum(r.get("status") in ("sent", "nothing") for r in store.list_all(ACCOUNT_EMAILS) if r["workflow_id"] not in before)
+            == 2
+        )
+    )
+    assert len(emails_to(mail, ada)) == 1 and "Hello Mallory" in nth_email(mail, ada).get_payload(decode=True).decode()
+    assert shopper.get(link).status_code == 303  # it confirms Mallory's claim: Ada never asked for that link
+
+
+def test_signing_up_or_asking_for_the_link_while_temporal_is_down_says_so_and_keeps_the_account(account_stack, monkeypatch, ada):
+    settings, _, _, _ = account_stack
+    offline = make_app(settings, NO_TEMPORAL, monkeypatch).test_client()
+    answer = register(offline, ada)
+    page = answer.get_data(as_text=True)
+    assert answer.status_code == 503 and "The request was not confirmed" in page and "your account is kept" in page
+    assert offline.application.extensions["customer_accounts"].get(account_key(ada)) is not None
+    again = offline.post("/shop/verify", data={"email": ada})
+    assert again.status_code == 503 and "The request was not confirmed" in again.get_data(as_text=True)
+
+
+def test_the_link_asked_for_again_from_the_sign_in_page_arrives_and_confirms(app, shopper, mail, ada):
+    register(shopper, ada)
+    last_link(mail, ada)  # the sign-up's
+    assert shopper.post("/shop/verify", data={"email": ada}).status_code == 200
+    second = last_link(mail, ada, 2)
+    assert second.startswith("/shop/verify/") and shopper.get(second).status_code == 303  # (the same token within a second)
+    assert shopper.post("/shop/signin", data={"email": ada, "password": PASSWORD}).status_code == 303
+    store = app.extensions["customer_accounts"]._store
+    before = {record["workflow_id"] for record in store.list_all(ACCOUNT_EMAILS)}
+    assert shopper.post("/shop/verify", data={"email": ada}).status_code == 200  # confirmed now: nothing to send
+    [done] = wait_until(lambda: [r for r in store.list_all(ACCOUNT_EMAILS) if r["workflow_id"] not in before] or None)
+    assert done["status"] == "nothing" and len(emails_to(mail, ada)) == 2
+
+
+def test_the_activity_run_again_after_it_sent_sends_nothing_more(account_stack, ada):
+    """A retry after the email went (its answer lost) finds the record and sends nothing."""
+    settings, _, sink, _ = account_stack
+    store = JsonStore(settings.data_dir)
+    accounts = CustomerAccounts(store, links_key(settings.secret_key), signs_in=False)
+    accounts.register("Ada Lovelace", ada, PASSWORD)
+    texts = load_messages(settings.messages_file).shop
+    activities = AccountEmailActivities(
+        store, settings, texts, Mailer(SmtpSettings.from_url(settings.smtp_url), settings.order_mail_from)
+    )
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, workflow_id=f"account-email-{uuid.uuid4().hex}")
+    request = AccountEmailRequest("register", ada, "2026-12-05T10:00:00+00:00", 1)
+    assert env.run(activities.send_account_email, request) == "verify"
+    assert env.run(activities.send_account_email, request) == "verify"
+    assert len(emails_to(sink, ada)) == 1
