@@ -384,8 +384,9 @@ async def inject_faults(
 ) -> None:
     """kill -9 evenly over the first `fault_window` of the load (default: all of it): the workers (one at
     a time), the dev server and the web app among them. The first `aimed_kills` worker kills (default:
-    all) aim at a worker running a charge, if one is; each such charge then waits out its 30 s attempt
-    timeout before its retry, as does any step a kill interrupts, so the last kill sets when the run ends."""
+    all) aim at a worker running a charge, if one is; each such charge then waits out its 12 s heartbeat
+    timeout before its retry, and any other step a kill interrupts its 30 s attempt timeout, so the last
+    kill sets when the run ends."""
     aimed_kills = worker_kills if aimed_kills is None else aimed_kills
     closed: set[str] = set()
     client = await stack_client(stack)

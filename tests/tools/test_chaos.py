@@ -8,7 +8,8 @@ out its 30 s attempt timeout: the last kill sets the test's length), every clien
 retrying with the same payload.
 The orders pay through a local Stripe that answers a confirm a second after it
 took the money, and the first worker kill aims at a worker running a charge (one
-aimed kill: each costs its charge's 30 s attempt timeout before the retry): afterwards the provider's own records show at most one payment per order,
+aimed kill: each costs its charge's 12 s heartbeat timeout before the retry): afterwards the provider's own records
+show at most one payment per order,
 refunded in full exactly when the order did not complete.
 """
 
