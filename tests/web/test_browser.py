@@ -100,7 +100,7 @@ def site(dev_server, tmp_path_factory):
 class Watched:
     """A page whose console errors, script errors and failed requests are collected."""
 
-    def __init__(self, page: Page, expected_status: dict[str, int] | None = None):
+    def __init__(self, page: Page):
         self.page = page
         self.problems: list[str] = []
         self.expected: list[re.Pattern[str]] = []  # answers a test provokes on purpose (`expect_answer`)
