@@ -55,6 +55,10 @@
   });
 
   function markInvalid(invalid) {
+    var group = mount.closest("fieldset");
+    if (group) {
+      group.classList.toggle("field-invalid", invalid); // the red bar goes with the message
+    }
     inputs.forEach(function (input) {
       if (invalid) {
         input.setAttribute("aria-invalid", "true");
@@ -79,10 +83,6 @@
     var unreached = !error || error.type === "api_connection_error" || error instanceof TypeError && /fetch|network/i.test(message);
     errors.textContent = declined ? mount.dataset.declined : unreached ? mount.dataset.failed : mount.dataset.invalid;
     markInvalid(true);
-    var group = mount.closest("fieldset");
-    if (group) {
-      group.classList.add("field-invalid");
-    }
     button.disabled = false;
     button.removeAttribute("aria-busy");
   }
