@@ -93,7 +93,8 @@ def build_activities(settings: Settings, client: Client | None, identity: str, s
             payments=Payments(store, provider),
         ),
         order_emails=order_emails,
-        shipping=ShippingActivities(store, rules, messages.orders),
+        # The dispatch sends the "shipped" email only where mail is set up; elsewhere the order's worker does.
+        shipping=ShippingActivities(store, rules, messages.orders, order_emails if smtp else None),
         rewards=RewardsActivities(store),
         account_emails=AccountEmailActivities(store, settings, messages.shop, Mailer(smtp, settings.order_mail_from)),
     )

@@ -23,7 +23,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from core.formatting import day_value, format_amount, sort_key_for, utc_now
 from core.rules import Rules
 from core.store import Store
-from orders.emails import OrderEmailActivities
+from orders.emails import OrderEmailActivities, with_dispatch
 from orders.model import (
     FAILURE_STEPS,
     INJECTED_FAILURE,
@@ -411,7 +411,12 @@ class OrderActivities(_OrderStepActivities):
 
 
 class ShippingActivities(_OrderStepActivities):
-    """The carrier: prepare, dispatch, deliver. Runs on the shipping task queue."""
+    """The carrier: prepare, dispatch, deliver. Runs on the shipping task queue. `emails`: how the
+    dispatch sends the "shipped" email (v12); without it (no SMTP_URL here) the order's own activity does."""
+
+    def __init__(self, store: Store, rules: Rules, texts: dict[str, str], emails: OrderEmailActivities | None = None):
+        super().__init__(store, rules, texts)
+        self.emails = emails
 
     @activity.defn
     def prepare_package(self, request: ShipmentStepRequest) -> StepResult:
@@ -433,7 +438,10 @@ class ShippingActivities(_OrderStepActivities):
             "expedited": request.expedited,
         }
         self.store.put(SHIPMENTS, request.step.order_id, label)
-        return DispatchResult(carrier, tracking, activity.info().attempt)
+        email = None
+        if request.email is not None and self.emails is not None:  # v12: once dispatched, the "shipped" email
+            email = self.emails.send_carried(with_dispatch(request.email, carrier, tracking))
+        return DispatchResult(carrier, tracking, activity.info().attempt, email)
 
     @activity.defn
     def deliver(self, request: ShipmentStepRequest) -> StepResult:

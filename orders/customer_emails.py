@@ -15,7 +15,8 @@ from temporalio.exceptions import ActivityError
 
 from core.email_policy import EMAIL_GIVE_UP, EMAIL_REFUSED, email_retry, email_timeout
 from core.workflow_helpers import business_error, root_message
-from orders.model import SEND_ORDER_EMAIL, OrderEmailRequest, OrderEmailState, OrderRequest, OrderStatus
+from orders.emails import CARRIER_SLOT, TRACKING_SLOT, with_dispatch
+from orders.model import SEND_ORDER_EMAIL, OrderEmailRequest, OrderEmailState, OrderRequest, OrderStatus, ShipmentProgress
 from orders.timeline import Timeline
 
 
@@ -43,9 +44,24 @@ class CustomerEmails:
             self._timeline.event("failure", f"Email to the customer ({request.kind}) refused: {outcome.reason}")
         self._set_state(request.kind, outcome)
 
-    def prepare(self, kind: str, after: str = "", **values: Any) -> OrderEmailRequest | None:
-        """The `kind` email's request, its state set to sending; None if the order sends no such email
-        (no address, sent already, or no usable text: recorded)."""
+    def for_dispatch(self) -> OrderEmailRequest | None:
+        """v12: the "shipped" email for the shipment's dispatch step to send, with slots for its carrier
+        and tracking number. Its state is set when the dispatch tells how it went (`dispatched`):
+        until then nothing is being sent."""
+        return self.prepare("shipped", carrier=CARRIER_SLOT, tracking_number=TRACKING_SLOT, sending=False)
+
+    def dispatched(self, request: OrderEmailRequest, progress: ShipmentProgress) -> None:
+        """The dispatch done: how it sent the "shipped" email; if it did not, the email's own activity sends it."""
+        if request.kind in self._status.emails:
+            return  # told already
+        filled = with_dispatch(request, progress.carrier or "", progress.tracking_number or "")
+        if progress.email is None:
+            self._set_state(request.kind, OrderEmailState("sending", at=workflow.now().isoformat()))
+        self.carried(filled, progress.email)
+
+    def prepare(self, kind: str, after: str = "", sending: bool = True, **values: Any) -> OrderEmailRequest | None:
+        """The `kind` email's request, its state set to sending (unless `sending` is False); None if the
+        order sends no such email (no address, sent already, or no usable text: recorded)."""
         if self.address is None or kind in self._status.emails:
             return None
         subject = self._order.texts.get(f"email_{kind}_subject")
@@ -70,7 +86,8 @@ class CustomerEmails:
                 kind, OrderEmailState("failed", f"no usable text for the {kind} email ({err!r})", workflow.now().isoformat())
             )
             return None
-        self._set_state(kind, OrderEmailState("sending", at=workflow.now().isoformat()))
+        if sending:
+            self._set_state(kind, OrderEmailState("sending", at=workflow.now().isoformat()))
         return request
 
     def _send_soon(self, request: OrderEmailRequest) -> None:

@@ -21,6 +21,19 @@ from orders.model import ORDER_EMAILS, SEND_ORDER_EMAIL, OrderEmailRequest, Orde
 
 CARRIED_SMTP_TIMEOUT = 5.0  # seconds
 
+# In a "shipped" email prepared at the release (v12), where the dispatch's carrier and tracking number go.
+CARRIER_SLOT, TRACKING_SLOT = "[[carrier]]", "[[tracking_number]]"
+
+
+def with_dispatch(request: OrderEmailRequest, carrier: str, tracking_number: str) -> OrderEmailRequest:
+    """The "shipped" email with the dispatch's carrier and tracking number in its slots: the dispatch
+    step that sends it and the order that sends it otherwise fill it the same way."""
+
+    def fill(text: str) -> str:
+        return text.replace(CARRIER_SLOT, carrier).replace(TRACKING_SLOT, tracking_number)
+
+    return dataclasses.replace(request, subject=fill(request.subject), text=fill(request.text))
+
 
 def order_email(request: OrderEmailRequest, mail_from: str, date: datetime) -> EmailMessage:
     """One of an order's emails: the workflow's subject and text, in plain text and HTML.

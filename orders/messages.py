@@ -25,6 +25,7 @@ from orders.model import (
     CancelRequest,
     FailureInjection,
     MessageFrom,
+    OrderEmailRequest,
     OrderRequest,
     OrderStatus,
     Shipment,
@@ -46,6 +47,7 @@ class OrderMessages:
     _shipment: ShipmentLink
     _timeline: Timeline
     _emails: CustomerEmails
+    _shipped_email: OrderEmailRequest | None
 
     @workflow.update
     async def approve(self, request: ApproveRequest) -> OrderStatus:
@@ -139,7 +141,10 @@ class OrderMessages:
         self._status.attempts[progress.stage] = progress.attempt
         if progress.stage == "dispatched":
             self._timeline.reach("shipped", f"Dispatched with {progress.carrier}, tracking {progress.tracking_number}")
-            self._emails.start("shipped", carrier=progress.carrier, tracking_number=progress.tracking_number)
+            if self._shipped_email is not None:  # v12: the dispatch sent it, or says it did not
+                self._emails.dispatched(self._shipped_email, progress)
+            else:
+                self._emails.start("shipped", carrier=progress.carrier, tracking_number=progress.tracking_number)
         elif progress.stage == "delivered":
             self._timeline.reach("delivered", "Delivered")
         else:

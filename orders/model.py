@@ -393,6 +393,7 @@ class DispatchPermit:
 
     address: Address
     expedited: bool
+    email: OrderEmailRequest | None = None  # v12: the "shipped" email, sent with the dispatch (`with_dispatch`)
 
 
 @dataclass(frozen=True)
@@ -430,6 +431,7 @@ class ShipmentStepRequest:
     step: StepRequest
     address: Address
     expedited: bool
+    email: OrderEmailRequest | None = None  # the dispatch's: the permit's "shipped" email (v12)
 
 
 @dataclass(frozen=True)
@@ -441,6 +443,7 @@ class ShipmentProgress:
     at: str
     carrier: str | None = None
     tracking_number: str | None = None
+    email: OrderEmailState | None = None  # "dispatched": how the dispatch sent the "shipped" email (None: not sent)
 
 
 @dataclass(frozen=True)
@@ -448,3 +451,4 @@ class DispatchResult:
     carrier: str
     tracking_number: str
     attempt: int
+    email: OrderEmailState | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -126,10 +127,18 @@ class ShippingWorkflow:
     async def _dispatch_and_deliver(self, permit: DispatchPermit) -> Shipment:
         self._address = permit.address
         self._expedited = self._expedited or permit.expedited
-        dispatch = await self._must_finish(ShippingActivities.dispatch_carrier, "Dispatch carrier")
+        # v12 orders: the dispatch also sends the "shipped" email (the order's own activity sends it if not).
+        step = dataclasses.replace(self._step_request(), email=permit.email)
+        summary = "Dispatch carrier, then email the customer" if permit.email else "Dispatch carrier"
+        dispatch = await self._must_finish(ShippingActivities.dispatch_carrier, summary, step)
         await self._report(
             ShipmentProgress(
-                "dispatched", dispatch.attempt, workflow.now().isoformat(), dispatch.carrier, dispatch.tracking_number
+                "dispatched",
+                dispatch.attempt,
+                workflow.now().isoformat(),
+                dispatch.carrier,
+                dispatch.tracking_number,
+                dispatch.email,
             )
         )
         dispatched_at = workflow.now()
@@ -166,12 +175,12 @@ class ShippingWorkflow:
         step = StepRequest(request.order_id, request.parent_workflow_id, list(self._failures), request.policy)
         return ShipmentStepRequest(step, self._address, self._expedited)
 
-    async def _must_finish(self, activity, summary: str):
+    async def _must_finish(self, activity, summary: str, request: ShipmentStepRequest | None = None):
         """Steps after dispatch: the parcel is with the carrier, so they retry until done. Local
         activities (milliseconds, nothing stops them), in the shipment's own workflow tasks."""
         return await workflow.execute_local_activity_method(
             activity,
-            self._step_request(),
+            request or self._step_request(),
             start_to_close_timeout=ORDER_STEP_TIMEOUT,
             retry_policy=MUST_FINISH_RETRY,
             summary=summary,

@@ -64,6 +64,8 @@ LEAN_BOOKKEEPING_PATCH = "order-lean-bookkeeping"
 FEWER_TASKS_PATCH = "order-fewer-tasks"
 # Version 11: the order prepares the package (on the shipping queue) and starts the shipment at the release: no handshake.
 PREPARES_PACKAGE_PATCH = "order-prepares-package"
+# Version 12: the shipment's dispatch step sends the "shipped" email (it falls back to its own activity).
+SHIPPED_WITH_DISPATCH_PATCH = "order-shipped-email-with-dispatch"
 
 
 @workflow.defn(sandboxed=False)
@@ -89,6 +91,8 @@ class OrderWorkflow(OrderMessages):
         self._lean = False  # v9 bookkeeping, decided when the run starts (LEAN_BOOKKEEPING_PATCH)
         self._fewer_tasks = False  # v10 (FEWER_TASKS_PATCH), decided when the run starts
         self._prepares = False  # v11 (PREPARES_PACKAGE_PATCH), decided when the run starts
+        self._ships_email = False  # v12 (SHIPPED_WITH_DISPATCH_PATCH), decided when the run starts
+        self._shipped_email: OrderEmailRequest | None = None  # v12: carried by the shipment's dispatch
         self._received_email: OrderEmailRequest | None = None  # v10: carried by the validation step
         self._undos = UndoStack()
         self._shipment = ShipmentLink()
@@ -101,7 +105,8 @@ class OrderWorkflow(OrderMessages):
     @workflow.run
     async def run(self, order: OrderRequest) -> OrderStatus:
         # A new run records one marker; older runs replay through the later checks, v8 runs through none.
-        self._prepares = workflow.patched(PREPARES_PACKAGE_PATCH)
+        self._ships_email = workflow.patched(SHIPPED_WITH_DISPATCH_PATCH)
+        self._prepares = self._ships_email or workflow.patched(PREPARES_PACKAGE_PATCH)
         self._fewer_tasks = self._prepares or workflow.patched(FEWER_TASKS_PATCH)
         self._lean = self._timeline.lean = self._fewer_tasks or workflow.patched(LEAN_BOOKKEEPING_PATCH)
         try:
@@ -278,7 +283,8 @@ class OrderWorkflow(OrderMessages):
         self._shipment.released = True
         self._status.shipment = dataclasses.replace(self._status.shipment, stage="dispatching")
         self._timeline.event("step", "Released to the carrier")
-        permit = DispatchPermit(self._status.address, self._status.expedited)
+        self._shipped_email = self._emails.for_dispatch() if self._ships_email else None
+        permit = DispatchPermit(self._status.address, self._status.expedited, self._shipped_email)
         await self._start_shipment(permit)
         if self._status.expedited and not permit.expedited:  # expedited while the shipment started
             await self._shipment.tell(ShippingWorkflow.expedite, ORDER)

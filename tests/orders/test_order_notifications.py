@@ -360,6 +360,69 @@ async def test_the_review_sla_expiring_emails_the_customer(time_skipping_env, ma
     assert "3 minute(s)" in text and TEXTS["email_not_charged"] in text
 
 
+def scheduled_activities(history) -> list[str]:
+    return [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+
+
+async def test_version_12_the_dispatch_sends_the_shipped_email_with_its_carrier_and_tracking_number(
+    time_skipping_env, mailing_settings, mailing_sink
+):
+    """The shipment's dispatch step sends the "shipped" email: no email activity of its own in the
+    order's history, every email once, the carrier and tracking number the dispatch booked in it."""
+    sink, order_settings = mailing_sink, mailing_settings
+    email = a_customer_email()
+    request = dataclasses.replace(order_request(order_settings, SMALL), customer_email=email)
+    async with running_order_workers(time_skipping_env.client, order_settings):
+        handle = await start(time_skipping_env.client, order_settings, request)
+        status = await handle.result()
+
+    kinds = ["received", "shipped", "delivered"]
+    assert status.status == "completed"
+    assert {kind: e.status for kind, e in status.emails.items()} == dict.fromkeys(kinds, "sent")
+    assert "send_order_email" not in scheduled_activities(await handle.fetch_history())
+    mails = sink.mails_to(email)
+    assert [m["Subject"] for m in mails] == [subject(kind, request.order_id) for kind in kinds]
+    shipped = mails[1].get_body(("plain",)).get_content()
+    assert status.shipment.carrier in shipped and status.shipment.tracking_number in shipped
+    assert "[[" not in shipped and "[[" not in str(mails[1]["Subject"])
+    assert len(sink.handler.received) == len(set(sink.handler.received)) == 3
+    record = JsonStore(order_settings.data_dir).get(ORDER_EMAILS, f"{request.order_id}.shipped")
+    assert record["status"] == "sent"
+
+
+async def test_version_12_a_shipped_email_the_dispatch_could_not_send_goes_by_its_own_activity(
+    time_skipping_env, mailing_settings, mailing_sink, monkeypatch
+):
+    """The mail server defers the dispatch's attempt (451): the parcel goes all the same, and the
+    order's own email activity sends the "shipped" email, once, with the same carrier and tracking."""
+    sink, order_settings = mailing_sink, mailing_settings
+    email = a_customer_email()
+    handler, recipients = sink.handler, iter(range(1, 100))
+    accept = handler.handle_RCPT
+
+    async def defer_the_second(server, session, envelope, address, rcpt_options):
+        if next(recipients) == 2:  # the first is the "received" email, the second the dispatch's "shipped"
+            return "451 4.3.0 try again later"
+        return await accept(server, session, envelope, address, rcpt_options)
+
+    monkeypatch.setattr(handler, "handle_RCPT", defer_the_second)
+    request = dataclasses.replace(order_request(order_settings, SMALL), customer_email=email)
+    async with running_order_workers(time_skipping_env.client, order_settings):
+        handle = await start(time_skipping_env.client, order_settings, request)
+        status = await handle.result()
+
+    assert status.status == "completed" and status.shipment.stage == "delivered"
+    assert {kind: e.status for kind, e in status.emails.items()} == dict.fromkeys(("received", "shipped", "delivered"), "sent")
+    assert scheduled_activities(await handle.fetch_history()).count("send_order_email") == 1
+    shipped = [m for m in sink.mails_to(email) if m["Subject"] == subject("shipped", request.order_id)]
+    assert len(shipped) == 1
+    assert status.shipment.tracking_number in shipped[0].get_body(("plain",)).get_content()
+
+
 # --- the message and the activity ----------------------------------------------------------------
 
 

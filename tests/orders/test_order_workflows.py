@@ -715,7 +715,7 @@ def with_customer_email(history: WorkflowHistory, email: str) -> WorkflowHistory
 # RECORD_ORDER_HISTORIES=1 also writes them, the order's and its shipment's, to
 # histories/{order,shipping}_workflow_<ORDER_VERSION>_<kind>.json (for a version that changes
 # the commands, as each earlier version has a recording).
-ORDER_VERSION = "v11"
+ORDER_VERSION = "v12"
 ORDER_SCENARIOS = ("completed", "reviewed", "review_expired", "cancelled_after_charge")
 
 
@@ -773,7 +773,7 @@ async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
     replay_in_fresh_processes(committed + fresh)
 
 
-@pytest.mark.parametrize("version", ["v8", "v9", "v10"])
+@pytest.mark.parametrize("version", ["v8", "v9", "v10", "v11"])
 async def test_earlier_orders_replay_only_through_their_own_branch(version):
     """Each later version's patch guards a change of commands: an order of an earlier version
     replayed as if it had passed the patches fails with a nondeterminism error; through its own
