@@ -397,3 +397,17 @@ async def test_the_order_floor_runs_each_step_once_and_counts_its_tasks(dev_serv
     assert sorted(path.name for path in tmp_path.glob("*.json")) == sorted(f"{w}.{s}.json" for w in workflow_ids for s in steps)
     counts = await tasks_per_order(dev_server.client, [(w, f"{w}-shipping") for w in workflow_ids])
     assert counts is not None and counts["activities"] == len(steps) and counts["markers"] == 0
+
+
+def test_the_order_report_divides_every_process_and_the_server_and_workers_alone():
+    from tools.loadtest.orders import cpu_over_plain, format_plain
+
+    app = {"temporal": 100.0, "worker": 110.0, "web": 8.0, "mail": 6.0, "total": 224.0}
+    plain = {"temporal": 80.0, "floor worker": 60.0, "total": 140.0}
+    every_process, server_and_worker = cpu_over_plain(app, plain)
+    assert every_process == pytest.approx(1.6) and server_and_worker == pytest.approx(1.5)
+    assert cpu_over_plain(None, plain) == (None, None)  # no `make run` behind --url: nothing to divide
+    report = {"orders": {"throughput": 10.0}, "cpu_ms_per_order": plain, "per_order": None}
+    lines = format_plain(report, every_process, server_and_worker)
+    assert any("app CPU/plain" in line and "1.60x" in line for line in lines)
+    assert any("server+worker" in line and "1.50x" in line for line in lines)
