@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from temporalio.client import Client
-
 from core.mail import Mailer, SmtpSettings
 from core.rules import load_messages, load_rules
 from core.settings import Settings
@@ -69,7 +67,7 @@ class Activities:
         return [shipping.prepare_package, shipping.dispatch_carrier, shipping.deliver]
 
 
-def build_activities(settings: Settings, client: Client | None, identity: str, store: Store | None = None) -> Activities:
+def build_activities(settings: Settings, identity: str, store: Store | None = None) -> Activities:
     """One store (one PostgreSQL pool), one copy of the rules and messages, one mailer, for the whole process."""
     store = store or open_store(settings)
     rules = load_rules(settings.rules_file)
@@ -87,8 +85,6 @@ def build_activities(settings: Settings, client: Client | None, identity: str, s
             store,
             rules,
             messages.orders,
-            client=client,
-            rewards_task_queue=settings.order_task_queue,
             emails=order_emails,
             payments=Payments(store, provider),
         ),

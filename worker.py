@@ -67,7 +67,7 @@ def build_worker(
     timeout runs (the loan's local activities have 5 s). Most go to local
     activities: validate, decide, persist and notify are all local.
     """
-    activities = activities or build_activities(settings, client, identity, store)
+    activities = activities or build_activities(settings, identity, store)
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -104,7 +104,7 @@ def build_order_workers(
     steps per order: preparing is an activity, dispatch and delivery (since
     `shipping-carrier-steps-local`) local activities, so its slots are split in half.
     """
-    activities = activities or build_activities(settings, client, identity, store)
+    activities = activities or build_activities(settings, identity, store)
     order_threads = max(2, min(concurrency - 2, concurrency * 3 // 4))  # shipping keeps at least 2
     return [
         Worker(
@@ -147,7 +147,7 @@ def build_all_workers(
     """The process's workers: loans with a pool of `threads`, the order process with another."""
     loans = stack.enter_context(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loan-activity"))
     orders = stack.enter_context(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="order-activity"))
-    activities = build_activities(settings, client, identity)
+    activities = build_activities(settings, identity)
     return [
         build_worker(client, settings, loans, identity, concurrency=threads, pollers=pollers, activities=activities),
         *build_order_workers(client, settings, orders, identity, concurrency=threads, activities=activities),

@@ -8,7 +8,6 @@ order (demos and tests) or at a seeded random rate.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -34,7 +33,6 @@ from orders.model import (
     OUT_OF_STOCK,
     PAYMENT_DECLINED,
     RESERVATIONS,
-    REWARDS,
     SHIPMENTS,
     SHIPPING_FAILED,
     STOCK,
@@ -56,11 +54,10 @@ from orders.model import (
     ValidatedOrder,
     ValidateOrderRequest,
     order_events_collection,
-    rewards_workflow_id,
 )
 from orders.payments import NETWORK_FAULTS, PaymentDeclined, Payments
 from orders.review_queue import in_review_queue, sync_review_queue
-from orders.rewards_model import AwardPoints, RewardsInput, RewardsState, RewardTierRule
+from orders.rewards_model import AwardPoints, RewardsSave, RewardTierRule, count_awards
 
 log = logging.getLogger(__name__)
 
@@ -207,15 +204,10 @@ class OrderActivities(_OrderStepActivities):
         store: Store,
         rules: Rules,
         texts: dict[str, str],
-        client=None,
-        rewards_task_queue: str = "",
         emails: OrderEmailActivities | None = None,
         payments: Payments | None = None,
     ):
         super().__init__(store, rules, texts)
-        # The Temporal client, for signal-with-start of the customer's rewards workflow.
-        self.client = client
-        self.rewards_task_queue = rewards_task_queue
         # Sends the emails a step carries (v10); without it, each goes by its own activity.
         self.emails = emails
         self.payments = payments or Payments(store)
@@ -380,33 +372,19 @@ class OrderActivities(_OrderStepActivities):
         write_notice(self.store, request)
 
     @activity.defn
-    async def award_rewards(self, request: AwardRequest) -> OrderEmailState | None:
-        """Signal-with-start the customer's rewards workflow; it counts each order once. Then (v10)
-        send the email the request carries and write the completed order's record, saying how the
-        email went; returns that (None: not sent, or no email)."""
-        saved = await asyncio.to_thread(self.store.get, REWARDS, request.customer_id)
-        state = RewardsState(**{**saved, "closed": False}) if saved else RewardsState(request.customer_id)
-        rewards = self.rules.orders.rewards
-        await self.client.start_workflow(
-            "RewardsWorkflow",
-            RewardsInput(
-                state,
-                [RewardTierRule(t.name, t.min_points) for t in rewards.tiers],
-                rewards.max_history_events,
-                close_needs_sender=True,
-            ),
-            id=rewards_workflow_id(request.customer_id),
-            task_queue=self.rewards_task_queue,
-            start_signal="award",
-            start_signal_args=[AwardPoints(request.order_id, request.points)],
-        )
-        email = await asyncio.to_thread(self._send_carried, request.email)
+    def award_rewards(self, request: AwardRequest) -> OrderEmailState | None:
+        """Count the order's points in the customer's rewards record, once per order. Then (v10) send
+        the email the request carries and write the completed order's record, saying how the email
+        went; returns that (None: not sent, or no email)."""
+        tiers = [RewardTierRule(t.name, t.min_points) for t in self.rules.orders.rewards.tiers]
+        count_awards(self.store, request.customer_id, [AwardPoints(request.order_id, request.points)], tiers, utc_now())
+        email = self._send_carried(request.email)
         record = request.record
         if record is not None:
             if email is not None and request.email is not None:
                 emails = {**record.status.emails, request.email.kind: email}
                 record = dataclasses.replace(record, status=dataclasses.replace(record.status, emails=emails))
-            await asyncio.to_thread(write_progress, self.store, record)
+            write_progress(self.store, record)
         return email
 
 
@@ -453,6 +431,7 @@ class RewardsActivities:
         self.store = store
 
     @activity.defn
-    def save_rewards(self, state: RewardsState) -> None:
-        """The customer's rewards projection, read by the API when the workflow is closed."""
-        self.store.put(REWARDS, state.customer_id, dataclasses.asdict(state))
+    def save_rewards(self, save: RewardsSave) -> None:
+        """An open rewards workflow's awards, counted in the customer's record by the award's own rule."""
+        state = save.state
+        count_awards(self.store, state.customer_id, save.awards, save.tiers, utc_now(), closed=state.closed, base=state)

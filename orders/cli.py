@@ -252,17 +252,21 @@ def address_command(order_id, as_json, **address):
 @click.argument("customer_id")
 @json_option
 def close_rewards_command(customer_id, as_json):
-    """Close a customer's rewards workflow (its points are saved; their next order starts a new run)."""
+    """Close a customer's rewards workflow, one still open from before the award of points counted
+    them in the customer's record (its awards saved there). Prints the record."""
 
     async def close() -> RewardsState:
         client = await service().temporal.get()
         handle = client.get_workflow_handle(rewards_workflow_id(customer_id))
         try:
-            return await handle.execute_update(RewardsWorkflow.close, MessageFrom("operator CLI"))
+            closed = await handle.execute_update(RewardsWorkflow.close, MessageFrom("operator CLI"))
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 fail(as_json, texts()["no_rewards"], 1)
             raise TemporalUnavailable(str(err)) from err
+        # The record, which also holds the awards counted there since the workflow last saw one.
+        stored = service().stored_rewards(customer_id)
+        return RewardsState(**stored) if stored else closed
 
     state = cli_call(as_json, close)
     if as_json:

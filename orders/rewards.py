@@ -1,4 +1,12 @@
-"""RewardsWorkflow: one per customer, long-running; each order's points counted once, tiers from the rules."""
+"""RewardsWorkflow: one per customer, long-running; each order's points counted once, tiers from the rules.
+
+Retired for new awards: since 2026-12-05 the award of points counts them in the
+customer's record itself (orders/rewards_model.py `count_awards`), and no one
+starts or signals this workflow. It stays registered for the runs still open:
+an award that reached one before the change is saved through the same rule, and
+`flask --app starter orders close-rewards` closes one. Remove it once none is
+open (docs/versioning.md, "Retiring the rewards workflow").
+"""
 
 from __future__ import annotations
 
@@ -13,7 +21,9 @@ with workflow.unsafe.imports_passed_through():
     from orders.rewards_model import (
         AwardPoints,
         RewardsInput,
+        RewardsSave,
         RewardsState,
+        add_awards,
     )
 
 
@@ -39,12 +49,12 @@ class RewardsWorkflow:
         while True:
             await workflow.wait_condition(lambda: bool(self._awards) or self._close_requested or self._history_is_long())
             if self._awards:
-                self._apply_awards()
-                await self._save()
+                applied = self._apply_awards()
+                await self._save(applied)
                 continue  # more awards may have come in meanwhile
             if self._close_requested:
                 self._state.closed = True
-                await self._save()
+                await self._save([])
                 return self._state
             await workflow.wait_condition(workflow.all_handlers_finished)
             # Awards that arrived during that wait go along explicitly: the next run
@@ -54,23 +64,16 @@ class RewardsWorkflow:
                 RewardsInput(self._state, self._tiers, self._max_history_events, list(self._awards), close_needs_sender=True)
             )
 
-    def _apply_awards(self) -> None:
-        while self._awards:
-            award = self._awards.pop(0)
-            if award.order_id in self._state.recent_order_ids:
-                continue
-            self._state.points += award.points
-            self._state.orders += 1
-            self._state.recent_order_ids = (self._state.recent_order_ids + [award.order_id])[-RECENT_AWARDS_KEPT:]
-        self._state.tier = next(
-            (tier.name for tier in reversed(self._tiers) if self._state.points >= tier.min_points), self._tiers[0].name
-        )
-        self._state.updated_at = workflow.now().isoformat()
+    def _apply_awards(self) -> list[AwardPoints]:
+        applied, self._awards = self._awards, []
+        add_awards(self._state, applied, self._tiers, workflow.now().isoformat())
+        return applied
 
-    async def _save(self) -> None:
+    async def _save(self, applied: list[AwardPoints]) -> None:
+        # The store counts the awards again by the same rule: the record may hold awards counted there since.
         await workflow.execute_local_activity_method(
             RewardsActivities.save_rewards,
-            self._state,
+            RewardsSave(self._state, applied, self._tiers),
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,
             retry_policy=MUST_FINISH_RETRY,
             summary=f"Save rewards: {self._state.points} points, {self._state.tier}",
@@ -99,7 +102,3 @@ class RewardsWorkflow:
         # Ours carry a sender, encrypted; one without is a plain update sent straight to Temporal.
         if sender is None and self._close_needs_sender:
             raise ApplicationError("close needs its sender (MessageFrom)", type="MessageWithoutSender", non_retryable=True)
-
-
-# Order IDs remembered per customer to count a repeated award once.
-RECENT_AWARDS_KEPT = 500

@@ -58,10 +58,8 @@ from orders.model import (
     OrderStatus,
     ShippingTiming,
     order_workflow_id,
-    rewards_workflow_id,
     workflow_texts,
 )
-from orders.rewards import RewardsWorkflow
 from orders.validation import CUSTOMER_ID_PATTERN, NewOrder
 from orders.workflow import OrderWorkflow
 
@@ -315,21 +313,11 @@ class OrderService:
         return events
 
     async def rewards(self, customer_id: str) -> dict[str, Any]:
-        """The customer's points and tier: live from their rewards workflow, else as stored."""
-        if not CUSTOMER_ID.match(customer_id):
+        """The customer's points and tier, as their record holds them (the award of points counts them there)."""
+        stored = self.stored_rewards(customer_id) if CUSTOMER_ID.match(customer_id) else None
+        if stored is None:
             raise NoRewards(customer_id)
-        try:
-            async with asyncio.timeout(QUERY_TIMEOUT):
-                client = await self.temporal.get()
-                handle = client.get_workflow_handle(rewards_workflow_id(customer_id))
-                return dataclasses.asdict(await handle.query(RewardsWorkflow.summary))
-        except (RPCError, TimeoutError, TemporalUnavailable, WorkflowQueryFailedError) as err:
-            stored = self.stored_rewards(customer_id)
-            if stored is not None:
-                return stored
-            if isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND:
-                raise NoRewards(customer_id) from err
-            raise TemporalUnavailable(str(err)) from err
+        return stored
 
     def stored_rewards(self, customer_id: str) -> dict[str, Any] | None:
         try:

@@ -334,7 +334,7 @@ class OrderWorkflow(OrderMessages):
         if self._fewer_tasks:
             await self._complete(points)
             return
-        # An activity, not a local one: it calls the Temporal server, which can be slow, and a local one
+        # An activity, not a local one: it may wait for the rewards record's lock, and a local one
         # holds the order's workflow task (an operator's message would wait).
         with self._timeline.moving():
             await workflow.execute_activity_method(

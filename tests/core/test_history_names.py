@@ -50,7 +50,7 @@ def registered_names(settings) -> dict[str, set[str]]:
         registered["workflow"].add(definition.name)
         registered["signal"].update(name for name in definition.signals if name)
         registered["update"].update(name for name in definition.updates if name)
-    built = build_activities(settings, None, "names-test")
+    built = build_activities(settings, "names-test")
     for method in built.for_loans() + built.for_orders() + built.for_shipping():
         registered["activity"].add(activity._Definition.must_from_callable(method).name)
     return registered

@@ -49,6 +49,7 @@ from orders.model import (
     PAYMENT_REQUESTS,
     PAYMENTS,
     RESERVATIONS,
+    REWARDS,
     SHIPMENTS,
     STOCK,
     Address,
@@ -190,9 +191,8 @@ async def test_small_order_runs_every_step_and_awards_points(time_skipping_env, 
     assert projection["status"] == "completed"
     notification = store(order_settings).get(NOTIFICATIONS, f"{request.order_id}-completed")
     assert "214 reward points" in notification["message"]
-    rewards = time_skipping_env.client.get_workflow_handle(rewards_workflow_id(request.customer_id))
-    summary = await rewards.query(RewardsWorkflow.summary)
-    assert (summary.points, summary.tier, summary.orders) == (214, "silver", 1)
+    rewards = store(order_settings).get(REWARDS, request.customer_id)  # counted by the award itself
+    assert (rewards["points"], rewards["tier"], rewards["orders"]) == (214, "silver", 1)
     messages = [e["message"] for e in order_events(store(order_settings), request.order_id)]
     assert messages[0].startswith("Order received") and "Order completed; 214 reward points awarded" in messages
 
@@ -644,6 +644,8 @@ async def test_concurrent_awards_across_continue_as_new_count_each_order_once(
     closed = await asyncio.wait_for(handle.execute_update(RewardsWorkflow.close, MessageFrom("test")), 10)
     assert (closed.points, closed.orders) == (sum(a.points for a in awards), 60)
     assert (await handle.describe()).run_id != started.first_execution_run_id, "never continued as new"
+    saved = store(order_settings).get(REWARDS, customer)  # each save counted its awards in the record once
+    assert (saved["points"], saved["orders"], saved["closed"]) == (sum(a.points for a in awards), 60, True)
 
 
 async def test_rewards_tiers_and_continue_as_new(dev_server, order_settings, dev_server_order_workers):
@@ -720,7 +722,7 @@ ORDER_SCENARIOS = ("completed", "reviewed", "review_expired", "cancelled_after_c
 
 
 async def record_order_scenario(client: Client, settings, kind: str) -> list[tuple[str, WorkflowHistory]]:
-    """The order's history, its shipment's and (when it awarded points) the customer's rewards history."""
+    """The order's history and its shipment's."""
     lines = SMALL if kind in ("completed", "cancelled_after_charge") else LARGE
     request = dataclasses.replace(order_request(settings, lines), customer_email="ada@example.com")
     handle = await start(client, settings, request)
@@ -735,22 +737,32 @@ async def record_order_scenario(client: Client, settings, kind: str) -> list[tup
     histories = [("order", await handle.fetch_history())]
     if status.status == "completed":  # released to the carrier: the shipment starts there (v11)
         histories.append(("shipping", await client.get_workflow_handle(f"{handle.id}-shipping").fetch_history()))
-    if status.status == "completed":
-        # The award starts the rewards workflow just before the order completes (v10): wait for its
-        # first task to count the points (a query waits for the task in flight), then read its history.
-        rewards = client.get_workflow_handle(rewards_workflow_id(request.customer_id))
-        await wait_until_points(rewards, status.points_awarded)
-        histories.append(("rewards", await rewards.fetch_history()))
     return histories
+
+
+async def record_rewards_run(client: Client, settings) -> WorkflowHistory:
+    """A rewards workflow as one still open from before: two awards (one sent twice), then closed."""
+    customer = f"cust-{uuid.uuid4().hex[:8]}"
+    handle = await client.start_workflow(
+        RewardsWorkflow.run,
+        RewardsInput(RewardsState(customer), [RewardTierRule("basic", 0)], 1000, close_needs_sender=True),
+        id=rewards_workflow_id(customer),
+        task_queue=settings.order_task_queue,
+    )
+    for award in (AwardPoints("order-1", 10), AwardPoints("order-1", 10), AwardPoints("order-2", 5)):
+        await handle.signal(RewardsWorkflow.award, award)
+    await wait_until_points(handle, 15)
+    assert (await update(handle, RewardsWorkflow.close, MessageFrom("test"))).closed
+    return await handle.fetch_history()
 
 
 async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
     time_skipping_env, order_settings, order_workers, tmp_path, payload_codec
 ):
     """The order, shipping and rewards workflows run unsandboxed for speed (as the loan workflow
-    does), so replay is what shows them deterministic: every committed order history and fresh
-    ones of each way an order ends (with its shipment and rewards) replay in new processes under
-    other hash seeds."""
+    does), so replay is what shows them deterministic: every committed order history, fresh ones
+    of each way an order ends (with its shipment), and a rewards run still open from before
+    awards were counted in the record, replay in new processes under other hash seeds."""
     from test_workflows import replay_in_fresh_processes
 
     assert not any(
@@ -766,6 +778,8 @@ async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
                 (HERE / "tests" / "histories" / f"{workflow_kind}_workflow_{ORDER_VERSION}_{kind}.json").write_text(
                     await plain_history_json(history, payload_codec)
                 )
+    fresh.append(tmp_path / "rewards.json")
+    fresh[-1].write_text((await record_rewards_run(time_skipping_env.client, order_settings)).to_json())
     committed = sorted((HERE / "tests" / "histories").glob("order_workflow_*.json")) + sorted(
         (HERE / "tests" / "histories").glob("shipping_workflow_*.json")
     )

@@ -851,7 +851,7 @@ async def test_a_shopper_signs_up_from_the_email_checks_out_and_follows_the_orde
     await assert_clean(page, "the order's page")
     await screenshot(page, f"shop-order-{viewport_name}")
     await page.get_by_role("link", name="Your orders").click()
-    for _ in range(40):  # the rewards workflow records the points just after the delivery
+    for _ in range(40):  # the award counts the points just before the order completes
         if "39</strong> points" in await page.locator(".rewards-card").inner_html():
             break
         await page.wait_for_timeout(250)

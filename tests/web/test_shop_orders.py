@@ -85,7 +85,7 @@ def test_a_customer_checks_out_once_however_often_the_form_is_sent_and_follows_i
         page = client.get("/shop/orders").get_data(as_text=True)
         return page if "<strong>178</strong> points" in page else None
 
-    mine = wait_until(rewarded, what="the rewards")  # recorded by the customer's rewards workflow
+    mine = wait_until(rewarded, what="the rewards")  # counted in the record by the award of points
     assert order_id in mine and "Delivered" in mine
     # The money came from the card typed in, set up for the customer's own Stripe customer.
     intent = provider_object(f"payment_intents/{record['payment']['intent_id']}")
