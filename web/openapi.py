@@ -212,8 +212,8 @@ OPERATIONS: dict[str, dict[str, tuple]] = {
             [CUSTOMER],
             None,
             False,
-            {200: "The rewards"},
-            [(404, "No rewards for this customer"), NOT_OPERATOR, UNAVAILABLE],
+            {200: "The rewards, as the customer's record holds them"},
+            [(404, "No rewards for this customer"), NOT_OPERATOR],
             True,
         )
     },
