@@ -91,6 +91,6 @@ def build_activities(settings: Settings, identity: str, store: Store | None = No
         order_emails=order_emails,
         # The dispatch sends the "shipped" email only where mail is set up; elsewhere the order's worker does.
         shipping=ShippingActivities(store, rules, messages.orders, order_emails if smtp else None),
-        rewards=RewardsActivities(store),
+        rewards=RewardsActivities(store, rules),
         account_emails=AccountEmailActivities(store, settings, messages.shop, Mailer(smtp, settings.order_mail_from)),
     )

@@ -376,8 +376,8 @@ class OrderActivities(_OrderStepActivities):
         """Count the order's points in the customer's rewards record, once per order. Then (v10) send
         the email the request carries and write the completed order's record, saying how the email
         went; returns that (None: not sent, or no email)."""
-        tiers = [RewardTierRule(t.name, t.min_points) for t in self.rules.orders.rewards.tiers]
-        count_awards(self.store, request.customer_id, [AwardPoints(request.order_id, request.points)], tiers, utc_now())
+        award = AwardPoints(request.order_id, request.points)
+        count_awards(self.store, request.customer_id, [award], reward_tiers(self.rules), utc_now())
         email = self._send_carried(request.email)
         record = request.record
         if record is not None:
@@ -426,12 +426,20 @@ class ShippingActivities(_OrderStepActivities):
         return StepResult(activity.info().attempt)
 
 
+def reward_tiers(rules: Rules) -> list[RewardTierRule]:
+    """The tiers as the rules say now: the award and an open rewards workflow's save count by the same ones."""
+    return [RewardTierRule(t.name, t.min_points) for t in rules.orders.rewards.tiers]
+
+
 class RewardsActivities:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, rules: Rules):
         self.store = store
+        self.rules = rules
 
     @activity.defn
     def save_rewards(self, save: RewardsSave) -> None:
         """An open rewards workflow's awards, counted in the customer's record by the award's own rule."""
         state = save.state
-        count_awards(self.store, state.customer_id, save.awards, save.tiers, utc_now(), closed=state.closed, base=state)
+        count_awards(
+            self.store, state.customer_id, save.awards, reward_tiers(self.rules), utc_now(), closed=state.closed, base=state
+        )

@@ -73,7 +73,7 @@ class RewardsWorkflow:
         # The store counts the awards again by the same rule: the record may hold awards counted there since.
         await workflow.execute_local_activity_method(
             RewardsActivities.save_rewards,
-            RewardsSave(self._state, applied, self._tiers),
+            RewardsSave(self._state, applied),
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,
             retry_policy=MUST_FINISH_RETRY,
             summary=f"Save rewards: {self._state.points} points, {self._state.tier}",

@@ -62,7 +62,6 @@ class RewardsSave:
 
     state: RewardsState
     awards: list[AwardPoints] = field(default_factory=list)
-    tiers: list[RewardTierRule] = field(default_factory=list)
 
 
 def add_awards(state: RewardsState, awards: Iterable[AwardPoints], tiers: Sequence[RewardTierRule], now: str) -> None:

@@ -213,7 +213,7 @@ OPERATIONS: dict[str, dict[str, tuple]] = {
             None,
             False,
             {200: "The rewards, as the customer's record holds them"},
-            [(404, "No rewards for this customer"), NOT_OPERATOR],
+            [(404, "No rewards for this customer"), NOT_OPERATOR, UNAVAILABLE],  # the store (PostgreSQL) down
             True,
         )
     },

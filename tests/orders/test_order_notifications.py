@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,7 @@ from tests.fixtures import (
     free_port,
     fresh_settings,
     make_app,
+    plain_history_json,
     signed_in,
     wait_until,
 )
@@ -370,10 +372,12 @@ def scheduled_activities(history) -> list[str]:
 
 
 async def test_version_12_the_dispatch_sends_the_shipped_email_with_its_carrier_and_tracking_number(
-    time_skipping_env, mailing_settings, mailing_sink
+    time_skipping_env, mailing_settings, mailing_sink, payload_codec
 ):
     """The shipment's dispatch step sends the "shipped" email: no email activity of its own in the
-    order's history, every email once, the carrier and tracking number the dispatch booked in it."""
+    order's history, every email once, the carrier and tracking number the dispatch booked in it.
+    RECORD_ORDER_HISTORIES=1 also writes the order's and the shipment's histories to
+    histories/{order,shipping}_workflow_v12_completed_emailed.json, which the replay test replays."""
     sink, order_settings = mailing_sink, mailing_settings
     email = a_customer_email()
     request = dataclasses.replace(order_request(order_settings, SMALL), customer_email=email)
@@ -384,7 +388,13 @@ async def test_version_12_the_dispatch_sends_the_shipped_email_with_its_carrier_
     kinds = ["received", "shipped", "delivered"]
     assert status.status == "completed"
     assert {kind: e.status for kind, e in status.emails.items()} == dict.fromkeys(kinds, "sent")
-    assert "send_order_email" not in scheduled_activities(await handle.fetch_history())
+    history = await handle.fetch_history()
+    assert "send_order_email" not in scheduled_activities(history)
+    if os.environ.get("RECORD_ORDER_HISTORIES") == "1":
+        shipping = await time_skipping_env.client.get_workflow_handle(f"{handle.id}-shipping").fetch_history()
+        for kind, recorded in (("order", history), ("shipping", shipping)):
+            path = HERE / "tests" / "histories" / f"{kind}_workflow_v12_completed_emailed.json"
+            path.write_text(await plain_history_json(recorded, payload_codec))
     mails = sink.mails_to(email)
     assert [m["Subject"] for m in mails] == [subject(kind, request.order_id) for kind in kinds]
     shipped = mails[1].get_body(("plain",)).get_content()
@@ -399,7 +409,8 @@ async def test_version_12_a_shipped_email_the_dispatch_could_not_send_goes_by_it
     time_skipping_env, mailing_settings, mailing_sink, monkeypatch
 ):
     """The mail server defers the dispatch's attempt (451): the parcel goes all the same, and the
-    order's own email activity sends the "shipped" email, once, with the same carrier and tracking."""
+    order's own email activity sends the "shipped" email, once, with the same carrier and tracking.
+    The award, just after, leaves the "delivered" email to its own activity too (the pause after a failure)."""
     sink, order_settings = mailing_sink, mailing_settings
     email = a_customer_email()
     handler, recipients = sink.handler, iter(range(1, 100))
@@ -418,9 +429,10 @@ async def test_version_12_a_shipped_email_the_dispatch_could_not_send_goes_by_it
 
     assert status.status == "completed" and status.shipment.stage == "delivered"
     assert {kind: e.status for kind, e in status.emails.items()} == dict.fromkeys(("received", "shipped", "delivered"), "sent")
-    assert scheduled_activities(await handle.fetch_history()).count("send_order_email") == 1
+    assert scheduled_activities(await handle.fetch_history()).count("send_order_email") == 2
+    subjects = [m["Subject"] for m in sink.mails_to(email)]
+    assert sorted(subjects) == sorted(subject(kind, request.order_id) for kind in ("received", "shipped", "delivered"))
     shipped = [m for m in sink.mails_to(email) if m["Subject"] == subject("shipped", request.order_id)]
-    assert len(shipped) == 1
     assert status.shipment.tracking_number in shipped[0].get_body(("plain",)).get_content()
 
 
@@ -490,6 +502,30 @@ def test_an_email_carried_by_a_step_and_its_own_activity_at_once_goes_once(tmp_p
             outcomes = list(pool.map(send, [True, False] * 4))
         assert outcomes == ["sent"] * 8
         assert len(sink.handler.received) == 1
+    finally:
+        sink.controller.stop()
+
+
+def test_after_a_carried_email_fails_steps_leave_theirs_to_the_emails_own_activities_for_a_while(tmp_path, monkeypatch):
+    """A deferral (451) of an email a step carried: for CARRIED_PAUSE_AFTER_FAILURE the steps do not
+    try the mail server (a slow one would hold each step); the email's own activity still sends."""
+    import orders.emails
+
+    sink = Sink(tmp_path)
+    try:
+        emails = OrderEmailActivities(JsonStore(tmp_path / "data"), Mailer(SmtpSettings.from_url(sink.url), MAIL_FROM))
+        asked = "2026-01-01T00:00:00+00:00"  # as a step's request carries it
+        first, second = (email_request(kind=kind, subject=kind, requested_at=asked) for kind in ("received", "shipped"))
+        sink.handler.lost_answers = 1  # kept, but answered 451
+        assert emails.send_carried(first) is None and sink.handler.lost_answers == 0  # tried, and deferred
+        attempts = len(sink.handler.attempts)
+        assert emails.send_carried(second) is None and len(sink.handler.attempts) == attempts  # not tried
+        assert ActivityEnvironment().run(emails.send_order_email, second) == "sent"  # its own activity
+
+        now = orders.emails.time.monotonic()
+        monkeypatch.setattr(orders.emails.time, "monotonic", lambda: now + orders.emails.CARRIED_PAUSE_AFTER_FAILURE + 1)
+        third = email_request(kind="delivered", subject="Delivered", requested_at=asked)
+        assert emails.send_carried(third).status == "sent"  # the pause is over
     finally:
         sink.controller.stop()
 

@@ -7,6 +7,7 @@ times pass in milliseconds. Each test has its own task queues, data and orders.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import inspect
@@ -787,7 +788,38 @@ async def test_order_histories_replay_in_fresh_processes_with_other_hash_seeds(
     replay_in_fresh_processes(committed + fresh)
 
 
-@pytest.mark.parametrize("version", ["v8", "v9", "v10", "v11"])
+def with_patch_renamed(history_json: str, old: str, new: str) -> str:
+    """The same history, its patch marker `old` named `new` (as if the order had asked that patch)."""
+    history = json.loads(history_json)
+    renamed = 0
+    for event in history["events"]:
+        marker = event.get("markerRecordedEventAttributes")
+        if marker and marker["markerName"] == "core_patch":
+            payload = marker["details"]["patch-data"]["payloads"][0]
+            data = json.loads(base64.b64decode(payload["data"]))
+            if data["id"] == old:
+                payload["data"] = base64.b64encode(json.dumps({**data, "id": new}).encode()).decode()
+                renamed += 1
+    assert renamed == 1, f"no {old} marker"
+    return json.dumps(history)
+
+
+async def test_the_version_12_patch_guards_the_shipped_email_that_rode_with_the_dispatch():
+    """An order whose dispatch sent the "shipped" email replays through version 12's branch; the same
+    history with its marker named version 11's patch takes that branch, which starts the email's own
+    activity at the dispatch, and fails as nondeterministic. (A version 11 order replays through either:
+    its shipment's "dispatched" signal carries no email, so version 12's branch falls back to the same activity.)"""
+    from orders.workflow import PREPARES_PACKAGE_PATCH, SHIPPED_WITH_DISPATCH_PATCH
+
+    text = (HERE / "tests" / "histories" / "order_workflow_v12_completed_emailed.json").read_text()
+    replayer = Replayer(workflows=[OrderWorkflow, ShippingWorkflow], data_converter=DataConverter.default)
+    await replayer.replay_workflow(WorkflowHistory.from_json("order-v12", text))
+    as_v11 = with_patch_renamed(text, SHIPPED_WITH_DISPATCH_PATCH, PREPARES_PACKAGE_PATCH)
+    with pytest.raises(NondeterminismError):
+        await replayer.replay_workflow(WorkflowHistory.from_json("order-v12-as-v11", as_v11))
+
+
+@pytest.mark.parametrize("version", ["v8", "v9", "v10"])
 async def test_earlier_orders_replay_only_through_their_own_branch(version):
     """Each later version's patch guards a change of commands: an order of an earlier version
     replayed as if it had passed the patches fails with a nondeterminism error; through its own
