@@ -29,3 +29,17 @@ def test_values_without_a_type_hint_and_lists_of_dataclasses_read_as_before():
     payloads = converter.to_payloads([lines, address, {"a": [1, 2]}])
     assert converter.from_payloads(payloads, [list[OrderLine], Address, None]) == [lines, address, {"a": [1, 2]}]
     assert converter.from_payloads(payloads, None) == PydanticPayloadConverter().from_payloads(payloads, None)
+
+
+def test_converters_made_per_activation_share_their_encodings_and_still_write_concurrently():
+    """The SDK makes a converter for every workflow activation: each is a shell over the process's
+    encodings (no JSON converter made each time), and one written from many threads at once is right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first, second = AppPayloadConverter(), AppPayloadConverter()
+    assert first is not second and list(first.converters.values()) == list(second.converters.values())
+    assert all(a is b for a, b in zip(first.converters.values(), second.converters.values(), strict=True))
+    values = [OrderLine(f"SKU-{n}", n) for n in range(200)]
+    with ThreadPoolExecutor(8) as pool:
+        payloads = list(pool.map(lambda value: AppPayloadConverter().to_payloads([value])[0], values))
+    assert [AppPayloadConverter().from_payloads([p], [OrderLine])[0] for p in payloads] == values
