@@ -1,4 +1,5 @@
-"""How both halves' workflows retry an email: the names of its failures and its retry policy.
+"""How both halves' workflows retry an email: the names of its failures, its retry policy, and
+`execute_email_activity`, which every workflow that sends an email runs it with.
 
 Workflow-safe (no I/O): imported by the workflows and by `core.mail`.
 SMTP down or a 4xx is retried with backoff for a day; a 5xx is final
@@ -9,7 +10,9 @@ unaffected.
 """
 
 from datetime import timedelta
+from typing import Any
 
+from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 # A refusal for good (5xx, or a message that cannot be addressed): not retried.
@@ -41,3 +44,17 @@ def email_retry() -> RetryPolicy:
 
 def email_timeout() -> timedelta:
     return _timing["attempt"]
+
+
+async def execute_email_activity(activity: str, request: Any, summary: str) -> str:
+    """Workflow code: the email activity `activity` with the email policy (one attempt's timeout, a day of
+    retries with backoff, a refusal final); its status ("sent", "refused", ...) or an ActivityError."""
+    return await workflow.execute_activity(
+        activity,
+        request,
+        result_type=str,
+        start_to_close_timeout=email_timeout(),
+        schedule_to_close_timeout=EMAIL_GIVE_UP,
+        retry_policy=email_retry(),
+        summary=summary,
+    )

@@ -24,7 +24,7 @@ from temporalio.exceptions import (
     ApplicationError,
 )
 
-from core.email_policy import EMAIL_GIVE_UP, EMAIL_REFUSED, email_retry, email_timeout
+from core.email_policy import EMAIL_REFUSED, execute_email_activity
 from core.workflow_helpers import business_error, root_message
 from loans.model import CONTACT_ANSWERS, SEND_DECISION_EMAIL
 
@@ -186,15 +186,7 @@ class LoanApplicationWorkflow:
 
     async def _send_decision_email(self, outcome: LoanOutcome) -> None:
         try:
-            self._email_status = await workflow.execute_activity(
-                SEND_DECISION_EMAIL,
-                outcome,
-                result_type=str,
-                start_to_close_timeout=email_timeout(),
-                schedule_to_close_timeout=EMAIL_GIVE_UP,
-                retry_policy=email_retry(),
-                summary="Email the decision to the applicant",
-            )
+            self._email_status = await execute_email_activity(SEND_DECISION_EMAIL, outcome, "Email the decision to the applicant")
         except ActivityError as err:
             # Refused for good, or given up after a day: recorded, and the application stands.
             self._email_status = "refused" if business_error(err, EMAIL_REFUSED) else "failed"

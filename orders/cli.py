@@ -22,9 +22,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core.temporal_client import TemporalUnavailable
 from core.validation import ascii_whole_number
-from orders.model import ORDER_MILESTONES, ApproveRequest, CancelRequest, MessageFrom, rewards_workflow_id
+from orders.model import ORDER_MILESTONES, ApproveRequest, CancelRequest, MessageFrom
 from orders.rewards import RewardsWorkflow
-from orders.rewards_model import RewardsState
+from orders.rewards_model import RewardsState, rewards_workflow_id
 from orders.service import (
     ActionFailed,
     ActionRefused,

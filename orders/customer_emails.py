@@ -13,7 +13,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
-from core.email_policy import EMAIL_GIVE_UP, EMAIL_REFUSED, email_retry, email_timeout
+from core.email_policy import EMAIL_REFUSED, execute_email_activity
 from core.workflow_helpers import business_error, root_message
 from orders.emails import CARRIER_SLOT, TRACKING_SLOT, with_dispatch
 from orders.model import SEND_ORDER_EMAIL, OrderEmailRequest, OrderEmailState, OrderRequest, OrderStatus, ShipmentProgress
@@ -100,15 +100,7 @@ class CustomerEmails:
 
     async def _send(self, request: OrderEmailRequest) -> None:
         try:
-            status = await workflow.execute_activity(
-                SEND_ORDER_EMAIL,
-                request,
-                result_type=str,
-                start_to_close_timeout=email_timeout(),
-                schedule_to_close_timeout=EMAIL_GIVE_UP,
-                retry_policy=email_retry(),
-                summary=f"Email the customer: {request.kind}",
-            )
+            status = await execute_email_activity(SEND_ORDER_EMAIL, request, f"Email the customer: {request.kind}")
             state = OrderEmailState(status, at=workflow.now().isoformat())
         except ActivityError as err:
             # Refused for good, or given up after a day: recorded; the order's outcome is unchanged.

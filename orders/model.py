@@ -1,4 +1,4 @@
-"""Types and names of the order half: the order, its steps' requests and results, the shipment and rewards.
+"""Types and names of the order half: the order, its steps' requests and results, the shipment (rewards: rewards_model.py).
 
 As for loans (loans/model.py): one typed dataclass per payload, with real
 annotations, so fields can be added without breaking running workflows; the
@@ -26,7 +26,6 @@ SEND_ORDER_EMAIL = "send_order_email"
 # Store collections of the order process.
 ORDERS = "orders"  # OrderStatus projection per order, for the dashboard
 PAYMENTS = "payments"  # the order's payment (orders/payments.py), one record per payment key
-REWARDS = "rewards"  # RewardsState projection per customer
 NOTIFICATIONS = "notifications"  # customer notifications
 ORDER_EMAILS = "order_emails"  # one record per order and email kind: sent, refused or retrying
 SHIPMENTS = "shipments"  # the carrier's label per order: where it was shipped
@@ -72,10 +71,6 @@ def order_workflow_id(order_id: str) -> str:
 
 def shipping_workflow_id(order_id: str) -> str:
     return f"order-{order_id}-shipping"
-
-
-def rewards_workflow_id(customer_id: str) -> str:
-    return f"rewards-{customer_id}"
 
 
 def order_events_collection(order_id: str) -> str:

@@ -13,10 +13,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from core.store import Store
-from orders.model import REWARDS
 
+REWARDS = "rewards"  # store collection: one RewardsState per customer
 # Order IDs remembered per customer to count a repeated award once.
 RECENT_AWARDS_KEPT = 500
+
+
+def rewards_workflow_id(customer_id: str) -> str:
+    """The customer's rewards workflow (retired: runs still open from before)."""
+    return f"rewards-{customer_id}"
 
 
 @dataclass(frozen=True)

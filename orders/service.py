@@ -46,7 +46,6 @@ from orders.model import (
     INVENTORY,
     ORDER_STATUSES,
     ORDERS,
-    REWARDS,
     STOCK,
     AddressChange,
     ApproveRequest,
@@ -60,6 +59,7 @@ from orders.model import (
     order_workflow_id,
     workflow_texts,
 )
+from orders.rewards_model import REWARDS
 from orders.validation import CUSTOMER_ID_PATTERN, NewOrder
 from orders.workflow import OrderWorkflow
 

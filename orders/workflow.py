@@ -56,16 +56,11 @@ from orders.steps import OrderSteps
 from orders.stops import OrderStopped, refusal_as_stop
 from orders.timeline import Timeline
 
-# Version 9 (docs/versioning.md): lean bookkeeping. The order's record is carried by the step that follows
-# a change (orders/timeline.py), with the customer's notices; the shipment's delivery is told by its result.
-LEAN_BOOKKEEPING_PATCH = "order-lean-bookkeeping"
-# Version 10: fewer tasks. The "received" email sent by the validation step, the "delivered" email and the last
-# record by the award of points (each falls back to its own activity), one signal from a shipment at the pickup.
-FEWER_TASKS_PATCH = "order-fewer-tasks"
-# Version 11: the order prepares the package (on the shipping queue) and starts the shipment at the release: no handshake.
-PREPARES_PACKAGE_PATCH = "order-prepares-package"
-# Version 12: the shipment's dispatch step sends the "shipped" email (it falls back to its own activity).
-SHIPPED_WITH_DISPATCH_PATCH = "order-shipped-email-with-dispatch"
+# The order's versions, each a patch (what each changed: docs/versioning.md, "The patches in the code today").
+LEAN_BOOKKEEPING_PATCH = "order-lean-bookkeeping"  # v9: the step after a change carries the order's record
+FEWER_TASKS_PATCH = "order-fewer-tasks"  # v10: the "received" and "delivered" emails ride with steps
+PREPARES_PACKAGE_PATCH = "order-prepares-package"  # v11: the order prepares the package, no handshake
+SHIPPED_WITH_DISPATCH_PATCH = "order-shipped-email-with-dispatch"  # v12: the dispatch sends the "shipped" email
 
 
 @workflow.defn(sandboxed=False)
@@ -305,13 +300,9 @@ class OrderWorkflow(OrderMessages):
             ready_carries_sender=self._order.messages_need_sender,
             permit=permit,
         )
+        shipment_id, queue = shipping_workflow_id(self._order.order_id), self._order.shipping_task_queue
         with self._timeline.moving():
-            await self._shipment.start(
-                request,
-                shipping_workflow_id(self._order.order_id),
-                self._order.shipping_task_queue,
-                self._cancelled_through_temporal,
-            )
+            await self._shipment.start(request, shipment_id, queue, self._cancelled_through_temporal)
 
     async def _deliver_and_complete(self, validated: ValidatedOrder) -> None:
         """After the release: the carrier delivers, then points and the customer's notice."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from temporalio import workflow
 
-from core.email_policy import EMAIL_GIVE_UP, email_retry, email_timeout
+from core.email_policy import execute_email_activity
 
 SEND_ACCOUNT_EMAIL = "send_account_email"
 # What a request asks for: a sign-up's email (confirm the address, or "you have an account" to its
@@ -38,12 +38,4 @@ class AccountEmailWorkflow:
     @workflow.run
     async def run(self, request: AccountEmailRequest) -> str:
         """What was sent ("verify", "exists", "reset"), "nothing", or "not_configured" (no SMTP_URL)."""
-        return await workflow.execute_activity(
-            SEND_ACCOUNT_EMAIL,
-            request,
-            result_type=str,
-            start_to_close_timeout=email_timeout(),
-            schedule_to_close_timeout=EMAIL_GIVE_UP,
-            retry_policy=email_retry(),
-            summary=f"Send the account's {request.purpose} email",
-        )
+        return await execute_email_activity(SEND_ACCOUNT_EMAIL, request, f"Send the account's {request.purpose} email")

@@ -50,7 +50,6 @@ from orders.model import (
     PAYMENT_REQUESTS,
     PAYMENTS,
     RESERVATIONS,
-    REWARDS,
     SHIPMENTS,
     STOCK,
     Address,
@@ -65,12 +64,11 @@ from orders.model import (
     OrderStatus,
     ShippingTiming,
     order_workflow_id,
-    rewards_workflow_id,
     workflow_texts,
 )
 from orders.review_queue import awaiting_review, in_review_queue
 from orders.rewards import RewardsWorkflow
-from orders.rewards_model import AwardPoints, RewardsInput, RewardsState, RewardTierRule
+from orders.rewards_model import REWARDS, AwardPoints, RewardsInput, RewardsState, RewardTierRule, rewards_workflow_id
 from orders.shipping import ShippingWorkflow
 from orders.workflow import OrderWorkflow
 from tests.fixtures import plain_history_json, provider_payments

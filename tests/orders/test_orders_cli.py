@@ -14,9 +14,8 @@ from temporalio.client import Client
 from core.rules import load_messages
 from core.settings import payload_data_converter
 from orders import cli as orders_cli
-from orders.model import rewards_workflow_id
 from orders.rewards import RewardsWorkflow
-from orders.rewards_model import RewardsInput, RewardsState, RewardTierRule
+from orders.rewards_model import RewardsInput, RewardsState, RewardTierRule, rewards_workflow_id
 from tests.fixtures import HERE, make_app, wait_until
 
 TEXTS = load_messages(HERE / "messages.json").orders

@@ -15,9 +15,9 @@ from temporalio.testing import ActivityEnvironment
 from core.rules import load_rules
 from core.store.files import JsonStore
 from orders.activities import OrderActivities
-from orders.model import REWARDS, AwardRequest, MessageFrom, rewards_workflow_id
+from orders.model import AwardRequest, MessageFrom
 from orders.rewards import RewardsWorkflow
-from orders.rewards_model import AwardPoints, RewardsInput, RewardsState, RewardTierRule
+from orders.rewards_model import REWARDS, AwardPoints, RewardsInput, RewardsState, RewardTierRule, rewards_workflow_id
 from tests.orders.test_order_workflows import (
     order_settings,  # noqa: F401 - a fixture
     order_workers,  # noqa: F401 - a fixture
