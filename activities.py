@@ -75,12 +75,13 @@ def build_activities(settings: Settings, identity: str, store: Store | None = No
     smtp = SmtpSettings.from_settings(settings)
     mailer = Mailer(smtp, settings.mail_from)
     order_emails = OrderEmailActivities(store, Mailer(smtp, settings.order_mail_from))  # each half signs its own
+    loan_emails = LoanEmailActivities(
+        store, mailer, settings.public_url, settings.secret_key.encode(), rules.duplicate_window_days
+    )
     provider = StripeProvider(settings.stripe_api_key, settings.stripe_api_base) if settings.stripe_api_key else None
     return Activities(
-        loans=LoanActivities(store=store, rules=rules, messages=messages, identity=identity),
-        loan_emails=LoanEmailActivities(
-            store, mailer, settings.public_url, settings.secret_key.encode(), rules.duplicate_window_days
-        ),
+        loans=LoanActivities(store=store, rules=rules, messages=messages, identity=identity, emails=loan_emails),
+        loan_emails=loan_emails,
         orders=OrderActivities(
             store,
             rules,

@@ -7,6 +7,7 @@ temporary data folder; each test has its own task queue and workflow IDs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -71,10 +72,14 @@ def application(**changes) -> LoanApplication:
     return LoanApplication(**{**values, **changes})
 
 
-async def start(client: Client, settings, app: LoanApplication, workflow_id: str | None = None) -> WorkflowHandle:
+async def start(
+    client: Client, settings, app: LoanApplication, workflow_id: str | None = None, persist_sends_email: bool = False
+) -> WorkflowHandle:
+    """Started as an application before 2026-12-05 was (its own email activity), or as the web starts
+    one now (`persist_sends_email`: the persist step carries the email)."""
     return await client.start_workflow(
         LoanApplicationWorkflow.run,
-        LoanRequest(app, 7, "10k-50k"),
+        LoanRequest(app, 7, "10k-50k", persist_sends_email),
         id=workflow_id or f"loan-test-{uuid.uuid4().hex}",
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
@@ -104,6 +109,24 @@ async def test_pre_approved_application_is_decided_persisted_and_closes_after_th
     assert record["decision"] == "pre_approved"
     assert record["message"]["title"] == "You're pre-approved!"
     assert JsonStore(settings.data_dir).list_recent(AGENT_NOTIFICATIONS) == ([], 0)
+
+
+async def test_the_persist_step_carries_the_decision_email_and_no_email_activity_runs(
+    time_skipping_env, settings, smtp_sink, tmp_path
+):
+    """As the web starts an application now: the persist step sends the email before the answer, and
+    the workflow schedules no email activity (an input without the flag, as above, emails through one)."""
+    mailing = dataclasses.replace(settings, smtp_url=smtp_sink.url)
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        async with build_worker(time_skipping_env.client, mailing, executor, "worker-test", concurrency=8):
+            handle = await start(time_skipping_env.client, settings, application(), persist_sends_email=True)
+            assert (await handle.result()).decision == "pre_approved"
+    attempts = activity_attempts(await handle.fetch_history())
+    assert sorted(attempts[:2]) == [("decide", 1), ("validate_application", 1)]
+    assert attempts[2:] == [("persist_application", 1)]
+    record = JsonStore(settings.data_dir).get(APPLICATIONS, record_key(handle.id, handle.result_run_id))
+    assert record["decision"] == "pre_approved" and record["email"]["status"] == "sent"
+    assert len([path for path in (tmp_path / "mail").rglob("*") if path.is_file()]) == 1
 
 
 async def test_conditional_decision_notifies_an_agent(time_skipping_env, settings, worker):
@@ -279,6 +302,7 @@ LOAN_SCENARIOS = {
     "denied": dict(credit_score=650),
     "denied_compliance": dict(credit_score=550),
     "invalid": dict(credit_score=200),
+    "conditional_carried": dict(loan_amount=100_000.0, annual_income=80_000.0),
 }
 HISTORIES = HERE / "tests" / "histories"
 # Seeds under which small sets of strings iterate in different orders ({"persist", "notify"}
@@ -287,7 +311,10 @@ HASH_SEEDS = ("0", "3", "5")
 
 
 async def record_scenario(client: Client, settings, kind: str) -> WorkflowHistory:
-    handle = await start(client, settings, application(email=f"{kind}@example.com", **LOAN_SCENARIOS[kind]))
+    # `*_carried`: started as the web starts one now (the persist step carries the email; here no SMTP).
+    carried = kind.endswith("_carried")
+    app = application(email=f"{kind}@example.com", **LOAN_SCENARIOS[kind])
+    handle = await start(client, settings, app, persist_sends_email=carried)
     if kind == "invalid":
         with pytest.raises(WorkflowFailureError):
             await handle.result()
@@ -338,7 +365,7 @@ class LoanWorkflowThatAlsoNotifies(LoanApplicationWorkflow):
     async def run(self, request: LoanRequest) -> LoanOutcome:
         application = await self._validate(request.application)
         outcome = self._announce(application, await self._decide(application), request)
-        await self._persist(outcome)
+        await self._persist(outcome, False)
         await workflow.execute_activity_method(
             LoanActivities.notify_agent,
             AgentNotificationRequest(outcome, "every_decision"),

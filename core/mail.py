@@ -11,10 +11,12 @@ went, so a retry after success sends nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import email.policy
 import hashlib
 import smtplib
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -187,3 +189,44 @@ class Mailer:
             ) from None
         record({"status": "sent", "at": now, "message_id": message["Message-ID"]})
         return "sent"
+
+
+# A step that carries an email (an order's validation, dispatch and award; the loan's persist) waits
+# for the mail server this long at most per exchange; then the email's own activity retries it.
+CARRIED_SMTP_TIMEOUT = 5.0  # seconds
+# After a step could not send the email it carried (the mail server down, slow or deferring), the steps
+# leave theirs to the emails' own activities this long: a failing server then holds no step (a loan's
+# answer, an order's dispatch slot) more than once in this long, per worker process.
+CARRIED_PAUSE_AFTER_FAILURE = 30.0  # seconds
+
+
+class CarriedSends:
+    """Emails sent by a step that runs anyway, instead of by an activity of their own.
+
+    `send` returns how it went as (status, reason), or None when the email is not sent: the mail
+    server down, slow or deferring, or a carried send failed lately (CARRIED_PAUSE_AFTER_FAILURE).
+    Then the workflow starts the email's own activity, which retries it with the email policy.
+    """
+
+    def __init__(self, mailer: Mailer):
+        smtp = mailer.smtp
+        quick = dataclasses.replace(smtp, timeout=min(smtp.timeout, CARRIED_SMTP_TIMEOUT)) if smtp else None
+        self.mailer = Mailer(quick, mailer.mail_from)
+        self._again_at = 0.0  # time.monotonic() after which steps send their emails again
+
+    def send(self, send_once: Callable[[Mailer], str]) -> tuple[str, str | None] | None:
+        """`send_once(mailer)` sends the email once (or finds it sent) and returns its status."""
+        if time.monotonic() < self._again_at:
+            return None
+        try:
+            return send_once(self.mailer), None
+        except ApplicationError as err:
+            if err.type == EMAIL_REFUSED:
+                return "refused", str(err.details[0]) if err.details else err.message
+            self._pause()
+        except Exception:  # noqa: BLE001 - whatever it was, the email's own activity retries it and says why
+            self._pause()
+        return None
+
+    def _pause(self) -> None:
+        self._again_at = time.monotonic() + CARRIED_PAUSE_AFTER_FAILURE

@@ -1,4 +1,5 @@
-"""The loan steps: validate, decide (loans/decision.py), persist the record, notify an agent, record a contact answer.
+"""The loan steps: validate, decide (loans/decision.py), persist the record (and send the decision
+email it carries), notify an agent, record a contact answer.
 
 Plain `def` activities: the worker runs them on a thread pool, so blocking file
 I/O never stalls its event loop. A business failure (an invalid application) is
@@ -9,6 +10,7 @@ workflow sets next to each call. Every write is idempotent under retries.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -30,12 +32,16 @@ from loans.model import (
 )
 from loans.validation import InvalidApplication, revalidate
 
+if TYPE_CHECKING:
+    from loans.emails import LoanEmailActivities
+
 
 class LoanActivities:
     """The loan steps, bound to their store, rules and texts."""
 
-    def __init__(self, store: Store, rules: Rules, messages: Messages, identity: str):
+    def __init__(self, store: Store, rules: Rules, messages: Messages, identity: str, emails: LoanEmailActivities | None = None):
         self.store = store
+        self.emails = emails  # the decision email the persist step carries; None: the email's own activity sends it
         self.rules = rules
         self.messages = messages
         self.identity = identity
@@ -60,7 +66,14 @@ class LoanActivities:
         return self.credit.decide(application, decided_by=self.identity)
 
     @activity.defn
-    def persist_application(self, request: PersistRequest) -> None:
+    def persist_application(self, request: PersistRequest) -> str | None:
+        """Write the application's record; then, if the step carries the decision email, send it.
+
+        Returns the email's status when this step sent it (or found it sent), None when the
+        workflow is to start the email's own activity: not carried, the mail server not
+        answering (`CarriedSends`), or a retry of this step (the record was written, but whether
+        the first attempt's email went is for the email's own activity to find out).
+        """
         outcome = request.outcome
         document = dataclasses.asdict(outcome)
         document["persisted_by"] = self.identity
@@ -72,6 +85,9 @@ class LoanActivities:
             return {**document, **{k: v for k, v in (existing or {}).items() if k.startswith("contact_") or k == "email"}}
 
         self.store.update(APPLICATIONS, key, merge, sort_key=sort_key_for(outcome.submitted_at))
+        if request.send_email and self.emails is not None and activity.info().attempt == 1:
+            return self.emails.send_carried(outcome)
+        return None
 
     @activity.defn
     def notify_agent(self, request: AgentNotificationRequest) -> None:

@@ -1,4 +1,5 @@
-"""The applicant's decision email: the message, and the activity that sends it once."""
+"""The applicant's decision email: the message, and the steps that send it once (the persist step
+that carries it, or the email's own activity)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from email.utils import format_datetime
 from email_validator import EmailNotValidError, validate_email
 from temporalio import activity
 
-from core.mail import Mailer, _fix_boundary, message_id, new_message, parse_mailbox
+from core.mail import CarriedSends, Mailer, _fix_boundary, message_id, new_message, parse_mailbox
 from core.store import Store
 from loans.model import (
     APPLICATIONS,
@@ -79,23 +80,35 @@ class LoanEmailActivities:
         # The link's key is made here, from the deployment's secret: it never goes through Temporal.
         self.secret = secret
         self.window_days = window_days
-
-    def _record(self, outcome: LoanOutcome, email: dict) -> None:
-        def change(existing: dict | None) -> dict:
-            return {**(existing or {}), "email": email}
-
-        self.store.update(APPLICATIONS, record_key(outcome.workflow_id, outcome.run_id), change)
+        self.carried = CarriedSends(mailer)  # the email the persist step carries
 
     @activity.defn(name=SEND_DECISION_EMAIL)
     def send_decision_email(self, outcome: LoanOutcome) -> str:
         """Send the decision email once; returns its status ("sent", "refused", "not_configured")."""
-        record = self.store.get(APPLICATIONS, record_key(outcome.workflow_id, outcome.run_id)) or {}
-        previous = (record.get("email") or {}).get("status")
-        if previous in ("sent", "refused"):
-            return previous  # a retry after success (or a final refusal) sends nothing
-        try:
-            link = applicant_link(self.public_url, self.secret, outcome, self.window_days)
-            message = decision_email(outcome, link, self.mailer.mail_from, activity.info().scheduled_time)
-        except (ValueError, EmailNotValidError) as err:
-            return self.mailer.unaddressable(err, lambda email: self._record(outcome, email))
-        return self.mailer.deliver(message, outcome.application.email, lambda email: self._record(outcome, email))
+        return self._send_once(outcome, self.mailer)
+
+    def send_carried(self, outcome: LoanOutcome) -> str | None:
+        """Send the decision email from the persist step that carries it: its status, or None when it is
+        not sent yet (`CarriedSends`: the workflow then starts the email's own activity)."""
+        went = self.carried.send(lambda mailer: self._send_once(outcome, mailer))
+        return None if went is None else went[0]
+
+    def _send_once(self, outcome: LoanOutcome, mailer: Mailer) -> str:
+        key = record_key(outcome.workflow_id, outcome.run_id)
+        # The record's lock is held while sending: a persist attempt that carries the email, abandoned
+        # at its timeout while still sending, and the email's own activity may run at once; the second
+        # finds it sent.
+        with self.store.locked(APPLICATIONS, key):
+            previous = ((self.store.get(APPLICATIONS, key) or {}).get("email") or {}).get("status")
+            if previous in ("sent", "refused"):
+                return previous  # a retry after success (or a final refusal) sends nothing
+
+            def record(email: dict) -> None:
+                self.store.write_locked(APPLICATIONS, key, {**(self.store.get(APPLICATIONS, key) or {}), "email": email})
+
+            try:
+                link = applicant_link(self.public_url, self.secret, outcome, self.window_days)
+                message = decision_email(outcome, link, mailer.mail_from, activity.info().scheduled_time)
+            except (ValueError, EmailNotValidError) as err:
+                return mailer.unaddressable(err, record)
+            return mailer.deliver(message, outcome.application.email, record)

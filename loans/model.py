@@ -147,6 +147,9 @@ class LoanRequest:
     # Fixed at submission so a rules change never shortens a running window.
     duplicate_window_days: int
     amount_band: str
+    # The persist step sends the decision email (docs/versioning.md, "The decision email carried by
+    # the persist step"); False in applications started before, which email through its own activity.
+    persist_sends_email: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,7 @@ class LoanOutcome:
 @dataclass(frozen=True)
 class PersistRequest:
     outcome: LoanOutcome
+    send_email: bool = False  # the step carries the decision email (LoanRequest.persist_sends_email)
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,7 @@ class LoanService:
         band = amount_band(application.loan_amount, self.rules.amount_bands)
         start = WithStartWorkflowOperation(
             LoanApplicationWorkflow.run,
-            LoanRequest(application, self.rules.duplicate_window_days, band),
+            LoanRequest(application, self.rules.duplicate_window_days, band, persist_sends_email=True),
             id=workflow_id,
             task_queue=self.settings.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,

@@ -1,4 +1,4 @@
-"""LoanApplicationWorkflow: validate -> decide -> persist -> notify, then hold the email's slot.
+"""LoanApplicationWorkflow: validate -> decide -> persist and email -> notify, then hold the email's slot.
 
 One workflow per applicant email (the ID comes from `loans.model.loan_workflow_id`).
 The application is the workflow's start input, so it is durable the moment the
@@ -98,17 +98,19 @@ class LoanApplicationWorkflow:
             await workflow.wait_condition(workflow.all_handlers_finished)
             raise ApplicationError(self._error, self._error_fields, type=INVALID_APPLICATION) from err
         outcome = self._announce(application, decision, request)
-        follow_ups = [self._persist(outcome)]
+        follow_ups = [self._persist(outcome, request.persist_sends_email)]
         if outcome.decision == "conditional":
             follow_ups.append(self._notify_agent(outcome, "conditional_review"))
         # Independent steps, scheduled together: one workflow task instead of two.
         await asyncio.gather(*follow_ups)
-        # After the first workflow task (the decision is already answered), as a
-        # regular activity: the email runs while the window is held.
         workflow.deprecate_patch(DECISION_EMAIL_PATCH)
-        emailing = asyncio.ensure_future(self._send_decision_email(outcome))
+        # The persist step sent the email (the input says it carries it), or else the email's own
+        # activity sends it, with its retries, while the window is held. Which one is in the history:
+        # the persist step's result, or the activity.
+        emailing = None if self._email_status else asyncio.ensure_future(self._send_decision_email(outcome))
         await self._hold_duplicate_window(outcome)
-        await emailing
+        if emailing:
+            await emailing
         return outcome
 
     # --- steps -------------------------------------------------------------
@@ -165,13 +167,13 @@ class LoanApplicationWorkflow:
         workflow.set_current_details(f"Decision: **{decision.decision}** ({decision.reason}); amount band {request.amount_band}.")
         return self._outcome
 
-    async def _persist(self, outcome: LoanOutcome) -> None:
-        await workflow.execute_local_activity_method(
+    async def _persist(self, outcome: LoanOutcome, send_email: bool) -> None:
+        self._email_status = await workflow.execute_local_activity_method(
             LoanActivities.persist_application,
-            PersistRequest(outcome),
+            PersistRequest(outcome, send_email),
             start_to_close_timeout=IO_STEP_TIMEOUT,
             retry_policy=IO_STEP_RETRY,
-            summary="Persist the application record",
+            summary="Persist the record and email the decision" if send_email else "Persist the application record",
         )
         self._stage = "persisted"
 

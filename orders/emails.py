@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import time
 from datetime import datetime, timezone
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -12,19 +11,11 @@ from email.utils import format_datetime
 
 from email_validator import EmailNotValidError, validate_email
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
-from core.email_policy import EMAIL_REFUSED
 from core.formatting import utc_now
-from core.mail import Mailer, _fix_boundary, message_id, new_message, parse_mailbox
+from core.mail import CarriedSends, Mailer, _fix_boundary, message_id, new_message, parse_mailbox
 from core.store import Store
 from orders.model import ORDER_EMAILS, SEND_ORDER_EMAIL, OrderEmailRequest, OrderEmailState, order_workflow_id
-
-CARRIED_SMTP_TIMEOUT = 5.0  # seconds
-# After a step could not send the email it carried (the mail server down, slow or deferring), the steps
-# leave theirs to the emails' own activities this long: a failing server then holds no step (the
-# dispatch holds a shipping slot while it sends) more than once in this long, per worker process.
-CARRIED_PAUSE_AFTER_FAILURE = 30.0  # seconds
 
 # In a "shipped" email prepared at the release (v12), where the dispatch's carrier and tracking number go.
 CARRIER_SLOT, TRACKING_SLOT = "[[carrier]]", "[[tracking_number]]"
@@ -70,12 +61,7 @@ class OrderEmailActivities:
     def __init__(self, store: Store, mailer: Mailer):
         self.store = store
         self.mailer = mailer
-        # A step that carries an email (v10) waits for the mail server this long at most per
-        # exchange; then the email's own activity retries it, and the step goes on.
-        smtp = mailer.smtp
-        quick = dataclasses.replace(smtp, timeout=min(smtp.timeout, CARRIED_SMTP_TIMEOUT)) if smtp else None
-        self.carried_mailer = Mailer(quick, mailer.mail_from)
-        self._carry_again_at = 0.0  # time.monotonic() after which steps send their emails again
+        self.carried = CarriedSends(mailer)  # the emails steps carry (since version 10)
 
     @activity.defn(name=SEND_ORDER_EMAIL)
     def send_order_email(self, request: OrderEmailRequest) -> str:
@@ -84,25 +70,9 @@ class OrderEmailActivities:
 
     def send_carried(self, request: OrderEmailRequest) -> OrderEmailState | None:
         """Send one of an order's emails from the activity of the step that carries it: how it went, or
-        None when it is not sent yet (the mail server down or slow: the email's own activity retries it),
-        or when a step's send failed lately (CARRIED_PAUSE_AFTER_FAILURE)."""
-        if time.monotonic() < self._carry_again_at:
-            return None
-        try:
-            status = self._send_once(request, self.carried_mailer)
-        except ApplicationError as err:
-            if err.type != EMAIL_REFUSED:
-                self._pause_carrying()
-                return None
-            reason = str(err.details[0]) if err.details else err.message
-            return OrderEmailState("refused", reason, utc_now())
-        except Exception:  # noqa: BLE001 - whatever it was, the email's own activity retries it and says why
-            self._pause_carrying()
-            return None
-        return OrderEmailState(status, at=utc_now())
-
-    def _pause_carrying(self) -> None:
-        self._carry_again_at = time.monotonic() + CARRIED_PAUSE_AFTER_FAILURE
+        None when it is not sent yet (`CarriedSends`: the email's own activity then sends it)."""
+        went = self.carried.send(lambda mailer: self._send_once(request, mailer))
+        return None if went is None else OrderEmailState(went[0], went[1], utc_now())
 
     def _send_once(self, request: OrderEmailRequest, mailer: Mailer) -> str:
         key = f"{request.order_id}.{request.kind}"

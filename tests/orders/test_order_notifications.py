@@ -509,7 +509,7 @@ def test_an_email_carried_by_a_step_and_its_own_activity_at_once_goes_once(tmp_p
 def test_after_a_carried_email_fails_steps_leave_theirs_to_the_emails_own_activities_for_a_while(tmp_path, monkeypatch):
     """A deferral (451) of an email a step carried: for CARRIED_PAUSE_AFTER_FAILURE the steps do not
     try the mail server (a slow one would hold each step); the email's own activity still sends."""
-    import orders.emails
+    import core.mail
 
     sink = Sink(tmp_path)
     try:
@@ -522,8 +522,8 @@ def test_after_a_carried_email_fails_steps_leave_theirs_to_the_emails_own_activi
         assert emails.send_carried(second) is None and len(sink.handler.attempts) == attempts  # not tried
         assert ActivityEnvironment().run(emails.send_order_email, second) == "sent"  # its own activity
 
-        now = orders.emails.time.monotonic()
-        monkeypatch.setattr(orders.emails.time, "monotonic", lambda: now + orders.emails.CARRIED_PAUSE_AFTER_FAILURE + 1)
+        now = core.mail.time.monotonic()
+        monkeypatch.setattr(core.mail.time, "monotonic", lambda: now + core.mail.CARRIED_PAUSE_AFTER_FAILURE + 1)
         third = email_request(kind="delivered", subject="Delivered", requested_at=asked)
         assert emails.send_carried(third).status == "sent"  # the pause is over
     finally:
