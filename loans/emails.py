@@ -35,8 +35,8 @@ def applicant_link(public_url: str, secret: bytes, outcome: LoanOutcome, window_
 
 def decision_email(outcome: LoanOutcome, link: str, mail_from: str, date: datetime) -> EmailMessage:
     """The decision, its reason and next steps in the email's own words, and `link`, to the
-    applicant's result page; no income or score. `date` is the Date header (when the workflow,
-    having decided, asked for the email), so every attempt builds the same message."""
+    applicant's result page; no income or score. `date` is the Date header (the application's
+    submission, when its decision was made), so every attempt builds the same message."""
     application = outcome.application
     # Decided before the email had its own wording: the page's texts, as such emails always were.
     text = outcome.email_text or DecisionEmail(outcome.message.message, "", outcome.message.next_steps)
@@ -108,7 +108,9 @@ class LoanEmailActivities:
 
             try:
                 link = applicant_link(self.public_url, self.secret, outcome, self.window_days)
-                message = decision_email(outcome, link, mailer.mail_from, activity.info().scheduled_time)
+                # Dated when the application was decided (the workflow's start, milliseconds before): the
+                # same on every attempt, the persist step's (in a retried workflow task too) or the activity's.
+                message = decision_email(outcome, link, mailer.mail_from, datetime.fromisoformat(outcome.submitted_at))
             except (ValueError, EmailNotValidError) as err:
                 return mailer.unaddressable(err, record)
             return mailer.deliver(message, outcome.application.email, record)

@@ -99,6 +99,8 @@ def test_each_decision_sends_one_email_and_the_duplicate_none(stack, smtp_sink):
         assert response.status_code == 200, response.get_json()
         outcome = response.get_json()
         assert outcome["decision"] == decision
+        # The persist step sent it before the answer left, and the answer says so.
+        assert outcome["email"]["status"] == "sent" and email_record(settings, outcome["workflow_id"])["status"] == "sent"
         wait_until(lambda: len(mails(smtp_sink)) == count, what=f"the {decision} email")
         mail = next(m for m in mails(smtp_sink) if body["email"] in m["To"])
         text = mail.get_body(("plain",)).get_content()
@@ -249,7 +251,7 @@ def test_an_encoded_word_in_the_name_never_reaches_the_to_header_as_a_name():
 
 def test_a_retry_re_sends_the_same_message_byte_for_byte_with_its_date(tmp_path):
     """The server kept the first attempt but its answer was lost (451): the retry's message is the same
-    bytes, Date included (when the workflow asked for the email, not when the attempt ran)."""
+    bytes, Date included (when the application was decided, not when the attempt ran)."""
     from aiosmtpd.controller import Controller
 
     handler = MaildirHandler(tmp_path / "mail")
@@ -280,6 +282,35 @@ def test_a_retry_re_sends_the_same_message_byte_for_byte_with_its_date(tmp_path)
         controller.stop()
     assert len(handler.contents) == 2 and handler.contents[0] == handler.contents[1]
     received = message_from_bytes(handler.contents[1], policy=policy.default)
-    assert parsedate_to_datetime(received["Date"]) == DECIDED_AT
+    # The application's submission (its decision, milliseconds later), not when an attempt ran.
+    assert parsedate_to_datetime(received["Date"]) == datetime.fromisoformat(outcome.submitted_at).replace(tzinfo=UTC)
     text = received.get_body(("plain",)).get_content().replace("\r\n", "\n")
     assert "em\n\nbecause\n\nNext steps:\n- es" in text
+
+
+def test_the_persist_step_sends_the_email_on_its_first_attempt_only(tmp_path, smtp_sink):
+    """A retry of the persist step writes the record again but sends nothing: whether the first
+    attempt's email went is for the email's own activity to find out (under the record's lock)."""
+    from core.rules import load_rules
+    from loans.activities import LoanActivities
+    from loans.model import PersistRequest, record_key
+
+    store = JsonStore(tmp_path / "data")
+    emails = LoanEmailActivities(store, Mailer(SmtpSettings.from_url(smtp_sink.url), "Loans <x@l.test>"), "http://h", b"k", 7)
+    steps = LoanActivities(store, load_rules(HERE / "rules.json"), MESSAGES, "worker-test", emails=emails)
+    first, retried = (
+        dataclasses.replace(outcome_for(name, f"{name.lower()}@example.com"), workflow_id=f"loan-{name.lower()}")
+        for name in ("Ann", "Bob")
+    )
+    assert ActivityEnvironment().run(steps.persist_application, PersistRequest(first, send_email=True)) == "sent"
+    again = ActivityEnvironment()
+    again.info = dataclasses.replace(again.info, attempt=2)
+    assert again.run(steps.persist_application, PersistRequest(retried, send_email=True)) is None
+    assert [mail["To"] for mail in mails(smtp_sink)] == ["Ann <ann@example.com>"]
+    assert store.get(APPLICATIONS, record_key(first.workflow_id, first.run_id))["email"]["status"] == "sent"
+    bob = store.get(APPLICATIONS, record_key(retried.workflow_id, retried.run_id))
+    assert bob["decision"] == "denied" and "email" not in bob
+    # Not carried (an application started before the persist step sent it): its own activity sends it.
+    assert ActivityEnvironment().run(steps.persist_application, PersistRequest(retried)) is None
+    assert ActivityEnvironment().run(emails.send_decision_email, retried) == "sent"
+    assert len(mails(smtp_sink)) == 2
