@@ -46,7 +46,7 @@ from core.idempotency import IdempotencyKeyReused, fingerprint
 from core.listing import SEARCH, Listing, list_page
 from core.rules import Rules
 from core.settings import Settings, temporal_connect_config
-from core.store import Store
+from core.store import Store, StoreUnavailable
 from core.temporal_client import OutcomeUnknown, ProcessClient, TemporalUnavailable, workflow_ui_url
 from loans.model import (
     APPLICATIONS,
@@ -196,8 +196,19 @@ class LoanService:
         if result is None:
             return await self._after_no_answer(workflow_id, submission, waited)
         if isinstance(result, LoanOutcome):
-            return Decided(dataclasses.asdict(result), persisted=False)
+            return self._answer(result)
         return result
+
+    def _answer(self, outcome: LoanOutcome) -> Decided:
+        """The decision, as the update answered it. The answer leaves with the decision's workflow
+        task, which usually ends after the persist step and the email it sends: then the record is
+        there, and it is the answer, with how the email went. Without it (the step outlasted the
+        task, or the store is down), the update's outcome, not persisted yet."""
+        with contextlib.suppress(StoreUnavailable):
+            record = self.store.get(APPLICATIONS, record_key(outcome.workflow_id, outcome.run_id))
+            if record is not None:
+                return Decided(record, persisted=True)
+        return Decided(dataclasses.asdict(outcome), persisted=False)
 
     async def _execute(self, start: WithStartWorkflowOperation) -> LoanOutcome:
         client = await self.temporal.get()

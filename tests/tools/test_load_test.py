@@ -411,3 +411,18 @@ def test_the_order_report_divides_every_process_and_the_server_and_workers_alone
     lines = format_plain(report, every_process, server_and_worker)
     assert any("app CPU/plain" in line and "1.60x" in line for line in lines)
     assert any("server+worker" in line and "1.50x" in line for line in lines)
+
+
+def test_the_floors_bytecode_is_cached_even_where_python_writes_none(tmp_path, monkeypatch):
+    """PYTHONDONTWRITEBYTECODE on this kind of machine: the sandboxed floor would compile its module
+    for every workflow run, so the benchmark writes the cache itself."""
+    import importlib.util
+    import sys
+
+    from tools.loadtest.bytecode import cache_bytecode
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    source = tmp_path / "floor_like.py"
+    source.write_text("VALUE = 1\n")
+    cache_bytecode(types.SimpleNamespace(__file__=str(source)))  # type: ignore[arg-type]
+    assert os.path.getsize(importlib.util.cache_from_source(str(source))) > 0

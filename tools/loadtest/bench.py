@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import operator
-import os
-import sys
 import time
 import uuid
 from collections import Counter
@@ -22,6 +19,7 @@ from temporalio.worker import Worker
 from core.codec import ENCODING
 from core.settings import connect_temporal
 from tools.loadtest import floor as floor_workflow
+from tools.loadtest.bytecode import cache_bytecode
 from tools.loadtest.floor import EmptyWorkflow, FloorWorkflow, floor_activity
 from tools.loadtest.loans import Applicants, Progress, http_client, operator_token, run_app, run_concurrently
 from tools.loadtest.stats import Result, Summary, median_or_none, number, ratio, summarize
@@ -234,14 +232,8 @@ async def benchmark(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
     applicants = Applicants(args.seed, run_id)
     levels = []
     token = operator_token(args.token, required=False)
+    cache_bytecode(floor_workflow)
     async with floor_worker(client, task_queue):
-        # Creating the worker imported the floor's module in the sandbox, which caches its bytecode if it may.
-        if not os.path.exists(importlib.util.cache_from_source(floor_workflow.__file__)):
-            print(
-                "warning: no bytecode cache for tools/loadtest/floor.py (PYTHONDONTWRITEBYTECODE?): the sandbox"
-                " compiles it for every floor workflow, so the floor comes out lower than it is",
-                file=sys.stderr,
-            )
         for level in args.levels:
             count = bench_count_for(level, args.bench_count)
             warmup = max(WARMUP, level)

@@ -29,6 +29,8 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from core.settings import connect_temporal
+from tools.loadtest import order_floor_workflows
+from tools.loadtest.bytecode import cache_bytecode
 from tools.loadtest.loans import Progress, run_concurrently
 from tools.loadtest.order_floor_workflows import PlainOrder, PlainOrderWorkflow, PlainShippingWorkflow, StepWrite
 from tools.loadtest.stats import Result, Summary, summarize
@@ -73,6 +75,7 @@ class FloorWorkerProcess:
     """The floor's worker as a process of its own, started and stopped by the load test."""
 
     def __init__(self, task_queue: str, folder: Path):
+        cache_bytecode(order_floor_workflows)
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "tools.loadtest.order_floor", "worker", "--task-queue", task_queue, "--data", str(folder)],
             stdout=subprocess.PIPE,
