@@ -3,8 +3,10 @@
 One workflow per applicant email (the ID comes from `loans.model.loan_workflow_id`).
 The application is the workflow's start input, so it is durable the moment the
 server accepts the start; the web layer attaches a `wait_for_decision` update
-to that start (update-with-start) to answer the applicant as soon as the
-decision exists, while persisting and notifying carry on durably afterwards.
+to that start (update-with-start) to answer the applicant. The update's handler
+returns once the decision exists; its answer leaves with the decision's workflow
+task, after the local steps in it (persist, which sends the email it carries, and
+notify), or earlier if they outlast the task's timeout and the SDK completes it.
 
 After the decision the workflow stays open for the duplicate window (7 days by
 default): while it runs, the server itself refuses a second start with the
@@ -224,7 +226,7 @@ class LoanApplicationWorkflow:
 
     @workflow.update
     async def wait_for_decision(self) -> LoanOutcome:
-        """Returns as soon as the decision exists (before persisting finishes)."""
+        """Returns as soon as the decision exists; the answer leaves with the workflow task (module docstring)."""
         await workflow.wait_condition(lambda: self._outcome is not None or self._error is not None)
         if self._outcome is None:
             raise ApplicationError(self._error or "invalid application", self._error_fields, type=INVALID_APPLICATION)
