@@ -99,12 +99,14 @@ class LoanEmailActivities:
         # at its timeout while still sending, and the email's own activity may run at once; the second
         # finds it sent.
         with self.store.locked(APPLICATIONS, key):
-            previous = ((self.store.get(APPLICATIONS, key) or {}).get("email") or {}).get("status")
+            current = self.store.get(APPLICATIONS, key) or {}
+            previous = (current.get("email") or {}).get("status")
             if previous in ("sent", "refused"):
                 return previous  # a retry after success (or a final refusal) sends nothing
 
             def record(email: dict) -> None:
-                self.store.write_locked(APPLICATIONS, key, {**(self.store.get(APPLICATIONS, key) or {}), "email": email})
+                # The lock is held, so the record read above is still the record.
+                self.store.write_locked(APPLICATIONS, key, {**current, "email": email})
 
             try:
                 link = applicant_link(self.public_url, self.secret, outcome, self.window_days)
